@@ -1,0 +1,47 @@
+# Copyright 2026 dvc_perception authors. Licensed under the Apache License, Version 2.0.
+"""`dvc-perception`: one command with sub-commands. No logic lives here.
+
+Each sub-command is a module exposing ``add_arguments(parser)`` and ``run(args) -> int``; the
+table below names them and they are imported only when their sub-command runs, so
+`dvc-perception --help` stays fast and importing this module loads neither torch nor rclpy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from dvc_perception.errors import DvcError
+
+# (sub-command, module, one-line help). A static table: no import-time registry.
+SUBCOMMANDS: tuple[tuple[str, str, str], ...] = (
+    ("demo", "dvc_perception.commands.demo", "run the main job on the embedded default"),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every sub-command's arguments."""
+    parser = argparse.ArgumentParser(
+        prog="dvc-perception", description="Object poses and metric depth for ROS 2."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, module, help_text in SUBCOMMANDS:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module)
+        importlib.import_module(module).add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `dvc-perception` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except DvcError as err:
+        print(f"dvc-perception {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+# Copyright 2026 dvc_perception authors. Licensed under the Apache License, Version 2.0.
