@@ -8,7 +8,7 @@ export FASTDDS_BUILTIN_TRANSPORTS ?= LARGE_DATA
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 export PYTHONUNBUFFERED := 1
 
-.PHONY: venv test lint demo bench clean
+.PHONY: venv test test-jazzy lint demo bench clean
 
 venv:
 	@VENV=$(VENV) tools/ensure_venv.sh
@@ -23,6 +23,15 @@ test: venv lint
 	if [ $$rc -eq 5 ]; then echo "[test] pytest collected no tests: failing"; exit 1; fi; \
 	exit $$rc
 
+# The ROS-layer tests again on ROS 2 Jazzy (wheels), in their own venv.
+test-jazzy:
+	@VENV=.venv-jazzy ROS_REQS=requirements/ros-jazzy.txt tools/ensure_venv.sh
+	@export ROS_DOMAIN_ID=$${ROS_DOMAIN_ID:-$$(( (RANDOM % 100) + 100 ))}; \
+	echo "[test-jazzy] ROS_DOMAIN_ID=$$ROS_DOMAIN_ID"; \
+	.venv-jazzy/bin/python -m pytest test/ros $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "[test-jazzy] pytest collected no tests: failing"; exit 1; fi; \
+	exit $$rc
+
 demo: venv
 	$(PY) -m dvc_perception.cli demo
 
@@ -30,4 +39,4 @@ bench: venv
 	$(PY) benchmarks/bench_pnp.py
 
 clean:
-	rm -rf $(VENV) build install log .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-jazzy build install log .pytest_cache .ruff_cache

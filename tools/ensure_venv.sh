@@ -5,7 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
-files="requirements/dev.txt requirements/ros-kilted.txt setup.py"
+# ROS_REQS picks the ROS distribution wheels (Kilted by default, Jazzy for `make test-jazzy`).
+ROS_REQS=${ROS_REQS:-requirements/ros-kilted.txt}
+files="requirements/dev.txt $ROS_REQS setup.py"
 want=$(cat $files | sha256sum | cut -d' ' -f1)
 if [ -x "$VENV/bin/python" ] && [ -f "$VENV/.reqs" ] && [ "$(cat "$VENV/.reqs")" = "$want" ]; then
   exit 0
@@ -13,7 +15,7 @@ fi
 echo "[setup] installing into $VENV (first run, or a requirements file changed)"
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
-"$VENV/bin/python" -m pip install -q -r requirements/dev.txt -r requirements/ros-kilted.txt
+"$VENV/bin/python" -m pip install -q -r requirements/dev.txt -r "$ROS_REQS"
 # --no-deps: the pinned requirements above are the environment; do not let an open range
 # pull another torch build.
 "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e .

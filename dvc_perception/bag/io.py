@@ -1,0 +1,228 @@
+# Copyright 2026 dvc_perception authors. Licensed under the Apache License, Version 2.0.
+"""rosbag2 files (mcap and sqlite3) through the `rosbags` library, with typed errors.
+
+Reading yields raw CDR payloads, which `rclpy.serialization.deserialize_message` turns into the
+same message objects a live subscription delivers: replay then runs the node's own conversion
+code. Writing is atomic: the bag is written into a temporary sibling directory and renamed into
+place only when complete, so a failed run never leaves a partial bag behind.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from dvc_perception.errors import BagError
+
+STORAGES = ("mcap", "sqlite3")
+
+
+@dataclass(frozen=True)
+class TopicInfo:
+    """A topic in a bag: its ROS type (``sensor_msgs/msg/Image``) and message count."""
+
+    name: str
+    msgtype: str
+    count: int
+
+
+@dataclass(frozen=True)
+class BagMessage:
+    """One recorded message: topic, type, receive time [ns] and the raw CDR payload."""
+
+    topic: str
+    msgtype: str
+    timestamp_ns: int
+    rawdata: bytes
+
+
+def _typestore() -> Any:
+    from rosbags.typesys import Stores, get_typestore
+
+    return get_typestore(Stores.ROS2_KILTED)
+
+
+class BagReader:
+    """Read a rosbag2 directory (or a single ``.mcap`` / ``.db3`` file).
+
+    Use as a context manager. Raises `BagError` for a missing path, a file that is not a bag,
+    a truncated or corrupt bag, or an empty bag.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            raise BagError(f"bag {self.path} does not exist")
+        self._reader: Any = None
+
+    def __enter__(self) -> BagReader:
+        from rosbags.highlevel import AnyReader
+
+        try:
+            self._reader = AnyReader([self.path], default_typestore=_typestore())
+            self._reader.open()
+        except Exception as err:  # rosbags raises several unrelated types for bad files
+            raise BagError(
+                f"cannot open {self.path} as a rosbag2 (mcap or sqlite3): {err}"
+            ) from err
+        if not self._reader.connections:
+            self._reader.close()
+            raise BagError(f"bag {self.path} is empty: it has no topics")
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+    @property
+    def storage(self) -> str:
+        """``mcap`` or ``sqlite3``, from the files in the bag."""
+        files = [self.path] if self.path.is_file() else list(self.path.iterdir())
+        if any(f.suffix == ".mcap" for f in files):
+            return "mcap"
+        return "sqlite3"
+
+    def topics(self) -> dict[str, TopicInfo]:
+        """Every topic in the bag, by name."""
+        self._require_open()
+        out: dict[str, TopicInfo] = {}
+        for conn in self._reader.connections:
+            prev = out.get(conn.topic)
+            count = conn.msgcount + (prev.count if prev else 0)
+            out[conn.topic] = TopicInfo(conn.topic, conn.msgtype, count)
+        return out
+
+    def messages(self, topics: Iterable[str]) -> Iterator[BagMessage]:
+        """Messages of `topics` in recorded order.
+
+        Raises:
+            BagError: a topic is not in the bag, or the bag is truncated or corrupt mid-way.
+        """
+        self._require_open()
+        wanted = list(topics)
+        known = self.topics()
+        missing = [t for t in wanted if t not in known]
+        if missing:
+            raise BagError(f"bag {self.path} has no topic(s) {missing}; it has {sorted(known)}")
+        conns = [c for c in self._reader.connections if c.topic in wanted]
+        try:
+            for conn, timestamp, raw in self._reader.messages(connections=conns):
+                yield BagMessage(conn.topic, conn.msgtype, int(timestamp), bytes(raw))
+        except BagError:
+            raise
+        except Exception as err:
+            raise BagError(f"bag {self.path} is truncated or corrupt: {err}") from err
+
+    def _require_open(self) -> None:
+        if self._reader is None:
+            raise BagError("BagReader must be used as a context manager (`with BagReader(p)`)")
+
+
+def find_topics_by_type(topics: dict[str, TopicInfo], msgtype: str) -> list[str]:
+    """Names of the topics whose type is `msgtype` (e.g. ``sensor_msgs/msg/CameraInfo``)."""
+    return sorted(name for name, info in topics.items() if info.msgtype == msgtype)
+
+
+class AtomicBagWriter:
+    """Write a rosbag2 atomically: into a hidden temporary sibling, renamed on success.
+
+    Args:
+        path: the bag directory to create; it must not exist (pass ``overwrite=True`` to
+            replace it, which happens only once the new bag is complete).
+        storage: ``mcap`` (default) or ``sqlite3``.
+    """
+
+    def __init__(
+        self, path: str | Path, storage: str = "mcap", *, overwrite: bool = False
+    ) -> None:
+        if storage not in STORAGES:
+            raise BagError(f"storage must be one of {STORAGES}, got {storage!r}")
+        self.path = Path(path)
+        if self.path.exists() and not overwrite:
+            raise BagError(f"output bag {self.path} already exists (use overwrite)")
+        self.storage = storage
+        self._tmp = self.path.parent / f".{self.path.name}.tmp-{uuid.uuid4().hex[:8]}"
+        self._writer: Any = None
+        self._typestore = _typestore()
+        self._connections: dict[str, Any] = {}
+        self._overwrite = overwrite
+
+    def __enter__(self) -> AtomicBagWriter:
+        from rosbags.rosbag2 import StoragePlugin, Writer
+
+        plugin = StoragePlugin.MCAP if self.storage == "mcap" else StoragePlugin.SQLITE3
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = Writer(self._tmp, version=9, storage_plugin=plugin)
+        self._writer.open()
+        return self
+
+    def add_topic(self, topic: str, msgtype: str) -> None:
+        """Declare `topic` with ROS type `msgtype` (``sensor_msgs/msg/Image``)."""
+        if topic in self._connections:
+            return
+        try:
+            self._connections[topic] = self._writer.add_connection(
+                topic, msgtype, typestore=self._typestore
+            )
+        except Exception as err:
+            raise BagError(f"cannot add topic {topic} of type {msgtype!r}: {err}") from err
+
+    def write_raw(self, topic: str, msgtype: str, timestamp_ns: int, rawdata: bytes) -> None:
+        """Write one CDR-serialized message (declares the topic on first use)."""
+        self.add_topic(topic, msgtype)
+        self._writer.write(self._connections[topic], int(timestamp_ns), rawdata)
+
+    def write_message(self, topic: str, msg: Any, timestamp_ns: int) -> None:
+        """Write an rclpy message object, serialized with rclpy's own serializer."""
+        from rclpy.serialization import serialize_message
+
+        self.write_raw(topic, ros_type_name(msg), timestamp_ns, serialize_message(msg))
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            if self._writer is not None:
+                self._writer.close()
+        finally:
+            self._writer = None
+        if exc_type is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            return
+        if self.path.exists():
+            shutil.rmtree(self.path)
+        self._tmp.rename(self.path)
+        # rosbags names the storage file after the temporary directory: rename it to match, and
+        # rewrite metadata.yaml, so the bag looks as `ros2 bag record` would have written it.
+        _rename_storage_files(self.path, self._tmp.name)
+
+
+def _rename_storage_files(bag_dir: Path, tmp_name: str) -> None:
+    meta = bag_dir / "metadata.yaml"
+    text = meta.read_text()
+    for f in sorted(bag_dir.iterdir()):
+        if f.name.startswith(tmp_name):
+            new = bag_dir / (bag_dir.name + f.name[len(tmp_name) :])
+            f.rename(new)
+            text = text.replace(f.name, new.name)
+    meta.write_text(text)
+
+
+def ros_type_name(msg: Any) -> str:
+    """``pkg/msg/Type`` of an rclpy message object (e.g. ``sensor_msgs/msg/Image``)."""
+    module = type(msg).__module__.split(".")  # sensor_msgs.msg._image
+    return f"{module[0]}/msg/{type(msg).__name__}"
