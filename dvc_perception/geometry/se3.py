@@ -1,0 +1,70 @@
+# Copyright 2026 dvc_perception authors. Licensed under the Apache License, Version 2.0.
+"""Rigid transforms (SE(3)) as ``(R, t)`` pairs: ``X_a = R_ab @ X_b + t_ab``.
+
+Batched over leading dimensions, differentiable, float32 and float64.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from dvc_perception.errors import ShapeError
+
+
+def _check_pose(R: Tensor, t: Tensor, name: str) -> None:
+    if R.dim() < 2 or tuple(R.shape[-2:]) != (3, 3):
+        raise ShapeError(f"{name} R: expected shape (...,3,3), got {tuple(R.shape)}")
+    if t.dim() < 1 or t.shape[-1] != 3:
+        raise ShapeError(f"{name} t: expected shape (...,3), got {tuple(t.shape)}")
+
+
+def transform_points(R: Tensor, t: Tensor, points: Tensor) -> Tensor:
+    """Apply ``X' = R @ X + t`` to a set of points.
+
+    Args:
+        R: (..., 3, 3) rotation of frame b in frame a.
+        t: (..., 3) translation of frame b in frame a, m.
+        points: (..., N, 3) points in frame b, m.
+
+    Returns:
+        (..., N, 3) points in frame a, m.
+    """
+    _check_pose(R, t, "transform_points")
+    if points.dim() < 2 or points.shape[-1] != 3:
+        raise ShapeError(f"points: expected shape (...,N,3), got {tuple(points.shape)}")
+    return points @ R.transpose(-1, -2) + t.unsqueeze(-2)
+
+
+def compose_poses(R_ab: Tensor, t_ab: Tensor, R_bc: Tensor, t_bc: Tensor) -> tuple[Tensor, Tensor]:
+    """Compose two transforms: ``T_ac = T_ab @ T_bc``.
+
+    Args:
+        R_ab: (..., 3, 3) rotation of b in a.
+        t_ab: (..., 3) translation of b in a, m.
+        R_bc: (..., 3, 3) rotation of c in b.
+        t_bc: (..., 3) translation of c in b, m.
+
+    Returns:
+        ``(R_ac (..., 3, 3), t_ac (..., 3))``.
+    """
+    _check_pose(R_ab, t_ab, "compose_poses ab")
+    _check_pose(R_bc, t_bc, "compose_poses bc")
+    R_ac = R_ab @ R_bc
+    t_ac = (R_ab @ t_bc.unsqueeze(-1)).squeeze(-1) + t_ab
+    return R_ac, t_ac
+
+
+def invert_pose(R: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+    """Invert a transform: ``(R, t) -> (R^T, -R^T t)``.
+
+    Args:
+        R: (..., 3, 3) rotation of b in a.
+        t: (..., 3) translation of b in a, m.
+
+    Returns:
+        ``(R_ba (..., 3, 3), t_ba (..., 3))``.
+    """
+    _check_pose(R, t, "invert_pose")
+    R_inv = R.transpose(-1, -2)
+    t_inv = -(R_inv @ t.unsqueeze(-1)).squeeze(-1)
+    return R_inv, t_inv
