@@ -1,0 +1,138 @@
+# Copyright 2026 dvc_perception authors. Licensed under the Apache License, Version 2.0.
+"""Depth network: small encoder-decoder predicting metric depth with focal-length normalisation.
+
+Focal normalisation (as in Metric3D's canonical camera, Yin et al. 2023): an image seen through a
+lens of focal f shows objects at depth Z as a camera of focal f0 shows them at Z * f0 / f. The
+network therefore predicts the *canonical* depth, the depth a camera of focal `focal0_px` at the
+network input resolution would see, and metric depth is
+
+    depth_m = depth_canonical * fx_input_px / focal0_px
+
+where `fx_input_px` is the horizontal focal length of the (resized) network input image. Keeping
+the scaling outside the network keeps one image input (simple for every backend and for INT8
+calibration); `depth_from_canonical` applies it, and the exported model's metadata carries
+`focal0_px`. Training targets are scaled the other way (`depth_to_canonical`), so a scale
+augmentation of the image (which changes fx) is exact.
+
+Input (B, 3, H, W) RGB in [0, 1] (default 320x240); output (B, 1, H, W) canonical depth in metres,
+at input resolution (stride-2 decoder + bilinear x2). About 1.3 GFLOP at 320x240.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F  # noqa: N812 - the usual torch alias
+
+from dvc_perception.errors import ConfigError, check_shape
+from dvc_perception.models.blocks import ConvBNReLU, Encoder, InputNormalization, UpBlock
+from dvc_perception.models.keypoint_net import IMAGENET_MEAN, IMAGENET_STD
+
+
+@dataclass(frozen=True)
+class DepthNetConfig:
+    """Architecture and output range of `DepthNet`.
+
+    Attributes:
+        input_width: network input width [px], a multiple of 16.
+        input_height: network input height [px], a multiple of 16.
+        focal0_px: canonical focal length at the input resolution [px].
+        min_depth_m: smallest canonical depth the output can take [m].
+        max_depth_m: largest canonical depth the output can take [m].
+        widths: encoder channels at strides 2, 4, 8, 16.
+        blocks: residual blocks per encoder stage.
+        decoder_channels: channels of the stride-8, -4 and -2 decoder maps.
+    """
+
+    input_width: int = 320
+    input_height: int = 240
+    focal0_px: float = 300.0
+    min_depth_m: float = 0.05
+    max_depth_m: float = 20.0
+    widths: tuple[int, int, int, int] = (16, 32, 64, 128)
+    blocks: tuple[int, int, int, int] = (0, 1, 1, 2)
+    decoder_channels: tuple[int, int, int] = (64, 32, 16)
+
+    def __post_init__(self) -> None:
+        for name in ("input_width", "input_height"):
+            value = getattr(self, name)
+            if value < 32 or value % 16:
+                raise ConfigError(f"{name}: expected a multiple of 16 >= 32, got {value}")
+        if not 0 < self.min_depth_m < self.max_depth_m:
+            raise ConfigError(
+                f"depth range: expected 0 < min < max, got {self.min_depth_m}, {self.max_depth_m}"
+            )
+        if self.focal0_px <= 0:
+            raise ConfigError(f"focal0_px: expected > 0, got {self.focal0_px}")
+
+
+class DepthNet(nn.Module):
+    """Encoder-decoder for canonical metric depth (log-depth head, clamped to the range).
+
+    Args:
+        config: architecture; see `DepthNetConfig`.
+    """
+
+    def __init__(self, config: DepthNetConfig) -> None:
+        super().__init__()
+        self.config = config
+        w = config.widths
+        d8, d4, d2 = config.decoder_channels
+        self.normalize = InputNormalization(IMAGENET_MEAN, IMAGENET_STD)
+        self.encoder = Encoder(w, config.blocks)
+        self.up8 = UpBlock(w[3], w[2], d8)
+        self.up4 = UpBlock(d8, w[1], d4)
+        self.up2 = UpBlock(d4, w[0], d2)
+        self.trunk = ConvBNReLU(d2, d2)
+        self.head = nn.Conv2d(d2, 1, 3, padding=1)
+        self.log_min = math.log(config.min_depth_m)
+        self.log_max = math.log(config.max_depth_m)
+        nn.init.zeros_(self.head.weight)
+        # start at the geometric middle of the range: every pixel gets a usable gradient
+        nn.init.constant_(self.head.bias, 0.5 * (self.log_min + self.log_max))
+
+    def forward(self, image: Tensor) -> Tensor:
+        """Predict canonical depth.
+
+        Args:
+            image: (B, 3, H, W) RGB in [0, 1] at the configured input size.
+
+        Returns:
+            (B, 1, H, W) canonical depth [m] for focal `config.focal0_px`; multiply by
+            fx_input_px / focal0_px (`depth_from_canonical`) for metric depth.
+        """
+        cfg = self.config
+        check_shape(image, f"B,3,{cfg.input_height},{cfg.input_width}", name="image")
+        f2, f4, f8, f16 = self.encoder(self.normalize(image))
+        x = self.trunk(self.up2(self.up4(self.up8(f16, f8), f4), f2))
+        log_depth = self.head(x).clamp(self.log_min, self.log_max)
+        log_depth = F.interpolate(
+            log_depth, scale_factor=2.0, mode="bilinear", align_corners=False
+        )
+        return torch.exp(log_depth)
+
+
+def depth_from_canonical(depth_canonical: Tensor, fx_px: Tensor, focal0_px: float) -> Tensor:
+    """Metric depth from the network's canonical depth.
+
+    Args:
+        depth_canonical: (B, 1, H, W) or (B, H, W) m, the `DepthNet` output.
+        fx_px: (B,) horizontal focal length of the network input image [px].
+        focal0_px: the network's canonical focal length [px].
+
+    Returns:
+        Metric depth [m], same shape as `depth_canonical`.
+    """
+    check_shape(fx_px, f"{int(depth_canonical.shape[0])}", name="fx_px")
+    scale = (fx_px / focal0_px).reshape(-1, *([1] * (depth_canonical.dim() - 1)))
+    return depth_canonical * scale.to(depth_canonical.dtype)
+
+
+def depth_to_canonical(depth_m: Tensor, fx_px: Tensor, focal0_px: float) -> Tensor:
+    """Training target: metric depth (B, [1,] H, W) m -> canonical depth, same shape."""
+    check_shape(fx_px, f"{int(depth_m.shape[0])}", name="fx_px")
+    scale = (focal0_px / fx_px).reshape(-1, *([1] * (depth_m.dim() - 1)))
+    return depth_m * scale.to(depth_m.dtype)

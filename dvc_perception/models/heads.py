@@ -1,0 +1,75 @@
+# Copyright 2026 dvc_perception authors. Licensed under the Apache License, Version 2.0.
+"""Differentiable heatmap decoding: soft-argmax into keypoints and confidence-pooled weights.
+
+Integral regression (Sun et al., "Integral Human Pose Regression", ECCV 2018): the keypoint is
+the expectation of pixel-centre coordinates under the softmax of the heatmap logits, which is
+differentiable and sub-pixel accurate. Only Reshape, Softmax, MatMul, Mul, Sigmoid and
+ReduceSum are used, so the decode runs inside the exported ONNX graph (opset 17) and TensorRT.
+
+Pixel convention (DESIGN.md): integer coordinates are pixel centres. A heatmap at stride `s`
+has cell (i, j) covering input pixels [s*j, s*j + s) horizontally, whose centre is the input
+coordinate ``s*j + (s - 1)/2`` (1.5 at stride 4).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from dvc_perception.errors import ShapeError, check_shape
+
+
+def heatmap_cell_centres(size: int, stride: int, *, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Input-image pixel coordinate of the centre of each heatmap cell along one axis.
+
+    Args:
+        size: heatmap cells along the axis.
+        stride: input pixels per cell.
+        dtype: output dtype.
+
+    Returns:
+        (size,) px: ``stride * i + (stride - 1) / 2``.
+    """
+    return torch.arange(size, dtype=dtype) * stride + (stride - 1) / 2.0
+
+
+def soft_argmax_2d(logits: Tensor, stride: int) -> tuple[Tensor, Tensor]:
+    """Soft-argmax of heatmap logits into input-image pixel coordinates.
+
+    Args:
+        logits: (B, C, h, w) heatmap logits, one channel per keypoint.
+        stride: input pixels per heatmap cell.
+
+    Returns:
+        (xy, prob): xy (B, C, 2) px (u right, v down) in the input image, pixel centres at
+        integer coordinates; prob (B, C, h*w) the softmax distribution (sums to 1 per channel).
+    """
+    check_shape(logits, "B,C,H,W", name="logits")
+    if stride < 1:
+        raise ShapeError(f"stride: expected >= 1, got {stride}")
+    b, c, h, w = (int(n) for n in logits.shape)
+    prob = torch.softmax(logits.reshape(b, c, h * w), dim=-1)
+    us = heatmap_cell_centres(w, stride, dtype=logits.dtype).to(logits.device)
+    vs = heatmap_cell_centres(h, stride, dtype=logits.dtype).to(logits.device)
+    # (h*w, 2) table of cell centres; a MatMul is the expectation and exports as one node.
+    grid = torch.stack(
+        [us.unsqueeze(0).expand(h, w).reshape(-1), vs.unsqueeze(1).expand(h, w).reshape(-1)],
+        dim=-1,
+    )
+    xy = prob @ grid
+    return xy, prob
+
+
+def pool_confidence(conf_logits: Tensor, prob: Tensor) -> Tensor:
+    """Per-keypoint confidence: sigmoid of the confidence map averaged under the heatmap.
+
+    Args:
+        conf_logits: (B, C, h, w) confidence logits, one channel per keypoint.
+        prob: (B, C, h*w) the soft-argmax distribution of the same keypoints.
+
+    Returns:
+        (B, C) confidence in (0, 1).
+    """
+    b, c, h, w = (int(n) for n in conf_logits.shape)
+    check_shape(prob, f"{b},{c},{h * w}", name="prob")
+    return torch.sigmoid((conf_logits.reshape(b, c, h * w) * prob).sum(dim=-1))

@@ -1,0 +1,159 @@
+# Copyright 2026 dvc_perception authors. Licensed under the Apache License, Version 2.0.
+"""Keypoint network: one small FCN that predicts, for every object it knows, K keypoint heatmaps.
+
+Input: (B, 3, H, W) RGB in [0, 1] at the network input size (default 320x240, W x H; the
+pipeline resizes/letterboxes the camera image and scales K the same way). Normalisation is
+inside the graph. Outputs at stride 4 (80x60 cells for 320x240):
+
+- ``heatmap_logits`` (B, O, K, H/4, W/4): one heatmap per 3D keypoint per object,
+- ``x2d`` (B, O, K, 2) px in input-image coordinates from a soft-argmax (pixel centres at
+  integer coordinates: cell j covers input pixel centre 4*j + 1.5),
+- ``weights`` (B, O, K) in (0, 1): per-keypoint confidence (the PnP weights),
+- ``mask_logits`` (B, O, H/4, W/4): object mask, and ``objectness`` (B, O) = max mask prob.
+
+`x2d[:, o]` and `weights[:, o]` go straight into `solve_pnp` with object o's 3D keypoints and
+the intrinsics of the network input image. Architecture: plain conv/BN/ReLU encoder to stride 16,
+a nearest-upsampling FPN decoder back to stride 4, 1x1 heads: about 1.4 GFLOP at 320x240
+(`count_conv_flops`), no downloaded weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from dvc_perception.errors import ConfigError, check_shape
+from dvc_perception.models.blocks import ConvBNReLU, Encoder, InputNormalization, UpBlock
+from dvc_perception.models.heads import pool_confidence, soft_argmax_2d
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+HEATMAP_STRIDE = 4
+
+
+@dataclass(frozen=True)
+class KeypointNetConfig:
+    """Architecture of `KeypointNet`.
+
+    Attributes:
+        object_ids: ids of the objects the network knows, in output order (O of them).
+        num_keypoints: keypoints per object (K, the same for every object).
+        input_width: network input width [px], a multiple of 16.
+        input_height: network input height [px], a multiple of 16.
+        widths: encoder channels at strides 2, 4, 8, 16.
+        blocks: residual blocks per encoder stage.
+        decoder_channels: channels of the stride-8 and stride-4 decoder maps.
+    """
+
+    object_ids: tuple[str, ...] = ("demo",)
+    num_keypoints: int = 9
+    input_width: int = 320
+    input_height: int = 240
+    widths: tuple[int, int, int, int] = (16, 32, 64, 128)
+    blocks: tuple[int, int, int, int] = (0, 1, 1, 2)
+    decoder_channels: tuple[int, int] = (64, 48)
+
+    def __post_init__(self) -> None:
+        if not self.object_ids or len(set(self.object_ids)) != len(self.object_ids):
+            raise ConfigError(f"object_ids: expected unique non-empty ids, got {self.object_ids}")
+        if self.num_keypoints < 4:
+            raise ConfigError(f"num_keypoints: PnP needs >= 4, got {self.num_keypoints}")
+        for name in ("input_width", "input_height"):
+            value = getattr(self, name)
+            if value < 32 or value % 16:
+                raise ConfigError(f"{name}: expected a multiple of 16 >= 32, got {value}")
+        if len(self.widths) != 4 or len(self.blocks) != 4 or len(self.decoder_channels) != 2:
+            raise ConfigError("widths and blocks need 4 entries, decoder_channels 2")
+
+    @property
+    def num_objects(self) -> int:
+        """O, the number of objects."""
+        return len(self.object_ids)
+
+
+class KeypointNetOutput(NamedTuple):
+    """Outputs of `KeypointNet` (see the module docstring for shapes and units)."""
+
+    heatmap_logits: Tensor
+    x2d: Tensor
+    weights: Tensor
+    mask_logits: Tensor
+    objectness: Tensor
+
+
+class KeypointNet(nn.Module):
+    """Multi-object keypoint heatmap FCN with soft-argmax decode.
+
+    Args:
+        config: architecture; see `KeypointNetConfig`.
+    """
+
+    def __init__(self, config: KeypointNetConfig) -> None:
+        super().__init__()
+        self.config = config
+        w = config.widths
+        d8, d4 = config.decoder_channels
+        n_kp = config.num_objects * config.num_keypoints
+        self.normalize = InputNormalization(IMAGENET_MEAN, IMAGENET_STD)
+        self.encoder = Encoder(w, config.blocks)
+        self.up8 = UpBlock(w[3], w[2], d8)
+        self.up4 = UpBlock(d8, w[1], d4)
+        self.trunk = ConvBNReLU(d4, d4)
+        self.heatmap_head = nn.Conv2d(d4, n_kp, 1)
+        self.confidence_head = nn.Conv2d(d4, n_kp, 1)
+        self.mask_head = nn.Conv2d(d4, config.num_objects, 1)
+        nn.init.zeros_(self.heatmap_head.weight)
+        nn.init.zeros_(self.heatmap_head.bias)
+        nn.init.constant_(self.mask_head.bias, -2.0)
+
+    def forward(self, image: Tensor) -> KeypointNetOutput:
+        """Predict heatmaps, keypoints, weights and masks.
+
+        Args:
+            image: (B, 3, H, W) RGB in [0, 1], H x W the configured input size.
+
+        Returns:
+            `KeypointNetOutput`; shapes in the module docstring.
+        """
+        cfg = self.config
+        check_shape(image, f"B,3,{cfg.input_height},{cfg.input_width}", name="image")
+        _, f4, f8, f16 = self.encoder(self.normalize(image))
+        x = self.trunk(self.up4(self.up8(f16, f8), f4))
+        b = int(image.shape[0])
+        o, k = cfg.num_objects, cfg.num_keypoints
+        h, w = cfg.input_height // HEATMAP_STRIDE, cfg.input_width // HEATMAP_STRIDE
+        heat = self.heatmap_head(x)
+        xy, prob = soft_argmax_2d(heat, HEATMAP_STRIDE)
+        weights = pool_confidence(self.confidence_head(x), prob)
+        mask_logits = self.mask_head(x)
+        objectness = torch.sigmoid(mask_logits).reshape(b, o, h * w).amax(dim=-1)
+        return KeypointNetOutput(
+            heatmap_logits=heat.reshape(b, o, k, h, w),
+            x2d=xy.reshape(b, o, k, 2),
+            weights=weights.reshape(b, o, k),
+            mask_logits=mask_logits,
+            objectness=objectness,
+        )
+
+
+class KeypointNetForExport(nn.Module):
+    """What the exported ONNX graph computes: image -> (x2d, weights, objectness, mask).
+
+    Output names (in order): ``x2d`` (B, O, K, 2) px input image, ``weights`` (B, O, K),
+    ``objectness`` (B, O), ``mask`` (B, O, H/4, W/4) probabilities. The soft-argmax is inside the
+    graph, so a pipeline only runs the engine and calls `solve_pnp`.
+    """
+
+    output_names = ("x2d", "weights", "objectness", "mask")
+
+    def __init__(self, net: KeypointNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Run: image (B, 3, H, W) RGB in [0, 1] -> (x2d, weights, objectness, mask)."""
+        out = self.net(image)
+        return out.x2d, out.weights, out.objectness, torch.sigmoid(out.mask_logits)

@@ -1,0 +1,61 @@
+# Copyright 2026 dvc_perception authors. Licensed under the Apache License, Version 2.0.
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dvc_perception.errors import ShapeError
+from dvc_perception.models.heads import heatmap_cell_centres, pool_confidence, soft_argmax_2d
+
+
+def _gaussian_logits(h: int, w: int, stride: int, centres_px: torch.Tensor, sigma_px: float):
+    """log of a Gaussian sampled at the cell centres (softmax of it is the normalised Gaussian)."""
+    us = heatmap_cell_centres(w, stride, dtype=torch.float64)
+    vs = heatmap_cell_centres(h, stride, dtype=torch.float64)
+    du = us.view(1, 1, w) - centres_px[:, 0].view(-1, 1, 1)
+    dv = vs.view(1, h, 1) - centres_px[:, 1].view(-1, 1, 1)
+    return (-(du**2 + dv**2) / (2 * sigma_px**2)).unsqueeze(0)  # (1, C, h, w)
+
+
+def test_cell_centres_follow_pixel_centre_convention():
+    # a stride-4 cell j covers input pixels 4j .. 4j+3, whose mean centre is 4j + 1.5
+    c = heatmap_cell_centres(5, 4, dtype=torch.float64)
+    ref = torch.tensor([[4 * j + k for k in range(4)] for j in range(5)], dtype=torch.float64)
+    torch.testing.assert_close(c, ref.mean(dim=1))
+
+
+def test_soft_argmax_recovers_subpixel_gaussian_peak():
+    gen = torch.Generator().manual_seed(0)
+    h, w, stride = 60, 80, 4
+    centres = torch.stack(
+        [torch.rand(16, generator=gen, dtype=torch.float64) * 200 + 60,
+         torch.rand(16, generator=gen, dtype=torch.float64) * 120 + 60], dim=-1)
+    logits = _gaussian_logits(h, w, stride, centres, sigma_px=6.0)
+    xy, prob = soft_argmax_2d(logits, stride)
+    assert xy.shape == (1, 16, 2)
+    assert (xy[0] - centres).abs().max() < 0.05
+    torch.testing.assert_close(prob.sum(-1), torch.ones(1, 16, dtype=torch.float64))
+
+
+def test_soft_argmax_of_a_sharp_peak_is_the_cell_centre():
+    logits = torch.full((1, 1, 6, 8), -1e4, dtype=torch.float64)
+    logits[0, 0, 2, 5] = 0.0
+    xy, _ = soft_argmax_2d(logits, 4)
+    torch.testing.assert_close(xy[0, 0], torch.tensor([4 * 5 + 1.5, 4 * 2 + 1.5],
+                                                      dtype=torch.float64))
+
+
+def test_soft_argmax_and_confidence_gradcheck():
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.randn(2, 3, 4, 5, dtype=torch.float64, generator=gen, requires_grad=True)
+    conf = torch.randn(2, 3, 4, 5, dtype=torch.float64, generator=gen, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: soft_argmax_2d(x, 4)[0], (logits,))
+    assert torch.autograd.gradcheck(
+        lambda x, c: pool_confidence(c, soft_argmax_2d(x, 4)[1]), (logits, conf))
+
+
+def test_soft_argmax_rejects_bad_shapes():
+    with pytest.raises(ShapeError, match="logits"):
+        soft_argmax_2d(torch.zeros(2, 3, 4), 4)
+    with pytest.raises(ShapeError, match="prob"):
+        pool_confidence(torch.zeros(1, 2, 3, 4), torch.zeros(1, 2, 11))
