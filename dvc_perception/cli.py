@@ -16,7 +16,8 @@ from dvc_perception.errors import DvcError
 
 # (sub-command, module, one-line help). A static table: no import-time registry.
 SUBCOMMANDS: tuple[tuple[str, str, str], ...] = (
-    ("demo", "dvc_perception.commands.demo", "run the main job on the embedded default"),
+    ("demo", "dvc_perception.commands.demo", "chessboard poses by the PnP layer next to OpenCV's"),
+    ("run", "dvc_perception.commands.run", "start perception_node (no ROS install needed)"),
 )
 
 

@@ -1,0 +1,342 @@
+# Copyright 2026 dvc_perception authors. Licensed under the Apache License, Version 2.0.
+"""Frozen configuration dataclasses of the pipeline and of the ROS node.
+
+These dataclasses are the single source of truth for every setting: `from_mapping` rejects
+unknown keys, `__post_init__` raises `ConfigError` naming the bad value, and the ROS node
+declares one parameter per leaf field (dotted names, e.g. ``pipeline.fiducial.board_type``)
+with a descriptor built from the field's ``metadata`` (``doc`` with unit, ``range``, ``choices``,
+``read_only``). `config/perception.yaml` lists the same parameters; a test checks that the YAML,
+the descriptors and these defaults agree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dvc_perception.config_utils import dataclass_from_mapping
+from dvc_perception.errors import ConfigError
+
+#: A ROS name token: letters, digits and underscores, not starting with a digit.
+ROS_NAME_TOKEN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+BOARD_TYPES = ("chessboard", "aruco_grid", "charuco")
+KEYPOINT_SOURCES = ("fiducial", "network")
+DEPTH_SOURCES = ("none", "network")
+SYNC_MODES = ("exact", "approximate", "latest")
+IMAGE_TRANSPORTS = ("raw", "compressed")
+ARUCO_DICTIONARIES = (
+    "DICT_4X4_50", "DICT_4X4_100", "DICT_4X4_250", "DICT_4X4_1000",
+    "DICT_5X5_50", "DICT_5X5_100", "DICT_5X5_250", "DICT_5X5_1000",
+    "DICT_6X6_50", "DICT_6X6_100", "DICT_6X6_250", "DICT_6X6_1000",
+    "DICT_7X7_50", "DICT_7X7_100", "DICT_7X7_250", "DICT_7X7_1000",
+    "DICT_ARUCO_ORIGINAL", "DICT_APRILTAG_16h5", "DICT_APRILTAG_25h9",
+    "DICT_APRILTAG_36h10", "DICT_APRILTAG_36h11",
+)  # fmt: skip
+
+
+def _f(default: Any, doc: str, **meta: Any) -> Any:
+    """A dataclass field whose metadata documents it (`doc`, `range`, `choices`, `read_only`)."""
+    return field(default=default, metadata={"doc": doc, **meta})
+
+
+def _check_range(section: str, obj: Any) -> None:
+    """Raise ConfigError for a field outside its `range` or `choices` metadata."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            continue
+        expected_type = type(f.default)
+        if expected_type is float and isinstance(value, int) and not isinstance(value, bool):
+            object.__setattr__(obj, f.name, float(value))  # YAML writes 1 for 1.0: same value
+            value = float(value)
+        if not isinstance(value, expected_type) or (
+            expected_type is int and isinstance(value, bool)
+        ):
+            raise ConfigError(
+                f"{section}.{f.name}: expected {expected_type.__name__}, "
+                f"got {type(value).__name__} {value!r}"
+            )
+        if "range" in f.metadata:
+            lo, hi = f.metadata["range"]
+            if not lo <= value <= hi:
+                raise ConfigError(f"{section}.{f.name}: expected in [{lo}, {hi}], got {value!r}")
+        if "choices" in f.metadata and value not in f.metadata["choices"]:
+            raise ConfigError(
+                f"{section}.{f.name}: expected one of {list(f.metadata['choices'])}, "
+                f"got {value!r}"
+            )
+
+
+@dataclass(frozen=True)
+class FiducialConfig:
+    """A calibration target used as a keypoint source (`keypoint_source: fiducial`).
+
+    Board frame (all types): origin at the board's top-left corner as printed (OpenCV's
+    convention), x right along a row, y down along a column, z into the board; metres.
+    """
+
+    object_id: str = _f("board", "object id of the board; a ROS name token (topic ~/<id>/pose)")
+    board_type: str = _f(
+        "chessboard",
+        "chessboard (inner corners, must be fully visible), aruco_grid (GridBoard) or charuco "
+        "(ChArUco; works partially visible)",
+        choices=BOARD_TYPES,
+    )
+    cols: int = _f(
+        9,
+        "chessboard: inner corners per row; aruco_grid: markers per row; charuco: squares per row",
+        range=(2, 100),
+    )
+    rows: int = _f(
+        6,
+        "chessboard: inner corners per column; aruco_grid: markers per column; charuco: squares "
+        "per column",
+        range=(2, 100),
+    )
+    square_size_m: float = _f(0.025, "chessboard/charuco square side [m]", range=(1e-4, 10.0))
+    marker_size_m: float = _f(
+        0.018, "aruco_grid/charuco marker side [m] (charuco: < square_size_m)", range=(1e-4, 10.0)
+    )
+    marker_separation_m: float = _f(
+        0.006, "aruco_grid gap between markers [m]", range=(0.0, 10.0)
+    )
+    dictionary: str = _f("DICT_5X5_100", "ArUco dictionary name", choices=ARUCO_DICTIONARIES)
+    legacy_pattern: bool = _f(
+        False, "charuco: boards made by OpenCV < 4.6 with an even row count (legacy layout)"
+    )
+    subpixel_window_px: int = _f(
+        5, "chessboard: half size of the cornerSubPix search window [px]; 0 disables",
+        range=(0, 30),
+    )
+    min_keypoints: int = _f(
+        4, "fewest detected keypoints for a pose (>= 4: partial boards still give poses)",
+        range=(4, 10000),
+    )
+
+    def __post_init__(self) -> None:
+        _check_range("pipeline.fiducial", self)
+        if not ROS_NAME_TOKEN.match(self.object_id):
+            raise ConfigError(
+                "pipeline.fiducial.object_id: expected a ROS name token (letters, digits, "
+                f"underscores, not starting with a digit), got {self.object_id!r}"
+            )
+        if self.board_type == "charuco" and self.marker_size_m >= self.square_size_m:
+            raise ConfigError(
+                "pipeline.fiducial.marker_size_m: a ChArUco marker must be smaller than its "
+                f"square ({self.square_size_m} m), got {self.marker_size_m} m"
+            )
+
+
+@dataclass(frozen=True)
+class PnPConfig:
+    """Robust pose estimation from keypoints (RANSAC, then weighted Levenberg-Marquardt)."""
+
+    threshold_px: float = _f(
+        4.0, "RANSAC inlier threshold on undistorted reprojection error [px]", range=(0.1, 100.0)
+    )
+    num_hypotheses: int = _f(64, "RANSAC minimal-set hypotheses per frame", range=(1, 4096))
+    max_iterations: int = _f(
+        30, "Levenberg-Marquardt iterations of the refinement", range=(1, 500)
+    )
+    seed: int = _f(
+        0, "RANSAC random seed (results are reproducible per frame)", range=(0, 2**31 - 1)
+    )
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """The keypoint/depth network (issues 4/5); unused by the fiducial source."""
+
+    model_path: str = _f("", "keypoint network ONNX file (metadata: objects, keypoints, input)")
+    depth_model_path: str = _f("", "depth network ONNX file; empty: no depth")
+    backend: str = _f(
+        "onnxruntime", "inference backend", choices=("onnxruntime", "tensorrt", "torch")
+    )
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """The ROS-free per-frame pipeline (`Pipeline.from_config`)."""
+
+    keypoint_source: str = _f(
+        "fiducial", "fiducial (calibration board via OpenCV) or network", choices=KEYPOINT_SOURCES
+    )
+    depth_source: str = _f(
+        "none", "none (no ~/depth, ~/points) or network", choices=DEPTH_SOURCES
+    )
+    input_rectified: bool = _f(
+        False,
+        "true: images are rectified (image_rect), CameraInfo P is used with no distortion; "
+        "false: raw images, CameraInfo K + D (plumb_bob, rational_polynomial)",
+    )
+    min_score: float = _f(
+        0.5, "poses with a lower score (inlier and confidence fraction) are dropped",
+        range=(0.0, 1.0),
+    )
+    fiducial: FiducialConfig = field(default_factory=FiducialConfig)
+    pnp: PnPConfig = field(default_factory=PnPConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+
+    def __post_init__(self) -> None:
+        _check_range("pipeline", self)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> PipelineConfig:
+        """Build from a (nested) mapping, e.g. the ``pipeline:`` section of a YAML file."""
+        return dataclass_from_mapping(cls, values, section="pipeline")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> PipelineConfig:
+        """Read a YAML file: a plain pipeline mapping, or a ROS params file of the node.
+
+        In a ROS params file (``<node>: ros__parameters: pipeline: ...``) the ``pipeline``
+        section is used.
+        """
+        return cls.from_mapping(pipeline_section(load_yaml(path)))
+
+
+@dataclass(frozen=True)
+class SyncConfig:
+    """Matching of `image` and `camera_info` by header stamp."""
+
+    mode: str = _f(
+        "approximate",
+        "exact (same stamp), approximate (within tolerance_s) or latest (last camera_info, for "
+        "drivers that latch it)",
+        choices=SYNC_MODES,
+    )
+    tolerance_s: float = _f(0.005, "approximate: largest stamp difference [s]", range=(0.0, 1.0))
+    queue_size: int = _f(
+        10, "messages waiting for a partner, per topic; older ones are dropped and counted",
+        range=(1, 1000), read_only=True,
+    )
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """The ROS node `perception_node`; leaf fields are its parameters (dotted names)."""
+
+    autostart: bool = _f(
+        True, "configure and activate at start-up (false: wait for lifecycle transitions)",
+        read_only=True,
+    )
+    image_transport: str = _f(
+        "raw", "raw (sensor_msgs/Image on `image`) or compressed (CompressedImage jpeg/png on "
+        "`image/compressed`)", choices=IMAGE_TRANSPORTS, read_only=True,
+    )
+    reliable_inputs: bool = _f(
+        False, "RELIABLE input QoS (bag replay); false: sensor-data (BEST_EFFORT) QoS",
+        read_only=True,
+    )
+    worker_queue_size: int = _f(
+        1, "frames waiting for the worker; when full the oldest is dropped and counted",
+        range=(1, 100), read_only=True,
+    )
+    diagnostics_period_s: float = _f(1.0, "period of /diagnostics [s]", range=(0.05, 60.0))
+    warn_throttle_s: float = _f(
+        5.0, "least time between two warnings of the same kind [s]", range=(0.0, 3600.0)
+    )
+    points_decimation: int = _f(
+        4, "~/points keeps every n-th pixel in u and v", range=(1, 64)
+    )
+    marker_axis_length_m: float = _f(
+        0.1, "length of the axes drawn on ~/markers and ~/overlay [m]", range=(1e-4, 10.0)
+    )
+    sync: SyncConfig = field(default_factory=SyncConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+
+    def __post_init__(self) -> None:
+        _check_range("node", self)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> NodeConfig:
+        """Build from the node's nested ``ros__parameters`` mapping."""
+        return dataclass_from_mapping(cls, values, section="perception_node")
+
+
+def load_yaml(path: str | Path) -> Any:
+    """Parse a YAML file, raising ConfigError (with the path) when absent or malformed."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist")
+    try:
+        return yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {err}") from err
+
+
+def ros_parameters_section(document: Any, node_name: str = "perception_node") -> dict[str, Any]:
+    """The ``ros__parameters`` mapping of `node_name` in a ROS params document.
+
+    Accepts ``<node>:``, ``/**:`` and namespaced keys (``/ns/<node>:``) as ROS does.
+    """
+    if not isinstance(document, Mapping):
+        raise ConfigError(f"params file: expected a mapping, got {type(document).__name__}")
+    for key, value in document.items():
+        if not isinstance(value, Mapping) or "ros__parameters" not in value:
+            continue
+        if key in ("/**", node_name) or str(key).rsplit("/", 1)[-1] == node_name:
+            return dict(value["ros__parameters"] or {})
+    raise ConfigError(
+        f"params file: no '{node_name}: ros__parameters:' (or '/**:') section; "
+        f"found keys {sorted(map(str, document))}"
+    )
+
+
+def pipeline_section(document: Any) -> Mapping[str, Any]:
+    """The pipeline mapping from a plain pipeline YAML or from a node params file."""
+    if isinstance(document, Mapping) and any(
+        isinstance(v, Mapping) and "ros__parameters" in v for v in document.values()
+    ):
+        return ros_parameters_section(document).get("pipeline", {})
+    if not isinstance(document, Mapping):
+        raise ConfigError(f"pipeline config: expected a mapping, got {type(document).__name__}")
+    return document
+
+
+def flatten_dataclass(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """Leaf fields of a (nested) config dataclass as ``{"a.b.c": value}``."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        name = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            out.update(flatten_dataclass(value, prefix=f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def field_metadata(cls: type, prefix: str = "") -> dict[str, Mapping[str, Any]]:
+    """Metadata (`doc`, `range`, `choices`, `read_only`) of every leaf field, by dotted name."""
+    out: dict[str, Mapping[str, Any]] = {}
+    instance = cls()
+    for f in dataclasses.fields(instance):  # type: ignore[arg-type]
+        value = getattr(instance, f.name)
+        name = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            out.update(field_metadata(type(value), prefix=f"{name}."))
+        else:
+            out[name] = f.metadata
+    return out
+
+
+def unflatten(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"a.b": 1}`` -> ``{"a": {"b": 1}}`` (the inverse of `flatten_dataclass`)."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"parameter {key!r} clashes with a value at {part!r}")
+        node[leaf] = value
+    return out

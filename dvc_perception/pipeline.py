@@ -1,0 +1,244 @@
+# Copyright 2026 dvc_perception authors. Licensed under the Apache License, Version 2.0.
+"""ROS-free per-frame pipeline: keypoints -> undistortion -> robust weighted PnP -> poses.
+
+``Pipeline.from_config(path_or_dict).process(image_rgb, camera, stamp) -> FrameResult``.
+Keypoints come from a pluggable `KeypointSource` (the fiducial source today, the keypoint network
+of issues 4/5 later); depth from an optional `DepthSource` (None: no depth). Importing this module
+loads neither rclpy nor tensorrt.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dvc_perception.config import ROS_NAME_TOKEN, PipelineConfig
+from dvc_perception.errors import ConfigError, EngineUnavailableError, InputError, ShapeError
+from dvc_perception.geometry.camera import CameraModel
+from dvc_perception.keypoint_sources.base import DepthSource, KeypointDetection, KeypointSource
+
+
+@dataclass(frozen=True)
+class ObjectPose:
+    """One detected object's pose, object-in-camera: ``X_cam = R @ X_obj + t``.
+
+    Attributes:
+        object_id: the object's id (a ROS name token).
+        R: (3, 3) float64 rotation, object frame to camera optical frame.
+        t: (3,) float64 m, object origin in the camera optical frame.
+        score: in [0, 1], confidence-weighted fraction of keypoints that are PnP inliers.
+        covariance: (6, 6) float64, ROS order (tx, ty, tz [m], rx, ry, rz [rad], small angles of
+            a left perturbation ``R = exp([dθ]x) R_hat``), from the solver.
+        keypoints_2d: (N, 2) float64 px, the keypoints as found in the input image.
+        n_inliers: number of RANSAC inliers among the N keypoints.
+    """
+
+    object_id: str
+    R: np.ndarray
+    t: np.ndarray
+    score: float
+    covariance: np.ndarray
+    keypoints_2d: np.ndarray
+    n_inliers: int
+
+
+@dataclass(frozen=True)
+class FrameResult:
+    """What the pipeline found in one frame.
+
+    Attributes:
+        stamp: the frame's time [s], as given to `Pipeline.process`.
+        poses: objects whose pose is valid and scored at least `min_score`.
+        depth: (H, W) float32 m at the input resolution, NaN where unknown; None without a
+            depth source.
+        timings: stage durations [ms] (``detect_ms``, ``pnp_ms``, ``depth_ms``, ``total_ms``).
+    """
+
+    stamp: float
+    poses: list[ObjectPose]
+    depth: np.ndarray | None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def make_keypoint_source(config: PipelineConfig) -> KeypointSource:
+    """The keypoint source named by `config.keypoint_source`.
+
+    Raises:
+        EngineUnavailableError: ``network`` while this build has no keypoint network.
+    """
+    if config.keypoint_source == "fiducial":
+        from dvc_perception.keypoint_sources.fiducial import FiducialSource
+
+        return FiducialSource(config.fiducial)
+    raise EngineUnavailableError(
+        "pipeline.keypoint_source 'network': the keypoint network source (issues 4/5) is not "
+        "part of this build yet; use keypoint_source 'fiducial'"
+    )
+
+
+def make_depth_source(config: PipelineConfig) -> DepthSource | None:
+    """The depth source named by `config.depth_source` (None for ``none``).
+
+    Raises:
+        EngineUnavailableError: ``network`` while this build has no depth network.
+    """
+    if config.depth_source != "none":
+        raise EngineUnavailableError(
+            "pipeline.depth_source 'network': the depth network (issue 5) is not part of this "
+            "build yet; use depth_source 'none'"
+        )
+    no_depth: DepthSource | None = None
+    return no_depth
+
+
+class Pipeline:
+    """Per-frame pose (and optional depth) estimation, independent of ROS.
+
+    Args:
+        config: pipeline settings.
+        keypoint_source: where keypoints come from (any `KeypointSource`).
+        depth_source: optional depth estimator; None gives ``FrameResult.depth = None``.
+    """
+
+    def __init__(
+        self,
+        config: PipelineConfig,
+        keypoint_source: KeypointSource,
+        depth_source: DepthSource | None = None,
+    ) -> None:
+        for object_id in keypoint_source.object_ids:
+            if not ROS_NAME_TOKEN.match(object_id):
+                raise ConfigError(
+                    f"object id {object_id!r} of {keypoint_source.backend}: expected a ROS name "
+                    "token (letters, digits, underscores, not starting with a digit)"
+                )
+        self.config = config
+        self.keypoint_source = keypoint_source
+        self.depth_source = depth_source
+
+    @classmethod
+    def from_config(cls, config: PipelineConfig | Mapping[str, Any] | str | Path) -> Pipeline:
+        """Build from a `PipelineConfig`, a mapping, or a YAML file (plain or ROS params file)."""
+        if isinstance(config, (str, Path)):
+            config = PipelineConfig.from_yaml(config)
+        elif isinstance(config, Mapping):
+            config = PipelineConfig.from_mapping(config)
+        elif not isinstance(config, PipelineConfig):
+            raise ConfigError(
+                f"Pipeline.from_config: expected a PipelineConfig, mapping or path, got "
+                f"{type(config).__name__}"
+            )
+        return cls(config, make_keypoint_source(config), make_depth_source(config))
+
+    @property
+    def object_ids(self) -> tuple[str, ...]:
+        """Every object id this pipeline can report."""
+        return tuple(self.keypoint_source.object_ids)
+
+    @property
+    def backend(self) -> str:
+        """Description of the keypoint (and depth) backends, for diagnostics."""
+        depth = self.depth_source.backend if self.depth_source is not None else "none"
+        return f"keypoints={self.keypoint_source.backend}; depth={depth}"
+
+    def process(self, image_rgb: np.ndarray, camera: CameraModel, stamp: float) -> FrameResult:
+        """Poses (and depth) of one frame.
+
+        Args:
+            image_rgb: (H, W, 3) uint8 RGB, as captured (distorted unless rectified).
+            camera: the image's camera; its width and height must be W and H.
+            stamp: the frame's time [s] (carried into the result).
+
+        Returns:
+            The frame's `FrameResult`.
+
+        Raises:
+            ShapeError: `image_rgb` is not (H, W, 3) uint8.
+            InputError: the image size differs from the camera's.
+        """
+        t0 = time.perf_counter()
+        if not isinstance(image_rgb, np.ndarray) or image_rgb.dtype != np.uint8:
+            raise ShapeError(
+                f"image_rgb: expected a uint8 numpy array, got "
+                f"{type(image_rgb).__name__} {getattr(image_rgb, 'dtype', '')}"
+            )
+        if image_rgb.ndim != 3 or image_rgb.shape[2] != 3:
+            raise ShapeError(f"image_rgb: expected shape (H, W, 3), got {image_rgb.shape}")
+        h, w = image_rgb.shape[:2]
+        if (w, h) != (camera.width, camera.height):
+            raise InputError(
+                f"image is {w}x{h} but its camera model is {camera.width}x{camera.height}"
+            )
+        detections = self.keypoint_source.detect(image_rgb)
+        t1 = time.perf_counter()
+        poses = [pose for d in detections for pose in self._estimate_pose(d, camera)]
+        t2 = time.perf_counter()
+        depth = None
+        if self.depth_source is not None:
+            K = camera.K.detach().cpu().numpy()
+            depth = np.asarray(self.depth_source.estimate(image_rgb, K), dtype=np.float32)
+            if depth.shape != (h, w):
+                raise ShapeError(f"depth: expected shape ({h}, {w}), got {depth.shape}")
+        t3 = time.perf_counter()
+        timings = {
+            "detect_ms": 1e3 * (t1 - t0),
+            "pnp_ms": 1e3 * (t2 - t1),
+            "depth_ms": 1e3 * (t3 - t2),
+            "total_ms": 1e3 * (t3 - t0),
+        }
+        return FrameResult(stamp=float(stamp), poses=poses, depth=depth, timings=timings)
+
+    def _estimate_pose(self, det: KeypointDetection, camera: CameraModel) -> list[ObjectPose]:
+        """Robust weighted PnP of one detection: [pose], or [] when invalid or below min_score."""
+        from dvc_perception.geometry.pnp import solve_pnp_ransac
+
+        n = det.keypoints_px.shape[0]
+        if n < 4:
+            return []
+        cfg = self.config.pnp
+        uv = torch.as_tensor(det.keypoints_px, dtype=torch.float64).unsqueeze(0)
+        uv_ideal = camera.undistort_points(uv) if camera.distortion_model != "none" else uv
+        x3d = torch.as_tensor(det.points_obj, dtype=torch.float64).unsqueeze(0)
+        weights = torch.as_tensor(det.confidence, dtype=torch.float64).unsqueeze(0)
+        K = camera.K.to(torch.float64).unsqueeze(0)
+        result = solve_pnp_ransac(
+            uv_ideal,
+            x3d,
+            K,
+            weights,
+            threshold_px=cfg.threshold_px,
+            num_hypotheses=cfg.num_hypotheses,
+            min_inliers=max(4, self.config.fiducial.min_keypoints)
+            if self.config.keypoint_source == "fiducial"
+            else 4,
+            seed=cfg.seed,
+            max_iterations=cfg.max_iterations,
+        )
+        if not bool(result.valid[0]):
+            return []
+        inliers = result.inliers[0].cpu().numpy().astype(bool)
+        conf = det.confidence
+        score = float(conf[inliers].sum() / n)
+        if score < self.config.min_score:
+            return []
+        R = result.R[0].detach().cpu().numpy().astype(np.float64)
+        t = result.t[0].detach().cpu().numpy().astype(np.float64)
+        cov = result.covariance[0].detach().cpu().numpy().astype(np.float64)
+        if not (np.all(np.isfinite(R)) and np.all(np.isfinite(t))):
+            return []
+        pose = ObjectPose(
+            object_id=det.object_id,
+            R=R,
+            t=t,
+            score=score,
+            covariance=cov,
+            keypoints_2d=det.keypoints_px.copy(),
+            n_inliers=int(result.n_inliers[0]),
+        )
+        return [pose]

@@ -1,0 +1,470 @@
+# Copyright 2026 dvc_perception authors. Licensed under the Apache License, Version 2.0.
+"""`perception_node`: camera topics in; object poses (with covariance), depth, diagnostics out.
+
+A lifecycle node: *configure* reads the parameters and builds the `Pipeline`; *activate* creates
+the subscriptions, the publishers and the worker thread; *deactivate* stops the worker (within 2 s)
+and removes them. With ``autostart`` (default) it configures and activates itself at start-up.
+
+Data flow: subscription callbacks only stamp, match (`StampMatcher`) and queue (`KeepLatestWorker`,
+keep-latest, drops counted). The worker calls `handle_frame`, which is `process_frame` (message
+conversion + pipeline, synchronous, raises on bad input) followed by `publish_outputs`. A bag
+replay calls the same two methods without the thread. Bad frames are counted on /diagnostics and
+warned about (throttled); the node keeps running.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import PoseArray, PoseWithCovarianceStamped
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.qos_overriding_options import QoSOverridingOptions
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
+from std_msgs.msg import Header
+from visualization_msgs.msg import MarkerArray
+
+from dvc_perception.config import NodeConfig
+from dvc_perception.errors import DvcError, InputError
+from dvc_perception.geometry.camera import CameraModel
+from dvc_perception.pipeline import FrameResult, Pipeline
+from dvc_perception.ros import convert
+from dvc_perception.ros.diagnostics import FrameStats, build_diagnostics
+from dvc_perception.ros.matcher import StampMatcher
+from dvc_perception.ros.params import declare_node_parameters, read_node_config
+from dvc_perception.ros.qos import input_qos, output_qos
+from dvc_perception.ros.worker import KeepLatestWorker
+
+NODE_NAME = "perception_node"
+
+
+@dataclass
+class FrameOutputs:
+    """Everything one frame publishes (built by `process_frame`, sent by `publish_outputs`).
+
+    Attributes:
+        header: the input image's header (stamp, frame_id), copied to every output.
+        result: the pipeline's result.
+        image_rgb: (H, W, 3) uint8 input image (for ~/overlay).
+        camera: the frame's camera model.
+        camera_info: the matched camera_info message.
+        pose_msgs: one PoseWithCovarianceStamped per detected object id.
+        pose_array: all detected poses.
+        markers: axis markers, namespace per object id.
+        depth_msg: 32FC1 depth, None without depth.
+        depth_info: camera_info of the depth, None without depth.
+        timings: node-side durations [ms]: ``convert_ms`` (+ ``publish_ms`` once published).
+    """
+
+    header: Header
+    result: FrameResult
+    image_rgb: Any
+    camera: CameraModel
+    camera_info: CameraInfo
+    pose_msgs: dict[str, PoseWithCovarianceStamped]
+    pose_array: PoseArray
+    markers: MarkerArray
+    depth_msg: Image | None
+    depth_info: CameraInfo | None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class PerceptionNode(LifecycleNode):
+    """The perception lifecycle node.
+
+    Args:
+        node_name: the node's name.
+        **node_kwargs: forwarded to `rclpy.lifecycle.LifecycleNode` (``context``,
+            ``parameter_overrides``, ``namespace``, ...).
+    """
+
+    def __init__(self, node_name: str = NODE_NAME, **node_kwargs: Any) -> None:
+        super().__init__(node_name, **node_kwargs)
+        declare_node_parameters(self)
+        self.config: NodeConfig | None = None
+        self.pipeline: Pipeline | None = None
+        self.stats = FrameStats()
+        self.startup_error: str = ""
+        self._matcher: StampMatcher[tuple[Any, float], CameraInfo] | None = None
+        self._worker: KeepLatestWorker[tuple[Any, CameraInfo, float]] | None = None
+        self._subs: list[Any] = []
+        self._pubs: dict[str, Any] = {}
+        self._pose_pubs: dict[str, Any] = {}
+        self._timer: Any = None
+        self._camera_cache: tuple[tuple[Any, ...], CameraModel] | None = None
+        self._last_warn: dict[str, float] = {}
+        if self.get_parameter("autostart").value:
+            self._autostart()
+
+    # ------------------------------------------------------------------ lifecycle
+    def _autostart(self) -> None:
+        if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+            self.startup_error = self.startup_error or "configure failed"
+            return
+        if self.trigger_activate() != TransitionCallbackReturn.SUCCESS:
+            self.startup_error = self.startup_error or "activate failed"
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Read and validate the parameters, build the pipeline."""
+        try:
+            config = read_node_config(self)
+            pipeline = Pipeline.from_config(config.pipeline)
+            matcher: StampMatcher[tuple[Any, float], CameraInfo] = StampMatcher(
+                config.sync.mode, config.sync.tolerance_s, config.sync.queue_size
+            )
+        except DvcError as err:
+            self.startup_error = f"configure: {err}"
+            self.get_logger().error(self.startup_error)
+            return TransitionCallbackReturn.FAILURE
+        self.config, self.pipeline, self._matcher = config, pipeline, matcher
+        self.get_logger().info(
+            f"configured: {pipeline.backend}; objects {list(pipeline.object_ids)}; "
+            f"sync {config.sync.mode}; input {config.image_transport}"
+        )
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Create publishers, subscriptions, the worker thread and the diagnostics timer."""
+        if self.config is None or self.pipeline is None:
+            return TransitionCallbackReturn.FAILURE
+        cfg = self.config
+        out = output_qos()
+        self._pose_pubs = {
+            oid: self.create_publisher(PoseWithCovarianceStamped, f"~/{oid}/pose", out)
+            for oid in self.pipeline.object_ids
+        }
+        self._pubs = {
+            "poses": self.create_publisher(PoseArray, "~/poses", out),
+            "markers": self.create_publisher(MarkerArray, "~/markers", out),
+            "overlay": self.create_publisher(Image, "~/overlay", out),
+            "diagnostics": self.create_publisher(DiagnosticArray, "/diagnostics", out),
+        }
+        if self.pipeline.depth_source is not None:
+            self._pubs["depth"] = self.create_publisher(Image, "~/depth", out)
+            self._pubs["depth_info"] = self.create_publisher(
+                CameraInfo, "~/depth/camera_info", out
+            )
+            self._pubs["points"] = self.create_publisher(PointCloud2, "~/points", out)
+        self._worker = KeepLatestWorker(
+            self._work, maxsize=cfg.worker_queue_size, on_error=self._on_worker_error
+        )
+        self._worker.start()
+        qos = input_qos(cfg.reliable_inputs)
+        overrides = QoSOverridingOptions.with_default_policies()
+        if cfg.image_transport == "compressed":
+            image_sub = self.create_subscription(
+                CompressedImage, "image/compressed", self._on_image, qos,
+                qos_overriding_options=overrides,
+            )
+        else:
+            image_sub = self.create_subscription(
+                Image, "image", self._on_image, qos, qos_overriding_options=overrides
+            )
+        info_sub = self.create_subscription(
+            CameraInfo, "camera_info", self._on_camera_info, qos, qos_overriding_options=overrides
+        )
+        self._subs = [image_sub, info_sub]
+        self._timer = self.create_timer(cfg.diagnostics_period_s, self.publish_diagnostics)
+        self.get_logger().info("active")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Stop the worker (within 2 s) and remove subscriptions, publishers and the timer."""
+        self._teardown()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Forget the pipeline (a new configure re-reads the parameters)."""
+        self._teardown()
+        self.config, self.pipeline, self._matcher = None, None, None
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Stop everything."""
+        self._teardown()
+        return TransitionCallbackReturn.SUCCESS
+
+    def stop_worker(self, timeout_s: float = 2.0) -> bool:
+        """Stop the worker thread; True when it ended within `timeout_s`."""
+        worker, self._worker = self._worker, None
+        return True if worker is None else worker.stop(timeout_s)
+
+    def _teardown(self) -> None:
+        if not self.stop_worker(2.0):
+            self.get_logger().warning("worker did not stop within 2 s (a frame is still running)")
+        for sub in self._subs:
+            self.destroy_subscription(sub)
+        self._subs = []
+        for pub in [*self._pubs.values(), *self._pose_pubs.values()]:
+            self.destroy_publisher(pub)
+        self._pubs, self._pose_pubs = {}, {}
+        if self._timer is not None:
+            self.destroy_timer(self._timer)
+            self._timer = None
+        if self._matcher is not None:
+            self._matcher.reset()
+
+    # ------------------------------------------------------------------ callbacks
+    def _on_image(self, msg: Image | CompressedImage) -> None:
+        now = time.monotonic()
+        self.stats.image_received(now)
+        matcher = self._matcher
+        if matcher is None:
+            return
+        before = _drop_total(matcher)
+        pairs = matcher.add_image(convert.stamp_to_ns(msg.header.stamp), (msg, now))
+        self._warn_on_sync_drops(matcher, before)
+        self._submit(pairs)
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        matcher = self._matcher
+        if matcher is None:
+            return
+        before = _drop_total(matcher)
+        pairs = matcher.add_camera_info(convert.stamp_to_ns(msg.header.stamp), msg)
+        self._warn_on_sync_drops(matcher, before)
+        self._submit(pairs)
+
+    def _submit(self, pairs: list[tuple[tuple[Any, float], CameraInfo]]) -> None:
+        worker = self._worker
+        for (image_msg, received), info in pairs:
+            if worker is not None:
+                worker.submit((image_msg, info, received))
+
+    def _warn_on_sync_drops(self, matcher: StampMatcher[Any, Any], before: int) -> None:
+        if _drop_total(matcher) > before:
+            c = matcher.counters
+            self._warn(
+                "sync",
+                f"images dropped by camera_info matching ({matcher.mode}): no camera_info "
+                f"{c.no_camera_info}, unmatched {c.unmatched_images}, out of order "
+                f"{c.out_of_order}",
+            )
+
+    def _work(self, item: tuple[Any, CameraInfo, float]) -> None:
+        image_msg, info, received = item
+        self.handle_frame(image_msg, info, received)
+
+    def _on_worker_error(self, err: BaseException) -> None:
+        self.stats.error("pipeline", f"{type(err).__name__}: {err}")
+        self._warn("worker", f"frame failed unexpectedly: {type(err).__name__}: {err}")
+
+    def _warn(self, kind: str, message: str) -> None:
+        """A warning at most once per `warn_throttle_s` per kind."""
+        period = self.config.warn_throttle_s if self.config is not None else 5.0
+        now = time.monotonic()
+        if now - self._last_warn.get(kind, -1e18) >= period:
+            self._last_warn[kind] = now
+            self.get_logger().warning(message)
+
+    # ------------------------------------------------------------------ per frame
+    def handle_frame(
+        self, image_msg: Image | CompressedImage, info: CameraInfo, received: float
+    ) -> bool:
+        """Process and publish one matched frame; bad input is counted, warned about, skipped.
+
+        Args:
+            image_msg: the image.
+            info: its camera_info.
+            received: steady-clock time [s] the image arrived (for the latency statistics).
+
+        Returns:
+            True when published, False when the frame was rejected (counted on /diagnostics).
+        """
+        try:
+            outputs = self.process_frame(image_msg, info)
+        except _FrameRejected as rejected:
+            self.stats.error(rejected.kind, str(rejected.error))
+            self._warn(rejected.kind, f"frame skipped ({rejected.kind}): {rejected.error}")
+            return False
+        self.publish_outputs(outputs)
+        now = time.monotonic()
+        overhead = outputs.timings.get("convert_ms", 0.0) + outputs.timings.get("publish_ms", 0.0)
+        self.stats.frame_done(received, now, overhead, len(outputs.result.poses))
+        return True
+
+    def camera_model(self, info: CameraInfo) -> CameraModel:
+        """The `CameraModel` of `info` (cached while camera_info does not change)."""
+        if self.config is None:
+            raise InputError("camera_model: the node is not configured")
+        key = (
+            tuple(info.k), tuple(info.d), tuple(info.p), info.width, info.height,
+            info.distortion_model, info.binning_x, info.binning_y, info.roi.x_offset,
+            info.roi.y_offset, info.roi.width, info.roi.height,
+        )
+        cached = self._camera_cache
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        camera = convert.camera_info_to_camera_model(info, self.config.pipeline.input_rectified)
+        self._camera_cache = (key, camera)
+        return camera
+
+    def process_frame(self, image_msg: Image | CompressedImage, info: CameraInfo) -> FrameOutputs:
+        """Convert the messages, run the pipeline, build every output message (no publishing).
+
+        Synchronous and thread-agnostic: the worker thread and a bag replay both call it.
+
+        Raises:
+            _FrameRejected: (an `InputError` subclass) with the kind of bad input.
+        """
+        if self.pipeline is None or self.config is None:
+            raise _FrameRejected("pipeline", InputError("the node is not configured"))
+        t0 = time.perf_counter()
+        try:
+            if isinstance(image_msg, CompressedImage):
+                rgb = convert.compressed_msg_to_rgb(image_msg)
+            else:
+                rgb = convert.image_msg_to_rgb(image_msg)
+        except DvcError as err:
+            raise _FrameRejected("image", err) from err
+        try:
+            camera = self.camera_model(info)
+        except DvcError as err:
+            raise _FrameRejected("camera_info", err) from err
+        h, w = rgb.shape[:2]
+        if (w, h) != (camera.width, camera.height):
+            raise _FrameRejected(
+                "size_mismatch",
+                InputError(f"image is {w}x{h}, camera_info {camera.width}x{camera.height}"),
+            )
+        header = Header(stamp=image_msg.header.stamp, frame_id=image_msg.header.frame_id)
+        stamp = convert.stamp_to_ns(header.stamp) * 1e-9
+        t1 = time.perf_counter()
+        try:
+            result = self.pipeline.process(rgb, camera, stamp)
+        except DvcError as err:
+            raise _FrameRejected("pipeline", err) from err
+        t2 = time.perf_counter()
+        pose_msgs = {p.object_id: convert.object_pose_to_msg(p, header) for p in result.poses}
+        pose_array = convert.poses_to_pose_array(result.poses, header)
+        markers = convert.poses_to_marker_array(
+            result.poses, header, self.config.marker_axis_length_m
+        )
+        depth_msg = depth_info = None
+        if result.depth is not None:
+            depth_msg = convert.depth_to_image_msg(result.depth, header)
+            depth_info = convert.depth_camera_info(info, header)
+        t3 = time.perf_counter()
+        timings = {"convert_ms": 1e3 * ((t1 - t0) + (t3 - t2)), "pipeline_ms": 1e3 * (t2 - t1)}
+        return FrameOutputs(
+            header, result, rgb, camera, info, pose_msgs, pose_array, markers, depth_msg,
+            depth_info, timings,
+        )
+
+    def publish_outputs(self, outputs: FrameOutputs) -> None:
+        """Publish a frame's outputs (overlay and points only when someone subscribes)."""
+        t0 = time.perf_counter()
+        pubs = self._pubs
+        if not pubs:
+            return
+        for object_id, msg in outputs.pose_msgs.items():
+            pub = self._pose_pubs.get(object_id)
+            if pub is not None:
+                pub.publish(msg)
+        pubs["poses"].publish(outputs.pose_array)
+        pubs["markers"].publish(outputs.markers)
+        if outputs.depth_msg is not None and "depth" in pubs:
+            pubs["depth"].publish(outputs.depth_msg)
+            pubs["depth_info"].publish(outputs.depth_info)
+            if pubs["points"].get_subscription_count() > 0 and self.config is not None:
+                K = outputs.camera.K.detach().cpu().numpy()
+                pubs["points"].publish(
+                    convert.depth_to_point_cloud(
+                        outputs.result.depth, K, outputs.header, self.config.points_decimation
+                    )
+                )
+        if pubs["overlay"].get_subscription_count() > 0 and self.config is not None:
+            drawn = convert.draw_overlay(
+                outputs.image_rgb, outputs.result.poses, outputs.camera,
+                self.config.marker_axis_length_m,
+            )
+            pubs["overlay"].publish(convert.rgb_to_image_msg(drawn, outputs.header))
+        outputs.timings["publish_ms"] = 1e3 * (time.perf_counter() - t0)
+
+    def diagnostics_values(self) -> dict[str, float | int | str]:
+        """Everything /diagnostics reports, as a flat mapping."""
+        values = self.stats.snapshot()
+        if self._matcher is not None:
+            c = self._matcher.counters
+            values["dropped.no_camera_info"] = c.no_camera_info
+            values["dropped.unmatched"] = c.unmatched_images
+            values["dropped.out_of_order"] = c.out_of_order
+            values["sync.resets"] = c.resets
+        worker = self._worker
+        values["dropped.worker"] = worker.dropped if worker is not None else 0
+        values["backend"] = self.pipeline.backend if self.pipeline is not None else "none"
+        values["precision"] = "float64 (CPU)"
+        return values
+
+    def publish_diagnostics(self) -> None:
+        """Publish /diagnostics (timer callback)."""
+        pub = self._pubs.get("diagnostics")
+        if pub is None:
+            return
+        values = self.diagnostics_values()
+        problems = sum(
+            int(v) for k, v in values.items()
+            if k.startswith(("errors.", "dropped.no_camera_info", "dropped.out_of_order"))
+        )
+        message = f"{problems} frames rejected" if problems else "ok"
+        if values.get("last_error"):
+            message += f"; last: {values['last_error']}"
+        pub.publish(
+            build_diagnostics(
+                f"{self.get_name()}: pipeline", str(values["backend"]), values,
+                self.get_clock().now().to_msg(), problems > 0, message,
+            )
+        )
+
+
+class _FrameRejected(InputError):
+    """A frame is unusable; `kind` says which stage rejected it (for the diagnostics)."""
+
+    def __init__(self, kind: str, error: BaseException) -> None:
+        super().__init__(f"{kind}: {error}")
+        self.kind = kind
+        self.error = error
+
+
+def _drop_total(matcher: StampMatcher[Any, Any]) -> int:
+    c = matcher.counters
+    return c.no_camera_info + c.unmatched_images + c.out_of_order
+
+
+def main(args: list[str] | None = None) -> int:
+    """Run the node until SIGINT / shutdown; Humble, Jazzy and Kilted compatible.
+
+    Returns:
+        0 on a clean stop, 1 when the node failed to configure or activate at start-up.
+    """
+    import rclpy
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+
+    rclpy.init(args=args if args is not None else sys.argv)
+    node = None
+    rc = 0
+    try:
+        node = PerceptionNode()
+        if node.startup_error:
+            node.get_logger().fatal(f"start-up failed: {node.startup_error}")
+            rc = 1
+        else:
+            executor = SingleThreadedExecutor()
+            executor.add_node(node)
+            executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.stop_worker(2.0)
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+# Copyright 2026 dvc_perception authors. Licensed under the Apache License, Version 2.0.
+"""QoS profiles of the node's inputs and outputs."""
+
+from __future__ import annotations
+
+from rclpy.qos import (
+    DurabilityPolicy,
+    HistoryPolicy,
+    QoSProfile,
+    ReliabilityPolicy,
+    qos_profile_sensor_data,
+)
+
+
+def input_qos(reliable: bool) -> QoSProfile:
+    """Inputs: sensor-data (BEST_EFFORT, KEEP_LAST 5) by default; RELIABLE for bag replay.
+
+    A BEST_EFFORT subscription also receives from RELIABLE publishers (camera drivers use
+    either), so the default connects to every driver.
+    """
+    if not reliable:
+        return qos_profile_sensor_data
+    return QoSProfile(
+        history=HistoryPolicy.KEEP_LAST,
+        depth=10,
+        reliability=ReliabilityPolicy.RELIABLE,
+        durability=DurabilityPolicy.VOLATILE,
+    )
+
+
+def output_qos() -> QoSProfile:
+    """Outputs: RELIABLE, KEEP_LAST 5, VOLATILE (RViz and sensor-data subscribers accept it)."""
+    return QoSProfile(
+        history=HistoryPolicy.KEEP_LAST,
+        depth=5,
+        reliability=ReliabilityPolicy.RELIABLE,
+        durability=DurabilityPolicy.VOLATILE,
+    )
