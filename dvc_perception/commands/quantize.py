@@ -1,0 +1,107 @@
+# Copyright 2026 dvc_perception authors. Licensed under the Apache License, Version 2.0.
+"""`dvc-perception quantize MODEL.onnx --calib DIR_OR_BAG -o OUT.onnx`: static INT8 QDQ model.
+
+Calibration frames come from a directory of PNG/JPG images, synthetic shards (when the renderer's
+shard reader exists), or a rosbag2 (``.mcap`` / ``.db3`` file or bag directory; image topic
+picked with ``--topic`` or the first sensor_msgs Image/CompressedImage topic). Frames are
+preprocessed with the model's own metadata (input size, mean, std).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from dvc_perception.errors import ConfigError
+
+_IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `dvc-perception quantize`."""
+    parser.add_argument("model", type=Path, help="float ONNX model (with dvc_perception metadata)")
+    parser.add_argument(
+        "--calib", type=Path, required=True,
+        help="calibration frames: image directory, synthetic shard directory, or rosbag2",
+    )
+    parser.add_argument("-o", "--output", type=Path, required=True, help="output QDQ .onnx")
+    parser.add_argument("--max-frames", type=int, default=128, help="calibration frames used")
+    parser.add_argument(
+        "--method", choices=("minmax", "entropy", "percentile"), default="minmax",
+        help="activation range calibration",
+    )
+    parser.add_argument("--topic", default=None, help="image topic when --calib is a rosbag")
+    parser.add_argument(
+        "--per-tensor", action="store_true", help="per-tensor instead of per-channel weights"
+    )
+    parser.add_argument(
+        "--check-tensorrt", default="8.6,10",
+        help="TensorRT versions whose ONNX parser support is checked ('' to skip)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Quantise; print what was done and the TensorRT support check."""
+    from dvc_perception.engines.calibrate import load_calibration_frames
+    from dvc_perception.engines.export import read_model_metadata
+    from dvc_perception.engines.quantize import model_input_shape, quantize_onnx
+    from dvc_perception.engines.trt_support import check_tensorrt_support
+
+    if args.max_frames < 1:
+        raise ConfigError(f"--max-frames must be >= 1, got {args.max_frames}")
+    meta = read_model_metadata(args.model)
+    shape = model_input_shape(args.model)
+    source = _bag_frames(args.calib, args.topic) if _is_bag(args.calib) else args.calib
+    frames = load_calibration_frames(
+        source, input_shape=shape, max_frames=args.max_frames, mean=meta.mean, std=meta.std
+    )
+    report = quantize_onnx(
+        args.model, args.output, frames, method=args.method, per_channel=not args.per_tensor
+    )
+    print(
+        f"wrote {report.output}: {report.num_quantize_nodes} QuantizeLinear, "
+        f"{report.num_dequantize_nodes} DequantizeLinear, {report.method} calibration over "
+        f"{report.num_frames} frames from {args.calib}"
+    )
+    status = 0
+    for version in [v.strip() for v in args.check_tensorrt.split(",") if v.strip()]:
+        support = check_tensorrt_support(report.output, version)
+        verdict = "ok" if support.ok else f"{len(support.problems)} problem(s)"
+        print(f"TensorRT {version} ONNX parser support (table {support.tensorrt_version}): "
+              f"{verdict}")
+        for p in support.problems:
+            print(f"  {p.op_type} {p.node}: {p.reason}")
+        status = status or (0 if support.ok else 1)
+    return status
+
+
+def _is_bag(path: Path) -> bool:
+    if path.is_file():
+        return path.suffix in (".mcap", ".db3")
+    return (path / "metadata.yaml").is_file()
+
+
+def _bag_frames(path: Path, topic: str | None) -> Iterator[np.ndarray]:
+    """RGB frames decoded from an image topic of a rosbag2."""
+    from dvc_perception.bag.io import BagReader, _typestore
+    from dvc_perception.ros.convert import compressed_msg_to_rgb, image_msg_to_rgb
+
+    typestore = _typestore()
+    with BagReader(path) as reader:
+        topics = reader.topics()
+        if topic is None:
+            candidates = sorted(t for t, info in topics.items() if info.msgtype in _IMAGE_TYPES)
+            if not candidates:
+                raise ConfigError(f"bag {path} has no image topic; topics: {sorted(topics)}")
+            topic = candidates[0]
+        elif topic not in topics or topics[topic].msgtype not in _IMAGE_TYPES:
+            raise ConfigError(f"bag {path}: {topic!r} is not an image topic; {sorted(topics)}")
+        for message in reader.messages([topic]):
+            msg = typestore.deserialize_cdr(message.rawdata, message.msgtype)
+            if message.msgtype.endswith("CompressedImage"):
+                yield compressed_msg_to_rgb(msg)
+            else:
+                yield image_msg_to_rgb(msg)
