@@ -1,0 +1,43 @@
+# Copyright 2026 dvc_perception authors. Licensed under the Apache License, Version 2.0.
+"""Factories named in exported models' metadata (``architecture.factory``).
+
+The torch backend rebuilds an exported network with ``factory(**kwargs)`` and loads the state
+dict saved next to the ONNX file; the kwargs are the JSON form of the network's config.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from dvc_perception.config_utils import dataclass_from_mapping
+from dvc_perception.models.depth_net import DepthNet, DepthNetConfig
+from dvc_perception.models.keypoint_net import KeypointNet, KeypointNetConfig, KeypointNetForExport
+
+KEYPOINT_FACTORY = "dvc_perception.models.factory:keypoint_export_module"
+DEPTH_FACTORY = "dvc_perception.models.factory:depth_export_module"
+
+
+def _tuples(values: Mapping[str, Any]) -> dict[str, Any]:
+    """JSON lists back to the tuples the frozen configs use."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+
+
+def keypoint_config_from_mapping(values: Mapping[str, Any]) -> KeypointNetConfig:
+    """`KeypointNetConfig` from its JSON form (unknown keys raise `ConfigError`)."""
+    return dataclass_from_mapping(KeypointNetConfig, _tuples(values), section="keypoint_net")
+
+
+def depth_config_from_mapping(values: Mapping[str, Any]) -> DepthNetConfig:
+    """`DepthNetConfig` from its JSON form (unknown keys raise `ConfigError`)."""
+    return dataclass_from_mapping(DepthNetConfig, _tuples(values), section="depth_net")
+
+
+def keypoint_export_module(**config: Any) -> KeypointNetForExport:
+    """The exported keypoint graph (image -> x2d, weights, objectness, mask), untrained."""
+    return KeypointNetForExport(KeypointNet(keypoint_config_from_mapping(config)))
+
+
+def depth_export_module(**config: Any) -> DepthNet:
+    """The exported depth graph (image -> canonical depth), untrained."""
+    return DepthNet(depth_config_from_mapping(config))

@@ -1,0 +1,179 @@
+# Copyright 2026 dvc_perception authors. Licensed under the Apache License, Version 2.0.
+"""Training checkpoints -> networks -> self-describing ONNX models.
+
+A checkpoint written by `train.loop.train` through the `dvc-perception train` command holds,
+besides the weights, ``model_kind`` ("keypoint" | "depth"), ``model_config`` (the network config
+as JSON), ``objects`` (for keypoint nets: ids, 3D keypoints, diameters, symmetries) and
+``provenance`` (git commit, command, seeds, data). `export_checkpoint` turns it into
+``<name>.onnx`` (opset 17, static shape, metadata in the model) plus ``<name>.pt`` (the state
+dict the torch backend loads with the metadata's ``architecture.factory``).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import sys
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dvc_perception.errors import ModelSpecError
+from dvc_perception.models.depth_net import DepthNet
+from dvc_perception.models.factory import (
+    DEPTH_FACTORY,
+    KEYPOINT_FACTORY,
+    depth_config_from_mapping,
+    keypoint_config_from_mapping,
+)
+from dvc_perception.models.keypoint_net import HEATMAP_STRIDE, KeypointNet, KeypointNetForExport
+
+KEYPOINT_OUTPUTS = KeypointNetForExport.output_names
+DEPTH_OUTPUTS = ("depth_canonical",)
+INPUT_NAME = "image"
+_REQUIRED = ("task", "model", "model_kind", "model_config", "provenance")
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a training checkpoint and check it has what export needs.
+
+    Raises:
+        ModelSpecError: missing file or keys (all named).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelSpecError(f"checkpoint {path} does not exist")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    missing = [k for k in _REQUIRED if k not in ckpt] if isinstance(ckpt, Mapping) else _REQUIRED
+    if missing:
+        raise ModelSpecError(f"{path}: not a dvc_perception training checkpoint, lacks {missing}")
+    return dict(ckpt)
+
+
+def model_from_checkpoint(ckpt: Mapping[str, Any]) -> nn.Module:
+    """The trained network (eval mode): a `KeypointNet` or a `DepthNet`.
+
+    Raises:
+        ModelSpecError: unknown ``model_kind`` or weights that do not fit the config.
+    """
+    kind = ckpt["model_kind"]
+    if kind == "keypoint":
+        model: nn.Module = KeypointNet(keypoint_config_from_mapping(ckpt["model_config"]))
+    elif kind == "depth":
+        model = DepthNet(depth_config_from_mapping(ckpt["model_config"]))
+    else:
+        raise ModelSpecError(f"checkpoint model_kind must be 'keypoint' or 'depth', got {kind!r}")
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as err:
+        raise ModelSpecError(f"checkpoint weights do not fit its model_config: {err}") from err
+    return model.eval()
+
+
+def export_metadata(ckpt: Mapping[str, Any], *, command: Sequence[str]) -> dict[str, Any]:
+    """The metadata document of the exported model (see engines.base.ModelMetadata)."""
+    prov = dict(ckpt["provenance"])
+    git = prov.get("git", {}) if isinstance(prov.get("git"), Mapping) else {}
+    cfg = dict(ckpt["model_config"])
+    provenance = {
+        "git_commit": str(git.get("commit", "unknown")),
+        "git_dirty": git.get("dirty"),
+        "command": " ".join(str(c) for c in prov.get("command", [])),
+        "date": str(prov.get("date", "")),
+        "data_seed": prov.get("data", {}).get("seed") if isinstance(prov.get("data"), Mapping)
+        else None,
+        "train_seed": prov.get("seeds", {}).get("train"),
+        "data": prov.get("data"),
+        "epochs": int(ckpt.get("epoch", 0)),
+        "final_metrics": {k: v for k, v in dict(ckpt.get("history", [{}])[-1]).items()
+                          if k.startswith("val_")} if ckpt.get("history") else {},
+        "export_command": " ".join(command),
+        "export_date": datetime.datetime.now(datetime.timezone.utc).isoformat(
+            timespec="seconds"),
+    }
+    doc: dict[str, Any] = {
+        "dvc_format": 1,
+        "input_size": [int(cfg["input_width"]), int(cfg["input_height"])],
+        # normalisation is inside the graph: feed RGB in [0, 1]
+        "normalization": {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]},
+        "provenance": provenance,
+        "input_format": "float32 NCHW RGB in [0, 1]; ImageNet mean/std applied in the graph",
+        "resize": "letterbox: scale min(W/w, H/h), top-left, zero padding; "
+                  "u_in = s * (u + 0.5) - 0.5, K_in = [[s,0,s/2-1/2],[0,s,s/2-1/2],[0,0,1]] @ K",
+        "architecture": {"factory": KEYPOINT_FACTORY if ckpt["model_kind"] == "keypoint"
+                         else DEPTH_FACTORY, "kwargs": cfg},
+    }
+    if ckpt["model_kind"] == "keypoint":
+        objects = list(ckpt.get("objects", []))
+        doc.update({
+            "task": "keypoints",
+            "object_ids": [o["object_id"] for o in objects],
+            "keypoints_3d": {o["object_id"]: o["keypoints_obj"] for o in objects},
+            "symmetries": {o["object_id"]: o.get("symmetries") for o in objects},
+            "diameters_m": {o["object_id"]: o["diameter_m"] for o in objects},
+            "output_stride": HEATMAP_STRIDE,
+            "outputs": {
+                "x2d": "(B, O, K, 2) px in the network input image, pixel centres at integers",
+                "weights": "(B, O, K) keypoint confidences in (0, 1), PnP weights",
+                "objectness": "(B, O) max of the object mask probability",
+                "mask": "(B, O, H/4, W/4) object mask probability",
+            },
+        })
+    else:
+        doc.update({
+            "task": "depth",
+            "depth_unit": "m",
+            "focal_normalization": {"reference_focal_px": float(cfg.get("focal0_px", 300.0))},
+            "outputs": {
+                "depth_canonical": "(B, 1, H, W) m for focal reference_focal_px; metric depth = "
+                                   "depth_canonical * fx_input_px / reference_focal_px",
+            },
+        })
+    return doc
+
+
+def export_checkpoint(
+    checkpoint: str | os.PathLike[str],
+    onnx_path: str | os.PathLike[str],
+    *,
+    command: Sequence[str] | None = None,
+    opset: int = 17,
+) -> Path:
+    """Export a training checkpoint to ONNX (+ the torch-backend state dict beside it).
+
+    Args:
+        checkpoint: ``best.pt`` / ``last.pt`` of a training run.
+        onnx_path: output ``.onnx`` path; ``<stem>.pt`` is written next to it.
+        command: the command line recorded in the metadata (default `sys.argv`).
+        opset: ONNX opset (17: TensorRT 8.6).
+
+    Returns:
+        The ONNX path.
+    """
+    from dvc_perception.engines.export import export_onnx
+
+    ckpt = load_checkpoint(checkpoint)
+    model = model_from_checkpoint(ckpt)
+    cfg = ckpt["model_config"]
+    example = torch.zeros(1, 3, int(cfg["input_height"]), int(cfg["input_width"]))
+    if ckpt["model_kind"] == "keypoint":
+        module: nn.Module = KeypointNetForExport(model)  # type: ignore[arg-type]
+        outputs: Sequence[str] = KEYPOINT_OUTPUTS
+    else:
+        module, outputs = model, DEPTH_OUTPUTS
+    module.eval()
+    meta = export_metadata(ckpt, command=list(command if command is not None else sys.argv))
+    with warnings.catch_warnings():
+        # shape checks turn sizes into Python ints while tracing: intended, the shape is static
+        warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
+        path = export_onnx(module, (example,), onnx_path, input_names=[INPUT_NAME],
+                           output_names=list(outputs), metadata=meta, opset=opset)
+    weights = Path(path).with_suffix(".pt")
+    tmp = weights.with_suffix(".pt.tmp")
+    torch.save(module.state_dict(), tmp)
+    os.replace(tmp, weights)
+    return Path(path)

@@ -1,0 +1,489 @@
+# Copyright 2026 dvc_perception authors. Licensed under the Apache License, Version 2.0.
+"""Training datasets: frames with ground truth -> network-input tensors, with augmentation.
+
+A *frame source* is any sequence of `Frame` (an RGB image, its pinhole intrinsics, optional
+metric depth and per-object poses/masks); `ShardFrameSource` reads the synthetic shards of
+`render/synth.py`. `PoseDataset` and `DepthDataset` map a frame to the network input size
+(letterbox: scale by min(W/w, H/h), image at the top-left, zero padding), apply a seeded
+augmentation (random scale and shift with the intrinsics updated exactly, colour jitter,
+noise, blur) and compute the targets (2D keypoints by projecting the object's 3D keypoints with
+the ground-truth pose, visibility, masks at the heatmap stride, depth).
+
+Determinism: sample i in epoch e is augmented with ``numpy.random.default_rng([seed, e, i])``,
+independent of worker, rank and order, so training resumes and data-parallel runs reproduce.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import cv2
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from dvc_perception.errors import ConfigError, ShapeError, check_shape
+from dvc_perception.models.keypoint_net import HEATMAP_STRIDE
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What training and evaluation know about one object.
+
+    Attributes:
+        object_id: the id (output channel group of the keypoint network).
+        keypoints_obj: (K, 3) float64 m, object frame, the 3D keypoints.
+        diameter_m: object diameter [m] (ADD threshold is 0.1 of it).
+        symmetric: evaluate with ADD-S instead of ADD.
+        points_obj: (N, 3) float64 m, object frame, surface points for ADD(-S).
+        symmetries: the object's symmetry description (copied into model metadata).
+    """
+
+    object_id: str
+    keypoints_obj: np.ndarray
+    diameter_m: float
+    symmetric: bool
+    points_obj: np.ndarray
+    symmetries: Any = None
+
+    def __post_init__(self) -> None:
+        check_shape(self.keypoints_obj, "K,3", name=f"{self.object_id}.keypoints_obj")
+        check_shape(self.points_obj, "N,3", name=f"{self.object_id}.points_obj")
+        if not self.diameter_m > 0:
+            raise ConfigError(f"{self.object_id}: diameter_m must be > 0, got {self.diameter_m}")
+
+
+@dataclass(frozen=True)
+class ObjectAnnotation:
+    """Ground truth of one object instance in a frame.
+
+    Attributes:
+        object_id: which object.
+        R: (3, 3) object-in-camera rotation.
+        t: (3,) m object-in-camera translation.
+        mask: (H, W) bool visible-pixel mask of this instance, or None.
+        keypoints_visible: (K,) bool visibility of the 3D keypoints, or None (then: in image
+            and on the visible mask).
+    """
+
+    object_id: str
+    R: np.ndarray
+    t: np.ndarray
+    mask: np.ndarray | None = None
+    keypoints_visible: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One frame with ground truth.
+
+    Attributes:
+        image: (H, W, 3) uint8 RGB.
+        K: (3, 3) float64 pinhole intrinsics px (the image is undistorted).
+        depth: (H, W) float32 m, NaN where unknown, or None.
+        objects: the annotated object instances.
+    """
+
+    image: np.ndarray
+    K: np.ndarray
+    depth: np.ndarray | None = None
+    objects: tuple[ObjectAnnotation, ...] = field(default_factory=tuple)
+
+
+class FrameSource(Protocol):
+    """A sequence of frames (`len` and integer indexing)."""
+
+    def __len__(self) -> int:
+        """Number of frames."""
+        ...
+
+    def __getitem__(self, index: int) -> Frame:
+        """Frame `index`."""
+        ...
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Seeded augmentation; every range is symmetric around "no change".
+
+    Attributes:
+        scale: random zoom factor range (the intrinsics scale with it).
+        shift_frac: random shift as a fraction of the input size.
+        brightness: additive brightness range (RGB in [0, 1]).
+        contrast: multiplicative contrast range around 1.
+        saturation: saturation range around 1.
+        channel_gain: per-channel gain range around 1 (white balance).
+        noise_std: maximum Gaussian noise standard deviation.
+        blur_prob: probability of a Gaussian blur (sigma 0.5 to 1.2 px).
+    """
+
+    scale: tuple[float, float] = (0.85, 1.2)
+    shift_frac: float = 0.1
+    brightness: float = 0.15
+    contrast: float = 0.25
+    saturation: float = 0.3
+    channel_gain: float = 0.1
+    noise_std: float = 0.03
+    blur_prob: float = 0.2
+
+    def __post_init__(self) -> None:
+        if not 0 < self.scale[0] <= self.scale[1]:
+            raise ConfigError(f"augment.scale: expected 0 < lo <= hi, got {self.scale}")
+        if not 0 <= self.blur_prob <= 1:
+            raise ConfigError(f"augment.blur_prob: expected in [0, 1], got {self.blur_prob}")
+
+
+def letterbox_affine(
+    src_width: int, src_height: int, dst_width: int, dst_height: int
+) -> np.ndarray:
+    """The 2x3 affine (pixel-centre convention) that letterboxes a source image into the input.
+
+    Scale s = min(dst_w / src_w, dst_h / src_h), image at the top-left:
+    ``u_dst = s * (u_src + 0.5) - 0.5`` (same for v). The intrinsics follow as ``A @ K``.
+
+    Returns:
+        (2, 3) float64.
+    """
+    s = min(dst_width / src_width, dst_height / src_height)
+    return np.array([[s, 0.0, 0.5 * s - 0.5], [0.0, s, 0.5 * s - 0.5]])
+
+
+def _augment_affine(
+    base: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig, width: int, height: int
+) -> np.ndarray:
+    """Compose a random zoom about the input centre and a shift onto `base` (2x3)."""
+    a = float(rng.uniform(*cfg.scale))
+    dx, dy = rng.uniform(-cfg.shift_frac, cfg.shift_frac, size=2) * (width, height)
+    cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
+    zoom = np.array([[a, 0.0, cx - a * cx + dx], [0.0, a, cy - a * cy + dy], [0.0, 0.0, 1.0]])
+    return (zoom @ np.vstack([base, [0.0, 0.0, 1.0]]))[:2]
+
+
+def _photometric(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
+    """Colour jitter, blur and noise on (H, W, 3) float32 RGB in [0, 1]."""
+    img = image
+    grey = img.mean(axis=2, keepdims=True)
+    img = grey + (img - grey) * rng.uniform(1 - cfg.saturation, 1 + cfg.saturation)
+    img = img * rng.uniform(1 - cfg.channel_gain, 1 + cfg.channel_gain, size=3)
+    mean = img.mean()
+    img = (img - mean) * rng.uniform(1 - cfg.contrast, 1 + cfg.contrast) + mean
+    img = img + rng.uniform(-cfg.brightness, cfg.brightness)
+    if rng.uniform() < cfg.blur_prob:
+        img = cv2.GaussianBlur(img, (0, 0), float(rng.uniform(0.5, 1.2)))
+    img = img + rng.normal(0.0, rng.uniform(0, cfg.noise_std), size=img.shape)
+    return np.clip(img, 0.0, 1.0).astype(np.float32)
+
+
+def _warp(
+    array: np.ndarray, affine: np.ndarray, width: int, height: int, *, nearest: bool, fill: float
+) -> np.ndarray:
+    flags = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
+    return cv2.warpAffine(
+        array, affine, (width, height), flags=flags, borderMode=cv2.BORDER_CONSTANT,
+        borderValue=fill,
+    )
+
+
+def _prepare(
+    frame: Frame, width: int, height: int, augment: AugmentConfig | None, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(affine 2x3, image (H, W, 3) float32 [0, 1], K (3, 3) float64) at the input size."""
+    check_shape(frame.image, "H,W,3", name="frame.image")
+    src_h, src_w = frame.image.shape[:2]
+    affine = letterbox_affine(src_w, src_h, width, height)
+    if augment is not None:
+        affine = _augment_affine(affine, rng, augment, width, height)
+    image = frame.image.astype(np.float32) / 255.0
+    image = _warp(image, affine, width, height, nearest=False, fill=0.0)
+    if augment is not None:
+        image = _photometric(image, rng, augment)
+    K = np.vstack([affine, [0.0, 0.0, 1.0]]) @ np.asarray(frame.K, dtype=np.float64)
+    return affine, image, K
+
+
+def _stride_pool(mask: np.ndarray, stride: int) -> np.ndarray:
+    """(H, W) {0, 1} -> (H/stride, W/stride) covered fraction."""
+    h, w = mask.shape
+    return mask.reshape(h // stride, stride, w // stride, stride).mean(axis=(1, 3))
+
+
+class PoseDataset(Dataset):
+    """Frames -> keypoint-network inputs and targets.
+
+    Args:
+        frames: the frame source.
+        objects: the objects of the network, in its output order (O of them, K keypoints each).
+        input_width: network input width px.
+        input_height: network input height px.
+        augment: augmentation, or None (validation).
+        seed: augmentation seed.
+        min_mask_px: an object counts as present with at least this many visible pixels at the
+            input size (when its annotation has a mask).
+
+    Items (dict of tensors): ``image`` (3, H, W) float32 RGB [0, 1]; ``K`` (3, 3) float64 of the
+    input image; ``keypoints`` (O, K, 2) float32 px; ``kp_in_image`` (O, K) bool;
+    ``kp_visible`` (O, K) float32; ``present`` (O,) bool; ``R`` (O, 3, 3) float64; ``t`` (O, 3)
+    float64 m; ``mask`` (O, H/4, W/4) float32 covered fraction; ``index`` () long.
+    """
+
+    def __init__(
+        self,
+        frames: FrameSource,
+        objects: Sequence[ObjectInfo],
+        input_width: int,
+        input_height: int,
+        *,
+        augment: AugmentConfig | None = None,
+        seed: int = 0,
+        min_mask_px: int = 40,
+    ) -> None:
+        if not objects:
+            raise ConfigError("PoseDataset: no objects")
+        n_kp = {int(o.keypoints_obj.shape[0]) for o in objects}
+        if len(n_kp) != 1:
+            raise ConfigError(f"PoseDataset: objects must share one keypoint count, got {n_kp}")
+        if input_width % HEATMAP_STRIDE or input_height % HEATMAP_STRIDE:
+            raise ConfigError(f"input size must be a multiple of {HEATMAP_STRIDE}")
+        self.frames = frames
+        self.objects = tuple(objects)
+        self.width, self.height = int(input_width), int(input_height)
+        self.augment = augment
+        self.seed = int(seed)
+        self.min_mask_px = int(min_mask_px)
+        self.epoch = 0
+        self._index = {o.object_id: i for i, o in enumerate(self.objects)}
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the augmentation stream of `epoch`."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        """Number of frames."""
+        return len(self.frames)
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        """Sample `index` (see the class docstring for the keys)."""
+        frame = self.frames[index]
+        rng = np.random.default_rng([self.seed, self.epoch, int(index)])
+        affine, image, K = _prepare(frame, self.width, self.height, self.augment, rng)
+        o, k = len(self.objects), int(self.objects[0].keypoints_obj.shape[0])
+        h, w = self.height // HEATMAP_STRIDE, self.width // HEATMAP_STRIDE
+        keypoints = np.zeros((o, k, 2), np.float32)
+        in_image = np.zeros((o, k), bool)
+        visible = np.zeros((o, k), np.float32)
+        present = np.zeros(o, bool)
+        R = np.tile(np.eye(3), (o, 1, 1))
+        t = np.tile(np.array([0.0, 0.0, 1.0]), (o, 1))
+        masks = np.zeros((o, h, w), np.float32)
+        for ann in frame.objects:
+            j = self._index.get(ann.object_id)
+            if j is None:
+                continue
+            R[j], t[j] = np.asarray(ann.R, np.float64), np.asarray(ann.t, np.float64)
+            cam = self.objects[j].keypoints_obj @ R[j].T + t[j]
+            uv = (cam @ K.T)[:, :2] / np.maximum(cam[:, 2:], 1e-6)
+            inside = (
+                (cam[:, 2] > 1e-3)
+                & (uv[:, 0] >= -0.5) & (uv[:, 0] <= self.width - 0.5)
+                & (uv[:, 1] >= -0.5) & (uv[:, 1] <= self.height - 0.5)
+            )
+            keypoints[j], in_image[j] = uv, inside
+            if ann.mask is not None:
+                check_shape(ann.mask, f"{frame.image.shape[0]},{frame.image.shape[1]}",
+                            name=f"{ann.object_id}.mask")
+                full = _warp(ann.mask.astype(np.uint8), affine, self.width, self.height,
+                             nearest=True, fill=0.0)
+                masks[j] = _stride_pool(full.astype(np.float32), HEATMAP_STRIDE)
+                obj_present = int(full.sum()) >= self.min_mask_px
+            else:
+                full = None
+                obj_present = True
+            if ann.keypoints_visible is not None:
+                vis = np.asarray(ann.keypoints_visible, bool) & inside
+            elif full is not None:
+                ui = np.clip(np.rint(uv[:, 0]), 0, self.width - 1).astype(int)
+                vi = np.clip(np.rint(uv[:, 1]), 0, self.height - 1).astype(int)
+                vis = inside & (full[vi, ui] > 0)
+            else:
+                vis = inside
+            visible[j] = vis
+            present[j] = obj_present and int(inside.sum()) >= 4
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
+            "K": torch.from_numpy(K),
+            "keypoints": torch.from_numpy(keypoints),
+            "kp_in_image": torch.from_numpy(in_image),
+            "kp_visible": torch.from_numpy(visible),
+            "present": torch.from_numpy(present),
+            "R": torch.from_numpy(R),
+            "t": torch.from_numpy(t),
+            "mask": torch.from_numpy(masks),
+            "index": torch.tensor(int(index)),
+        }
+
+
+class DepthDataset(Dataset):
+    """Frames -> depth-network inputs and targets.
+
+    Args:
+        frames: the frame source (every frame needs `depth`).
+        input_width: network input width px.
+        input_height: network input height px.
+        augment: augmentation, or None (validation).
+        seed: augmentation seed.
+
+    Items: ``image`` (3, H, W) float32 RGB [0, 1]; ``depth`` (1, H, W) float32 m (NaN unknown,
+    and in the letterbox padding); ``fx`` () float64 px focal of the input image; ``index``.
+    """
+
+    def __init__(
+        self,
+        frames: FrameSource,
+        input_width: int,
+        input_height: int,
+        *,
+        augment: AugmentConfig | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.frames = frames
+        self.width, self.height = int(input_width), int(input_height)
+        self.augment = augment
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the augmentation stream of `epoch`."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        """Number of frames."""
+        return len(self.frames)
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        """Sample `index` (see the class docstring for the keys)."""
+        frame = self.frames[index]
+        if frame.depth is None:
+            raise ShapeError(f"frame {index}: the depth dataset needs a depth map, got None")
+        check_shape(frame.depth, f"{frame.image.shape[0]},{frame.image.shape[1]}",
+                    name="frame.depth")
+        rng = np.random.default_rng([self.seed, self.epoch, int(index)])
+        affine, image, K = _prepare(frame, self.width, self.height, self.augment, rng)
+        depth = _warp(np.asarray(frame.depth, np.float32), affine, self.width, self.height,
+                      nearest=True, fill=float("nan"))
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
+            "depth": torch.from_numpy(depth[None]),
+            "fx": torch.tensor(float(K[0, 0]), dtype=torch.float64),
+            "index": torch.tensor(int(index)),
+        }
+
+
+class ListFrameSource:
+    """Frames held in memory (tests, small experiments)."""
+
+    def __init__(self, frames: Sequence[Frame]) -> None:
+        self._frames = list(frames)
+
+    def __len__(self) -> int:
+        """Number of frames."""
+        return len(self._frames)
+
+    def __getitem__(self, index: int) -> Frame:
+        """Frame `index`."""
+        return self._frames[index]
+
+
+class SubsetFrameSource:
+    """A subset of another source, by index list (train/validation splits)."""
+
+    def __init__(self, source: FrameSource, indices: Sequence[int]) -> None:
+        self._source = source
+        self._indices = [int(i) for i in indices]
+
+    def __len__(self) -> int:
+        """Number of frames."""
+        return len(self._indices)
+
+    def __getitem__(self, index: int) -> Frame:
+        """Frame `index` of the subset."""
+        return self._source[self._indices[index]]
+
+
+def split_train_val(
+    source: FrameSource, val_fraction: float, seed: int
+) -> tuple[SubsetFrameSource, SubsetFrameSource]:
+    """Seeded random split of a source into (train, validation).
+
+    Raises:
+        ConfigError: `val_fraction` outside (0, 1) or leaving either side empty.
+    """
+    n = len(source)
+    n_val = int(round(n * val_fraction))
+    if not 0 < val_fraction < 1 or n_val < 1 or n_val >= n:
+        raise ConfigError(f"val_fraction {val_fraction} of {n} frames leaves a split empty")
+    perm = np.random.default_rng(seed).permutation(n)
+    return SubsetFrameSource(source, sorted(perm[n_val:])), SubsetFrameSource(
+        source, sorted(perm[:n_val])
+    )
+
+
+def object_info_from_mapping(doc: Mapping[str, Any]) -> ObjectInfo:
+    """ObjectInfo from a plain mapping (e.g. a checkpoint's saved copy)."""
+    return ObjectInfo(
+        object_id=str(doc["object_id"]),
+        keypoints_obj=np.asarray(doc["keypoints_obj"], np.float64),
+        diameter_m=float(doc["diameter_m"]),
+        symmetric=bool(doc["symmetric"]),
+        points_obj=np.asarray(doc["points_obj"], np.float64),
+        symmetries=doc.get("symmetries"),
+    )
+
+
+def object_info_to_mapping(info: ObjectInfo) -> dict[str, Any]:
+    """Plain mapping of an ObjectInfo (lists, JSON-able)."""
+    return {
+        "object_id": info.object_id,
+        "keypoints_obj": info.keypoints_obj.tolist(),
+        "diameter_m": info.diameter_m,
+        "symmetric": info.symmetric,
+        "points_obj": info.points_obj.tolist(),
+        "symmetries": info.symmetries,
+    }
+
+
+def object_info_from_description(
+    desc: Any, *, num_points: int = 1000, seed: int = 0
+) -> ObjectInfo:
+    """ObjectInfo of a `render.objects.ObjectDescription` (surface sampled for ADD(-S)).
+
+    The object counts as symmetric (ADD-S) when it has any discrete or continuous symmetry.
+    """
+    from dvc_perception.render.objects import sample_surface
+
+    n_sym = len(desc.symmetries_discrete) + len(desc.symmetries_continuous)
+    symmetries = {
+        "discrete": [np.asarray(s).reshape(-1).tolist() for s in desc.symmetries_discrete],
+        "continuous": [{"axis": list(c.axis), "offset": list(c.offset)}
+                       for c in desc.symmetries_continuous],
+    }
+    return ObjectInfo(
+        object_id=str(desc.object_id),
+        keypoints_obj=np.asarray(desc.keypoints.detach().cpu().double().numpy()),
+        diameter_m=float(desc.diameter),
+        symmetric=n_sym > 0,
+        points_obj=sample_surface(desc.mesh, num_points, seed),
+        symmetries=symmetries,
+    )
+
+
+def load_object_infos(names: Sequence[str], *, num_points: int = 1000) -> list[ObjectInfo]:
+    """ObjectInfos for shipped object ids (``config/objects/<id>.yaml``) or YAML paths."""
+    from dvc_perception.render.objects import find_object_yaml, load_object
+
+    return [
+        object_info_from_description(load_object(find_object_yaml(n)), num_points=num_points)
+        for n in names
+    ]

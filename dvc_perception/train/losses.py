@@ -1,0 +1,234 @@
+# Copyright 2026 dvc_perception authors. Licensed under the Apache License, Version 2.0.
+"""Training losses: heatmaps, keypoints, confidences, masks, pose through PnP, and depth.
+
+The pose loss follows BPnP (Chen et al., "End-to-End Learnable Geometric Vision by
+Backpropagating PnP Optimization", CVPR 2020): solve PnP on the predicted keypoints, project the
+object's 3D keypoints with the solved pose and compare with their projection under the ground
+truth pose. The gradient reaches the keypoints through `solve_pnp`'s implicit backward.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F  # noqa: N812 - the usual torch alias
+
+from dvc_perception.errors import check_shape
+from dvc_perception.models.heads import heatmap_cell_centres
+
+
+def gaussian_heatmap_target(
+    keypoints_px: Tensor, height: int, width: int, stride: int, sigma_cells: float
+) -> Tensor:
+    """Normalised Gaussian target distributions around keypoints.
+
+    Args:
+        keypoints_px: (N, 2) px in the input image (pixel centres at integers).
+        height: heatmap rows h.
+        width: heatmap columns w.
+        stride: input pixels per heatmap cell.
+        sigma_cells: Gaussian standard deviation in heatmap cells.
+
+    Returns:
+        (N, h*w) non-negative, each row summing to 1 (a keypoint far outside the map gets its
+        mass on the nearest border cells).
+    """
+    check_shape(keypoints_px, "N,2", name="keypoints_px")
+    us = heatmap_cell_centres(width, stride, dtype=keypoints_px.dtype).to(keypoints_px.device)
+    vs = heatmap_cell_centres(height, stride, dtype=keypoints_px.dtype).to(keypoints_px.device)
+    sigma_px = sigma_cells * stride
+    du = (us.view(1, 1, width) - keypoints_px[:, 0].view(-1, 1, 1)) / sigma_px
+    dv = (vs.view(1, height, 1) - keypoints_px[:, 1].view(-1, 1, 1)) / sigma_px
+    log_t = (-0.5 * (du**2 + dv**2)).reshape(-1, height * width)
+    return torch.softmax(log_t, dim=-1)
+
+
+def heatmap_loss(
+    heatmap_logits: Tensor, keypoints_px: Tensor, valid: Tensor, stride: int, sigma_cells: float
+) -> Tensor:
+    """KL divergence from the Gaussian target to the softmax of the heatmap logits.
+
+    Args:
+        heatmap_logits: (B, O, K, h, w) logits.
+        keypoints_px: (B, O, K, 2) ground-truth keypoints, px input image.
+        valid: (B, O, K) bool, which keypoints to supervise (object present, inside the image).
+        stride: heatmap stride px.
+        sigma_cells: target standard deviation in heatmap cells.
+
+    Returns:
+        () mean KL [nats] over valid keypoints (0 when none is valid).
+    """
+    b, o, k, h, w = (int(n) for n in heatmap_logits.shape)
+    check_shape(keypoints_px, f"{b},{o},{k},2", name="keypoints_px")
+    check_shape(valid, f"{b},{o},{k}", name="valid")
+    sel = valid.reshape(-1)
+    if not bool(sel.any()):
+        return heatmap_logits.sum() * 0.0
+    logits = heatmap_logits.reshape(-1, h * w)[sel]
+    target = gaussian_heatmap_target(keypoints_px.reshape(-1, 2)[sel].detach(), h, w, stride,
+                                     sigma_cells).to(logits.dtype)
+    log_p = torch.log_softmax(logits, dim=-1)
+    kl = (target * (torch.log(target.clamp_min(1e-12)) - log_p)).sum(dim=-1)
+    return kl.mean()
+
+
+def keypoint_loss(x2d: Tensor, keypoints_px: Tensor, valid: Tensor) -> Tensor:
+    """Mean L1 distance [px] between soft-argmax keypoints and ground truth.
+
+    Args:
+        x2d: (B, O, K, 2) predicted keypoints, px.
+        keypoints_px: (B, O, K, 2) ground truth, px.
+        valid: (B, O, K) bool.
+
+    Returns:
+        () mean over valid keypoints of |du| + |dv| (0 when none is valid).
+    """
+    check_shape(keypoints_px, ",".join(str(int(n)) for n in x2d.shape), name="keypoints_px")
+    sel = valid.reshape(-1)
+    if not bool(sel.any()):
+        return x2d.sum() * 0.0
+    diff = (x2d - keypoints_px.to(x2d.dtype)).reshape(-1, 2)[sel]
+    return diff.abs().sum(dim=-1).mean()
+
+
+def confidence_loss(weights: Tensor, target: Tensor, present: Tensor) -> Tensor:
+    """Binary cross-entropy of per-keypoint confidences on present objects.
+
+    Args:
+        weights: (B, O, K) predicted confidences in (0, 1).
+        target: (B, O, K) float in [0, 1] (1 = keypoint visible and well localised).
+        present: (B, O) bool, objects in the frame.
+
+    Returns:
+        () mean BCE over the keypoints of present objects (0 when none).
+    """
+    sel = present.unsqueeze(-1).expand_as(weights).reshape(-1)
+    if not bool(sel.any()):
+        return weights.sum() * 0.0
+    p = weights.reshape(-1)[sel].clamp(1e-6, 1 - 1e-6)
+    return F.binary_cross_entropy(p, target.reshape(-1)[sel].to(p.dtype))
+
+
+def mask_loss(mask_logits: Tensor, mask_target: Tensor) -> Tensor:
+    """Binary cross-entropy of the object masks at heatmap resolution.
+
+    Args:
+        mask_logits: (B, O, h, w) logits.
+        mask_target: (B, O, h, w) float in [0, 1] (fraction of the cell covered by the object).
+
+    Returns:
+        () mean BCE.
+    """
+    check_shape(mask_target, ",".join(str(int(n)) for n in mask_logits.shape), name="mask_target")
+    return F.binary_cross_entropy_with_logits(mask_logits, mask_target.to(mask_logits.dtype))
+
+
+def project_points(points_obj: Tensor, R: Tensor, t: Tensor, K: Tensor) -> Tensor:
+    """Pinhole projection of object points with a pose.
+
+    Args:
+        points_obj: (B, N, 3) m, object frame.
+        R: (B, 3, 3) object-in-camera rotation.
+        t: (B, 3) m, object-in-camera translation.
+        K: (B, 3, 3) intrinsics px.
+
+    Returns:
+        (B, N, 2) px; depths are clamped at 1 mm so a wild pose gives large but finite values.
+    """
+    cam = points_obj @ R.transpose(-1, -2) + t.unsqueeze(-2)
+    uvw = cam @ K.transpose(-1, -2)
+    return uvw[..., :2] / uvw[..., 2:].clamp_min(1e-3)
+
+
+def pose_reprojection_loss(
+    x2d: Tensor,
+    weights: Tensor,
+    keypoints_obj: Tensor,
+    K: Tensor,
+    R_gt: Tensor,
+    t_gt: Tensor,
+    *,
+    clamp_px: float = 20.0,
+    max_iterations: int = 20,
+) -> tuple[Tensor, Tensor]:
+    """Pose loss through `solve_pnp`: reprojection of the 3D keypoints, solved vs true pose.
+
+    Args:
+        x2d: (N, K, 2) predicted keypoints px (network input image, undistorted).
+        weights: (N, K) PnP weights (detach them to keep the pose loss off the confidences).
+        keypoints_obj: (N, K, 3) m, object frame.
+        K: (N, 3, 3) intrinsics of the network input image.
+        R_gt: (N, 3, 3) ground-truth rotation.
+        t_gt: (N, 3) m ground-truth translation.
+        clamp_px: per-keypoint error is capped here (a Huber-like cap): early in training PnP on
+            poor keypoints gives wild poses whose gradients would dominate.
+        max_iterations: LM iterations of the solver.
+
+    Returns:
+        (loss, ok): loss () mean capped error [px] over samples whose solve is valid and finite;
+        ok (N,) bool, those samples.
+    """
+    from dvc_perception.geometry.pnp import solve_pnp
+
+    n = int(x2d.shape[0])
+    check_shape(keypoints_obj, f"{n},*,3", name="keypoints_obj")
+    dtype = x2d.dtype
+    result = solve_pnp(
+        x2d, keypoints_obj.to(dtype), K.to(dtype), weights.to(dtype),
+        max_iterations=max_iterations, backward="implicit",
+    )
+    ref = project_points(keypoints_obj.to(dtype), R_gt.to(dtype), t_gt.to(dtype), K.to(dtype))
+    est = project_points(keypoints_obj.to(dtype), result.R, result.t, K.to(dtype))
+    err = (est - ref).norm(dim=-1)  # (N, K) px
+    ok = result.valid & torch.isfinite(err).all(dim=-1)
+    if not bool(ok.any()):
+        return x2d.sum() * 0.0, ok
+    # cap softly: err for small errors, clamp_px * (1 + log(err / clamp_px)) beyond
+    capped = torch.where(
+        err < clamp_px, err, clamp_px * (1.0 + torch.log(err.clamp_min(clamp_px) / clamp_px))
+    )
+    return capped[ok].mean(), ok
+
+
+def silog_loss(pred: Tensor, target: Tensor, valid: Tensor, lam: float = 0.85) -> Tensor:
+    """Scale-invariant log loss (Eigen et al., NeurIPS 2014), as sqrt of the variance form.
+
+    Args:
+        pred: (B, 1, H, W) predicted depth m (> 0).
+        target: (B, 1, H, W) ground-truth depth m.
+        valid: (B, 1, H, W) bool, finite positive ground truth.
+        lam: 0 = plain log-RMSE, 1 = fully scale invariant.
+
+    Returns:
+        () loss, mean over images with any valid pixel.
+    """
+    losses = []
+    for i in range(int(pred.shape[0])):
+        m = valid[i]
+        if not bool(m.any()):
+            continue
+        d = torch.log(pred[i][m].clamp_min(1e-6)) - torch.log(target[i][m].clamp_min(1e-6))
+        var = (d**2).mean() - lam * d.mean() ** 2
+        losses.append(torch.sqrt(var.clamp_min(1e-12)))
+    if not losses:
+        return pred.sum() * 0.0
+    return torch.stack(losses).mean()
+
+
+def depth_l1_loss(pred: Tensor, target: Tensor, valid: Tensor) -> Tensor:
+    """Mean absolute depth error [m] over valid pixels (0 when none)."""
+    if not bool(valid.any()):
+        return pred.sum() * 0.0
+    return (pred[valid] - target[valid]).abs().mean()
+
+
+def mask_target_from_full(mask_full: Tensor, stride: int) -> Tensor:
+    """(B, O, H, W) {0,1} instance masks -> (B, O, H/stride, W/stride) covered fraction."""
+    return F.avg_pool2d(mask_full.float(), kernel_size=stride, stride=stride)
+
+
+def nan_to_invalid(depth: Tensor) -> tuple[Tensor, Tensor]:
+    """Depth (…) m with NaN/inf/<=0 unknown -> (depth with unknowns set to 1, valid mask)."""
+    valid = torch.isfinite(depth) & (depth > 0)
+    return torch.where(valid, depth, torch.ones_like(depth)), valid
+

@@ -1,0 +1,198 @@
+# Copyright 2026 dvc_perception authors. Licensed under the Apache License, Version 2.0.
+"""Assemble a training run (data, objects, network, task) and hand it to `loop.train`.
+
+`dvc-perception train pose|depth` parses its arguments into a `RunSpec` and calls `run_training`;
+tests call it directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dvc_perception.errors import ConfigError
+from dvc_perception.models.depth_net import DepthNet, DepthNetConfig
+from dvc_perception.models.keypoint_net import KeypointNet, KeypointNetConfig
+from dvc_perception.train.datasets import (
+    AugmentConfig,
+    DepthDataset,
+    FrameSource,
+    ListFrameSource,
+    ObjectInfo,
+    PoseDataset,
+    load_object_infos,
+    object_info_to_mapping,
+    split_train_val,
+)
+from dvc_perception.train.loop import (
+    DepthLossConfig,
+    DepthTask,
+    PoseLossConfig,
+    PoseTask,
+    TrainConfig,
+    TrainResult,
+    train,
+)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run.
+
+    Attributes:
+        mode: "pose" (keypoint network) or "depth".
+        out_dir: run directory (checkpoints, logs, provenance).
+        data_dir: synthetic shard directory (`render/synth.py`), or None with `toy_frames`.
+        val_data_dir: separate validation shards (generated with another seed), or None to split
+            `val_fraction` of `data_dir` off with `split_seed`.
+        val_fraction: validation share when `val_data_dir` is None.
+        split_seed: seed of that split.
+        toy_frames: > 0 trains on that many procedural toy frames (`train.toy`) instead of shards
+            (smoke runs and tests).
+        objects: object ids / YAML paths the keypoint network learns (pose mode).
+        input_width: network input width px.
+        input_height: network input height px.
+        augment: augmentation of the training split (None = off).
+        train: optimisation settings.
+        pose_loss: pose-loss weights (pose mode).
+        depth_loss: depth-loss weights (depth mode).
+        keypoint_net: keypoint architecture overrides (input size and objects are set here).
+        depth_net: depth architecture overrides (input size is set here).
+        resume: continue from ``out_dir/last.pt``.
+    """
+
+    mode: str
+    out_dir: str
+    data_dir: str | None = None
+    val_data_dir: str | None = None
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    toy_frames: int = 0
+    objects: tuple[str, ...] = ("demo_object",)
+    input_width: int = 320
+    input_height: int = 240
+    augment: AugmentConfig | None = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    pose_loss: PoseLossConfig = field(default_factory=PoseLossConfig)
+    depth_loss: DepthLossConfig = field(default_factory=DepthLossConfig)
+    keypoint_net: Mapping[str, Any] = field(default_factory=dict)
+    depth_net: Mapping[str, Any] = field(default_factory=dict)
+    resume: bool = False
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("pose", "depth"):
+            raise ConfigError(f"mode must be 'pose' or 'depth', got {self.mode!r}")
+        if (self.data_dir is None) == (self.toy_frames <= 0):
+            raise ConfigError("give exactly one of data_dir and toy_frames > 0")
+
+
+def open_frame_source(path: str | os.PathLike[str]) -> FrameSource:
+    """The frames of a synthetic shard directory written by ``dvc-perception synth``.
+
+    Raises:
+        ConfigError: the directory holds no shards.
+    """
+    from dvc_perception.train.shards import ShardFrameSource
+
+    return ShardFrameSource(path)
+
+
+def _frame_sources(spec: RunSpec) -> tuple[FrameSource, FrameSource, dict[str, Any]]:
+    """(train, validation, data provenance)."""
+    if spec.toy_frames > 0:
+        from dvc_perception.train.toy import toy_frames
+
+        n_val = max(2, spec.toy_frames // 8)
+        train_src = ListFrameSource(toy_frames(spec.toy_frames, width=spec.input_width,
+                                               height=spec.input_height, seed=spec.split_seed))
+        val_src = ListFrameSource(toy_frames(n_val, width=spec.input_width,
+                                             height=spec.input_height, seed=spec.split_seed + 1))
+        return train_src, val_src, {"kind": "toy", "frames": spec.toy_frames, "val_frames": n_val,
+                                    "seed": spec.split_seed}
+    full = open_frame_source(str(spec.data_dir))
+    data: dict[str, Any] = {"kind": "synthetic shards", "dir": str(Path(str(spec.data_dir))),
+                            "frames": len(full), "seed": _data_seed(full)}
+    if spec.val_data_dir is not None:
+        val_src = open_frame_source(spec.val_data_dir)
+        data.update({"val_dir": str(spec.val_data_dir), "val_frames": len(val_src),
+                     "val_seed": _data_seed(val_src)})
+        return full, val_src, data
+    train_src, val_src = split_train_val(full, spec.val_fraction, spec.split_seed)
+    data.update({"val_fraction": spec.val_fraction, "split_seed": spec.split_seed,
+                 "val_frames": len(val_src)})
+    return train_src, val_src, data
+
+
+def _data_seed(source: Any) -> Any:
+    return getattr(source, "seed", None)
+
+
+def build_keypoint_net(spec: RunSpec, objects: list[ObjectInfo]) -> KeypointNet:
+    """The (seeded, untrained) keypoint network for `objects`."""
+    n_kp = {int(o.keypoints_obj.shape[0]) for o in objects}
+    if len(n_kp) != 1:
+        raise ConfigError(f"all objects need the same keypoint count, got {sorted(n_kp)}")
+    cfg = KeypointNetConfig(**{
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in spec.keypoint_net.items()},
+        "object_ids": tuple(o.object_id for o in objects),
+        "num_keypoints": n_kp.pop(),
+        "input_width": spec.input_width,
+        "input_height": spec.input_height,
+    })
+    torch.manual_seed(spec.train.seed)
+    return KeypointNet(cfg)
+
+
+def build_depth_net(spec: RunSpec) -> DepthNet:
+    """The (seeded, untrained) depth network."""
+    cfg = DepthNetConfig(**{
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in spec.depth_net.items()},
+        "input_width": spec.input_width,
+        "input_height": spec.input_height,
+    })
+    torch.manual_seed(spec.train.seed)
+    return DepthNet(cfg)
+
+
+def run_training(spec: RunSpec, *, provenance: Mapping[str, Any] | None = None) -> TrainResult:
+    """Build data, network and task from `spec` and train (see `loop.train`)."""
+    train_src, val_src, data = _frame_sources(spec)
+    prov = {"data": data, "run_spec": _spec_json(spec), **dict(provenance or {})}
+    if spec.mode == "pose":
+        if spec.toy_frames > 0:
+            from dvc_perception.train.toy import toy_object
+
+            objects = [toy_object()]
+        else:
+            objects = load_object_infos(spec.objects)
+        model: torch.nn.Module = build_keypoint_net(spec, objects)
+        task: Any = PoseTask(objects, spec.pose_loss)
+        train_set: Any = PoseDataset(train_src, objects, spec.input_width, spec.input_height,
+                                     augment=spec.augment, seed=spec.train.seed)
+        val_set: Any = PoseDataset(val_src, objects, spec.input_width, spec.input_height)
+        extra = {"model_kind": "keypoint",
+                 "model_config": dataclasses.asdict(model.config),  # type: ignore[arg-type]
+                 "objects": [object_info_to_mapping(o) for o in objects]}
+    else:
+        model = build_depth_net(spec)
+        task = DepthTask(model.config.focal0_px, spec.depth_loss)  # type: ignore[union-attr]
+        train_set = DepthDataset(train_src, spec.input_width, spec.input_height,
+                                 augment=spec.augment, seed=spec.train.seed)
+        val_set = DepthDataset(val_src, spec.input_width, spec.input_height)
+        extra = {"model_kind": "depth",
+                 "model_config": dataclasses.asdict(model.config)}  # type: ignore[arg-type]
+    result = train(task, model, train_set, val_set, spec.train, spec.out_dir, resume=spec.resume,
+                   provenance=prov, checkpoint_extra=extra)
+    return result
+
+
+def _spec_json(spec: RunSpec) -> dict[str, Any]:
+    from dvc_perception.train.loop import to_jsonable
+
+    return to_jsonable(spec)
