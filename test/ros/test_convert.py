@@ -1,0 +1,152 @@
+# Copyright 2026 dvc_perception authors. Licensed under the Apache License, Version 2.0.
+from __future__ import annotations
+
+import array
+
+import cv2
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from std_msgs.msg import Header
+
+from dvc_perception.errors import InputError
+from dvc_perception.pipeline import ObjectPose
+from dvc_perception.ros import convert
+
+
+@pytest.fixture
+def rgb() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, size=(7, 5, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("encoding", ["rgb8", "bgr8", "rgba8", "bgra8"])
+def test_colour_encodings_round_trip(rgb, encoding):
+    msg = convert.rgb_to_image_msg(rgb, Header(frame_id="cam"), encoding)
+    np.testing.assert_array_equal(convert.image_msg_to_rgb(msg), rgb)
+
+
+def test_mono8_and_padded_rows(rgb):
+    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    padded = np.zeros((7, 8), np.uint8)  # step 8 > width 5: padding must be skipped
+    padded[:, :5] = gray
+    msg = Image(height=7, width=5, encoding="mono8", step=8)
+    msg.data = array.array("B", padded.tobytes())
+    out = convert.image_msg_to_rgb(msg)
+    np.testing.assert_array_equal(out, np.repeat(gray[:, :, None], 3, axis=2))
+
+
+def test_bad_images_are_input_errors(rgb):
+    msg = convert.rgb_to_image_msg(rgb, Header())
+    msg.encoding = "16UC1"
+    with pytest.raises(InputError, match="16UC1"):
+        convert.image_msg_to_rgb(msg)
+    msg = convert.rgb_to_image_msg(rgb, Header())
+    msg.data = msg.data[:-10]
+    with pytest.raises(InputError, match="truncated"):
+        convert.image_msg_to_rgb(msg)
+    msg = convert.rgb_to_image_msg(rgb, Header())
+    msg.step = 3
+    with pytest.raises(InputError, match="step"):
+        convert.image_msg_to_rgb(msg)
+
+
+def test_compressed_jpeg_png(rgb):
+    for fmt, ext in (("rgb8; png compressed bgr8", ".png"), ("jpeg", ".jpg")):
+        ok, buf = cv2.imencode(ext, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        msg = CompressedImage(format=fmt)
+        msg.data = array.array("B", buf.tobytes())
+        out = convert.compressed_msg_to_rgb(msg)
+        reference = cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        np.testing.assert_array_equal(out, reference)
+        if ext == ".png":
+            np.testing.assert_array_equal(out, rgb)  # lossless
+    with pytest.raises(InputError, match="decode"):
+        convert.compressed_msg_to_rgb(CompressedImage(format="jpeg", data=b"\x00\x01junk"))
+    with pytest.raises(InputError, match="jpeg or png"):
+        convert.compressed_msg_to_rgb(CompressedImage(format="theora"))
+
+
+def _info(**kw) -> CameraInfo:
+    info = CameraInfo(width=640, height=480, distortion_model="plumb_bob")
+    info.k = [500.0, 0.0, 320.0, 0.0, 510.0, 240.0, 0.0, 0.0, 1.0]
+    info.d = [0.1, -0.05, 0.001, 0.002, 0.0]
+    info.p = [480.0, 0.0, 330.0, 0.0, 0.0, 490.0, 235.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    for k, v in kw.items():
+        setattr(info, k, v)
+    return info
+
+
+def test_camera_info_raw_and_rectified():
+    raw = convert.camera_info_to_camera_model(_info(), rectified=False)
+    np.testing.assert_array_equal(raw.K.numpy(), np.array(_info().k).reshape(3, 3))
+    np.testing.assert_array_equal(raw.D.numpy(), np.array(_info().d))
+    assert raw.distortion_model == "plumb_bob"
+    rect = convert.camera_info_to_camera_model(_info(), rectified=True)
+    np.testing.assert_array_equal(rect.K.numpy(), np.array(_info().p).reshape(3, 4)[:, :3])
+    assert rect.distortion_model == "none"
+    rational = convert.camera_info_to_camera_model(
+        _info(distortion_model="rational_polynomial", d=[0.1, 0.01, 0, 0, 0, 0.02, 0, 0]),
+        rectified=False,
+    )
+    assert rational.D.numel() == 8
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"distortion_model": "equidistant"}, "equidistant"),
+        ({"binning_x": 2}, "binning"),
+        ({"k": [0.0] * 9}, "fx, fy > 0"),
+        ({"k": [float("nan")] + [0.0] * 7 + [1.0]}, "finite"),
+        ({"width": 0}, "size"),
+    ],
+)
+def test_camera_info_bad_values_are_input_errors(change, message):
+    with pytest.raises(InputError, match=message):
+        convert.camera_info_to_camera_model(_info(**change), rectified=False)
+
+
+def test_camera_info_roi_rejected():
+    info = _info()
+    info.roi.x_offset, info.roi.width, info.roi.height = 10, 100, 100
+    with pytest.raises(InputError, match="ROI"):
+        convert.camera_info_to_camera_model(info, rectified=False)
+
+
+def test_quaternion_matches_scipy_including_near_pi():
+    rng = np.random.default_rng(1)
+    rotations = list(Rotation.random(50, random_state=2)) + [
+        Rotation.from_rotvec([np.pi - 1e-9, 0, 0]),
+        Rotation.from_rotvec([0, 0, np.pi]),
+        Rotation.identity(),
+    ]
+    for rot in rotations:
+        q = convert.matrix_to_quaternion_xyzw(rot.as_matrix())
+        ref = rot.as_quat()  # x, y, z, w
+        assert min(np.abs(q - ref).max(), np.abs(q + ref).max()) < 1e-9
+    del rng
+
+
+def test_pose_covariance_is_row_major_ros_order():
+    cov = np.arange(36, dtype=np.float64).reshape(6, 6)
+    pose = ObjectPose("board", np.eye(3), np.array([0.1, 0.2, 0.3]), 1.0, cov, np.zeros((4, 2)), 4)
+    msg = convert.object_pose_to_msg(pose, Header(frame_id="cam"))
+    assert list(msg.pose.covariance) == list(range(36))
+    assert msg.header.frame_id == "cam"
+    assert (msg.pose.pose.position.x, msg.pose.pose.position.z) == (0.1, 0.3)
+    markers = convert.poses_to_marker_array([pose], Header(frame_id="cam"), 0.1)
+    assert {m.ns for m in markers.markers} == {"board"} and len(markers.markers) == 3
+
+
+def test_point_cloud_backprojects_depth():
+    depth = np.full((4, 6), 2.0, np.float32)
+    depth[0, 0] = np.nan
+    K = np.array([[100.0, 0, 2.0], [0, 100.0, 1.0], [0, 0, 1]])
+    msg = convert.depth_to_point_cloud(depth, K, Header(), decimation=2)
+    pts = np.frombuffer(msg.data, np.float32).reshape(-1, 3)
+    assert msg.width == 5  # 2 x 3 decimated pixels, one NaN left out
+    v, u = 2, 4
+    expected = [(u - 2.0) / 100.0 * 2.0, (v - 1.0) / 100.0 * 2.0, 2.0]
+    assert np.any(np.all(np.abs(pts - np.float32(expected)) < 1e-6, axis=1))
