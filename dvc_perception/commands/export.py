@@ -1,0 +1,43 @@
+# Copyright 2026 dvc_perception authors. Licensed under the Apache License, Version 2.0.
+"""`dvc-perception export CHECKPOINT`: a training checkpoint -> ONNX (opset 17) + metadata.
+
+Writes ``<out>.onnx`` (static input shape, metadata in the model: input size, normalisation,
+object ids, 3D keypoints, symmetries, provenance) and ``<out>.pt`` (the state dict the torch
+backend loads). Default output: ``models/pose_<objects>.onnx`` or ``models/depth.onnx``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `export`."""
+    parser.add_argument("checkpoint", help="best.pt / last.pt of a `dvc-perception train` run")
+    parser.add_argument("--out", help="output .onnx path (default: models/<name>.onnx)")
+    parser.add_argument("--opset", type=int, default=17,
+                        help="ONNX opset (default 17, the highest TensorRT 8.6 parses)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Export and print what was written."""
+    from dvc_perception.engines.export import read_model_metadata
+    from dvc_perception.train.checkpoints import export_checkpoint, load_checkpoint
+
+    out = args.out
+    if out is None:
+        ckpt = load_checkpoint(args.checkpoint)
+        if ckpt["model_kind"] == "keypoint":
+            ids = [str(o["object_id"]) for o in ckpt.get("objects", [])]
+            name = "pose_" + "_".join(ids) if len(ids) <= 3 else f"pose_{len(ids)}_objects"
+        else:
+            name = "depth"
+        out = str(Path("models") / f"{name}.onnx")
+    path = export_checkpoint(args.checkpoint, out, command=list(sys.argv), opset=args.opset)
+    meta = read_model_metadata(path)
+    size_mb = path.stat().st_size / 1e6
+    print(f"wrote {path} ({size_mb:.2f} MB, task {meta.task}, input {meta.input_size}, "
+          f"objects {list(meta.object_ids)}) and {path.with_suffix('.pt')}")
+    return 0
