@@ -1,0 +1,121 @@
+# Copyright 2026 dvc_perception authors. Licensed under the Apache License, Version 2.0.
+"""Static INT8 QDQ quantisation: runs in ONNX Runtime, stays close to fp32, parses in TensorRT."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from dvc_perception.cli import main as cli_main
+from dvc_perception.engines import load_engine
+from dvc_perception.engines.calibrate import (
+    image_dir_frames,
+    load_calibration_frames,
+    preprocess_frame,
+)
+from dvc_perception.engines.export import read_model_metadata
+from dvc_perception.engines.quantize import quantize_onnx
+from dvc_perception.engines.trt_support import check_tensorrt_support
+from dvc_perception.errors import ConfigError, InputError, ModelSpecError
+
+from .conftest import INPUT_HW, MEAN, STD
+
+
+@pytest.fixture(scope="module")
+def quantized(keypoint_net, depth_net, calib_dir, tmp_path_factory):
+    out = {}
+    root = tmp_path_factory.mktemp("int8")
+    for name, net in (("keypoint", keypoint_net), ("depth", depth_net)):
+        frames = load_calibration_frames(calib_dir, input_shape=(1, 3, *INPUT_HW),
+                                         max_frames=16, mean=MEAN, std=STD)
+        report = quantize_onnx(net.onnx_path, root / f"{name}_int8.onnx", frames)
+        out[name] = (net, report)
+    return out
+
+
+def test_preprocess_matches_an_independent_computation():
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (INPUT_HW[0], INPUT_HW[1], 3), dtype=np.uint8)
+    x = preprocess_frame(rgb, (INPUT_HW[1], INPUT_HW[0]), MEAN, STD)
+    assert x.shape == (1, 3, *INPUT_HW) and x.dtype == np.float32
+    expected = (rgb[..., 1].astype(np.float64) / 255 - MEAN[1]) / STD[1]
+    np.testing.assert_allclose(x[0, 1], expected, atol=1e-5)
+    with pytest.raises(InputError, match=r"\(H, W, 3\) uint8"):
+        preprocess_frame(rgb.astype(np.float32), (128, 96))
+
+
+def test_image_dir_source(calib_dir, tmp_path):
+    frames = list(image_dir_frames(calib_dir))
+    assert len(frames) == 16 and frames[0].shape == (240, 320, 3)
+    with pytest.raises(ConfigError, match="no .png"):
+        list(image_dir_frames(tmp_path))
+    with pytest.raises(ConfigError, match="does not exist"):
+        list(image_dir_frames(tmp_path / "missing"))
+
+
+def test_qdq_model_structure_and_metadata(quantized):
+    for name, (net, report) in quantized.items():
+        proto = onnx.load(str(report.output))
+        ops = [n.op_type for n in proto.graph.node]
+        assert ops.count("QuantizeLinear") == report.num_quantize_nodes > 0
+        assert ops.count("DequantizeLinear") == report.num_dequantize_nodes > 0
+        assert "QLinearConv" not in ops  # QDQ format, not QOperator
+        n_conv = ops.count("Conv")
+        # every conv's weight comes through a DequantizeLinear (per-channel int8)
+        produced_by = {o: n for n in proto.graph.node for o in n.output}
+        for conv in (n for n in proto.graph.node if n.op_type == "Conv"):
+            assert produced_by[conv.input[1]].op_type == "DequantizeLinear"
+        assert n_conv > 0
+        meta = read_model_metadata(report.output)
+        assert meta == read_model_metadata(net.onnx_path)
+
+
+@pytest.mark.parametrize("version", ["8.6", "10"])
+def test_qdq_models_pass_tensorrt_support_check(quantized, version):
+    for _, (_, report) in quantized.items():
+        check_tensorrt_support(report.output, version).raise_if_unsupported()
+
+
+def test_int8_stays_close_to_fp32_on_heldout_frames(quantized, heldout_frames):
+    xs = [preprocess_frame(f, (INPUT_HW[1], INPUT_HW[0]), MEAN, STD) for f in heldout_frames]
+    net, report = quantized["keypoint"]
+    e32 = load_engine(net.onnx_path, backend="onnxruntime")
+    e8 = load_engine(report.output, backend="onnxruntime", precision="int8")
+    err_px = [np.linalg.norm(e8.run({"image": x})["keypoints"] - e32.run({"image": x})[
+        "keypoints"], axis=-1) for x in xs]
+    # untrained nets amplify quantisation noise; trained ones do better. A broken quantiser
+    # (wrong scales, uint8 wrap-around) gives tens of px here.
+    print("int8 keypoint px error median", float(np.median(err_px)), "max", float(np.max(err_px)))
+    assert float(np.median(err_px)) < 2.0, np.median(err_px)
+    net, report = quantized["depth"]
+    e32 = load_engine(net.onnx_path, backend="onnxruntime")
+    e8 = load_engine(report.output, backend="onnxruntime", precision="int8")
+    rel = [np.abs(e8.run({"image": x})["depth"] / e32.run({"image": x})["depth"] - 1) for x in xs]
+    print("int8 depth mean rel error", float(np.mean(rel)))
+    assert float(np.mean(rel)) < 0.05, np.mean(rel)
+
+
+def test_quantize_refuses_bad_inputs(quantized, keypoint_net, tmp_path):
+    _, report = quantized["keypoint"]
+    frames = [np.zeros((1, 3, *INPUT_HW), np.float32)]
+    with pytest.raises(ModelSpecError, match="already quantised"):
+        quantize_onnx(report.output, tmp_path / "x.onnx", frames)
+    with pytest.raises(ConfigError, match="do not fit"):
+        quantize_onnx(keypoint_net.onnx_path, tmp_path / "x.onnx",
+                      [np.zeros((1, 3, 64, 64), np.float32)])
+    with pytest.raises(ConfigError, match="none were given"):
+        quantize_onnx(keypoint_net.onnx_path, tmp_path / "x.onnx", [])
+
+
+def test_quantize_command(keypoint_net, calib_dir, tmp_path, capsys):
+    out = tmp_path / "kp_int8.onnx"
+    rc = cli_main(["quantize", str(keypoint_net.onnx_path), "--calib", str(calib_dir),
+                   "-o", str(out), "--max-frames", "4"])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert "over 4 frames" in text and "TensorRT 8.6 ONNX parser support (table 8.5): ok" in text
+    assert "TensorRT 10 ONNX parser support (table 10.15): ok" in text
+    engine = load_engine(out, backend="onnxruntime", precision="int8")
+    assert engine.run({"image": np.zeros((1, 3, *INPUT_HW), np.float32)})["keypoints"].shape == (
+        1, 8, 2)

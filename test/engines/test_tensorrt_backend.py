@@ -1,0 +1,122 @@
+# Copyright 2026 dvc_perception authors. Licensed under the Apache License, Version 2.0.
+"""TensorRT build settings (pure, no TensorRT) and the real TensorRT path where it exists."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dvc_perception.engines import load_engine
+from dvc_perception.engines.base import TensorSpec
+from dvc_perception.engines.tensorrt_backend import (
+    DEFAULT_WORKSPACE_MIB,
+    TENSORRT_OPTIONS,
+    build_settings_from_options,
+    import_tensorrt,
+    is_qdq_model,
+)
+from dvc_perception.errors import ConfigError, EngineUnavailableError
+
+STATIC = (TensorSpec("image", (1, 3, 96, 128), "float32"),)
+DYNAMIC = (TensorSpec("image", (None, 3, 96, 128), "float32"),)
+
+
+def test_fp32_and_fp16_flags():
+    s = build_settings_from_options("fp32", None, inputs=STATIC, is_qdq=False)
+    assert (s.fp16, s.int8, s.strongly_typed, s.use_calibrator) == (False,) * 4
+    assert s.workspace_bytes == DEFAULT_WORKSPACE_MIB << 20
+    assert s.profile_shapes == {"image": ((1, 3, 96, 128),) * 3}
+    s = build_settings_from_options("fp16", {"workspace_mib": 256, "timing_cache": "/tmp/t.cache"},
+                                    inputs=STATIC, is_qdq=False)
+    assert (s.fp16, s.int8, s.strongly_typed) == (True, False, False)
+    assert s.workspace_bytes == 256 * 1024 * 1024 and s.timing_cache == "/tmp/t.cache"
+
+
+def test_int8_from_qdq_is_strongly_typed_without_precision_flags():
+    s = build_settings_from_options("int8", None, inputs=STATIC, is_qdq=True)
+    assert (s.strongly_typed, s.fp16, s.int8, s.use_calibrator) == (True, False, False, False)
+    weak = build_settings_from_options("int8", {"strongly_typed": False}, inputs=STATIC,
+                                       is_qdq=True)
+    assert (weak.strongly_typed, weak.int8, weak.fp16) == (False, True, True)
+    assert weak.cache_settings() != s.cache_settings()
+
+
+def test_int8_from_float_needs_real_calibration_frames(tmp_path):
+    with pytest.raises(ConfigError, match="random calibration is not offered"):
+        build_settings_from_options("int8", None, inputs=STATIC, is_qdq=False)
+    s = build_settings_from_options("int8", {"calibration_dir": str(tmp_path),
+                                             "calibration_max_frames": 32},
+                                    inputs=STATIC, is_qdq=False)
+    assert (s.use_calibrator, s.int8, s.fp16, s.strongly_typed) == (True, True, True, False)
+    assert s.calibration_max_frames == 32
+
+
+def test_inconsistent_requests_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match="precision='int8'"):
+        build_settings_from_options("fp16", None, inputs=STATIC, is_qdq=True)
+    with pytest.raises(ConfigError, match="already carries its scales"):
+        build_settings_from_options("int8", {"calibration_dir": str(tmp_path)}, inputs=STATIC,
+                                    is_qdq=True)
+    with pytest.raises(ConfigError, match="only applies to int8"):
+        build_settings_from_options("fp16", {"strongly_typed": True}, inputs=STATIC,
+                                    is_qdq=False)
+    with pytest.raises(ConfigError, match="workspace_mib must be > 0"):
+        build_settings_from_options("fp32", {"workspace_mib": 0}, inputs=STATIC, is_qdq=False)
+    with pytest.raises(ConfigError, match="builder_optimization_level"):
+        build_settings_from_options("fp32", {"builder_optimization_level": 9}, inputs=STATIC,
+                                    is_qdq=False)
+    with pytest.raises(ConfigError, match="unknown key 'intra_op_num_threads'") as err:
+        build_settings_from_options("fp32", {"intra_op_num_threads": 1}, inputs=STATIC,
+                                    is_qdq=False)
+    assert all(k in str(err.value) for k in TENSORRT_OPTIONS)
+    with pytest.raises(ConfigError, match="must be fp32, fp16 or int8"):
+        build_settings_from_options("bf16", None, inputs=STATIC, is_qdq=False)
+
+
+def test_profile_shapes():
+    with pytest.raises(ConfigError, match="dynamic shape"):
+        build_settings_from_options("fp32", None, inputs=DYNAMIC, is_qdq=False)
+    prof = {"image": [[1, 3, 96, 128], [2, 3, 96, 128], [8, 3, 96, 128]]}
+    s = build_settings_from_options("fp32", {"profile_shapes": prof}, inputs=DYNAMIC,
+                                    is_qdq=False)
+    assert s.profile_shapes["image"] == ((1, 3, 96, 128), (2, 3, 96, 128), (8, 3, 96, 128))
+    with pytest.raises(ConfigError, match="min <= opt <= max"):
+        build_settings_from_options(
+            "fp32", {"profile_shapes": {"image": [[4, 3, 96, 128], [2, 3, 96, 128],
+                                                  [8, 3, 96, 128]]}},
+            inputs=DYNAMIC, is_qdq=False)
+    with pytest.raises(ConfigError, match="does not fit"):
+        build_settings_from_options(
+            "fp32", {"profile_shapes": {"image": [[1, 3, 64, 64]] * 3}}, inputs=DYNAMIC,
+            is_qdq=False)
+    with pytest.raises(ConfigError, match="unknown inputs"):
+        build_settings_from_options(
+            "fp32", {"profile_shapes": {"img": [[1, 3, 96, 128]] * 3}}, inputs=DYNAMIC,
+            is_qdq=False)
+
+
+def test_is_qdq_model(keypoint_net):
+    assert not is_qdq_model(keypoint_net.onnx_path)
+
+
+def _tensorrt_or_skip():
+    try:
+        return import_tensorrt()
+    except EngineUnavailableError as err:
+        pytest.skip(str(err))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_tensorrt_engine_matches_onnxruntime(keypoint_net, tmp_path, precision):
+    _tensorrt_or_skip()
+    x = np.random.default_rng(0).normal(size=(1, 3, 96, 128)).astype(np.float32)
+    trt_engine = load_engine(keypoint_net.onnx_path, backend="tensorrt", precision=precision,
+                             cache_dir=tmp_path, options={"timing_cache": str(tmp_path / "tc")})
+    ref = load_engine(keypoint_net.onnx_path, backend="onnxruntime").run({"image": x})
+    got = trt_engine.run({"image": x})
+    tol = 1e-3 if precision == "fp32" else 5e-2
+    np.testing.assert_allclose(got["keypoints"], ref["keypoints"], atol=tol * 100, rtol=0)
+    # second load comes from the cache
+    cached = load_engine(keypoint_net.onnx_path, backend="tensorrt", precision=precision,
+                         cache_dir=tmp_path)
+    np.testing.assert_array_equal(cached.run({"image": x})["keypoints"], got["keypoints"])
