@@ -38,6 +38,8 @@ UNDISTORT_NEWTON_STEPS = 8
 
 
 def _as_float64(value: Any, name: str) -> Tensor:
+    if isinstance(value, Tensor):
+        return value.detach().to("cpu", torch.float64).clone()
     try:
         return torch.as_tensor(np.asarray(value, dtype=np.float64)).clone()
     except (TypeError, ValueError) as err:

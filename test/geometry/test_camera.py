@@ -101,6 +101,19 @@ def test_float32_and_batch_shapes_are_kept() -> None:
     np.testing.assert_allclose(uv.double(), ref, atol=1e-3, rtol=0)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+def test_cuda_matches_cpu() -> None:
+    cam = CameraModel(torch.from_numpy(K_REAL).cuda(), torch.tensor(RATIONAL).cuda(), 640, 480,
+                      "rational_polynomial")
+    assert cam.K.device.type == "cpu"  # stored on the CPU, moved to the input's device
+    pts = torch.from_numpy(_points_in_view(50, seed=6))
+    uv = cam.project(pts.cuda())
+    assert uv.device.type == "cuda"
+    np.testing.assert_allclose(uv.cpu(), cam.project(pts), atol=1e-9, rtol=0)
+    np.testing.assert_allclose(cam.undistort_points(uv).cpu(), cam.undistort_points(uv.cpu()),
+                               atol=1e-9, rtol=0)
+
+
 def test_project_and_undistort_are_differentiable() -> None:
     cam = _models()[1]
     pts = torch.from_numpy(_points_in_view(5, seed=4))[None].requires_grad_()
@@ -177,6 +190,9 @@ def test_from_camera_info() -> None:
     cam = CameraModel.from_camera_info(K_REAL.ravel().tolist(), PLUMB_BOB, 640, 480, "plumb_bob")
     np.testing.assert_array_equal(cam.K, K_REAL)
     assert cam.K.dtype == torch.float64 and cam.D.dtype == torch.float64
+    from_tensor = CameraModel(torch.from_numpy(K_REAL).float(), torch.zeros(5), 640, 480,
+                              "plumb_bob")
+    assert from_tensor.K.dtype == torch.float64 and from_tensor.D.dtype == torch.float64
     empty = CameraModel.from_camera_info(K_REAL.ravel(), [], 640, 480, "plumb_bob")
     assert empty.D.shape == (5,) and not empty.has_distortion
     with pytest.raises(ConfigError, match="9 numbers"):
