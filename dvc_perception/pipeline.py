@@ -196,33 +196,42 @@ class Pipeline:
 
     def _estimate_pose(self, det: KeypointDetection, camera: CameraModel) -> list[ObjectPose]:
         """Robust weighted PnP of one detection: [pose], or [] when invalid or below min_score."""
-        from dvc_perception.geometry.pnp import solve_pnp_ransac
+        from dvc_perception.geometry.pnp import solve_pnp, solve_pnp_ransac
 
         n = det.keypoints_px.shape[0]
         if n < 4:
             return []
         cfg = self.config.pnp
         uv = torch.as_tensor(det.keypoints_px, dtype=torch.float64).unsqueeze(0)
-        uv_ideal = camera.undistort_points(uv) if camera.distortion_model != "none" else uv
+        uv_ideal = camera.undistort_points(uv) if camera.has_distortion else uv
         x3d = torch.as_tensor(det.points_obj, dtype=torch.float64).unsqueeze(0)
         weights = torch.as_tensor(det.confidence, dtype=torch.float64).unsqueeze(0)
         K = camera.K.to(torch.float64).unsqueeze(0)
-        result = solve_pnp_ransac(
+        hypothesis = solve_pnp_ransac(
             uv_ideal,
             x3d,
             K,
             weights,
             threshold_px=cfg.threshold_px,
             num_hypotheses=cfg.num_hypotheses,
-            min_inliers=max(4, self.config.fiducial.min_keypoints)
-            if self.config.keypoint_source == "fiducial"
-            else 4,
+            min_inliers=4,
             seed=cfg.seed,
+        )
+        if not bool(hypothesis.valid[0]):
+            return []
+        inliers_t = hypothesis.inliers.to(torch.float64)
+        # confidence-weighted Levenberg-Marquardt on the inliers; its covariance is the published one
+        result = solve_pnp(
+            uv_ideal,
+            x3d,
+            K,
+            weights * inliers_t,
+            init=torch.cat([hypothesis.rvec, hypothesis.t], dim=-1),
             max_iterations=cfg.max_iterations,
         )
         if not bool(result.valid[0]):
             return []
-        inliers = result.inliers[0].cpu().numpy().astype(bool)
+        inliers = hypothesis.inliers[0].cpu().numpy().astype(bool)
         conf = det.confidence
         score = float(conf[inliers].sum() / n)
         if score < self.config.min_score:
@@ -239,6 +248,6 @@ class Pipeline:
             score=score,
             covariance=cov,
             keypoints_2d=det.keypoints_px.copy(),
-            n_inliers=int(result.n_inliers[0]),
+            n_inliers=int(inliers.sum()),
         )
         return [pose]

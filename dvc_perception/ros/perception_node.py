@@ -441,13 +441,18 @@ def main(args: list[str] | None = None) -> int:
         0 on a clean stop, 1 when the node failed to configure or activate at start-up.
     """
     import rclpy
+    from rclpy.exceptions import ParameterException
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
     rclpy.init(args=args if args is not None else sys.argv)
     node = None
     rc = 0
     try:
-        node = PerceptionNode()
+        try:
+            node = PerceptionNode()
+        except ParameterException as err:  # out of range or wrong type: say which, no traceback
+            print(f"perception_node: invalid parameter: {err}", file=sys.stderr)
+            return 1
         if node.startup_error:
             node.get_logger().fatal(f"start-up failed: {node.startup_error}")
             rc = 1

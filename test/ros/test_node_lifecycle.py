@@ -1,0 +1,155 @@
+# Copyright 2026 dvc_perception authors. Licensed under the Apache License, Version 2.0.
+"""perception_node in this process (real rclpy, private Context): lifecycle transitions, the
+synchronous per-frame handler (what a bag replay calls), compressed input, configure errors."""
+
+from __future__ import annotations
+
+import array
+import threading
+import time
+from collections.abc import Iterator
+
+import cv2
+import numpy as np
+import pytest
+import rclpy
+from builtin_interfaces.msg import Time
+from lifecycle_msgs.msg import State
+from rclpy.context import Context
+from rclpy.lifecycle import TransitionCallbackReturn
+from rclpy.parameter import Parameter
+from sensor_msgs.msg import CameraInfo, CompressedImage
+from std_msgs.msg import Header
+
+from dvc_perception.ros.convert import rgb_to_image_msg
+from dvc_perception.ros.perception_node import PerceptionNode
+
+pytestmark = pytest.mark.ros
+
+
+@pytest.fixture
+def ctx() -> Iterator[Context]:
+    context = Context()
+    rclpy.init(context=context)
+    yield context
+    rclpy.shutdown(context=context)
+
+
+def _info(w: int = 64, h: int = 48) -> CameraInfo:
+    info = CameraInfo(width=w, height=h, distortion_model="plumb_bob")
+    info.k = [50.0, 0.0, 31.5, 0.0, 50.0, 23.5, 0.0, 0.0, 1.0]
+    info.d = [0.0] * 5
+    return info
+
+
+def _node(ctx: Context, **params) -> PerceptionNode:
+    overrides = [Parameter(k, value=v) for k, v in {"autostart": False, **params}.items()]
+    return PerceptionNode(context=ctx, parameter_overrides=overrides)
+
+
+def test_lifecycle_configure_activate_deactivate_cleanup(ctx):
+    node = _node(ctx)
+    try:
+        assert node.pipeline is None
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        assert node.pipeline is not None and not node._subs
+        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        assert node.count_subscribers("image") == 1  # the node's own subscription
+        assert {s.topic_name for s in node._subs} == {"/image", "/camera_info"}
+        assert node._worker is not None and node._worker.running
+        topics = {p.topic_name for p in [*node._pubs.values(), *node._pose_pubs.values()]}
+        assert {"/perception_node/poses", "/perception_node/board/pose",
+                "/perception_node/markers", "/perception_node/overlay", "/diagnostics"} <= topics
+        assert "/perception_node/depth" not in topics  # no depth source: no depth topics
+        assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+        assert node._worker is None and not node._subs and not node._pubs
+        assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
+        assert node.pipeline is None
+    finally:
+        node.destroy_node()
+
+
+def test_deactivate_stops_a_busy_worker_within_2s(ctx):
+    node = _node(ctx)
+    try:
+        node.trigger_configure()
+        node.trigger_activate()
+        release = threading.Event()
+        started = threading.Event()
+
+        def slow_frame(item) -> None:  # a frame that takes 1.5 s (a slow network on a CPU)
+            started.set()
+            release.wait(1.5)
+
+        node._worker._handler = slow_frame
+        node._worker.submit(("frame", None, 0.0))
+        assert started.wait(5.0)
+        t0 = time.monotonic()
+        assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+        assert time.monotonic() - t0 < 2.0
+    finally:
+        release.set()
+        node.destroy_node()
+
+
+def test_autostart_reaches_active(ctx):
+    node = PerceptionNode(context=ctx)
+    try:
+        assert node._state_machine.current_state[0] == State.PRIMARY_STATE_ACTIVE
+        assert not node.startup_error
+    finally:
+        node.destroy_node()
+
+
+@pytest.mark.parametrize(
+    "param, value, message",
+    [
+        ("pipeline.fiducial.object_id", "1board", "ROS name token"),
+        ("pipeline.keypoint_source", "network", "network"),
+        ("pipeline.fiducial.board_type", "hexboard", "board_type"),
+    ],
+)
+def test_bad_parameters_fail_configure_with_the_value_named(ctx, param, value, message):
+    node = PerceptionNode(context=ctx, parameter_overrides=[Parameter(param, value=value)])
+    try:
+        assert message in node.startup_error, node.startup_error
+        assert node._state_machine.current_state[0] == State.PRIMARY_STATE_UNCONFIGURED
+    finally:
+        node.destroy_node()
+
+
+def test_out_of_range_parameter_is_refused_by_the_descriptor(ctx):
+    from rclpy.exceptions import ParameterException
+
+    with pytest.raises(ParameterException, match="min_score"):
+        PerceptionNode(
+            context=ctx, parameter_overrides=[Parameter("pipeline.min_score", value=2.0)]
+        )
+
+
+def test_process_frame_is_synchronous_and_keeps_the_header_compressed(ctx):
+    node = _node(ctx, image_transport="compressed")
+    try:
+        node.trigger_configure()
+        node.trigger_activate()
+        rgb = np.full((48, 64, 3), 200, np.uint8)
+        ok, png = cv2.imencode(".png", rgb)
+        msg = CompressedImage(format="png")
+        msg.header = Header(stamp=Time(sec=7, nanosec=9), frame_id="cam")
+        msg.data = array.array("B", png.tobytes())
+        out = node.process_frame(msg, _info())
+        assert out.header.stamp == msg.header.stamp and out.header.frame_id == "cam"
+        assert out.pose_array.header == out.header and out.result.poses == []
+        assert out.depth_msg is None
+        np.testing.assert_array_equal(out.image_rgb, rgb)
+        assert node.handle_frame(msg, _info(), time.monotonic())
+        assert node.stats.frames_processed == 1
+        # a bad frame is counted, not raised
+        assert not node.handle_frame(msg, _info(w=32), time.monotonic())
+        assert node.diagnostics_values()["errors.size_mismatch"] == 1
+        raw = rgb_to_image_msg(rgb, Header(frame_id="cam"))
+        raw.encoding = "yuv422"
+        assert not node.handle_frame(raw, _info(), time.monotonic())
+        assert node.diagnostics_values()["errors.image"] == 1
+    finally:
+        node.destroy_node()
