@@ -18,6 +18,8 @@ from dvc_perception.errors import DvcError
 SUBCOMMANDS: tuple[tuple[str, str, str], ...] = (
     ("demo", "dvc_perception.commands.demo", "chessboard poses by the PnP layer next to OpenCV's"),
     ("run", "dvc_perception.commands.run", "start perception_node (no ROS install needed)"),
+    ("bop2bag", "dvc_perception.commands.bop2bag", "convert a BOP-format scene into a rosbag2"),
+    ("quantize", "dvc_perception.commands.quantize", "INT8 QDQ ONNX from calibration frames"),
     ("train", "dvc_perception.commands.train", "train the keypoint (pose) or depth network"),
     ("export", "dvc_perception.commands.export", "export a checkpoint to ONNX with metadata"),
 )

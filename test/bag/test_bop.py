@@ -1,0 +1,67 @@
+# Copyright 2026 dvc_perception authors. Licensed under the Apache License, Version 2.0.
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from geometry_msgs.msg import PoseArray, PoseStamped
+from rclpy.serialization import deserialize_message
+from scipy.spatial.transform import Rotation
+from sensor_msgs.msg import CameraInfo, Image
+
+from dvc_perception.bag.bop import bop_scene_to_bag
+from dvc_perception.bag.io import BagReader
+from dvc_perception.errors import BagError
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_lmo_scene_round_trip(lmo_dir: Path, tmp_path: Path, storage: str) -> None:
+    scene = lmo_dir / "test" / "000002"
+    gt = json.loads((scene / "scene_gt.json").read_text())
+    cams = json.loads((scene / "scene_camera.json").read_text())
+    ids = sorted(gt, key=int)[:3] if storage == "sqlite3" else sorted(gt, key=int)
+    n = bop_scene_to_bag(lmo_dir, "test/000002", tmp_path / "bag", storage=storage)
+    assert n == len(cams)
+    with BagReader(tmp_path / "bag") as reader:
+        topics = reader.topics()
+        assert topics["/camera/image_raw"].count == n
+        assert topics["/ground_truth/lmo_obj_01/pose"].msgtype == "geometry_msgs/msg/PoseStamped"
+        images = [deserialize_message(m.rawdata, Image)
+                  for m in reader.messages(["/camera/image_raw"])]
+        infos = [deserialize_message(m.rawdata, CameraInfo)
+                 for m in reader.messages(["/camera/camera_info"])]
+        arrays = [deserialize_message(m.rawdata, PoseArray)
+                  for m in reader.messages(["/ground_truth/poses"])]
+        ape = [deserialize_message(m.rawdata, PoseStamped)
+               for m in reader.messages(["/ground_truth/lmo_obj_01/pose"])]
+    stamps = [(im.header.stamp.sec, im.header.stamp.nanosec) for im in images]
+    assert stamps == sorted(stamps) and len(set(stamps)) == n
+    for k, key in enumerate(sorted(cams, key=int)):
+        if key not in ids:
+            continue
+        expected = cv2.imread(str(scene / "rgb" / f"{int(key):06d}.png"))[:, :, ::-1]
+        got = np.frombuffer(bytes(images[k].data), np.uint8).reshape(expected.shape)
+        np.testing.assert_array_equal(got, expected)
+        np.testing.assert_allclose(np.reshape(infos[k].k, (3, 3)),
+                                   np.reshape(cams[key]["cam_K"], (3, 3)))
+        assert infos[k].header == images[k].header == arrays[k].header
+        for g, pose in zip(gt[key], arrays[k].poses):
+            q = pose.orientation
+            R = Rotation.from_quat([q.x, q.y, q.z, q.w]).as_matrix()
+            R_gt = np.reshape(g["cam_R_m2c"], (3, 3))
+            # BOP's matrices are orthonormal only to ~1e-4; a quaternion is exactly a rotation
+            off = np.abs(R_gt @ R_gt.T - np.eye(3)).max()
+            np.testing.assert_allclose(R, R_gt, atol=2 * off + 1e-6)
+            t = [pose.position.x, pose.position.y, pose.position.z]
+            np.testing.assert_allclose(t, np.asarray(g["cam_t_m2c"]) / 1000.0, atol=1e-9)
+    assert len(ape) == sum(any(g["obj_id"] == 1 for g in gt[key]) for key in cams)
+
+
+def test_missing_scene_files(tmp_path: Path) -> None:
+    (tmp_path / "test" / "000001" / "rgb").mkdir(parents=True)
+    with pytest.raises(BagError, match="scene_camera.json"):
+        bop_scene_to_bag(tmp_path, "test/000001", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
