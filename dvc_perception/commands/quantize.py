@@ -33,6 +33,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--method", choices=("minmax", "entropy", "percentile"), default="minmax",
         help="activation range calibration",
     )
+    parser.add_argument(
+        "--target", choices=("tensorrt", "onnxruntime-cpu"), default="tensorrt",
+        help="tensorrt: symmetric int8 activations (TensorRT and ORT); onnxruntime-cpu: "
+        "uint8 activations, ORT's fast x86 path, not parseable by TensorRT",
+    )
+    parser.add_argument(
+        "--op-types", default=None,
+        help="comma-separated ONNX op types to quantise (default: the conv backbone)",
+    )
     parser.add_argument("--topic", default=None, help="image topic when --calib is a rosbag")
     parser.add_argument(
         "--per-tensor", action="store_true", help="per-tensor instead of per-channel weights"
@@ -47,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     """Quantise; print what was done and the TensorRT support check."""
     from dvc_perception.engines.calibrate import load_calibration_frames
     from dvc_perception.engines.export import read_model_metadata
-    from dvc_perception.engines.quantize import model_input_shape, quantize_onnx
+    from dvc_perception.engines.quantize import DEFAULT_OP_TYPES, model_input_shape, quantize_onnx
     from dvc_perception.engines.trt_support import check_tensorrt_support
 
     if args.max_frames < 1:
@@ -58,13 +67,18 @@ def run(args: argparse.Namespace) -> int:
     frames = load_calibration_frames(
         source, input_shape=shape, max_frames=args.max_frames, mean=meta.mean, std=meta.std
     )
+    op_types = (
+        tuple(t.strip() for t in args.op_types.split(",") if t.strip())
+        if args.op_types else DEFAULT_OP_TYPES
+    )
     report = quantize_onnx(
-        args.model, args.output, frames, method=args.method, per_channel=not args.per_tensor
+        args.model, args.output, frames, method=args.method, per_channel=not args.per_tensor,
+        op_types=op_types, target=args.target,
     )
     print(
         f"wrote {report.output}: {report.num_quantize_nodes} QuantizeLinear, "
         f"{report.num_dequantize_nodes} DequantizeLinear, {report.method} calibration over "
-        f"{report.num_frames} frames from {args.calib}"
+        f"{report.num_frames} frames from {args.calib} (target {report.target})"
     )
     status = 0
     for version in [v.strip() for v in args.check_tensorrt.split(",") if v.strip()]:

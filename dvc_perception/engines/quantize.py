@@ -29,10 +29,17 @@ from dvc_perception.errors import ConfigError, ModelSpecError
 _LOG = logging.getLogger(__name__)
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
-DEFAULT_OP_TYPES: tuple[str, ...] = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-"""Operators whose inputs get Q/DQ: the compute-heavy ones. Everything else (Resize, Softmax,
-the soft-argmax arithmetic) stays in float, which keeps keypoint precision and is what
-TensorRT's explicit quantisation expects for non-GEMM layers."""
+DEFAULT_OP_TYPES: tuple[str, ...] = (
+    "Conv", "ConvTranspose", "Gemm", "Relu", "Concat", "Resize", "MaxPool", "AveragePool",
+)
+"""Operators that get Q/DQ: the convolutional backbone, so int8 tensors flow from layer to layer
+without a float round trip at every ReLU, concat or upsampling. The heads stay float on
+purpose: quantising the soft-argmax (Softmax, Mul, ReduceSum, MatMul) moves keypoints by tens
+of pixels, and an 8-bit Add/Softplus at the depth output would step depth by range/256."""
+TARGETS: tuple[str, ...] = ("tensorrt", "onnxruntime-cpu")
+"""``tensorrt``: int8 activations with zero point 0 (symmetric), what TensorRT's parser
+accepts; runs in ONNX Runtime too. ``onnxruntime-cpu``: uint8 asymmetric activations (U8S8),
+ONNX Runtime's fast x86 path; TensorRT rejects these models (uint8 zero points)."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,7 @@ class QuantizeReport:
         num_quantize_nodes: QuantizeLinear nodes in the output.
         num_dequantize_nodes: DequantizeLinear nodes in the output.
         method: calibration method.
+        target: "tensorrt" or "onnxruntime-cpu".
     """
 
     output: Path
@@ -52,6 +60,7 @@ class QuantizeReport:
     num_quantize_nodes: int
     num_dequantize_nodes: int
     method: str
+    target: str
 
 
 def _frames_reader(input_name: str, frames: Sequence[np.ndarray]) -> Any:
@@ -80,6 +89,7 @@ def quantize_onnx(
     method: str = "minmax",
     per_channel: bool = True,
     op_types: Sequence[str] = DEFAULT_OP_TYPES,
+    target: str = "tensorrt",
 ) -> QuantizeReport:
     """Quantise a float ONNX model to a static INT8 QDQ model.
 
@@ -91,6 +101,8 @@ def quantize_onnx(
         method: "minmax", "entropy" or "percentile" calibration of activation ranges.
         per_channel: per-output-channel weight scales.
         op_types: operator types to quantise.
+        target: "tensorrt" (symmetric int8 activations) or "onnxruntime-cpu" (uint8), see
+            `TARGETS`.
 
     Raises:
         ConfigError: unknown method, no frames, or frames of the wrong shape.
@@ -105,6 +117,8 @@ def quantize_onnx(
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    if target not in TARGETS:
+        raise ConfigError(f"quantisation target must be one of {TARGETS}, got {target!r}")
     if method not in CALIBRATION_METHODS:
         raise ConfigError(f"calibration method must be one of {CALIBRATION_METHODS}, got {method}")
     model_path, output_path = Path(model_path), Path(output_path)
@@ -142,11 +156,12 @@ def quantize_onnx(
             quant_format=QuantFormat.QDQ,
             op_types_to_quantize=list(op_types),
             per_channel=per_channel,
-            activation_type=QuantType.QInt8,
+            activation_type=QuantType.QInt8 if target == "tensorrt" else QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=calib,
             extra_options={
-                "ActivationSymmetric": True,  # zero point 0: TensorRT's requirement
+                # zero point 0: TensorRT's requirement
+                "ActivationSymmetric": target == "tensorrt",
                 "WeightSymmetric": True,
                 # Keep biases float: ORT would otherwise emit an int32 DequantizeLinear per
                 # bias, which TensorRT's parser rejects (DequantizeLinear takes INT8 only).
@@ -158,8 +173,8 @@ def quantize_onnx(
         for key, value in metadata:
             out.metadata_props.add(key=key, value=value)
         out.metadata_props.add(key="dvc_quantization", value=(
-            f"static int8 QDQ, {method} calibration over {len(frame_list)} frames, "
-            f"per_channel={per_channel}, symmetric activations and weights"
+            f"static int8 QDQ for {target}, {method} calibration over {len(frame_list)} "
+            f"frames, per_channel={per_channel}, op_types={list(op_types)}"
         ))
         onnx.save(out, str(qdq))
         os.replace(qdq, output_path)
@@ -168,7 +183,7 @@ def quantize_onnx(
     if n_q == 0 or n_dq == 0:
         raise ModelSpecError(f"quantisation produced no Q/DQ nodes for {model_path}")
     _LOG.info("quantised %s -> %s (%d Q, %d DQ)", model_path, output_path, n_q, n_dq)
-    return QuantizeReport(output_path, len(frame_list), n_q, n_dq, method)
+    return QuantizeReport(output_path, len(frame_list), n_q, n_dq, method, target)
 
 
 def model_input_shape(model_path: str | os.PathLike[str]) -> tuple[int, ...]:

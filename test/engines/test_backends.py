@@ -96,7 +96,8 @@ def test_torch_backend_on_depth(depth_net):
 @pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
 def test_inputs_are_checked(keypoint_net, backend):
     engine = load_engine(keypoint_net.onnx_path, backend=backend, device="cpu")
-    with pytest.raises(ShapeError, match=r"expected \(1,3,96,128\) float32, got \(1, 3, 96, 127\)"):
+    expected = r"expected \(1,3,96,128\) float32, got \(1, 3, 96, 127\)"
+    with pytest.raises(ShapeError, match=expected):
         engine.run({"image": np.zeros((1, 3, 96, 127), np.float32)})
     with pytest.raises(ShapeError, match="got .* float64"):
         engine.run({"image": np.zeros((1, 3, *INPUT_HW), np.float64)})

@@ -55,7 +55,7 @@ def test_image_dir_source(calib_dir, tmp_path):
 
 
 def test_qdq_model_structure_and_metadata(quantized):
-    for name, (net, report) in quantized.items():
+    for net, report in quantized.values():
         proto = onnx.load(str(report.output))
         ops = [n.op_type for n in proto.graph.node]
         assert ops.count("QuantizeLinear") == report.num_quantize_nodes > 0
@@ -119,3 +119,18 @@ def test_quantize_command(keypoint_net, calib_dir, tmp_path, capsys):
     engine = load_engine(out, backend="onnxruntime", precision="int8")
     assert engine.run({"image": np.zeros((1, 3, *INPUT_HW), np.float32)})["keypoints"].shape == (
         1, 8, 2)
+
+
+def test_cpu_target_runs_in_ort_but_fails_the_tensorrt_check(keypoint_net, calib_dir, tmp_path):
+    frames = load_calibration_frames(calib_dir, input_shape=(1, 3, *INPUT_HW), max_frames=4,
+                                     mean=MEAN, std=STD)
+    report = quantize_onnx(keypoint_net.onnx_path, tmp_path / "u8.onnx", frames,
+                           target="onnxruntime-cpu")
+    engine = load_engine(report.output, backend="onnxruntime", precision="int8")
+    ref = load_engine(keypoint_net.onnx_path, backend="onnxruntime").run({"image": frames[0]})
+    got = engine.run({"image": frames[0]})
+    assert float(np.median(np.linalg.norm(got["keypoints"] - ref["keypoints"], axis=-1))) < 2.0
+    reasons = [p.reason for p in check_tensorrt_support(report.output, "10").problems]
+    assert reasons and all("UINT8" in r or "must be zero" in r for r in reasons)
+    with pytest.raises(ConfigError, match="target must be one of"):
+        quantize_onnx(keypoint_net.onnx_path, tmp_path / "x.onnx", frames, target="gpu")
