@@ -92,15 +92,21 @@ class RunSpec:
             raise ConfigError("give exactly one of data_dir and toy_frames > 0")
 
 
-def open_frame_source(path: str | os.PathLike[str]) -> FrameSource:
+def open_frame_source(path: str | os.PathLike[str], mode: str) -> FrameSource:
     """The frames of a synthetic shard directory written by ``dvc-perception synth``.
 
+    Args:
+        path: the shard directory.
+        mode: "pose" keeps RGB and instance masks in memory, "depth" RGB and depth.
+
     Raises:
-        ConfigError: the directory holds no shards.
+        ConfigError: the directory holds no frames.
+        InputError: it is not a shard directory.
     """
     from dvc_perception.train.shards import ShardFrameSource
 
-    return ShardFrameSource(path)
+    keep = ("rgb", "instance_ids") if mode == "pose" else ("rgb", "depth")
+    return ShardFrameSource(path, keep=keep)
 
 
 def _frame_sources(spec: RunSpec) -> tuple[FrameSource, FrameSource, dict[str, Any]]:
@@ -115,11 +121,11 @@ def _frame_sources(spec: RunSpec) -> tuple[FrameSource, FrameSource, dict[str, A
                                              height=spec.input_height, seed=spec.split_seed + 1))
         return train_src, val_src, {"kind": "toy", "frames": spec.toy_frames, "val_frames": n_val,
                                     "seed": spec.split_seed}
-    full = open_frame_source(str(spec.data_dir))
+    full = open_frame_source(str(spec.data_dir), spec.mode)
     data: dict[str, Any] = {"kind": "synthetic shards", "dir": str(Path(str(spec.data_dir))),
                             "frames": len(full), "seed": _data_seed(full)}
     if spec.val_data_dir is not None:
-        val_src = open_frame_source(spec.val_data_dir)
+        val_src = open_frame_source(spec.val_data_dir, spec.mode)
         data.update({"val_dir": str(spec.val_data_dir), "val_frames": len(val_src),
                      "val_seed": _data_seed(val_src)})
         return full, val_src, data

@@ -1,0 +1,117 @@
+# Copyright 2026 dvc_perception authors. Licensed under the Apache License, Version 2.0.
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dvc_perception.errors import ConfigError
+from dvc_perception.train.datasets import (
+    AugmentConfig,
+    DepthDataset,
+    ListFrameSource,
+    PoseDataset,
+    letterbox_affine,
+    split_train_val,
+)
+from dvc_perception.train.toy import _CORNER_COLOURS, toy_frames, toy_object
+
+GEOMETRIC_ONLY = AugmentConfig(brightness=0.0, contrast=0.0, saturation=0.0, channel_gain=0.0,
+                               noise_std=0.0, blur_prob=0.0)
+
+
+def test_letterbox_maps_pixel_centres():
+    a = letterbox_affine(640, 480, 320, 256)  # s = 0.5, limited by the width
+    # the centre of source pixels (0,0),(1,1) -> the centre of destination pixel (0,0) area
+    corners = np.array([[-0.5, -0.5, 1.0], [639.5, 479.5, 1.0]])
+    np.testing.assert_allclose(corners @ a.T, [[-0.5, -0.5], [319.5, 239.5]])
+
+
+def test_letterboxed_keypoints_follow_the_intrinsics():
+    frames = toy_frames(2, width=256, height=192, seed=5)
+    obj = toy_object()
+    ds = PoseDataset(ListFrameSource(frames), [obj], 128, 128)  # letterbox: s = 0.5, pad below
+    for i, f in enumerate(frames):
+        s = ds[i]
+        ann = f.objects[0]
+        cam = obj.keypoints_obj @ ann.R.T + ann.t
+        uv = (cam @ f.K.T)[:, :2] / cam[:, 2:]
+        expected = 0.5 * (uv + 0.5) - 0.5  # independent: scale pixel-centre coordinates
+        np.testing.assert_allclose(s["keypoints"][0].numpy(), expected, atol=1e-4)
+        assert s["image"][:, 97:, :].abs().max() == 0  # padding rows are black
+
+
+def test_augmented_keypoints_land_on_their_coloured_corner():
+    frames = toy_frames(6, width=128, height=96, seed=7)
+    ds = PoseDataset(ListFrameSource(frames), [toy_object()], 128, 96, augment=GEOMETRIC_ONLY,
+                     seed=3)
+    hits = total = 0
+    for i in range(len(frames)):
+        s = ds[i]
+        img = s["image"].numpy().transpose(1, 2, 0)
+        for k in range(8):
+            if not s["kp_visible"][0, k]:
+                continue
+            u, v = (int(round(c)) for c in s["keypoints"][0, k].tolist())
+            if not (0 <= u < 128 and 0 <= v < 96):
+                continue
+            total += 1
+            hits += np.abs(img[v, u] * 255 - _CORNER_COLOURS[k]).max() < 60
+    assert total >= 20
+    assert hits / total > 0.9
+
+
+def test_augmentation_is_a_function_of_seed_epoch_and_index():
+    frames = ListFrameSource(toy_frames(3, seed=1))
+    a = PoseDataset(frames, [toy_object()], 128, 96, augment=AugmentConfig(), seed=11)
+    b = PoseDataset(frames, [toy_object()], 128, 96, augment=AugmentConfig(), seed=11)
+    s1, s2 = a[2], b[2]
+    for key in s1:
+        torch.testing.assert_close(s1[key], s2[key])
+    a.set_epoch(1)
+    assert not torch.equal(a[2]["image"], s1["image"])
+
+
+def test_depth_dataset_keeps_metric_depth_and_scales_focal():
+    frames = toy_frames(1, width=256, height=192, seed=2)
+    ds = DepthDataset(ListFrameSource(frames), 128, 96)
+    s = ds[0]
+    assert float(s["fx"]) == pytest.approx(frames[0].K[0, 0] * 0.5)
+    d = s["depth"][0].numpy()
+    assert np.nanmin(d) >= np.nanmin(frames[0].depth) - 1e-6
+    assert np.nanmax(d) <= np.nanmax(frames[0].depth) + 1e-6
+
+
+def test_split_is_disjoint_and_seeded():
+    src = ListFrameSource(toy_frames(10, seed=0))
+    tr, va = split_train_val(src, 0.3, seed=4)
+    tr2, va2 = split_train_val(src, 0.3, seed=4)
+    assert len(tr) == 7 and len(va) == 3
+    assert set(tr._indices).isdisjoint(va._indices)
+    assert va._indices == va2._indices
+    with pytest.raises(ConfigError):
+        split_train_val(src, 0.0, seed=0)
+
+
+@pytest.mark.slow
+def test_shard_source_matches_the_renderers_keypoints(tmp_path):
+    synth = pytest.importorskip("dvc_perception.render.synth")
+    from dvc_perception.render.objects import find_object_yaml, load_object
+    from dvc_perception.train.datasets import load_object_infos
+    from dvc_perception.train.shards import ShardFrameSource
+
+    obj = load_object(find_object_yaml("demo_object"))
+    cfg = synth.SynthConfig(width=160, height=128, fx=150.0, fy=150.0, cx=80.0, cy=64.0,
+                            distance_m=(0.3, 0.5))
+    synth.write_shards(synth.SceneSampler([obj], cfg, seed=3), tmp_path, 3,
+                       frames_per_shard=2, progress=False)
+    src = ShardFrameSource(tmp_path)
+    reader = synth.load_shards(tmp_path)
+    ds = PoseDataset(src, load_object_infos(["demo_object"]), 160, 128)
+    for i in range(3):
+        s, ref = ds[i], reader[i]
+        np.testing.assert_allclose(s["keypoints"][0].numpy(), ref.keypoints_2d[0], atol=1e-3)
+        np.testing.assert_array_equal(s["kp_visible"][0].numpy() > 0,
+                                      ref.keypoints_visible[0] & s["kp_in_image"][0].numpy())
+        mask_frac = s["mask"][0].numpy().mean()
+        assert mask_frac == pytest.approx(ref.mask(0).mean(), abs=1e-6)
