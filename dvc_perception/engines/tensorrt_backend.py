@@ -331,8 +331,8 @@ class EngineBuilder:
                 f"TensorRT build_serialized_network returned None for {onnx_path} "
                 f"(settings {s.cache_settings()}); see the TensorRT log above"
             )
-        if timing_cache is not None and s.timing_cache:
-            _atomic_write(Path(s.timing_cache), bytes(timing_cache.serialize()))
+        if timing_cache is not None:  # the builder added this build's timings to the cache
+            _atomic_write(Path(s.timing_cache), bytes(config.get_timing_cache().serialize()))
         return bytes(serialized)
 
     def _load_timing_cache(self, config: Any) -> Any:

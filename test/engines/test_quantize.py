@@ -134,3 +134,38 @@ def test_cpu_target_runs_in_ort_but_fails_the_tensorrt_check(keypoint_net, calib
     assert reasons and all("UINT8" in r or "must be zero" in r for r in reasons)
     with pytest.raises(ConfigError, match="target must be one of"):
         quantize_onnx(keypoint_net.onnx_path, tmp_path / "x.onnx", frames, target="gpu")
+
+
+def test_quantize_command_from_a_rosbag(keypoint_net, heldout_frames, tmp_path, capsys):
+    pytest.importorskip("rclpy")
+    import cv2
+    from sensor_msgs.msg import CompressedImage, Image
+
+    from dvc_perception.bag.io import AtomicBagWriter, BagReader
+
+    bag = tmp_path / "calib_bag"
+    with AtomicBagWriter(bag) as writer:
+        for i, rgb in enumerate(heldout_frames):
+            msg = Image(height=rgb.shape[0], width=rgb.shape[1], encoding="bgr8",
+                        step=rgb.shape[1] * 3)
+            msg.data = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR).tobytes()
+            writer.write_message("/cam/image_raw", msg, 1_000 + i)
+            comp = CompressedImage(format="png")
+            comp.data = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))[1].tobytes()
+            writer.write_message("/cam/image_raw/compressed", comp, 1_000 + i)
+    with BagReader(bag) as reader:
+        assert reader.topics()["/cam/image_raw"].count == len(heldout_frames)
+    for topic in ("/cam/image_raw", "/cam/image_raw/compressed"):
+        out = tmp_path / f"{topic.count('/')}.onnx"
+        rc = cli_main(["quantize", str(keypoint_net.onnx_path), "--calib", str(bag), "-o",
+                       str(out), "--topic", topic])
+        text = capsys.readouterr().out
+        assert rc == 0 and f"over {len(heldout_frames)} frames" in text, text
+    # the decoded bag frames are the frames that went in: same preprocessing, same ranges
+    from dvc_perception.commands.quantize import _bag_frames
+
+    decoded = list(_bag_frames(bag, "/cam/image_raw"))
+    np.testing.assert_array_equal(decoded[0], heldout_frames[0])
+    rc = cli_main(["quantize", str(keypoint_net.onnx_path), "--calib", str(bag), "-o",
+                   str(tmp_path / "x.onnx"), "--topic", "/nope"])
+    assert rc == 2 and "not an image topic" in capsys.readouterr().err
