@@ -29,10 +29,11 @@ def _rows(out: str, solver: str) -> dict[str, tuple[np.ndarray, np.ndarray, floa
     return rows
 
 
+@pytest.mark.slow  # ~2 s on a quiet 2-core machine, > 5 s while other jobs run
 def test_demo_real_images_match_an_independent_opencv_run(
     chessboard_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["demo", "--images", str(chessboard_dir)]) == 0
+    assert main(["demo", "--images", str(chessboard_dir), "--repeats", "1"]) == 0
     out = capsys.readouterr().out
     ours, cv = _rows(out, "solve_pnp"), _rows(out, "opencv")
     names = sorted(p.name for p in chessboard_dir.glob("left*.jpg"))
@@ -69,7 +70,7 @@ def test_demo_generated_views_recover_the_known_poses(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("DVC_SHARED_DATA", str(tmp_path))  # a data folder without chessboard/
-    assert main(["demo"]) == 0
+    assert main(["demo", "--repeats", "0"]) == 0
     out = capsys.readouterr().out
     assert "generated views of a board at known poses (no chessboard images found)" in out
     assert sorted(_rows(out, "solve_pnp")) == [f"generated{k:02d}" for k in range(1, 5)]

@@ -36,6 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="use generated views of a board even if images are present")
     parser.add_argument("--views", type=int, default=4,
                         help="number of generated views (default: 4)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="warm solve_pnp calls to time after the first (default: 3)")
 
 
 def _fmt(v: np.ndarray, digits: int) -> str:
@@ -93,7 +95,9 @@ def run(args: argparse.Namespace) -> int:
     if not names:
         raise InputError(f"no view with a complete {spec.cols}x{spec.rows} board")
 
-    cmp = compare_board_poses(names, np.stack(corners), camera, spec)
+    if args.repeats < 0:
+        raise ConfigError(f"--repeats: expected >= 0, got {args.repeats}")
+    cmp = compare_board_poses(names, np.stack(corners), camera, spec, repeats=args.repeats)
 
     print(f"dvc-perception demo: chessboard poses, {spec.cols}x{spec.rows} inner corners, "
           "unit squares (t in squares)")
@@ -118,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
           f"max rotation difference {cmp.rot_diff_deg.max():.2e} deg; "
           f"valid {int(cmp.valid.sum())}/{b}, converged {int(cmp.converged.sum())}/{b}")
     print(f"timing: solve_pnp batched B={b}: first call {cmp.solve_ms:.2f} ms, warm "
-          f"{cmp.solve_warm_ms:.2f} ms (median of 3); OpenCV SQPNP+ITERATIVE loop "
+          f"{cmp.solve_warm_ms:.2f} ms (median of {args.repeats}); OpenCV SQPNP+ITERATIVE loop "
           f"{cmp.opencv_ms:.2f} ms; torch threads {torch.get_num_threads()}")
     if truth is not None:
         rot = rotation_error_deg(rotvec_to_matrix(torch.from_numpy(cmp.rvec)), truth[0])

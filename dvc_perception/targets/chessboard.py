@@ -210,7 +210,7 @@ class BoardPoseComparison:
         converged: (B,) bool, `solve_pnp`'s flag.
         valid: (B,) bool, `solve_pnp`'s flag.
         solve_ms: wall time of the batched `solve_pnp` call (first call), ms.
-        solve_warm_ms: median of 3 further calls, ms.
+        solve_warm_ms: median of the further timed calls, ms (NaN if none).
         opencv_ms: wall time of the OpenCV loop (SQPNP + ITERATIVE per view), ms.
     """
 
@@ -231,7 +231,12 @@ class BoardPoseComparison:
 
 
 def compare_board_poses(
-    names: Sequence[str], corners_px: np.ndarray, camera: CameraModel, spec: ChessboardSpec
+    names: Sequence[str],
+    corners_px: np.ndarray,
+    camera: CameraModel,
+    spec: ChessboardSpec,
+    *,
+    repeats: int = 3,
 ) -> BoardPoseComparison:
     """Undistort detected corners, solve all views in one `solve_pnp` call, and run OpenCV.
 
@@ -243,6 +248,7 @@ def compare_board_poses(
         corners_px: (B, N, 2) detected corners in the distorted images, px.
         camera: the camera that took the views.
         spec: the board.
+        repeats: further `solve_pnp` calls timed for the warm figure (0: report NaN).
 
     Returns:
         The comparison record.
@@ -254,7 +260,7 @@ def compare_board_poses(
     result = solve_pnp(uv, x3d, K)
     solve_ms = (time.perf_counter() - start) * 1e3
     warm = []
-    for _ in range(3):
+    for _ in range(repeats):
         start = time.perf_counter()
         solve_pnp(uv, x3d, K)
         warm.append((time.perf_counter() - start) * 1e3)
@@ -275,7 +281,7 @@ def compare_board_poses(
         converged=result.converged.numpy(),
         valid=result.valid.numpy(),
         solve_ms=solve_ms,
-        solve_warm_ms=float(np.median(warm)),
+        solve_warm_ms=float(np.median(warm)) if warm else float("nan"),
         opencv_ms=opencv_ms,
     )
 
