@@ -154,7 +154,7 @@ def demo_board_poses(spec: ChessboardSpec, n_views: int = 4) -> tuple[np.ndarray
     for k in range(n_views):
         tilt = np.deg2rad([25.0 * np.cos(1.7 * k), 20.0 * np.sin(1.3 * k + 0.4), 8.0 * k - 10])
         R = rotvec_to_matrix(torch.from_numpy(tilt)).numpy()
-        depth = (1.9 + 0.25 * k) * spec.cols * spec.square
+        depth = (1.9 + 0.25 * k) * spec.cols  # squares
         t = np.array([0.4 * (k - 1.5), -0.3 * (k % 2), depth]) * spec.square - R @ centre
         out_R.append(R)
         out_t.append(t)
