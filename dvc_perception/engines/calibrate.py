@@ -162,14 +162,14 @@ def _sample_rgb(sample: Any) -> np.ndarray:
 
 
 def frames_from_source(source: str | os.PathLike[str]) -> Iterator[np.ndarray]:
-    """RGB frames from a directory: synthetic shards when it holds shards, else images."""
+    """RGB frames from a directory: synthetic shards, else the PNG/JPG images under it.
+
+    A directory holding an ``index.json`` is read as the renderer's synthetic shards.
+    """
     root = Path(source)
     if not root.exists():
         raise ConfigError(f"calibration source {root} does not exist")
-    has_images = root.is_dir() and any(
-        p.suffix.lower() in IMAGE_SUFFIXES for p in root.rglob("*")
-    )
-    if not has_images and synthetic_shards_available():
+    if (root / "index.json").is_file():
         return synthetic_shard_frames(root)
     return image_dir_frames(root)
 

@@ -169,3 +169,23 @@ def test_quantize_command_from_a_rosbag(keypoint_net, heldout_frames, tmp_path, 
     rc = cli_main(["quantize", str(keypoint_net.onnx_path), "--calib", str(bag), "-o",
                    str(tmp_path / "x.onnx"), "--topic", "/nope"])
     assert rc == 2 and "not an image topic" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_synthetic_shard_source(tmp_path, keypoint_net):
+    synth = pytest.importorskip("dvc_perception.render.synth")
+    from dvc_perception.engines.calibrate import frames_from_source
+    from dvc_perception.render.objects import find_object_yaml, load_object
+
+    cfg = synth.SynthConfig(width=160, height=128, fx=150.0, fy=150.0, cx=80.0, cy=64.0,
+                            distance_m=(0.3, 0.5))
+    obj = load_object(find_object_yaml("demo_object"))
+    synth.write_shards(synth.SceneSampler([obj], cfg, seed=3), tmp_path, 3, frames_per_shard=2,
+                       progress=False)
+    frames = list(frames_from_source(tmp_path))
+    reader = synth.load_shards(tmp_path)
+    assert len(frames) == 3
+    np.testing.assert_array_equal(frames[2], reader[2].rgb)
+    report = quantize_onnx(keypoint_net.onnx_path, tmp_path / "q.onnx", [
+        preprocess_frame(f, (INPUT_HW[1], INPUT_HW[0]), MEAN, STD) for f in frames])
+    assert report.num_frames == 3
