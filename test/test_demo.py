@@ -83,3 +83,38 @@ def test_demo_generated_views_recover_the_known_poses(
 def test_demo_rejects_a_missing_folder(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--images", "/nonexistent/chessboards"]) == 2
     assert "not a folder" in capsys.readouterr().err
+
+
+def test_demo_reads_an_image_folder_with_its_calibration(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The image-folder path without ../shared: rendered views saved as files + an M1/D1 file."""
+    from dvc_perception.geometry.camera import CameraModel
+    from dvc_perception.targets.chessboard import (
+        ChessboardSpec,
+        demo_board_poses,
+        render_chessboard_view,
+    )
+
+    K = np.array([[530.0, 0, 319.5], [0, 530.0, 239.5], [0, 0, 1]])
+    camera = CameraModel(K, [], 640, 480, "none")
+    spec = ChessboardSpec()
+    R, t = demo_board_poses(spec, 2)
+    for k in range(2):
+        cv2.imwrite(str(tmp_path / f"left{k + 1:02d}.png"),
+                    render_chessboard_view(camera, R[k], t[k], spec))
+    (tmp_path / "left03.png").write_bytes(b"not an image")
+    args = ["demo", "--images", str(tmp_path), "--glob", "left*.png", "--repeats", "0"]
+    assert main(args) == 2
+    assert "no calibration" in capsys.readouterr().err
+    fs = cv2.FileStorage(str(tmp_path / "intrinsics.yml"), cv2.FILE_STORAGE_WRITE)
+    fs.write("M1", K)
+    fs.write("D1", np.zeros((1, 5)))
+    fs.release()
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "skipped: left03.png: not a readable image" in out
+    rows = _rows(out, "solve_pnp")
+    assert sorted(rows) == ["left01.png", "left02.png"]
+    for k, name in enumerate(sorted(rows)):
+        np.testing.assert_allclose(rows[name][1], t[k], atol=0.05)
