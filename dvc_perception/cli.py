@@ -19,9 +19,13 @@ SUBCOMMANDS: tuple[tuple[str, str, str], ...] = (
     ("demo", "dvc_perception.commands.demo", "chessboard poses by the PnP layer next to OpenCV's"),
     ("run", "dvc_perception.commands.run", "start perception_node (no ROS install needed)"),
     ("bop2bag", "dvc_perception.commands.bop2bag", "convert a BOP-format scene into a rosbag2"),
+    ("replay", "dvc_perception.commands.replay", "replay a rosbag2 through the node's code"),
+    ("eval", "dvc_perception.commands.evaluate", "score a replayed bag against ground truth"),
+    ("eval-bop", "dvc_perception.commands.eval_bop", "bop2bag + replay + eval in one step"),
     ("quantize", "dvc_perception.commands.quantize", "INT8 QDQ ONNX from calibration frames"),
     ("train", "dvc_perception.commands.train", "train the keypoint (pose) or depth network"),
     ("export", "dvc_perception.commands.export", "export a checkpoint to ONNX with metadata"),
+    ("synth", "dvc_perception.commands.synth", "synthetic training shards and/or a rosbag2"),
 )
 
 

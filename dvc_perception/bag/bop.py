@@ -109,9 +109,11 @@ def bop_scene_to_bag(
         overwrite: replace an existing bag at `out` (only once the new one is complete).
     """
     from builtin_interfaces.msg import Time
-    from geometry_msgs.msg import Pose, PoseArray, PoseStamped
+    from geometry_msgs.msg import PoseArray, PoseStamped
     from sensor_msgs.msg import CameraInfo, Image
     from std_msgs.msg import Header
+
+    from dvc_perception.ros.convert import pose_to_msg
 
     if rate_hz <= 0:
         raise BagError(f"rate_hz must be > 0, got {rate_hz}")
@@ -142,7 +144,7 @@ def bop_scene_to_bag(
             writer.write_message(CAMERA_INFO_TOPIC, info, stamp_ns)
             array = PoseArray(header=header)
             for obj_id, R, t in frame.poses:
-                pose = rotation_translation_to_pose(R, t, Pose)
+                pose = pose_to_msg(R, t)
                 array.poses.append(pose)
                 writer.write_message(
                     gt_pose_topic(bop_object_id(name, obj_id)),
@@ -151,19 +153,3 @@ def bop_scene_to_bag(
                 )
             writer.write_message(GT_POSES_TOPIC, array, stamp_ns)
     return len(frames)
-
-
-def rotation_translation_to_pose(R: np.ndarray, t: np.ndarray, pose_type: type) -> object:
-    """A geometry_msgs/Pose from R (3,3) and t (3,) metres (quaternion xyzw, w >= 0)."""
-    import torch
-
-    from dvc_perception.geometry.so3 import matrix_to_quaternion
-
-    q = matrix_to_quaternion(torch.as_tensor(R, dtype=torch.float64)).numpy()
-    if q[3] < 0:
-        q = -q
-    pose = pose_type()
-    pose.position.x, pose.position.y, pose.position.z = (float(v) for v in t)
-    o = pose.orientation
-    o.x, o.y, o.z, o.w = (float(v) for v in q)
-    return pose

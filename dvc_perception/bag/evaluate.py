@@ -1,0 +1,290 @@
+# Copyright 2026 dvc_perception authors. Licensed under the Apache License, Version 2.0.
+"""Score a replayed bag against the ground truth in the input bag.
+
+Ground truth: ``/ground_truth/<object_id>/pose`` (PoseStamped) and, when present,
+``/camera/depth/ground_truth`` (32FC1), as written by `dvc-perception synth --bag` and `bop2bag`.
+Estimates: ``<node>/<object_id>/pose`` (PoseWithCovarianceStamped), ``<node>/depth``, and the
+replay's ``<node>/frame_timings`` / ``<node>/frame_errors``. Frames are matched by header stamp.
+
+Per object: ADD, or ADD-S for objects with symmetries in their description YAML (Hinterstoisser
+et al. 2012), recall at 0.1 diameter with missed detections counted as failures, and rotation /
+translation error distributions of the detections. Depth: AbsRel, RMSE, delta < 1.25.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dvc_perception.bag.io import BagReader
+from dvc_perception.errors import BagError, DvcError
+
+GT_PREFIX = "/ground_truth/"
+GT_DEPTH_TOPIC = "/camera/depth/ground_truth"
+MAX_MODEL_POINTS = 2000
+
+
+@dataclass
+class ObjectEval:
+    """Per-frame errors of one object (NaN where it was not detected)."""
+
+    object_id: str
+    diameter_m: float | None
+    symmetric: bool
+    stamps_ns: list[int] = field(default_factory=list)
+    add_m: list[float] = field(default_factory=list)
+    rot_deg: list[float] = field(default_factory=list)
+    trans_m: list[float] = field(default_factory=list)
+    est: list[tuple[np.ndarray, np.ndarray] | None] = field(default_factory=list)
+    gt: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready statistics."""
+        add = np.asarray(self.add_m, dtype=np.float64)
+        rot = np.asarray(self.rot_deg, dtype=np.float64)
+        trans = np.asarray(self.trans_m, dtype=np.float64)
+        detected = ~np.isnan(rot)
+        out: dict[str, Any] = {
+            "frames_with_gt": len(self.stamps_ns),
+            "detected": int(detected.sum()),
+            "metric": "ADD-S" if self.symmetric else "ADD",
+            "diameter_m": self.diameter_m,
+        }
+        if self.diameter_m is not None and add.size:
+            ok = np.nan_to_num(add, nan=np.inf) <= 0.1 * self.diameter_m
+            out["recall_0.1d"] = float(ok.mean())
+            out["median_add_m"] = _nanmedian(add)
+        for name, values in (("rotation_error_deg", rot), ("translation_error_m", trans)):
+            v = values[~np.isnan(values)]
+            out[name] = (
+                {"median": float(np.median(v)), "mean": float(v.mean()),
+                 "p90": float(np.percentile(v, 90)), "max": float(v.max())}
+                if v.size else None
+            )  # fmt: skip
+        return out
+
+
+@dataclass
+class EvalResult:
+    """Everything `evaluate_bag` measured; `summary()` is the JSON written next to the report."""
+
+    frames: int
+    frames_with_errors: int
+    objects: dict[str, ObjectEval]
+    depth: dict[str, float] | None
+    depth_samples: list[tuple[int, np.ndarray, np.ndarray]]
+    latency_ms: dict[str, list[float]]
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready summary."""
+        lat = {
+            k: {"p50": float(np.percentile(v, 50)), "p95": float(np.percentile(v, 95)),
+                "mean": float(np.mean(v)), "n": len(v)}
+            for k, v in sorted(self.latency_ms.items()) if v
+        }  # fmt: skip
+        return {
+            "frames": self.frames,
+            "frames_with_errors": self.frames_with_errors,
+            "objects": {k: o.summary() for k, o in sorted(self.objects.items())},
+            "depth": self.depth,
+            "latency_ms": lat,
+        }
+
+
+def _nanmedian(x: np.ndarray) -> float | None:
+    v = x[~np.isnan(x)]
+    return float(np.median(v)) if v.size else None
+
+
+def _stamp_ns(stamp: Any) -> int:
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def _pose_to_rt(pose: Any) -> tuple[np.ndarray, np.ndarray]:
+    q = pose.orientation
+    x, y, z, w = q.x, q.y, q.z, q.w
+    n = math.sqrt(x * x + y * y + z * z + w * w) or 1.0
+    x, y, z, w = x / n, y / n, z / n, w / n
+    R = np.array([
+        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+    ])  # fmt: skip
+    return R, np.array([pose.position.x, pose.position.y, pose.position.z])
+
+
+def _image_to_depth(msg: Any) -> np.ndarray:
+    if msg.encoding != "32FC1":
+        raise BagError(f"depth image encoding {msg.encoding!r}; expected 32FC1 (REP 118)")
+    return np.frombuffer(bytes(msg.data), dtype=np.float32).reshape(msg.height, msg.width)
+
+
+def _object_model(object_id: str, data_root: str | Path | None) -> tuple[Any, float, bool] | None:
+    """(model points (M,3) m, diameter m, symmetric) from the object's YAML; None if unknown."""
+    from dvc_perception.render.objects import find_object_yaml, load_object
+
+    try:
+        obj = load_object(find_object_yaml(object_id), data_root=data_root)
+    except DvcError:
+        return None
+    pts = obj.mesh.vertices.detach().cpu().numpy().astype(np.float64)
+    if len(pts) > MAX_MODEL_POINTS:
+        pts = pts[np.linspace(0, len(pts) - 1, MAX_MODEL_POINTS).round().astype(int)]
+    symmetric = len(obj.symmetries_discrete) > 0 or len(obj.symmetries_continuous) > 0
+    return pts, float(obj.diameter), symmetric
+
+
+def evaluate_bag(
+    output_bag: str | Path,
+    gt_bag: str | Path,
+    *,
+    node_name: str = "/perception_node",
+    data_root: str | Path | None = None,
+    gt_depth_topic: str = GT_DEPTH_TOPIC,
+    max_depth_samples: int = 4,
+) -> EvalResult:
+    """Match estimates to ground truth by stamp and compute the metrics.
+
+    Args:
+        output_bag: the replay's output bag.
+        gt_bag: the input bag with ``/ground_truth/...`` topics.
+        node_name: fully qualified node name the outputs were published under.
+        data_root: root of object meshes referenced by ``${DVC_SHARED_DATA}`` in object YAMLs.
+        gt_depth_topic: ground-truth depth topic (32FC1) in `gt_bag`.
+        max_depth_samples: depth frames kept for the report's error maps.
+
+    Raises:
+        BagError: unreadable bags, or `gt_bag` has no ground-truth pose topics.
+    """
+    from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
+    from rclpy.serialization import deserialize_message
+    from sensor_msgs.msg import Image
+
+    from dvc_perception.geometry.metrics import (
+        add_error,
+        adds_error,
+        depth_metrics,
+        rotation_error_deg,
+        translation_error,
+    )
+
+    node = node_name.rstrip("/")
+    with BagReader(gt_bag) as gt_reader:
+        gt_topics = gt_reader.topics()
+        pose_topics = sorted(
+            t for t, info in gt_topics.items()
+            if t.startswith(GT_PREFIX) and t.endswith("/pose")
+            and info.msgtype == "geometry_msgs/msg/PoseStamped"
+        )  # fmt: skip
+        if not pose_topics:
+            raise BagError(f"{gt_bag} has no {GT_PREFIX}<object_id>/pose topics to evaluate with")
+        gt_poses: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
+        for topic in pose_topics:
+            object_id = topic[len(GT_PREFIX) : -len("/pose")]
+            gt_poses[object_id] = {
+                _stamp_ns(msg.header.stamp): _pose_to_rt(msg.pose)
+                for m in gt_reader.messages([topic])
+                for msg in [deserialize_message(m.rawdata, PoseStamped)]
+            }
+        gt_depth: dict[int, np.ndarray] = {}
+        if gt_depth_topic in gt_topics:
+            for m in gt_reader.messages([gt_depth_topic]):
+                msg = deserialize_message(m.rawdata, Image)
+                gt_depth[_stamp_ns(msg.header.stamp)] = _image_to_depth(msg)
+
+    with BagReader(output_bag) as out_reader:
+        out_topics = out_reader.topics()
+        frames = out_topics.get(f"{node}/poses")
+        errors = out_topics.get(f"{node}/frame_errors")
+        est: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
+        for object_id in gt_poses:
+            topic = f"{node}/{object_id}/pose"
+            est[object_id] = {} if topic not in out_topics else {
+                _stamp_ns(msg.header.stamp): _pose_to_rt(msg.pose.pose)
+                for m in out_reader.messages([topic])
+                for msg in [deserialize_message(m.rawdata, PoseWithCovarianceStamped)]
+            }  # fmt: skip
+        latency: dict[str, list[float]] = {}
+        if f"{node}/frame_timings" in out_topics:
+            from diagnostic_msgs.msg import DiagnosticArray
+
+            for m in out_reader.messages([f"{node}/frame_timings"]):
+                for kv in deserialize_message(m.rawdata, DiagnosticArray).status[0].values:
+                    latency.setdefault(kv.key, []).append(float(kv.value))
+        depth_preds: dict[int, np.ndarray] = {}
+        if gt_depth and f"{node}/depth" in out_topics:
+            for m in out_reader.messages([f"{node}/depth"]):
+                msg = deserialize_message(m.rawdata, Image)
+                depth_preds[_stamp_ns(msg.header.stamp)] = _image_to_depth(msg)
+
+    objects: dict[str, ObjectEval] = {}
+    for object_id, gts in gt_poses.items():
+        model = _object_model(object_id, data_root)
+        ev = ObjectEval(object_id, model[1] if model else None, bool(model and model[2]))
+        for stamp, (R_gt, t_gt) in sorted(gts.items()):
+            ev.stamps_ns.append(stamp)
+            ev.gt.append((R_gt, t_gt))
+            pose = est[object_id].get(stamp)
+            ev.est.append(pose)
+            if pose is None:
+                ev.add_m.append(float("nan"))
+                ev.rot_deg.append(float("nan"))
+                ev.trans_m.append(float("nan"))
+                continue
+            R, t = pose
+            ev.rot_deg.append(float(rotation_error_deg(R[None], R_gt[None])[0]))
+            ev.trans_m.append(float(translation_error(t[None], t_gt[None])[0]))
+            if model is None:
+                ev.add_m.append(float("nan"))
+            else:
+                fn = adds_error if ev.symmetric else add_error
+                ev.add_m.append(float(fn(R[None], t[None], R_gt[None], t_gt[None], model[0])[0]))
+        objects[object_id] = ev
+
+    depth_summary = None
+    samples: list[tuple[int, np.ndarray, np.ndarray]] = []
+    common = sorted(set(depth_preds) & set(gt_depth))
+    if common:
+        preds = np.stack([depth_preds[s] for s in common])
+        gts_d = np.stack([gt_depth[s] for s in common])
+        depth_summary = {k: float(v) for k, v in depth_metrics(preds, gts_d).items()}
+        depth_summary["frames"] = len(common)
+        step = max(1, len(common) // max(1, max_depth_samples))
+        samples = [(s, depth_preds[s], gt_depth[s]) for s in common[::step][:max_depth_samples]]
+    n_frames = (frames.count if frames else 0) + (errors.count if errors else 0)
+    return EvalResult(
+        frames=n_frames,
+        frames_with_errors=errors.count if errors else 0,
+        objects=objects,
+        depth=depth_summary,
+        depth_samples=samples,
+        latency_ms=latency,
+    )
+
+
+def format_summary(summary: Mapping[str, Any]) -> str:
+    """A few human-readable lines of the headline numbers."""
+    lines = [f"frames: {summary['frames']} ({summary['frames_with_errors']} with errors)"]
+    for object_id, o in summary["objects"].items():
+        rot, trans = o["rotation_error_deg"], o["translation_error_m"]
+        recall = o.get("recall_0.1d")
+        lines.append(
+            f"{object_id}: detected {o['detected']}/{o['frames_with_gt']}"
+            + (f", {o['metric']}@0.1d recall {100 * recall:.1f} %" if recall is not None else "")
+            + (f", median rot {rot['median']:.2f} deg" if rot else "")
+            + (f", median trans {100 * trans['median']:.2f} cm" if trans else "")
+        )
+    if summary.get("depth"):
+        d = summary["depth"]
+        lines.append(
+            f"depth: AbsRel {d['abs_rel']:.4f}, RMSE {d['rmse']:.4f} m, "
+            f"delta<1.25 {100 * d['delta_1_25']:.1f} % over {d['frames']} frames"
+        )
+    for stage, s in summary.get("latency_ms", {}).items():
+        lines.append(f"latency {stage}: p50 {s['p50']:.1f} ms, p95 {s['p95']:.1f} ms")
+    return "\n".join(lines)

@@ -1,0 +1,344 @@
+# Copyright 2026 dvc_perception authors. Licensed under the Apache License, Version 2.0.
+"""Replay a rosbag2 through the perception node's own per-frame code, synchronously.
+
+Each image goes through `PerceptionNode.process_frame` (the same message conversion, camera
+model and pipeline a live node runs), with no worker thread and no queue, so nothing is dropped:
+every input image yields its output messages, or one error record on ``<node>/frame_errors``
+(diagnostic_msgs/DiagnosticArray, the input header, the reason). Processed frames also get a
+timing record on ``<node>/frame_timings`` (DiagnosticArray; key ``<stage>_ms``), which is
+excluded when comparing replays. Outputs carry the input stamps and are written atomically.
+
+Image <-> camera_info pairing follows the node's ``sync.mode``: ``exact`` and ``approximate``
+compare header stamps, ``latest`` takes the last camera_info recorded before the image.
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dvc_perception.bag.io import AtomicBagWriter, BagReader, TopicInfo, find_topics_by_type
+from dvc_perception.errors import BagError, ConfigError
+
+IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
+CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
+
+
+@dataclass(frozen=True)
+class FrameError:
+    """A frame that produced no outputs: its stamp [ns], the kind of problem and the reason."""
+
+    stamp_ns: int
+    kind: str
+    message: str
+
+
+@dataclass
+class ReplaySummary:
+    """What a replay did. ``frames_in == frames_ok + len(errors)`` always holds."""
+
+    input_bag: str
+    output_bag: str
+    image_topic: str
+    camera_info_topic: str
+    frames_in: int = 0
+    frames_ok: int = 0
+    detections: int = 0
+    errors: list[FrameError] = field(default_factory=list)
+    wall_s: float = 0.0
+    pipeline_ms: list[float] = field(default_factory=list)
+
+    @property
+    def frames_per_s(self) -> float:
+        """Replay throughput (all frames, wall clock)."""
+        return self.frames_in / self.wall_s if self.wall_s > 0 else 0.0
+
+
+def detect_camera_topics(
+    topics: Mapping[str, TopicInfo], image_topic: str = "", camera_info_topic: str = ""
+) -> tuple[str, str]:
+    """Pick the image and camera_info topics (given ones are checked, missing ones detected).
+
+    With several candidates, the camera_info in the image's namespace wins
+    (``/cam/image_raw`` -> ``/cam/camera_info``); otherwise the choice is ambiguous and raises.
+
+    Raises:
+        BagError: a topic is missing, has the wrong type, or cannot be chosen unambiguously.
+    """
+    if image_topic:
+        if image_topic not in topics:
+            raise BagError(f"image topic {image_topic} is not in the bag; it has {sorted(topics)}")
+        if topics[image_topic].msgtype not in IMAGE_TYPES:
+            raise BagError(
+                f"image topic {image_topic} has type {topics[image_topic].msgtype}; "
+                f"expected one of {IMAGE_TYPES}"
+            )
+    else:
+        images = [t for t in topics if topics[t].msgtype in IMAGE_TYPES]
+        # prefer raw camera images over depth or debug images recorded alongside
+        preferred = [t for t in images if "depth" not in t and "overlay" not in t] or images
+        if len(preferred) != 1:
+            raise BagError(
+                f"cannot auto-detect the image topic: candidates {preferred or 'none'} "
+                f"(all topics: {sorted(topics)}); pass it explicitly"
+            )
+        image_topic = preferred[0]
+    if camera_info_topic:
+        if topics.get(camera_info_topic, TopicInfo("", "", 0)).msgtype != CAMERA_INFO_TYPE:
+            raise BagError(f"camera_info topic {camera_info_topic} is not a CameraInfo topic")
+    else:
+        infos = find_topics_by_type(dict(topics), CAMERA_INFO_TYPE)
+        namespace = image_topic.rsplit("/", 1)[0]
+        same_ns = [t for t in infos if t.rsplit("/", 1)[0] == namespace and "depth" not in t]
+        pick = same_ns if len(same_ns) == 1 else infos
+        if len(pick) != 1:
+            raise BagError(
+                f"cannot auto-detect the camera_info topic for {image_topic}: candidates "
+                f"{pick or 'none'}; pass it explicitly"
+            )
+        camera_info_topic = pick[0]
+    return image_topic, camera_info_topic
+
+
+class _CameraInfoIndex:
+    """Camera_info messages by header stamp and by record time, for the node's sync modes."""
+
+    def __init__(self, entries: list[tuple[int, int, Any]], mode: str, tolerance_s: float) -> None:
+        self.mode = mode
+        self.tolerance_ns = int(round(tolerance_s * 1e9))
+        self.by_stamp = sorted(((s, i) for i, (s, _, _) in enumerate(entries)))
+        self.by_record = sorted(((r, i) for i, (_, r, _) in enumerate(entries)))
+        self.entries = entries
+
+    def find(self, stamp_ns: int, record_ns: int) -> Any | None:
+        if self.mode == "latest":
+            k = bisect.bisect_right(self.by_record, (record_ns, len(self.entries)))
+            return self.entries[self.by_record[k - 1][1]][2] if k > 0 else None
+        stamps = [s for s, _ in self.by_stamp]
+        k = bisect.bisect_left(stamps, stamp_ns)
+        best: tuple[int, int] | None = None
+        for j in (k - 1, k):
+            if 0 <= j < len(stamps):
+                diff = abs(stamps[j] - stamp_ns)
+                if best is None or diff < best[0]:
+                    best = (diff, self.by_stamp[j][1])
+        limit = 0 if self.mode == "exact" else self.tolerance_ns
+        if best is None or best[0] > limit:
+            return None
+        return self.entries[best[1]][2]
+
+
+def replay_bag(
+    input_bag: str | Path,
+    output_bag: str | Path,
+    *,
+    params_file: str | Path | None = None,
+    parameters: Mapping[str, Any] | None = None,
+    image_topic: str = "",
+    camera_info_topic: str = "",
+    storage: str = "mcap",
+    copy_inputs: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    on_frame: Callable[[int, int], None] | None = None,
+) -> ReplaySummary:
+    """Run every image of `input_bag` through the node's per-frame code into `output_bag`.
+
+    Args:
+        input_bag: rosbag2 directory or file (mcap or sqlite3).
+        output_bag: bag directory to write (atomically; nothing is left if replay fails).
+        params_file: the node's ROS parameter YAML (default: the shipped config/perception.yaml).
+        parameters: parameter overrides by dotted name (``{"sync.mode": "exact"}``).
+        image_topic: image topic (Image or CompressedImage); auto-detected when empty.
+        camera_info_topic: camera_info topic; auto-detected when empty.
+        storage: output storage, ``mcap`` or ``sqlite3``.
+        copy_inputs: also copy every input topic into the output bag.
+        overwrite: replace an existing output bag.
+        progress: show a progress bar.
+        on_frame: called as ``on_frame(done, total)`` after each frame.
+
+    Raises:
+        BagError: unreadable, truncated or corrupt bag, missing topics, image stamps out of order.
+        ConfigError: invalid parameters.
+    """
+    from rclpy.serialization import deserialize_message
+    from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+    from tqdm import tqdm
+
+    t_start = time.perf_counter()
+    with BagReader(input_bag) as reader:
+        topics = reader.topics()
+        image_topic, camera_info_topic = detect_camera_topics(
+            topics, image_topic, camera_info_topic
+        )
+        image_cls = Image if topics[image_topic].msgtype.endswith("/Image") else CompressedImage
+        summary = ReplaySummary(str(input_bag), str(output_bag), image_topic, camera_info_topic)
+        with _replay_node(params_file, parameters, image_cls is CompressedImage) as node:
+            sync = node.config.sync
+            infos = [
+                (_stamp_ns(msg.header.stamp), m.timestamp_ns, msg)
+                for m in reader.messages([camera_info_topic])
+                for msg in [deserialize_message(m.rawdata, CameraInfo)]
+            ]
+            index = _CameraInfoIndex(infos, sync.mode, sync.tolerance_s)
+            total = topics[image_topic].count
+            fqn = node.get_fully_qualified_name().rstrip("/")
+            copy = sorted(topics) if copy_inputs else []
+            bar = tqdm(total=total, desc="replay", unit="frame", disable=not progress)
+            with AtomicBagWriter(output_bag, storage, overwrite=overwrite) as writer:
+                last_stamp = -1
+                for m in _messages(reader, [image_topic, *copy]):
+                    if copy_inputs:
+                        writer.write_raw(m.topic, m.msgtype, m.timestamp_ns, m.rawdata)
+                    if m.topic != image_topic:
+                        continue
+                    image = deserialize_message(m.rawdata, image_cls)
+                    stamp = _stamp_ns(image.header.stamp)
+                    if stamp < last_stamp:
+                        raise BagError(
+                            f"image stamps out of order on {image_topic}: {stamp} ns after "
+                            f"{last_stamp} ns (record time {m.timestamp_ns} ns); replay needs "
+                            "non-decreasing stamps (reorder the bag, e.g. by header stamp)"
+                        )
+                    last_stamp = stamp
+                    summary.frames_in += 1
+                    _replay_frame(node, writer, fqn, image, index.find(stamp, m.timestamp_ns),
+                                  m.timestamp_ns, summary)  # fmt: skip
+                    bar.update(1)
+                    if on_frame is not None:
+                        on_frame(summary.frames_in, total)
+                if summary.frames_in == 0:
+                    raise BagError(f"bag {input_bag} has no messages on {image_topic}")
+            bar.close()
+    summary.wall_s = time.perf_counter() - t_start
+    return summary
+
+
+def _messages(reader: BagReader, topics: Sequence[str]) -> Iterator[Any]:
+    seen: set[str] = set()
+    wanted = [t for t in topics if not (t in seen or seen.add(t))]
+    yield from reader.messages(wanted)
+
+
+def _replay_frame(
+    node: Any, writer: AtomicBagWriter, fqn: str, image: Any, info: Any, record_ns: int,
+    summary: ReplaySummary,
+) -> None:  # fmt: skip
+    """Process one image and write its outputs, or its error record."""
+    from dvc_perception.errors import DvcError
+
+    if info is None:
+        mode = node.config.sync.mode
+        _write_error(writer, fqn, image.header, record_ns, "camera_info",
+                     f"no camera_info matches this image (sync.mode {mode})", summary)  # fmt: skip
+        return
+    try:
+        out = node.process_frame(image, info)
+    except DvcError as err:
+        kind = getattr(err, "kind", type(err).__name__)
+        _write_error(writer, fqn, image.header, record_ns, kind, str(err), summary)
+        return
+    for object_id, msg in out.pose_msgs.items():
+        writer.write_message(f"{fqn}/{object_id}/pose", msg, record_ns)
+    writer.write_message(f"{fqn}/poses", out.pose_array, record_ns)
+    writer.write_message(f"{fqn}/markers", out.markers, record_ns)
+    if out.depth_msg is not None:
+        writer.write_message(f"{fqn}/depth", out.depth_msg, record_ns)
+        writer.write_message(f"{fqn}/depth/camera_info", out.depth_info, record_ns)
+    _write_timings(writer, fqn, out.header, record_ns,
+                   {**out.result.timings, **out.timings})  # fmt: skip
+    summary.frames_ok += 1
+    summary.detections += len(out.pose_msgs)
+    summary.pipeline_ms.append(float(out.timings.get("pipeline_ms", 0.0)))
+
+
+def _write_timings(
+    writer: AtomicBagWriter, fqn: str, header: Any, record_ns: int, timings: Mapping[str, float]
+) -> None:
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+    status = DiagnosticStatus(
+        level=DiagnosticStatus.OK, name=f"{fqn}: timings", hardware_id=header.frame_id,
+        values=[KeyValue(key=k, value=f"{v:.4f}") for k, v in sorted(timings.items())],
+    )  # fmt: skip
+    writer.write_message(f"{fqn}/frame_timings", DiagnosticArray(header=header, status=[status]),
+                         record_ns)  # fmt: skip
+
+
+def _write_error(
+    writer: AtomicBagWriter, fqn: str, header: Any, record_ns: int, kind: str, message: str,
+    summary: ReplaySummary,
+) -> None:  # fmt: skip
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+    status = DiagnosticStatus(
+        level=DiagnosticStatus.ERROR, name=f"{fqn}: frame", message=message,
+        hardware_id=header.frame_id, values=[KeyValue(key="kind", value=kind)],
+    )  # fmt: skip
+    writer.write_message(f"{fqn}/frame_errors", DiagnosticArray(header=header, status=[status]),
+                         record_ns)  # fmt: skip
+    summary.errors.append(FrameError(_stamp_ns(header.stamp), kind, message))
+
+
+def _stamp_ns(stamp: Any) -> int:
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+class _replay_node:  # noqa: N801 - a context manager used like a function
+    """A configured (not activated) PerceptionNode in a private rclpy context."""
+
+    def __init__(
+        self, params_file: str | Path | None, parameters: Mapping[str, Any] | None,
+        compressed: bool,
+    ) -> None:  # fmt: skip
+        self.params_file = params_file
+        self.parameters = dict(parameters or {})
+        self.compressed = compressed
+        self.context: Any = None
+        self.node: Any = None
+
+    def __enter__(self) -> Any:
+        import rclpy
+        from rclpy.context import Context
+        from rclpy.parameter import Parameter
+
+        from dvc_perception.resources import find_share_file
+        from dvc_perception.ros.perception_node import PerceptionNode
+
+        params_file = Path(self.params_file or find_share_file("config/perception.yaml"))
+        if not params_file.is_file():
+            raise ConfigError(f"params file {params_file} does not exist")
+        self.context = Context()
+        rclpy.init(args=["replay", "--ros-args", "--params-file", str(params_file)],
+                   context=self.context)  # fmt: skip
+        overrides = {"autostart": False, "reliable_inputs": True, **self.parameters}
+        if self.compressed:
+            overrides.setdefault("image_transport", "compressed")
+        try:
+            self.node = PerceptionNode(
+                context=self.context,
+                parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()],
+            )
+            from rclpy.lifecycle import TransitionCallbackReturn
+
+            if self.node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                reason = getattr(self.node, "startup_error", "") or "configure failed"
+                raise ConfigError(f"perception_node did not configure: {reason}")
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self.node
+
+    def __exit__(self, *exc: object) -> None:
+        import rclpy
+
+        if self.node is not None:
+            self.node.destroy_node()
+            self.node = None
+        if self.context is not None and self.context.ok():
+            rclpy.shutdown(context=self.context)
+        self.context = None
