@@ -54,7 +54,9 @@ class Mesh:
         """Number of triangles F."""
         return int(self.faces.shape[0])
 
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Mesh:
+    def to(
+        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> Mesh:
         """A copy on `device` with floating tensors in `dtype` (faces stay int64)."""
 
         def conv(x: Tensor | None, floating: bool = True) -> Tensor | None:
@@ -148,7 +150,9 @@ def validate_mesh(mesh: Mesh, *, allow_non_manifold: bool = False) -> None:
     for attr, width in (("normals", 3), ("vertex_colors", 3), ("uv", 2)):
         a = getattr(mesh, attr)
         if a is not None and tuple(a.shape) != (v.shape[0], width):
-            raise MeshError(f"{name}: {attr} must be ({v.shape[0]}, {width}), got {tuple(a.shape)}")
+            raise MeshError(
+                f"{name}: {attr} must be ({v.shape[0]}, {width}), got {tuple(a.shape)}"
+            )
     if mesh.texture is not None and mesh.uv is None:
         raise MeshError(f"{name}: a texture needs uv coordinates")
 
@@ -158,8 +162,8 @@ def load_mesh(path: str | Path, unit: str, *, allow_non_manifold: bool = False) 
 
     Args:
         path: a ``.ply`` (ASCII or binary, triangles or polygons, optional per-vertex normals
-            ``nx ny nz`` and colours ``red green blue``) or ``.obj`` file (``v``/``vt``/``vn``/``f``;
-            a ``map_Kd`` texture of the first material from its ``mtllib``, read with OpenCV).
+            ``nx ny nz`` and colours ``red green blue``) or ``.obj`` file (``v``, ``vt``, ``vn``,
+            ``f``; the ``map_Kd`` texture of the first material of its ``mtllib``, via OpenCV).
         unit: the file's length unit, one of ``UNIT_SCALE`` ("m", "cm", "mm").
         allow_non_manifold: passed to `validate_mesh`.
 
@@ -304,8 +308,9 @@ def _read_ply(path: Path) -> dict[str, np.ndarray | None]:
                 if len(props) != 1:
                     raise MeshError(f"{path}: element {name!r} mixes lists and scalars")
                 _, ctype, itype, pname = props[0]
-                rows, pos = _binary_lists(buf, pos, count, order + _PLY_TYPES[ctype],
-                                          order + _PLY_TYPES[itype])
+                rows, pos = _binary_lists(
+                    buf, pos, count, order + _PLY_TYPES[ctype], order + _PLY_TYPES[itype]
+                )
                 values[name] = {pname: rows}
             else:
                 dt = np.dtype([(p[1], order + _PLY_TYPES[p[0]]) for p in props])

@@ -165,7 +165,9 @@ def load_object(
             raise ConfigError(f"{path}: missing key {key!r}")
     object_id = str(data["id"])
     if not _ID_RE.match(object_id):
-        raise ConfigError(f"{path}: id {object_id!r} is not a ROS name token ([A-Za-z_][A-Za-z0-9_]*)")
+        raise ConfigError(
+            f"{path}: id {object_id!r} is not a ROS name token ([A-Za-z_][A-Za-z0-9_]*)"
+        )
     unit = str(data["unit"])
     if unit not in UNIT_SCALE:
         raise MeshError(f"{path}: unknown unit {unit!r}; expected one of {sorted(UNIT_SCALE)}")

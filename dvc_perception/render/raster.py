@@ -22,11 +22,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dvc_perception.errors import ConfigError, InputError, ShapeError, check_shape
+from dvc_perception.errors import (
+    ConfigError,
+    EngineUnavailableError,
+    InputError,
+    ShapeError,
+    check_shape,
+)
 from dvc_perception.render.mesh import Mesh
 
 _DEFAULT_GREY = 0.7
@@ -135,6 +142,7 @@ def render(
     background: tuple[float, float, float] = (0.0, 0.0, 0.0),
     znear: float = 0.01,
     shade: bool = True,
+    backend: str = "auto",
 ) -> RenderResult:
     """Render meshes at object-in-camera poses with a pinhole camera.
 
@@ -151,6 +159,9 @@ def render(
         background: RGB in [0, 1] where nothing is hit.
         znear: faces with a vertex nearer than this [m] are dropped.
         shade: apply lighting; False returns the unlit albedo (vertex colour / texture).
+        backend: visibility pass of the hard mode: "torch" (vectorised, any device), "numba"
+            (compiled, CPU; see `raster_numba`) or "auto" (numba for hard CPU renders where
+            it is installed, else torch). The soft mode always uses torch.
 
     Returns:
         A `RenderResult`; tensors on the meshes' device, floats in the vertices' dtype.
@@ -158,6 +169,8 @@ def render(
     Raises:
         ShapeError: wrong pose / intrinsics shapes.
         InputError: no meshes, non-positive image size, meshes on different devices.
+        ConfigError: unknown backend, or "numba" with soft=True or a non-CPU device.
+        EngineUnavailableError: backend "numba" without numba installed.
     """
     mesh_list = [meshes] if isinstance(meshes, Mesh) else list(meshes)
     if not mesh_list:
@@ -168,6 +181,7 @@ def render(
     device, dtype = mesh_list[0].vertices.device, mesh_list[0].vertices.dtype
     if any(m.vertices.device != device for m in mesh_list):
         raise InputError("render: all meshes must be on the same device")
+    use_numba = _use_numba(backend, soft, device)
     R, t = poses_to_rt(poses, len(mesh_list))
     R, t, K = R.to(device, dtype), t.to(device, dtype), K.to(device, dtype)
 
@@ -197,6 +211,14 @@ def render(
     uvw = Xc @ K.transpose(0, 1)
     px = uvw[:, :2] / uvw[:, 2:].clamp_min(1e-9)
 
+    attrs = torch.cat(
+        [torch.cat(albedo), torch.cat(normals_cam), torch.cat(uvs)], dim=1
+    )  # (V, 8): albedo RGB, camera-frame normal, uv
+    if use_numba:
+        return _render_numba(
+            mesh_list, px, z, fc, face_mesh_t, offsets, attrs, width, height, lighting,
+            background, znear, shade, dtype,
+        )  # fmt: skip
     with torch.no_grad():
         face_buf = rasterize_faces(px.detach(), z.detach(), fc, width, height, znear=znear)
     covered = face_buf >= 0
@@ -210,22 +232,15 @@ def render(
     inv_z = w.sum(dim=-1)
     depth_vis = 1.0 / inv_z
     w = w / inv_z.unsqueeze(-1)
-
-    def interp(attr: Tensor) -> Tensor:
-        return (w.unsqueeze(-1) * attr[tri]).sum(dim=1)
-
-    colour_vis = interp(torch.cat(albedo))
+    attr_vis = (w.unsqueeze(-1) * attrs[tri]).sum(dim=1)
+    colour_vis = attr_vis[:, :3]
     mesh_vis = face_mesh_t[f_vis]
     if any(m.texture is not None for m in mesh_list):
-        uv_vis = interp(torch.cat(uvs))
-        colour_vis = _apply_textures(mesh_list, mesh_vis, uv_vis, colour_vis, dtype)
+        colour_vis = _apply_textures(mesh_list, mesh_vis, attr_vis[:, 6:8], colour_vis, dtype)
     if shade:
-        n_vis = interp(torch.cat(normals_cam))
-        point = torch.stack(
-            [(xs - K[0, 2]) / K[0, 0], (ys - K[1, 2]) / K[1, 1], torch.ones_like(xs)], dim=-1
-        )
-        facing = torch.where((n_vis * point).sum(-1, keepdim=True) > 0, -1.0, 1.0)
-        n_vis = facing * n_vis / n_vis.norm(dim=-1, keepdim=True).clamp_min(1e-9)
+        # No flipping of back-facing normals: it would make the colour discontinuous.
+        n_vis = attr_vis[:, 3:6]
+        n_vis = n_vis / n_vis.norm(dim=-1, keepdim=True).clamp_min(1e-9)
         light = torch.tensor(lighting.direction_cam, dtype=dtype, device=device)
         light = light / light.norm()
         lambert = (n_vis @ light).clamp_min(0.0)
@@ -254,6 +269,67 @@ def render(
         instance_ids=instance.reshape(height, width),
         face_ids=face_local.reshape(height, width),
     )
+
+
+def _render_numba(
+    meshes: list[Mesh],
+    px: Tensor,
+    z: Tensor,
+    faces: Tensor,
+    face_mesh: Tensor,
+    offsets: list[int],
+    attrs: Tensor,
+    width: int,
+    height: int,
+    lighting: Lighting,
+    background: tuple[float, float, float],
+    znear: float,
+    shade: bool,
+    dtype: torch.dtype,
+) -> RenderResult:
+    """The hard mode with the compiled kernels (same result as the torch path)."""
+    from dvc_perception.render.raster_numba import rasterize_faces_numba, shade_numba
+
+    z_np = z.detach().double().numpy()
+    faces_np = faces.numpy()
+    fb, _, bb = rasterize_faces_numba(
+        px.detach().double().numpy(), z_np, faces_np, width, height, znear
+    )
+    light = torch.tensor(lighting.direction_cam, dtype=torch.float64)
+    color, depth, inst, face_local = shade_numba(
+        fb, bb, faces_np, face_mesh.numpy(), np.asarray(offsets, dtype=np.int64), z_np,
+        attrs.detach().double().numpy(),
+        [None if m.texture is None else m.texture.detach().cpu().numpy() for m in meshes],
+        lighting.ambient, lighting.diffuse, (light / light.norm()).numpy(), shade,
+        np.asarray(background, dtype=np.float64),
+    )  # fmt: skip
+    return RenderResult(
+        color=torch.from_numpy(color).to(dtype).reshape(height, width, 3),
+        depth=torch.from_numpy(depth).to(dtype).reshape(height, width),
+        mask=torch.from_numpy(fb >= 0).reshape(height, width),
+        instance_ids=torch.from_numpy(inst).reshape(height, width),
+        face_ids=torch.from_numpy(face_local).reshape(height, width),
+    )
+
+
+def _use_numba(backend: str, soft: bool, device: torch.device) -> bool:
+    if backend not in ("auto", "torch", "numba"):
+        raise ConfigError(f"render backend must be auto, torch or numba, got {backend!r}")
+    if backend == "numba":
+        if soft or device.type != "cpu":
+            raise ConfigError("render backend 'numba' is for hard (soft=False) CPU renders only")
+        from dvc_perception.render.raster_numba import numba_available
+
+        if not numba_available():
+            raise EngineUnavailableError(
+                "render backend 'numba' needs numba (requirements/dev.txt)"
+            )
+        return True
+    if backend == "auto" and not soft and device.type == "cpu":
+        from dvc_perception.render.raster_numba import numba_available
+
+        return numba_available()
+    return False
 
 
 def _barycentric(tri_px: Tensor, p: Tensor) -> Tensor:
@@ -311,7 +387,9 @@ def _face_candidates(
     bw = hi_i[:, 0] - lo_i[:, 0] + 1
     n = bw * (hi_i[:, 1] - lo_i[:, 1] + 1)
     total = int(n.sum())
-    cand_f = torch.repeat_interleave(torch.arange(fid.numel(), device=px.device), n, output_size=total)
+    cand_f = torch.repeat_interleave(
+        torch.arange(fid.numel(), device=px.device), n, output_size=total
+    )
     start = torch.cumsum(n, 0) - n
     off = torch.arange(total, device=px.device) - start[cand_f]
     bwc = bw[cand_f]
@@ -369,6 +447,32 @@ def rasterize_faces(
     return face_buf
 
 
+def rasterize(
+    px: Tensor,
+    z: Tensor,
+    faces: Tensor,
+    width: int,
+    height: int,
+    *,
+    znear: float = 0.01,
+    backend: str = "auto",
+) -> Tensor:
+    """Hard visibility only: (H * W,) int64 nearest face per pixel, -1 for none.
+
+    Arguments as in `rasterize_faces`; `backend` as in `render`.
+    """
+    if _use_numba(backend, False, px.device):
+        from dvc_perception.render.raster_numba import rasterize_faces_numba
+
+        fb, _, _ = rasterize_faces_numba(
+            px.detach().double().numpy(), z.detach().double().numpy(), faces.numpy(), width,
+            height, znear,
+        )  # fmt: skip
+        return torch.from_numpy(fb)
+    with torch.no_grad():
+        return rasterize_faces(px, z, faces, width, height, znear=znear)
+
+
 def _soft_silhouette(
     px: Tensor,
     z: Tensor,
@@ -397,15 +501,19 @@ def _soft_silhouette(
     sigma = settings.sigma_px
     margin = settings.margin_sigmas * sigma
     with torch.no_grad():
-        xs, ys, fid = _face_candidates(px.detach(), z.detach(), faces, width, height, znear, margin)
+        xs, ys, fid = _face_candidates(
+            px.detach(), z.detach(), faces, width, height, znear, margin
+        )
         pix = ys * width + xs
         keep = ~covered[pix]
         xs, ys, fid, pix = xs[keep], ys[keep], fid[keep], pix[keep]
     p = torch.stack([xs, ys], dim=-1).to(px.dtype)
     tri = px[faces[fid]]  # (N, 3, 2)
-    d2 = torch.stack(
-        [_segment_dist2(p, tri[:, k], tri[:, (k + 1) % 3]) for k in range(3)], dim=-1
-    ).min(dim=-1).values
+    d2 = (
+        torch.stack([_segment_dist2(p, tri[:, k], tri[:, (k + 1) % 3]) for k in range(3)], dim=-1)
+        .min(dim=-1)
+        .values
+    )
     prob = torch.exp(-d2 / (sigma * sigma)).clamp(max=1.0 - 1e-7)
     log_empty = torch.zeros(width * height, dtype=px.dtype, device=px.device).index_add(
         0, pix, torch.log1p(-prob)
