@@ -164,3 +164,15 @@ def test_importing_engines_loads_no_backend_library():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_explicit_execution_providers(keypoint_net):
+    import onnxruntime as ort
+
+    engine = load_engine(keypoint_net.onnx_path, backend="onnxruntime",
+                         options={"providers": ["CPUExecutionProvider"]})
+    assert engine.providers == ("CPUExecutionProvider",)
+    if "TensorrtExecutionProvider" not in ort.get_available_providers():
+        with pytest.raises(EngineUnavailableError, match="TensorrtExecutionProvider"):
+            load_engine(keypoint_net.onnx_path, backend="onnxruntime",
+                        options={"providers": ["TensorrtExecutionProvider"]})
