@@ -237,6 +237,13 @@ class NodeConfig:
         1, "frames waiting for the worker; when full the oldest is dropped and counted",
         range=(1, 100), read_only=True,
     )
+    torch_threads: int = _f(
+        1,
+        "torch intra-op threads of the node process, set at configure; 0 keeps torch's default "
+        "(the per-frame PnP solves are small: one thread is fastest, many threads contend on "
+        "busy CPUs)",
+        range=(0, 256), read_only=True,
+    )
     diagnostics_period_s: float = _f(1.0, "period of /diagnostics [s]", range=(0.05, 60.0))
     warn_throttle_s: float = _f(
         5.0, "least time between two warnings of the same kind [s]", range=(0.0, 3600.0)

@@ -220,7 +220,7 @@ class Pipeline:
         if not bool(hypothesis.valid[0]):
             return []
         inliers_t = hypothesis.inliers.to(torch.float64)
-        # confidence-weighted Levenberg-Marquardt on the inliers; its covariance is the published one
+        # confidence-weighted Levenberg-Marquardt on the inliers: its covariance is published
         result = solve_pnp(
             uv_ideal,
             x3d,

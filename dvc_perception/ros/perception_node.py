@@ -120,6 +120,10 @@ class PerceptionNode(LifecycleNode):
             self.get_logger().error(self.startup_error)
             return TransitionCallbackReturn.FAILURE
         self.config, self.pipeline, self._matcher = config, pipeline, matcher
+        if config.torch_threads > 0:
+            import torch
+
+            torch.set_num_threads(config.torch_threads)
         self.get_logger().info(
             f"configured: {pipeline.backend}; objects {list(pipeline.object_ids)}; "
             f"sync {config.sync.mode}; input {config.image_transport}"

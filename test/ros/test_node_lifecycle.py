@@ -43,7 +43,9 @@ def _info(w: int = 64, h: int = 48) -> CameraInfo:
 
 
 def _node(ctx: Context, **params) -> PerceptionNode:
-    overrides = [Parameter(k, value=v) for k, v in {"autostart": False, **params}.items()]
+    # torch_threads 0: leave the pytest process's torch settings alone
+    defaults = {"autostart": False, "torch_threads": 0}
+    overrides = [Parameter(k, value=v) for k, v in {**defaults, **params}.items()]
     return PerceptionNode(context=ctx, parameter_overrides=overrides)
 
 
@@ -93,7 +95,7 @@ def test_deactivate_stops_a_busy_worker_within_2s(ctx):
 
 
 def test_autostart_reaches_active(ctx):
-    node = PerceptionNode(context=ctx)
+    node = PerceptionNode(context=ctx, parameter_overrides=[Parameter("torch_threads", value=0)])
     try:
         assert node._state_machine.current_state[0] == State.PRIMARY_STATE_ACTIVE
         assert not node.startup_error
@@ -110,7 +112,8 @@ def test_autostart_reaches_active(ctx):
     ],
 )
 def test_bad_parameters_fail_configure_with_the_value_named(ctx, param, value, message):
-    node = PerceptionNode(context=ctx, parameter_overrides=[Parameter(param, value=value)])
+    overrides = [Parameter(param, value=value), Parameter("torch_threads", value=0)]
+    node = PerceptionNode(context=ctx, parameter_overrides=overrides)
     try:
         assert message in node.startup_error, node.startup_error
         assert node._state_machine.current_state[0] == State.PRIMARY_STATE_UNCONFIGURED
