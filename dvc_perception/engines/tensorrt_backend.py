@@ -93,7 +93,8 @@ class BuildSettings:
         """The settings that change the built engine, as a canonical string for the cache key."""
         return (
             f"fp16={self.fp16};int8={self.int8};strongly_typed={self.strongly_typed};"
-            f"calib={self.use_calibrator};ws={self.workspace_bytes};"
+            f"calib={self.use_calibrator};calib_frames={self.calibration_max_frames};"
+            f"ws={self.workspace_bytes};"
             f"opt={self.builder_optimization_level}"
         )
 
@@ -319,10 +320,16 @@ class EngineBuilder:
         for name, (mn, opt, mx) in s.profile_shapes.items():
             profile.set_shape(name, mn, opt, mx)
         config.add_optimization_profile(profile)
+        calibrator = None  # kept referenced here until the build is done
         if s.use_calibrator:
-            config.int8_calibrator = make_entropy_calibrator(
-                trt, s, network.get_input(0).name, tuple(s.profile_shapes.values())[0][1]
+            from dvc_perception.engines.export import read_model_metadata
+
+            meta = read_model_metadata(onnx_path)  # frames are normalised like deployment
+            calibrator = make_entropy_calibrator(
+                trt, s, network.get_input(0).name, tuple(s.profile_shapes.values())[0][1],
+                mean=meta.mean, std=meta.std,
             )
+            config.int8_calibrator = calibrator
             config.set_calibration_profile(profile)
         timing_cache = self._load_timing_cache(config) if s.timing_cache else None
         serialized = builder.build_serialized_network(network, config)
@@ -344,18 +351,20 @@ class EngineBuilder:
 
 
 def make_entropy_calibrator(trt: Any, settings: BuildSettings, input_name: str,
-                            shape: tuple[int, ...]) -> Any:
+                            shape: tuple[int, ...], *, mean: Sequence[float],
+                            std: Sequence[float]) -> Any:
     """An ``IInt8EntropyCalibrator2`` feeding real frames from ``settings.calibration_dir``.
 
-    Frames are preprocessed exactly like the deployed model's inputs (see
-    `dvc_perception.engines.calibrate.load_calibration_frames`).
+    Frames are preprocessed exactly like the deployed model's inputs (resize, then the model
+    metadata's `mean` / `std`; see `dvc_perception.engines.calibrate.load_calibration_frames`).
     """
     import torch
 
     from dvc_perception.engines.calibrate import load_calibration_frames
 
     frames = load_calibration_frames(
-        settings.calibration_dir, input_shape=shape, max_frames=settings.calibration_max_frames
+        settings.calibration_dir, input_shape=shape, max_frames=settings.calibration_max_frames,
+        mean=mean, std=std,
     )
 
     class _Calibrator(trt.IInt8EntropyCalibrator2):

@@ -49,6 +49,10 @@ def test_int8_from_float_needs_real_calibration_frames(tmp_path):
                                     inputs=STATIC, is_qdq=False)
     assert (s.use_calibrator, s.int8, s.fp16, s.strongly_typed) == (True, True, True, False)
     assert s.calibration_max_frames == 32
+    s64 = build_settings_from_options("int8", {"calibration_dir": str(tmp_path),
+                                               "calibration_max_frames": 64},
+                                      inputs=STATIC, is_qdq=False)
+    assert s64.cache_settings() != s.cache_settings()  # a different calibration, a new engine
 
 
 def test_inconsistent_requests_are_refused(tmp_path):
