@@ -52,6 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weight-decay", type=float)
     parser.add_argument("--seed", type=int, help="initialisation/shuffle/augmentation seed")
     parser.add_argument("--workers", type=int, help="DataLoader worker processes")
+    parser.add_argument("--threads", type=int,
+                        help="torch threads per process (default: torch's; 1 on shared CPUs)")
     parser.add_argument("--max-steps-per-epoch", type=int)
     parser.add_argument("--val-every", type=int, help="evaluate every N epochs")
     parser.add_argument("--no-augment", action="store_true", help="turn augmentation off")
@@ -79,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
         "epochs": "epochs", "batch_size": "batch_size", "lr": "lr",
         "weight_decay": "weight_decay", "seed": "seed", "workers": "num_workers",
         "max_steps_per_epoch": "max_steps_per_epoch", "val_every": "val_every",
+        "threads": "num_threads",
     }), progress=not args.no_progress)
     pose_cfg = PoseLossConfig(
         **_given(args, {"pose_weight": "pose", "pose_warmup_epochs": "pose_warmup_epochs"}),

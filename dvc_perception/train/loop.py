@@ -63,6 +63,8 @@ class TrainConfig:
         grad_clip: gradient-norm clip (0 = off).
         progress: show tqdm progress bars (rank 0 only).
         val_every: evaluate every this many epochs (and always after the last one).
+        num_threads: torch intra-op threads for this process (0 = leave torch's default); on a
+            shared or small CPU, 1 per process avoids oversubscription.
     """
 
     epochs: int = 10
@@ -75,6 +77,7 @@ class TrainConfig:
     grad_clip: float = 5.0
     progress: bool = True
     val_every: int = 1
+    num_threads: int = 0
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -237,8 +240,6 @@ class PoseTask:
             rotation_error_deg,
             translation_error,
         )
-        from dvc_perception.geometry.pnp import solve_pnp
-
         add_ok, rot, trans, kp_err, ious = [], [], [], [], []
         was_training = model.training
         model.eval()
@@ -259,22 +260,23 @@ class PoseTask:
             obj_idx = torch.arange(o).unsqueeze(0).expand(b, -1)[present]
             kp3d = self.keypoints_obj.unsqueeze(0).expand(b, -1, -1, -1)[present]
             K = batch["K"].double().unsqueeze(1).expand(-1, o, -1, -1)[present]
-            res = solve_pnp(out.x2d[present].double(), kp3d, K, out.weights[present].double())
+            R_est, t_est, ok = L.solve_pnp_guarded(out.x2d[present].double(), kp3d, K,
+                                                   out.weights[present].double())
             R_gt, t_gt = batch["R"][present].double(), batch["t"][present].double()
             for n in range(int(obj_idx.shape[0])):
                 info = self.objects[int(obj_idx[n])]
-                if not bool(res.valid[n]):
+                if not bool(ok[n]):
                     add_ok.append(False)
                     rot.append(math.inf)
                     trans.append(math.inf)
                     continue
                 pts = torch.as_tensor(info.points_obj, dtype=torch.float64)
                 metric = adds_error if info.symmetric else add_error
-                e = float(metric(res.R[n : n + 1], res.t[n : n + 1], R_gt[n : n + 1],
+                e = float(metric(R_est[n : n + 1], t_est[n : n + 1], R_gt[n : n + 1],
                                  t_gt[n : n + 1], pts)[0])
                 add_ok.append(e < 0.1 * info.diameter_m)
-                rot.append(float(rotation_error_deg(res.R[n : n + 1], R_gt[n : n + 1])[0]))
-                trans.append(float(translation_error(res.t[n : n + 1], t_gt[n : n + 1])[0]))
+                rot.append(float(rotation_error_deg(R_est[n : n + 1], R_gt[n : n + 1])[0]))
+                trans.append(float(translation_error(t_est[n : n + 1], t_gt[n : n + 1])[0]))
         model.train(was_training)
         kp = torch.cat(kp_err) if kp_err else torch.zeros(0, dtype=torch.float64)
         iou = torch.cat(ious) if ious else torch.zeros(0, dtype=torch.float64)
@@ -513,6 +515,8 @@ def train(
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
+    if config.num_threads > 0:
+        torch.set_num_threads(config.num_threads)  # process-wide, on purpose (see TrainConfig)
     core = model
     if distributed:
         net: nn.Module = nn.parallel.DistributedDataParallel(model)

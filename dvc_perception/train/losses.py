@@ -9,6 +9,8 @@ truth pose. The gradient reaches the keypoints through `solve_pnp`'s implicit ba
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor
 from torch.nn import functional as F  # noqa: N812 - the usual torch alias
@@ -140,6 +142,55 @@ def project_points(points_obj: Tensor, R: Tensor, t: Tensor, K: Tensor) -> Tenso
     return uvw[..., :2] / uvw[..., 2:].clamp_min(1e-3)
 
 
+def solve_pnp_guarded(
+    x2d: Tensor, keypoints_obj: Tensor, K: Tensor, weights: Tensor, *, max_iterations: int = 20,
+    min_spread_px: float = 1.0,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """`solve_pnp` on the samples whose keypoints are not collapsed onto one spot.
+
+    An untrained network puts every keypoint near the image centre; such problems are
+    degenerate (singular normal equations), so they are left out rather than handed to the
+    solver. A `torch.linalg.LinAlgError` from the solver marks the whole batch invalid (with a
+    warning) instead of ending a training run.
+
+    Args:
+        x2d: (N, K, 2) px keypoints.
+        keypoints_obj: (N, K, 3) m object frame.
+        K: (N, 3, 3) intrinsics px.
+        weights: (N, K) non-negative weights.
+        max_iterations: solver iterations.
+        min_spread_px: keypoints whose weighted spread (std, px) is below this are skipped.
+
+    Returns:
+        (R (N, 3, 3), t (N, 3), ok (N,) bool); R, t of samples not ok are identity / (0, 0, 1)
+        and carry no gradient.
+    """
+    from dvc_perception.geometry.pnp import solve_pnp
+
+    n = int(x2d.shape[0])
+    R = torch.eye(3, dtype=x2d.dtype, device=x2d.device).expand(n, 3, 3).clone()
+    t = torch.zeros(n, 3, dtype=x2d.dtype, device=x2d.device)
+    t[:, 2] = 1.0
+    ok = torch.zeros(n, dtype=torch.bool, device=x2d.device)
+    with torch.no_grad():
+        spread = x2d.detach().std(dim=1).amax(dim=-1)
+        solvable = torch.isfinite(spread) & (spread > min_spread_px)
+    if not bool(solvable.any()):
+        return R, t, ok
+    idx = torch.nonzero(solvable).squeeze(-1)
+    try:
+        res = solve_pnp(x2d[idx], keypoints_obj[idx].to(x2d.dtype), K[idx].to(x2d.dtype),
+                        weights[idx].to(x2d.dtype), max_iterations=max_iterations,
+                        backward="implicit")
+    except torch.linalg.LinAlgError as err:
+        warnings.warn(f"solve_pnp failed on a batch, counted invalid: {err}", stacklevel=2)
+        return R, t, ok
+    R = R.index_copy(0, idx, res.R)
+    t = t.index_copy(0, idx, res.t)
+    ok = ok.index_copy(0, idx, res.valid & torch.isfinite(res.t).all(-1))
+    return R, t, ok
+
+
 def pose_reprojection_loss(
     x2d: Tensor,
     weights: Tensor,
@@ -160,27 +211,24 @@ def pose_reprojection_loss(
         K: (N, 3, 3) intrinsics of the network input image.
         R_gt: (N, 3, 3) ground-truth rotation.
         t_gt: (N, 3) m ground-truth translation.
-        clamp_px: per-keypoint error is capped here (a Huber-like cap): early in training PnP on
-            poor keypoints gives wild poses whose gradients would dominate.
+        clamp_px: per-keypoint error beyond which the loss grows only logarithmically: early
+            in training PnP on poor keypoints gives wild poses whose gradients would dominate.
         max_iterations: LM iterations of the solver.
 
     Returns:
         (loss, ok): loss () mean capped error [px] over samples whose solve is valid and finite;
         ok (N,) bool, those samples.
     """
-    from dvc_perception.geometry.pnp import solve_pnp
-
     n = int(x2d.shape[0])
     check_shape(keypoints_obj, f"{n},*,3", name="keypoints_obj")
     dtype = x2d.dtype
-    result = solve_pnp(
-        x2d, keypoints_obj.to(dtype), K.to(dtype), weights.to(dtype),
-        max_iterations=max_iterations, backward="implicit",
-    )
-    ref = project_points(keypoints_obj.to(dtype), R_gt.to(dtype), t_gt.to(dtype), K.to(dtype))
-    est = project_points(keypoints_obj.to(dtype), result.R, result.t, K.to(dtype))
+    kp = keypoints_obj.to(dtype)
+    R, t, ok = solve_pnp_guarded(x2d, kp, K.to(dtype), weights.to(dtype),
+                                 max_iterations=max_iterations)
+    ref = project_points(kp, R_gt.to(dtype), t_gt.to(dtype), K.to(dtype))
+    est = project_points(kp, R, t, K.to(dtype))
     err = (est - ref).norm(dim=-1)  # (N, K) px
-    ok = result.valid & torch.isfinite(err).all(dim=-1)
+    ok = ok & torch.isfinite(err).all(dim=-1)
     if not bool(ok.any()):
         return x2d.sum() * 0.0, ok
     # cap softly: err for small errors, clamp_px * (1 + log(err / clamp_px)) beyond

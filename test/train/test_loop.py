@@ -1,0 +1,92 @@
+# Copyright 2026 dvc_perception authors. Licensed under the Apache License, Version 2.0.
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from dvc_perception.errors import ConfigError
+from dvc_perception.train.loop import DepthLossConfig, PoseLossConfig, TrainConfig
+from dvc_perception.train.runner import RunSpec, run_training
+
+
+class _Crash(RuntimeError):
+    pass
+
+
+def _depth_spec(out, epochs=2, resume=False):
+    return RunSpec(mode="depth", out_dir=str(out), toy_frames=8, input_width=64,
+                   input_height=48, resume=resume, depth_loss=DepthLossConfig(),
+                   train=TrainConfig(epochs=epochs, batch_size=4, lr=3e-3, progress=False,
+                                     seed=5))
+
+
+@pytest.mark.slow
+def test_resume_after_a_crash_reproduces_the_uninterrupted_run(tmp_path, monkeypatch):
+    straight = run_training(_depth_spec(tmp_path / "a"))
+    # crash after the first epoch (its checkpoint is written), then resume
+    import dvc_perception.train.loop as loop
+
+    real_train = loop.train
+
+    def crashing_train(*args, **kwargs):
+        def boom(epoch, row):
+            if epoch == 0:
+                raise _Crash()
+        return real_train(*args, **kwargs, epoch_callback=boom)
+
+    monkeypatch.setattr("dvc_perception.train.runner.train", crashing_train)
+    with pytest.raises(_Crash):
+        run_training(_depth_spec(tmp_path / "b"))
+    monkeypatch.setattr("dvc_perception.train.runner.train", real_train)
+    first = torch.load(tmp_path / "b" / "last.pt", weights_only=False)
+    assert first["epoch"] == 1
+    resumed = run_training(_depth_spec(tmp_path / "b", resume=True))
+    a = torch.load(straight.last_checkpoint, weights_only=False)["model"]
+    b = torch.load(resumed.last_checkpoint, weights_only=False)["model"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+    assert [r["epoch"] for r in resumed.history] == [1, 2]
+    prov = json.loads((tmp_path / "b" / "provenance.json").read_text())
+    assert len(prov["resumes"]) == 1 and prov["resumes"][0]["start_epoch"] == 1
+
+
+def test_run_writes_log_plot_and_provenance(tmp_path):
+    result = run_training(_depth_spec(tmp_path, epochs=2))
+    rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert {"train_silog", "train_l1_m", "val_abs_rel", "val_rmse_m", "val_delta_1_25"} <= set(
+        rows[0])
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    prov = json.loads((tmp_path / "provenance.json").read_text())
+    assert len(prov["git"]["commit"]) in (40, 7) or prov["git"]["commit"] == "unknown"
+    assert prov["seeds"]["train"] == 5
+    assert prov["data"]["kind"] == "toy" and prov["data"]["frames"] == 8
+    assert "command" in prov and "final" in prov
+    assert result.best_checkpoint.is_file()
+
+
+def test_resume_without_checkpoint_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="no checkpoint"):
+        run_training(_depth_spec(tmp_path, resume=True))
+
+
+@pytest.mark.slow
+def test_pose_training_overfits_a_few_frames_with_the_pose_loss(tmp_path):
+    spec = RunSpec(
+        mode="pose", out_dir=str(tmp_path), toy_frames=8, input_width=128, input_height=96,
+        augment=None,
+        pose_loss=PoseLossConfig(pose_warmup_epochs=0, pose=0.05),
+        train=TrainConfig(epochs=10, batch_size=4, lr=5e-3, progress=False, seed=0),
+    )
+    result = run_training(spec)
+    first, last = result.history[0], result.history[-1]
+    assert "train_pose_px" in first and last["train_pose_ok"] > 0.5
+    assert last["train_heatmap"] < 0.8 * first["train_heatmap"]
+    assert last["train_keypoint_px"] < 0.85 * first["train_keypoint_px"]
+    assert last["train_mask"] < 0.5 * first["train_mask"]
+    for key in ("val_add_recall", "val_rot_err_deg_median", "val_trans_err_m_median",
+                "val_kp_err_px_median", "val_mask_iou"):
+        assert key in last
