@@ -420,6 +420,13 @@ def _read_obj(path: Path) -> dict[str, np.ndarray | None]:
     if not corners:
         return {"vertices": np.zeros((0, 3)), "faces": np.zeros((0, 3), dtype=np.int64)}
     c = np.array(corners, dtype=np.int64)
+    # Order the split vertices by (v, vt, vn): a file whose corners are all "i/i/i" keeps its
+    # vertex order (and indices) exactly.
+    order = np.lexsort((c[:, 2], c[:, 1], c[:, 0]))
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    c = c[order]
+    tris = rank[np.asarray(tris, dtype=np.int64)].tolist()
     for arr, col, what in ((pos, 0, "v"), (tex, 1, "vt"), (nor, 2, "vn")):
         if bool((c[:, col] >= len(arr)).any()) or bool((c[:, col] < -1).any()):
             raise MeshError(f"{path}: a face references a missing '{what}' entry")
