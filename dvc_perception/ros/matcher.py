@@ -5,7 +5,9 @@ Modes: ``exact`` (equal stamps), ``approximate`` (closest stamp within a toleran
 (every image takes the most recent camera_info, for drivers that latch it). Each topic has a
 bounded queue; what falls out of it is counted, never silent. A jump backwards in time by more than
 `time_jump_reset_s` (a looping bag, a `use_sim_time` restart) clears the matcher; smaller
-backwards steps of images are dropped as out of order. Stamps are integer nanoseconds, so equal
+backwards steps of images are dropped as out of order. Jumps are judged per topic (images against
+images, camera_info against camera_info): an executor may deliver one topic's backlog before the
+other's. Stamps are integer nanoseconds, so equal
 stamps compare exactly. ROS-free: payloads are opaque.
 """
 
@@ -65,16 +67,20 @@ class StampMatcher(Generic[ImageT, InfoT]):
         self._images: deque[tuple[int, ImageT]] = deque()
         self._infos: deque[tuple[int, InfoT]] = deque()
         self._latest_info: tuple[int, InfoT] | None = None
-        self._newest_ns: int | None = None
+        self._newest_ns: dict[str, int] = {}
         self._last_matched_image_ns: int | None = None
         self._any_info = False
 
     def reset(self) -> None:
-        """Forget every queued message and stamp (counted in `counters.resets`)."""
+        """Forget every queued message and stamp (counted in `counters.resets`).
+
+        Images still waiting are counted as dropped (never silent).
+        """
+        self._count_dropped_images(len(self._images))
         self._images.clear()
         self._infos.clear()
         self._latest_info = None
-        self._newest_ns = None
+        self._newest_ns = {}
         self._last_matched_image_ns = None
         self.counters.resets += 1
 
@@ -83,16 +89,18 @@ class StampMatcher(Generic[ImageT, InfoT]):
         """Images waiting for a camera_info."""
         return len(self._images)
 
-    def _observe(self, stamp_ns: int) -> None:
-        """Reset on a large backwards jump; track the newest stamp."""
-        if self._newest_ns is not None and stamp_ns < self._newest_ns - self.time_jump_reset_ns:
+    def _observe(self, topic: str, stamp_ns: int) -> None:
+        """Reset on a large backwards jump of `topic`'s stamps; track its newest stamp."""
+        newest = self._newest_ns.get(topic)
+        if newest is not None and stamp_ns < newest - self.time_jump_reset_ns:
             self.reset()
-        if self._newest_ns is None or stamp_ns > self._newest_ns:
-            self._newest_ns = stamp_ns
+            newest = None
+        if newest is None or stamp_ns > newest:
+            self._newest_ns[topic] = stamp_ns
 
     def add_image(self, stamp_ns: int, image: ImageT) -> list[tuple[ImageT, InfoT]]:
         """Offer an image; returns the (image, camera_info) pairs now complete, oldest first."""
-        self._observe(stamp_ns)
+        self._observe("image", stamp_ns)
         if self._last_matched_image_ns is not None and stamp_ns <= self._last_matched_image_ns:
             self.counters.out_of_order += 1
             return []
@@ -115,7 +123,7 @@ class StampMatcher(Generic[ImageT, InfoT]):
 
     def add_camera_info(self, stamp_ns: int, info: InfoT) -> list[tuple[ImageT, InfoT]]:
         """Offer a camera_info; returns the pairs now complete, oldest first."""
-        self._observe(stamp_ns)
+        self._observe("camera_info", stamp_ns)
         self._any_info = True
         if self.mode == "latest":
             self._latest_info = (stamp_ns, info)

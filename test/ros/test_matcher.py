@@ -72,8 +72,19 @@ def test_time_jump_back_over_1s_resets():
     assert m.add_image(0, "b") == []
     assert m.counters.resets == 1
     assert m.counters.out_of_order == 0
+    assert m.counters.unmatched_images == 1  # "pending" was dropped by the reset, and counted
     assert m.pending_images == 1  # the queue was cleared, only "b" waits
     assert m.add_camera_info(0, "i0") == [("b", "i0")]
+
+
+def test_one_topic_backlog_does_not_look_like_a_time_jump():
+    """An executor may hand over all queued images before the camera_infos of the same frames."""
+    m: StampMatcher[int, int] = StampMatcher("exact", queue_size=10)
+    for i in range(5):
+        assert m.add_image(i * S, i) == []  # 4 s of images first
+    pairs = [p for i in range(5) for p in m.add_camera_info(i * S, 100 + i)]
+    assert pairs == [(i, 100 + i) for i in range(5)]
+    assert m.counters.resets == 0
 
 
 def test_bad_settings_are_typed_errors():

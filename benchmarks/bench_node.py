@@ -1,0 +1,231 @@
+# Copyright 2026 dvc_perception authors. Licensed under the Apache License, Version 2.0.
+"""perception_node end to end at 640x480 in fiducial mode.
+
+1. Node overhead, in process: `PerceptionNode.process_frame` (message conversion + pipeline +
+   output messages) and `publish_outputs`, timed per frame; overhead = conversion + publishing.
+2. End to end, across processes: the node runs as `python -m dvc_perception.ros.perception_node`
+   (default sensor-data input QoS), this process publishes image + camera_info at `--rate` Hz and
+   listens to ~/poses. Latency = steady-clock time from publishing the image to receiving its
+   PoseArray (both processes use CLOCK_MONOTONIC); the node's own "image received -> poses
+   published" p50/p95 is read from its /diagnostics. Sustained frames/s = PoseArrays received per
+   second while publishing faster than the node can keep up (keep-latest drops the rest).
+
+Usage: .venv/bin/python benchmarks/bench_node.py [--seconds 10] [--rate 60] [--board chessboard]
+FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA and a private ROS_DOMAIN_ID are set if absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
+os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(100, 199)))
+
+import rclpy  # noqa: E402
+from builtin_interfaces.msg import Time  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from geometry_msgs.msg import PoseArray  # noqa: E402
+from rclpy.context import Context  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data  # noqa: E402
+from scipy.spatial.transform import Rotation  # noqa: E402
+from sensor_msgs.msg import CameraInfo  # noqa: E402
+from std_msgs.msg import Header  # noqa: E402
+
+from dvc_perception.config import FiducialConfig  # noqa: E402
+from dvc_perception.keypoint_sources.fiducial_render import render_board_view  # noqa: E402
+from dvc_perception.ros.convert import rgb_to_image_msg  # noqa: E402
+
+K = np.array([[600.0, 0.0, 319.5], [0.0, 600.0, 239.5], [0.0, 0.0, 1.0]])
+BOARDS = {
+    "chessboard": {"board_type": "chessboard", "cols": 9, "rows": 6, "square_size_m": 0.025},
+    "charuco": {"board_type": "charuco", "cols": 7, "rows": 5, "square_size_m": 0.04,
+                "marker_size_m": 0.03},
+}
+
+
+def _frame(board: str) -> tuple[np.ndarray, CameraInfo]:
+    cfg = FiducialConfig(**BOARDS[board])
+    R = Rotation.from_rotvec([0.2, -0.25, 0.1]).as_matrix()
+    rgb = render_board_view(cfg, K, R, np.array([-0.1, -0.06, 0.6]), 640, 480)
+    info = CameraInfo(width=640, height=480, distortion_model="plumb_bob")
+    info.header.frame_id = "camera_optical"
+    info.k = K.ravel().tolist()
+    info.d = [0.0] * 5
+    info.p = np.column_stack([K, np.zeros(3)]).ravel().tolist()
+    return rgb, info
+
+
+def _pct(values: list[float]) -> tuple[float, float]:
+    a = np.asarray(values)
+    return float(np.percentile(a, 50)), float(np.percentile(a, 95))
+
+
+def bench_overhead(board: str, frames: int) -> dict[str, tuple[float, float]]:
+    """Per-frame timings of process_frame / publish_outputs in this process [ms]."""
+    from dvc_perception.ros.perception_node import PerceptionNode
+
+    rgb, info = _frame(board)
+    ctx = Context()
+    rclpy.init(context=ctx)
+    overrides = [Parameter(f"pipeline.fiducial.{k}", value=v) for k, v in BOARDS[board].items()]
+    node = PerceptionNode(context=ctx, parameter_overrides=overrides)
+    timings: dict[str, list[float]] = {"convert_ms": [], "pipeline_ms": [], "publish_ms": []}
+    try:
+        for i in range(frames):
+            msg = rgb_to_image_msg(rgb, Header(frame_id="camera_optical"))
+            msg.header.stamp = Time(sec=i + 1)
+            out = node.process_frame(msg, info)
+            node.publish_outputs(out)
+            assert out.result.poses, "board not found"
+            for key in timings:
+                timings[key].append(out.timings[key])
+    finally:
+        node.destroy_node()
+        rclpy.shutdown(context=ctx)
+    overhead = [c + p for c, p in zip(timings["convert_ms"], timings["publish_ms"])]
+    return {**{k: _pct(v) for k, v in timings.items()}, "overhead_ms": _pct(overhead)}
+
+
+def bench_end_to_end(board: str, seconds: float, rate: float) -> dict[str, float]:
+    """Cross-process latency and sustained rate."""
+    rgb, info = _frame(board)
+    params = {"perception_node": {"ros__parameters": {
+        "diagnostics_period_s": 0.5, "pipeline": {"fiducial": BOARDS[board]}}}}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "params.yaml"
+        path.write_text(yaml.safe_dump(params))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dvc_perception.ros.perception_node", "--ros-args",
+             "--params-file", str(path), "--log-level", "warn"], env=dict(os.environ))
+        try:
+            return _drive(rgb, info, seconds, rate)
+        finally:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def _drive(rgb, info, seconds: float, rate: float) -> dict[str, float]:
+    ctx = Context()
+    rclpy.init(context=ctx)
+    node = rclpy.create_node("bench_driver", context=ctx)
+    executor = SingleThreadedExecutor(context=ctx)
+    executor.add_node(node)
+    sent: dict[int, float] = {}
+    latency_ms: list[float] = []
+    received: list[float] = []
+    diags: list[DiagnosticArray] = []
+
+    def on_poses(msg: PoseArray) -> None:
+        now = time.monotonic()
+        key = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        if key in sent:
+            latency_ms.append(1e3 * (now - sent[key]))
+            received.append(now)
+
+    reliable = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+    image_pub = node.create_publisher(type(rgb_to_image_msg(rgb[:1, :1], Header())), "image",
+                                       qos_profile_sensor_data)
+    info_pub = node.create_publisher(CameraInfo, "camera_info", qos_profile_sensor_data)
+    node.create_subscription(PoseArray, "/perception_node/poses", on_poses, reliable)
+    node.create_subscription(DiagnosticArray, "/diagnostics", diags.append, reliable)
+    try:
+        deadline = time.monotonic() + 60.0
+        while time.monotonic() < deadline and not (
+            node.count_subscribers("image") and node.count_publishers("/perception_node/poses")
+        ):
+            executor.spin_once(timeout_sec=0.05)
+        # warm-up, then measure
+        for _phase, duration in (("warmup", 2.0), ("measure", seconds)):
+            latency_ms.clear()
+            received.clear()
+            t_start = time.monotonic()
+            n = 0
+            while time.monotonic() - t_start < duration:
+                n += 1
+                stamp_ns = int(time.time() * 1e9)
+                stamp = Time(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000)
+                msg = rgb_to_image_msg(rgb, Header(stamp=stamp, frame_id="camera_optical"))
+                info.header.stamp = stamp
+                sent[stamp_ns] = time.monotonic()
+                info_pub.publish(info)
+                image_pub.publish(msg)
+                next_t = t_start + n / rate
+                while time.monotonic() < next_t:
+                    executor.spin_once(timeout_sec=max(0.0, next_t - time.monotonic()))
+            t_end = time.monotonic()
+            drain = t_end + 1.0
+            while time.monotonic() < drain:
+                executor.spin_once(timeout_sec=0.02)
+        sent_rate = n / (t_end - t_start)
+        in_window = [t for t in received if t_start <= t <= t_end]
+        values = {kv.key: kv.value for kv in diags[-1].status[0].values} if diags else {}
+        p50, p95 = _pct(latency_ms) if latency_ms else (float("nan"), float("nan"))
+        return {
+            "sent_hz": sent_rate,
+            "sustained_fps": len(in_window) / (t_end - t_start),
+            "e2e_p50_ms": p50,
+            "e2e_p95_ms": p95,
+            "node_p50_ms": float(values.get("latency_p50_ms", "nan")),
+            "node_p95_ms": float(values.get("latency_p95_ms", "nan")),
+            "dropped_worker": float(values.get("dropped.worker", "nan")),
+            "frames": float(len(latency_ms)),
+        }
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.shutdown(context=ctx)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--board", choices=sorted(BOARDS), action="append")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--rate", type=float, default=60.0,
+                        help="publishing rate for the sustained-throughput run [Hz]")
+    parser.add_argument("--latency-rate", type=float, default=10.0,
+                        help="publishing rate for the latency run (below saturation) [Hz]")
+    parser.add_argument("--frames", type=int, default=100, help="in-process overhead frames")
+    args = parser.parse_args()
+    boards = args.board or ["chessboard", "charuco"]
+    rows = []
+    for board in boards:
+        o = bench_overhead(board, args.frames)
+        lat = bench_end_to_end(board, args.seconds, args.latency_rate)
+        sat = bench_end_to_end(board, args.seconds, args.rate)
+        rows.append((board, o, lat, sat))
+    print("| board (640x480) | conversion ms p50/p95 | publish ms p50/p95 | node overhead ms "
+          "p50/p95 | pipeline ms p50/p95 | e2e latency ms p50/p95 | node latency ms p50/p95 | "
+          "sustained frames/s (sent Hz) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for board, o, e, sat in rows:
+        print(f"| {board} | {o['convert_ms'][0]:.2f} / {o['convert_ms'][1]:.2f} "
+              f"| {o['publish_ms'][0]:.2f} / {o['publish_ms'][1]:.2f} "
+              f"| {o['overhead_ms'][0]:.2f} / {o['overhead_ms'][1]:.2f} "
+              f"| {o['pipeline_ms'][0]:.1f} / {o['pipeline_ms'][1]:.1f} "
+              f"| {e['e2e_p50_ms']:.1f} / {e['e2e_p95_ms']:.1f} "
+              f"| {e['node_p50_ms']:.1f} / {e['node_p95_ms']:.1f} "
+              f"| {sat['sustained_fps']:.1f} ({sat['sent_hz']:.0f}) |")
+    print(f"\nlatency run at {args.latency_rate:g} Hz, throughput run at {args.rate:g} Hz, "
+          f"{args.seconds:g} s each; in-process overhead over {args.frames} frames")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,335 @@
+# Copyright 2026 dvc_perception authors. Licensed under the Apache License, Version 2.0.
+"""perception_node end to end: the node runs in its own process, this process publishes images
+and camera_info and listens to the outputs. Real rclpy and Fast DDS, no mocks; DDS isolated by
+the environment set in conftest.py (inherited by the node process); every wait is bounded."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import rclpy
+import yaml
+from builtin_interfaces.msg import Time
+from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import PoseArray, PoseWithCovarianceStamped
+from rclpy.context import Context
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from scipy.spatial.transform import Rotation
+from sensor_msgs.msg import CameraInfo, Image
+from std_msgs.msg import Header
+
+from dvc_perception.config import FiducialConfig
+from dvc_perception.keypoint_sources.fiducial import CHESSBOARD_FLAGS, SUBPIX_CRITERIA
+from dvc_perception.keypoint_sources.fiducial_render import render_board_view
+from dvc_perception.ros.convert import rgb_to_image_msg
+
+pytestmark = [pytest.mark.ros, pytest.mark.slow]
+
+NODE = "/perception_node"
+BOARD = FiducialConfig(object_id="board", board_type="chessboard", cols=9, rows=6,
+                       square_size_m=0.025)
+K_SYN = np.array([[600.0, 0.0, 319.5], [0.0, 600.0, 239.5], [0.0, 0.0, 1.0]])
+WAIT_S = 30.0  # generous: the machine is a loaded 2-core box
+
+
+def _params(tmp: Path) -> Path:
+    params = {
+        "perception_node": {
+            "ros__parameters": {
+                "reliable_inputs": True,
+                "worker_queue_size": 20,  # every bad frame must reach the handler
+                "diagnostics_period_s": 0.3,
+                "warn_throttle_s": 0.5,
+                "sync": {"mode": "exact", "queue_size": 10},
+                "pipeline": {
+                    "fiducial": {
+                        "object_id": BOARD.object_id, "board_type": "chessboard",
+                        "cols": BOARD.cols, "rows": BOARD.rows,
+                        "square_size_m": BOARD.square_size_m,
+                    },
+                },
+            }
+        }
+    }
+    path = tmp / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def _ns(stamp: Time) -> int:
+    return stamp.sec * 10**9 + stamp.nanosec
+
+
+@dataclass
+class Probe:
+    """The test's side: publishers of the inputs, subscribers of the outputs."""
+
+    ctx: Context
+    executor: SingleThreadedExecutor
+    image_pub: object
+    info_pub: object
+    poses: dict[int, PoseWithCovarianceStamped] = field(default_factory=dict)
+    arrays: dict[int, PoseArray] = field(default_factory=dict)
+    diagnostics: list[DiagnosticArray] = field(default_factory=list)
+    next_ns: int = 1000 * 10**9
+
+    def spin_until(self, done: Callable[[], bool], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not done() and time.monotonic() < deadline:
+            self.executor.spin_once(timeout_sec=0.05)
+        return done()
+
+    def stamp(self) -> Time:
+        self.next_ns += 50_000_123  # a 20 Hz camera
+        return Time(sec=self.next_ns // 10**9, nanosec=self.next_ns % 10**9)
+
+    def send(self, image: Image, info: CameraInfo | None, stamp: Time | None = None) -> Time:
+        stamp = stamp or self.stamp()
+        image.header.stamp = stamp
+        if info is not None:
+            info.header.stamp = stamp
+            self.info_pub.publish(info)
+        self.image_pub.publish(image)
+        return stamp
+
+    def frame(self, image: Image, info: CameraInfo, tries: int = 3) -> tuple[PoseArray, object]:
+        """Send a good frame (fresh stamp) until its PoseArray comes back; bounded retries."""
+        for _ in range(tries):
+            stamp = self.send(image, info)
+            key = _ns(stamp)
+            if self.spin_until(lambda k=key: k in self.arrays, WAIT_S / tries):
+                self.spin_until(lambda k=key: k in self.poses, 1.0)
+                return self.arrays[key], self.poses.get(key)
+        raise AssertionError(f"no PoseArray for {tries} frames within {WAIT_S} s")
+
+    def latest_diagnostics(self, timeout: float = 10.0) -> dict[str, str]:
+        """The values of the next /diagnostics message (or the last one after `timeout`)."""
+        n = len(self.diagnostics)
+        self.spin_until(lambda: len(self.diagnostics) > n, timeout)
+        assert self.diagnostics, "no /diagnostics"
+        return {kv.key: kv.value for kv in self.diagnostics[-1].status[0].values}
+
+
+@pytest.fixture(scope="module")
+def node_process(tmp_path_factory) -> Iterator[subprocess.Popen]:
+    tmp = tmp_path_factory.mktemp("node")
+    log = open(tmp / "node.log", "w+")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dvc_perception.ros.perception_node",
+         "--ros-args", "--params-file", str(_params(tmp))],
+        stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ),
+    )
+    proc.log_path = tmp / "node.log"  # type: ignore[attr-defined]
+    yield proc
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def probe(node_process) -> Iterator[Probe]:
+    ctx = Context()
+    rclpy.init(context=ctx)
+    node = rclpy.create_node("test_probe", context=ctx)
+    reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+    p = Probe(ctx, SingleThreadedExecutor(context=ctx),
+              node.create_publisher(Image, "image", reliable),
+              node.create_publisher(CameraInfo, "camera_info", reliable))
+    node.create_subscription(PoseWithCovarianceStamped, f"{NODE}/board/pose",
+                             lambda m: p.poses.__setitem__(_ns(m.header.stamp), m), reliable)
+    node.create_subscription(PoseArray, f"{NODE}/poses",
+                             lambda m: p.arrays.__setitem__(_ns(m.header.stamp), m), reliable)
+    node.create_subscription(DiagnosticArray, "/diagnostics", p.diagnostics.append, reliable)
+    p.executor.add_node(node)
+    discovered = p.spin_until(
+        lambda: node.count_subscribers("image") > 0 and node.count_publishers(f"{NODE}/poses") > 0,
+        60.0,
+    )
+    if not discovered:
+        text = node_process.log_path.read_text()
+        raise AssertionError(f"node not discovered within 60 s; node log:\n{text}")
+    yield p
+    p.executor.shutdown()
+    node.destroy_node()
+    rclpy.shutdown(context=ctx)
+
+
+def _info(K: np.ndarray, D: np.ndarray, w: int, h: int, frame_id: str) -> CameraInfo:
+    info = CameraInfo(width=w, height=h, distortion_model="plumb_bob")
+    info.header.frame_id = frame_id
+    info.k = K.ravel().tolist()
+    info.d = D.ravel().tolist()
+    info.p = np.column_stack([K, np.zeros(3)]).ravel().tolist()
+    return info
+
+
+def _rotation_error_rad(q_xyzw: list[float], R: np.ndarray) -> float:
+    return float(np.linalg.norm(
+        (Rotation.from_quat(q_xyzw) * Rotation.from_matrix(R).inv()).as_rotvec()
+    ))
+
+
+def _pose_of(msg) -> tuple[np.ndarray, list[float]]:
+    p, q = msg.position, msg.orientation
+    return np.array([p.x, p.y, p.z]), [q.x, q.y, q.z, q.w]
+
+
+@pytest.mark.parametrize("encoding", ["rgb8", "bgr8", "mono8", "bgra8"])
+def test_synthetic_chessboard_pose_within_1cm_2deg_headers_kept(probe, encoding):
+    rng = np.random.default_rng(len(encoding) + ord(encoding[0]))
+    R = Rotation.from_rotvec(rng.normal(0.0, 0.25, 3)).as_matrix()
+    t = np.array([rng.uniform(-0.12, 0.0), rng.uniform(-0.08, 0.0), rng.uniform(0.45, 0.7)])
+    rgb = render_board_view(BOARD, K_SYN, R, t, 640, 480)
+    image = rgb_to_image_msg(rgb, Header(frame_id="cam_optical"), encoding)
+    pose_array, pose = probe.frame(image, _info(K_SYN, np.zeros(5), 640, 480, "cam_optical"))
+    assert pose is not None, "board not found"
+    assert pose.header.frame_id == "cam_optical" == pose_array.header.frame_id
+    assert pose.header.stamp == image.header.stamp == pose_array.header.stamp
+    t_est, q_est = _pose_of(pose.pose.pose)
+    assert np.linalg.norm(t_est - t) < 0.01
+    assert np.degrees(_rotation_error_rad(q_est, R)) < 2.0
+    assert len(pose_array.poses) == 1
+    cov = np.array(pose.pose.covariance).reshape(6, 6)
+    assert np.all(np.isfinite(cov)) and np.allclose(cov, cov.T, atol=1e-12 + 1e-6 * abs(cov).max())
+    assert np.all(np.linalg.eigvalsh(0.5 * (cov + cov.T)) > 0.0)
+
+
+def _opencv_reference(gray: np.ndarray, K: np.ndarray, D: np.ndarray) -> list[tuple]:
+    """OpenCV's solvePnP on OpenCV's corners, undistorted (the pipeline's objective: see
+    test_pipeline.test_real_chessboard_matches_opencv_solvepnp), for both corner labellings."""
+    found, corners = cv2.findChessboardCorners(gray, (9, 6), flags=CHESSBOARD_FLAGS)
+    assert found
+    corners = cv2.cornerSubPix(gray, corners, (5, 5), (-1, -1), SUBPIX_CRITERIA)
+    ideal = cv2.undistortPointsIter(corners, K, D, None, K,
+                                    (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 100, 1e-12))
+    i, j = np.meshgrid(np.arange(9), np.arange(6))
+    obj = np.stack([i.ravel(), j.ravel(), np.zeros(54)], 1) * BOARD.square_size_m
+    refs = []
+    for order in (ideal, ideal[::-1]):  # the node may label the board from either end
+        ok, rvec, tvec = cv2.solvePnP(obj, order, K, None, flags=cv2.SOLVEPNP_ITERATIVE)
+        assert ok
+        refs.append((cv2.Rodrigues(rvec)[0], tvec.ravel()))
+    return refs
+
+
+def test_real_chessboard_matches_opencv_solvepnp(probe, chessboard_dir):
+    from dvc_perception.geometry.camera import CameraModel
+
+    camera = CameraModel.from_opencv_yaml(chessboard_dir / "intrinsics.yml", "M1", width=640,
+                                          height=480)
+    K, D = camera.K.numpy(), camera.opencv_distortion()  # 8 coefficients: rational_polynomial
+    for name in ("left01.jpg", "left06.jpg", "left12.jpg"):
+        gray = cv2.imread(str(chessboard_dir / name), cv2.IMREAD_GRAYSCALE)
+        h, w = gray.shape
+        image = rgb_to_image_msg(cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB), Header(frame_id="left"),
+                                 "mono8")
+        info = _info(K, D, w, h, "left")
+        info.distortion_model = camera.distortion_model
+        _, pose = probe.frame(image, info)
+        assert pose is not None, name
+        t_est, q_est = _pose_of(pose.pose.pose)
+        errors = [
+            (np.linalg.norm(t_est - t_ref) / np.linalg.norm(t_ref),
+             _rotation_error_rad(q_est, R_ref))
+            for R_ref, t_ref in _opencv_reference(gray, K, D)
+        ]
+        rel_t, rot = min(errors)
+        assert rel_t < 1e-3 and rot < 1e-3, (name, errors)
+
+
+def test_published_covariance_equals_the_pipelines(probe):
+    """Spot check: the 36 numbers are the pipeline's (6, 6) covariance, row-major, ROS order."""
+    from dvc_perception.config import PipelineConfig
+    from dvc_perception.geometry.camera import CameraModel
+    from dvc_perception.pipeline import Pipeline
+
+    R = Rotation.from_rotvec([0.2, -0.3, 0.1]).as_matrix()
+    t = np.array([-0.1, -0.05, 0.55])
+    rgb = render_board_view(BOARD, K_SYN, R, t, 640, 480)
+    _, pose = probe.frame(rgb_to_image_msg(rgb, Header(frame_id="c")),
+                          _info(K_SYN, np.zeros(5), 640, 480, "c"))
+    pipeline = Pipeline.from_config(PipelineConfig.from_mapping({"fiducial": {
+        "object_id": "board", "cols": 9, "rows": 6, "square_size_m": 0.025}}))
+    ref = pipeline.process(rgb, CameraModel(K_SYN, np.zeros(0), 640, 480), 0.0).poses[0]
+    np.testing.assert_allclose(np.array(pose.pose.covariance).reshape(6, 6), ref.covariance,
+                               rtol=1e-6, atol=1e-15)
+
+
+def test_bad_inputs_are_counted_and_the_node_keeps_running(probe, node_process):
+    rgb = render_board_view(BOARD, K_SYN, np.eye(3), np.array([-0.1, -0.06, 0.6]), 640, 480)
+    good_info = _info(K_SYN, np.zeros(5), 640, 480, "c")
+    probe.frame(rgb_to_image_msg(rgb, Header(frame_id="c")), good_info)  # baseline, connected
+    before = probe.latest_diagnostics()
+
+    bad_encoding = rgb_to_image_msg(rgb, Header(frame_id="c"))
+    bad_encoding.encoding = "16UC1"
+    probe.send(bad_encoding, good_info)
+    truncated = rgb_to_image_msg(rgb, Header(frame_id="c"))
+    truncated.data = truncated.data[: len(truncated.data) // 2]
+    probe.send(truncated, good_info)
+    def image() -> Image:
+        return rgb_to_image_msg(rgb, Header(frame_id="c"))
+
+    probe.send(image(), _info(K_SYN, np.zeros(5), 320, 240, "c"))  # size mismatch
+    probe.send(image(), _info(np.zeros((3, 3)), np.zeros(5), 640, 480, "c"))  # zero K
+    nan_k = K_SYN.copy()
+    nan_k[0, 0] = np.nan
+    probe.send(image(), _info(nan_k, np.zeros(5), 640, 480, "c"))
+    for _ in range(3):  # images whose camera_info never comes
+        probe.send(rgb_to_image_msg(rgb, Header(frame_id="c")), None)
+    last = probe.stamp()
+    probe.send(rgb_to_image_msg(rgb, Header(frame_id="c")), good_info, stamp=last)
+    older = Time(sec=last.sec, nanosec=last.nanosec - 1)  # 1 ns older than the last
+    probe.send(rgb_to_image_msg(rgb, Header(frame_id="c")), good_info, stamp=older)
+
+    # still alive and working: a good frame comes back with its pose
+    _, pose = probe.frame(rgb_to_image_msg(rgb, Header(frame_id="c")), good_info)
+    assert pose is not None and node_process.poll() is None
+
+    def grew(key: str, after: dict[str, str]) -> int:
+        return int(after[key]) - int(before[key])
+
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        after = probe.latest_diagnostics()
+        counts = {k: grew(k, after) for k in (
+            "errors.image", "errors.size_mismatch", "errors.camera_info",
+            "dropped.out_of_order", "dropped.unmatched")}
+        expected = {"errors.image": 2, "errors.size_mismatch": 1, "errors.camera_info": 2,
+                    "dropped.out_of_order": 1, "dropped.unmatched": 3}
+        if all(counts[k] >= v for k, v in expected.items()) or time.monotonic() > deadline:
+            break
+    assert all(counts[k] >= v for k, v in expected.items()), counts
+    assert float(after["latency_p50_ms"]) > 0.0
+    assert "fiducial:chessboard" in after["backend"]
+    log = node_process.log_path.read_text()
+    assert "frame skipped (image)" in log and "16UC1" in log
+    assert "Traceback" not in log
+
+
+def test_sigint_stops_within_2s_and_exits_0_without_traceback(probe, node_process):
+    assert node_process.poll() is None
+    t0 = time.monotonic()
+    node_process.send_signal(signal.SIGINT)
+    rc = node_process.wait(15.0)
+    elapsed = time.monotonic() - t0
+    log = node_process.log_path.read_text()
+    assert rc == 0, log
+    assert "Traceback" not in log, log
+    assert elapsed < 5.0  # worker stop is bounded by 2 s; process teardown adds a little
