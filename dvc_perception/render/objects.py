@@ -136,11 +136,10 @@ def compute_keypoints(mesh: Mesh, count: int = 8, seed: int = 0) -> np.ndarray:
 def compute_diameter(mesh: Mesh) -> float:
     """Largest distance between two vertices [m] (over the convex hull's vertices)."""
     from scipy.spatial import ConvexHull
+    from scipy.spatial.distance import pdist
 
     v = mesh.vertices.detach().cpu().double().numpy()
-    hull = v[ConvexHull(v).vertices]
-    d = np.linalg.norm(hull[:, None] - hull[None], axis=-1)
-    return float(d.max())
+    return float(pdist(v[ConvexHull(v).vertices]).max())
 
 
 def load_object(

@@ -199,7 +199,9 @@ class SceneSampler:
         rng = np.random.default_rng((self.seed, index))
         if cfg.sequence:
             if self._sequence_scene is None:
-                self._sequence_scene = self._sample_scene(np.random.default_rng((self.seed, -1)))
+                self._sequence_scene = self._sample_scene(
+                    np.random.default_rng((self.seed, 2**32))
+                )
             scene = self._sequence_scene
             T_world_cam = self._orbit_pose(scene, index)
         else:
