@@ -123,7 +123,9 @@ def _frame_sources(spec: RunSpec) -> tuple[FrameSource, FrameSource, dict[str, A
                                     "seed": spec.split_seed}
     full = open_frame_source(str(spec.data_dir), spec.mode)
     data: dict[str, Any] = {"kind": "synthetic shards", "dir": str(Path(str(spec.data_dir))),
-                            "frames": len(full), "seed": _data_seed(full)}
+                            "frames": len(full), "seed": _data_seed(full),
+                            "synth_config": getattr(full, "index", {}).get("config"),
+                            "objects": sorted(getattr(full, "index", {}).get("objects", {}))}
     if spec.val_data_dir is not None:
         val_src = open_frame_source(spec.val_data_dir, spec.mode)
         data.update({"val_dir": str(spec.val_data_dir), "val_frames": len(val_src),

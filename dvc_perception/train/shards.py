@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -20,6 +21,27 @@ from dvc_perception.errors import ConfigError
 from dvc_perception.train.datasets import Frame, ObjectAnnotation
 
 _FIELDS = ("rgb", "depth", "instance_ids")
+
+
+def frame_from_synth(frame: Any, *, with_depth: bool = True, with_masks: bool = True) -> Frame:
+    """A training `Frame` from a `render.synth.SynthFrame` (e.g. sampled on the fly).
+
+    Args:
+        frame: the synthetic frame.
+        with_depth: keep its depth map.
+        with_masks: keep per-object visible masks (from ``instance_ids``).
+    """
+    objects = tuple(
+        ObjectAnnotation(
+            object_id=str(oid), R=np.asarray(frame.R[k], np.float64),
+            t=np.asarray(frame.t[k], np.float64),
+            mask=frame.instance_ids == k if with_masks else None,
+            keypoints_visible=np.asarray(frame.keypoints_visible[k], bool),
+        )
+        for k, oid in enumerate(frame.object_ids)
+    )
+    return Frame(image=frame.rgb, K=np.asarray(frame.K, np.float64),
+                 depth=frame.depth if with_depth else None, objects=objects)
 
 
 class ShardFrameSource:

@@ -98,7 +98,7 @@ def test_shard_source_matches_the_renderers_keypoints(tmp_path):
     synth = pytest.importorskip("dvc_perception.render.synth")
     from dvc_perception.render.objects import find_object_yaml, load_object
     from dvc_perception.train.datasets import load_object_infos
-    from dvc_perception.train.shards import ShardFrameSource
+    from dvc_perception.train.shards import ShardFrameSource, frame_from_synth
 
     obj = load_object(find_object_yaml("demo_object"))
     cfg = synth.SynthConfig(width=160, height=128, fx=150.0, fy=150.0, cx=80.0, cy=64.0,
@@ -115,3 +115,6 @@ def test_shard_source_matches_the_renderers_keypoints(tmp_path):
                                       ref.keypoints_visible[0] & s["kp_in_image"][0].numpy())
         mask_frac = s["mask"][0].numpy().mean()
         assert mask_frac == pytest.approx(ref.mask(0).mean(), abs=1e-6)
+        direct = frame_from_synth(ref)
+        np.testing.assert_array_equal(direct.image, src[i].image)
+        np.testing.assert_array_equal(direct.objects[0].mask, src[i].objects[0].mask)
