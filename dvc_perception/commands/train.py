@@ -35,7 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("mode", choices=("pose", "depth"), help="which network to train")
     parser.add_argument("--out", required=True, help="run directory (checkpoints, logs)")
     src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--data", help="synthetic shard directory (dvc-perception synth --out)")
+    src.add_argument("--data", nargs="+",
+                     help="synthetic shard directories (dvc-perception synth --out)")
     src.add_argument("--toy", type=int, metavar="N",
                      help="train on N procedural toy frames instead (smoke test)")
     parser.add_argument("--val-data", help="validation shards (generated with another seed)")
@@ -90,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
     if args.mode == "depth" and args.no_pose_loss:
         raise ConfigError("--no-pose-loss only applies to `train pose`")
     spec = RunSpec(
-        mode=args.mode, out_dir=args.out, data_dir=args.data, val_data_dir=args.val_data,
+        mode=args.mode, out_dir=args.out, data_dir=args.data[0] if args.data else None,
+        extra_data_dirs=tuple(args.data[1:]) if args.data else (), val_data_dir=args.val_data,
         val_fraction=args.val_fraction, split_seed=args.split_seed, toy_frames=args.toy or 0,
         objects=tuple(args.objects), input_width=args.input_size[0],
         input_height=args.input_size[1], augment=None if args.no_augment else AugmentConfig(),

@@ -412,6 +412,28 @@ class SubsetFrameSource:
         return self._source[self._indices[index]]
 
 
+class ConcatFrameSource:
+    """Several sources one after the other (e.g. shards generated in parallel with two seeds)."""
+
+    def __init__(self, sources: Sequence[FrameSource]) -> None:
+        if not sources:
+            raise ConfigError("ConcatFrameSource: no sources")
+        self._sources = list(sources)
+        self._ends = np.cumsum([len(s) for s in self._sources])
+
+    def __len__(self) -> int:
+        """Total number of frames."""
+        return int(self._ends[-1])
+
+    def __getitem__(self, index: int) -> Frame:
+        """Frame `index` of the concatenation."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"frame {index} out of range for {len(self)} frames")
+        k = int(np.searchsorted(self._ends, index, side="right"))
+        start = 0 if k == 0 else int(self._ends[k - 1])
+        return self._sources[k][index - start]
+
+
 def split_train_val(
     source: FrameSource, val_fraction: float, seed: int
 ) -> tuple[SubsetFrameSource, SubsetFrameSource]:

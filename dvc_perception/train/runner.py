@@ -21,6 +21,7 @@ from dvc_perception.models.depth_net import DepthNet, DepthNetConfig
 from dvc_perception.models.keypoint_net import KeypointNet, KeypointNetConfig
 from dvc_perception.train.datasets import (
     AugmentConfig,
+    ConcatFrameSource,
     DepthDataset,
     FrameSource,
     ListFrameSource,
@@ -49,6 +50,8 @@ class RunSpec:
         mode: "pose" (keypoint network) or "depth".
         out_dir: run directory (checkpoints, logs, provenance).
         data_dir: synthetic shard directory (`render/synth.py`), or None with `toy_frames`.
+        extra_data_dirs: more shard directories appended to `data_dir` (e.g. generated in
+            parallel with other seeds).
         val_data_dir: separate validation shards (generated with another seed), or None to split
             `val_fraction` of `data_dir` off with `split_seed`.
         val_fraction: validation share when `val_data_dir` is None.
@@ -70,6 +73,7 @@ class RunSpec:
     mode: str
     out_dir: str
     data_dir: str | None = None
+    extra_data_dirs: tuple[str, ...] = ()
     val_data_dir: str | None = None
     val_fraction: float = 0.1
     split_seed: int = 0
@@ -121,11 +125,16 @@ def _frame_sources(spec: RunSpec) -> tuple[FrameSource, FrameSource, dict[str, A
                                              height=spec.input_height, seed=spec.split_seed + 1))
         return train_src, val_src, {"kind": "toy", "frames": spec.toy_frames, "val_frames": n_val,
                                     "seed": spec.split_seed}
-    full = open_frame_source(str(spec.data_dir), spec.mode)
+    first = open_frame_source(str(spec.data_dir), spec.mode)
+    extra = [open_frame_source(d, spec.mode) for d in spec.extra_data_dirs]
+    full: FrameSource = ConcatFrameSource([first, *extra]) if extra else first
     data: dict[str, Any] = {"kind": "synthetic shards", "dir": str(Path(str(spec.data_dir))),
-                            "frames": len(full), "seed": _data_seed(full),
-                            "synth_config": getattr(full, "index", {}).get("config"),
-                            "objects": sorted(getattr(full, "index", {}).get("objects", {}))}
+                            "frames": len(full), "seed": _data_seed(first),
+                            "synth_config": getattr(first, "index", {}).get("config"),
+                            "objects": sorted(getattr(first, "index", {}).get("objects", {}))}
+    if extra:
+        data["extra_dirs"] = list(spec.extra_data_dirs)
+        data["extra_seeds"] = [_data_seed(e) for e in extra]
     if spec.val_data_dir is not None:
         val_src = open_frame_source(spec.val_data_dir, spec.mode)
         data.update({"val_dir": str(spec.val_data_dir), "val_frames": len(val_src),

@@ -118,3 +118,14 @@ def test_shard_source_matches_the_renderers_keypoints(tmp_path):
         direct = frame_from_synth(ref)
         np.testing.assert_array_equal(direct.image, src[i].image)
         np.testing.assert_array_equal(direct.objects[0].mask, src[i].objects[0].mask)
+
+
+def test_concat_source_indexes_through_all_parts():
+    from dvc_perception.train.datasets import ConcatFrameSource
+
+    a, b = toy_frames(2, seed=1), toy_frames(3, seed=2)
+    cat = ConcatFrameSource([ListFrameSource(a), ListFrameSource(b)])
+    assert len(cat) == 5
+    assert cat[1] is a[1] and cat[2] is b[0] and cat[4] is b[2]
+    with pytest.raises(IndexError):
+        cat[5]
