@@ -40,6 +40,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compress", action="store_true", help="zlib-compressed npz shards")
     parser.add_argument("--data-root", help="replaces ${DVC_SHARED_DATA} in mesh paths")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--threads", type=int, default=1,
+        help="torch intra-op threads (default 1: the renderer runs many small tensor ops that "
+        "more threads slow down on a busy CPU; run several processes with other seeds instead)",
+    )  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     import dataclasses
     from pathlib import Path
 
+    import torch
     import yaml
 
     from dvc_perception.render.objects import find_object_yaml, load_object
@@ -55,6 +61,9 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.out and not args.bag:
         raise ConfigError("synth: give --out DIR and/or --bag OUT")
+    if args.threads < 1:
+        raise ConfigError(f"synth: --threads must be >= 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
     values: dict = {}
     if args.config:
         loaded = yaml.safe_load(Path(args.config).read_text()) or {}

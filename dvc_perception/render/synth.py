@@ -162,6 +162,7 @@ class SceneSampler:
         config: scene and effect distributions.
         seed: base seed; frame ``i`` draws from ``default_rng((seed, i))``.
         device: torch device for rendering (CPU by default).
+        render_backend: hard-rasterizer backend, as in `render` ("auto", "torch", "numba").
     """
 
     def __init__(
@@ -170,6 +171,7 @@ class SceneSampler:
         config: SynthConfig,
         seed: int = 0,
         device: torch.device | str = "cpu",
+        render_backend: str = "auto",
     ) -> None:
         if not objects:
             raise ConfigError("SceneSampler needs at least one object")
@@ -183,6 +185,11 @@ class SceneSampler:
         self.config = config
         self.seed = int(seed)
         self.device = torch.device(device)
+        if render_backend not in ("auto", "torch", "numba"):
+            raise ConfigError(
+                f"render_backend must be auto, torch or numba, got {render_backend!r}"
+            )
+        self.render_backend = render_backend
         self._meshes = [o.mesh.to(self.device) for o in self.objects]
         self._sequence_scene: _Scene | None = None
 
@@ -320,7 +327,10 @@ class SceneSampler:
         poses = torch.as_tensor(T_cam, dtype=torch.float32, device=self.device)
         K_t = torch.as_tensor(cfg.K, device=self.device)
         with torch.no_grad():
-            res = render(scene.meshes, poses, K_t, cfg.width, cfg.height, lighting=scene.lighting)
+            res = render(
+                scene.meshes, poses, K_t, cfg.width, cfg.height, lighting=scene.lighting,
+                backend=self.render_backend,
+            )  # fmt: skip
         inst_mesh = res.instance_ids.cpu().numpy()
         kinds = np.asarray(scene.kinds)
         obj_slots = [s for s, k in enumerate(scene.kinds) if k >= 0]
@@ -369,7 +379,9 @@ class SceneSampler:
             X = mesh.vertices @ Tt[:3, :3].T + Tt[:3, 3]
             uvw = X @ Kt.T
             px = uvw[:, :2] / uvw[:, 2:].clamp_min(1e-9)
-            buf = rasterize(px, X[:, 2], mesh.faces, cfg.width, cfg.height)
+            buf = rasterize(
+                px, X[:, 2], mesh.faces, cfg.width, cfg.height, backend=self.render_backend
+            )
         return int((buf >= 0).sum())
 
 
