@@ -97,6 +97,20 @@ def make_depth_source(config: PipelineConfig) -> DepthSource | None:
     return no_depth
 
 
+def _reprojection_errors_px(
+    uv: torch.Tensor, x3d: torch.Tensor, K: torch.Tensor, R: torch.Tensor, t: torch.Tensor
+) -> torch.Tensor:
+    """Per-point reprojection error (B, N) px.
+
+    Of the pose R (B, 3, 3), t (B, 3) m, for object points x3d (B, N, 3) m against the
+    undistorted keypoints uv (B, N, 2) px, with pinhole intrinsics K (B, 3, 3).
+    """
+    cam = x3d @ R.transpose(-1, -2) + t.unsqueeze(-2)
+    proj = cam @ K.transpose(-1, -2)
+    uv_hat = proj[..., :2] / proj[..., 2:].clamp(min=1e-9)
+    return (uv_hat - uv).norm(dim=-1)
+
+
 class Pipeline:
     """Per-frame pose (and optional depth) estimation, independent of ROS.
 
@@ -207,31 +221,33 @@ class Pipeline:
         x3d = torch.as_tensor(det.points_obj, dtype=torch.float64).unsqueeze(0)
         weights = torch.as_tensor(det.confidence, dtype=torch.float64).unsqueeze(0)
         K = camera.K.to(torch.float64).unsqueeze(0)
-        hypothesis = solve_pnp_ransac(
-            uv_ideal,
-            x3d,
-            K,
-            weights,
-            threshold_px=cfg.threshold_px,
-            num_hypotheses=cfg.num_hypotheses,
-            min_inliers=4,
-            seed=cfg.seed,
-        )
-        if not bool(hypothesis.valid[0]):
-            return []
-        inliers_t = hypothesis.inliers.to(torch.float64)
-        # confidence-weighted Levenberg-Marquardt on the inliers: its covariance is published
-        result = solve_pnp(
-            uv_ideal,
-            x3d,
-            K,
-            weights * inliers_t,
-            init=torch.cat([hypothesis.rvec, hypothesis.t], dim=-1),
-            max_iterations=cfg.max_iterations,
-        )
+        inliers_t = torch.zeros(0)
+        if not cfg.always_ransac:  # all keypoints fit: no outliers, no RANSAC needed
+            direct = solve_pnp(uv_ideal, x3d, K, weights, max_iterations=cfg.max_iterations)
+            if bool(direct.valid[0]):
+                err_px = _reprojection_errors_px(uv_ideal, x3d, K, direct.R, direct.t)
+                if bool((err_px[weights > 0] <= cfg.threshold_px).all()):
+                    inliers_t, result = (weights > 0).to(torch.float64), direct
+        if inliers_t.numel() == 0:
+            hypothesis = solve_pnp_ransac(
+                uv_ideal,
+                x3d,
+                K,
+                weights,
+                threshold_px=cfg.threshold_px,
+                num_hypotheses=cfg.num_hypotheses,
+                sample_size=min(6, n),
+                min_inliers=4,
+                seed=cfg.seed,
+                max_iterations=cfg.max_iterations,
+            )
+            if not bool(hypothesis.valid[0]):
+                return []
+            # RANSAC ends with a confidence-weighted LM refinement on its inliers
+            inliers_t, result = hypothesis.inliers.to(torch.float64), hypothesis
         if not bool(result.valid[0]):
             return []
-        inliers = hypothesis.inliers[0].cpu().numpy().astype(bool)
+        inliers = inliers_t[0].cpu().numpy() > 0
         conf = det.confidence
         score = float(conf[inliers].sum() / n)
         if score < self.config.min_score:

@@ -33,6 +33,15 @@ BOARDS = {
 }
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Small solves are ~20x faster single-threaded on a busy 2-core machine (as in the node)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _distort(ideal_rgb: np.ndarray, K: np.ndarray, D: np.ndarray) -> np.ndarray:
     """The image a lens with distortion D sees: sample the ideal image at undistort(p)."""
     h, w = ideal_rgb.shape[:2]
@@ -171,17 +180,8 @@ def _cube_points() -> np.ndarray:
     return np.stack(np.meshgrid(g, g, g), -1).reshape(-1, 3)
 
 
-@pytest.fixture
-def one_torch_thread():
-    """Small solves are ~20x faster single-threaded on a busy 2-core machine (as in the node)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.slow
-def test_published_covariance_matches_monte_carlo_spread(one_torch_thread):
+def test_published_covariance_matches_monte_carlo_spread():
     R = Rotation.from_rotvec([0.3, -0.4, 0.2]).as_matrix()
     t = np.array([0.03, -0.02, 0.5])
     camera = CameraModel(K, np.zeros(0), 640, 480)
@@ -216,6 +216,24 @@ def test_outliers_rejected_and_min_score_thresholds():
     assert pose.n_inliers == len(pts) - round(0.3 * len(pts))
     assert abs(pose.score - pose.n_inliers / len(pts)) < 1e-12
     assert np.linalg.norm(pose.t - t) < 0.005 and _rotation_error_deg(pose.R, R) < 1.0
+    # the RANSAC path ends at the same optimum, with the same covariance, as a plain fit of the
+    # inliers (the outliers are the first 30 % of the points)
+    n_out = len(pts) - pose.n_inliers
+    inlier_source = NoisyKeypoints(pts, R, t, sigma_px=0.3, seed=1, outlier_fraction=0.3)
+    det = inlier_source.detect(image)[0]
+    clean = KeypointDetection("target", det.keypoints_px[n_out:], pts[n_out:],
+                              det.confidence[n_out:])
+
+    class Fixed:
+        backend, object_ids = "test:fixed", ("target",)
+
+        def detect(self, image_rgb):
+            return [clean]
+
+    plain = Pipeline(PipelineConfig(), Fixed()).process(image, camera, 0.0).poses[0]
+    np.testing.assert_allclose(pose.t, plain.t, atol=1e-9)
+    np.testing.assert_allclose(pose.covariance, plain.covariance, rtol=1e-4,
+                               atol=1e-6 * np.abs(plain.covariance).max())
     source = NoisyKeypoints(pts, R, t, sigma_px=0.3, seed=1, outlier_fraction=0.3)
     assert Pipeline(PipelineConfig(min_score=0.8), source).process(image, camera, 0.0).poses == []
     # low confidence lowers the score: same geometry, half confidence everywhere

@@ -101,6 +101,7 @@ class Probe:
             info.header.stamp = stamp
             self.info_pub.publish(info)
         self.image_pub.publish(image)
+        self.spin_until(lambda: False, 0.05)  # pace a burst: KEEP_LAST history must not overflow
         return stamp
 
     def frame(self, image: Image, info: CameraInfo, tries: int = 3) -> tuple[PoseArray, object]:
@@ -126,8 +127,8 @@ def node_process(tmp_path_factory) -> Iterator[subprocess.Popen]:
     tmp = tmp_path_factory.mktemp("node")
     log = open(tmp / "node.log", "w+")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dvc_perception.ros.perception_node",
-         "--ros-args", "--params-file", str(_params(tmp))],
+        [sys.executable, "-m", "dvc_perception.cli", "run",
+         "--params-file", str(_params(tmp))],
         stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ),
     )
     proc.log_path = tmp / "node.log"  # type: ignore[attr-defined]
@@ -148,9 +149,10 @@ def probe(node_process) -> Iterator[Probe]:
     rclpy.init(context=ctx)
     node = rclpy.create_node("test_probe", context=ctx)
     reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+    deep = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)  # bursts of bad frames
     p = Probe(ctx, SingleThreadedExecutor(context=ctx),
-              node.create_publisher(Image, "image", reliable),
-              node.create_publisher(CameraInfo, "camera_info", reliable))
+              node.create_publisher(Image, "image", deep),
+              node.create_publisher(CameraInfo, "camera_info", deep))
     node.create_subscription(PoseWithCovarianceStamped, f"{NODE}/board/pose",
                              lambda m: p.poses.__setitem__(_ns(m.header.stamp), m), reliable)
     node.create_subscription(PoseArray, f"{NODE}/poses",
