@@ -27,7 +27,7 @@ import onnx
 import torch
 
 from dvc_perception.engines import load_engine
-from dvc_perception.engines.calibrate import load_calibration_frames
+from dvc_perception.engines.calibrate import load_calibration_frames, resize_mode_from_metadata
 from dvc_perception.engines.export import export_onnx, read_model_metadata
 from dvc_perception.engines.quantize import model_input_shape, quantize_onnx
 from dvc_perception.engines.reference_nets import build_reference_net
@@ -158,7 +158,8 @@ def main() -> int:
         meta = read_model_metadata(path)
         shape = model_input_shape(path)
         frames = load_calibration_frames(source, input_shape=shape, max_frames=args.calib_frames,
-                                         mean=meta.mean, std=meta.std)
+                                         mean=meta.mean, std=meta.std,
+                                         resize=resize_mode_from_metadata(meta.extra))
         int8_path = tmp / f"{path.stem}_int8.onnx"
         quantize_onnx(path, int8_path, frames)  # TensorRT-compatible (symmetric s8 activations)
         u8_path = tmp / f"{path.stem}_int8_u8.onnx"

@@ -54,7 +54,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Quantise; print what was done and the TensorRT support check."""
-    from dvc_perception.engines.calibrate import load_calibration_frames
+    from dvc_perception.engines.calibrate import (
+        load_calibration_frames,
+        resize_mode_from_metadata,
+    )
     from dvc_perception.engines.export import read_model_metadata
     from dvc_perception.engines.quantize import DEFAULT_OP_TYPES, model_input_shape, quantize_onnx
     from dvc_perception.engines.trt_support import check_tensorrt_support
@@ -65,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
     shape = model_input_shape(args.model)
     source = _bag_frames(args.calib, args.topic) if _is_bag(args.calib) else args.calib
     frames = load_calibration_frames(
-        source, input_shape=shape, max_frames=args.max_frames, mean=meta.mean, std=meta.std
+        source, input_shape=shape, max_frames=args.max_frames, mean=meta.mean, std=meta.std,
+        resize=resize_mode_from_metadata(meta.extra),
     )
     op_types = (
         tuple(t.strip() for t in args.op_types.split(",") if t.strip())

@@ -9,9 +9,11 @@ Sources (all give RGB uint8 frames):
 - rosbags are read by the `dvc-perception quantize` command (the ROS edge), which hands the
   decoded frames to the same preprocessing.
 
-Preprocessing matches deployment: resize to the network input (bilinear, ``cv2.INTER_AREA`` when
-shrinking), scale to [0, 1], subtract the metadata mean, divide by its std, HWC -> CHW. Random
-data is never used for calibration.
+Preprocessing matches deployment as the model metadata describes it: ``resize`` "stretch"
+(resize to the input, ``cv2.INTER_AREA`` when shrinking) or "letterbox" (metadata ``resize``
+starting with "letterbox": scale s = min(W/w, H/h), image at the top-left, zero padding,
+``u_in = s * (u + 0.5) - 0.5``, bilinear), scale to [0, 1], subtract the metadata mean, divide
+by its std, HWC -> CHW. Random data is never used for calibration.
 """
 
 from __future__ import annotations
@@ -27,6 +29,13 @@ import numpy as np
 from dvc_perception.errors import ConfigError, InputError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+RESIZE_MODES = ("stretch", "letterbox")
+
+
+def resize_mode_from_metadata(extra: Any) -> str:
+    """"letterbox" when the metadata's ``resize`` text starts with it, else "stretch"."""
+    text = str(extra.get("resize", "stretch")) if hasattr(extra, "get") else "stretch"
+    return "letterbox" if text.strip().lower().startswith("letterbox") else "stretch"
 
 
 def preprocess_frame(
@@ -34,6 +43,7 @@ def preprocess_frame(
     input_size: tuple[int, int],
     mean: Sequence[float] = (0.0, 0.0, 0.0),
     std: Sequence[float] = (1.0, 1.0, 1.0),
+    resize: str = "stretch",
 ) -> np.ndarray:
     """One RGB frame -> network input.
 
@@ -42,6 +52,7 @@ def preprocess_frame(
         input_size: (width, height) px of the network input.
         mean: per-channel mean of RGB in [0, 1].
         std: per-channel std of RGB in [0, 1].
+        resize: "stretch" or "letterbox" (see the module docstring).
 
     Returns:
         (1, 3, height, width) float32.
@@ -53,13 +64,20 @@ def preprocess_frame(
 
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise InputError(f"expected an (H, W, 3) uint8 RGB frame, got {rgb.shape} {rgb.dtype}")
+    if resize not in RESIZE_MODES:
+        raise ConfigError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
     width, height = int(input_size[0]), int(input_size[1])
-    if rgb.shape[:2] != (height, width):
-        shrink = rgb.shape[0] > height or rgb.shape[1] > width
-        rgb = cv2.resize(
-            rgb, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
-        )
     x = rgb.astype(np.float32) / 255.0
+    if resize == "letterbox":
+        s = min(width / rgb.shape[1], height / rgb.shape[0])
+        affine = np.array([[s, 0.0, 0.5 * s - 0.5], [0.0, s, 0.5 * s - 0.5]])
+        x = cv2.warpAffine(x, affine, (width, height), flags=cv2.INTER_LINEAR,
+                           borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
+    elif rgb.shape[:2] != (height, width):
+        shrink = rgb.shape[0] > height or rgb.shape[1] > width
+        x = cv2.resize(
+            x, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+        )
     x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
 
@@ -181,6 +199,7 @@ def load_calibration_frames(
     max_frames: int = 256,
     mean: Sequence[float] = (0.0, 0.0, 0.0),
     std: Sequence[float] = (1.0, 1.0, 1.0),
+    resize: str = "stretch",
 ) -> list[np.ndarray]:
     """Up to `max_frames` preprocessed frames, each shaped like the input (1, 3, H, W).
 
@@ -190,6 +209,7 @@ def load_calibration_frames(
         max_frames: frames to keep (the first ones, in source order).
         mean: normalisation mean (from the model metadata).
         std: normalisation std (from the model metadata).
+        resize: "stretch" or "letterbox" (from the model metadata, `resize_mode_from_metadata`).
 
     Raises:
         ConfigError: wrong input shape, or the source yields no frame.
@@ -202,7 +222,7 @@ def load_calibration_frames(
     )
     out: list[np.ndarray] = []
     for rgb in frames_iter:
-        out.append(preprocess_frame(rgb, (width, height), mean, std))
+        out.append(preprocess_frame(rgb, (width, height), mean, std, resize))
         if len(out) >= max_frames:
             break
     if not out:

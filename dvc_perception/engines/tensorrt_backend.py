@@ -322,12 +322,13 @@ class EngineBuilder:
         config.add_optimization_profile(profile)
         calibrator = None  # kept referenced here until the build is done
         if s.use_calibrator:
+            from dvc_perception.engines.calibrate import resize_mode_from_metadata
             from dvc_perception.engines.export import read_model_metadata
 
             meta = read_model_metadata(onnx_path)  # frames are normalised like deployment
             calibrator = make_entropy_calibrator(
                 trt, s, network.get_input(0).name, tuple(s.profile_shapes.values())[0][1],
-                mean=meta.mean, std=meta.std,
+                mean=meta.mean, std=meta.std, resize=resize_mode_from_metadata(meta.extra),
             )
             config.int8_calibrator = calibrator
             config.set_calibration_profile(profile)
@@ -352,7 +353,7 @@ class EngineBuilder:
 
 def make_entropy_calibrator(trt: Any, settings: BuildSettings, input_name: str,
                             shape: tuple[int, ...], *, mean: Sequence[float],
-                            std: Sequence[float]) -> Any:
+                            std: Sequence[float], resize: str = "stretch") -> Any:
     """An ``IInt8EntropyCalibrator2`` feeding real frames from ``settings.calibration_dir``.
 
     Frames are preprocessed exactly like the deployed model's inputs (resize, then the model
@@ -364,7 +365,7 @@ def make_entropy_calibrator(trt: Any, settings: BuildSettings, input_name: str,
 
     frames = load_calibration_frames(
         settings.calibration_dir, input_shape=shape, max_frames=settings.calibration_max_frames,
-        mean=mean, std=std,
+        mean=mean, std=std, resize=resize,
     )
 
     class _Calibrator(trt.IInt8EntropyCalibrator2):

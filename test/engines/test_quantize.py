@@ -189,3 +189,18 @@ def test_synthetic_shard_source(tmp_path, keypoint_net):
     report = quantize_onnx(keypoint_net.onnx_path, tmp_path / "q.onnx", [
         preprocess_frame(f, (INPUT_HW[1], INPUT_HW[0]), MEAN, STD) for f in frames])
     assert report.num_frames == 3
+
+
+def test_letterbox_matches_the_training_preprocessing(heldout_frames):
+    datasets = pytest.importorskip("dvc_perception.train.datasets")
+    from dvc_perception.engines.calibrate import resize_mode_from_metadata
+
+    rgb = heldout_frames[0][:200]  # 200x320: the letterbox pads the bottom
+    # the training code's own warp (an independent implementation of the documented map)
+    _, ref, _ = datasets._prepare(datasets.Frame(image=rgb, K=np.eye(3)), 128, 96, None,
+                                  np.random.default_rng(0))
+    x = preprocess_frame(rgb, (128, 96), resize="letterbox")
+    np.testing.assert_allclose(x[0].transpose(1, 2, 0), ref, atol=1e-6)
+    assert float(np.abs(x[0, :, 90:]).max()) == 0.0  # zero padding below the scaled image
+    assert resize_mode_from_metadata({"resize": "letterbox: scale min(...)"}) == "letterbox"
+    assert resize_mode_from_metadata({}) == "stretch"
