@@ -80,6 +80,34 @@ def time_engine(engine, x: np.ndarray, warmup: int, iters: int) -> np.ndarray:
     return out
 
 
+def gpu_engines(path: Path, int8_path: Path) -> list[tuple[str, object]]:
+    """torch CUDA fp32/fp16 and TensorRT fp32/fp16/int8 rows where a GPU exists (else none).
+
+    Not run in this repository's CI (no GPU); on a GPU machine each row that cannot be built is
+    reported and skipped.
+    """
+    if not torch.cuda.is_available():
+        return []
+    out: list[tuple[str, object]] = []
+    module = module_from_metadata(path)
+    candidates = [
+        ("torch cuda fp32", lambda: load_engine(path, backend="torch", device="cuda",
+                                                 options={"module": module})),
+        ("torch cuda fp16", lambda: load_engine(path, backend="torch", device="cuda",
+                                                 precision="fp16", options={"module": module})),
+        ("tensorrt fp32", lambda: load_engine(path, backend="tensorrt")),
+        ("tensorrt fp16", lambda: load_engine(path, backend="tensorrt", precision="fp16")),
+        ("tensorrt int8 (QDQ)", lambda: load_engine(int8_path, backend="tensorrt",
+                                                    precision="int8")),
+    ]
+    for label, make in candidates:
+        try:
+            out.append((label, make()))
+        except Exception as err:  # noqa: BLE001 - report and go on
+            print(f"# {label} skipped for {path.name}: {err}")
+    return out
+
+
 def reference_models(directory: Path) -> list[Path]:
     """The reference keypoint and depth nets exported at 320x240 (width 32)."""
     paths = []
@@ -180,6 +208,7 @@ def main() -> int:
             int8_path, backend="onnxruntime", precision="int8", device="cpu", options=opts)))
         engines.append(("onnxruntime int8 (u8s8, CPU target)", load_engine(
             u8_path, backend="onnxruntime", precision="int8", device="cpu", options=opts)))
+        engines.extend(gpu_engines(path, int8_path))
         for label, engine in engines:
             lat = time_engine(engine, x, args.warmup, args.iters)
             p50, p99 = np.percentile(lat, 50), np.percentile(lat, 99)
