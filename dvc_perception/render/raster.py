@@ -219,8 +219,11 @@ def render(
             mesh_list, px, z, fc, face_mesh_t, offsets, attrs, width, height, lighting,
             background, znear, shade, dtype,
         )  # fmt: skip
-    with torch.no_grad():
-        face_buf = rasterize_faces(px.detach(), z.detach(), fc, width, height, znear=znear)
+    # Visibility is a discrete choice without gradients: the soft mode may take it from numba.
+    vis_backend = "auto" if soft and backend == "auto" else "torch"
+    face_buf = rasterize(
+        px.detach(), z.detach(), fc, width, height, znear=znear, backend=vis_backend
+    ).to(device)
     covered = face_buf >= 0
     pix = covered.nonzero().squeeze(1)
     f_vis = face_buf[pix]
@@ -366,11 +369,20 @@ def _apply_textures(
 
 
 def _face_candidates(
-    px: Tensor, z: Tensor, faces: Tensor, width: int, height: int, znear: float, margin: float
+    px: Tensor,
+    z: Tensor,
+    faces: Tensor,
+    width: int,
+    height: int,
+    znear: float,
+    margin: float,
+    wanted: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(pixel x, pixel y, face) candidates: each face's bounding box expanded by `margin` px.
 
-    Returns three (N,) int64 tensors. Faces behind `znear` or with zero screen area are culled.
+    Returns three (N,) int64 tensors. Faces behind `znear` or with zero screen area are culled;
+    with `wanted` ((H, W) bool), so are faces whose box holds no wanted pixel (a summed-area
+    table test), e.g. interior faces when only uncovered pixels matter.
     """
     fpx = px[faces]  # (F, 3, 2)
     ok = (z[faces] > znear).all(dim=1)
@@ -382,6 +394,13 @@ def _face_candidates(
     e1, e2 = fpx[:, 1] - fpx[:, 0], fpx[:, 2] - fpx[:, 0]
     area2 = e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]
     ok &= (hi >= lo).all(dim=1) & (area2.abs() > 1e-12) & torch.isfinite(area2)
+    if wanted is not None:
+        sat = F.pad(wanted.to(torch.int32).cumsum(0).cumsum(1), (1, 0, 1, 0))  # (H+1, W+1)
+        x0, y0 = lo[:, 0].long().clamp(0, width), lo[:, 1].long().clamp(0, height)
+        x1 = (hi[:, 0].long() + 1).clamp(0, width)
+        y1 = (hi[:, 1].long() + 1).clamp(0, height)
+        count = sat[y1, x1] - sat[y0, x1] - sat[y1, x0] + sat[y0, x0]
+        ok &= count > 0
     fid = ok.nonzero().squeeze(1)
     lo_i, hi_i = lo[fid].long(), hi[fid].long()
     bw = hi_i[:, 0] - lo_i[:, 0] + 1
@@ -502,8 +521,9 @@ def _soft_silhouette(
     margin = settings.margin_sigmas * sigma
     with torch.no_grad():
         xs, ys, fid = _face_candidates(
-            px.detach(), z.detach(), faces, width, height, znear, margin
-        )
+            px.detach(), z.detach(), faces, width, height, znear, margin,
+            wanted=~covered.reshape(height, width),
+        )  # fmt: skip
         pix = ys * width + xs
         keep = ~covered[pix]
         xs, ys, fid, pix = xs[keep], ys[keep], fid[keep], pix[keep]
