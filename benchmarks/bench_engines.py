@@ -89,12 +89,10 @@ def gpu_engines(path: Path, int8_path: Path) -> list[tuple[str, object]]:
     if not torch.cuda.is_available():
         return []
     out: list[tuple[str, object]] = []
-    module = module_from_metadata(path)
     candidates = [
-        ("torch cuda fp32", lambda: load_engine(path, backend="torch", device="cuda",
-                                                 options={"module": module})),
+        ("torch cuda fp32", lambda: load_engine(path, backend="torch", device="cuda")),
         ("torch cuda fp16", lambda: load_engine(path, backend="torch", device="cuda",
-                                                 precision="fp16", options={"module": module})),
+                                                 precision="fp16")),
         ("tensorrt fp32", lambda: load_engine(path, backend="tensorrt")),
         ("tensorrt fp16", lambda: load_engine(path, backend="tensorrt", precision="fp16")),
         ("tensorrt int8 (QDQ)", lambda: load_engine(int8_path, backend="tensorrt",

@@ -20,6 +20,7 @@ module's outputs (a tensor or a tuple) map to the ONNX outputs in order.
 
 from __future__ import annotations
 
+import copy
 import importlib
 import logging
 import os
@@ -148,6 +149,9 @@ class TorchEngine:
             module = module_from_metadata(onnx_path)
         if not isinstance(module, torch.nn.Module):
             raise ConfigError(f"torch backend: module must be an nn.Module, got {type(module)}")
+        first = next(iter(module.parameters()), None)
+        if half or (first is not None and first.device != self.device):
+            module = copy.deepcopy(module)  # never move or cast the caller's module in place
         module = module.eval().to(self.device)
         if half:
             module = module.half()
