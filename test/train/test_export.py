@@ -13,6 +13,8 @@ from dvc_perception.train.loop import PoseLossConfig, TrainConfig
 from dvc_perception.train.runner import RunSpec, run_training
 from dvc_perception.train.toy import toy_object
 
+pytestmark = pytest.mark.slow  # the module fixture trains two tiny runs (~7 s)
+
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 

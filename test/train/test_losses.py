@@ -112,7 +112,7 @@ def test_pose_loss_gradient_reaches_network_parameters():
     out = net(batch["image"])
     loss, frac_ok = task.pose_loss(out.x2d, out.weights, batch)
     assert frac_ok > 0.5
-    assert torch.isfinite(loss) and float(loss) > 0
+    assert torch.isfinite(loss) and float(loss.detach()) > 0
     loss.backward()
     grads = {n: p.grad for n, p in net.named_parameters()}
     for name in ("encoder.stages.0.0.0.weight", "heatmap_head.weight", "up4.fuse.0.weight"):
