@@ -21,6 +21,8 @@ ONNXRT_OPTIONS: dict[str, type | tuple[type, ...]] = {
     "providers": (list, tuple),  # explicit EP list, e.g. ["CPUExecutionProvider"]
     "graph_optimization_level": str,  # "disable" | "basic" | "extended" | "all"
     "device_id": int,  # CUDA device for the CUDA / TensorRT EPs
+    "allow_spinning": bool,  # intra-op threads busy-wait between ops (ORT default True); False
+    # frees the cores for other work (PnP, ROS) on a small CPU, at some latency cost
 }
 _OPT_LEVELS = ("disable", "basic", "extended", "all")
 
@@ -99,6 +101,10 @@ class OnnxRuntimeEngine:
                 if opts[key] < 0:
                     raise ConfigError(f"onnxruntime options: {key} must be >= 0, got {opts[key]}")
                 setattr(so, key, opts[key])
+        if "allow_spinning" in opts:
+            so.add_session_config_entry(
+                "session.intra_op.allow_spinning", "1" if opts["allow_spinning"] else "0"
+            )
         level = opts.get("graph_optimization_level", "all")
         if level not in _OPT_LEVELS:
             raise ConfigError(
