@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 import pytest
 import rclpy
+import rclpy.executors
 from builtin_interfaces.msg import Time
 from lifecycle_msgs.msg import State
 from rclpy.context import Context
@@ -156,3 +157,47 @@ def test_process_frame_is_synchronous_and_keeps_the_header_compressed(ctx):
         assert node.diagnostics_values()["errors.image"] == 1
     finally:
         node.destroy_node()
+
+
+def test_qos_and_overlay_only_when_subscribed(ctx):
+    from rclpy.qos import HistoryPolicy, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+
+    for reliable in (False, True):
+        node = _node(ctx, reliable_inputs=reliable)
+        try:
+            node.trigger_configure()
+            node.trigger_activate()
+            for sub in node._subs:
+                want = ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT
+                assert sub.qos_profile.reliability == want
+            for pub in [*node._pubs.values(), *node._pose_pubs.values()]:
+                assert pub.qos_profile.reliability == ReliabilityPolicy.RELIABLE
+                assert pub.qos_profile.history == HistoryPolicy.KEEP_LAST
+                assert pub.qos_profile.depth == 5
+            if reliable:
+                continue
+            rgb = np.full((48, 64, 3), 90, np.uint8)
+            msg = rgb_to_image_msg(rgb, Header(stamp=Time(sec=1), frame_id="cam"))
+            got: list[Image] = []
+            probe = rclpy.create_node("overlay_probe", context=ctx)
+            try:
+                out = node.process_frame(msg, _info())
+                node.publish_outputs(out)  # nobody listens: no overlay drawn
+                probe.create_subscription(Image, "/perception_node/overlay", got.append, 5)
+                executor = rclpy.executors.SingleThreadedExecutor(context=ctx)
+                executor.add_node(probe)
+                deadline = time.monotonic() + 10.0
+                while node._pubs["overlay"].get_subscription_count() == 0:
+                    assert time.monotonic() < deadline, "overlay subscriber not discovered"
+                    executor.spin_once(timeout_sec=0.05)
+                assert not got
+                node.publish_outputs(out)
+                while not got and time.monotonic() < deadline:
+                    executor.spin_once(timeout_sec=0.05)
+                assert got and got[0].header.frame_id == "cam" and got[0].width == 64
+                executor.shutdown()
+            finally:
+                probe.destroy_node()
+        finally:
+            node.destroy_node()
