@@ -47,8 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--per-tensor", action="store_true", help="per-tensor instead of per-channel weights"
     )
     parser.add_argument(
-        "--check-tensorrt", default="8.6,10",
-        help="TensorRT versions whose ONNX parser support is checked ('' to skip)",
+        "--check-tensorrt", default=None,
+        help="TensorRT versions whose ONNX parser support is checked ('' to skip; default "
+        "'8.6,10' for --target tensorrt, none for onnxruntime-cpu)",
     )
 
 
@@ -85,7 +86,10 @@ def run(args: argparse.Namespace) -> int:
         f"{report.num_frames} frames from {args.calib} (target {report.target})"
     )
     status = 0
-    for version in [v.strip() for v in args.check_tensorrt.split(",") if v.strip()]:
+    check = args.check_tensorrt
+    if check is None:
+        check = "8.6,10" if args.target == "tensorrt" else ""
+    for version in [v.strip() for v in check.split(",") if v.strip()]:
         support = check_tensorrt_support(report.output, version)
         verdict = "ok" if support.ok else f"{len(support.problems)} problem(s)"
         print(f"TensorRT {version} ONNX parser support (table {support.tensorrt_version}): "

@@ -204,3 +204,16 @@ def test_letterbox_matches_the_training_preprocessing(heldout_frames):
     assert float(np.abs(x[0, :, 90:]).max()) == 0.0  # zero padding below the scaled image
     assert resize_mode_from_metadata({"resize": "letterbox: scale min(...)"}) == "letterbox"
     assert resize_mode_from_metadata({}) == "stretch"
+
+
+def test_quantize_command_cpu_target_skips_the_tensorrt_check(keypoint_net, calib_dir, tmp_path,
+                                                              capsys):
+    out = tmp_path / "u8.onnx"
+    assert cli_main(["quantize", str(keypoint_net.onnx_path), "--calib", str(calib_dir), "-o",
+                     str(out), "--max-frames", "2", "--target", "onnxruntime-cpu"]) == 0
+    assert "TensorRT" not in capsys.readouterr().out
+    # asked explicitly, the check runs and fails (uint8 zero points): exit status 1
+    assert cli_main(["quantize", str(keypoint_net.onnx_path), "--calib", str(calib_dir), "-o",
+                     str(out), "--max-frames", "2", "--target", "onnxruntime-cpu",
+                     "--check-tensorrt", "10"]) == 1
+    assert "UINT8" in capsys.readouterr().out
