@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +28,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import Header
 from visualization_msgs.msg import MarkerArray
 
-from dvc_perception.config import NodeConfig
+from dvc_perception.config import NodeConfig, PipelineConfig
 from dvc_perception.errors import DvcError, InputError
 from dvc_perception.geometry.camera import CameraModel
 from dvc_perception.pipeline import FrameResult, Pipeline
@@ -77,12 +78,21 @@ class PerceptionNode(LifecycleNode):
 
     Args:
         node_name: the node's name.
+        pipeline_factory: builds the pipeline from the parameters at configure; default
+            `Pipeline.from_config`. The slot for keypoint / depth sources that `from_config`
+            does not know (``Pipeline(config, my_source, my_depth)``).
         **node_kwargs: forwarded to `rclpy.lifecycle.LifecycleNode` (``context``,
             ``parameter_overrides``, ``namespace``, ...).
     """
 
-    def __init__(self, node_name: str = NODE_NAME, **node_kwargs: Any) -> None:
+    def __init__(
+        self,
+        node_name: str = NODE_NAME,
+        pipeline_factory: Callable[[PipelineConfig], Pipeline] | None = None,
+        **node_kwargs: Any,
+    ) -> None:
         super().__init__(node_name, **node_kwargs)
+        self._pipeline_factory = pipeline_factory or Pipeline.from_config
         declare_node_parameters(self)
         self.config: NodeConfig | None = None
         self.pipeline: Pipeline | None = None
@@ -111,7 +121,7 @@ class PerceptionNode(LifecycleNode):
         """Read and validate the parameters, build the pipeline."""
         try:
             config = read_node_config(self)
-            pipeline = Pipeline.from_config(config.pipeline)
+            pipeline = self._pipeline_factory(config.pipeline)
             matcher: StampMatcher[tuple[Any, float], CameraInfo] = StampMatcher(
                 config.sync.mode, config.sync.tolerance_s, config.sync.queue_size
             )

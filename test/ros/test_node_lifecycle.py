@@ -201,3 +201,66 @@ def test_qos_and_overlay_only_when_subscribed(ctx):
                 probe.destroy_node()
         finally:
             node.destroy_node()
+
+
+class PlaneDepth:
+    """A `DepthSource` seeing a fronto-parallel plane at 2 m, unknown (NaN) in the top rows."""
+
+    backend = "test:plane"
+
+    def estimate(self, image_rgb: np.ndarray, K: np.ndarray) -> np.ndarray:
+        depth = np.full(image_rgb.shape[:2], 2.0, np.float32)
+        depth[:4] = np.nan
+        return depth
+
+
+def test_depth_outputs_with_a_plugged_depth_source(ctx):
+    from sensor_msgs.msg import Image, PointCloud2
+
+    from dvc_perception.pipeline import Pipeline, make_keypoint_source
+
+    def factory(config):
+        return Pipeline(config, make_keypoint_source(config), PlaneDepth())
+
+    node = PerceptionNode(
+        context=ctx, pipeline_factory=factory,
+        parameter_overrides=[Parameter("torch_threads", value=0), Parameter("points_decimation",
+                                                                              value=8)],
+    )
+    probe = rclpy.create_node("depth_probe", context=ctx)
+    try:
+        depth_msgs: list[Image] = []
+        infos: list[CameraInfo] = []
+        clouds: list[PointCloud2] = []
+        probe.create_subscription(Image, "/perception_node/depth", depth_msgs.append, 5)
+        probe.create_subscription(CameraInfo, "/perception_node/depth/camera_info", infos.append,
+                                  5)
+        probe.create_subscription(PointCloud2, "/perception_node/points", clouds.append, 5)
+        executor = rclpy.executors.SingleThreadedExecutor(context=ctx)
+        executor.add_node(probe)
+        deadline = time.monotonic() + 10.0
+        while node._pubs["points"].get_subscription_count() == 0 or (
+            node._pubs["depth"].get_subscription_count() == 0
+        ):
+            assert time.monotonic() < deadline, "depth subscribers not discovered"
+            executor.spin_once(timeout_sec=0.05)
+        msg = rgb_to_image_msg(np.zeros((48, 64, 3), np.uint8),
+                               Header(stamp=Time(sec=3, nanosec=4), frame_id="cam"))
+        assert node.handle_frame(msg, _info(), time.monotonic())
+        while not (depth_msgs and infos and clouds) and time.monotonic() < deadline:
+            executor.spin_once(timeout_sec=0.05)
+        assert depth_msgs and infos and clouds
+        d = depth_msgs[0]
+        assert d.encoding == "32FC1" and (d.width, d.height) == (64, 48)
+        stamp = msg.header.stamp
+        assert d.header.stamp == stamp == infos[0].header.stamp == clouds[0].header.stamp
+        values = np.frombuffer(d.data, np.float32).reshape(48, 64)
+        assert np.isnan(values[:4]).all() and np.all(values[4:] == 2.0)
+        assert list(infos[0].k) == list(_info().k)
+        pts = np.frombuffer(clouds[0].data, np.float32).reshape(-1, 3)
+        assert len(pts) == 8 * 5  # 64/8 x 48/8 decimated pixels, minus the NaN first row
+        assert np.allclose(pts[:, 2], 2.0)
+        executor.shutdown()
+    finally:
+        probe.destroy_node()
+        node.destroy_node()
