@@ -405,20 +405,27 @@ def _keypoint_visibility(
 
 def _camera_effects(color: np.ndarray, rng: np.random.Generator, cfg: SynthConfig) -> np.ndarray:
     """Colour jitter, blur, noise, then JPEG. color (H, W, 3) float [0, 1] -> uint8 RGB."""
-    img = color.astype(np.float32)
+    img = color.astype(np.float32)  # a copy: the in-place steps below do not touch `color`
     j = cfg.color_jitter
     if j > 0:
-        gain = rng.uniform(1 - j, 1 + j, size=3).astype(np.float32)
-        brightness = np.float32(rng.uniform(-j, j) * 0.5)
-        contrast = np.float32(rng.uniform(1 - j, 1 + j))
-        mean = img.mean()
-        img = (img * gain - mean) * contrast + mean + brightness
+        gain = rng.uniform(1 - j, 1 + j, size=3)
+        brightness = rng.uniform(-j, j) * 0.5
+        contrast = rng.uniform(1 - j, 1 + j)
+        mean = float(img.mean())
+        # (img * gain - mean) * contrast + mean + brightness, as one multiply-add per pixel.
+        img *= (gain * contrast).astype(np.float32)
+        img += np.float32(mean * (1.0 - contrast) + brightness)
     if rng.random() < cfg.blur_probability:
         img = cv2.GaussianBlur(img, (0, 0), float(rng.uniform(*cfg.blur_sigma_px)))
     sigma = rng.uniform(*cfg.noise_std)
     if sigma > 0:
-        img = img + rng.standard_normal(img.shape, dtype=np.float32) * np.float32(sigma)
-    out = (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+        noise = rng.standard_normal(img.shape, dtype=np.float32)
+        noise *= np.float32(sigma)
+        img += noise
+    img *= np.float32(255.0)
+    img += np.float32(0.5)
+    np.clip(img, 0.0, 255.0, out=img)
+    out = img.astype(np.uint8)
     if rng.random() < cfg.jpeg_probability:
         quality = int(rng.integers(cfg.jpeg_quality[0], cfg.jpeg_quality[1] + 1))
         ok, buf = cv2.imencode(".jpg", out[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
