@@ -47,6 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="object ids (config/objects/<id>.yaml) or YAML paths (pose)")
     parser.add_argument("--input-size", type=_size, default=(320, 240),
                         help="network input WIDTHxHEIGHT, multiples of 16 (default 320x240)")
+    parser.add_argument("--crop", type=_size,
+                        help="pose: train on WIDTHxHEIGHT crops around objects (faster); "
+                             "validation uses the whole input")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int, help="samples per step per process")
     parser.add_argument("--lr", type=float, help="peak AdamW learning rate")
@@ -96,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
         val_fraction=args.val_fraction, split_seed=args.split_seed, toy_frames=args.toy or 0,
         objects=tuple(args.objects), input_width=args.input_size[0],
         input_height=args.input_size[1], augment=None if args.no_augment else AugmentConfig(),
+        crop=args.crop,
         train=train_cfg, pose_loss=pose_cfg, resume=args.resume,
     )
     result = run_training(spec, provenance={"command": list(sys.argv)})

@@ -25,7 +25,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from dvc_perception.errors import ConfigError, check_shape
+from dvc_perception.errors import ConfigError, ShapeError, check_shape
 from dvc_perception.models.blocks import ConvBNReLU, Encoder, InputNormalization, UpBlock
 from dvc_perception.models.heads import pool_confidence, soft_argmax_2d
 
@@ -113,18 +113,26 @@ class KeypointNet(nn.Module):
         """Predict heatmaps, keypoints, weights and masks.
 
         Args:
-            image: (B, 3, H, W) RGB in [0, 1], H x W the configured input size.
+            image: (B, 3, H, W) RGB in [0, 1]. H x W is the configured input size; training may
+                feed crops of any size that is a multiple of 16 (the network is fully
+                convolutional; coordinates are then in the crop).
 
         Returns:
             `KeypointNetOutput`; shapes in the module docstring.
+
+        Raises:
+            ShapeError: not (B, 3, H, W) with H and W multiples of 16.
         """
         cfg = self.config
-        check_shape(image, f"B,3,{cfg.input_height},{cfg.input_width}", name="image")
+        check_shape(image, "B,3,H,W", name="image")
+        in_h, in_w = int(image.shape[2]), int(image.shape[3])
+        if in_h % 16 or in_w % 16:
+            raise ShapeError(f"image: expected H and W multiples of 16, got {in_h}x{in_w}")
         _, f4, f8, f16 = self.encoder(self.normalize(image))
         x = self.trunk(self.up4(self.up8(f16, f8), f4))
         b = int(image.shape[0])
         o, k = cfg.num_objects, cfg.num_keypoints
-        h, w = cfg.input_height // HEATMAP_STRIDE, cfg.input_width // HEATMAP_STRIDE
+        h, w = in_h // HEATMAP_STRIDE, in_w // HEATMAP_STRIDE
         heat = self.heatmap_head(x)
         xy, prob = soft_argmax_2d(heat, HEATMAP_STRIDE)
         weights = pool_confidence(self.confidence_head(x), prob)

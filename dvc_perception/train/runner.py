@@ -62,6 +62,8 @@ class RunSpec:
         input_width: network input width px.
         input_height: network input height px.
         augment: augmentation of the training split (None = off).
+        crop: pose mode: train on (width, height) crops of the input, mostly around objects
+            (faster per sample; validation always uses the whole input). None: whole input.
         train: optimisation settings.
         pose_loss: pose-loss weights (pose mode).
         depth_loss: depth-loss weights (depth mode).
@@ -82,6 +84,7 @@ class RunSpec:
     input_width: int = 320
     input_height: int = 240
     augment: AugmentConfig | None = field(default_factory=AugmentConfig)
+    crop: tuple[int, int] | None = None
     train: TrainConfig = field(default_factory=TrainConfig)
     pose_loss: PoseLossConfig = field(default_factory=PoseLossConfig)
     depth_loss: DepthLossConfig = field(default_factory=DepthLossConfig)
@@ -191,7 +194,7 @@ def run_training(spec: RunSpec, *, provenance: Mapping[str, Any] | None = None) 
         model: torch.nn.Module = build_keypoint_net(spec, objects)
         task: Any = PoseTask(objects, spec.pose_loss)
         train_set: Any = PoseDataset(train_src, objects, spec.input_width, spec.input_height,
-                                     augment=spec.augment, seed=spec.train.seed)
+                                     augment=spec.augment, seed=spec.train.seed, crop=spec.crop)
         val_set: Any = PoseDataset(val_src, objects, spec.input_width, spec.input_height)
         extra = {"model_kind": "keypoint",
                  "model_config": dataclasses.asdict(model.config),  # type: ignore[arg-type]

@@ -74,4 +74,4 @@ def test_configs_reject_bad_values():
     with pytest.raises(ConfigError, match="depth range"):
         DepthNetConfig(min_depth_m=2.0, max_depth_m=1.0)
     with pytest.raises(ShapeError, match="image"):
-        KeypointNet(KeypointNetConfig())(torch.zeros(1, 3, 96, 128))
+        KeypointNet(KeypointNetConfig())(torch.zeros(1, 3, 100, 128))

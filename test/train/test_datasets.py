@@ -41,19 +41,22 @@ def test_letterboxed_keypoints_follow_the_intrinsics():
         assert s["image"][:, 97:, :].abs().max() == 0  # padding rows are black
 
 
-def test_augmented_keypoints_land_on_their_coloured_corner():
-    frames = toy_frames(6, width=128, height=96, seed=7)
+@pytest.mark.parametrize("crop", [None, (64, 48)])
+def test_augmented_keypoints_land_on_their_coloured_corner(crop):
+    frames = toy_frames(12, width=128, height=96, seed=7)
     ds = PoseDataset(ListFrameSource(frames), [toy_object()], 128, 96, augment=GEOMETRIC_ONLY,
-                     seed=3)
+                     seed=3, crop=crop)
     hits = total = 0
     for i in range(len(frames)):
         s = ds[i]
         img = s["image"].numpy().transpose(1, 2, 0)
+        assert img.shape[:2] == ((96, 128) if crop is None else (48, 64))
+        assert s["mask"].shape[-2:] == (img.shape[0] // 4, img.shape[1] // 4)
         for k in range(8):
             if not s["kp_visible"][0, k]:
                 continue
             u, v = (int(round(c)) for c in s["keypoints"][0, k].tolist())
-            if not (0 <= u < 128 and 0 <= v < 96):
+            if not (0 <= u < img.shape[1] and 0 <= v < img.shape[0]):
                 continue
             total += 1
             hits += np.abs(img[v, u] * 255 - _CORNER_COLOURS[k]).max() < 60

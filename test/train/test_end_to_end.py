@@ -33,7 +33,7 @@ def test_synth_train_evaluate_export_onnxruntime(tmp_path):
               "--threads", "1", "--no-progress"]
     pose_run, depth_run = tmp_path / "pose", tmp_path / "depth"
     assert main(["train", "pose", "--objects", "demo_object", "--out", str(pose_run),
-                 "--pose-warmup-epochs", "1", *common]) == 0
+                 "--pose-warmup-epochs", "1", "--crop", "64x48", *common]) == 0
     assert main(["train", "depth", "--out", str(depth_run), *common]) == 0
     rows = list(csv.DictReader((pose_run / "metrics.csv").open()))
     assert len(rows) == 2 and "val_add_recall" in rows[-1] and "train_pose_px" in rows[-1]
