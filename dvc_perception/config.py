@@ -110,7 +110,7 @@ class FiducialConfig:
         False, "charuco: boards made by OpenCV < 4.6 with an even row count (legacy layout)"
     )
     subpixel_window_px: int = _f(
-        5, "chessboard: half size of the cornerSubPix search window [px]; 0 disables",
+        5, "chessboard/charuco: half size of the cornerSubPix search window [px]; 0 disables",
         range=(0, 30),
     )
     min_keypoints: int = _f(

@@ -218,7 +218,11 @@ class FiducialSource:
         if self._board.checkCharucoCornersCollinear(ids):  # a line of corners: no pose
             return np.zeros((0, 2)), np.zeros((0, 3))
         idx = np.asarray(ids, dtype=np.int64).ravel()
-        return (
-            np.asarray(corners, dtype=np.float64).reshape(-1, 2),
-            self._charuco_corners_obj[idx],
-        )
+        corners = np.asarray(corners, dtype=np.float32).reshape(-1, 1, 2)
+        w = self.config.subpixel_window_px
+        if w > 0:
+            # OpenCV <= 4.12 returns ChArUco corners shifted by +0.5 px (opencv#25539, fixed by
+            # opencv#28380): cornerSubPix on the image converges to the saddle point from either
+            # start, so this is right with fixed and unfixed OpenCV alike.
+            corners = cv2.cornerSubPix(gray, corners, (w, w), (-1, -1), SUBPIX_CRITERIA)
+        return corners.reshape(-1, 2).astype(np.float64), self._charuco_corners_obj[idx]
