@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import platform
 import re
 import statistics
@@ -84,6 +85,7 @@ def main() -> None:
     )  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    load0 = os.getloadavg()[0]
     objects = {
         "demo_object": load_object(find_object_yaml("demo_object")),
         LARGEST_LMO: load_object(find_object_yaml(LARGEST_LMO)),
@@ -111,7 +113,11 @@ def main() -> None:
     text = (
         f"Command: `{command}`, torch {torch.__version__}, {torch.get_num_threads()} torch "
         f"threads, numpy {np.__version__}, {platform.machine()}, "
-        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.\n"
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load average before / after "
+        f"{load0:.1f} / {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (a shared machine: "
+        "wall-clock frames/s drop with the load; frames per CPU-second hardly do).\n"
+        'The hard renderer\'s default backend is numba where installed (`backend="auto"`), '
+        "else torch.\n"
         "Synthesis = `SceneSampler.sample`: one object + 0-3 distractors + textured back plane "
         "and 0-2 extra planes, full GT (keypoints, visibility, visible fraction via a second "
         "raster pass), camera effects (jitter, blur, noise, JPEG). Soft = `render(soft=True)` "
