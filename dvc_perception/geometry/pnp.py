@@ -1,0 +1,893 @@
+# Copyright 2026 dvc_perception authors. Licensed under the Apache License, Version 2.0.
+"""Batched, differentiable Perspective-n-Point (closed-form start, LM, implicit gradients).
+
+The solver minimises the weighted (optionally Huber-robust) reprojection cost
+
+    C(R, t) = 1/2 sum_i w_i rho(||pi(K (R X_i + t)) - x_i||^2)        [px^2]
+
+over rotations R and translations t, for a batch of problems at once (no Python loop over
+samples):
+
+1. A closed-form start: EPnP (Lepetit, Moreno-Noguer, Fua, IJCV 2009) with 4 control points on the
+   principal axes of the object points, or 3 control points for planar sets (chessboards, detected
+   from the principal variances) and for N < 6, where the 4-point kernel is not one-dimensional.
+   The kernel vector comes from a shifted inverse iteration (one batched 12x12 Cholesky), the scale
+   from the control-point distances and the rotation from a Newton polar decomposition. Planar
+   problems also start from the mirrored pose of the planar two-fold ambiguity; the better of the
+   two converged solutions is kept.
+2. Levenberg-Marquardt on SE(3) with analytic Jacobians of the pinhole projection under a left
+   perturbation ``R <- exp([dtheta]x) R, t <- t + dt`` (per-point weights, Huber kernel through
+   iteratively reweighted normal equations, which is exactly the Hessian-free part of the
+   robust cost's gradient).
+3. Backward by implicit differentiation (the BPnP idea, Chen et al., CVPR 2020): at the optimum
+   ``g(xi; theta) = dC/dxi = 0`` for the local perturbation ``xi = (dt, dtheta)``, so
+   ``dxi/dtheta = -H^-1 dg/dtheta`` with H the exact Hessian of C (Gauss-Newton term, second
+   derivatives of the projection and of the perturbation, and of the robust kernel), one batched
+   6x6 solve per sample. The differentiated condition is the gradient of exactly the cost the
+   forward minimises.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Union
+
+import torch
+from torch import Tensor
+
+from dvc_perception.errors import ConfigError, InputError, ShapeError
+from dvc_perception.geometry.so3 import matrix_to_rotvec, rotvec_to_matrix
+
+MIN_POINTS = 4
+# Relative principal standard deviation below which a point set is planar (3 control points).
+PLANAR_RATIO = 0.02
+# Newton steps (exact Hessian) once a Gauss-Newton step was below this size (rad, relative).
+NEWTON_STEP = 1e-2
+# Steps below this size (rad, relative) are accepted even if round-off raises the cost.
+TINY_STEP = 1e-9
+# Levenberg-Marquardt iterations per RANSAC hypothesis.
+HYPOTHESIS_ITERATIONS = 5
+# Below this many points the 4-control-point kernel is noisy: start from several poses.
+SMALL_N = 16
+# ... and below which it is collinear (or all points coincide): no unique pose.
+COLLINEAR_RATIO = 1e-5
+
+
+@dataclass(frozen=True)
+class HuberLoss:
+    """Huber kernel on the per-point reprojection distance.
+
+    ``rho(s) = s`` for ``sqrt(s) <= delta_px``, else ``2 delta_px sqrt(s) - delta_px^2``, where
+    ``s`` is the squared reprojection distance in px^2.
+
+    Attributes:
+        delta_px: threshold between the quadratic and the linear part, px.
+    """
+
+    delta_px: float
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.delta_px, (int, float)) and self.delta_px > 0
+                and math.isfinite(self.delta_px)):
+            raise ConfigError(f"HuberLoss.delta_px must be a finite number > 0, got "
+                              f"{self.delta_px!r}")
+
+
+RobustKernel = Union[HuberLoss, tuple[str, float], None]
+
+
+@dataclass(frozen=True)
+class PnPResult:
+    """Batched PnP solution. Poses are object-in-camera: ``X_cam = R @ X_obj + t``.
+
+    Attributes:
+        R: (B, 3, 3) rotation of the object in the camera frame.
+        t: (B, 3) translation of the object in the camera frame, m.
+        rvec: (B, 3) rotation vector of R, rad.
+        cost: (B,) final cost ``1/2 sum_i w_i rho(r_i^2)``, px^2 (not differentiable).
+        converged: (B,) bool, the last accepted Levenberg-Marquardt step was below ``tol``.
+        valid: (B,) bool, False for non-finite inputs, fewer than 4 points of positive weight,
+            collinear object points, a solution with a weighted point at depth <= 0, or a
+            singular normal matrix. Invalid samples have ``R = I``, ``t = 0``, ``cost = 0``,
+            ``covariance = 0`` and zero gradients.
+        covariance: (B, 6, 6) in ROS ``PoseWithCovariance`` order: translation x, y, z (m),
+            then small rotation angles about the camera x, y, z axes (rad), for the left
+            perturbation ``R = exp([dtheta]x) R_hat``, ``t = t_hat + dt``. Gauss-Newton
+            ``(J^T W J)^-1`` scaled by the residual variance ``sum_i w_i r_i^2 / (2 N - 6)``
+            (with the Huber weights folded into W). Not differentiable.
+    """
+
+    R: Tensor
+    t: Tensor
+    rvec: Tensor
+    cost: Tensor
+    converged: Tensor
+    valid: Tensor
+    covariance: Tensor
+
+
+# --------------------------------------------------------------------------------------------
+# Input handling
+
+
+def _huber_delta(robust: RobustKernel) -> float | None:
+    if robust is None:
+        return None
+    if isinstance(robust, HuberLoss):
+        return float(robust.delta_px)
+    if isinstance(robust, tuple) and len(robust) == 2 and robust[0] == "huber":
+        return HuberLoss(float(robust[1])).delta_px
+    raise ConfigError(f"robust must be None, HuberLoss(delta_px) or ('huber', delta_px), got "
+                      f"{robust!r}")
+
+
+def _default_tol(dtype: torch.dtype) -> float:
+    return 1e-10 if dtype == torch.float64 else 1e-5
+
+
+def _prepare(
+    x2d: Tensor, x3d: Tensor, K: Tensor, weights: Tensor | None, init: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
+    """Check shapes, add the batch dimension, cast to x2d's dtype. Returns batched tensors."""
+    for name, x in (("x2d", x2d), ("x3d", x3d), ("K", K)):
+        if not isinstance(x, Tensor):
+            raise InputError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+    if x2d.dtype not in (torch.float32, torch.float64):
+        raise InputError(f"x2d: expected float32 or float64, got {x2d.dtype}")
+    dtype, device = x2d.dtype, x2d.device
+    if x2d.dim() == 2:
+        x2d = x2d.unsqueeze(0)
+    if x2d.dim() != 3 or x2d.shape[-1] != 2:
+        raise ShapeError(f"x2d: expected shape (B,N,2) or (N,2), got {tuple(x2d.shape)}")
+    B, N = x2d.shape[0], x2d.shape[1]
+    if N < MIN_POINTS:
+        raise ShapeError(f"x2d: PnP needs at least {MIN_POINTS} points, got N={N} "
+                         f"(shape {tuple(x2d.shape)})")
+    for name, x in (("x3d", x3d), ("K", K), ("weights", weights), ("init", init)):
+        if x is not None and x.device != device:
+            raise InputError(f"{name} is on {x.device} but x2d is on {device}")
+    if x3d.dim() == 2:
+        x3d = x3d.unsqueeze(0)
+    if x3d.dim() != 3 or x3d.shape[-1] != 3 or x3d.shape[1] != N or x3d.shape[0] not in (1, B):
+        raise ShapeError(f"x3d: expected shape ({B},{N},3) or ({N},3), got {tuple(x3d.shape)}")
+    if K.dim() == 2:
+        K = K.unsqueeze(0)
+    if K.dim() != 3 or K.shape[-2:] != (3, 3) or K.shape[0] not in (1, B):
+        raise ShapeError(f"K: expected shape ({B},3,3) or (3,3), got {tuple(K.shape)}")
+    if weights is None:
+        weights = torch.ones(B, N, dtype=dtype, device=device)
+    else:
+        if weights.dim() == 1:
+            weights = weights.unsqueeze(0)
+        if weights.dim() != 2 or weights.shape[1] != N or weights.shape[0] not in (1, B):
+            raise ShapeError(f"weights: expected shape ({B},{N}) or ({N},), got "
+                             f"{tuple(weights.shape)}")
+    if init is not None:
+        if init.dim() == 1:
+            init = init.unsqueeze(0)
+        if init.dim() != 2 or init.shape[1] != 6 or init.shape[0] not in (1, B):
+            raise ShapeError(f"init: expected shape ({B},6) or (6,) rotvec|t, got "
+                             f"{tuple(init.shape)}")
+        init = init.detach().to(dtype).expand(B, 6)
+    x3d = x3d.to(dtype).expand(B, N, 3)
+    K = K.to(dtype).expand(B, 3, 3)
+    weights = weights.to(dtype).expand(B, N)
+    return x2d, x3d, K, weights, init
+
+
+def _dummy_problem(B: int, N: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, ...]:
+    """An exactly solvable, well-conditioned problem that replaces non-finite samples."""
+    i = torch.arange(N, dtype=dtype, device=device)
+    pts = torch.stack([0.1 * torch.cos(2.4 * i), 0.1 * torch.sin(2.4 * i),
+                       0.1 * torch.cos(1.3 * i + 0.5)], dim=-1)
+    K = torch.tensor([[500.0, 0.0, 320.0], [0.0, 500.0, 240.0], [0.0, 0.0, 1.0]], dtype=dtype,
+                     device=device)
+    cam = pts + torch.tensor([0.0, 0.0, 1.0], dtype=dtype, device=device)
+    uv = (cam @ K.T)[:, :2] / cam[:, 2:]
+    return uv.expand(B, N, 2), pts.expand(B, N, 3), K.expand(B, 3, 3)
+
+
+# --------------------------------------------------------------------------------------------
+# Residuals, normal equations and the exact Hessian (SoA layout: coordinates before points)
+
+
+def _residuals(
+    R: Tensor, t: Tensor, X: Tensor, obs: Tensor, K: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Returns q = R X (B,3,N), uv (B,2,N), r = uv - obs (B,2,N), z = (K P)_2 (B,1,N)."""
+    q = R @ X
+    KP = K @ (q + t[:, :, None])
+    z = KP[:, 2:3]  # z = 0 gives inf/NaN costs, which the LM rejects and `valid` reports
+    uv = KP[:, :2] / z
+    return q, uv, uv - obs, z
+
+
+def _robust_weights(
+    s: Tensor, w: Tensor, huber: float | None
+) -> tuple[Tensor, Tensor]:
+    """Returns (cost (B,), c = w rho'(s) (B,N))."""
+    if huber is None:
+        return 0.5 * (w * s).sum(-1), w
+    root = s.clamp(min=1e-300 if s.dtype == torch.float64 else 1e-30).sqrt()
+    outer = root > huber
+    rho = torch.where(outer, 2.0 * huber * root - huber * huber, s)
+    drho = torch.where(outer, huber / root, torch.ones_like(s))
+    return 0.5 * (w * rho).sum(-1), w * drho
+
+
+def _projection_jacobian(K: Tensor, uv: Tensor, z: Tensor, q: Tensor) -> tuple[Tensor, Tensor]:
+    """dr/dP (B,3,2,N) and the full Jacobian dr/dxi (B,6,2,N), xi = (dt, dtheta)."""
+    A = (K[:, :2, :].transpose(1, 2)[:, :, :, None]
+         - K[:, 2, :, None, None] * uv[:, None, :, :]) / z[:, None]
+    J_rot = torch.linalg.cross(q[:, :, None, :].expand_as(A), A, dim=1)
+    return A, torch.cat([A, J_rot], dim=1)
+
+
+def _second_order(
+    q: Tensor, A: Tensor, r: Tensor, z: Tensor, K: Tensor, c: Tensor, w: Tensor, s: Tensor,
+    huber: float | None,
+) -> tuple[Tensor, Tensor]:
+    """Second-order part of the exact Hessian (B,6,6) and alpha = dC_i/dxi / c_i (B,6,N).
+
+    With a = (dr/dP)^T r, alpha = [a; q x a], beta = [k3; q x k3] (k3 the last row of K), the
+    exact Hessian is sum_i c_i J_i^T J_i plus
+    S = sum_i -c_i (alpha beta^T + beta alpha^T) / z_i + [0 0; 0 c_i (sym(q a^T) - (a.q) I)]
+        + 2 w_i rho''(s_i) alpha alpha^T
+    (second derivatives of the projection, of the exponential map and of the robust kernel).
+    """
+    a = A[:, :, 0] * r[:, 0:1] + A[:, :, 1] * r[:, 1:2]  # (B,3,N)
+    alpha = torch.cat([a, torch.linalg.cross(q, a, dim=1)], dim=1)
+    k3 = K[:, 2, :, None].expand_as(q)
+    beta = torch.cat([k3, torch.linalg.cross(q, k3, dim=1)], dim=1)
+    X2 = (alpha * (c / z[:, 0])[:, None]) @ beta.transpose(1, 2)
+    Y = (q * c[:, None]) @ a.transpose(1, 2)
+    aq = (c * (a[:, 0] * q[:, 0] + a[:, 1] * q[:, 1] + a[:, 2] * q[:, 2])).sum(-1)
+    eye = torch.eye(3, dtype=q.dtype, device=q.device)
+    block = 0.5 * (Y + Y.transpose(1, 2)) - aq[:, None, None] * eye
+    S = torch.nn.functional.pad(block, (3, 0, 3, 0)) - X2 - X2.transpose(1, 2)
+    if huber is not None:
+        root = s.clamp(min=1e-300 if s.dtype == torch.float64 else 1e-30).sqrt()
+        d2 = torch.where(root > huber, -0.5 * huber / (root * s), torch.zeros_like(s))
+        S = S + (alpha * (2.0 * w * d2)[:, None]) @ alpha.transpose(1, 2)
+    return S, alpha
+
+
+def _normal_equations(
+    R: Tensor, t: Tensor, X: Tensor, obs: Tensor, K: Tensor, w: Tensor, huber: float | None,
+    second: bool = True,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Cost (B,), augmented Gauss-Newton matrix (B,7,7) and second-order part S (B,6,6).
+
+    The augmented matrix is [J r]^T C [J r]; S is computed only if ``second`` (else None).
+    """
+    B, N = X.shape[0], X.shape[2]
+    q, uv, r, z = _residuals(R, t, X, obs, K)
+    s = r[:, 0] * r[:, 0] + r[:, 1] * r[:, 1]
+    cost, c = _robust_weights(s, w, huber)
+    A, J = _projection_jacobian(K, uv, z, q)
+    Jr = torch.cat([J, r[:, None]], dim=1)
+    Jc = Jr * c[:, None, None, :]
+    S = _second_order(q, A, r, z, K, c, w, s, huber)[0] if second else None
+    return cost, Jc.reshape(B, 7, 2 * N) @ Jr.reshape(B, 7, 2 * N).transpose(1, 2), S
+
+
+def _stationarity(
+    R: Tensor, t: Tensor, X: Tensor, obs: Tensor, K: Tensor, w: Tensor, huber: float | None
+) -> tuple[Tensor, Tensor]:
+    """Gradient g = dC/dxi (B,6) (differentiable in the inputs) and exact Hessian (B,6,6)."""
+    B, N = X.shape[0], X.shape[2]
+    q, uv, r, z = _residuals(R, t, X, obs, K)
+    A, J = _projection_jacobian(K, uv, z, q)
+    s = r[:, 0] * r[:, 0] + r[:, 1] * r[:, 1]
+    _, c = _robust_weights(s, w, huber)
+    a = A[:, :, 0] * r[:, 0:1] + A[:, :, 1] * r[:, 1:2]
+    g = torch.cat([a, torch.linalg.cross(q, a, dim=1)], dim=1) @ c[:, :, None]
+    with torch.no_grad():
+        Jf = J.detach().reshape(B, 6, 2 * N)
+        cd = c.detach()
+        H = (Jf * cd.repeat(1, 2)[:, None]) @ Jf.transpose(1, 2)
+        S, _ = _second_order(q.detach(), A.detach(), r.detach(), z.detach(), K.detach(), cd,
+                             w.detach(), s.detach(), huber)
+    return g[..., 0], H + S
+
+
+def _damped_solve(H: Tensor, rhs: Tensor, rel_damping: float) -> tuple[Tensor, Tensor]:
+    """Solve H x = rhs (B,6) with Jacobi scaling and a small relative damping; ok mask (B,)."""
+    d = H.diagonal(dim1=1, dim2=2).abs().clamp(min=1e-300 if H.dtype == torch.float64
+                                                else 1e-30).rsqrt()
+    Hs = H * d[:, :, None] * d[:, None, :]
+    Hs = Hs + rel_damping * torch.eye(6, dtype=H.dtype, device=H.device)
+    x, info = torch.linalg.solve_ex(Hs, (rhs * d)[..., None])
+    x = x[..., 0] * d
+    ok = (info == 0) & torch.isfinite(x).all(-1)
+    return torch.where(ok[:, None], x, torch.zeros_like(x)), ok
+
+
+# --------------------------------------------------------------------------------------------
+# Closed-form start (EPnP)
+
+
+@dataclass(frozen=True)
+class _ObjectFrame:
+    centroid: Tensor  # (B,3)
+    axes: Tensor  # (B,3,3) principal axes as columns, largest variance first, det +1
+    sigma: Tensor  # (B,3) principal standard deviations, m
+    planar: Tensor  # (B,) bool, use 3 control points
+    degenerate: Tensor  # (B,) bool, collinear or coincident
+
+
+def _object_frame(X: Tensor, w: Tensor, n_pos: Tensor) -> _ObjectFrame:
+    """Weighted principal axes of the object points X (B,3,N), weights w (B,N)."""
+    wn = w / w.sum(-1, keepdim=True).clamp(min=1e-300)
+    c0 = (X * wn[:, None]).sum(-1)
+    Xc = X - c0[:, :, None]
+    cov = (Xc * wn[:, None]) @ Xc.transpose(1, 2)
+    lam, vec = torch.linalg.eigh(cov)
+    lam = lam.flip(-1).clamp(min=0.0)
+    vec = vec.flip(-1)
+    vec = torch.cat([vec[:, :, :2], vec[:, :, 2:] * torch.linalg.det(vec)[:, None, None]], -1)
+    sigma = lam.sqrt()
+    s1 = sigma[:, 0].clamp(min=1e-300)
+    degenerate = (sigma[:, 1] / s1 < COLLINEAR_RATIO) | (sigma[:, 0] <= 1e-12)
+    planar = (sigma[:, 2] / s1 < PLANAR_RATIO) | (n_pos < 6)
+    return _ObjectFrame(c0, vec, sigma, planar, degenerate)
+
+
+# Q_i = [[1,0,-x],[0,1,-y],[-x,-y,x^2+y^2]] = sum_f F_if T_f with F = (1, x, y, x^2 + y^2).
+_T = (
+    (1, 0, 0, 0, 1, 0, 0, 0, 0),
+    (0, 0, -1, 0, 0, 0, -1, 0, 0),
+    (0, 0, 0, 0, 0, -1, 0, -1, 0),
+    (0, 0, 0, 0, 0, 0, 0, 0, 1),
+)
+_PAIRS_I = (0, 0, 0, 1, 1, 2)
+_PAIRS_J = (1, 2, 3, 2, 3, 3)
+
+
+def _polar_rotation(D: Tensor, iterations: int = 5) -> Tensor:
+    """Nearest rotation to D (B,3,3) with det(D) > 0 by Newton's polar iteration."""
+    X = D / (D.norm(dim=(1, 2), keepdim=True) / math.sqrt(3.0)).clamp(min=1e-300)
+    for _ in range(iterations):
+        cof = torch.linalg.cross(X[:, :, [1, 2, 0]], X[:, :, [2, 0, 1]], dim=1)
+        det = (X[:, :, 0] * cof[:, :, 0]).sum(-1)
+        X = 0.5 * (X + cof / det[:, None, None])
+    return X
+
+
+def _epnp(X: Tensor, obs: Tensor, K: Tensor, w: Tensor, frame: _ObjectFrame, planar: Tensor
+          ) -> tuple[Tensor, Tensor]:
+    """EPnP start (float64): returns R (B,3,3), t (B,3).
+
+    ``planar`` (B,) selects 3 control points (the points are taken on their principal plane).
+    """
+    B, N = X.shape[0], X.shape[2]
+    dtype, device = X.dtype, X.device
+    fx, sk, cx, fy, cy = K[:, 0, 0:1], K[:, 0, 1:2], K[:, 0, 2:3], K[:, 1, 1:2], K[:, 1, 2:3]
+    yn = (obs[:, 1] - cy) / fy
+    xn = (obs[:, 0] - cx - sk * yn) / fx
+    coords = frame.axes.transpose(1, 2) @ (X - frame.centroid[:, :, None])  # (B,3,N)
+    alpha = coords / frame.sigma.clamp(min=1e-300)[:, :, None]
+    alpha = torch.cat([alpha[:, :2], alpha[:, 2:] * (~planar)[:, None, None]], dim=1)
+    alpha = torch.cat([1.0 - alpha.sum(1, keepdim=True), alpha], dim=1)  # (B,4,N)
+    outer = (alpha[:, :, None] * alpha[:, None]).reshape(B, 16, N)
+    F = torch.stack([w, w * xn, w * yn, w * (xn * xn + yn * yn)], dim=-1)  # (B,N,4)
+    T = torch.tensor(_T, dtype=dtype, device=device)
+    MtM = ((outer @ F) @ T).reshape(B, 4, 4, 3, 3).permute(0, 1, 3, 2, 4).reshape(B, 12, 12)
+    trace = MtM.diagonal(dim1=1, dim2=2).sum(-1)
+    eye12 = torch.eye(12, dtype=dtype, device=device)
+    lock = torch.zeros(12, dtype=dtype, device=device)
+    lock[9:] = 1.0
+    # Planar: the unused 4th control point is pinned to 0 by a stiff diagonal.
+    MtM = MtM + (planar.to(dtype) * trace)[:, None, None] * torch.diag(lock)
+    MtM = MtM + (1e-12 * trace)[:, None, None] * eye12
+    L, _ = torch.linalg.cholesky_ex(MtM)
+    v = torch.zeros(B, 12, 1, dtype=dtype, device=device)
+    v[:, 2::3] = 1.0
+    v[:, 11] = v[:, 11] * (~planar)[:, None]
+    for _ in range(4):
+        v = torch.cholesky_solve(v, L)
+        v = v / v.norm(dim=1, keepdim=True).clamp(min=1e-300)
+    ctrl = v.reshape(B, 4, 3)
+    # Object control points: centroid and centroid + sigma_j * axis_j.
+    ctrl_obj = torch.cat([frame.centroid[:, None],
+                          frame.centroid[:, None]
+                          + (frame.axes * frame.sigma[:, None]).transpose(1, 2)], dim=1)
+    pi, pj = list(_PAIRS_I), list(_PAIRS_J)
+    dv = (ctrl[:, pi] - ctrl[:, pj]).norm(dim=-1)
+    do = (ctrl_obj[:, pi] - ctrl_obj[:, pj]).norm(dim=-1)
+    mask = torch.ones(B, 6, dtype=dtype, device=device)
+    mask[:, 2:] = torch.where(planar[:, None], torch.tensor([0.0, 1.0, 0.0, 0.0], dtype=dtype,
+                                                             device=device), mask[:, 2:])
+    beta = (mask * dv * do).sum(-1) / (mask * dv * dv).sum(-1).clamp(min=1e-300)
+    depth = (alpha * ctrl[:, :, 2:3]).sum(1)  # (B,N) up to the scale beta
+    beta = torch.where((w * depth).sum(-1) < 0, -beta, beta)
+    ctrl = ctrl * beta[:, None, None]
+    d = (ctrl[:, 1:] - ctrl[:, :1]) / frame.sigma.clamp(min=1e-300)[:, :, None]  # (B,3,3) rows
+    D = d.transpose(1, 2)  # columns d1, d2, d3
+    d12 = torch.linalg.cross(D[:, :, 0], D[:, :, 1], dim=-1)
+    det = (d12 * D[:, :, 2]).sum(-1)
+    use_cross = planar | (det <= 0)
+    d3 = d12 / d12.norm(dim=-1, keepdim=True).clamp(min=1e-300) * (
+        D[:, :, 0].norm(dim=-1) * D[:, :, 1].norm(dim=-1)).sqrt()[:, None]
+    D = torch.cat([D[:, :, :2], torch.where(use_cross[:, None], d3, D[:, :, 2])[:, :, None]], -1)
+    R = _polar_rotation(D) @ frame.axes.transpose(1, 2)
+    t = ctrl[:, 0] - (R @ frame.centroid[:, :, None])[..., 0]
+    return R, t
+
+
+def _mirror_start(R: Tensor, t: Tensor, frame: _ObjectFrame) -> tuple[Tensor, Tensor]:
+    """The other pose of the planar ambiguity: plane normal mirrored about the line of sight."""
+    n = R @ frame.axes[:, :, 2:3]
+    c = (R @ frame.centroid[:, :, None]) + t[:, :, None]
+    v = c / c.norm(dim=1, keepdim=True).clamp(min=1e-300)
+    n2 = 2.0 * (n * v).sum(1, keepdim=True) * v - n
+    axis = torch.linalg.cross(n, n2, dim=1)[..., 0]
+    sin = axis.norm(dim=-1)
+    cos = (n * n2).sum(1)[..., 0]
+    angle = torch.atan2(sin, cos)
+    rot = rotvec_to_matrix(axis * (angle / sin.clamp(min=1e-12))[:, None])
+    R2 = rot @ R
+    t2 = c[..., 0] - (R2 @ frame.centroid[:, :, None])[..., 0]
+    return R2, t2
+
+
+# --------------------------------------------------------------------------------------------
+# Levenberg-Marquardt
+
+
+def _exp_so3(omega: Tensor) -> Tensor:
+    """Rodrigues for LM steps (B,3) -> (B,3,3), with fewer ops than rotvec_to_matrix.
+
+    Exact for any angle; theta is floored at 1e-150 (float64) or 1e-18 (float32).
+    """
+    floor = 1e-300 if omega.dtype == torch.float64 else 1e-36
+    theta = ((omega * omega).sum(-1, keepdim=True) + floor).sqrt()
+    a = torch.sin(theta) / theta
+    b = torch.sin(0.5 * theta) / theta
+    k = _skew(omega)
+    eye = torch.eye(3, dtype=omega.dtype, device=omega.device)
+    return eye + a[:, :, None] * k + (2.0 * b * b)[:, :, None] * (k @ k)
+
+
+def _skew(v: Tensor) -> Tensor:
+    x, y, z = v[:, 0], v[:, 1], v[:, 2]
+    o = torch.zeros_like(x)
+    return torch.stack([o, -z, y, z, o, -x, -y, x, o], dim=-1).view(-1, 3, 3)
+
+
+def _levenberg_marquardt(
+    R: Tensor, t: Tensor, X: Tensor, obs: Tensor, K: Tensor, w: Tensor,
+    huber: float | None, max_iterations: int, tol: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Returns R, t, cost, the augmented Gauss-Newton matrix at (R, t), converged.
+
+    Gauss-Newton steps while they converge fast; where Gauss-Newton converges slowly (planar
+    sets, large residuals: successive steps shrink by less than 20x), Newton steps on the exact
+    Hessian, Marquardt-damped with the Gauss-Newton diagonal, restore quadratic convergence.
+    The state of each sample (R, t, cost, normal matrices) moves only on accepted steps.
+    """
+    B = X.shape[0]
+    dtype, device = X.dtype, X.device
+    cost, Hg, S = _normal_equations(R, t, X, obs, K, w, huber, second=False)
+    lam = torch.full((B,), 1e-4, dtype=dtype, device=device)
+    converged = torch.zeros(B, dtype=torch.bool, device=device)
+    newton = torch.zeros(B, dtype=torch.bool, device=device)
+    prev_size = torch.full((B,), math.inf, dtype=dtype, device=device)
+    tiny = 1e-30 if dtype == torch.float64 else 1e-20
+    slack = 256.0 * torch.finfo(dtype).eps
+    # Step size: |dtheta| in rad, |dt| relative to the starting distance.
+    scale = torch.cat([(1.0 / t.detach().norm(dim=-1, keepdim=True).clamp(min=1e-9)).expand(B, 3),
+                       torch.ones(B, 3, dtype=dtype, device=device)], dim=-1)
+    use_newton = False
+    for _ in range(max_iterations):
+        H, g = Hg[:, :6, :6], Hg[:, :6, 6:]
+        A = H + torch.diag_embed(lam[:, None] * H.diagonal(dim1=1, dim2=2) + tiny)
+        if use_newton:
+            A = A + S * newton[:, None, None]
+        step, _ = torch.linalg.solve_ex(A, -g)
+        step = step[..., 0]
+        R_new = _exp_so3(step[:, 3:]) @ R
+        t_new = t + step[:, :3]
+        cost_new, Hg_new, S_new = _normal_equations(R_new, t_new, X, obs, K, w, huber,
+                                                    second=use_newton)
+        # Near the optimum a correct step changes the cost by less than the cost's rounding
+        # error; rejecting it would stall the convergence test. Hence the slack, and tiny steps
+        # (where the local model is exact to round-off) are always taken.
+        size = (step.detach().abs() * scale).amax(-1)
+        accept = (cost_new <= cost + slack * cost.abs()) | (size < TINY_STEP)
+        keep = accept[:, None]
+        state = torch.where(keep, torch.cat([R_new.reshape(B, 9), t_new, cost_new[:, None],
+                                             Hg_new.reshape(B, 49)], dim=-1),
+                            torch.cat([R.reshape(B, 9), t, cost[:, None], Hg.reshape(B, 49)], -1))
+        R, t, cost, Hg = (state[:, :9].reshape(B, 3, 3), state[:, 9:12], state[:, 12],
+                          state[:, 13:].reshape(B, 7, 7))
+        if use_newton:
+            S = torch.where(accept[:, None, None], S_new, S)
+        with torch.no_grad():
+            # A tiny, lightly damped step means the point it starts from is stationary to tol.
+            converged = converged | ((size <= tol) & (lam <= 1.0))
+            slow = accept & (size < NEWTON_STEP) & (size > 0.05 * prev_size)
+            prev_size = torch.where(accept, size, prev_size)
+        lam = (lam * torch.where(accept, 0.1, 10.0)).clamp(1e-12, 1e12)
+        if bool(converged.all()):
+            break
+        if not use_newton and bool(slow.any()):
+            use_newton = True
+            newton = slow
+            S = _normal_equations(R, t, X, obs, K, w, huber, second=True)[2]
+        elif use_newton:
+            newton = newton | slow
+    return R, t, cost, Hg, converged
+
+
+# --------------------------------------------------------------------------------------------
+# Implicit backward
+
+
+class _ImplicitPnP(torch.autograd.Function):
+    """Returns a zero local perturbation xi = (dt, dtheta) (B,6) whose gradient is implicit."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, x2d: Tensor, x3d: Tensor, K: Tensor, w: Tensor, R: Tensor, t: Tensor,
+        valid: Tensor, huber: float | None,
+    ) -> Tensor:
+        ctx.save_for_backward(x2d, x3d, K, w, R, t, valid)
+        ctx.huber = huber
+        return x2d.new_zeros(x2d.shape[0], 6)
+
+    @staticmethod
+    def backward(ctx: Any, grad_xi: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        x2d, x3d, K, w, R, t, valid = ctx.saved_tensors
+        need = ctx.needs_input_grad[:4]
+        with torch.enable_grad():
+            inputs = [x.detach().requires_grad_(n) for x, n in zip((x2d, x3d, K, w), need)]
+            x2d_, x3d_, K_, w_ = inputs
+            g, H = _stationarity(R.detach(), t.detach(), x3d_.transpose(1, 2),
+                                 x2d_.transpose(1, 2), K_, w_, ctx.huber)
+            damping = 1e-12 if H.dtype == torch.float64 else 1e-6
+            u, ok = _damped_solve(H, grad_xi, damping)
+            u = torch.where((ok & valid)[:, None], u, torch.zeros_like(u))
+            wanted = [x for x, n in zip(inputs, need) if n]
+            grads = torch.autograd.grad(g, wanted, grad_outputs=-u, allow_unused=True)
+        out: list[Tensor | None] = []
+        it = iter(grads)
+        for x, n in zip(inputs, need):
+            if n:
+                gx = next(it)
+                out.append(torch.zeros_like(x) if gx is None else gx)
+            else:
+                out.append(None)
+        return (*out, None, None, None, None)
+
+
+# --------------------------------------------------------------------------------------------
+# Public API
+
+
+def solve_pnp(
+    x2d: Tensor,
+    x3d: Tensor,
+    K: Tensor,
+    weights: Tensor | None = None,
+    *,
+    init: Tensor | None = None,
+    max_iterations: int = 20,
+    tol: float | None = None,
+    robust: RobustKernel = None,
+    backward: str = "implicit",
+) -> PnPResult:
+    """Solve a batch of PnP problems; differentiable w.r.t. x2d, x3d, K and weights.
+
+    Args:
+        x2d: (B, N, 2) or (N, 2) undistorted keypoints, px (u right, v down, (0, 0) the centre
+            of the top-left pixel). Its dtype (float32 or float64) and device are used
+            throughout; the other inputs are cast to its dtype.
+        x3d: (B, N, 3) or (N, 3) object points, m, object frame.
+        K: (B, 3, 3) or (3, 3) pinhole intrinsics, px.
+        weights: (B, N) or (N,) non-negative per-point weights (default ones); zero drops a
+            point.
+        init: (B, 6) or (6,) starting pose ``rotvec (rad) | t (m)``; None: closed-form EPnP.
+        max_iterations: Levenberg-Marquardt iterations at most (>= 1).
+        tol: convergence threshold on the step, ``max(|dtheta|_inf, |dt|_inf / |t|)``; None:
+            1e-10 for float64, 1e-5 for float32.
+        robust: None (least squares), ``HuberLoss(delta_px)`` or ``("huber", delta_px)``.
+        backward: ``"implicit"`` (implicit function theorem at the optimum) or ``"unrolled"``
+            (autograd through the iterations; a reference for tests, slower).
+
+    Returns:
+        PnPResult with batched fields (B = 1 for unbatched inputs).
+
+    Raises:
+        ShapeError: wrong shapes or fewer than 4 points.
+        InputError: inputs not tensors, not floating point, or on different devices.
+        ConfigError: bad max_iterations, tol, robust or backward.
+    """
+    return _solve_pnp(x2d, x3d, K, weights, init, max_iterations, tol, robust, backward, True)
+
+
+def _solve_pnp(
+    x2d: Tensor, x3d: Tensor, K: Tensor, weights: Tensor | None, init: Tensor | None,
+    max_iterations: int, tol: float | None, robust: RobustKernel, backward: str,
+    multi_start: bool,
+) -> PnPResult:
+    """solve_pnp; ``multi_start=False`` skips the extra starts for N < SMALL_N (RANSAC)."""
+    if backward not in ("implicit", "unrolled"):
+        raise ConfigError(f"backward must be 'implicit' or 'unrolled', got {backward!r}")
+    if not isinstance(max_iterations, int) or max_iterations < 1:
+        raise ConfigError(f"max_iterations must be an int >= 1, got {max_iterations!r}")
+    if tol is not None and not tol > 0:
+        raise ConfigError(f"tol must be > 0, got {tol!r}")
+    huber = _huber_delta(robust)
+    x2d, x3d, K, w, init = _prepare(x2d, x3d, K, weights, init)
+    B, N = x2d.shape[0], x2d.shape[1]
+    dtype, device = x2d.dtype, x2d.device
+    tol_ = _default_tol(dtype) if tol is None else float(tol)
+    unrolled = backward == "unrolled" and torch.is_grad_enabled()
+
+    with torch.no_grad():
+        finite = (torch.isfinite(x2d).all(-1).all(-1) & torch.isfinite(x3d).all(-1).all(-1)
+                  & torch.isfinite(K).all(-1).all(-1) & torch.isfinite(w).all(-1)
+                  & (w >= 0).all(-1))
+        if init is not None:
+            finite = finite & torch.isfinite(init).all(-1)
+        n_pos = (w > 0).sum(-1)
+        ok_in = finite & (n_pos >= MIN_POINTS)
+        # Collinear or coincident object points: no unique pose (checked on finite samples).
+        w_chk = torch.where(ok_in[:, None], w, torch.ones_like(w)).detach().to(torch.float64)
+        x_chk = torch.where(ok_in[:, None, None], x3d, 0.0).detach().to(torch.float64)
+        degenerate = _object_frame(x_chk.transpose(1, 2), w_chk, n_pos).degenerate
+        ok_in = ok_in & ~degenerate
+    if bool(ok_in.all()):
+        x2d_s, x3d_s, K_s, w_s = x2d, x3d, K, w
+    else:  # replace bad samples by a benign problem so that no NaN reaches any computation
+        du, dx, dK = _dummy_problem(B, N, dtype, device)
+        bad = ~ok_in
+        x2d_s = torch.where(bad[:, None, None], du, x2d)
+        x3d_s = torch.where(bad[:, None, None], dx, x3d)
+        K_s = torch.where(bad[:, None, None], dK, K)
+        w_s = torch.where(bad[:, None], torch.ones_like(w), w)
+        if init is not None:
+            init = torch.where(bad[:, None], torch.tensor([0, 0, 0, 0, 0, 1.0], dtype=dtype,
+                                                          device=device), init)
+    X = x3d_s.transpose(1, 2)
+    obs = x2d_s.transpose(1, 2)
+
+    with torch.no_grad():
+        f64 = torch.float64
+        X64, w64 = X.detach().to(f64), w_s.detach().to(f64)
+        frame = _object_frame(X64, w64, torch.where(ok_in, n_pos, torch.full_like(n_pos, N)))
+        if init is None:
+            obs64, K64 = obs.detach().to(f64), K_s.detach().to(f64)
+            R0, t0 = _epnp(X64, obs64, K64, w64, frame, frame.planar)
+            starts = [(R0, t0)]
+            if N < SMALL_N and multi_start:
+                # Few points: the EPnP kernel is noisy; also start from the planar approximation
+                # and from the mirrored poses, keep the best converged solution.
+                all_planar = torch.ones_like(frame.planar)
+                R1, t1 = _epnp(X64, obs64, K64, w64, frame, all_planar)
+                starts += [(R1, t1), _mirror_start(R0, t0, frame), _mirror_start(R1, t1, frame)]
+            elif bool(frame.planar.any()):
+                R1, t1 = _mirror_start(R0, t0, frame)
+                starts.append((torch.where(frame.planar[:, None, None], R1, R0),
+                               torch.where(frame.planar[:, None], t1, t0)))
+            n_starts = len(starts)
+            R0 = torch.cat([r for r, _ in starts]).to(dtype)
+            t0 = torch.cat([t for _, t in starts]).to(dtype)
+        else:
+            n_starts = 1
+            R0, t0 = rotvec_to_matrix(init[:, :3]), init[:, 3:]
+
+    def rep(x: Tensor) -> Tensor:
+        return x.repeat(n_starts, *([1] * (x.dim() - 1))) if n_starts > 1 else x
+
+    with torch.set_grad_enabled(unrolled):
+        R, t, cost, Hg, converged = _levenberg_marquardt(
+            R0, t0, rep(X), rep(obs), rep(K_s), rep(w_s), huber, max_iterations, tol_)
+        if n_starts > 1:
+            best = torch.where(torch.isfinite(cost), cost, torch.full_like(cost, math.inf))
+            best = best.view(n_starts, B).argmin(0)
+            idx = best * B + torch.arange(B, device=device)
+            R, t, Hg, cost, converged = R[idx], t[idx], Hg[idx], cost[idx], converged[idx]
+
+    with torch.no_grad():
+        Rd, td = R.detach(), t.detach()
+        depth = (Rd[:, 2:3] @ X.detach())[:, 0] + td[:, 2:3]
+        in_front = ((depth > 0) | (w_s <= 0)).all(-1)
+        H = Hg[:, :6, :6].detach()
+        d = H.diagonal(dim1=1, dim2=2).clamp(min=1e-300 if dtype == torch.float64 else 1e-30)
+        d = d.rsqrt()
+        L, info = torch.linalg.cholesky_ex(H * d[:, :, None] * d[:, None, :])
+        cov = torch.cholesky_inverse(L) * d[:, :, None] * d[:, None, :]
+        n_eff = n_pos.to(dtype)
+        sigma2 = Hg[:, 6, 6].detach() / (2.0 * n_eff - 6.0).clamp(min=1.0)
+        cov = cov * sigma2[:, None, None]
+        valid = (ok_in & in_front & (info == 0)
+                 & torch.isfinite(cov).all(-1).all(-1) & torch.isfinite(cost.detach())
+                 & torch.isfinite(Rd).all(-1).all(-1) & torch.isfinite(td).all(-1))
+
+    needs_grad = torch.is_grad_enabled() and any(
+        x.requires_grad for x in (x2d, x3d, K, w))
+    if needs_grad and not unrolled:
+        xi = _ImplicitPnP.apply(x2d_s, x3d_s, K_s, w_s, Rd, td, valid, huber)
+        R = rotvec_to_matrix(xi[:, 3:]) @ Rd
+        t = td + xi[:, :3]
+    elif not unrolled:
+        R, t = Rd, td
+    eye = torch.eye(3, dtype=dtype, device=device).expand(B, 3, 3)
+    R = torch.where(valid[:, None, None], R, eye)
+    t = torch.where(valid[:, None], t, torch.zeros_like(t))
+    rvec = matrix_to_rotvec(R)
+    zero = torch.zeros((), dtype=dtype, device=device)
+    return PnPResult(
+        R=R,
+        t=t,
+        rvec=rvec,
+        cost=torch.where(valid, cost.detach(), zero),
+        converged=converged & valid,
+        valid=valid,
+        covariance=torch.where(valid[:, None, None], cov, zero),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# RANSAC
+
+
+@dataclass(frozen=True)
+class PnPRansacResult:
+    """Batched RANSAC PnP solution: the fields of PnPResult plus the inlier sets.
+
+    Attributes:
+        R: (B, 3, 3) rotation of the object in the camera frame.
+        t: (B, 3) translation, m.
+        rvec: (B, 3) rotation vector, rad.
+        cost: (B,) final cost over the inliers, px^2.
+        converged: (B,) bool.
+        valid: (B,) bool; also False when fewer than ``min_inliers`` inliers were found.
+        covariance: (B, 6, 6), ROS order (see PnPResult).
+        inliers: (B, N) bool, reprojection error below ``threshold_px`` at the final pose.
+        n_inliers: (B,) int64 number of inliers.
+    """
+
+    R: Tensor
+    t: Tensor
+    rvec: Tensor
+    cost: Tensor
+    converged: Tensor
+    valid: Tensor
+    covariance: Tensor
+    inliers: Tensor
+    n_inliers: Tensor
+
+
+def _fields(r: PnPResult) -> tuple[Tensor, ...]:
+    return (r.R, r.t, r.rvec, r.cost, r.converged, r.valid, r.covariance)
+
+
+def _reprojection_error(R: Tensor, t: Tensor, x3d: Tensor, x2d: Tensor, K: Tensor
+                        ) -> tuple[Tensor, Tensor]:
+    """Errors (..., N) px and depths (..., N) m for poses R (...,3,3), t (...,3)."""
+    P = x3d @ R.transpose(-1, -2) + t[..., None, :]
+    uvw = P @ K.transpose(-1, -2)
+    z = uvw[..., 2]
+    uv = uvw[..., :2] / torch.where(z.abs() < 1e-12, torch.full_like(z, 1e-12), z)[..., None]
+    return (uv - x2d).norm(dim=-1), P[..., 2]
+
+
+def solve_pnp_ransac(
+    x2d: Tensor,
+    x3d: Tensor,
+    K: Tensor,
+    weights: Tensor | None = None,
+    *,
+    threshold_px: float = 4.0,
+    num_hypotheses: int = 256,
+    sample_size: int = 5,
+    min_inliers: int = 4,
+    seed: int = 0,
+    max_iterations: int = 20,
+    tol: float | None = None,
+    robust: RobustKernel = None,
+    backward: str = "implicit",
+) -> PnPRansacResult:
+    """PnP with outliers: batched RANSAC (MSAC scoring), then refinement on the inliers.
+
+    All ``B x num_hypotheses`` minimal sets are solved in one batched ``solve_pnp`` call; each
+    hypothesis is scored on every point with the truncated squared error (MSAC), the best one
+    per sample seeds a Levenberg-Marquardt refinement on its inliers, whose inliers are then
+    recomputed and refined once more. The final refinement is differentiable like
+    ``solve_pnp`` (the inlier mask is held constant).
+
+    Args:
+        x2d: (B, N, 2) or (N, 2) undistorted keypoints, px.
+        x3d: (B, N, 3) or (N, 3) object points, m.
+        K: (B, 3, 3) or (3, 3) intrinsics, px.
+        weights: (B, N) or (N,) non-negative weights; points of weight 0 are never sampled
+            and never inliers.
+        threshold_px: inlier threshold on the reprojection error, px.
+        num_hypotheses: hypotheses per sample.
+        sample_size: points per hypothesis (>= 4). 5 keeps the chance of an outlier-free set
+            at 50 % outliers near 3 % per hypothesis while its closed-form start stays good.
+        min_inliers: fewer inliers than this make the sample invalid.
+        seed: random seed of the hypothesis sampling (a CPU generator; reproducible).
+        max_iterations: Levenberg-Marquardt iterations of the final refinement.
+        tol: convergence threshold (see ``solve_pnp``).
+        robust: robust kernel of the refinement (see ``solve_pnp``).
+        backward: ``"implicit"`` or ``"unrolled"`` (see ``solve_pnp``).
+
+    Returns:
+        PnPRansacResult.
+
+    Raises:
+        ShapeError, InputError, ConfigError: as ``solve_pnp``, or bad RANSAC settings.
+    """
+    if not threshold_px > 0:
+        raise ConfigError(f"threshold_px must be > 0, got {threshold_px!r}")
+    if num_hypotheses < 1 or sample_size < MIN_POINTS or min_inliers < MIN_POINTS:
+        raise ConfigError(f"need num_hypotheses >= 1, sample_size >= {MIN_POINTS}, min_inliers "
+                          f">= {MIN_POINTS}; got {num_hypotheses}, {sample_size}, {min_inliers}")
+    x2d, x3d, K, w, _ = _prepare(x2d, x3d, K, weights, None)
+    B, N = x2d.shape[0], x2d.shape[1]
+    dtype, device = x2d.dtype, x2d.device
+    H, m = num_hypotheses, min(sample_size, N)
+    with torch.no_grad():
+        x2d_d, x3d_d, K_d, w_d = x2d.detach(), x3d.detach(), K.detach(), w.detach()
+        usable = (w_d > 0) & torch.isfinite(x2d_d).all(-1) & torch.isfinite(x3d_d).all(-1)
+        gen = torch.Generator().manual_seed(seed)
+        keys = torch.rand(B, H, N, generator=gen, dtype=torch.float32).to(device)
+        keys = torch.where(usable[:, None], keys, torch.full_like(keys, 2.0))
+        idx = keys.topk(m, dim=-1, largest=False).indices  # (B,H,m)
+        b_idx = torch.arange(B, device=device)[:, None, None]
+        hyp = _solve_pnp(x2d_d[b_idx, idx].reshape(B * H, m, 2),
+                         x3d_d[b_idx, idx].reshape(B * H, m, 3),
+                         K_d[:, None].expand(B, H, 3, 3).reshape(B * H, 3, 3), None, None,
+                         HYPOTHESIS_ITERATIONS, None, None, "implicit", False)
+        Rh, th = hyp.R.view(B, H, 3, 3), hyp.t.view(B, H, 3)
+        err, depth = _reprojection_error(Rh, th, x3d_d[:, None], x2d_d[:, None], K_d[:, None])
+        ok = usable[:, None] & (depth > 0) & torch.isfinite(err)
+        trunc = torch.where(ok, err.clamp(max=threshold_px) ** 2,
+                            torch.full_like(err, threshold_px ** 2))
+        score = (trunc * w_d[:, None]).sum(-1) + torch.where(
+            hyp.valid.view(B, H), 0.0, math.inf)
+        best = score.argmin(-1)
+        ar = torch.arange(B, device=device)
+        inliers = ok[ar, best] & (err[ar, best] < threshold_px)
+        init = torch.cat([hyp.rvec.view(B, H, 3)[ar, best], th[ar, best]], dim=-1)
+        # Local optimisation: refine on the inliers from the hypothesis and from a fresh
+        # closed-form start (which also tries the mirrored planar pose), keep the better one,
+        # recompute the inliers, refine again below.
+        w_in = w_d * inliers
+        ref = solve_pnp(x2d_d, x3d_d, K_d, w_in, init=init, max_iterations=max_iterations,
+                        tol=tol, robust=robust)
+        ref2 = solve_pnp(x2d_d, x3d_d, K_d, w_in, max_iterations=max_iterations, tol=tol,
+                         robust=robust)
+        second = ref2.valid & (~ref.valid | (ref2.cost < ref.cost))
+        ref = PnPResult(*(torch.where(second.view(-1, *([1] * (a.dim() - 1))), b, a)
+                          for a, b in zip(_fields(ref), _fields(ref2))))
+        err, depth = _reprojection_error(ref.R, ref.t, x3d_d, x2d_d, K_d)
+        better = usable & (depth > 0) & (err < threshold_px)
+        use_ref = ref.valid & (better.sum(-1) >= inliers.sum(-1))
+        inliers = torch.where(use_ref[:, None], better, inliers)
+        init = torch.where(use_ref[:, None], torch.cat([ref.rvec, ref.t], -1), init)
+    res = solve_pnp(x2d, x3d, K, w * inliers.to(dtype), init=init,
+                    max_iterations=max_iterations, tol=tol, robust=robust, backward=backward)
+    with torch.no_grad():
+        err, depth = _reprojection_error(res.R.detach(), res.t.detach(), x3d_d, x2d_d, K_d)
+        final = usable & (depth > 0) & (err < threshold_px) & res.valid[:, None]
+        n_inliers = final.sum(-1)
+        valid = res.valid & (n_inliers >= min_inliers)
+    zero = torch.zeros((), dtype=dtype, device=device)
+    eye = torch.eye(3, dtype=dtype, device=device)
+    return PnPRansacResult(
+        R=torch.where(valid[:, None, None], res.R, eye),
+        t=torch.where(valid[:, None], res.t, zero),
+        rvec=torch.where(valid[:, None], res.rvec, zero),
+        cost=torch.where(valid, res.cost, zero),
+        converged=res.converged & valid,
+        valid=valid,
+        covariance=torch.where(valid[:, None, None], res.covariance, zero),
+        inliers=final & valid[:, None],
+        n_inliers=torch.where(valid, n_inliers, torch.zeros_like(n_inliers)),
+    )
