@@ -102,3 +102,21 @@ def test_bad_descriptions(tmp_path: Path) -> None:
     with pytest.raises(MeshError, match="not found"):
         load_object(write("id: a\nmesh: ${DVC_SHARED_DATA}/x.ply\nunit: mm\n"),
                     data_root=tmp_path)  # fmt: skip
+
+
+def test_continuous_symmetry_and_data_root(tmp_path: Path) -> None:
+    for name in ("demo_object.obj", "demo_object.mtl", "demo_object.png"):
+        shutil.copy(REPO / "config" / "objects" / name, tmp_path / name)
+    path = tmp_path / "sym.yaml"
+    path.write_text(
+        "id: sym_obj\nmesh: ${DVC_SHARED_DATA}/demo_object.obj\nunit: m\ndiameter: 0.1\n"
+        "symmetries:\n  discrete: []\n  continuous:\n"
+        "    - {axis: [0, 0, 1], offset: [0, 0, 0.01]}\n"
+    )
+    obj = load_object(path, data_root=tmp_path)
+    assert obj.mesh_path == tmp_path / "demo_object.obj"
+    assert obj.symmetries_continuous[0].axis == (0.0, 0.0, 1.0)
+    assert obj.symmetries_continuous[0].offset == (0.0, 0.0, 0.01)
+    path.write_text("id: s\nmesh: demo_object.obj\nunit: m\nsymmetries:\n  continuous: [{}]\n")
+    with pytest.raises(ConfigError, match="malformed symmetries"):
+        load_object(path)

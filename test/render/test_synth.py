@@ -145,3 +145,13 @@ def test_synth_command_writes_shards(tmp_path: Path) -> None:
     assert reader[0].K[0, 0] == pytest.approx(572.4114 / 4)
     assert reader[0].K[0, 2] == pytest.approx((325.2611 + 0.5) / 4 - 0.5)
     assert cli_main(["synth", "--frames", "1"]) == 2  # neither --out nor --bag
+
+
+def test_load_shards_rejects_other_directories(tmp_path: Path) -> None:
+    from dvc_perception.errors import InputError
+
+    with pytest.raises(InputError, match="no index.json"):
+        load_shards(tmp_path)
+    (tmp_path / "index.json").write_text('{"format": "something_else"}')
+    with pytest.raises(InputError, match="expected format"):
+        load_shards(tmp_path)
