@@ -149,3 +149,36 @@ def test_subgraphs_are_checked():
     report = check_tensorrt_support(m, "10")
     assert [p.op_type for p in report.problems] == ["Unique"]
     assert isinstance(m, onnx.ModelProto)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["keypoint", "depth"])
+def test_the_networks_architectures_are_supported_fp32_and_int8(kind, tmp_path, calib_dir):
+    """The real architectures (untrained, small input) before any shipped model exists."""
+    factory = pytest.importorskip("dvc_perception.models.factory")
+    import torch
+
+    from dvc_perception.engines.calibrate import load_calibration_frames
+    from dvc_perception.engines.export import export_onnx
+    from dvc_perception.engines.quantize import quantize_onnx
+
+    from .conftest import make_metadata
+
+    size = {"input_width": 128, "input_height": 96}
+    if kind == "keypoint":
+        module, fac = factory.keypoint_export_module(**size), factory.KEYPOINT_FACTORY
+    else:
+        module, fac = factory.depth_export_module(**size), factory.DEPTH_FACTORY
+    module.eval()
+    with torch.no_grad():
+        n_out = len(module(torch.zeros(1, 3, 96, 128))) if kind == "keypoint" else 1
+    meta = make_metadata(kind, kind)
+    meta["architecture"] = {"factory": fac, "kwargs": size}
+    path = export_onnx(module, (torch.zeros(1, 3, 96, 128),), tmp_path / f"{kind}.onnx",
+                       input_names=["image"], output_names=[f"out{i}" for i in range(n_out)],
+                       metadata=meta)
+    frames = load_calibration_frames(calib_dir, input_shape=(1, 3, 96, 128), max_frames=2)
+    qdq = quantize_onnx(path, tmp_path / f"{kind}_int8.onnx", frames).output
+    for model in (path, qdq):
+        for version in VERSIONS:
+            check_tensorrt_support(model, version).raise_if_unsupported()
