@@ -283,12 +283,15 @@ class SceneSampler:
         poses.append(_plane_pose(np.array([0.0, 0.0, depth]), normal, rng))
         kinds.append(-2)
         for _ in range(int(rng.integers(cfg.extra_planes[0], cfg.extra_planes[1] + 1))):
-            z = rng.uniform(cfg.distance_m[0], depth)
+            # Behind the nearest object and at most ~half the view wide, so that extra planes
+            # add clutter and partial occlusion but never blank out the whole frame.
+            near = min(c[2] for c in centres)
+            z = rng.uniform(near, depth)
             uv1 = np.array([rng.uniform(0, cfg.width), rng.uniform(0, cfg.height), 1.0])
             n = -np.array([0.0, 0.0, 1.0]) + rng.normal(size=3) * 0.5
             if n[2] > -0.3:
                 n[2] = -0.3
-            half_extra = min(rng.uniform(0.1, 0.4), 0.8 * z)
+            half_extra = min(rng.uniform(0.1, 0.4), 0.25 * z * cfg.width / cfg.fx)
             meshes.append(_plane_mesh(rng, half_extra, self.device))
             poses.append(_plane_pose(z * (K_inv @ uv1), n / np.linalg.norm(n), rng))
             kinds.append(-2)
