@@ -48,8 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input-size", type=_size, default=(320, 240),
                         help="network input WIDTHxHEIGHT, multiples of 16 (default 320x240)")
     parser.add_argument("--crop", type=_size,
-                        help="pose: train on WIDTHxHEIGHT crops around objects (faster); "
-                             "validation uses the whole input")
+                        help="train on WIDTHxHEIGHT crops (pose: around objects); faster per "
+                             "sample; validation uses the whole input")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int, help="samples per step per process")
     parser.add_argument("--lr", type=float, help="peak AdamW learning rate")

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F  # noqa: N812 - the usual torch alias
 
-from dvc_perception.errors import ConfigError, check_shape
+from dvc_perception.errors import ConfigError, ShapeError, check_shape
 from dvc_perception.models.blocks import ConvBNReLU, Encoder, InputNormalization, UpBlock
 from dvc_perception.models.keypoint_net import IMAGENET_MEAN, IMAGENET_STD
 
@@ -98,14 +98,16 @@ class DepthNet(nn.Module):
         """Predict canonical depth.
 
         Args:
-            image: (B, 3, H, W) RGB in [0, 1] at the configured input size.
+            image: (B, 3, H, W) RGB in [0, 1] at the configured input size (training may feed
+                crops whose sides are multiples of 16).
 
         Returns:
             (B, 1, H, W) canonical depth [m] for focal `config.focal0_px`; multiply by
             fx_input_px / focal0_px (`depth_from_canonical`) for metric depth.
         """
-        cfg = self.config
-        check_shape(image, f"B,3,{cfg.input_height},{cfg.input_width}", name="image")
+        check_shape(image, "B,3,H,W", name="image")
+        if int(image.shape[2]) % 16 or int(image.shape[3]) % 16:
+            raise ShapeError(f"image: expected H and W multiples of 16, got {tuple(image.shape)}")
         f2, f4, f8, f16 = self.encoder(self.normalize(image))
         x = self.trunk(self.up2(self.up4(self.up8(f16, f8), f4), f2))
         log_depth = self.head(x).clamp(self.log_min, self.log_max)

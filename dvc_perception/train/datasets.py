@@ -229,6 +229,18 @@ def _prepare(
     return affine, image, K
 
 
+def _check_crop(
+    crop: tuple[int, int] | None, width: int, height: int
+) -> tuple[int, int] | None:
+    """Validate a training crop size (multiples of 16 within the input)."""
+    if crop is None:
+        return None
+    if not (crop[0] % 16 == 0 and crop[1] % 16 == 0 and 32 <= crop[0] <= width
+            and 32 <= crop[1] <= height):
+        raise ConfigError(f"crop: expected multiples of 16 within the input size, got {crop}")
+    return int(crop[0]), int(crop[1])
+
+
 def _stride_pool(mask: np.ndarray, stride: int) -> np.ndarray:
     """(H, W) {0, 1} -> (H/stride, W/stride) covered fraction."""
     h, w = mask.shape
@@ -282,12 +294,7 @@ class PoseDataset(Dataset):
         self.augment = augment
         self.seed = int(seed)
         self.min_mask_px = int(min_mask_px)
-        if crop is not None and not (
-            crop[0] % 16 == 0 and crop[1] % 16 == 0 and 32 <= crop[0] <= self.width
-            and 32 <= crop[1] <= self.height
-        ):
-            raise ConfigError(f"crop: expected multiples of 16 within the input size, got {crop}")
-        self.crop = None if crop is None else (int(crop[0]), int(crop[1]))
+        self.crop = _check_crop(crop, self.width, self.height)
         self.epoch = 0
         self._index = {o.object_id: i for i, o in enumerate(self.objects)}
 
@@ -370,6 +377,8 @@ class DepthDataset(Dataset):
         input_height: network input height px.
         augment: augmentation, or None (validation).
         seed: augmentation seed.
+        crop: (width, height) multiples of 16: train on random crops of the input (the depth
+            net is fully convolutional and the focal length does not change). None: whole input.
 
     Items: ``image`` (3, H, W) float32 RGB [0, 1]; ``depth`` (1, H, W) float32 m (NaN unknown,
     and in the letterbox padding); ``fx`` () float64 px focal of the input image; ``index``.
@@ -383,11 +392,13 @@ class DepthDataset(Dataset):
         *,
         augment: AugmentConfig | None = None,
         seed: int = 0,
+        crop: tuple[int, int] | None = None,
     ) -> None:
         self.frames = frames
         self.width, self.height = int(input_width), int(input_height)
         self.augment = augment
         self.seed = int(seed)
+        self.crop = _check_crop(crop, self.width, self.height)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -406,9 +417,9 @@ class DepthDataset(Dataset):
         check_shape(frame.depth, f"{frame.image.shape[0]},{frame.image.shape[1]}",
                     name="frame.depth")
         rng = np.random.default_rng([self.seed, self.epoch, int(index)])
-        affine, image, K = _prepare(frame, self.width, self.height, self.augment, rng)
-        depth = _warp(np.asarray(frame.depth, np.float32), affine, self.width, self.height,
-                      nearest=True, fill=float("nan"))
+        affine, image, K = _prepare(frame, self.width, self.height, self.augment, rng, self.crop)
+        depth = _warp(np.asarray(frame.depth, np.float32), affine, image.shape[1],
+                      image.shape[0], nearest=True, fill=float("nan"))
         return {
             "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
             "depth": torch.from_numpy(depth[None]),

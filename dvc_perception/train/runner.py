@@ -62,8 +62,8 @@ class RunSpec:
         input_width: network input width px.
         input_height: network input height px.
         augment: augmentation of the training split (None = off).
-        crop: pose mode: train on (width, height) crops of the input, mostly around objects
-            (faster per sample; validation always uses the whole input). None: whole input.
+        crop: train on (width, height) crops of the input (pose: mostly around objects); faster
+            per sample; validation always uses the whole input. None: whole input.
         train: optimisation settings.
         pose_loss: pose-loss weights (pose mode).
         depth_loss: depth-loss weights (depth mode).
@@ -203,7 +203,7 @@ def run_training(spec: RunSpec, *, provenance: Mapping[str, Any] | None = None) 
         model = build_depth_net(spec)
         task = DepthTask(model.config.focal0_px, spec.depth_loss)  # type: ignore[union-attr]
         train_set = DepthDataset(train_src, spec.input_width, spec.input_height,
-                                 augment=spec.augment, seed=spec.train.seed)
+                                 augment=spec.augment, seed=spec.train.seed, crop=spec.crop)
         val_set = DepthDataset(val_src, spec.input_width, spec.input_height)
         extra = {"model_kind": "depth",
                  "model_config": dataclasses.asdict(model.config)}  # type: ignore[arg-type]

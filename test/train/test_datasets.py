@@ -83,6 +83,9 @@ def test_depth_dataset_keeps_metric_depth_and_scales_focal():
     d = s["depth"][0].numpy()
     assert np.nanmin(d) >= np.nanmin(frames[0].depth) - 1e-6
     assert np.nanmax(d) <= np.nanmax(frames[0].depth) + 1e-6
+    crop = DepthDataset(ListFrameSource(frames), 128, 96, crop=(64, 48))[0]
+    assert crop["image"].shape == (3, 48, 64) and crop["depth"].shape == (1, 48, 64)
+    assert float(crop["fx"]) == pytest.approx(float(s["fx"]))
 
 
 def test_split_is_disjoint_and_seeded():
