@@ -279,7 +279,7 @@ class SceneSampler:
         half = 2.0 * depth * max(cfg.width / cfg.fx, cfg.height / cfg.fy)
         # Corners lie half * sqrt(2) from the centre: keep them at least 0.1 * depth in front.
         half = min(half, 0.9 * depth / max(np.sqrt(2.0) * np.sin(tilt), 1e-6))
-        meshes.append(_plane_mesh(rng, half, self.device))
+        meshes.append(_plane_mesh(rng, half, self.device, cells=8))
         poses.append(_plane_pose(np.array([0.0, 0.0, depth]), normal, rng))
         kinds.append(-2)
         for _ in range(int(rng.integers(cfg.extra_planes[0], cfg.extra_planes[1] + 1))):
@@ -484,14 +484,28 @@ def procedural_texture(rng: np.random.Generator, size: int = 128) -> np.ndarray:
     return img.clip(0, 255).astype(np.uint8)
 
 
-def _plane_mesh(rng: np.random.Generator, half: float, device: torch.device) -> Mesh:
-    """A textured square of half-size `half` [m] in its z = 0 plane, normal +z."""
-    v = np.array([[-half, -half, 0], [half, -half, 0], [half, half, 0], [-half, half, 0]], float)
+def _plane_mesh(
+    rng: np.random.Generator, half: float, device: torch.device, cells: int = 1
+) -> Mesh:
+    """A textured square of half-size `half` [m] in its z = 0 plane, normal +z.
+
+    `cells` x `cells` quads: the renderer drops faces with a vertex behind the near plane, so a
+    finely divided plane loses only its cells behind the camera (a moving camera needs that).
+    """
+    g = np.linspace(0.0, 1.0, cells + 1)
+    gu, gv = np.meshgrid(g, g)
+    uv = np.stack([gu.ravel(), gv.ravel()], axis=1)
+    v = np.concatenate([(uv * 2.0 - 1.0) * half, np.zeros((len(uv), 1))], axis=1)
+    faces = []
+    for r in range(cells):
+        for c in range(cells):
+            a = r * (cells + 1) + c
+            faces += [[a, a + 1, a + cells + 2], [a, a + cells + 2, a + cells + 1]]
     mesh = mesh_from_arrays(
         v,
-        np.array([[0, 1, 2], [0, 2, 3]]),
-        normals=np.tile([0.0, 0.0, 1.0], (4, 1)),
-        uv=np.array([[0, 0], [1, 0], [1, 1], [0, 1]], float),
+        np.asarray(faces),
+        normals=np.tile([0.0, 0.0, 1.0], (len(v), 1)),
+        uv=uv,
         texture=procedural_texture(rng),
         name="plane",
     )
