@@ -15,6 +15,7 @@ Options left out keep the defaults of `TrainConfig`, `PoseLossConfig` and `Augme
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
@@ -103,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
         train=train_cfg, pose_loss=pose_cfg, resume=args.resume,
     )
     result = run_training(spec, provenance={"command": list(sys.argv)})
+    if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 reports
+        return 0
     last = result.history[-1] if result.history else {}
     shown = ", ".join(f"{k}={v:.4g}" for k, v in last.items() if isinstance(v, float))
     print(f"train {args.mode}: {result.out_dir} ({shown})")
