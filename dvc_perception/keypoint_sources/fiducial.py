@@ -86,11 +86,14 @@ def canonical_chessboard_order(
     if (cols + rows) % 2 == 0:
         return corners_px
     grid = corners_px.reshape(rows, cols, 2)
-    p0, p_right, p_down = grid[0, 0], grid[0, 1], grid[1, 0]
-    half = 0.5 * ((p_right - p0) + (p_down - p0))
-    outer = _sample(gray, p0 - half)  # the corner square diagonal to corner 0: black if canonical
-    inner = _sample(gray, p0 + half)  # the first inner square: white if canonical
-    if outer > inner:
+    p0 = grid[0, 0]
+    a, b = 0.5 * (grid[0, 1] - p0), 0.5 * (grid[1, 0] - p0)  # half a square along row, column
+    # The outer corner square diagonal to corner 0 is black if the order is canonical (white if
+    # it starts from the other end). The squares diagonal to each other around a corner share
+    # their colour, so compare with the two squares beside it, which have the other colour.
+    diagonal = _sample(gray, p0 - a - b)
+    beside = 0.5 * (_sample(gray, p0 + a - b) + _sample(gray, p0 - a + b))
+    if diagonal > beside:
         return corners_px[::-1].copy()
     return corners_px
 
