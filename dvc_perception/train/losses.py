@@ -144,13 +144,14 @@ def project_points(points_obj: Tensor, R: Tensor, t: Tensor, K: Tensor) -> Tenso
 
 def solve_pnp_guarded(
     x2d: Tensor, keypoints_obj: Tensor, K: Tensor, weights: Tensor, *, max_iterations: int = 20,
-    min_spread_px: float = 1.0,
+    min_spread_px: float = 1.0, init: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """`solve_pnp` on the samples whose keypoints are not collapsed onto one spot.
 
     An untrained network puts every keypoint near the image centre; such problems are
     degenerate (singular normal equations), so they are left out rather than handed to the
-    solver. A `torch.linalg.LinAlgError` from the solver marks the whole batch invalid (with a
+    solver. When the batched solver raises `torch.linalg.LinAlgError` (one singular sample),
+    the samples are solved one by one and those that still fail count as invalid (with a
     warning) instead of ending a training run.
 
     Args:
@@ -160,6 +161,7 @@ def solve_pnp_guarded(
         weights: (N, K) non-negative weights.
         max_iterations: solver iterations.
         min_spread_px: keypoints whose weighted spread (std, px) is below this are skipped.
+        init: (N, 6) starting poses ``rotvec | t`` for the solver, or None (its closed form).
 
     Returns:
         (R (N, 3, 3), t (N, 3), ok (N,) bool); R, t of samples not ok are identity / (0, 0, 1)
@@ -178,16 +180,29 @@ def solve_pnp_guarded(
     if not bool(solvable.any()):
         return R, t, ok
     idx = torch.nonzero(solvable).squeeze(-1)
+    kp, Kd, wd = keypoints_obj.to(x2d.dtype), K.to(x2d.dtype), weights.to(x2d.dtype)
+    x0 = None if init is None else init.detach().to(x2d.dtype)
     try:
-        res = solve_pnp(x2d[idx], keypoints_obj[idx].to(x2d.dtype), K[idx].to(x2d.dtype),
-                        weights[idx].to(x2d.dtype), max_iterations=max_iterations,
-                        backward="implicit")
-    except torch.linalg.LinAlgError as err:
-        warnings.warn(f"solve_pnp failed on a batch, counted invalid: {err}", stacklevel=2)
-        return R, t, ok
-    R = R.index_copy(0, idx, res.R)
-    t = t.index_copy(0, idx, res.t)
-    ok = ok.index_copy(0, idx, res.valid & torch.isfinite(res.t).all(-1))
+        res = solve_pnp(x2d[idx], kp[idx], Kd[idx], wd[idx], max_iterations=max_iterations,
+                        backward="implicit", init=None if x0 is None else x0[idx])
+        parts = [(idx, res.R, res.t, res.valid)]
+    except torch.linalg.LinAlgError:
+        # one singular sample fails the batched solve: solve one by one, drop the failures
+        parts = []
+        for i in idx.tolist():
+            try:
+                r = solve_pnp(x2d[i : i + 1], kp[i : i + 1], Kd[i : i + 1], wd[i : i + 1],
+                              max_iterations=max_iterations, backward="implicit",
+                              init=None if x0 is None else x0[i : i + 1])
+            except torch.linalg.LinAlgError as err:
+                warnings.warn(f"solve_pnp failed on a sample, counted invalid: {err}",
+                              stacklevel=2)
+                continue
+            parts.append((torch.tensor([i], device=x2d.device), r.R, r.t, r.valid))
+    for sel, R_s, t_s, valid_s in parts:
+        R = R.index_copy(0, sel, R_s)
+        t = t.index_copy(0, sel, t_s)
+        ok = ok.index_copy(0, sel, valid_s & torch.isfinite(t_s).all(-1))
     return R, t, ok
 
 
@@ -201,6 +216,7 @@ def pose_reprojection_loss(
     *,
     clamp_px: float = 20.0,
     max_iterations: int = 20,
+    init_from_gt: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """Pose loss through `solve_pnp`: reprojection of the 3D keypoints, solved vs true pose.
 
@@ -214,6 +230,10 @@ def pose_reprojection_loss(
         clamp_px: per-keypoint error beyond which the loss grows only logarithmically: early
             in training PnP on poor keypoints gives wild poses whose gradients would dominate.
         max_iterations: LM iterations of the solver.
+        init_from_gt: start the solver at the ground-truth pose. The implicit gradient holds at
+            whichever optimum the solver reaches; starting at the truth selects the optimum
+            nearest to it, so early, poor keypoints still give a usable (not a mirrored or
+            behind-the-camera) solution and a gradient.
 
     Returns:
         (loss, ok): loss () mean capped error [px] over samples whose solve is valid and finite;
@@ -223,8 +243,13 @@ def pose_reprojection_loss(
     check_shape(keypoints_obj, f"{n},*,3", name="keypoints_obj")
     dtype = x2d.dtype
     kp = keypoints_obj.to(dtype)
+    init = None
+    if init_from_gt:
+        from dvc_perception.geometry.so3 import matrix_to_rotvec
+
+        init = torch.cat([matrix_to_rotvec(R_gt.to(dtype)), t_gt.to(dtype)], dim=-1)
     R, t, ok = solve_pnp_guarded(x2d, kp, K.to(dtype), weights.to(dtype),
-                                 max_iterations=max_iterations)
+                                 max_iterations=max_iterations, init=init)
     ref = project_points(kp, R_gt.to(dtype), t_gt.to(dtype), K.to(dtype))
     est = project_points(kp, R, t, K.to(dtype))
     err = (est - ref).norm(dim=-1)  # (N, K) px
