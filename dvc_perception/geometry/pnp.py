@@ -123,7 +123,7 @@ def _huber_delta(robust: RobustKernel) -> float | None:
 
 
 def _default_tol(dtype: torch.dtype) -> float:
-    return 1e-10 if dtype == torch.float64 else 1e-5
+    return 1e-9 if dtype == torch.float64 else 1e-5
 
 
 def _prepare(
@@ -263,7 +263,7 @@ def _normal_equations(
     """
     B, N = X.shape[0], X.shape[2]
     q, uv, r, z = _residuals(R, t, X, obs, K)
-    s = r[:, 0] * r[:, 0] + r[:, 1] * r[:, 1]
+    s = (r * r).sum(1)
     cost, c = _robust_weights(s, w, huber)
     A, J = _projection_jacobian(K, uv, z, q)
     Jr = torch.cat([J, r[:, None]], dim=1)
@@ -345,14 +345,22 @@ _PAIRS_I = (0, 0, 0, 1, 1, 2)
 _PAIRS_J = (1, 2, 3, 2, 3, 3)
 
 
-def _polar_rotation(D: Tensor, iterations: int = 5) -> Tensor:
-    """Nearest rotation to D (B,3,3) with det(D) > 0 by Newton's polar iteration."""
+def _polar_rotation(D: Tensor, iterations: int = 4) -> Tensor:
+    """Rotation near D (B,3,3), det(D) > 0: Newton's polar iteration, then Gram-Schmidt.
+
+    The polar iteration approaches the nearest rotation; the final Gram-Schmidt makes the result
+    orthonormal to round-off even where the iteration has not fully converged (the solver only
+    ever multiplies it by exact rotations, so any non-orthogonality would persist).
+    """
     X = D / (D.norm(dim=(1, 2), keepdim=True) / math.sqrt(3.0)).clamp(min=1e-300)
     for _ in range(iterations):
         cof = torch.linalg.cross(X[:, :, [1, 2, 0]], X[:, :, [2, 0, 1]], dim=1)
         det = (X[:, :, 0] * cof[:, :, 0]).sum(-1)
         X = 0.5 * (X + cof / det[:, None, None])
-    return X
+    c1 = X[:, :, 0] / X[:, :, 0].norm(dim=-1, keepdim=True).clamp(min=1e-300)
+    c2 = X[:, :, 1] - (c1 * X[:, :, 1]).sum(-1, keepdim=True) * c1
+    c2 = c2 / c2.norm(dim=-1, keepdim=True).clamp(min=1e-300)
+    return torch.stack([c1, c2, torch.linalg.cross(c1, c2, dim=-1)], dim=-1)
 
 
 def _epnp(X: Tensor, obs: Tensor, K: Tensor, w: Tensor, frame: _ObjectFrame, planar: Tensor
@@ -385,7 +393,7 @@ def _epnp(X: Tensor, obs: Tensor, K: Tensor, w: Tensor, frame: _ObjectFrame, pla
     v = torch.zeros(B, 12, 1, dtype=dtype, device=device)
     v[:, 2::3] = 1.0
     v[:, 11] = v[:, 11] * (~planar)[:, None]
-    for _ in range(4):
+    for _ in range(3):
         v = torch.cholesky_solve(v, L)
         v = v / v.norm(dim=1, keepdim=True).clamp(min=1e-300)
     ctrl = v.reshape(B, 4, 3)
@@ -507,7 +515,8 @@ def _levenberg_marquardt(
         with torch.no_grad():
             # A tiny, lightly damped step means the point it starts from is stationary to tol.
             converged = converged | ((size <= tol) & (lam <= 1.0))
-            slow = accept & (size < NEWTON_STEP) & (size > 0.05 * prev_size)
+            slow = (accept & (size < NEWTON_STEP) & (size > 0.05 * prev_size)
+                    & (size > 100.0 * tol))  # not just round-off at the end
             prev_size = torch.where(accept, size, prev_size)
         lam = (lam * torch.where(accept, 0.1, 10.0)).clamp(1e-12, 1e12)
         if bool(converged.all()):
@@ -591,7 +600,7 @@ def solve_pnp(
         init: (B, 6) or (6,) starting pose ``rotvec (rad) | t (m)``; None: closed-form EPnP.
         max_iterations: Levenberg-Marquardt iterations at most (>= 1).
         tol: convergence threshold on the step, ``max(|dtheta|_inf, |dt|_inf / |t|)``; None:
-            1e-10 for float64, 1e-5 for float32.
+            1e-9 for float64, 1e-5 for float32.
         robust: None (least squares), ``HuberLoss(delta_px)`` or ``("huber", delta_px)``.
         backward: ``"implicit"`` (implicit function theorem at the optimum) or ``"unrolled"``
             (autograd through the iterations; a reference for tests, slower).
@@ -627,18 +636,18 @@ def _solve_pnp(
     unrolled = backward == "unrolled" and torch.is_grad_enabled()
 
     with torch.no_grad():
-        finite = (torch.isfinite(x2d).all(-1).all(-1) & torch.isfinite(x3d).all(-1).all(-1)
-                  & torch.isfinite(K).all(-1).all(-1) & torch.isfinite(w).all(-1)
-                  & (w >= 0).all(-1))
+        # NaN and inf propagate through sums: one finiteness test per sample.
+        total = x2d.sum((1, 2)) + x3d.sum((1, 2)) + K.sum((1, 2)) + w.sum(-1)
         if init is not None:
-            finite = finite & torch.isfinite(init).all(-1)
+            total = total + init.sum(-1)
         n_pos = (w > 0).sum(-1)
-        ok_in = finite & (n_pos >= MIN_POINTS)
+        ok_in = torch.isfinite(total) & (w.amin(-1) >= 0) & (n_pos >= MIN_POINTS)
         # Collinear or coincident object points: no unique pose (checked on finite samples).
-        w_chk = torch.where(ok_in[:, None], w, torch.ones_like(w)).detach().to(torch.float64)
-        x_chk = torch.where(ok_in[:, None, None], x3d, 0.0).detach().to(torch.float64)
-        degenerate = _object_frame(x_chk.transpose(1, 2), w_chk, n_pos).degenerate
-        ok_in = ok_in & ~degenerate
+        f64 = torch.float64
+        w64 = torch.where(ok_in[:, None], w, 1.0).detach().to(f64)
+        X64 = torch.where(ok_in[:, None, None], x3d, 0.0).detach().to(f64).transpose(1, 2)
+        frame = _object_frame(X64, w64, n_pos)
+        ok_in = ok_in & ~frame.degenerate
     if bool(ok_in.all()):
         x2d_s, x3d_s, K_s, w_s = x2d, x3d, K, w
     else:  # replace bad samples by a benign problem so that no NaN reaches any computation
@@ -655,9 +664,9 @@ def _solve_pnp(
     obs = x2d_s.transpose(1, 2)
 
     with torch.no_grad():
-        f64 = torch.float64
-        X64, w64 = X.detach().to(f64), w_s.detach().to(f64)
-        frame = _object_frame(X64, w64, torch.where(ok_in, n_pos, torch.full_like(n_pos, N)))
+        if not bool(ok_in.all()):  # principal axes of the replacement problems
+            X64, w64 = X.detach().to(f64), w_s.detach().to(f64)
+            frame = _object_frame(X64, w64, torch.where(ok_in, n_pos, N))
         if init is None:
             obs64, K64 = obs.detach().to(f64), K_s.detach().to(f64)
             R0, t0 = _epnp(X64, obs64, K64, w64, frame, frame.planar)

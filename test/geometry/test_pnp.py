@@ -144,6 +144,8 @@ def test_accuracy_not_worse_than_opencv(planar):
                                   seed=100 + n_points + int(4 * noise))
         r = solve_pnp(s.keypoints_px, s.points_obj, s.K)
         assert bool(r.valid.all())
+        eye = torch.eye(3, dtype=F64).expand_as(r.R)
+        torch.testing.assert_close(r.R @ r.R.transpose(-1, -2), eye, atol=1e-12, rtol=0)
         R_cv, t_cv = _opencv_sqpnp_iterative(s)
         ours = (_rot_err_deg(r.R, s.R_gt).median(), (r.t - s.t_gt).norm(dim=-1).median())
         ref = (_rot_err_deg(R_cv, s.R_gt).median(), (t_cv - s.t_gt).norm(dim=-1).median())
