@@ -122,3 +122,18 @@ def test_pose_loss_gradient_reaches_network_parameters():
     assert grads["confidence_head.weight"] is None or float(
         grads["confidence_head.weight"].abs().sum()) == 0.0
     assert np.isfinite(frac_ok)
+
+
+def test_guarded_solve_skips_collapsed_keypoints_and_matches_solve_pnp():
+    from dvc_perception.geometry.pnp import solve_pnp
+    from dvc_perception.train.losses import solve_pnp_guarded
+
+    x2d, w, kp3d, K, R, t = _pose_problem(0.5, 2)
+    collapsed = x2d.clone()
+    collapsed[1] = x2d[1].mean(dim=0, keepdim=True) + 0.01 * torch.arange(9.0).unsqueeze(-1)
+    R_g, t_g, ok = solve_pnp_guarded(collapsed, kp3d, K, w)
+    assert ok.tolist() == [True, False]
+    ref = solve_pnp(x2d[:1], kp3d[:1], K[:1], w[:1])
+    torch.testing.assert_close(R_g[:1], ref.R)
+    torch.testing.assert_close(t_g[:1], ref.t)
+    torch.testing.assert_close(t_g[1], torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64))
