@@ -22,9 +22,9 @@ from dvc_perception.resources import find_share_file
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 SHIPPED_DIRS = ("launch", "config", "models")
-# Top-level folders of a checkout that are not package sources (venv, colcon output, caches).
-NOT_SOURCE = {".git", ".venv", "build", "install", "log", ".pytest_cache", ".ruff_cache",
-              ".mypy_cache", "out", "runs", "data", ".whl", ".device"}
+# Top-level folders of a checkout that are not package sources (used only without git).
+NOT_SOURCE = {".git", ".venv", ".venv-jazzy", "build", "install", "log", ".pytest_cache",
+              ".ruff_cache", ".mypy_cache", "out", "runs", "data", ".whl", ".device"}
 # Import every module the probe needs from the install under test, never from the checkout.
 PROBE = """
 import json, sys
@@ -45,14 +45,28 @@ def _shipped_files() -> list[str]:
     )
 
 
+def _source_files() -> list[str]:
+    """Files a clone would hold: git's tracked and untracked-but-not-ignored files (so no venv,
+    build output or cache, whatever it is called); without git, all but NOT_SOURCE."""
+    try:
+        out = subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=REPO, capture_output=True, check=True, timeout=60,
+        ).stdout.decode()
+        return [f for f in out.split("\0") if f and (REPO / f).is_file()]
+    except (OSError, subprocess.CalledProcessError):
+        return [
+            p.relative_to(REPO).as_posix() for p in REPO.rglob("*")
+            if p.is_file() and p.relative_to(REPO).parts[0] not in NOT_SOURCE
+            and "__pycache__" not in p.parts
+        ]
+
+
 def _source_copy(tmp: Path) -> Path:
     src = tmp / "src" / "dvc_perception"
-
-    def ignore(folder: str, names: list[str]) -> set[str]:
-        top = NOT_SOURCE if Path(folder) == REPO else set()
-        return {n for n in names if n in top or n == "__pycache__" or n.endswith(".egg-info")}
-
-    shutil.copytree(REPO, src, ignore=ignore)
+    for rel in _source_files():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / rel, src / rel)
     return src
 
 
