@@ -36,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="use generated views of a board even if images are present")
     parser.add_argument("--views", type=int, default=4,
                         help="number of generated views (default: 4)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: torch's choice); 1 gives steadier "
+                             "timings on a busy machine")
     parser.add_argument("--repeats", type=int, default=3,
                         help="warm solve_pnp calls to time after the first (default: 3)")
 
@@ -59,6 +62,10 @@ def run(args: argparse.Namespace) -> int:
         synthetic_views,
     )
 
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError(f"--threads: expected >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)  # process-wide: this command owns the process
     spec = ChessboardSpec(cols=9, rows=6, square=1.0)
     folder = args.images
     if folder is not None and not folder.is_dir():
