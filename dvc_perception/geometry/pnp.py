@@ -464,6 +464,22 @@ def _skew(v: Tensor) -> Tensor:
     return torch.stack([o, -z, y, z, o, -x, -y, x, o], dim=-1).view(-1, 3, 3)
 
 
+def _left_jacobian_inverse(phi: Tensor) -> Tensor:
+    """Inverse left Jacobian of SO(3) (B,3,3): log(exp(d) exp(phi)) = phi + J^-1 d + O(d^2)."""
+    theta_sq = (phi * phi).sum(-1)
+    small = theta_sq < 1e-6
+    theta = torch.where(small, 1.0, theta_sq).sqrt()
+    # c = 1/theta^2 - (1 + cos)/(2 theta sin); its series 1/12 + theta^2/720 near 0. At pi the
+    # logarithm is not differentiable; sin is floored there to keep the value finite.
+    sin = torch.sin(theta).clamp(min=1e-12)
+    c = torch.where(small, 1.0 / 12.0 + theta_sq / 720.0,
+                    1.0 / torch.where(small, 1.0, theta_sq) - (1.0 + torch.cos(theta))
+                    / (2.0 * theta * sin))
+    k = _skew(phi)
+    eye = torch.eye(3, dtype=phi.dtype, device=phi.device)
+    return eye - 0.5 * k + c[:, None, None] * (k @ k)
+
+
 def _levenberg_marquardt(
     R: Tensor, t: Tensor, X: Tensor, obs: Tensor, K: Tensor, w: Tensor,
     huber: float | None, max_iterations: int, tol: float,
@@ -471,7 +487,7 @@ def _levenberg_marquardt(
     """Returns R, t, cost, the augmented Gauss-Newton matrix at (R, t), converged.
 
     Gauss-Newton steps while they converge fast; where Gauss-Newton converges slowly (planar
-    sets, large residuals: successive steps shrink by less than 20x), Newton steps on the exact
+    sets, large residuals: successive steps shrink by less than 10x), Newton steps on the exact
     Hessian, Marquardt-damped with the Gauss-Newton diagonal, restore quadratic convergence.
     The state of each sample (R, t, cost, normal matrices) moves only on accepted steps.
     """
@@ -503,19 +519,18 @@ def _levenberg_marquardt(
         # error; rejecting it would stall the convergence test. Hence the slack, and tiny steps
         # (where the local model is exact to round-off) are always taken.
         size = (step.detach().abs() * scale).amax(-1)
-        accept = (cost_new <= cost + slack * cost.abs()) | (size < TINY_STEP)
-        keep = accept[:, None]
-        state = torch.where(keep, torch.cat([R_new.reshape(B, 9), t_new, cost_new[:, None],
-                                             Hg_new.reshape(B, 49)], dim=-1),
-                            torch.cat([R.reshape(B, 9), t, cost[:, None], Hg.reshape(B, 49)], -1))
-        R, t, cost, Hg = (state[:, :9].reshape(B, 3, 3), state[:, 9:12], state[:, 12],
-                          state[:, 13:].reshape(B, 7, 7))
+        accept = (cost_new <= cost * (1.0 + slack)) | (size < TINY_STEP)  # cost >= 0
+        keep = accept[:, None, None]
+        R = torch.where(keep, R_new, R)
+        t = torch.where(keep[:, 0], t_new, t)
+        Hg = torch.where(keep, Hg_new, Hg)
+        cost = torch.where(accept, cost_new, cost)
         if use_newton:
-            S = torch.where(accept[:, None, None], S_new, S)
+            S = torch.where(keep, S_new, S)
         with torch.no_grad():
             # A tiny, lightly damped step means the point it starts from is stationary to tol.
             converged = converged | ((size <= tol) & (lam <= 1.0))
-            slow = (accept & (size < NEWTON_STEP) & (size > 0.05 * prev_size)
+            slow = (accept & (size < NEWTON_STEP) & (size > 0.1 * prev_size)
                     & (size > 100.0 * tol))  # not just round-off at the end
             prev_size = torch.where(accept, size, prev_size)
         lam = (lam * torch.where(accept, 0.1, 10.0)).clamp(1e-12, 1e12)
@@ -718,16 +733,26 @@ def _solve_pnp(
 
     needs_grad = torch.is_grad_enabled() and any(
         x.requires_grad for x in (x2d, x3d, K, w))
-    if needs_grad and not unrolled:
-        xi = _ImplicitPnP.apply(x2d_s, x3d_s, K_s, w_s, Rd, td, valid, huber)
-        R = rotvec_to_matrix(xi[:, 3:]) @ Rd
-        t = td + xi[:, :3]
-    elif not unrolled:
-        R, t = Rd, td
     eye = torch.eye(3, dtype=dtype, device=device).expand(B, 3, 3)
-    R = torch.where(valid[:, None, None], R, eye)
-    t = torch.where(valid[:, None], t, torch.zeros_like(t))
-    rvec = matrix_to_rotvec(R)
+    if unrolled:
+        R = torch.where(valid[:, None, None], R, eye)
+        t = torch.where(valid[:, None], t, torch.zeros_like(t))
+        rvec = matrix_to_rotvec(R)
+    else:
+        Rd = torch.where(valid[:, None, None], Rd, eye)
+        td = torch.where(valid[:, None], td, torch.zeros_like(td))
+        with torch.no_grad():
+            rvec_hat = matrix_to_rotvec(Rd)
+        if needs_grad:
+            # The outputs as first-order functions of the zero local perturbation xi: exact
+            # values and exact first derivatives at xi = 0, in a few ops.
+            xi = _ImplicitPnP.apply(x2d_s, x3d_s, K_s, w_s, Rd, td, valid, huber)
+            dtheta = xi[:, 3:]
+            R = Rd + _skew(dtheta) @ Rd
+            t = td + xi[:, :3]
+            rvec = rvec_hat + (_left_jacobian_inverse(rvec_hat) @ dtheta[:, :, None])[..., 0]
+        else:
+            R, t, rvec = Rd, td, rvec_hat
     zero = torch.zeros((), dtype=dtype, device=device)
     return PnPResult(
         R=R,

@@ -86,11 +86,11 @@ def test_implicit_unrolled_and_fd_agree_at_nonzero_residual():
 
     def pose_of(*a, backward="implicit"):
         r = solve_pnp(*a, init=s.pose_init, tol=1e-13, max_iterations=100, backward=backward)
-        return _pose_vec(r)
+        return torch.cat([_pose_vec(r), r.R.flatten(1)], dim=-1)  # R too: (B, 15)
 
     with torch.no_grad():
         assert float(solve_pnp(*args).cost.min()) > 1.0  # really a non-zero residual
-    v = torch.randn(3, 6, generator=torch.Generator().manual_seed(0), dtype=F64)
+    v = torch.randn(3, 15, generator=torch.Generator().manual_seed(0), dtype=F64)
     x = [a.clone().requires_grad_() for a in args]
     g_imp = torch.autograd.grad((pose_of(*x) * v).sum(), x)
     g_unr = torch.autograd.grad((pose_of(*x, backward="unrolled") * v).sum(), x)
