@@ -255,21 +255,33 @@ def _second_order(
 
 def _normal_equations(
     R: Tensor, t: Tensor, X: Tensor, obs: Tensor, K: Tensor, w: Tensor, huber: float | None,
-    second: bool = True,
+    second: bool = True, K_cols: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """Cost (B,), augmented Gauss-Newton matrix (B,7,7) and second-order part S (B,6,6).
 
     The augmented matrix is [J r]^T C [J r]; S is computed only if ``second`` (else None).
+    ``K_cols`` = (K[:, :2]^T (B,3,2,1), k3 (B,3,1,1)) may be passed precomputed. Written with
+    few tensor ops: on CPU their dispatch, not the arithmetic, dominates.
     """
     B, N = X.shape[0], X.shape[2]
-    q, uv, r, z = _residuals(R, t, X, obs, K)
+    Kt2, k3 = _k_columns(K) if K_cols is None else K_cols
+    q = R @ X
+    KP = torch.baddbmm(K @ t[:, :, None], K, q)
+    z = KP[:, 2:3]  # z = 0 gives inf/NaN costs, which the LM rejects and `valid` reports
+    uv = KP[:, :2] / z
+    r = uv - obs
     s = (r * r).sum(1)
     cost, c = _robust_weights(s, w, huber)
-    A, J = _projection_jacobian(K, uv, z, q)
-    Jr = torch.cat([J, r[:, None]], dim=1)
-    Jc = Jr * c[:, None, None, :]
+    A = (Kt2 - k3 * uv[:, None]) / z[:, None]
+    J_rot = torch.linalg.cross(q[:, :, None].expand_as(A), A, dim=1)
+    Jr = torch.cat([A, J_rot, r[:, None]], dim=1).view(B, 7, 2 * N)
+    H = (Jr * c.repeat(1, 2)[:, None]) @ Jr.transpose(1, 2)
     S = _second_order(q, A, r, z, K, c, w, s, huber)[0] if second else None
-    return cost, Jc.reshape(B, 7, 2 * N) @ Jr.reshape(B, 7, 2 * N).transpose(1, 2), S
+    return cost, H, S
+
+
+def _k_columns(K: Tensor) -> tuple[Tensor, Tensor]:
+    return K[:, :2, :].transpose(1, 2)[:, :, :, None], K[:, 2, :, None, None]
 
 
 def _stationarity(
@@ -447,15 +459,15 @@ def _mirror_start(R: Tensor, t: Tensor, frame: _ObjectFrame) -> tuple[Tensor, Te
 def _exp_so3(omega: Tensor) -> Tensor:
     """Rodrigues for LM steps (B,3) -> (B,3,3), with fewer ops than rotvec_to_matrix.
 
-    Exact for any angle; theta is floored at 1e-150 (float64) or 1e-18 (float32).
+    ``exp([w]x) = cos(theta) I + sinc(theta) [w]x + (1 - cos(theta))/theta^2 w w^T``, exact for
+    any angle; theta is floored at 1e-150 (float64) or 1e-18 (float32).
     """
     floor = 1e-300 if omega.dtype == torch.float64 else 1e-36
-    theta = ((omega * omega).sum(-1, keepdim=True) + floor).sqrt()
-    a = torch.sin(theta) / theta
-    b = torch.sin(0.5 * theta) / theta
-    k = _skew(omega)
+    theta = ((omega * omega).sum(-1, keepdim=True) + floor).sqrt()[:, :, None]
+    half = torch.sin(0.5 * theta) / theta
     eye = torch.eye(3, dtype=omega.dtype, device=omega.device)
-    return eye + a[:, :, None] * k + (2.0 * b * b)[:, :, None] * (k @ k)
+    return (torch.cos(theta) * eye + (torch.sin(theta) / theta) * _skew(omega)
+            + (2.0 * half * half) * (omega[:, :, None] * omega[:, None, :]))
 
 
 def _skew(v: Tensor) -> Tensor:
@@ -493,7 +505,8 @@ def _levenberg_marquardt(
     """
     B = X.shape[0]
     dtype, device = X.dtype, X.device
-    cost, Hg, S = _normal_equations(R, t, X, obs, K, w, huber, second=False)
+    K_cols = _k_columns(K)
+    cost, Hg, S = _normal_equations(R, t, X, obs, K, w, huber, second=False, K_cols=K_cols)
     lam = torch.full((B,), 1e-4, dtype=dtype, device=device)
     converged = torch.zeros(B, dtype=torch.bool, device=device)
     newton = torch.zeros(B, dtype=torch.bool, device=device)
@@ -514,7 +527,7 @@ def _levenberg_marquardt(
         R_new = _exp_so3(step[:, 3:]) @ R
         t_new = t + step[:, :3]
         cost_new, Hg_new, S_new = _normal_equations(R_new, t_new, X, obs, K, w, huber,
-                                                    second=use_newton)
+                                                    second=use_newton, K_cols=K_cols)
         # Near the optimum a correct step changes the cost by less than the cost's rounding
         # error; rejecting it would stall the convergence test. Hence the slack, and tiny steps
         # (where the local model is exact to round-off) are always taken.
@@ -539,7 +552,7 @@ def _levenberg_marquardt(
         if not use_newton and bool(slow.any()):
             use_newton = True
             newton = slow
-            S = _normal_equations(R, t, X, obs, K, w, huber, second=True)[2]
+            S = _normal_equations(R, t, X, obs, K, w, huber, second=True, K_cols=K_cols)[2]
         elif use_newton:
             newton = newton | slow
     return R, t, cost, Hg, converged
