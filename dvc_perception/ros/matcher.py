@@ -68,7 +68,6 @@ class StampMatcher(Generic[ImageT, InfoT]):
         self._infos: deque[tuple[int, InfoT]] = deque()
         self._latest_info: tuple[int, InfoT] | None = None
         self._newest_ns: dict[str, int] = {}
-        self._last_matched_image_ns: int | None = None
         self._any_info = False
 
     def reset(self) -> None:
@@ -81,7 +80,6 @@ class StampMatcher(Generic[ImageT, InfoT]):
         self._infos.clear()
         self._latest_info = None
         self._newest_ns = {}
-        self._last_matched_image_ns = None
         self.counters.resets += 1
 
     @property
@@ -89,19 +87,25 @@ class StampMatcher(Generic[ImageT, InfoT]):
         """Images waiting for a camera_info."""
         return len(self._images)
 
-    def _observe(self, topic: str, stamp_ns: int) -> None:
-        """Reset on a large backwards jump of `topic`'s stamps; track its newest stamp."""
+    def _observe(self, topic: str, stamp_ns: int) -> int | None:
+        """Reset on a large backwards jump of `topic`'s stamps; track its newest stamp.
+
+        Returns:
+            The newest stamp of `topic` seen before this one (None: first, or just reset).
+        """
         newest = self._newest_ns.get(topic)
         if newest is not None and stamp_ns < newest - self.time_jump_reset_ns:
             self.reset()
             newest = None
         if newest is None or stamp_ns > newest:
             self._newest_ns[topic] = stamp_ns
+        return newest
 
     def add_image(self, stamp_ns: int, image: ImageT) -> list[tuple[ImageT, InfoT]]:
         """Offer an image; returns the (image, camera_info) pairs now complete, oldest first."""
-        self._observe("image", stamp_ns)
-        if self._last_matched_image_ns is not None and stamp_ns <= self._last_matched_image_ns:
+        newest = self._observe("image", stamp_ns)
+        if newest is not None and stamp_ns <= newest:
+            # older than (or as old as) an image already seen, matched or still waiting
             self.counters.out_of_order += 1
             return []
         if self.mode == "latest":
@@ -174,6 +178,4 @@ class StampMatcher(Generic[ImageT, InfoT]):
     def _emit(self, triples: list[tuple[int, ImageT, InfoT]]) -> list[tuple[ImageT, InfoT]]:
         triples.sort(key=lambda x: x[0])
         self.counters.matched += len(triples)
-        if triples:
-            self._last_matched_image_ns = triples[-1][0]
         return [(img, info) for _s, img, info in triples]

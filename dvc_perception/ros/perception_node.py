@@ -106,6 +106,7 @@ class PerceptionNode(LifecycleNode):
         self._timer: Any = None
         self._camera_cache: tuple[tuple[Any, ...], CameraModel] | None = None
         self._last_warn: dict[str, float] = {}
+        self._problems_reported = 0
         if self.get_parameter("autostart").value:
             self._autostart()
 
@@ -423,13 +424,15 @@ class PerceptionNode(LifecycleNode):
             int(v) for k, v in values.items()
             if k.startswith(("errors.", "dropped.no_camera_info", "dropped.out_of_order"))
         )
-        message = f"{problems} frames rejected" if problems else "ok"
-        if values.get("last_error"):
+        new_problems = problems - self._problems_reported
+        self._problems_reported = problems
+        message = f"{new_problems} frames rejected in the last period" if new_problems else "ok"
+        if new_problems and values.get("last_error"):
             message += f"; last: {values['last_error']}"
         pub.publish(
             build_diagnostics(
                 f"{self.get_name()}: pipeline", str(values["backend"]), values,
-                self.get_clock().now().to_msg(), problems > 0, message,
+                self.get_clock().now().to_msg(), new_problems > 0, message,
             )
         )
 

@@ -16,13 +16,15 @@ def input_qos(reliable: bool) -> QoSProfile:
     """Inputs: sensor-data (BEST_EFFORT, KEEP_LAST 5) by default; RELIABLE for bag replay.
 
     A BEST_EFFORT subscription also receives from RELIABLE publishers (camera drivers use
-    either), so the default connects to every driver.
+    either), so the default connects to every driver. The reliable profile keeps 20 messages:
+    a reader's KEEP_LAST history also overwrites what the executor has not taken yet, and a
+    replay sends bursts while the worker holds the CPU.
     """
     if not reliable:
         return qos_profile_sensor_data
     return QoSProfile(
         history=HistoryPolicy.KEEP_LAST,
-        depth=10,
+        depth=20,
         reliability=ReliabilityPolicy.RELIABLE,
         durability=DurabilityPolicy.VOLATILE,
     )

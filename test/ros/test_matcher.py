@@ -63,6 +63,15 @@ def test_out_of_order_images_dropped_and_counted():
     assert m.add_image(6 * S, "t6") == [("t6", "info")]
 
 
+def test_out_of_order_is_judged_on_arrival_even_while_waiting_for_camera_info():
+    m: StampMatcher[str, str] = StampMatcher("exact")
+    assert m.add_image(2 * S, "new") == []  # waits
+    assert m.add_image(2 * S - 1, "older") == []  # arrives after a newer image: out of order
+    assert m.counters.out_of_order == 1
+    assert m.add_camera_info(2 * S - 1, "info_older") == []  # its image was never queued
+    assert m.add_camera_info(2 * S, "info_new") == [("new", "info_new")]
+
+
 def test_time_jump_back_over_1s_resets():
     m: StampMatcher[str, str] = StampMatcher("exact", queue_size=4)
     m.add_camera_info(100 * S, "i100")
