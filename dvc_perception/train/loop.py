@@ -411,7 +411,7 @@ def plot_curves(path: Path, history: Sequence[Mapping[str, float]], title: str) 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    skip = {"epoch", "step", "time_s", "lr"}
+    skip = {"epoch", "step", "time_s", "lr", "skipped_steps"}
     keys: list[str] = []
     for row in history:
         keys += [k for k in row if k not in keys and k not in skip]
@@ -589,7 +589,7 @@ def train(
                               num_workers=config.num_workers, drop_last=True)
         net.train()
         sums: dict[str, float] = {}
-        n_done = 0
+        n_done = skipped = 0
         bar = tqdm(total=steps_per_epoch, desc=f"{task.name} epoch {epoch + 1}/{config.epochs}",
                    disable=not (config.progress and is_main), leave=False, dynamic_ncols=True)
         for i, batch in enumerate(loader):
@@ -600,9 +600,12 @@ def train(
                 raise DvcError(f"non-finite loss at epoch {epoch} step {step}: {parts}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            if config.grad_clip > 0:
-                nn.utils.clip_grad_norm_(core.parameters(), config.grad_clip)
-            opt.step()
+            clip = config.grad_clip if config.grad_clip > 0 else math.inf
+            grad_norm = nn.utils.clip_grad_norm_(core.parameters(), clip)
+            if torch.isfinite(grad_norm):
+                opt.step()
+            else:  # same decision on every rank: the gradients are already averaged
+                skipped += 1
             sched.step()
             step += 1
             n_done += 1
@@ -614,6 +617,7 @@ def train(
         row: dict[str, float] = {"epoch": epoch + 1, "step": step,
                                  "lr": float(opt.param_groups[0]["lr"])}
         row.update({f"train_{k}": v / max(1, n_done) for k, v in sums.items()})
+        row["skipped_steps"] = float(skipped)
         if is_main and ((epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs):
             val_loader = _make_loader(val_set, config.batch_size, sampler=None,
                                       num_workers=config.num_workers, drop_last=False)

@@ -144,7 +144,7 @@ def project_points(points_obj: Tensor, R: Tensor, t: Tensor, K: Tensor) -> Tenso
 
 def solve_pnp_guarded(
     x2d: Tensor, keypoints_obj: Tensor, K: Tensor, weights: Tensor, *, max_iterations: int = 20,
-    min_spread_px: float = 1.0, init: Tensor | None = None,
+    min_spread_px: float = 2.0, init: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """`solve_pnp` on the samples whose keypoints are not collapsed onto one spot.
 
@@ -243,6 +243,10 @@ def pose_reprojection_loss(
     check_shape(keypoints_obj, f"{n},*,3", name="keypoints_obj")
     dtype = x2d.dtype
     kp = keypoints_obj.to(dtype)
+    if x2d.requires_grad:
+        # a nearly singular solve can send inf/NaN back through the implicit backward for its
+        # own sample; zero those entries so they cannot poison the rest of the batch
+        x2d.register_hook(lambda g: torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0))
     init = None
     if init_from_gt:
         from dvc_perception.geometry.so3 import matrix_to_rotvec

@@ -90,3 +90,29 @@ def test_pose_training_overfits_a_few_frames_with_the_pose_loss(tmp_path):
     for key in ("val_add_recall", "val_rot_err_deg_median", "val_trans_err_m_median",
                 "val_kp_err_px_median", "val_mask_iou"):
         assert key in last
+
+
+def test_a_non_finite_gradient_skips_the_step_instead_of_poisoning_the_weights(tmp_path):
+    from dvc_perception.models.depth_net import DepthNet, DepthNetConfig
+    from dvc_perception.train.datasets import DepthDataset, ListFrameSource
+    from dvc_perception.train.loop import DepthTask, train
+    from dvc_perception.train.toy import toy_frames
+
+    class NanOnce(DepthTask):
+        calls = 0
+
+        def loss(self, model, batch, epoch):
+            total, parts = super().loss(model, batch, epoch)
+            NanOnce.calls += 1
+            if NanOnce.calls == 1:  # finite loss value, NaN gradient
+                total = total + torch.sqrt(0.0 * next(model.parameters()).sum())
+            return total, parts
+
+    torch.manual_seed(0)
+    model = DepthNet(DepthNetConfig(input_width=64, input_height=48))
+    frames = ListFrameSource(toy_frames(4, width=64, height=48))
+    ds = DepthDataset(frames, 64, 48)
+    result = train(NanOnce(300.0, DepthLossConfig()), model, ds, ds,
+                   TrainConfig(epochs=1, batch_size=2, progress=False), tmp_path)
+    assert result.history[0]["skipped_steps"] == 1.0
+    assert all(torch.isfinite(p).all() for p in model.parameters())
