@@ -5,6 +5,20 @@
 Keypoints come from a pluggable `KeypointSource` (the fiducial source today, the keypoint network
 of issues 4/5 later); depth from an optional `DepthSource` (None: no depth). Importing this module
 loads neither rclpy nor tensorrt.
+
+Per detection: undistort the keypoints (`CameraModel.undistort_points`), fit all of them with the
+confidence-weighted PnP (EPnP + Levenberg-Marquardt); when a keypoint is off by more than
+``pnp.threshold_px`` (or ``pnp.always_ransac``), `solve_pnp_ransac` instead (MSAC hypotheses, then
+weighted LM on the inliers). Score = sum of inlier confidences / N; poses that are invalid or
+below ``min_score`` are dropped; the covariance is the solver's. 4 keypoints suffice.
+
+Plugging in the network (issues 4/5): a class with ``backend``, ``object_ids`` and
+``detect(image_rgb) -> list[KeypointDetection]`` that letterboxes the image
+(`keypoint_sources.letterbox.Letterbox.image_to_input`), runs its engine, decodes heatmaps to
+input-resolution keypoints and confidences, maps them back with `Letterbox.points_to_source`
+and returns the object's 3D keypoints from the model metadata; a depth source likewise returns
+`Letterbox.depth_to_source(depth)`. Until `make_keypoint_source` knows them, pass them directly:
+``Pipeline(config, source, depth_source)`` or ``PerceptionNode(pipeline_factory=...)``.
 """
 
 from __future__ import annotations
@@ -236,7 +250,6 @@ class Pipeline:
                 weights,
                 threshold_px=cfg.threshold_px,
                 num_hypotheses=cfg.num_hypotheses,
-                sample_size=min(6, n),
                 min_inliers=4,
                 seed=cfg.seed,
                 max_iterations=cfg.max_iterations,
