@@ -66,6 +66,9 @@ def test_lifecycle_configure_activate_deactivate_cleanup(ctx):
         assert "/perception_node/depth" not in topics  # no depth source: no depth topics
         assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
         assert node._worker is None and not node._subs and not node._pubs
+        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS  # and back again
+        assert node._worker is not None and node._worker.running and len(node._subs) == 2
+        assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
         assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
         assert node.pipeline is None
     finally:
