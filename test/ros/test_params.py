@@ -77,3 +77,11 @@ def test_real_node_declares_the_descriptors(tmp_path):
             node.destroy_node()
     finally:
         rclpy.shutdown(context=ctx)
+
+
+def test_fiducial_yaml_sets_only_known_parameters():
+    document = yaml.safe_load(find_share_file("config/fiducial.yaml").read_text())
+    config = NodeConfig.from_mapping(ros_parameters_section(document))  # rejects unknown keys
+    assert config.pipeline.keypoint_source == "fiducial"
+    assert config.pipeline.fiducial.board_type == "charuco"
+    assert set(_flatten(ros_parameters_section(document))) <= set(parameter_descriptors())
