@@ -58,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     from dvc_perception.targets.chessboard import (
         ChessboardSpec,
         compare_board_poses,
+        demo_camera,
         load_views,
         synthetic_views,
     )
@@ -90,13 +91,13 @@ def run(args: argparse.Namespace) -> int:
     else:
         if args.views < 1:
             raise ConfigError(f"--views: expected >= 1, got {args.views}")
-        camera = CameraModel([[530.0, 0.0, 319.5], [0.0, 530.0, 239.5], [0.0, 0.0, 1.0]], [],
-                             640, 480, "none")
+        camera = demo_camera()
         names, corners, R_true, t_true = synthetic_views(camera, spec, args.views)
         truth = (R_true, t_true)
         skipped = []
         reason = "--generated" if args.generated else "no chessboard images found"
-        source = f"{args.views} generated views of a board at known poses ({reason})"
+        source = (f"{args.views} generated views of a board at known poses, lens distortion "
+                  f"included ({reason})")
     for message in skipped:
         print(f"skipped: {message}")
     if not names:

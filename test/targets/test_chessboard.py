@@ -13,7 +13,9 @@ from dvc_perception.geometry.camera import CameraModel
 from dvc_perception.targets.chessboard import (
     ChessboardSpec,
     demo_board_poses,
+    demo_camera,
     detect_chessboard_corners,
+    ideal_pixel_map,
     render_chessboard_view,
     solve_pnp_opencv,
 )
@@ -43,6 +45,36 @@ def test_rendered_views_are_detected_where_projected(spec: ChessboardSpec) -> No
         # cornerSubPix on anti-aliased perspective corners: ~0.05 px RMS; a half-pixel slip in
         # the renderer's pixel convention would show as 0.5 px.
         assert np.sqrt(np.mean(err**2)) < 0.15 and abs(np.mean(found - proj.reshape(-1, 2))) < 0.05
+
+
+def test_ideal_pixel_map_matches_undistort_points() -> None:
+    cam = demo_camera()
+    m = ideal_pixel_map(cam, supersample=4)
+    assert m.shape == (1920, 2560, 2) and m.dtype == np.float32
+    big = cam.scaled(4, 4)
+    rng = np.random.default_rng(0)
+    q = np.stack([rng.integers(0, 2560, 3000), rng.integers(0, 1920, 3000)], -1)
+    q = np.concatenate([q, [[0, 0], [2559, 1919], [0, 1919], [2559, 0]]])
+    exact = big.undistort_points(torch.from_numpy(q.astype(np.float64))).numpy()
+    np.testing.assert_allclose(m[q[:, 1], q[:, 0]], exact, atol=0.08, rtol=0)
+
+
+def test_distorted_views_are_detected_where_opencv_projects() -> None:
+    cam = demo_camera()
+    spec = ChessboardSpec()
+    R, t = demo_board_poses(spec, 3)
+    ideal_map = ideal_pixel_map(cam)
+    obj = spec.object_points()
+    for k in range(3):
+        found = detect_chessboard_corners(
+            render_chessboard_view(cam, R[k], t[k], spec, ideal_map=ideal_map), spec)
+        proj, _ = cv2.projectPoints(obj, cv2.Rodrigues(R[k])[0], t[k], cam.K.numpy(),
+                                    cam.D.numpy())
+        err = found - proj.reshape(-1, 2)
+        assert np.sqrt(np.mean(np.sum(err**2, axis=1))) < 0.15
+        # Without the distortion the corners would be off by > 1 px: the test sees the lens.
+        pinhole, _ = cv2.projectPoints(obj, cv2.Rodrigues(R[k])[0], t[k], cam.K.numpy(), None)
+        assert np.abs(found - pinhole.reshape(-1, 2)).max() > 1.0
 
 
 def test_opencv_reference_recovers_rendered_pose() -> None:
