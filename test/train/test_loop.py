@@ -79,7 +79,7 @@ def test_pose_training_overfits_a_few_frames_with_the_pose_loss(tmp_path):
         mode="pose", out_dir=str(tmp_path), toy_frames=8, input_width=128, input_height=96,
         augment=None,
         pose_loss=PoseLossConfig(pose_warmup_epochs=0, pose=0.05),
-        train=TrainConfig(epochs=10, batch_size=4, lr=5e-3, progress=False, seed=0),
+        train=TrainConfig(epochs=10, batch_size=4, lr=5e-3, progress=False, seed=0, val_every=10),
     )
     result = run_training(spec)
     first, last = result.history[0], result.history[-1]
