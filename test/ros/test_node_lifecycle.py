@@ -83,9 +83,9 @@ def test_deactivate_stops_a_busy_worker_within_2s(ctx):
         release = threading.Event()
         started = threading.Event()
 
-        def slow_frame(item) -> None:  # a frame that takes 1.5 s (a slow network on a CPU)
+        def slow_frame(item) -> None:  # a frame that takes 1 s (a slow network on a CPU)
             started.set()
-            release.wait(1.5)
+            release.wait(1.0)
 
         node._worker._handler = slow_frame
         node._worker.submit(("frame", None, 0.0))
