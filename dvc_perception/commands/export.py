@@ -17,6 +17,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `export`."""
     parser.add_argument("checkpoint", help="best.pt / last.pt of a `dvc-perception train` run")
     parser.add_argument("--out", help="output .onnx path (default: models/<name>.onnx)")
+    parser.add_argument("--no-torch-weights", action="store_true",
+                        help="skip <out>.pt (the torch backend's weights; ONNX backends and "
+                             "TensorRT do not need it)")
     parser.add_argument("--opset", type=int, default=17,
                         help="ONNX opset (default 17, the highest TensorRT 8.6 parses)")
 
@@ -35,9 +38,11 @@ def run(args: argparse.Namespace) -> int:
         else:
             name = "depth"
         out = str(Path("models") / f"{name}.onnx")
-    path = export_checkpoint(args.checkpoint, out, command=list(sys.argv), opset=args.opset)
+    path = export_checkpoint(args.checkpoint, out, command=list(sys.argv), opset=args.opset,
+                             torch_weights=not args.no_torch_weights)
     meta = read_model_metadata(path)
     size_mb = path.stat().st_size / 1e6
+    extra = "" if args.no_torch_weights else f" and {path.with_suffix('.pt')}"
     print(f"wrote {path} ({size_mb:.2f} MB, task {meta.task}, input {meta.input_size}, "
-          f"objects {list(meta.object_ids)}) and {path.with_suffix('.pt')}")
+          f"objects {list(meta.object_ids)}){extra}")
     return 0

@@ -142,6 +142,7 @@ def export_checkpoint(
     *,
     command: Sequence[str] | None = None,
     opset: int = 17,
+    torch_weights: bool = True,
 ) -> Path:
     """Export a training checkpoint to ONNX (+ the torch-backend state dict beside it).
 
@@ -150,6 +151,8 @@ def export_checkpoint(
         onnx_path: output ``.onnx`` path; ``<stem>.pt`` is written next to it.
         command: the command line recorded in the metadata (default `sys.argv`).
         opset: ONNX opset (17: TensorRT 8.6).
+        torch_weights: also write ``<stem>.pt`` for the torch backend (as large as the ONNX
+            file; leave it out to halve what a shipped model costs).
 
     Returns:
         The ONNX path.
@@ -172,8 +175,9 @@ def export_checkpoint(
         warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
         path = export_onnx(module, (example,), onnx_path, input_names=[INPUT_NAME],
                            output_names=list(outputs), metadata=meta, opset=opset)
-    weights = Path(path).with_suffix(".pt")
-    tmp = weights.with_suffix(".pt.tmp")
-    torch.save(module.state_dict(), tmp)
-    os.replace(tmp, weights)
+    if torch_weights:
+        weights = Path(path).with_suffix(".pt")
+        tmp = weights.with_suffix(".pt.tmp")
+        torch.save(module.state_dict(), tmp)
+        os.replace(tmp, weights)
     return Path(path)

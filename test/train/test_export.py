@@ -76,7 +76,9 @@ def test_exported_keypoint_model_matches_torch_and_describes_itself(runs, tmp_pa
 def test_exported_depth_model_matches_torch(runs, tmp_path):
     _, _, depth = runs
     out = tmp_path / "depth.onnx"
-    assert main(["export", str(depth.best_checkpoint), "--out", str(out)]) == 0
+    assert main(["export", str(depth.best_checkpoint), "--out", str(out),
+                 "--no-torch-weights"]) == 0
+    assert not out.with_suffix(".pt").exists()
     meta = read_model_metadata(out)
     assert meta.task == "depth"
     assert meta.extra["focal_normalization"]["reference_focal_px"] == pytest.approx(300.0)
