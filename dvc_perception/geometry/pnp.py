@@ -46,6 +46,8 @@ PLANAR_RATIO = 0.02
 NEWTON_STEP = 1e-2
 # Steps below this size (rad, relative) are accepted even if round-off raises the cost.
 TINY_STEP = 1e-9
+# Iterations from every start before the best start alone goes on.
+MULTI_START_ITERATIONS = 6
 # Levenberg-Marquardt iterations per RANSAC hypothesis.
 HYPOTHESIS_ITERATIONS = 5
 # Below this many points the 4-control-point kernel is noisy: start from several poses.
@@ -720,13 +722,23 @@ def _solve_pnp(
         return x.repeat(n_starts, *([1] * (x.dim() - 1))) if n_starts > 1 else x
 
     with torch.set_grad_enabled(unrolled):
+        # Planar sets keep every start to convergence: their two minima (the planar ambiguity)
+        # can have close costs that only converged values tell apart.
+        early = n_starts > 1 and not bool(frame.planar.any())
+        first = min(MULTI_START_ITERATIONS, max_iterations) if early else max_iterations
         R, t, cost, Hg, converged = _levenberg_marquardt(
-            R0, t0, rep(X), rep(obs), rep(K_s), rep(w_s), huber, max_iterations, tol_)
+            R0, t0, rep(X), rep(obs), rep(K_s), rep(w_s), huber, first, tol_)
         if n_starts > 1:
+            # Non-planar: a few iterations from every start, then only the best one goes on;
+            # the others (mirrored poses, ...) often converge slowly and would hold the batch.
             best = torch.where(torch.isfinite(cost), cost, torch.full_like(cost, math.inf))
             best = best.view(n_starts, B).argmin(0)
             idx = best * B + torch.arange(B, device=device)
             R, t, Hg, cost, converged = R[idx], t[idx], Hg[idx], cost[idx], converged[idx]
+            if max_iterations > first and not bool(converged.all()):
+                R, t, cost, Hg, conv2 = _levenberg_marquardt(
+                    R, t, X, obs, K_s, w_s, huber, max_iterations - first, tol_)
+                converged = converged | conv2
 
     with torch.no_grad():
         Rd, td = R.detach(), t.detach()
