@@ -65,6 +65,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-pose-loss", action="store_true",
                         help="pose mode: drop the loss through solve_pnp (ablation)")
     parser.add_argument("--pose-weight", type=float, help="weight of the pose loss")
+    parser.add_argument("--keypoint-weight", type=float,
+                        help="weight of the soft-argmax keypoint L1 loss [per px]")
     parser.add_argument("--pose-warmup-epochs", type=int,
                         help="epochs before the pose loss starts")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
@@ -89,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
         "threads": "num_threads",
     }), progress=not args.no_progress)
     pose_cfg = PoseLossConfig(
-        **_given(args, {"pose_weight": "pose", "pose_warmup_epochs": "pose_warmup_epochs"}),
+        **_given(args, {"pose_weight": "pose", "pose_warmup_epochs": "pose_warmup_epochs",
+                        "keypoint_weight": "keypoint"}),
         use_pose_loss=not args.no_pose_loss,
     )
     if args.mode == "depth" and args.no_pose_loss:
