@@ -33,7 +33,8 @@ def _rows(out: str, solver: str) -> dict[str, tuple[np.ndarray, np.ndarray, floa
 def test_demo_real_images_match_an_independent_opencv_run(
     chessboard_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["demo", "--images", str(chessboard_dir), "--repeats", "1"]) == 0
+    args = ["demo", "--images", str(chessboard_dir), "--repeats", "1", "--skip-pipeline"]
+    assert main(args) == 0
     out = capsys.readouterr().out
     ours, cv = _rows(out, "solve_pnp"), _rows(out, "opencv")
     names = sorted(p.name for p in chessboard_dir.glob("left*.jpg"))
@@ -70,7 +71,7 @@ def test_demo_generated_views_recover_the_known_poses(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("DVC_SHARED_DATA", str(tmp_path))  # a data folder without chessboard/
-    assert main(["demo", "--repeats", "0"]) == 0
+    assert main(["demo", "--repeats", "0", "--skip-pipeline"]) == 0
     out = capsys.readouterr().out
     assert "generated views of a board at known poses, lens distortion included (no " in out
     assert "camera: rational_polynomial 640x480" in out
@@ -105,7 +106,8 @@ def test_demo_reads_an_image_folder_with_its_calibration(
         cv2.imwrite(str(tmp_path / f"left{k + 1:02d}.png"),
                     render_chessboard_view(camera, R[k], t[k], spec))
     (tmp_path / "left03.png").write_bytes(b"not an image")
-    args = ["demo", "--images", str(tmp_path), "--glob", "left*.png", "--repeats", "0"]
+    args = ["demo", "--images", str(tmp_path), "--glob", "left*.png", "--repeats", "0",
+            "--skip-pipeline"]
     assert main(args) == 2
     assert "no calibration" in capsys.readouterr().err
     fs = cv2.FileStorage(str(tmp_path / "intrinsics.yml"), cv2.FILE_STORAGE_WRITE)
@@ -119,3 +121,21 @@ def test_demo_reads_an_image_folder_with_its_calibration(
     assert sorted(rows) == ["left01.png", "left02.png"]
     for k, name in enumerate(sorted(rows)):
         np.testing.assert_allclose(rows[name][1], t[k], atol=0.05)
+
+
+def test_demo_pipeline_stage_writes_bags_summary_and_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--generated", "--views", "1", "--repeats", "0", "--frames", "6",
+                 "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "board: detected 6/6" in text and f"report: {out / 'index.html'}" in text
+    summary = json.loads((out / "summary.json").read_text())
+    board = summary["objects"]["board"]
+    assert summary["frames"] == 6 and board["detected"] == 6
+    assert board["rotation_error_deg"]["max"] < 1.0  # against the generator's ground truth
+    assert (out / "input_bag" / "metadata.yaml").is_file()
+    assert (out / "output_bag" / "metadata.yaml").is_file()

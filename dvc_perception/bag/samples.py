@@ -104,3 +104,32 @@ def write_board_sample_bag(
                                  PoseStamped(header=header, pose=pose), ns)  # fmt: skip
             writer.write_message(GT_POSES_TOPIC, PoseArray(header=header, poses=[pose]), ns)
     return n_frames
+
+
+def run_board_sample_job(
+    out_dir: str | Path, *, n_frames: int = 30, seed: int = 0, progress: bool = True
+) -> tuple[dict, Path]:
+    """The main job on the embedded default: sample bag -> node code -> eval -> report.
+
+    Writes ``input_bag/``, ``output_bag/``, ``summary.json`` and ``index.html`` (+ figures) into
+    `out_dir` (replacing a previous run's) and returns (summary, path of index.html).
+    """
+    import shutil
+
+    from dvc_perception.bag.evaluate import evaluate_bag
+    from dvc_perception.bag.replay import replay_bag
+    from dvc_perception.bag.report import write_report
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    in_bag, out_bag = out / "input_bag", out / "output_bag"
+    for bag in (in_bag, out_bag):
+        if bag.exists():
+            shutil.rmtree(bag)
+    write_board_sample_bag(in_bag, n_frames=n_frames, seed=seed)
+    replayed = replay_bag(in_bag, out_bag, progress=progress)
+    result = evaluate_bag(out_bag, in_bag)
+    index = write_report(result, out, gt_bag=in_bag)
+    summary = result.summary()
+    summary["replay_frames_per_s"] = replayed.frames_per_s
+    return summary, index
