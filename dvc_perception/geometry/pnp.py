@@ -472,10 +472,15 @@ def _exp_so3(omega: Tensor) -> Tensor:
             + (2.0 * half * half) * (omega[:, :, None] * omega[:, None, :]))
 
 
+# vec([v]x) = v @ _SKEW_MAP (one small matmul instead of a dozen indexing ops).
+_SKEW_MAP = ((0, 0, 0, 0, 0, -1, 0, 1, 0),
+             (0, 0, 1, 0, 0, 0, -1, 0, 0),
+             (0, -1, 0, 1, 0, 0, 0, 0, 0))
+
+
 def _skew(v: Tensor) -> Tensor:
-    x, y, z = v[:, 0], v[:, 1], v[:, 2]
-    o = torch.zeros_like(x)
-    return torch.stack([o, -z, y, z, o, -x, -y, x, o], dim=-1).view(-1, 3, 3)
+    """(B,3) -> (B,3,3) cross-product matrices."""
+    return (v @ torch.tensor(_SKEW_MAP, dtype=v.dtype, device=v.device)).view(-1, 3, 3)
 
 
 def _left_jacobian_inverse(phi: Tensor) -> Tensor:

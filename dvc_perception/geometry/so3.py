@@ -75,6 +75,35 @@ def _safe_sqrt(x: Tensor) -> Tensor:
     return torch.where(positive, torch.where(positive, x, torch.ones_like(x)).sqrt(), 0.0 * x)
 
 
+# Shepperd's four candidate quaternions, each scaled by 4 q_k (k = w, x, y, z), are linear in the
+# entries m_ij of R: rows = R.flatten() @ _SHEPPERD_C + _SHEPPERD_1, each in (x, y, z, w) order.
+# Their diagonal entries (w of row w, x of row x, ...) are 4 q_k^2.
+_SHEPPERD_TERMS = (
+    # row w: (m21 - m12, m02 - m20, m10 - m01, 1 + m00 + m11 + m22)
+    (((7, 1), (5, -1)), ((2, 1), (6, -1)), ((3, 1), (1, -1)), ((0, 1), (4, 1), (8, 1))),
+    # row x: (1 + m00 - m11 - m22, m10 + m01, m02 + m20, m21 - m12)
+    (((0, 1), (4, -1), (8, -1)), ((3, 1), (1, 1)), ((2, 1), (6, 1)), ((7, 1), (5, -1))),
+    # row y: (m10 + m01, 1 - m00 + m11 - m22, m12 + m21, m02 - m20)
+    (((3, 1), (1, 1)), ((0, -1), (4, 1), (8, -1)), ((5, 1), (7, 1)), ((2, 1), (6, -1))),
+    # row z: (m20 + m02, m21 + m12, 1 - m00 - m11 + m22, m10 - m01)
+    (((6, 1), (2, 1)), ((7, 1), (5, 1)), ((0, -1), (4, -1), (8, 1)), ((3, 1), (1, -1))),
+)
+_SHEPPERD_DIAG = (3, 4, 9, 14)  # flat index (4 row + column) of 4 q_k^2 in rows w, x, y, z
+
+
+def _shepperd_constants() -> tuple[tuple[tuple[float, ...], ...], tuple[float, ...]]:
+    C = [[0.0] * 16 for _ in range(9)]
+    for k, row in enumerate(_SHEPPERD_TERMS):
+        for j, terms in enumerate(row):
+            for idx, sign in terms:
+                C[idx][4 * k + j] = float(sign)
+    c = [1.0 if i in _SHEPPERD_DIAG else 0.0 for i in range(16)]
+    return tuple(tuple(r) for r in C), tuple(c)
+
+
+_SHEPPERD_C, _SHEPPERD_1 = _shepperd_constants()  # immutable constants
+
+
 def matrix_to_quaternion(R: Tensor) -> Tensor:
     """Rotation matrix to unit quaternion (Shepperd's method, stable for every angle).
 
@@ -85,32 +114,13 @@ def matrix_to_quaternion(R: Tensor) -> Tensor:
         (..., 4) unit quaternion ``(x, y, z, w)`` with ``w >= 0``.
     """
     _check_last(R, (3, 3), "R")
-    m00, m01, m02 = R[..., 0, 0], R[..., 0, 1], R[..., 0, 2]
-    m10, m11, m12 = R[..., 1, 0], R[..., 1, 1], R[..., 1, 2]
-    m20, m21, m22 = R[..., 2, 0], R[..., 2, 1], R[..., 2, 2]
-    # 2|q_k| for k = w, x, y, z; the largest is >= 1 and gives a well-conditioned candidate.
-    q_abs = _safe_sqrt(
-        torch.stack(
-            [
-                1.0 + m00 + m11 + m22,
-                1.0 + m00 - m11 - m22,
-                1.0 - m00 + m11 - m22,
-                1.0 - m00 - m11 + m22,
-            ],
-            dim=-1,
-        )
-    )
-    # Row k: 4 q_k * (x, y, z, w), each row a valid (scaled) quaternion; q_abs^2 = 4 q_k^2.
-    cand = torch.stack(
-        [
-            torch.stack([m21 - m12, m02 - m20, m10 - m01, q_abs[..., 0] ** 2], dim=-1),
-            torch.stack([q_abs[..., 1] ** 2, m10 + m01, m02 + m20, m21 - m12], dim=-1),
-            torch.stack([m10 + m01, q_abs[..., 2] ** 2, m12 + m21, m02 - m20], dim=-1),
-            torch.stack([m20 + m02, m21 + m12, q_abs[..., 3] ** 2, m10 - m01], dim=-1),
-        ],
-        dim=-2,
-    )
-    cand = cand / (2.0 * q_abs.clamp(min=0.1))[..., None]
+    C = torch.tensor(_SHEPPERD_C, dtype=R.dtype, device=R.device)
+    c = torch.tensor(_SHEPPERD_1, dtype=R.dtype, device=R.device)
+    flat = R.reshape(*R.shape[:-2], 9) @ C + c
+    rows = flat.reshape(*R.shape[:-2], 4, 4)
+    diag = flat[..., list(_SHEPPERD_DIAG)]  # 4 q_k^2 = (2|q_k|)^2
+    q_abs = _safe_sqrt(diag)  # 2|q_k|; the largest is >= 1: a well-conditioned candidate
+    cand = rows / (2.0 * q_abs.clamp(min=0.1))[..., None]
     best = torch.nn.functional.one_hot(q_abs.argmax(dim=-1), 4).to(R.dtype)
     q = (cand * best[..., None]).sum(-2)
     q = q / q.norm(dim=-1, keepdim=True)
