@@ -276,8 +276,8 @@ def _normal_equations(
     cost, c = _robust_weights(s, w, huber)
     A = (Kt2 - k3 * uv[:, None]) / z[:, None]
     J_rot = torch.linalg.cross(q[:, :, None].expand_as(A), A, dim=1)
-    Jr = torch.cat([A, J_rot, r[:, None]], dim=1).view(B, 7, 2 * N)
-    H = (Jr * c.repeat(1, 2)[:, None]) @ Jr.transpose(1, 2)
+    Jr = torch.cat([A, J_rot, r[:, None]], dim=1)  # (B,7,2,N)
+    H = (Jr * c[:, None, None]).view(B, 7, 2 * N) @ Jr.view(B, 7, 2 * N).transpose(1, 2)
     S = _second_order(q, A, r, z, K, c, w, s, huber)[0] if second else None
     return cost, H, S
 
@@ -298,9 +298,9 @@ def _stationarity(
     a = A[:, :, 0] * r[:, 0:1] + A[:, :, 1] * r[:, 1:2]
     g = torch.cat([a, torch.linalg.cross(q, a, dim=1)], dim=1) @ c[:, :, None]
     with torch.no_grad():
-        Jf = J.detach().reshape(B, 6, 2 * N)
+        Jd = J.detach()
         cd = c.detach()
-        H = (Jf * cd.repeat(1, 2)[:, None]) @ Jf.transpose(1, 2)
+        H = (Jd * cd[:, None, None]).reshape(B, 6, 2 * N) @ Jd.reshape(B, 6, 2 * N).transpose(1, 2)
         S, _ = _second_order(q.detach(), A.detach(), r.detach(), z.detach(), K.detach(), cd,
                              w.detach(), s.detach(), huber)
     return g[..., 0], H + S
