@@ -17,8 +17,10 @@ samples):
    two converged solutions is kept.
 2. Levenberg-Marquardt on SE(3) with analytic Jacobians of the pinhole projection under a left
    perturbation ``R <- exp([dtheta]x) R, t <- t + dt`` (per-point weights, Huber kernel through
-   iteratively reweighted normal equations, which is exactly the Hessian-free part of the
-   robust cost's gradient).
+   iteratively reweighted normal equations, whose right-hand side is exactly the robust cost's
+   gradient). Where Gauss-Newton converges slowly (planar sets, large residuals) the steps
+   switch to Newton steps on the exact Hessian, Marquardt-damped. For N < 16 non-planar sets
+   the LM also starts from the planar approximation and the mirrored poses (best kept).
 3. Backward by implicit differentiation (the BPnP idea, Chen et al., CVPR 2020): at the optimum
    ``g(xi; theta) = dC/dxi = 0`` for the local perturbation ``xi = (dt, dtheta)``, so
    ``dxi/dtheta = -H^-1 dg/dtheta`` with H the exact Hessian of C (Gauss-Newton term, second
@@ -88,7 +90,9 @@ class PnPResult:
         t: (B, 3) translation of the object in the camera frame, m.
         rvec: (B, 3) rotation vector of R, rad.
         cost: (B,) final cost ``1/2 sum_i w_i rho(r_i^2)``, px^2 (not differentiable).
-        converged: (B,) bool, the last accepted Levenberg-Marquardt step was below ``tol``.
+        converged: (B,) bool: a lightly damped (lambda <= 1) step from the returned pose's
+            basin was below ``tol`` (rad, and relative to |t|), i.e. the pose is stationary to
+            ``tol``; False when ``max_iterations`` ran out first.
         valid: (B,) bool, False for non-finite inputs, fewer than 4 points of positive weight,
             collinear object points, a solution with a weighted point at depth <= 0, or a
             singular normal matrix. Invalid samples have ``R = I``, ``t = 0``, ``cost = 0``,
