@@ -309,3 +309,31 @@ def test_benchmark_quick_smoke():
                              with_opencv=True)
     assert len(rows) == 1 and rows[0]["forward_ms"] > 0 and rows[0]["opencv_sqpnp_ms"] > 0
     assert "| B |" in mod.markdown_table(rows)
+
+
+def test_real_chessboard_reprojection_matches_opencv(chessboard_dir):
+    fs = cv2.FileStorage(str(chessboard_dir / "intrinsics.yml"), cv2.FILE_STORAGE_READ)
+    K, D = fs.getNode("M1").mat(), fs.getNode("D1").mat()
+    fs.release()
+    obj = np.zeros((54, 3))
+    obj[:, :2] = np.mgrid[0:9, 0:6].T.reshape(-1, 2)  # unit squares (true size unknown)
+    checked = 0
+    for path in sorted(chessboard_dir.glob("left*.jpg")):
+        gray = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        found, corners = cv2.findChessboardCorners(gray, (9, 6))
+        if not found:
+            continue
+        corners = cv2.cornerSubPix(gray, corners, (11, 11), (-1, -1),
+                                   (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 30, 1e-3))
+        # the solver takes undistorted pixels (same K)
+        und = cv2.undistortPoints(corners, K, D, P=K)[:, 0, :].astype(np.float64)
+        _, rv, tv = cv2.solvePnP(obj, und, K, None, flags=cv2.SOLVEPNP_ITERATIVE)
+        proj_cv = cv2.projectPoints(obj, rv, tv, K, None)[0][:, 0, :]
+        rms_cv = float(np.sqrt(((proj_cv - und) ** 2).sum(-1).mean()))
+        r = solve_pnp(torch.from_numpy(und), torch.from_numpy(obj), torch.from_numpy(K))
+        assert bool(r.valid.all()) and bool(r.converged.all())
+        proj = cv2.projectPoints(obj, r.rvec[0].numpy(), r.t[0].numpy(), K, None)[0][:, 0, :]
+        rms = float(np.sqrt(((proj - und) ** 2).sum(-1).mean()))
+        assert abs(rms - rms_cv) <= 0.01, f"{path.name}: {rms:.4f} px vs OpenCV {rms_cv:.4f} px"
+        checked += 1
+    assert checked >= 10
