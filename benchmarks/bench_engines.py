@@ -10,7 +10,8 @@ Default models: the shipped ``models/*.onnx`` when they exist (their torch modul
 metadata convention: ``architecture`` + ``<stem>.pt``), else the reference convnets of
 `dvc_perception.engines.reference_nets` at 320x240.
 
-    .venv/bin/python benchmarks/bench_engines.py [--model a.onnx ...] [--iters 50] [--threads 2]
+    .venv/bin/python benchmarks/bench_engines.py [--model a.onnx ...] [--iters 50]
+        [--torch-threads 1] [--ort-threads 2]
 """
 
 from __future__ import annotations
@@ -153,12 +154,19 @@ def main() -> int:
     parser.add_argument("--model", type=Path, nargs="*", default=None)
     parser.add_argument("--iters", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2,
-                        help="torch.set_num_threads and ORT intra_op_num_threads")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="set both --torch-threads and --ort-threads")
+    parser.add_argument("--torch-threads", type=int, default=1,
+                        help="torch.set_num_threads (default 1: on this shared 2-core machine "
+                        "2 torch threads made the keypoint net 40x slower, see RESULTS.md)")
+    parser.add_argument("--ort-threads", type=int, default=2,
+                        help="ONNX Runtime intra_op_num_threads")
     parser.add_argument("--calib-frames", type=int, default=16)
     args = parser.parse_args()
 
-    torch.set_num_threads(args.threads)
+    if args.threads is not None:
+        args.torch_threads = args.ort_threads = args.threads
+    torch.set_num_threads(args.torch_threads)
     tmp = Path(tempfile.mkdtemp(prefix="bench_engines_"))
     shipped = sorted((REPO / "models").glob("**/*.onnx"))
     note = ""
@@ -173,7 +181,8 @@ def main() -> int:
                 "width 32) at 320x240.")
     source, source_text = calibration_source()
     print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch "
-          f"threads, ORT intra_op_num_threads={args.threads}, python {sys.version.split()[0]}, "
+          f"threads, ORT intra_op_num_threads={args.ort_threads}, python "
+          f"{sys.version.split()[0]}, "
           f"torch {torch.__version__}")
     print(f"# int8 calibration: {args.calib_frames} frames from {source_text}")
     if note:
@@ -199,7 +208,7 @@ def main() -> int:
                 path, backend="torch", device="cpu", options={"module": module})))
         except Exception as err:  # noqa: BLE001 - report and go on with the other backends
             print(f"# torch eager skipped for {path.name}: {err}")
-        opts = {"intra_op_num_threads": args.threads}
+        opts = {"intra_op_num_threads": args.ort_threads}
         engines.append(("onnxruntime fp32", load_engine(path, backend="onnxruntime",
                                                         device="cpu", options=opts)))
         engines.append(("onnxruntime int8 (s8s8, TensorRT QDQ)", load_engine(
