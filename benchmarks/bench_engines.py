@@ -131,6 +131,37 @@ def reference_models(directory: Path) -> list[Path]:
     return paths
 
 
+def architecture_models(directory: Path) -> list[Path]:
+    """The networks' architectures (`dvc_perception.models.factory` defaults), untrained."""
+    from dvc_perception.models import factory
+
+    paths = []
+    for name, task, make, fac in (
+        ("pose_arch_untrained", "keypoints", factory.keypoint_export_module,
+         factory.KEYPOINT_FACTORY),
+        ("depth_arch_untrained", "depth", factory.depth_export_module, factory.DEPTH_FACTORY),
+    ):
+        torch.manual_seed(0)
+        module = make().eval()
+        example = torch.zeros(1, 3, 240, 320)
+        with torch.no_grad():
+            out = module(example)
+        n_out = len(out) if isinstance(out, tuple) else 1
+        meta = {
+            "dvc_format": 1, "task": task, "input_size": [320, 240],
+            "normalization": {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]},
+            "provenance": {"git_commit": "untrained", "command": "bench_engines.py --arch",
+                           "date": time.strftime("%Y-%m-%d"), "data_seed": 0},
+            "architecture": {"factory": fac, "kwargs": {}},
+        }
+        path = directory / f"{name}.onnx"
+        export_onnx(module, (example,), path, input_names=["image"],
+                    output_names=[f"out{i}" for i in range(n_out)], metadata=meta)
+        torch.save(module.state_dict(), path.with_suffix(".pt"))
+        paths.append(path)
+    return paths
+
+
 def calibration_source(rng_seed: int = 0):
     """Real LM-O frames when present, else synthetic frames (never random noise)."""
     if LMO_RGB.is_dir() and any(LMO_RGB.iterdir()):
@@ -152,6 +183,8 @@ def calibration_source(rng_seed: int = 0):
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, nargs="*", default=None)
+    parser.add_argument("--arch", action="store_true",
+                        help="benchmark the networks' architectures (untrained) instead")
     parser.add_argument("--iters", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None,
@@ -172,6 +205,10 @@ def main() -> int:
     note = ""
     if args.model:
         models = list(args.model)
+    elif args.arch:
+        models = architecture_models(tmp)
+        note = ("Untrained networks' architectures (dvc_perception.models.factory defaults) at "
+                "320x240.")
     elif shipped:
         models = shipped
     else:
