@@ -592,8 +592,23 @@ class _ImplicitPnP(torch.autograd.Function):
         with torch.enable_grad():
             inputs = [x.detach().requires_grad_(n) for x, n in zip((x2d, x3d, K, w), need)]
             x2d_, x3d_, K_, w_ = inputs
-            g, H = _stationarity(R.detach(), t.detach(), x3d_.transpose(1, 2),
-                                 x2d_.transpose(1, 2), K_, w_, ctx.huber)
+            R, t = R.detach(), t.detach()
+            if not bool(valid.all()):
+                # Invalid samples: evaluate the benign replacement problem at its exact pose so
+                # that their (zero-weighted) terms are finite; `where` gives them zero gradient.
+                B, N = x2d.shape[0], x2d.shape[1]
+                du, dx, dK = _dummy_problem(B, N, x2d.dtype, x2d.device)
+                bad = ~valid
+                x2d_ = torch.where(bad[:, None, None], du, x2d_)
+                x3d_ = torch.where(bad[:, None, None], dx, x3d_)
+                K_ = torch.where(bad[:, None, None], dK, K_)
+                w_ = torch.where(bad[:, None], 1.0, w_)
+                eye = torch.eye(3, dtype=R.dtype, device=R.device)
+                R = torch.where(bad[:, None, None], eye, R)
+                t = torch.where(bad[:, None], torch.tensor([0.0, 0.0, 1.0], dtype=t.dtype,
+                                                           device=t.device), t)
+            g, H = _stationarity(R, t, x3d_.transpose(1, 2), x2d_.transpose(1, 2), K_, w_,
+                                 ctx.huber)
             damping = 1e-12 if H.dtype == torch.float64 else 1e-6
             u, ok = _damped_solve(H, grad_xi, damping)
             u = torch.where((ok & valid)[:, None], u, torch.zeros_like(u))
@@ -757,11 +772,14 @@ def _solve_pnp(
         d = H.diagonal(dim1=1, dim2=2).clamp(min=1e-300 if dtype == torch.float64 else 1e-30)
         d = d.rsqrt()
         L, info = torch.linalg.cholesky_ex(H * d[:, :, None] * d[:, None, :])
+        chol_ok = (info == 0) & torch.isfinite(L).all(-1).all(-1)
+        # cholesky_inverse raises on a singular factor: those samples get I (and valid=False)
+        L = torch.where(chol_ok[:, None, None], L, torch.eye(6, dtype=dtype, device=device))
         cov = torch.cholesky_inverse(L) * d[:, :, None] * d[:, None, :]
         n_eff = n_pos.to(dtype)
         sigma2 = Hg[:, 6, 6].detach() / (2.0 * n_eff - 6.0).clamp(min=1.0)
         cov = cov * sigma2[:, None, None]
-        valid = (ok_in & in_front & (info == 0)
+        valid = (ok_in & in_front & chol_ok
                  & torch.isfinite(cov).all(-1).all(-1) & torch.isfinite(cost.detach())
                  & torch.isfinite(Rd).all(-1).all(-1) & torch.isfinite(td).all(-1))
 
@@ -901,8 +919,15 @@ def solve_pnp_ransac(
     dtype, device = x2d.dtype, x2d.device
     H, m = num_hypotheses, min(sample_size, N)
     with torch.no_grad():
+        usable = ((w > 0) & torch.isfinite(x2d).all(-1) & torch.isfinite(x3d).all(-1)
+                  & torch.isfinite(w))
+    # Unusable points (non-finite, weight 0) never vote and get weight 0 below; zeroing them
+    # keeps one NaN keypoint from invalidating its whole sample (and gives them zero gradient).
+    x2d = torch.where(usable[..., None], x2d, 0.0)
+    x3d = torch.where(usable[..., None], x3d, 0.0)
+    w = torch.where(usable, w, 0.0)
+    with torch.no_grad():
         x2d_d, x3d_d, K_d, w_d = x2d.detach(), x3d.detach(), K.detach(), w.detach()
-        usable = (w_d > 0) & torch.isfinite(x2d_d).all(-1) & torch.isfinite(x3d_d).all(-1)
         gen = torch.Generator().manual_seed(seed)
         keys = torch.rand(B, H, N, generator=gen, dtype=torch.float32).to(device)
         keys = torch.where(usable[:, None], keys, torch.full_like(keys, 2.0))

@@ -337,3 +337,18 @@ def test_real_chessboard_reprojection_matches_opencv(chessboard_dir):
         assert abs(rms - rms_cv) <= 0.01, f"{path.name}: {rms:.4f} px vs OpenCV {rms_cv:.4f} px"
         checked += 1
     assert checked >= 10
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_collapsed_keypoints_never_raise_or_give_nan(dtype):
+    # all keypoints of a sample on one pixel: singular normal equations, diverging depth
+    s = synthetic_pnp_problem(32, 7, 2.0, planar=True, seed=5, dtype=dtype)
+    x2d = s.keypoints_px.clone()
+    x2d[1] = 0.0
+    x2d.requires_grad_()
+    for robust in (None, ("huber", 3.0)):
+        r = solve_pnp(x2d, s.points_obj, s.K, robust=robust)
+        (g,) = torch.autograd.grad(r.t.sum() + r.rvec.sum() + r.R.sum(), x2d)
+        for f in (r.R, r.t, r.rvec, r.cost, r.covariance, g):
+            assert bool(torch.isfinite(f).all())
+        assert bool(r.valid[2:].all())

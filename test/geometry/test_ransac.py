@@ -60,3 +60,15 @@ def test_ransac_config_errors():
         solve_pnp_ransac(s.keypoints_px, s.points_obj, s.K, threshold_px=0.0)
     with pytest.raises(ConfigError, match="sample_size"):
         solve_pnp_ransac(s.keypoints_px, s.points_obj, s.K, sample_size=3)
+
+
+def test_ransac_survives_nan_and_collapsed_samples():
+    s = synthetic_pnp_problem(4, 30, 2.0, seed=0, outlier_ratio=0.1)
+    x2d = s.keypoints_px.clone()
+    x2d[0, 0, 0] = float("nan")  # one NaN keypoint: that point is never used
+    x2d[1] = 0.0  # every keypoint on one pixel: singular hypotheses
+    r = solve_pnp_ransac(x2d, s.points_obj, s.K, num_hypotheses=32)
+    for f in (r.R, r.t, r.rvec, r.cost, r.covariance):
+        assert bool(torch.isfinite(f).all())
+    assert bool(r.valid[[0, 2, 3]].all())
+    assert not bool(r.inliers[0, 0])
