@@ -53,6 +53,23 @@ class TensorSpec:
         return _dtype_name(array) == self.dtype
 
 
+class EngineSpecs:
+    """Mixin of the backends: `inputs` / `outputs` over the specs a backend sets at load time."""
+
+    _inputs: tuple[TensorSpec, ...] = ()
+    _outputs: tuple[TensorSpec, ...] = ()
+
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        """Input specs, in graph order."""
+        return self._inputs
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        """Output specs, in graph order."""
+        return self._outputs
+
+
 def _dtype_name(array: Any) -> str:
     """Numpy dtype name of a numpy array or torch tensor (``torch.float32`` -> ``float32``)."""
     dtype = array.dtype

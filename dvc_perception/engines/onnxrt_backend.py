@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from dvc_perception.engines.base import TensorSpec, check_inputs, check_options
+from dvc_perception.engines.base import EngineSpecs, TensorSpec, check_inputs, check_options
 from dvc_perception.errors import ConfigError, EngineUnavailableError, ModelSpecError
 
 _LOG = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ def default_providers(device: str | None) -> tuple[list[str], str]:
     return ["CPUExecutionProvider"], f"no CUDA execution provider (available: {available})"
 
 
-class OnnxRuntimeEngine:
+class OnnxRuntimeEngine(EngineSpecs):
     """Runs an ONNX file with ONNX Runtime.
 
     Args:
@@ -145,16 +145,6 @@ class OnnxRuntimeEngine:
         _LOG.info("onnxruntime: %s with %s (%s)", onnx_path, list(self.providers), why)
         self._inputs = tuple(_spec(a) for a in self._session.get_inputs())
         self._outputs = tuple(_spec(a) for a in self._session.get_outputs())
-
-    @property
-    def inputs(self) -> tuple[TensorSpec, ...]:
-        """Input specs, in graph order."""
-        return self._inputs
-
-    @property
-    def outputs(self) -> tuple[TensorSpec, ...]:
-        """Output specs, in graph order."""
-        return self._outputs
 
     def run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Run one inference (inputs are checked first; torch tensors are accepted)."""

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from dvc_perception.engines.base import TensorSpec, check_inputs, check_options
+from dvc_perception.engines.base import EngineSpecs, TensorSpec, check_inputs, check_options
 from dvc_perception.errors import ConfigError, EngineUnavailableError, ModelSpecError
 
 _LOG = logging.getLogger(__name__)
@@ -406,7 +406,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-class TensorRTEngine:
+class TensorRTEngine(EngineSpecs):
     """Runs an ONNX model as a TensorRT 10 engine on a CUDA device (built or from the cache).
 
     Args:
@@ -498,16 +498,6 @@ class TensorRTEngine:
             spec = TensorSpec(name, shape, str(dtype).replace("torch.", ""))
             (ins if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT else outs).append(spec)
         self._inputs, self._outputs = tuple(ins), tuple(outs)
-
-    @property
-    def inputs(self) -> tuple[TensorSpec, ...]:
-        """Input specs of the engine."""
-        return self._inputs
-
-    @property
-    def outputs(self) -> tuple[TensorSpec, ...]:
-        """Output specs of the engine."""
-        return self._outputs
 
     def run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Run one inference; numpy or torch in, numpy out (synchronises the stream)."""

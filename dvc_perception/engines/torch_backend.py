@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from dvc_perception.engines.base import TensorSpec, check_inputs, check_options
+from dvc_perception.engines.base import EngineSpecs, TensorSpec, check_inputs, check_options
 from dvc_perception.errors import ConfigError, EngineUnavailableError, ModelSpecError
 
 _LOG = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ def module_from_metadata(onnx_path: str | os.PathLike[str]) -> Any:
     return module
 
 
-class TorchEngine:
+class TorchEngine(EngineSpecs):
     """Runs a torch ``nn.Module`` behind the `Engine` interface.
 
     Args:
@@ -159,16 +159,6 @@ class TorchEngine:
         self._half = half
         self._inputs, self._outputs = onnx_io_specs(onnx_path)
         _LOG.info("torch: %s on %s (%s)", type(module).__name__, self.device, self.precision)
-
-    @property
-    def inputs(self) -> tuple[TensorSpec, ...]:
-        """Input specs (from the ONNX graph)."""
-        return self._inputs
-
-    @property
-    def outputs(self) -> tuple[TensorSpec, ...]:
-        """Output specs (from the ONNX graph)."""
-        return self._outputs
 
     def run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Run one inference; outputs are float32 numpy arrays on the host."""
