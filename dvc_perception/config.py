@@ -156,12 +156,15 @@ class PnPConfig:
 
 @dataclass(frozen=True)
 class NetworkConfig:
-    """The keypoint/depth network (issues 4/5); unused by the fiducial source."""
+    """The keypoint/depth networks (`keypoint_source: network`, `depth_source: network`)."""
 
     model_path: str = _f("", "keypoint network ONNX file (metadata: objects, keypoints, input)")
-    depth_model_path: str = _f("", "depth network ONNX file; empty: no depth")
+    depth_model_path: str = _f("", "depth network ONNX file (used when depth_source is network)")
     backend: str = _f(
         "onnxruntime", "inference backend", choices=("onnxruntime", "tensorrt", "torch")
+    )
+    min_objectness: float = _f(
+        0.5, "objects whose network objectness is lower are not reported", range=(0.0, 1.0)
     )
 
 

@@ -2,8 +2,8 @@
 """ROS-free per-frame pipeline: keypoints -> undistortion -> robust weighted PnP -> poses.
 
 ``Pipeline.from_config(path_or_dict).process(image_rgb, camera, stamp) -> FrameResult``.
-Keypoints come from a pluggable `KeypointSource` (the fiducial source today, the keypoint network
-of issues 4/5 later); depth from an optional `DepthSource` (None: no depth). Importing this module
+Keypoints come from a pluggable `KeypointSource` (the fiducial source or the keypoint network);
+depth from an optional `DepthSource` (the depth network; None: no depth). Importing this module
 loads neither rclpy nor tensorrt.
 
 Per detection: undistort the keypoints (`CameraModel.undistort_points`), fit all of them with the
@@ -12,13 +12,12 @@ confidence-weighted PnP (EPnP + Levenberg-Marquardt); when a keypoint is off by 
 weighted LM on the inliers). Score = sum of inlier confidences / N; poses that are invalid or
 below ``min_score`` are dropped; the covariance is the solver's. 4 keypoints suffice.
 
-Plugging in the network (issues 4/5): a class with ``backend``, ``object_ids`` and
-``detect(image_rgb) -> list[KeypointDetection]`` that letterboxes the image
-(`keypoint_sources.letterbox.Letterbox.image_to_input`), runs its engine, decodes heatmaps to
-input-resolution keypoints and confidences, maps them back with `Letterbox.points_to_source`
-and returns the object's 3D keypoints from the model metadata; a depth source likewise returns
-`Letterbox.depth_to_source(depth)`. Until `make_keypoint_source` knows them, pass them directly:
-``Pipeline(config, source, depth_source)`` or ``PerceptionNode(pipeline_factory=...)``.
+``keypoint_source: network`` / ``depth_source: network`` use `keypoint_sources.network`
+(``pipeline.network.model_path`` / ``depth_model_path`` / ``backend``): the frame is letterboxed
+to the network input, the engine runs, keypoints go back with `Letterbox.points_to_source` and
+depth with `Letterbox.depth_to_source` (nearest, NaN in the padding); object ids and 3D keypoints
+come from the model metadata. A missing model fails at configure, naming the path. Any other
+source can be passed directly: ``Pipeline(config, source, depth_source)``.
 """
 
 from __future__ import annotations
@@ -33,7 +32,7 @@ import numpy as np
 import torch
 
 from dvc_perception.config import ROS_NAME_TOKEN, PipelineConfig
-from dvc_perception.errors import ConfigError, EngineUnavailableError, InputError, ShapeError
+from dvc_perception.errors import ConfigError, InputError, ModelSpecError, ShapeError
 from dvc_perception.geometry.camera import CameraModel
 from dvc_perception.keypoint_sources.base import DepthSource, KeypointDetection, KeypointSource
 
@@ -80,19 +79,37 @@ class FrameResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+def _network_model_path(config: PipelineConfig, key: str, source: str) -> Path:
+    """``pipeline.network.<key>`` as an existing file; ConfigError/ModelSpecError otherwise."""
+    value = getattr(config.network, key)
+    if not value:
+        raise ConfigError(
+            f"pipeline.{source} 'network' needs pipeline.network.{key} (an exported ONNX "
+            "model); it is empty"
+        )
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise ModelSpecError(f"pipeline.network.{key}: model file {str(path)!r} does not exist")
+    return path
+
+
 def make_keypoint_source(config: PipelineConfig) -> KeypointSource:
     """The keypoint source named by `config.keypoint_source`.
 
     Raises:
-        EngineUnavailableError: ``network`` while this build has no keypoint network.
+        ConfigError: ``network`` with an empty ``network.model_path``.
+        ModelSpecError: the keypoint model is missing or does not describe itself (path named).
+        EngineUnavailableError: the network backend cannot run here.
     """
     if config.keypoint_source == "fiducial":
         from dvc_perception.keypoint_sources.fiducial import FiducialSource
 
         return FiducialSource(config.fiducial)
-    raise EngineUnavailableError(
-        "pipeline.keypoint_source 'network': the keypoint network source (issues 4/5) is not "
-        "part of this build yet; use keypoint_source 'fiducial'"
+    from dvc_perception.keypoint_sources.network import NetworkKeypointSource
+
+    path = _network_model_path(config, "model_path", "keypoint_source")
+    return NetworkKeypointSource(
+        path, config.network.backend, min_objectness=config.network.min_objectness
     )
 
 
@@ -100,15 +117,17 @@ def make_depth_source(config: PipelineConfig) -> DepthSource | None:
     """The depth source named by `config.depth_source` (None for ``none``).
 
     Raises:
-        EngineUnavailableError: ``network`` while this build has no depth network.
+        ConfigError: ``network`` with an empty ``network.depth_model_path``.
+        ModelSpecError: the depth model is missing or does not describe itself (path named).
+        EngineUnavailableError: the network backend cannot run here.
     """
-    if config.depth_source != "none":
-        raise EngineUnavailableError(
-            "pipeline.depth_source 'network': the depth network (issue 5) is not part of this "
-            "build yet; use depth_source 'none'"
-        )
-    no_depth: DepthSource | None = None
-    return no_depth
+    if config.depth_source == "none":
+        no_depth: DepthSource | None = None
+        return no_depth
+    from dvc_perception.keypoint_sources.network import NetworkDepthSource
+
+    path = _network_model_path(config, "depth_model_path", "depth_source")
+    return NetworkDepthSource(path, config.network.backend)
 
 
 def _reprojection_errors_px(

@@ -11,7 +11,7 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from dvc_perception.config import FiducialConfig, PipelineConfig
-from dvc_perception.errors import ConfigError, EngineUnavailableError, InputError, ShapeError
+from dvc_perception.errors import ConfigError, InputError, ShapeError
 from dvc_perception.geometry.camera import CameraModel
 from dvc_perception.keypoint_sources import KeypointDetection, KeypointSource
 from dvc_perception.keypoint_sources.fiducial import (
@@ -252,9 +252,9 @@ def test_config_errors_are_typed_and_name_the_value(tmp_path):
         Pipeline.from_config({"min_score": 1.5})
     with pytest.raises(ConfigError, match="expected int"):
         Pipeline.from_config({"fiducial": {"cols": "nine"}})
-    with pytest.raises(EngineUnavailableError, match="network"):
+    with pytest.raises(ConfigError, match="network.model_path"):
         Pipeline.from_config({"keypoint_source": "network"})
-    with pytest.raises(EngineUnavailableError, match="depth"):
+    with pytest.raises(ConfigError, match="network.depth_model_path"):
         Pipeline.from_config({"depth_source": "network"})
     path = tmp_path / "p.yaml"
     path.write_text("perception_node:\n  ros__parameters:\n    pipeline:\n"

@@ -1,0 +1,340 @@
+# Copyright 2026 dvc_perception authors. Licensed under the Apache License, Version 2.0.
+"""Network keypoint and depth sources: an exported ONNX model behind `engines.load_engine`.
+
+Everything model-specific comes from the ONNX metadata (`engines.export.read_model_metadata`):
+the input size, the normalisation, the object ids and each object's 3D keypoints, and for depth
+the reference focal length. A frame is letterboxed to the network input (`Letterbox`: scale
+``s = min(W / w, H / h)``, top-left, zero padding), fed as float32 NCHW RGB in [0, 1]
+(``(x - mean) / std`` of the metadata, identity for the shipped models whose normalisation is in
+the graph), and the outputs go back to the input image exactly:
+
+- keypoints: ``x2d`` (B, O, K, 2) px in the network input -> ``u = (u_in + 0.5) / s - 0.5``;
+  ``weights`` (B, O, K) are the confidences (PnP weights; low-weight keypoints stay in, RANSAC
+  handles outliers); an object is reported when its ``objectness`` (B, O) reaches a threshold.
+- depth: ``depth_canonical`` (B, 1, H, W) m at the reference focal f0 -> metric depth
+  ``depth_canonical * fx_in / f0`` with ``fx_in = s * fx`` the letterboxed input's focal length,
+  then nearest-neighbour back to the input resolution, NaN in the letterbox padding.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dvc_perception.engines.base import Engine, ModelMetadata
+from dvc_perception.engines.export import read_model_metadata
+from dvc_perception.engines.load import load_engine
+from dvc_perception.errors import InputError, ModelSpecError, ShapeError
+from dvc_perception.keypoint_sources.base import KeypointDetection
+from dvc_perception.keypoint_sources.letterbox import Letterbox
+
+#: Outputs the keypoint source reads (see `train.checkpoints.export_metadata`).
+KEYPOINT_OUTPUTS: tuple[str, ...] = ("x2d", "weights", "objectness")
+#: Output the depth source reads.
+DEPTH_OUTPUT = "depth_canonical"
+
+
+def _check_image(image_rgb: np.ndarray) -> tuple[int, int]:
+    """(width, height) of a (H, W, 3) uint8 image; ShapeError otherwise."""
+    if not isinstance(image_rgb, np.ndarray) or image_rgb.dtype != np.uint8:
+        raise ShapeError(
+            f"image_rgb: expected a uint8 numpy array, got {type(image_rgb).__name__} "
+            f"{getattr(image_rgb, 'dtype', '')}"
+        )
+    if image_rgb.ndim != 3 or image_rgb.shape[2] != 3:
+        raise ShapeError(f"image_rgb: expected shape (H, W, 3), got {image_rgb.shape}")
+    return int(image_rgb.shape[1]), int(image_rgb.shape[0])
+
+
+class _NetworkModel:
+    """An exported model, its metadata and its engine; the letterbox of each frame size.
+
+    Args:
+        model_path: the ONNX file.
+        task: the metadata ``task`` this model must have ("keypoints" or "depth").
+        outputs: output names the caller reads.
+        backend, precision, device, cache_dir: see `engines.load_engine`.
+
+    Raises:
+        ModelSpecError: missing or unreadable file, wrong task, input or outputs that do not
+            match the metadata.
+        EngineUnavailableError: the backend cannot run here.
+    """
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str],
+        task: str,
+        outputs: Sequence[str],
+        backend: str,
+        precision: str,
+        device: str | None,
+        cache_dir: str | os.PathLike[str] | None,
+    ) -> None:
+        self.path = Path(model_path)
+        if not str(model_path) or not self.path.is_file():
+            raise ModelSpecError(f"{task} model file {str(model_path)!r} does not exist")
+        self.metadata: ModelMetadata = read_model_metadata(self.path)
+        if self.metadata.task != task:
+            raise ModelSpecError(
+                f"{self.path}: expected a {task!r} model, its metadata says task "
+                f"{self.metadata.task!r}"
+            )
+        self.engine: Engine = load_engine(
+            self.path, backend=backend, precision=precision, device=device, cache_dir=cache_dir
+        )
+        width, height = self.metadata.input_size
+        if len(self.engine.inputs) != 1:
+            raise ModelSpecError(
+                f"{self.path}: expected one input, got {[s.name for s in self.engine.inputs]}"
+            )
+        spec = self.engine.inputs[0]
+        if len(spec.shape) != 4 or tuple(spec.shape[1:]) != (3, height, width):
+            raise ModelSpecError(
+                f"{self.path}: input {spec.name!r} is {spec.shape}, metadata input_size "
+                f"{width}x{height} expects (B, 3, {height}, {width})"
+            )
+        self.input_name = spec.name
+        self.input_dtype = np.dtype(spec.dtype)
+        names = [s.name for s in self.engine.outputs]
+        missing = [n for n in outputs if n not in names]
+        if missing:
+            raise ModelSpecError(f"{self.path}: outputs {missing} missing; it has {names}")
+        self.mean = np.asarray(self.metadata.mean, dtype=np.float32).reshape(1, 3, 1, 1)
+        self.std = np.asarray(self.metadata.std, dtype=np.float32).reshape(1, 3, 1, 1)
+        self._letterboxes: dict[tuple[int, int], Letterbox] = {}
+
+    @property
+    def description(self) -> str:
+        """``<backend>/<precision> (<file name>)`` for diagnostics."""
+        return f"{self.engine.backend}/{self.engine.precision} ({self.path.name})"
+
+    def letterbox(self, width: int, height: int) -> Letterbox:
+        """The letterbox from a `width` x `height` image to the network input."""
+        key = (width, height)
+        if key not in self._letterboxes:
+            self._letterboxes[key] = Letterbox(width, height, *self.metadata.input_size)
+        return self._letterboxes[key]
+
+    def run(self, image_rgb: np.ndarray) -> tuple[Letterbox, dict[str, np.ndarray]]:
+        """Letterbox `image_rgb` (H, W, 3) uint8, run the engine; (letterbox, outputs)."""
+        width, height = _check_image(image_rgb)
+        letterbox = self.letterbox(width, height)
+        x = letterbox.image_to_input(image_rgb).astype(np.float32) / np.float32(255.0)
+        x = (x.transpose(2, 0, 1)[None] - self.mean) / self.std
+        feed = np.ascontiguousarray(x, dtype=self.input_dtype)
+        return letterbox, self.engine.run({self.input_name: feed})
+
+
+class NetworkKeypointSource:
+    """Keypoints of the objects a keypoint network knows (`KeypointSource`).
+
+    Args:
+        model_path: exported keypoint ONNX model (``task: keypoints``; metadata ``object_ids``
+            and ``keypoints_3d`` per object in metres, object frame).
+        backend: "onnxruntime" | "tensorrt" | "torch" | "auto" (see `engines.load_engine`).
+        min_objectness: objects whose ``objectness`` is below this are not reported.
+        precision: "fp32" | "fp16" | "int8".
+        device: None (best available), "cpu", "cuda" or "cuda:N".
+        cache_dir: TensorRT engine cache directory.
+
+    Raises:
+        ModelSpecError: missing file, wrong task, or metadata without 3D keypoints for an
+            object (named).
+        EngineUnavailableError: the backend cannot run here.
+    """
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str],
+        backend: str = "onnxruntime",
+        *,
+        min_objectness: float = 0.5,
+        precision: str = "fp32",
+        device: str | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self._model = _NetworkModel(
+            model_path, "keypoints", KEYPOINT_OUTPUTS, backend, precision, device, cache_dir
+        )
+        meta = self._model.metadata
+        if not meta.object_ids:
+            raise ModelSpecError(f"{self._model.path}: metadata lists no object_ids")
+        self.object_ids: tuple[str, ...] = tuple(meta.object_ids)
+        self.points_obj: dict[str, np.ndarray] = {}
+        for object_id in self.object_ids:
+            self.points_obj[object_id] = _keypoints_3d(meta.keypoints_3d, object_id, self._model)
+        self.min_objectness = float(min_objectness)
+        self.backend = f"network:{self._model.description}"
+
+    @property
+    def metadata(self) -> ModelMetadata:
+        """The model's metadata."""
+        return self._model.metadata
+
+    @property
+    def engine(self) -> Engine:
+        """The inference engine."""
+        return self._model.engine
+
+    def letterbox(self, width: int, height: int) -> Letterbox:
+        """The letterbox used for `width` x `height` images."""
+        return self._model.letterbox(width, height)
+
+    def detect(self, image_rgb: np.ndarray) -> list[KeypointDetection]:
+        """Keypoints of every object with objectness >= `min_objectness`.
+
+        Args:
+            image_rgb: (H, W, 3) uint8 RGB.
+
+        Returns:
+            One detection per reported object, in metadata order: keypoints (K', 2) px in the
+            input image, their 3D points (K', 3) m, confidences (K',) = the network's weights,
+            where K' counts the keypoints with finite coordinates (objects with fewer than 4
+            are left out).
+
+        Raises:
+            ShapeError: `image_rgb` is not (H, W, 3) uint8.
+            ModelSpecError: the outputs do not have the shapes the metadata implies.
+        """
+        letterbox, out = self._model.run(image_rgb)
+        x2d, weights, objectness = (np.asarray(out[n], dtype=np.float64) for n in KEYPOINT_OUTPUTS)
+        n_obj = len(self.object_ids)
+        n_kp = next(iter(self.points_obj.values())).shape[0]
+        if x2d.shape[:2] != (1, n_obj) or x2d.shape[3:] != (2,) or objectness.shape != (1, n_obj):
+            raise ModelSpecError(
+                f"{self._model.path}: outputs x2d {x2d.shape}, objectness {objectness.shape} do "
+                f"not fit {n_obj} objects"
+            )
+        if weights.shape != x2d.shape[:3]:
+            raise ModelSpecError(
+                f"{self._model.path}: weights {weights.shape} do not match x2d {x2d.shape}"
+            )
+        detections = []
+        for o, object_id in enumerate(self.object_ids):
+            if not objectness[0, o] >= self.min_objectness:  # also drops NaN
+                continue
+            points_obj = self.points_obj[object_id]
+            if x2d.shape[2] != points_obj.shape[0]:
+                raise ModelSpecError(
+                    f"{self._model.path}: {x2d.shape[2]} keypoints per object in x2d, metadata "
+                    f"keypoints_3d[{object_id!r}] has {points_obj.shape[0]} (expected {n_kp})"
+                )
+            keypoints = letterbox.points_to_source(x2d[0, o])
+            confidence = np.clip(weights[0, o], 0.0, 1.0)
+            good = np.all(np.isfinite(keypoints), axis=1) & np.isfinite(confidence)
+            if int(good.sum()) < 4:
+                continue
+            detections.append(
+                KeypointDetection(
+                    object_id=object_id,
+                    keypoints_px=keypoints[good],
+                    points_obj=points_obj[good],
+                    confidence=confidence[good],
+                )
+            )
+        return detections
+
+
+def _keypoints_3d(table: Mapping[str, Any], object_id: str, model: _NetworkModel) -> np.ndarray:
+    """(K, 3) float64 m of `object_id` from the metadata's ``keypoints_3d``; ModelSpecError."""
+    if object_id not in table:
+        raise ModelSpecError(f"{model.path}: metadata keypoints_3d has no entry for {object_id!r}")
+    points = np.asarray(table[object_id], dtype=np.float64)
+    if points.ndim != 2 or points.shape[1] != 3 or points.shape[0] < 4:
+        raise ModelSpecError(
+            f"{model.path}: keypoints_3d[{object_id!r}]: expected (K >= 4, 3) metres, got "
+            f"shape {points.shape}"
+        )
+    if not np.all(np.isfinite(points)):
+        raise ModelSpecError(f"{model.path}: keypoints_3d[{object_id!r}] is not finite")
+    return points
+
+
+class NetworkDepthSource:
+    """Metric depth from a depth network (`DepthSource`).
+
+    Args:
+        model_path: exported depth ONNX model (``task: depth``; metadata
+            ``focal_normalization.reference_focal_px``).
+        backend: "onnxruntime" | "tensorrt" | "torch" | "auto".
+        precision: "fp32" | "fp16" | "int8".
+        device: None (best available), "cpu", "cuda" or "cuda:N".
+        cache_dir: TensorRT engine cache directory.
+
+    Raises:
+        ModelSpecError: missing file, wrong task, or no reference focal length.
+        EngineUnavailableError: the backend cannot run here.
+    """
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str],
+        backend: str = "onnxruntime",
+        *,
+        precision: str = "fp32",
+        device: str | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self._model = _NetworkModel(
+            model_path, "depth", (DEPTH_OUTPUT,), backend, precision, device, cache_dir
+        )
+        focal = self._model.metadata.extra.get("focal_normalization")
+        f0 = focal.get("reference_focal_px") if isinstance(focal, Mapping) else None
+        if isinstance(f0, bool) or not isinstance(f0, (int, float)) or not f0 > 0:
+            raise ModelSpecError(
+                f"{self._model.path}: metadata focal_normalization.reference_focal_px must be a "
+                f"positive number, got {f0!r}"
+            )
+        self.reference_focal_px = float(f0)
+        self.backend = f"network:{self._model.description}"
+
+    @property
+    def metadata(self) -> ModelMetadata:
+        """The model's metadata."""
+        return self._model.metadata
+
+    @property
+    def engine(self) -> Engine:
+        """The inference engine."""
+        return self._model.engine
+
+    def letterbox(self, width: int, height: int) -> Letterbox:
+        """The letterbox used for `width` x `height` images."""
+        return self._model.letterbox(width, height)
+
+    def estimate(self, image_rgb: np.ndarray, K: np.ndarray) -> np.ndarray:
+        """Depth of `image_rgb` at its own resolution.
+
+        Args:
+            image_rgb: (H, W, 3) uint8 RGB.
+            K: (3, 3) undistorted pinhole intrinsics of the image [px].
+
+        Returns:
+            (H, W) float32 m, optical-axis depth; NaN where the letterbox padded the input.
+
+        Raises:
+            ShapeError: bad image or K shape.
+            InputError: fx not a positive finite number.
+        """
+        K = np.asarray(K, dtype=np.float64)
+        if K.shape != (3, 3):
+            raise ShapeError(f"K: expected shape (3, 3), got {K.shape}")
+        fx = float(K[0, 0])
+        if not (np.isfinite(fx) and fx > 0):
+            raise InputError(f"K: fx must be positive and finite, got {fx}")
+        letterbox, out = self._model.run(image_rgb)
+        width, height = self._model.metadata.input_size
+        canonical = np.asarray(out[DEPTH_OUTPUT], dtype=np.float32)
+        if canonical.shape != (1, 1, height, width):
+            raise ModelSpecError(
+                f"{self._model.path}: {DEPTH_OUTPUT} is {canonical.shape}, expected "
+                f"(1, 1, {height}, {width})"
+            )
+        fx_input = letterbox.scale * fx  # K_in = A K: the input's focal length
+        metric = canonical[0, 0] * np.float32(fx_input / self.reference_focal_px)
+        return letterbox.depth_to_source(metric).astype(np.float32, copy=False)

@@ -1,0 +1,218 @@
+# Copyright 2026 dvc_perception authors. Licensed under the Apache License, Version 2.0.
+"""Network keypoint/depth sources on exported *untrained* models, run by real ONNX Runtime.
+
+The references are computed here independently of the sources: the letterbox input is built
+with OpenCV from the documented affine, the engine is run directly, and keypoints/depth are
+brought back with the documented formulas (``u = (u_in + 0.5) / s - 0.5``, metric depth
+``depth_canonical * s * fx / f0``, nearest sampling, NaN in the padding).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from dvc_perception.config import PipelineConfig
+from dvc_perception.engines.export import export_onnx, read_model_metadata
+from dvc_perception.errors import ConfigError, ModelSpecError
+from dvc_perception.geometry.camera import CameraModel
+from dvc_perception.models.depth_net import DepthNet, DepthNetConfig
+from dvc_perception.models.keypoint_net import KeypointNet, KeypointNetConfig, KeypointNetForExport
+from dvc_perception.pipeline import Pipeline
+from dvc_perception.train.checkpoints import (
+    DEPTH_OUTPUTS,
+    INPUT_NAME,
+    KEYPOINT_OUTPUTS,
+    export_metadata,
+)
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+from dvc_perception.keypoint_sources.network import (  # noqa: E402
+    NetworkDepthSource,
+    NetworkKeypointSource,
+)
+
+OBJECT_IDS = ("mug_a", "box_b")
+NUM_KEYPOINTS = 6
+SMALL = {"widths": (8, 8, 16, 16), "blocks": (0, 0, 0, 1)}  # untrained and tiny: fast export
+
+
+def _provenance() -> dict:
+    return {"git": {"commit": "0" * 40}, "command": ["pytest"], "date": "2026-01-01",
+            "data": {"seed": 0}, "seeds": {"train": 0}}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("net_models")
+    rng = np.random.default_rng(0)
+    kp_cfg = KeypointNetConfig(object_ids=OBJECT_IDS, num_keypoints=NUM_KEYPOINTS,
+                               decoder_channels=(16, 16), **SMALL)
+    objects = [{"object_id": o, "keypoints_obj": rng.uniform(-0.05, 0.05, (NUM_KEYPOINTS, 3))
+                .tolist(), "diameter_m": 0.15, "symmetries": None} for o in OBJECT_IDS]
+    kp_ckpt = {"model_kind": "keypoint", "model_config": dataclasses.asdict(kp_cfg),
+               "objects": objects, "provenance": _provenance()}
+    h, w = kp_cfg.input_height, kp_cfg.input_width
+    d_cfg = DepthNetConfig(decoder_channels=(16, 8, 8), **SMALL)
+    d_ckpt = {"model_kind": "depth", "model_config": dataclasses.asdict(d_cfg),
+              "provenance": _provenance()}
+    example = (torch.zeros(1, 3, h, w),)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=torch.jit.TracerWarning)  # static shapes
+        kp_path = export_onnx(KeypointNetForExport(KeypointNet(kp_cfg)), example,
+                              root / "kp.onnx", input_names=[INPUT_NAME],
+                              output_names=list(KEYPOINT_OUTPUTS),
+                              metadata=export_metadata(kp_ckpt, command=["pytest"]))
+        d_path = export_onnx(DepthNet(d_cfg), example, root / "depth.onnx",
+                             input_names=[INPUT_NAME], output_names=list(DEPTH_OUTPUTS),
+                             metadata=export_metadata(d_ckpt, command=["pytest"]))
+    return kp_path, d_path
+
+
+def _image(width: int, height: int, seed: int = 1) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (height // 8, width // 8, 3), dtype=np.uint8)
+    return cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+def _reference_run(path, image: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
+    """Letterbox with the documented affine and run ONNX Runtime directly: (s, outputs)."""
+    import onnxruntime as ort
+
+    meta = read_model_metadata(path)
+    w_in, h_in = meta.input_size
+    h, w = image.shape[:2]
+    s = min(w_in / w, h_in / h)
+    affine = np.array([[s, 0.0, 0.5 * s - 0.5], [0.0, s, 0.5 * s - 0.5]])
+    x = cv2.warpAffine(image, affine, (w_in, h_in), flags=cv2.INTER_LINEAR,
+                       borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+    x = (x.astype(np.float32) / 255.0).transpose(2, 0, 1)[None]
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    return s, dict(zip(names, sess.run(None, {sess.get_inputs()[0].name: x})))
+
+
+def test_keypoint_source_reads_the_metadata_and_maps_keypoints_back_exactly(models):
+    kp_path, _ = models
+    source = NetworkKeypointSource(kp_path, "onnxruntime", min_objectness=0.0)
+    meta = read_model_metadata(kp_path)
+    assert source.object_ids == OBJECT_IDS == meta.object_ids
+    assert source.backend.startswith("network:onnxruntime")
+    image = _image(640, 360)
+    detections = source.detect(image)
+    assert [d.object_id for d in detections] == list(OBJECT_IDS)  # threshold 0 keeps all
+    s, ref = _reference_run(kp_path, image)
+    assert s == pytest.approx(0.5)
+    for o, det in enumerate(detections):
+        assert det.keypoints_px.shape == (NUM_KEYPOINTS, 2)
+        assert det.points_obj.shape == (NUM_KEYPOINTS, 3)
+        np.testing.assert_array_equal(det.points_obj, np.asarray(meta.keypoints_3d[det.object_id]))
+        expected = (ref["x2d"][0, o].astype(np.float64) + 0.5) / s - 0.5
+        np.testing.assert_allclose(det.keypoints_px, expected, atol=1e-4, rtol=0)
+        np.testing.assert_allclose(det.confidence, ref["weights"][0, o], atol=1e-6, rtol=0)
+        # x2d lies in the 320x180 content of the input, so keypoints lie in the 640x360 image
+        assert np.all(det.keypoints_px >= -0.5)
+        assert np.all(det.keypoints_px[:, 0] <= 640 - 0.5)
+
+
+def test_objectness_threshold_selects_objects(models):
+    kp_path, _ = models
+    image = _image(640, 480, seed=2)
+    _, ref = _reference_run(kp_path, image)
+    objectness = ref["objectness"][0]
+    threshold = float(objectness.mean())
+    source = NetworkKeypointSource(kp_path, min_objectness=threshold)
+    got = [d.object_id for d in source.detect(image)]
+    assert got == [o for o, v in zip(OBJECT_IDS, objectness) if v >= threshold]
+    assert NetworkKeypointSource(kp_path, min_objectness=1.01).detect(image) == []
+
+
+@pytest.mark.parametrize(
+    "width, height, fx, scale",
+    [(640, 360, 500.0, 0.5),  # 16:9 -> s = 1/2, content 320x180, padding below (rows 180..239)
+     (640, 560, 450.0, 3.0 / 7.0)],  # taller than 4:3 -> s = 3/7, content 275x240, padding right
+)
+def test_depth_source_is_metric_nearest_and_never_shows_the_padding(
+    models, width, height, fx, scale
+):
+    _, d_path = models
+    source = NetworkDepthSource(d_path)
+    f0 = read_model_metadata(d_path).extra["focal_normalization"]["reference_focal_px"]
+    assert source.reference_focal_px == f0 == 300.0
+    image = _image(width, height, seed=width + height)
+    K = np.array([[fx, 0.0, (width - 1) / 2], [0.0, fx, (height - 1) / 2], [0.0, 0.0, 1.0]])
+    depth = source.estimate(image, K)
+    assert depth.shape == (height, width) and depth.dtype == np.float32
+    s, ref = _reference_run(d_path, image)
+    assert s == pytest.approx(scale)
+    canonical = ref["depth_canonical"][0, 0]  # (240, 320) m at focal f0
+    # the padding is the input outside ceil(s * size): the network predicts there too (on black),
+    # and none of it may reach the output; every output pixel is its nearest content pixel
+    content_w, content_h = int(np.ceil(s * width - 1e-9)), int(np.ceil(s * height - 1e-9))
+    assert (content_w, content_h) != tuple(canonical.shape[::-1])  # this input is padded
+    padded = np.full_like(canonical, np.nan)
+    padded[:content_h, :content_w] = canonical[:content_h, :content_w]
+    u_in = np.rint(s * (np.arange(width) + 0.5) - 0.5).astype(int)
+    v_in = np.rint(s * (np.arange(height) + 0.5) - 0.5).astype(int)
+    expected = padded[v_in][:, u_in] * (s * fx / f0)
+    np.testing.assert_array_equal(np.isnan(depth), np.isnan(expected))
+    assert np.all(np.isfinite(depth))  # nearest sampling of the source never lands in padding
+    np.testing.assert_allclose(depth, expected, rtol=1e-5, atol=0)
+    # an independent spot check of the scaling on a few pixels, one-by-one
+    for u, v in ((0, 0), (width - 1, height - 1), (width // 3, height // 2)):
+        ui = int(round(s * (u + 0.5) - 0.5))
+        vi = int(round(s * (v + 0.5) - 0.5))
+        assert depth[v, u] == pytest.approx(canonical[vi, ui] * s * fx / 300.0, rel=1e-5)
+
+
+def test_bad_model_paths_are_typed_errors_naming_the_path(models, tmp_path):
+    kp_path, d_path = models
+    missing = tmp_path / "nope.onnx"
+    with pytest.raises(ModelSpecError, match="nope.onnx"):
+        NetworkKeypointSource(missing)
+    with pytest.raises(ModelSpecError, match="nope.onnx"):
+        Pipeline.from_config({"keypoint_source": "network",
+                              "network": {"model_path": str(missing)}})
+    with pytest.raises(ModelSpecError, match="nope.onnx"):
+        Pipeline.from_config({"depth_source": "network",
+                              "network": {"depth_model_path": str(missing)}})
+    with pytest.raises(ConfigError, match="model_path"):
+        Pipeline.from_config({"keypoint_source": "network"})
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not an onnx file")
+    with pytest.raises(ModelSpecError, match="junk.onnx"):
+        NetworkKeypointSource(junk)
+    with pytest.raises(ModelSpecError, match="'depth' model"):
+        NetworkDepthSource(kp_path)  # a keypoint model is not a depth model
+    with pytest.raises(ModelSpecError, match="'keypoints' model"):
+        NetworkKeypointSource(d_path)
+
+
+def test_pipeline_from_config_runs_network_keypoints_and_depth_end_to_end(models):
+    kp_path, d_path = models
+    config = PipelineConfig.from_mapping({
+        "keypoint_source": "network", "depth_source": "network", "min_score": 0.0,
+        "network": {"model_path": str(kp_path), "depth_model_path": str(d_path),
+                    "min_objectness": 0.0},
+    })
+    pipeline = Pipeline.from_config(config)
+    assert pipeline.object_ids == OBJECT_IDS
+    assert "keypoints=network:onnxruntime" in pipeline.backend
+    assert "depth=network:onnxruntime" in pipeline.backend
+    K = np.array([[500.0, 0.0, 319.5], [0.0, 500.0, 239.5], [0.0, 0.0, 1.0]])
+    camera = CameraModel(K, np.zeros(0), 640, 480, "none")
+    result = pipeline.process(_image(640, 480, seed=6), camera, stamp=1.5)
+    assert result.stamp == 1.5
+    assert result.depth is not None and result.depth.shape == (480, 640)
+    assert {p.object_id for p in result.poses} <= set(OBJECT_IDS)  # untrained: maybe none
+    for pose in result.poses:
+        assert pose.R.shape == (3, 3) and pose.covariance.shape == (6, 6)
+    assert set(result.timings) >= {"detect_ms", "pnp_ms", "depth_ms", "total_ms"}
