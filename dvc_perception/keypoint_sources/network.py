@@ -130,7 +130,27 @@ class _NetworkModel:
         return letterbox, self.engine.run({self.input_name: feed})
 
 
-class NetworkKeypointSource:
+class _ModelBackedSource:
+    """What both network sources expose about their model (set `_model` in `__init__`)."""
+
+    _model: _NetworkModel
+
+    @property
+    def metadata(self) -> ModelMetadata:
+        """The model's metadata."""
+        return self._model.metadata
+
+    @property
+    def engine(self) -> Engine:
+        """The inference engine."""
+        return self._model.engine
+
+    def letterbox(self, width: int, height: int) -> Letterbox:
+        """The letterbox used for `width` x `height` images."""
+        return self._model.letterbox(width, height)
+
+
+class NetworkKeypointSource(_ModelBackedSource):
     """Keypoints of the objects a keypoint network knows (`KeypointSource`).
 
     Args:
@@ -170,20 +190,6 @@ class NetworkKeypointSource:
             self.points_obj[object_id] = _keypoints_3d(meta.keypoints_3d, object_id, self._model)
         self.min_objectness = float(min_objectness)
         self.backend = f"network:{self._model.description}"
-
-    @property
-    def metadata(self) -> ModelMetadata:
-        """The model's metadata."""
-        return self._model.metadata
-
-    @property
-    def engine(self) -> Engine:
-        """The inference engine."""
-        return self._model.engine
-
-    def letterbox(self, width: int, height: int) -> Letterbox:
-        """The letterbox used for `width` x `height` images."""
-        return self._model.letterbox(width, height)
 
     def detect(self, image_rgb: np.ndarray) -> list[KeypointDetection]:
         """Keypoints of every object with objectness >= `min_objectness`.
@@ -255,7 +261,7 @@ def _keypoints_3d(table: Mapping[str, Any], object_id: str, model: _NetworkModel
     return points
 
 
-class NetworkDepthSource:
+class NetworkDepthSource(_ModelBackedSource):
     """Metric depth from a depth network (`DepthSource`).
 
     Args:
@@ -292,20 +298,6 @@ class NetworkDepthSource:
             )
         self.reference_focal_px = float(f0)
         self.backend = f"network:{self._model.description}"
-
-    @property
-    def metadata(self) -> ModelMetadata:
-        """The model's metadata."""
-        return self._model.metadata
-
-    @property
-    def engine(self) -> Engine:
-        """The inference engine."""
-        return self._model.engine
-
-    def letterbox(self, width: int, height: int) -> Letterbox:
-        """The letterbox used for `width` x `height` images."""
-        return self._model.letterbox(width, height)
 
     def estimate(self, image_rgb: np.ndarray, K: np.ndarray) -> np.ndarray:
         """Depth of `image_rgb` at its own resolution.
