@@ -33,22 +33,34 @@ def heatmap_cell_centres(size: int, stride: int, *, dtype: torch.dtype = torch.f
     return torch.arange(size, dtype=dtype) * stride + (stride - 1) / 2.0
 
 
-def soft_argmax_2d(logits: Tensor, stride: int) -> tuple[Tensor, Tensor]:
+def soft_argmax_2d(
+    logits: Tensor, stride: int, window: int = 0
+) -> tuple[Tensor, Tensor]:
     """Soft-argmax of heatmap logits into input-image pixel coordinates.
+
+    With ``window > 0`` the softmax is restricted to the ``window x window`` cells around each
+    channel's arg-max (a local soft-argmax): the residual probability mass of the background
+    then cannot pull the keypoint towards the image centre, and the decoded position does not
+    depend on the size of the heatmap (training crops vs whole inference images). The arg-max
+    selection itself carries no gradient; the expectation inside the window does.
 
     Args:
         logits: (B, C, h, w) heatmap logits, one channel per keypoint.
         stride: input pixels per heatmap cell.
+        window: odd side of the local window in cells, or 0 for the whole heatmap.
 
     Returns:
         (xy, prob): xy (B, C, 2) px (u right, v down) in the input image, pixel centres at
-        integer coordinates; prob (B, C, h*w) the softmax distribution (sums to 1 per channel).
+        integer coordinates; prob (B, C, h*w) the (windowed) softmax distribution (sums to 1
+        per channel).
     """
     check_shape(logits, "B,C,H,W", name="logits")
     if stride < 1:
         raise ShapeError(f"stride: expected >= 1, got {stride}")
+    if window < 0 or (window and window % 2 == 0):
+        raise ShapeError(f"window: expected 0 or an odd number of cells, got {window}")
     b, c, h, w = (int(n) for n in logits.shape)
-    prob = torch.softmax(logits.reshape(b, c, h * w), dim=-1)
+    flat = logits.reshape(b, c, h * w)
     us = heatmap_cell_centres(w, stride, dtype=logits.dtype).to(logits.device)
     vs = heatmap_cell_centres(h, stride, dtype=logits.dtype).to(logits.device)
     # (h*w, 2) table of cell centres; a MatMul is the expectation and exports as one node.
@@ -56,6 +68,14 @@ def soft_argmax_2d(logits: Tensor, stride: int) -> tuple[Tensor, Tensor]:
         [us.unsqueeze(0).expand(h, w).reshape(-1), vs.unsqueeze(1).expand(h, w).reshape(-1)],
         dim=-1,
     )
+    if window:
+        peak = grid[flat.argmax(dim=-1)]  # (B, C, 2) px, centre of the arg-max cell
+        # Chebyshev distance in px from the peak; cells beyond the window get a large negative
+        # logit (finite, so FP16 engines stay NaN-free)
+        dist = (grid.view(1, 1, h * w, 2) - peak.unsqueeze(2)).abs().amax(dim=-1)
+        inside = dist <= stride * (window // 2) + 0.5 * stride
+        flat = torch.where(inside, flat, torch.full_like(flat, -1.0e4))
+    prob = torch.softmax(flat, dim=-1)
     xy = prob @ grid
     return xy, prob
 

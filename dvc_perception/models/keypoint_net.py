@@ -6,8 +6,9 @@ pipeline resizes/letterboxes the camera image and scales K the same way). Normal
 inside the graph. Outputs at stride 4 (80x60 cells for 320x240):
 
 - ``heatmap_logits`` (B, O, K, H/4, W/4): one heatmap per 3D keypoint per object,
-- ``x2d`` (B, O, K, 2) px in input-image coordinates from a soft-argmax (pixel centres at
-  integer coordinates: cell j covers input pixel centre 4*j + 1.5),
+- ``x2d`` (B, O, K, 2) px in input-image coordinates from a local soft-argmax (7x7 cells
+  around each heatmap's peak; pixel centres at integer coordinates: cell j covers input pixel
+  centre 4*j + 1.5),
 - ``weights`` (B, O, K) in (0, 1): per-keypoint confidence (the PnP weights),
 - ``mask_logits`` (B, O, H/4, W/4): object mask, and ``objectness`` (B, O) = max mask prob.
 
@@ -46,6 +47,8 @@ class KeypointNetConfig:
         widths: encoder channels at strides 2, 4, 8, 16.
         blocks: residual blocks per encoder stage.
         decoder_channels: channels of the stride-8 and stride-4 decoder maps.
+        softargmax_window: side [heatmap cells] of the local soft-argmax window around each
+            heatmap's peak (odd), or 0 for a soft-argmax over the whole heatmap.
     """
 
     object_ids: tuple[str, ...] = ("demo",)
@@ -55,6 +58,7 @@ class KeypointNetConfig:
     widths: tuple[int, int, int, int] = (16, 32, 64, 128)
     blocks: tuple[int, int, int, int] = (0, 1, 1, 2)
     decoder_channels: tuple[int, int] = (64, 48)
+    softargmax_window: int = 7
 
     def __post_init__(self) -> None:
         if not self.object_ids or len(set(self.object_ids)) != len(self.object_ids):
@@ -67,6 +71,9 @@ class KeypointNetConfig:
                 raise ConfigError(f"{name}: expected a multiple of 16 >= 32, got {value}")
         if len(self.widths) != 4 or len(self.blocks) != 4 or len(self.decoder_channels) != 2:
             raise ConfigError("widths and blocks need 4 entries, decoder_channels 2")
+        win = self.softargmax_window
+        if win < 0 or (win and win % 2 == 0):
+            raise ConfigError(f"softargmax_window: expected 0 or odd, got {win}")
 
     @property
     def num_objects(self) -> int:
@@ -134,7 +141,7 @@ class KeypointNet(nn.Module):
         o, k = cfg.num_objects, cfg.num_keypoints
         h, w = in_h // HEATMAP_STRIDE, in_w // HEATMAP_STRIDE
         heat = self.heatmap_head(x)
-        xy, prob = soft_argmax_2d(heat, HEATMAP_STRIDE)
+        xy, prob = soft_argmax_2d(heat, HEATMAP_STRIDE, cfg.softargmax_window)
         weights = pool_confidence(self.confidence_head(x), prob)
         mask_logits = self.mask_head(x)
         objectness = torch.sigmoid(mask_logits).reshape(b, o, h * w).amax(dim=-1)

@@ -169,6 +169,9 @@ class PoseTask:
     primary_metric = "val_add_recall"
     maximize = True
 
+    #: RANSAC inlier threshold of the validation poses, px at the network input
+    ransac_threshold_px = 4.0
+
     def __init__(self, objects: Sequence[ObjectInfo], config: PoseLossConfig) -> None:
         self.objects = tuple(objects)
         self.config = config
@@ -232,7 +235,8 @@ class PoseTask:
         """ADD(-S)@0.1d recall, median rotation/translation/keypoint errors, mask IoU.
 
         Every present object of every frame is one instance; a failed PnP counts as a miss
-        (infinite errors).
+        (infinite errors). Poses come from confidence-weighted RANSAC + refinement, as in the
+        pipeline (`_solve_pnp_like_pipeline`).
         """
         from dvc_perception.geometry.metrics import (
             add_error,
@@ -260,8 +264,9 @@ class PoseTask:
             obj_idx = torch.arange(o).unsqueeze(0).expand(b, -1)[present]
             kp3d = self.keypoints_obj.unsqueeze(0).expand(b, -1, -1, -1)[present]
             K = batch["K"].double().unsqueeze(1).expand(-1, o, -1, -1)[present]
-            R_est, t_est, ok = L.solve_pnp_guarded(out.x2d[present].double(), kp3d, K,
-                                                   out.weights[present].double())
+            R_est, t_est, ok = _solve_pnp_like_pipeline(
+                out.x2d[present].double(), kp3d, K, out.weights[present].double(),
+                self.ransac_threshold_px)
             R_gt, t_gt = batch["R"][present].double(), batch["t"][present].double()
             for n in range(int(obj_idx.shape[0])):
                 info = self.objects[int(obj_idx[n])]
@@ -289,6 +294,29 @@ class PoseTask:
             "val_mask_iou": float(iou.mean()) if iou.numel() else nan,
             "val_instances": float(len(add_ok)),
         }
+
+
+def _solve_pnp_like_pipeline(
+    x2d: Tensor, x3d: Tensor, K: Tensor, weights: Tensor, threshold_px: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Validation poses the way the pipeline computes them: weighted RANSAC + LM refinement.
+
+    Args:
+        x2d: (N, K, 2) px keypoints; x3d: (N, K, 3) m; K: (N, 3, 3); weights: (N, K).
+        threshold_px: inlier threshold px.
+
+    Returns:
+        (R (N, 3, 3), t (N, 3) m, ok (N,) bool).
+    """
+    from dvc_perception.geometry.pnp import solve_pnp_ransac
+
+    try:
+        res = solve_pnp_ransac(x2d, x3d, K, weights, threshold_px=threshold_px,
+                               num_hypotheses=64, min_inliers=4, seed=0)
+    except torch.linalg.LinAlgError:  # a degenerate sample: fall back to the guarded solver
+        return L.solve_pnp_guarded(x2d, x3d, K, weights)
+    ok = res.valid & torch.isfinite(res.t).all(-1) & torch.isfinite(res.R).flatten(1).all(-1)
+    return res.R, res.t, ok
 
 
 class DepthTask:

@@ -59,3 +59,26 @@ def test_soft_argmax_rejects_bad_shapes():
         soft_argmax_2d(torch.zeros(2, 3, 4), 4)
     with pytest.raises(ShapeError, match="prob"):
         pool_confidence(torch.zeros(1, 2, 3, 4), torch.zeros(1, 2, 11))
+
+
+def test_windowed_soft_argmax_ignores_far_background_mass():
+    # a Gaussian peak plus a uniform floor: the global soft-argmax is pulled towards the map
+    # centre by the floor, the local one (7x7 cells around the peak) is not
+    h, w, stride = 60, 80, 4
+    centre = torch.tensor([[30.0, 40.0]], dtype=torch.float64)
+    peak = _gaussian_logits(h, w, stride, centre, sigma_px=4.0)
+    logits = torch.logaddexp(peak, torch.full_like(peak, peak.max().item() - 6.0))
+    xy_global, _ = soft_argmax_2d(logits, stride)
+    xy_local, prob = soft_argmax_2d(logits, stride, window=7)
+    assert (xy_global[0, 0] - centre[0]).norm() > 5.0
+    assert (xy_local[0, 0] - centre[0]).norm() < 0.5
+    assert int((prob[0, 0] > 1e-12).sum()) == 7 * 7
+    torch.testing.assert_close(prob.sum(-1), torch.ones(1, 1, dtype=torch.float64))
+
+
+def test_windowed_soft_argmax_gradcheck_and_bad_window():
+    gen = torch.Generator().manual_seed(2)
+    logits = torch.randn(2, 3, 9, 11, dtype=torch.float64, generator=gen, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: soft_argmax_2d(x, 4, window=3)[0], (logits,))
+    with pytest.raises(ShapeError, match="window"):
+        soft_argmax_2d(logits, 4, window=4)
