@@ -302,7 +302,10 @@ def _solve_pnp_like_pipeline(
     """Validation poses the way the pipeline computes them: weighted RANSAC + LM refinement.
 
     Args:
-        x2d: (N, K, 2) px keypoints; x3d: (N, K, 3) m; K: (N, 3, 3); weights: (N, K).
+        x2d: (N, K, 2) px keypoints.
+        x3d: (N, K, 3) m object points.
+        K: (N, 3, 3) intrinsics px.
+        weights: (N, K) keypoint confidences.
         threshold_px: inlier threshold px.
 
     Returns:
