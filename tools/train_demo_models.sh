@@ -8,16 +8,16 @@ export OMP_NUM_THREADS=1 FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA
 PY=${PY:-.venv/bin/python}
 CLI="$PY -m dvc_perception.cli"
 DDP="$PY -m torch.distributed.run --standalone --nproc_per_node 2 -m dvc_perception.cli"
-synth() {  # synth OUT SEED FRAMES
+synth() {  # synth OUT SEED FRAMES (tabletop scenes: config/synth_demo_object.yaml)
   [ -f "$1/index.json" ] || $CLI synth --objects demo_object --frames "$3" --width 320 \
-    --height 240 --seed "$2" --out "$1" --no-progress
+    --height 240 --seed "$2" --config config/synth_demo_object.yaml --out "$1" --no-progress
 }
-synth data/demo_a 1 2000 & synth data/demo_b 2 2000 & wait
-synth data/demo_val 100 200
+synth data/demo_a 1 2500 & synth data/demo_b 2 2500 & wait
+synth data/demo_val 100 300
 resume() { [ -f "$1/last.pt" ] && echo --resume || true; }
 $DDP train pose --data data/demo_a data/demo_b --val-data data/demo_val --objects demo_object \
-  --crop 160x128 --epochs "${POSE_EPOCHS:-12}" --batch-size 16 --lr 3e-3 --threads 1 \
-  --val-every 4 --out runs/pose_demo --no-progress $(resume runs/pose_demo)
+  --crop 160x128 --epochs "${POSE_EPOCHS:-16}" --batch-size 16 --lr 3e-3 --threads 1 \
+  --val-every 2 --out runs/pose_demo --no-progress $(resume runs/pose_demo)
 $DDP train depth --data data/demo_a data/demo_b --val-data data/demo_val --crop 160x128 \
   --epochs "${DEPTH_EPOCHS:-4}" --batch-size 16 --threads 1 --out runs/depth_demo \
   --no-progress $(resume runs/depth_demo)

@@ -8,10 +8,11 @@ prints both poses, both reprojection errors and the timings. Without the image f
 views of a board from known poses and detects those instead. The work lives in
 `dvc_perception.targets.chessboard`; this module only parses, calls and prints.
 
-Then the main job on the embedded default: a generated sample bag (a camera circling the
-shipped default board, with ground truth) goes through the node's own per-frame code
-(`dvc-perception replay`), is scored (`dvc-perception eval`) and reported (HTML + PNG) into
-``--out``. Until the shipped networks exist, the node runs its fiducial keypoint source.
+Then the main job on the embedded default: generated sample bags with ground truth go through
+the node's own per-frame code (`dvc-perception replay`), are scored (`dvc-perception eval`) and
+reported (HTML + PNG): a camera circling the default board with the fiducial keypoint source
+(no networks) into ``--out/board``, and a camera swinging around the demo object on a table
+with the shipped pose and depth networks into ``--out/demo_object``.
 """
 
 from __future__ import annotations
@@ -49,7 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("out/demo"),
                         help="where the pipeline stage writes bags, summary and report")
     parser.add_argument("--frames", type=int, default=30,
-                        help="frames in the generated sample bag (default: 30)")
+                        help="frames in the generated board bag (default: 30)")
+    parser.add_argument("--object-frames", type=int, default=60,
+                        help="frames in the generated demo-object bag (default: 60)")
     parser.add_argument("--skip-pipeline", action="store_true",
                         help="only the PnP comparison, not the bag -> node -> eval stage")
 
@@ -159,22 +162,37 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _pipeline_stage(args: argparse.Namespace) -> int:
-    """Sample bag -> node code -> eval -> report; 0 when every frame gave the board's pose."""
+    """Sample bags -> node code -> eval -> report; 0 when every frame was processed."""
     from dvc_perception.bag.evaluate import format_summary
-    from dvc_perception.bag.samples import run_board_sample_job
+    from dvc_perception.bag.samples import run_board_sample_job, run_demo_object_sample_job
 
-    if args.frames < 1:
-        raise ConfigError(f"--frames: expected >= 1, got {args.frames}")
+    if args.frames < 1 or args.object_frames < 1:
+        raise ConfigError(f"--frames/--object-frames: expected >= 1, got {args.frames}, "
+                          f"{args.object_frames}")
     print()
-    print(f"dvc-perception demo: sample bag ({args.frames} frames, camera circling the default "
+    print(f"dvc-perception demo: board bag ({args.frames} frames, camera circling the default "
           "board) -> perception_node code (fiducial source) -> eval -> report")
-    summary, index = run_board_sample_job(args.out, n_frames=args.frames)
+    board_summary, board_index = run_board_sample_job(args.out / "board", n_frames=args.frames)
+    print(format_summary(board_summary))
+    print(f"report: {board_index}")
+    board = board_summary["objects"]["board"]
+    failed = bool(board_summary["frames_with_errors"]) or board["detected"] < board[
+        "frames_with_gt"]
+    if failed:
+        print("FAILED: some board frames gave no pose")
+
+    print()
+    print(f"dvc-perception demo: demo-object bag ({args.object_frames} frames, camera swinging "
+          "around the object on a table, 640x480) -> perception_node code (shipped keypoint "
+          "and depth networks, ONNX Runtime) -> eval -> report")
+    summary, index = run_demo_object_sample_job(args.out / "demo_object",
+                                                n_frames=args.object_frames)
     print(format_summary(summary))
     print(f"replay throughput: {summary['replay_frames_per_s']:.1f} frames/s")
     print(f"report: {index}  (summary: {index.parent / 'summary.json'}; bags: "
           f"{index.parent / 'input_bag'}, {index.parent / 'output_bag'})")
-    board = summary["objects"]["board"]
-    if summary["frames_with_errors"] or board["detected"] < board["frames_with_gt"]:
-        print("FAILED: some frames gave no pose")
-        return 1
-    return 0
+    obj = summary["objects"].get("demo_object", {})
+    if summary["frames_with_errors"] or not obj.get("detected"):
+        print("FAILED: demo-object frames with errors, or the object was never detected")
+        failed = True
+    return 1 if failed else 0

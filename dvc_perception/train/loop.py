@@ -236,7 +236,7 @@ class PoseTask:
 
         Every present object of every frame is one instance; a failed PnP counts as a miss
         (infinite errors). Poses come from confidence-weighted RANSAC + refinement, as in the
-        pipeline (`_solve_pnp_like_pipeline`).
+        pipeline (`solve_pose_like_pipeline`).
         """
         from dvc_perception.geometry.metrics import (
             add_error,
@@ -264,7 +264,7 @@ class PoseTask:
             obj_idx = torch.arange(o).unsqueeze(0).expand(b, -1)[present]
             kp3d = self.keypoints_obj.unsqueeze(0).expand(b, -1, -1, -1)[present]
             K = batch["K"].double().unsqueeze(1).expand(-1, o, -1, -1)[present]
-            R_est, t_est, ok = _solve_pnp_like_pipeline(
+            R_est, t_est, ok = solve_pose_like_pipeline(
                 out.x2d[present].double(), kp3d, K, out.weights[present].double(),
                 self.ransac_threshold_px)
             R_gt, t_gt = batch["R"][present].double(), batch["t"][present].double()
@@ -296,7 +296,7 @@ class PoseTask:
         }
 
 
-def _solve_pnp_like_pipeline(
+def solve_pose_like_pipeline(
     x2d: Tensor, x3d: Tensor, K: Tensor, weights: Tensor, threshold_px: float
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Validation poses the way the pipeline computes them: weighted RANSAC + LM refinement.

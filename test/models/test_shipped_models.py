@@ -61,7 +61,7 @@ def test_demo_pose_model_reaches_the_floors():
     ort = pytest.importorskip("onnxruntime")
     from dvc_perception.geometry.metrics import add_error, adds_error
     from dvc_perception.train.datasets import ListFrameSource, PoseDataset, load_object_infos
-    from dvc_perception.train.losses import solve_pnp_guarded
+    from dvc_perception.train.loop import solve_pose_like_pipeline
 
     models = _shipped("keypoints", ("demo_object",))
     if not models:
@@ -80,10 +80,10 @@ def test_demo_pose_model_reaches_the_floors():
                 continue
             inside = s["kp_in_image"][o].numpy()
             kp_err += list(np.linalg.norm(x2d[0, o] - s["keypoints"][o].numpy(), axis=-1)[inside])
-            R, t, ok = solve_pnp_guarded(
+            R, t, ok = solve_pose_like_pipeline(
                 torch.from_numpy(x2d[0, o][None]).double(),
                 torch.as_tensor(info.keypoints_obj)[None], s["K"][None],
-                torch.from_numpy(weights[0, o][None]).double())
+                torch.from_numpy(weights[0, o][None]).double(), threshold_px=4.0)
             metric = adds_error if info.symmetric else add_error
             err = float(metric(R, t, s["R"][o][None], s["t"][o][None], info.points_obj)[0])
             hits.append(bool(ok[0]) and err < 0.1 * info.diameter_m)
