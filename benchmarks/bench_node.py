@@ -1,5 +1,5 @@
 # Copyright 2026 dvc_perception authors. Licensed under the Apache License, Version 2.0.
-"""perception_node end to end at 640x480 in fiducial mode.
+"""perception_node end to end at 640x480: fiducial mode and network mode (pose only, pose + depth).
 
 1. Node overhead, in process: `PerceptionNode.process_frame` (message conversion + pipeline +
    output messages) and `publish_outputs`, timed per frame; overhead = conversion + publishing.
@@ -10,7 +10,11 @@
    published" p50/p95 is read from its /diagnostics. Sustained frames/s = PoseArrays received per
    second while publishing faster than the node can keep up (keep-latest drops the rest).
 
-Usage: .venv/bin/python benchmarks/bench_node.py [--seconds 10] [--rate 60] [--board chessboard]
+Fiducial modes render a board; network modes render a frame of the demo-object sample scene
+(`bag.samples`, 640x480) and run the shipped models (models/pose_demo_object.onnx,
+models/depth.onnx; network input 320x240) with ONNX Runtime on the CPU.
+
+Usage: .venv/bin/python benchmarks/bench_node.py [--seconds 10] [--rate 60] [--mode chessboard]
 FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA and a private ROS_DOMAIN_ID are set if absent.
 """
 
@@ -55,18 +59,58 @@ BOARDS = {
     "charuco": {"board_type": "charuco", "cols": 7, "rows": 5, "square_size_m": 0.04,
                 "marker_size_m": 0.03},
 }
+REPO = Path(__file__).resolve().parents[1]
+NETWORK_MODES = {"network_pose": "none", "network_pose_depth": "network"}  # -> depth_source
+MODES = (*BOARDS, *NETWORK_MODES)
 
 
-def _frame(board: str) -> tuple[np.ndarray, CameraInfo]:
-    cfg = FiducialConfig(**BOARDS[board])
-    R = Rotation.from_rotvec([0.2, -0.25, 0.1]).as_matrix()
-    rgb = render_board_view(cfg, K, R, np.array([-0.1, -0.06, 0.6]), 640, 480)
+def _pipeline_params(mode: str) -> dict:
+    """The node's ``pipeline`` parameters of a benchmark mode (nested, as in the YAML)."""
+    if mode in BOARDS:
+        return {"fiducial": BOARDS[mode]}
+    return {
+        "keypoint_source": "network",
+        "depth_source": NETWORK_MODES[mode],
+        "network": {"model_path": str(REPO / "models/pose_demo_object.onnx"),
+                    "depth_model_path": str(REPO / "models/depth.onnx")},
+    }
+
+
+def _flatten(prefix: str, tree: dict) -> list[Parameter]:
+    out = []
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out += _flatten(f"{prefix}{key}.", value)
+        else:
+            out.append(Parameter(f"{prefix}{key}", value=value))
+    return out
+
+
+def _camera_info(K: np.ndarray) -> CameraInfo:
     info = CameraInfo(width=640, height=480, distortion_model="plumb_bob")
     info.header.frame_id = "camera_optical"
     info.k = K.ravel().tolist()
     info.d = [0.0] * 5
     info.p = np.column_stack([K, np.zeros(3)]).ravel().tolist()
-    return rgb, info
+    return info
+
+
+def _frame(mode: str) -> tuple[np.ndarray, CameraInfo]:
+    if mode in BOARDS:
+        cfg = FiducialConfig(**BOARDS[mode])
+        R = Rotation.from_rotvec([0.2, -0.25, 0.1]).as_matrix()
+        rgb = render_board_view(cfg, K, R, np.array([-0.1, -0.06, 0.6]), 640, 480)
+        return rgb, _camera_info(K)
+    import dataclasses
+
+    from dvc_perception.bag.samples import DEMO_SYNTH_CONFIG
+    from dvc_perception.render.objects import find_object_yaml, load_object
+    from dvc_perception.render.synth import SceneSampler, SynthConfig
+
+    values = yaml.safe_load((REPO / DEMO_SYNTH_CONFIG).read_text())
+    cfg = dataclasses.replace(SynthConfig.from_mapping(values), sequence=True)
+    frame = SceneSampler([load_object(find_object_yaml("demo_object"))], cfg, seed=7).sample(0)
+    return frame.rgb, _camera_info(frame.K)
 
 
 def _pct(values: list[float]) -> tuple[float, float]:
@@ -74,14 +118,14 @@ def _pct(values: list[float]) -> tuple[float, float]:
     return float(np.percentile(a, 50)), float(np.percentile(a, 95))
 
 
-def bench_overhead(board: str, frames: int) -> dict[str, tuple[float, float]]:
+def bench_overhead(mode: str, frames: int) -> dict[str, tuple[float, float]]:
     """Per-frame timings of process_frame / publish_outputs in this process [ms]."""
     from dvc_perception.ros.perception_node import PerceptionNode
 
-    rgb, info = _frame(board)
+    rgb, info = _frame(mode)
     ctx = Context()
     rclpy.init(context=ctx)
-    overrides = [Parameter(f"pipeline.fiducial.{k}", value=v) for k, v in BOARDS[board].items()]
+    overrides = _flatten("pipeline.", _pipeline_params(mode))
     node = PerceptionNode(context=ctx, parameter_overrides=overrides)
     timings: dict[str, list[float]] = {"convert_ms": [], "pipeline_ms": [], "publish_ms": []}
     try:
@@ -90,7 +134,7 @@ def bench_overhead(board: str, frames: int) -> dict[str, tuple[float, float]]:
             msg.header.stamp = Time(sec=i + 1)
             out = node.process_frame(msg, info)
             node.publish_outputs(out)
-            assert out.result.poses, "board not found"
+            assert out.result.poses, f"{mode}: no pose in the benchmark frame"
             for key in timings:
                 timings[key].append(out.timings[key])
     finally:
@@ -100,11 +144,11 @@ def bench_overhead(board: str, frames: int) -> dict[str, tuple[float, float]]:
     return {**{k: _pct(v) for k, v in timings.items()}, "overhead_ms": _pct(overhead)}
 
 
-def bench_end_to_end(board: str, seconds: float, rate: float) -> dict[str, float]:
+def bench_end_to_end(mode: str, seconds: float, rate: float) -> dict[str, float]:
     """Cross-process latency and sustained rate."""
-    rgb, info = _frame(board)
+    rgb, info = _frame(mode)
     params = {"perception_node": {"ros__parameters": {
-        "diagnostics_period_s": 0.5, "pipeline": {"fiducial": BOARDS[board]}}}}
+        "diagnostics_period_s": 0.5, "pipeline": _pipeline_params(mode)}}}
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "params.yaml"
         path.write_text(yaml.safe_dump(params))
@@ -195,7 +239,8 @@ def _drive(rgb, info, seconds: float, rate: float) -> dict[str, float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--board", choices=sorted(BOARDS), action="append")
+    parser.add_argument("--mode", choices=MODES, action="append",
+                        help="fiducial board or network mode (repeatable; default: all)")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rate", type=float, default=60.0,
                         help="publishing rate for the sustained-throughput run [Hz]")
@@ -203,14 +248,13 @@ def main() -> int:
                         help="publishing rate for the latency run (below saturation) [Hz]")
     parser.add_argument("--frames", type=int, default=100, help="in-process overhead frames")
     args = parser.parse_args()
-    boards = args.board or ["chessboard", "charuco"]
     rows = []
-    for board in boards:
-        o = bench_overhead(board, args.frames)
-        lat = bench_end_to_end(board, args.seconds, args.latency_rate)
-        sat = bench_end_to_end(board, args.seconds, args.rate)
-        rows.append((board, o, lat, sat))
-    print("| board (640x480) | conversion ms p50/p95 | publish ms p50/p95 | node overhead ms "
+    for mode in args.mode or MODES:
+        o = bench_overhead(mode, args.frames)
+        lat = bench_end_to_end(mode, args.seconds, args.latency_rate)
+        sat = bench_end_to_end(mode, args.seconds, args.rate)
+        rows.append((mode, o, lat, sat))
+    print("| mode (640x480) | conversion ms p50/p95 | publish ms p50/p95 | node overhead ms "
           "p50/p95 | pipeline ms p50/p95 | e2e latency ms p50/p95 | node latency ms p50/p95 | "
           "sustained frames/s (sent Hz) |")
     print("|---|---|---|---|---|---|---|---|")

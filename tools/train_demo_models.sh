@@ -12,14 +12,13 @@ synth() {  # synth OUT SEED FRAMES (tabletop scenes: config/synth_demo_object.ya
   [ -f "$1/index.json" ] || $CLI synth --objects demo_object --frames "$3" --width 320 \
     --height 240 --seed "$2" --config config/synth_demo_object.yaml --out "$1" --no-progress
 }
-synth data/demo_a 1 2500 & synth data/demo_b 2 2500 & wait
-synth data/demo_val 100 300
+synth data/demo_a 1 2500 & synth data/demo_b 2 2500 & synth data/demo_val 100 300 & wait
 resume() { [ -f "$1/last.pt" ] && echo --resume || true; }
 $DDP train pose --data data/demo_a data/demo_b --val-data data/demo_val --objects demo_object \
-  --crop 160x128 --epochs "${POSE_EPOCHS:-16}" --batch-size 16 --lr 3e-3 --threads 1 \
-  --val-every 2 --out runs/pose_demo --no-progress $(resume runs/pose_demo)
+  --crop 160x128 --epochs "${POSE_EPOCHS:-26}" --batch-size 16 --lr 3e-3 --threads 1 \
+  --val-every 4 --out runs/pose_demo --no-progress $(resume runs/pose_demo)
 $DDP train depth --data data/demo_a data/demo_b --val-data data/demo_val --crop 160x128 \
-  --epochs "${DEPTH_EPOCHS:-4}" --batch-size 16 --threads 1 --out runs/depth_demo \
+  --epochs "${DEPTH_EPOCHS:-5}" --batch-size 16 --threads 1 --out runs/depth_demo \
   --no-progress $(resume runs/depth_demo)
 $CLI export runs/pose_demo/best.pt --out models/pose_demo_object.onnx
 $CLI export runs/depth_demo/best.pt --out models/depth.onnx

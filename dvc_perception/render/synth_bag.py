@@ -18,8 +18,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from dvc_perception.errors import BagError, ConfigError
+from dvc_perception.geometry.so3 import matrix_to_quaternion
 from dvc_perception.render.synth import SceneSampler, SynthFrame
 
 IMAGE_TOPIC = "/camera/image_raw"
@@ -31,14 +33,6 @@ POSES_TOPIC = "/ground_truth/poses"
 def object_pose_topic(object_id: str) -> str:
     """``/ground_truth/<object_id>/pose``."""
     return f"/ground_truth/{object_id}/pose"
-
-
-def matrix_to_quaternion_xyzw(R: np.ndarray) -> np.ndarray:
-    """(3, 3) rotation -> (4,) unit quaternion x, y, z, w (ROS order), w >= 0."""
-    from scipy.spatial.transform import Rotation
-
-    q = Rotation.from_matrix(R).as_quat()  # x, y, z, w
-    return q if q[3] >= 0 else -q
 
 
 def write_bag(
@@ -163,7 +157,7 @@ class _MessageFactory:
 
     def pose(self, R: np.ndarray, t_vec: np.ndarray) -> object:
         t = self.t
-        q = matrix_to_quaternion_xyzw(R)
+        q = matrix_to_quaternion(torch.as_tensor(R, dtype=torch.float64)).numpy()  # x, y, z, w
         return t["geometry_msgs/msg/Pose"](
             position=t["geometry_msgs/msg/Point"](
                 x=float(t_vec[0]), y=float(t_vec[1]), z=float(t_vec[2])

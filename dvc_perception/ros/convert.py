@@ -168,26 +168,15 @@ def camera_info_to_camera_model(msg: CameraInfo, rectified: bool) -> CameraModel
 
 
 def matrix_to_quaternion_xyzw(R: np.ndarray) -> np.ndarray:
-    """(3, 3) rotation -> (4,) unit quaternion, ROS order (x, y, z, w), w >= 0."""
-    m = np.asarray(R, dtype=np.float64)
-    trace = m[0, 0] + m[1, 1] + m[2, 2]
-    candidates = np.array([trace, m[0, 0], m[1, 1], m[2, 2]])
-    i = int(np.argmax(candidates))
-    if i == 0:
-        s = 2.0 * np.sqrt(max(1.0 + trace, 1e-300))
-        q = [(m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s, s / 4]
-    elif i == 1:
-        s = 2.0 * np.sqrt(max(1.0 + m[0, 0] - m[1, 1] - m[2, 2], 1e-300))
-        q = [s / 4, (m[0, 1] + m[1, 0]) / s, (m[0, 2] + m[2, 0]) / s, (m[2, 1] - m[1, 2]) / s]
-    elif i == 2:
-        s = 2.0 * np.sqrt(max(1.0 + m[1, 1] - m[0, 0] - m[2, 2], 1e-300))
-        q = [(m[0, 1] + m[1, 0]) / s, s / 4, (m[1, 2] + m[2, 1]) / s, (m[0, 2] - m[2, 0]) / s]
-    else:
-        s = 2.0 * np.sqrt(max(1.0 + m[2, 2] - m[0, 0] - m[1, 1], 1e-300))
-        q = [(m[0, 2] + m[2, 0]) / s, (m[1, 2] + m[2, 1]) / s, s / 4, (m[1, 0] - m[0, 1]) / s]
-    quat = np.asarray(q)
-    quat /= np.linalg.norm(quat)
-    return -quat if quat[3] < 0 else quat
+    """(3, 3) rotation -> (4,) unit quaternion, ROS order (x, y, z, w), w >= 0.
+
+    A numpy front end of `geometry.so3.matrix_to_quaternion` (Shepperd's method, float64).
+    """
+    import torch
+
+    from dvc_perception.geometry.so3 import matrix_to_quaternion
+
+    return matrix_to_quaternion(torch.as_tensor(np.asarray(R), dtype=torch.float64)).numpy()
 
 
 def pose_to_msg(R: np.ndarray, t: np.ndarray) -> Pose:
