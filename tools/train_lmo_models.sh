@@ -22,6 +22,4 @@ $DDP train pose --data data/lmo_a data/lmo_b --val-data data/lmo_val --objects $
   --crop 160x128 --epochs "${LMO_EPOCHS:-10}" --batch-size 16 --lr 3e-3 --threads 1 \
   --val-every 2 --out runs/pose_lmo --no-progress $(resume runs/pose_lmo)
 $CLI export runs/pose_lmo/best.pt --out models/pose_lmo.onnx
-$CLI eval-bop ../shared/data/lmo test/000002 --output out/eval_bop_lmo \
-  --param pipeline.keypoint_source:=network \
-  --param pipeline.network.model_path:=models/pose_lmo.onnx
+$CLI eval-bop ../shared/data/lmo test/000002 --output out/eval_bop_lmo  # uses models/pose_lmo.onnx

@@ -65,3 +65,28 @@ def test_missing_scene_files(tmp_path: Path) -> None:
     with pytest.raises(BagError, match="scene_camera.json"):
         bop_scene_to_bag(tmp_path, "test/000001", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_eval_bop_runs_the_shipped_lmo_model(
+    lmo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`dvc-perception eval-bop` on the 10 real LM-O images picks the shipped LM-O model."""
+    from dvc_perception.cli import main
+    from dvc_perception.engines.export import read_model_metadata
+
+    model = Path(__file__).resolve().parents[2] / "models" / "pose_lmo.onnx"
+    if not model.is_file():
+        pytest.skip("no shipped LM-O model (models/pose_lmo.onnx) yet")
+    assert main(["eval-bop", str(lmo_dir), "test/000002", "--output", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"keypoints: network {model}" in out
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["frames"] == 10 and summary["frames_with_errors"] == 0
+    scene_gt = json.loads((lmo_dir / "test/000002/scene_gt.json").read_text())
+    for object_id in read_model_metadata(model).object_ids:
+        obj = summary["objects"][object_id]
+        n_gt = sum(f"lmo_obj_{o['obj_id']:02d}" == object_id for v in scene_gt.values() for o in v)
+        assert obj["frames_with_gt"] == n_gt
+        assert 0 <= obj["detected"] <= n_gt
+    assert (tmp_path / "index.html").is_file()
