@@ -70,6 +70,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pose-warmup-epochs", type=int,
                         help="epochs before the pose loss starts")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    parser.add_argument("--init", metavar="CKPT",
+                        help="start from this checkpoint's network weights (fine-tuning; new "
+                             "optimiser and schedule)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -104,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         objects=tuple(args.objects), input_width=args.input_size[0],
         input_height=args.input_size[1], augment=None if args.no_augment else AugmentConfig(),
         crop=args.crop,
-        train=train_cfg, pose_loss=pose_cfg, resume=args.resume,
+        train=train_cfg, pose_loss=pose_cfg, resume=args.resume, init_checkpoint=args.init,
     )
     result = run_training(spec, provenance={"command": list(sys.argv)})
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 reports

@@ -70,6 +70,8 @@ class RunSpec:
         keypoint_net: keypoint architecture overrides (input size and objects are set here).
         depth_net: depth architecture overrides (input size is set here).
         resume: continue from ``out_dir/last.pt``.
+        init_checkpoint: start from the network weights of this checkpoint (fine-tuning: a new
+            optimiser and schedule; the architecture and objects must match), or None.
     """
 
     mode: str
@@ -91,6 +93,7 @@ class RunSpec:
     keypoint_net: Mapping[str, Any] = field(default_factory=dict)
     depth_net: Mapping[str, Any] = field(default_factory=dict)
     resume: bool = False
+    init_checkpoint: str | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in ("pose", "depth"):
@@ -207,9 +210,28 @@ def run_training(spec: RunSpec, *, provenance: Mapping[str, Any] | None = None) 
         val_set = DepthDataset(val_src, spec.input_width, spec.input_height)
         extra = {"model_kind": "depth",
                  "model_config": dataclasses.asdict(model.config)}  # type: ignore[arg-type]
+    if spec.init_checkpoint and not spec.resume:
+        _load_initial_weights(model, spec.init_checkpoint, extra["model_config"])
+        prov["init_checkpoint"] = str(spec.init_checkpoint)
     result = train(task, model, train_set, val_set, spec.train, spec.out_dir, resume=spec.resume,
                    provenance=prov, checkpoint_extra=extra)
     return result
+
+
+def _load_initial_weights(model: torch.nn.Module, path: str, config: Mapping[str, Any]) -> None:
+    """Copy a checkpoint's network weights into `model` (same architecture and objects).
+
+    Raises:
+        ConfigError: the checkpoint's network has another configuration.
+    """
+    from dvc_perception.train.loop import to_jsonable
+
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    theirs = to_jsonable(ckpt.get("model_config"))
+    if theirs != to_jsonable(config):
+        raise ConfigError(f"--init {path}: network configuration {theirs} differs from this "
+                          f"run's {to_jsonable(config)}")
+    model.load_state_dict(ckpt["model"])
 
 
 def _spec_json(spec: RunSpec) -> dict[str, Any]:

@@ -116,3 +116,24 @@ def test_a_non_finite_gradient_skips_the_step_instead_of_poisoning_the_weights(t
                    TrainConfig(epochs=1, batch_size=2, progress=False), tmp_path)
     assert result.history[0]["skipped_steps"] == 1.0
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_init_starts_from_a_checkpoints_weights_and_checks_the_architecture(tmp_path):
+    import dataclasses
+
+    first = run_training(_depth_spec(tmp_path / "a", epochs=1))
+    # zero learning rate: the fine-tuned weights are exactly the initial checkpoint's
+    spec = dataclasses.replace(
+        _depth_spec(tmp_path / "b", epochs=1), init_checkpoint=str(first.last_checkpoint),
+        train=TrainConfig(epochs=1, batch_size=4, lr=1e-12, progress=False, seed=9))
+    tuned = run_training(spec)
+    a = torch.load(first.last_checkpoint, weights_only=False)["model"]
+    b = torch.load(tuned.last_checkpoint, weights_only=False)["model"]
+    for key in a:
+        if a[key].is_floating_point() and "running" not in key:
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-9, msg=key)
+    prov = json.loads((tmp_path / "b" / "provenance.json").read_text())
+    assert prov["init_checkpoint"] == str(first.last_checkpoint)
+    other = dataclasses.replace(spec, out_dir=str(tmp_path / "c"), depth_net={"focal0_px": 250.0})
+    with pytest.raises(ConfigError, match="network configuration"):
+        run_training(other)
