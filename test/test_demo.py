@@ -130,12 +130,19 @@ def test_demo_pipeline_stage_writes_bags_summary_and_report(
 
     out = tmp_path / "demo"
     assert main(["demo", "--generated", "--views", "1", "--repeats", "0", "--frames", "6",
-                 "--out", str(out)]) == 0
+                 "--object-frames", "3", "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "board: detected 6/6" in text and f"report: {out / 'index.html'}" in text
-    summary = json.loads((out / "summary.json").read_text())
+    assert "board: detected 6/6" in text
+    assert f"report: {out / 'board' / 'index.html'}" in text
+    summary = json.loads((out / "board" / "summary.json").read_text())
     board = summary["objects"]["board"]
     assert summary["frames"] == 6 and board["detected"] == 6
     assert board["rotation_error_deg"]["max"] < 1.0  # against the generator's ground truth
-    assert (out / "input_bag" / "metadata.yaml").is_file()
-    assert (out / "output_bag" / "metadata.yaml").is_file()
+    assert (out / "board" / "input_bag" / "metadata.yaml").is_file()
+    assert (out / "board" / "output_bag" / "metadata.yaml").is_file()
+    # the main job: the demo object through the shipped networks
+    assert f"report: {out / 'demo_object' / 'index.html'}" in text
+    obj_summary = json.loads((out / "demo_object" / "summary.json").read_text())
+    assert obj_summary["frames"] == 3 and obj_summary["frames_with_errors"] == 0
+    assert obj_summary["objects"]["demo_object"]["frames_with_gt"] == 3
+    assert obj_summary["depth"]["frames"] == 3

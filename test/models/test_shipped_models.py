@@ -4,6 +4,7 @@ on a small validation set regenerated with the training data's synth config and 
 
 from __future__ import annotations
 
+import functools
 import subprocess
 from pathlib import Path
 
@@ -56,7 +57,8 @@ def _validation_frames(meta, object_ids):
     return [frame_from_synth(sampler.sample(i)) for i in range(VAL_FRAMES)]
 
 
-def _demo_pose_validation() -> tuple[list[bool], list[float]]:
+@functools.cache  # shared by the tests below (a skip is not cached)
+def _demo_pose_results() -> tuple[list[bool], list[float]]:
     """(ADD@0.1d hit per present instance, keypoint errors px) of the shipped demo pose model."""
     ort = pytest.importorskip("onnxruntime")
     from dvc_perception.geometry.metrics import add_error, adds_error
@@ -91,15 +93,6 @@ def _demo_pose_validation() -> tuple[list[bool], list[float]]:
     return hits, kp_err
 
 
-_DEMO_CACHE: dict[str, tuple[list[bool], list[float]]] = {}
-
-
-def _demo_pose_results() -> tuple[list[bool], list[float]]:
-    if "r" not in _DEMO_CACHE:
-        _DEMO_CACHE["r"] = _demo_pose_validation()
-    return _DEMO_CACHE["r"]
-
-
 @pytest.mark.slow
 def test_demo_pose_model_reaches_the_keypoint_floor():
     _, kp_err = _demo_pose_results()
@@ -122,7 +115,8 @@ def test_demo_pose_model_reaches_the_add_floor():
     assert np.mean(hits) >= 0.80, f"ADD(-S)@0.1d recall {np.mean(hits):.3f}"
 
 
-def _depth_validation() -> tuple[np.ndarray, np.ndarray]:
+@functools.cache
+def _depth_results() -> tuple[np.ndarray, np.ndarray]:
     """(predicted, ground-truth) metric depth (N, H, W) of the shipped depth model."""
     ort = pytest.importorskip("onnxruntime")
     from dvc_perception.train.datasets import DepthDataset, ListFrameSource
@@ -143,15 +137,6 @@ def _depth_validation() -> tuple[np.ndarray, np.ndarray]:
         preds.append(canonical[0, 0] * float(s["fx"]) / f0)
         gts.append(s["depth"][0].numpy())
     return np.stack(preds), np.stack(gts)
-
-
-_DEPTH_CACHE: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-
-
-def _depth_results() -> tuple[np.ndarray, np.ndarray]:
-    if "r" not in _DEPTH_CACHE:
-        _DEPTH_CACHE["r"] = _depth_validation()
-    return _DEPTH_CACHE["r"]
 
 
 @pytest.mark.slow
