@@ -299,7 +299,11 @@ class PoseTask:
 def solve_pose_like_pipeline(
     x2d: Tensor, x3d: Tensor, K: Tensor, weights: Tensor, threshold_px: float
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Validation poses the way the pipeline computes them: weighted RANSAC + LM refinement.
+    """Validation poses by the pipeline's robust path: weighted RANSAC + LM refinement.
+
+    This is the pipeline with ``pnp.always_ransac: true`` and its default RANSAC settings; by
+    default the pipeline first tries one weighted LM fit of all keypoints and falls back to this
+    when a keypoint is off by more than the threshold.
 
     Args:
         x2d: (N, K, 2) px keypoints.
