@@ -2,18 +2,12 @@
 # Reproduce the shipped demo-object models (issue 4): synthetic data -> pose and depth training
 # (2 CPU processes, DDP/gloo) -> ONNX export into models/. Budget: <= 60 min on the 2-core CPU.
 # Re-running continues interrupted training (--resume) and skips data that already exists.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-export OMP_NUM_THREADS=1 FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA
-PY=${PY:-.venv/bin/python}
-CLI="$PY -m dvc_perception.cli"
-DDP="$PY -m torch.distributed.run --standalone --nproc_per_node 2 -m dvc_perception.cli"
+source "$(dirname "$0")/train_env.sh"  # cd to the repo; PY, CLI, DDP, resume
 synth() {  # synth OUT SEED FRAMES (tabletop scenes: config/synth_demo_object.yaml)
   [ -f "$1/index.json" ] || $CLI synth --objects demo_object --frames "$3" --width 320 \
     --height 240 --seed "$2" --config config/synth_demo_object.yaml --out "$1" --no-progress
 }
 synth data/demo_a 1 2500 & synth data/demo_b 2 2500 & synth data/demo_val 100 300 & wait
-resume() { [ -f "$1/last.pt" ] && echo --resume || true; }
 $DDP train pose --data data/demo_a data/demo_b --val-data data/demo_val --objects demo_object \
   --crop 160x128 --epochs "${POSE_EPOCHS:-26}" --batch-size 16 --lr 3e-3 --threads 1 \
   --val-every 4 --out runs/pose_demo --no-progress $(resume runs/pose_demo)

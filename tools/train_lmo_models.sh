@@ -4,12 +4,7 @@
 # models/ -> scored on the 10 real images of LM-O test/000002 with `dvc-perception eval-bop`.
 # Budget: about 30 min on the 2-core CPU. Re-running continues interrupted training (--resume)
 # and skips data that already exists.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-export OMP_NUM_THREADS=1 FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA
-PY=${PY:-.venv/bin/python}
-CLI="$PY -m dvc_perception.cli"
-DDP="$PY -m torch.distributed.run --standalone --nproc_per_node 2 -m dvc_perception.cli"
+source "$(dirname "$0")/train_env.sh"  # cd to the repo; PY, CLI, DDP, resume
 OBJECTS="lmo_obj_05 lmo_obj_06 lmo_obj_08 lmo_obj_12"
 synth() {  # synth OUT SEED FRAMES
   [ -f "$1/index.json" ] || $CLI synth --objects $OBJECTS --frames "$3" --width 320 \
@@ -17,7 +12,6 @@ synth() {  # synth OUT SEED FRAMES
 }
 synth data/lmo_a 11 "${LMO_FRAMES:-1500}" & synth data/lmo_b 12 "${LMO_FRAMES:-1500}" & wait
 synth data/lmo_val 110 150
-resume() { [ -f "$1/last.pt" ] && echo --resume || true; }
 $DDP train pose --data data/lmo_a data/lmo_b --val-data data/lmo_val --objects $OBJECTS \
   --crop 160x128 --epochs "${LMO_EPOCHS:-10}" --batch-size 16 --lr 3e-3 --threads 1 \
   --val-every 2 --out runs/pose_lmo --no-progress $(resume runs/pose_lmo)

@@ -1,0 +1,10 @@
+# Shared set-up of the training scripts (sourced, not run): repository root as the working
+# directory, one thread per process, the venv's python, the CLI and its 2-process DDP launcher.
+# resume OUT prints --resume when OUT holds an interrupted run.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+export OMP_NUM_THREADS=1 FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA
+PY=${PY:-.venv/bin/python}
+CLI="$PY -m dvc_perception.cli"
+DDP="$PY -m torch.distributed.run --standalone --nproc_per_node 2 -m dvc_perception.cli"
+resume() { [ -f "$1/last.pt" ] && echo --resume || true; }
