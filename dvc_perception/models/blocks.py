@@ -7,9 +7,14 @@ nearest neighbour, elementwise Add), so the exported graphs build for FP16 and I
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F  # noqa: N812 - the usual torch alias
+
+T = TypeVar("T")
 
 
 class ConvBNReLU(nn.Sequential):
@@ -120,3 +125,31 @@ class InputNormalization(nn.Module):
     def forward(self, image: Tensor) -> Tensor:
         """Normalise: image (B, 3, H, W) RGB in [0, 1] -> (B, 3, H, W)."""
         return (image - self.mean) / self.std
+
+
+def _autocast_enabled(device_type: str) -> bool:
+    try:
+        return bool(torch.is_autocast_enabled(device_type))
+    except TypeError:  # torch < 2.4 has no device argument
+        return bool(torch.is_autocast_enabled() or torch.is_autocast_cpu_enabled())
+
+
+def run_in_float32(fn: Callable[[Tensor], T], x: Tensor) -> T:
+    """``fn(x)`` in float32, also inside a bfloat16 autocast region (mixed-precision training).
+
+    The output heads and decoders run here: bfloat16's 8-bit mantissa would quantise heatmap
+    logits, the soft-argmax's coordinate sums (to ~1 px at 320 px) and log-depths. Outside
+    autocast (inference, export) this is just ``fn(x)``.
+
+    Args:
+        fn: the float32 part of a network.
+        x: (B, C, h, w) features, any floating dtype.
+
+    Returns:
+        Whatever `fn` returns.
+    """
+    device_type = x.device.type
+    if not _autocast_enabled(device_type):
+        return fn(x)
+    with torch.autocast(device_type, enabled=False):
+        return fn(x.float())

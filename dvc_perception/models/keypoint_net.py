@@ -27,7 +27,13 @@ import torch
 from torch import Tensor, nn
 
 from dvc_perception.errors import ConfigError, ShapeError, check_shape
-from dvc_perception.models.blocks import ConvBNReLU, Encoder, InputNormalization, UpBlock
+from dvc_perception.models.blocks import (
+    ConvBNReLU,
+    Encoder,
+    InputNormalization,
+    UpBlock,
+    run_in_float32,
+)
 from dvc_perception.models.heads import pool_confidence, soft_argmax_2d
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -130,16 +136,19 @@ class KeypointNet(nn.Module):
         Raises:
             ShapeError: not (B, 3, H, W) with H and W multiples of 16.
         """
-        cfg = self.config
         check_shape(image, "B,3,H,W", name="image")
         in_h, in_w = int(image.shape[2]), int(image.shape[3])
         if in_h % 16 or in_w % 16:
             raise ShapeError(f"image: expected H and W multiples of 16, got {in_h}x{in_w}")
         _, f4, f8, f16 = self.encoder(self.normalize(image))
         x = self.trunk(self.up4(self.up8(f16, f8), f4))
-        b = int(image.shape[0])
+        return run_in_float32(self._decode, x)
+
+    def _decode(self, x: Tensor) -> KeypointNetOutput:
+        """Heads and soft-argmax on the stride-4 features x (B, C, h, w)."""
+        cfg = self.config
+        b, _, h, w = (int(n) for n in x.shape)
         o, k = cfg.num_objects, cfg.num_keypoints
-        h, w = in_h // HEATMAP_STRIDE, in_w // HEATMAP_STRIDE
         heat = self.heatmap_head(x)
         xy, prob = soft_argmax_2d(heat, HEATMAP_STRIDE, cfg.softargmax_window)
         weights = pool_confidence(self.confidence_head(x), prob)

@@ -163,18 +163,21 @@ def _augment_affine(
 
 
 def _photometric(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
-    """Colour jitter, blur and noise on (H, W, 3) float32 RGB in [0, 1]."""
-    img = image
+    """Colour jitter, blur and noise on (H, W, 3) float32 RGB in [0, 1] (float32 throughout)."""
+    f32 = np.float32
+    img = image.astype(np.float32, copy=False)
     grey = img.mean(axis=2, keepdims=True)
-    img = grey + (img - grey) * rng.uniform(1 - cfg.saturation, 1 + cfg.saturation)
-    img = img * rng.uniform(1 - cfg.channel_gain, 1 + cfg.channel_gain, size=3)
-    mean = img.mean()
-    img = (img - mean) * rng.uniform(1 - cfg.contrast, 1 + cfg.contrast) + mean
-    img = img + rng.uniform(-cfg.brightness, cfg.brightness)
+    saturation = f32(rng.uniform(1 - cfg.saturation, 1 + cfg.saturation))
+    gain = rng.uniform(1 - cfg.channel_gain, 1 + cfg.channel_gain, size=3).astype(np.float32)
+    img = (grey + (img - grey) * saturation) * gain
+    mean = f32(img.mean(dtype=np.float64))
+    contrast = f32(rng.uniform(1 - cfg.contrast, 1 + cfg.contrast))
+    img = (img - mean) * contrast + (mean + f32(rng.uniform(-cfg.brightness, cfg.brightness)))
     if rng.uniform() < cfg.blur_prob:
         img = cv2.GaussianBlur(img, (0, 0), float(rng.uniform(0.5, 1.2)))
-    img = img + rng.normal(0.0, rng.uniform(0, cfg.noise_std), size=img.shape)
-    return np.clip(img, 0.0, 1.0).astype(np.float32)
+    noise_std = f32(rng.uniform(0, cfg.noise_std))
+    img += rng.standard_normal(img.shape, dtype=np.float32) * noise_std
+    return np.clip(img, 0.0, 1.0, out=img)
 
 
 def _warp(

@@ -47,6 +47,8 @@ from dvc_perception.models.keypoint_net import HEATMAP_STRIDE
 from dvc_perception.train import losses as L  # noqa: N812 - short alias for the loss module
 from dvc_perception.train.datasets import ObjectInfo
 
+PRECISIONS = ("fp32", "bf16")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -65,6 +67,9 @@ class TrainConfig:
         val_every: evaluate every this many epochs (and always after the last one).
         num_threads: torch intra-op threads for this process (0 = leave torch's default); on a
             shared or small CPU, 1 per process avoids oversubscription.
+        precision: "fp32", or "bf16": mixed precision, the convolutions in bfloat16 under
+            autocast with channels-last tensors (about 3x faster on CPUs with AVX512-BF16/AMX),
+            heads, decode, losses, the PnP layer and validation in float32/float64.
     """
 
     epochs: int = 10
@@ -78,8 +83,11 @@ class TrainConfig:
     progress: bool = True
     val_every: int = 1
     num_threads: int = 0
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision: expected one of {PRECISIONS}, got {self.precision!r}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError(f"epochs and batch_size must be >= 1, got {self}")
         if not self.lr > 0:
@@ -553,6 +561,10 @@ def train(
     if config.num_threads > 0:
         torch.set_num_threads(config.num_threads)  # process-wide, on purpose (see TrainConfig)
     core = model
+    mixed = config.precision == "bf16"
+    if mixed:
+        _check_bf16_support()
+        core.to(memory_format=torch.channels_last)
     if distributed:
         net: nn.Module = nn.parallel.DistributedDataParallel(model)
         sampler: Any = DistributedSampler(train_set, num_replicas=world, rank=rank,
@@ -630,7 +642,11 @@ def train(
         for i, batch in enumerate(loader):
             if i >= steps_per_epoch:
                 break
-            loss, parts = task.loss(net, batch, epoch)
+            if mixed:
+                batch = {**batch, "image": batch["image"].contiguous(
+                    memory_format=torch.channels_last)}
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mixed):
+                loss, parts = task.loss(net, batch, epoch)
             if not torch.isfinite(loss):
                 raise DvcError(f"non-finite loss at epoch {epoch} step {step}: {parts}")
             opt.zero_grad(set_to_none=True)
@@ -693,6 +709,18 @@ def train(
         prov_path.write_text(json.dumps(prov, indent=2, sort_keys=True))
     return TrainResult(out_dir=out, last_checkpoint=last_path, best_checkpoint=best_path,
                        history=tuple(history), best_metric=best)
+
+
+def _check_bf16_support() -> None:
+    """Raise `ConfigError` unless this CPU runs bfloat16 convolutions natively."""
+    supported = False
+    try:
+        supported = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        pass
+    if not (torch.backends.mkldnn.is_available() and supported):
+        raise ConfigError("precision bf16: this CPU has no native bfloat16 (AVX512-BF16 or AMX) "
+                          "in oneDNN; train with precision fp32")
 
 
 def _atomic_save(obj: Any, path: Path) -> None:

@@ -279,17 +279,19 @@ def silog_loss(pred: Tensor, target: Tensor, valid: Tensor, lam: float = 0.85) -
     Returns:
         () loss, mean over images with any valid pixel.
     """
-    losses = []
-    for i in range(int(pred.shape[0])):
-        m = valid[i]
-        if not bool(m.any()):
-            continue
-        d = torch.log(pred[i][m].clamp_min(1e-6)) - torch.log(target[i][m].clamp_min(1e-6))
-        var = (d**2).mean() - lam * d.mean() ** 2
-        losses.append(torch.sqrt(var.clamp_min(1e-12)))
-    if not losses:
+    b = int(pred.shape[0])
+    m = valid.reshape(b, -1).to(pred.dtype)
+    n = m.sum(dim=-1)
+    if not bool((n > 0).any()):
         return pred.sum() * 0.0
-    return torch.stack(losses).mean()
+    # invalid pixels contribute 0 (their log ratio is replaced before the mask multiplies)
+    d = torch.log(pred.clamp_min(1e-6)) - torch.log(target.clamp_min(1e-6).to(pred.dtype))
+    d = torch.where(valid, d, torch.zeros_like(d)).reshape(b, -1)
+    has = n > 0
+    mean = (d * m).sum(dim=-1)[has] / n[has]
+    sq = (d.square() * m).sum(dim=-1)[has] / n[has]
+    var = sq - lam * mean.square()
+    return torch.sqrt(var.clamp_min(1e-12)).mean()
 
 
 def depth_l1_loss(pred: Tensor, target: Tensor, valid: Tensor) -> Tensor:

@@ -59,6 +59,23 @@ def test_silog_scale_invariance_and_log_rmse_limit():
     torch.testing.assert_close(silog_loss(pred, target, valid, 0.0), ref)
 
 
+def test_silog_ignores_invalid_pixels_and_empty_images():
+    gen = torch.Generator().manual_seed(1)
+    target = torch.rand(3, 1, 6, 7, generator=gen, dtype=torch.float64) + 0.5
+    pred = target * torch.exp(0.2 * torch.randn(3, 1, 6, 7, generator=gen, dtype=torch.float64))
+    valid = torch.rand(3, 1, 6, 7, generator=gen) > 0.4
+    valid[2] = False  # an image without ground truth does not count
+    target = torch.where(valid, target, torch.full_like(target, float("nan")))
+    ref = []
+    for i in range(2):  # the variance form, image by image, on the valid pixels only
+        d = pred[i][valid[i]].log() - target[i][valid[i]].log()
+        ref.append(((d**2).mean() - 0.85 * d.mean() ** 2).sqrt())
+    loss = silog_loss(pred.requires_grad_(), target, valid, 0.85)
+    torch.testing.assert_close(loss, torch.stack(ref).mean())
+    loss.backward()
+    assert torch.isfinite(pred.grad).all() and (pred.grad[~valid] == 0).all()
+
+
 def _pose_problem(noise_px: float, seed: int):
     obj = toy_object()
     gen = torch.Generator().manual_seed(seed)

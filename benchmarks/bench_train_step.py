@@ -1,0 +1,82 @@
+# Copyright 2026 dvc_perception authors. Licensed under the Apache License, Version 2.0.
+"""Training-step time of the two networks: float32 vs bfloat16 mixed precision on this CPU.
+
+One step = forward + backward + AdamW update of a batch, as `train.loop.train` runs it with
+`TrainConfig.precision` ("fp32": contiguous float32; "bf16": channels-last tensors and
+convolutions in bfloat16 under autocast, heads and decode in float32). The batch is random
+images; the loss is a plain mean of the outputs (the networks' cost, not the losses').
+
+    .venv/bin/python benchmarks/bench_train_step.py [--batch 16] [--size 160x128 320x240]
+        [--threads 1] [--iters 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+import torch
+
+from dvc_perception.models.depth_net import DepthNet, DepthNetConfig
+from dvc_perception.models.keypoint_net import KeypointNet, KeypointNetConfig
+
+
+def _networks() -> dict[str, torch.nn.Module]:
+    return {
+        "keypoints (1 object, 17 kp)": KeypointNet(
+            KeypointNetConfig(object_ids=("demo_object",), num_keypoints=17)),
+        "depth": DepthNet(DepthNetConfig()),
+    }
+
+
+def step_ms(net: torch.nn.Module, batch: int, width: int, height: int, precision: str,
+            iters: int) -> float:
+    """Median wall time [ms] of one training step."""
+    mixed = precision == "bf16"
+    net.train().to(memory_format=torch.channels_last if mixed else torch.contiguous_format)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    x = torch.rand(batch, 3, height, width)
+    if mixed:
+        x = x.contiguous(memory_format=torch.channels_last)
+    times = []
+    for _ in range(iters + 2):
+        t0 = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mixed):
+            out = net(x)
+            y = out if isinstance(out, torch.Tensor) else out.heatmap_logits
+            loss = y.float().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        times.append(time.perf_counter() - t0)
+    times = sorted(times[2:])  # the first two steps warm up oneDNN
+    return 1e3 * times[len(times) // 2]
+
+
+def main() -> None:
+    """Print a markdown table of step times."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--size", nargs="+", default=["160x128", "320x240"])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--iters", type=int, default=8)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    bf16 = bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)())
+    print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+          f"{args.threads} thread(s), batch {args.batch}, native bf16: {bf16}")
+    print("| network | crop | fp32 step ms | bf16 step ms | speed-up |")
+    print("|---|---|---|---|---|")
+    for name, net in _networks().items():
+        for size in args.size:
+            w, h = (int(v) for v in size.split("x"))
+            fp32 = step_ms(net, args.batch, w, h, "fp32", args.iters)
+            mixed = step_ms(net, args.batch, w, h, "bf16", args.iters) if bf16 else float("nan")
+            print(f"| {name} | {w}x{h} | {fp32:.0f} | {mixed:.0f} | {fp32 / mixed:.2f}x |",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
