@@ -15,7 +15,9 @@ calibration); `depth_from_canonical` applies it, and the exported model's metada
 augmentation of the image (which changes fx) is exact.
 
 Input (B, 3, H, W) RGB in [0, 1] (default 320x240); output (B, 1, H, W) canonical depth in metres,
-at input resolution (stride-2 decoder + bilinear x2). About 1.3 GFLOP at 320x240.
+at input resolution (stride-2 decoder + bilinear x2). About 1.3 GFLOP at 320x240. An image-level
+context path (global average and max pool of the stride-16 features, fed back to every position
+and to a per-image log-depth offset) lets the apparent size of known objects set the scale.
 """
 
 from __future__ import annotations
@@ -28,7 +30,13 @@ from torch import Tensor, nn
 from torch.nn import functional as F  # noqa: N812 - the usual torch alias
 
 from dvc_perception.errors import ConfigError, ShapeError, check_shape
-from dvc_perception.models.blocks import ConvBNReLU, Encoder, InputNormalization, UpBlock
+from dvc_perception.models.blocks import (
+    ConvBNReLU,
+    Encoder,
+    InputNormalization,
+    UpBlock,
+    run_in_float32,
+)
 from dvc_perception.models.keypoint_net import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -45,6 +53,10 @@ class DepthNetConfig:
         widths: encoder channels at strides 2, 4, 8, 16.
         blocks: residual blocks per encoder stage.
         decoder_channels: channels of the stride-8, -4 and -2 decoder maps.
+        global_context: add an image-level path: the stride-16 features averaged over the
+            image feed back into every position, and a per-image log-depth offset is predicted
+            from them. Metric scale is a global property (the demo object's apparent size fixes
+            the depth of the planes behind it), which a local receptive field cannot see.
     """
 
     input_width: int = 320
@@ -55,6 +67,7 @@ class DepthNetConfig:
     widths: tuple[int, int, int, int] = (16, 32, 64, 128)
     blocks: tuple[int, int, int, int] = (0, 1, 1, 2)
     decoder_channels: tuple[int, int, int] = (64, 32, 16)
+    global_context: bool = True
 
     def __post_init__(self) -> None:
         for name in ("input_width", "input_height"):
@@ -88,6 +101,13 @@ class DepthNet(nn.Module):
         self.up2 = UpBlock(d4, w[0], d2)
         self.trunk = ConvBNReLU(d2, d2)
         self.head = nn.Conv2d(d2, 1, 3, padding=1)
+        self.context: nn.Module | None = None
+        self.scale_head: nn.Module | None = None
+        if config.global_context:
+            self.context = ImageContext(w[3])
+            self.scale_head = nn.Conv2d(w[3], 1, 1)
+            nn.init.zeros_(self.scale_head.weight)
+            nn.init.zeros_(self.scale_head.bias)
         self.log_min = math.log(config.min_depth_m)
         self.log_max = math.log(config.max_depth_m)
         nn.init.zeros_(self.head.weight)
@@ -109,12 +129,40 @@ class DepthNet(nn.Module):
         if int(image.shape[2]) % 16 or int(image.shape[3]) % 16:
             raise ShapeError(f"image: expected H and W multiples of 16, got {tuple(image.shape)}")
         f2, f4, f8, f16 = self.encoder(self.normalize(image))
+        context = None
+        if self.context is not None:
+            context = self.context(f16)  # (B, C, 1, 1)
+            f16 = f16 + context
         x = self.trunk(self.up2(self.up4(self.up8(f16, f8), f4), f2))
-        log_depth = self.head(x).clamp(self.log_min, self.log_max)
+        return run_in_float32(lambda feats: self._decode(feats, context), x)
+
+    def _decode(self, x: Tensor, context: Tensor | None) -> Tensor:
+        """Stride-2 features x (B, C, h, w), image context (B, C16, 1, 1) or None -> depth."""
+        log_depth = self.head(x)
+        if context is not None and self.scale_head is not None:
+            log_depth = log_depth + self.scale_head(context.to(x.dtype))
+        log_depth = log_depth.clamp(self.log_min, self.log_max)
         log_depth = F.interpolate(
             log_depth, scale_factor=2.0, mode="bilinear", align_corners=False
         )
         return torch.exp(log_depth)
+
+
+class ImageContext(nn.Module):
+    """Image-level features: global average and max of (B, C, h, w), 1x1 conv, ReLU: (B, C, 1, 1).
+
+    The max keeps the strongest evidence (e.g. of a known object's size) undiluted by its area.
+    ONNX: GlobalAveragePool, GlobalMaxPool, Concat, Conv, Relu (all in TensorRT's parser).
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.mix = nn.Conv2d(2 * channels, channels, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Summarise x (B, C, h, w) -> (B, C, 1, 1)."""
+        pooled = torch.cat([F.adaptive_avg_pool2d(x, 1), F.adaptive_max_pool2d(x, 1)], dim=1)
+        return F.relu(self.mix(pooled))
 
 
 def depth_from_canonical(depth_canonical: Tensor, fx_px: Tensor, focal0_px: float) -> Tensor:

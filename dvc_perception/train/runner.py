@@ -72,6 +72,10 @@ class RunSpec:
         resume: continue from ``out_dir/last.pt``.
         init_checkpoint: start from the network weights of this checkpoint (fine-tuning: a new
             optimiser and schedule; the architecture and objects must match), or None.
+        init_encoder: copy only the image encoder (``encoder.*``) from this checkpoint, which
+            may be of the other network kind: both networks share the `Encoder` architecture,
+            so a trained pose network's encoder (which already finds the objects and their
+            apparent size) starts the depth network. None: random initialisation.
     """
 
     mode: str
@@ -94,6 +98,7 @@ class RunSpec:
     depth_net: Mapping[str, Any] = field(default_factory=dict)
     resume: bool = False
     init_checkpoint: str | None = None
+    init_encoder: str | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in ("pose", "depth"):
@@ -213,6 +218,9 @@ def run_training(spec: RunSpec, *, provenance: Mapping[str, Any] | None = None) 
     if spec.init_checkpoint and not spec.resume:
         _load_initial_weights(model, spec.init_checkpoint, extra["model_config"])
         prov["init_checkpoint"] = str(spec.init_checkpoint)
+    if spec.init_encoder and not spec.resume:
+        _load_encoder_weights(model, spec.init_encoder)
+        prov["init_encoder"] = str(spec.init_encoder)
     result = train(task, model, train_set, val_set, spec.train, spec.out_dir, resume=spec.resume,
                    provenance=prov, checkpoint_extra=extra)
     return result
@@ -232,6 +240,23 @@ def _load_initial_weights(model: torch.nn.Module, path: str, config: Mapping[str
         raise ConfigError(f"--init {path}: network configuration {theirs} differs from this "
                           f"run's {to_jsonable(config)}")
     model.load_state_dict(ckpt["model"])
+
+
+def _load_encoder_weights(model: torch.nn.Module, path: str) -> None:
+    """Copy the ``encoder.*`` weights of a checkpoint into `model`.
+
+    Raises:
+        ConfigError: the checkpoint has no encoder, or one of another shape.
+    """
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    theirs = {k: v for k, v in ckpt["model"].items() if k.startswith("encoder.")}
+    mine = {k: v for k, v in model.state_dict().items() if k.startswith("encoder.")}
+    if not theirs or set(theirs) != set(mine) or any(
+        theirs[k].shape != mine[k].shape for k in mine
+    ):
+        raise ConfigError(f"--init-encoder {path}: its encoder does not match this network's "
+                          f"({len(theirs)} vs {len(mine)} tensors, or other shapes)")
+    model.load_state_dict(theirs, strict=False)
 
 
 def _spec_json(spec: RunSpec) -> dict[str, Any]:

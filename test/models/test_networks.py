@@ -75,3 +75,50 @@ def test_configs_reject_bad_values():
         DepthNetConfig(min_depth_m=2.0, max_depth_m=1.0)
     with pytest.raises(ShapeError, match="image"):
         KeypointNet(KeypointNetConfig())(torch.zeros(1, 3, 100, 128))
+
+
+def _randomise_heads(net: nn.Module) -> None:
+    torch.manual_seed(3)
+    for name, module in net.named_modules():
+        if "head" in name and isinstance(module, nn.Conv2d):
+            nn.init.normal_(module.weight, std=0.05)  # zero-initialised heads give flat maps
+
+
+@pytest.mark.parametrize("global_context, far_effect", [(True, True), (False, False)])
+def test_depth_context_path_carries_information_across_the_image(global_context, far_effect):
+    # the metric scale of a scene is a global property; without the image-level path the
+    # stride-16 encoder's receptive field (~260 px) cannot carry a change at one corner of a
+    # 320x240 input to the opposite corner
+    net = DepthNet(DepthNetConfig(global_context=global_context)).eval()
+    _randomise_heads(net)
+    x = torch.rand(1, 3, 240, 320, generator=torch.Generator().manual_seed(0))
+    y = x.clone()
+    y[..., :48, :48] = 1.0 - y[..., :48, :48]
+    with torch.no_grad():
+        change = (net(x) - net(y))[0, 0, -32:, -32:].abs().max()
+    assert (change > 1e-6) == far_effect, float(change)
+
+
+bf16_cpu = pytest.mark.skipif(
+    not getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)(),
+    reason="this CPU has no native bfloat16 (AVX512-BF16/AMX)")
+
+
+@bf16_cpu
+def test_heads_and_decode_stay_float32_under_bf16_autocast():
+    # mixed-precision training: convolutions in bfloat16, but the soft-argmax (coordinates up to
+    # 320 px, where bfloat16 resolves only ~2 px) and the log-depth run in float32
+    kp_net = KeypointNet(KeypointNetConfig(object_ids=("a",), num_keypoints=5)).eval()
+    depth_net = DepthNet(DepthNetConfig()).eval()
+    _randomise_heads(kp_net)
+    x = torch.rand(2, 3, 128, 160, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref_kp, ref_depth = kp_net(x), depth_net(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            kp, depth = kp_net(x), depth_net(x)
+    for name in ("heatmap_logits", "x2d", "weights", "mask_logits"):
+        assert getattr(kp, name).dtype == torch.float32, name
+    assert depth.dtype == torch.float32
+    # bfloat16 features move the keypoints a little, never by the ~1-2 px of a bfloat16 sum
+    assert (kp.x2d - ref_kp.x2d).abs().median() < 0.3
+    assert ((depth - ref_depth).abs() / ref_depth).median() < 0.02

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 
 import pytest
@@ -137,3 +138,50 @@ def test_init_starts_from_a_checkpoints_weights_and_checks_the_architecture(tmp_
     other = dataclasses.replace(spec, out_dir=str(tmp_path / "c"), depth_net={"focal0_px": 250.0})
     with pytest.raises(ConfigError, match="network configuration"):
         run_training(other)
+
+
+def test_precision_must_be_fp32_or_bf16():
+    with pytest.raises(ConfigError, match="precision"):
+        TrainConfig(precision="fp16")
+
+
+@pytest.mark.skipif(
+    not getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)(),
+    reason="this CPU has no native bfloat16 (AVX512-BF16/AMX)")
+def test_bf16_training_learns_like_fp32(tmp_path):
+    # same seed and data: mixed precision follows the float32 run closely (loss curve), and the
+    # checkpoint holds float32 weights that load into a plain network
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        spec = _depth_spec(tmp_path / precision, epochs=3)
+        spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train,
+                                                                   precision=precision))
+        runs[precision] = run_training(spec).history
+    for a, b in zip(runs["fp32"], runs["bf16"]):
+        assert b["train_total"] == pytest.approx(a["train_total"], rel=0.1)
+    state = torch.load(tmp_path / "bf16" / "last.pt", weights_only=False)["model"]
+    assert all(v.dtype in (torch.float32, torch.int64) for v in state.values())
+
+
+def test_init_encoder_copies_a_pose_networks_encoder_into_the_depth_network(tmp_path):
+    pose = RunSpec(mode="pose", out_dir=str(tmp_path / "pose"), toy_frames=8, input_width=64,
+                   input_height=48, train=TrainConfig(epochs=1, batch_size=4, progress=False))
+    pose_ckpt = run_training(pose).last_checkpoint
+    # zero learning rate: the depth network's encoder is exactly the pose network's
+    spec = dataclasses.replace(
+        _depth_spec(tmp_path / "depth", epochs=1), init_encoder=str(pose_ckpt),
+        train=TrainConfig(epochs=1, batch_size=4, lr=1e-12, progress=False, seed=9))
+    depth_ckpt = run_training(spec).last_checkpoint
+    a = torch.load(pose_ckpt, weights_only=False)["model"]
+    b = torch.load(depth_ckpt, weights_only=False)["model"]
+    enc = [k for k in a if k.startswith("encoder.") and "running" not in k
+           and a[k].is_floating_point()]
+    assert enc
+    for key in enc:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-9, msg=key)
+    prov = json.loads((tmp_path / "depth" / "provenance.json").read_text())
+    assert prov["init_encoder"] == str(pose_ckpt)
+    narrow = dataclasses.replace(spec, out_dir=str(tmp_path / "narrow"),
+                                 depth_net={"widths": (8, 16, 32, 64)})
+    with pytest.raises(ConfigError, match="encoder does not match"):
+        run_training(narrow)
