@@ -33,7 +33,7 @@ def _distance_to_surface(mesh, points: np.ndarray) -> np.ndarray:
 def test_demo_object_description() -> None:
     obj = load_object(find_object_yaml("demo_object"))
     assert obj.object_id == "demo_object" and obj.unit == "m"
-    assert obj.keypoints.shape == (9, 3)
+    assert obj.keypoints.shape == (17, 3)  # 16 surface points + the centre
     kp = obj.keypoints.double().numpy()
     # Surface keypoints lie on the mesh; the last one is the bounding-box centre.
     assert _distance_to_surface(obj.mesh, kp[:-1]).max() < 1e-5
