@@ -70,6 +70,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pose-weight", type=float, help="weight of the pose loss")
     parser.add_argument("--keypoint-weight", type=float,
                         help="weight of the soft-argmax keypoint L1 loss [per px]")
+    parser.add_argument("--silog-lambda", type=float,
+                        help="depth: variance weight of the SILog loss (1 = fully scale "
+                             "invariant, 0 = log RMSE; default 0.85)")
     parser.add_argument("--pose-warmup-epochs", type=int,
                         help="epochs before the pose loss starts")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
@@ -90,7 +93,7 @@ def _given(args: argparse.Namespace, mapping: dict[str, str]) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     """Train; prints the final row of the log."""
     from dvc_perception.train.datasets import AugmentConfig
-    from dvc_perception.train.loop import PoseLossConfig, TrainConfig
+    from dvc_perception.train.loop import DepthLossConfig, PoseLossConfig, TrainConfig
     from dvc_perception.train.runner import RunSpec, run_training
 
     train_cfg = TrainConfig(**_given(args, {
@@ -104,6 +107,9 @@ def run(args: argparse.Namespace) -> int:
                         "keypoint_weight": "keypoint"}),
         use_pose_loss=not args.no_pose_loss,
     )
+    depth_cfg = DepthLossConfig(**_given(args, {"silog_lambda": "silog_lambda"}))
+    if args.mode == "pose" and args.silog_lambda is not None:
+        raise ConfigError("--silog-lambda only applies to `train depth`")
     if args.mode == "depth" and args.no_pose_loss:
         raise ConfigError("--no-pose-loss only applies to `train pose`")
     spec = RunSpec(
@@ -113,7 +119,8 @@ def run(args: argparse.Namespace) -> int:
         objects=tuple(args.objects), input_width=args.input_size[0],
         input_height=args.input_size[1], augment=None if args.no_augment else AugmentConfig(),
         crop=args.crop,
-        train=train_cfg, pose_loss=pose_cfg, resume=args.resume, init_checkpoint=args.init,
+        train=train_cfg, pose_loss=pose_cfg, depth_loss=depth_cfg, resume=args.resume,
+        init_checkpoint=args.init,
         init_encoder=args.init_encoder,
     )
     result = run_training(spec, provenance={"command": list(sys.argv)})

@@ -66,3 +66,10 @@ def test_synth_train_evaluate_export_onnxruntime(tmp_path):
     with torch.no_grad():
         ref_depth = net(torch.from_numpy(image)).numpy()
     np.testing.assert_allclose(depth, ref_depth, atol=1e-4, rtol=1e-5)
+
+
+def test_depth_only_options_are_refused_for_pose_training(tmp_path, capsys):
+    assert main(["train", "pose", "--toy", "4", "--silog-lambda", "0.5",
+                 "--out", str(tmp_path / "run")]) == 2
+    assert "--silog-lambda only applies to `train depth`" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
