@@ -20,6 +20,7 @@ import torch
 
 from dvc_perception.models.depth_net import DepthNet, DepthNetConfig
 from dvc_perception.models.keypoint_net import KeypointNet, KeypointNetConfig
+from dvc_perception.train.loop import cpu_bf16_supported
 
 
 def _networks() -> dict[str, torch.nn.Module]:
@@ -64,7 +65,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    bf16 = bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)())
+    bf16 = cpu_bf16_supported()
     print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{args.threads} thread(s), batch {args.batch}, native bf16: {bf16}")
     print("| network | crop | fp32 step ms | bf16 step ms | speed-up |")

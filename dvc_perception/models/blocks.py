@@ -138,7 +138,7 @@ def run_in_float32(fn: Callable[[Tensor], T], x: Tensor) -> T:
     """``fn(x)`` in float32, also inside a bfloat16 autocast region (mixed-precision training).
 
     The output heads and decoders run here: bfloat16's 8-bit mantissa would quantise heatmap
-    logits, the soft-argmax's coordinate sums (to ~1 px at 320 px) and log-depths. Outside
+    logits, the soft-argmax's coordinate sums (to 2 px at 320 px) and log-depths. Outside
     autocast (inference, export) this is just ``fn(x)``.
 
     Args:

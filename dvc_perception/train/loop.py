@@ -711,14 +711,18 @@ def train(
                        history=tuple(history), best_metric=best)
 
 
-def _check_bf16_support() -> None:
-    """Raise `ConfigError` unless this CPU runs bfloat16 convolutions natively."""
-    supported = False
+def cpu_bf16_supported() -> bool:
+    """Whether this CPU runs bfloat16 convolutions natively (oneDNN with AVX512-BF16 or AMX)."""
     try:
         supported = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
-        pass
-    if not (torch.backends.mkldnn.is_available() and supported):
+        return False
+    return supported and torch.backends.mkldnn.is_available()
+
+
+def _check_bf16_support() -> None:
+    """Raise `ConfigError` unless `cpu_bf16_supported`."""
+    if not cpu_bf16_supported():
         raise ConfigError("precision bf16: this CPU has no native bfloat16 (AVX512-BF16 or AMX) "
                           "in oneDNN; train with precision fp32")
 

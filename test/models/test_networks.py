@@ -14,6 +14,7 @@ from dvc_perception.models.depth_net import (
 )
 from dvc_perception.models.flops import count_conv_flops
 from dvc_perception.models.keypoint_net import KeypointNet, KeypointNetConfig
+from dvc_perception.train.loop import cpu_bf16_supported
 
 GFLOP_BUDGET = 2.0e9
 
@@ -100,7 +101,7 @@ def test_depth_context_path_carries_information_across_the_image(global_context,
 
 
 bf16_cpu = pytest.mark.skipif(
-    not getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)(),
+    not cpu_bf16_supported(),
     reason="this CPU has no native bfloat16 (AVX512-BF16/AMX)")
 
 

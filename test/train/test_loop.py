@@ -9,7 +9,12 @@ import pytest
 import torch
 
 from dvc_perception.errors import ConfigError
-from dvc_perception.train.loop import DepthLossConfig, PoseLossConfig, TrainConfig
+from dvc_perception.train.loop import (
+    DepthLossConfig,
+    PoseLossConfig,
+    TrainConfig,
+    cpu_bf16_supported,
+)
 from dvc_perception.train.runner import RunSpec, run_training
 
 
@@ -146,7 +151,7 @@ def test_precision_must_be_fp32_or_bf16():
 
 
 @pytest.mark.skipif(
-    not getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)(),
+    not cpu_bf16_supported(),
     reason="this CPU has no native bfloat16 (AVX512-BF16/AMX)")
 def test_bf16_training_learns_like_fp32(tmp_path):
     # same seed and data: mixed precision follows the float32 run closely (loss curve), and the
