@@ -53,10 +53,11 @@ class DepthNetConfig:
         widths: encoder channels at strides 2, 4, 8, 16.
         blocks: residual blocks per encoder stage.
         decoder_channels: channels of the stride-8, -4 and -2 decoder maps.
-        global_context: add an image-level path: the stride-16 features averaged over the
-            image feed back into every position, and a per-image log-depth offset is predicted
-            from them. Metric scale is a global property (the demo object's apparent size fixes
-            the depth of the planes behind it), which a local receptive field cannot see.
+        global_context: add an image-level path (`ImageContext`: the stride-16 features
+            pooled over the image by average and max) that feeds back into every position and
+            predicts a per-image log-depth offset. Metric scale is a global property (the demo
+            object's apparent size fixes the depth of the planes behind it), which a local
+            receptive field cannot see.
     """
 
     input_width: int = 320

@@ -280,17 +280,15 @@ def silog_loss(pred: Tensor, target: Tensor, valid: Tensor, lam: float = 0.85) -
         () loss, mean over images with any valid pixel.
     """
     b = int(pred.shape[0])
-    m = valid.reshape(b, -1).to(pred.dtype)
-    n = m.sum(dim=-1)
-    if not bool((n > 0).any()):
-        return pred.sum() * 0.0
-    # invalid pixels contribute 0 (their log ratio is replaced before the mask multiplies)
-    d = torch.log(pred.clamp_min(1e-6)) - torch.log(target.clamp_min(1e-6).to(pred.dtype))
-    d = torch.where(valid, d, torch.zeros_like(d)).reshape(b, -1)
+    n = valid.reshape(b, -1).sum(dim=-1).to(pred.dtype)
     has = n > 0
-    mean = (d * m).sum(dim=-1)[has] / n[has]
-    sq = (d.square() * m).sum(dim=-1)[has] / n[has]
-    var = sq - lam * mean.square()
+    if not bool(has.any()):
+        return pred.sum() * 0.0
+    # invalid pixels (NaN targets included) contribute a log ratio of exactly 0
+    d = torch.log(pred.clamp_min(1e-6)) - torch.log(target.clamp_min(1e-6).to(pred.dtype))
+    d = torch.where(valid, d, torch.zeros_like(d)).reshape(b, -1)[has]
+    mean = d.sum(dim=-1) / n[has]
+    var = d.square().sum(dim=-1) / n[has] - lam * mean.square()
     return torch.sqrt(var.clamp_min(1e-12)).mean()
 
 

@@ -230,11 +230,13 @@ def _load_initial_weights(model: torch.nn.Module, path: str, config: Mapping[str
     """Copy a checkpoint's network weights into `model` (same architecture and objects).
 
     Raises:
+        ModelSpecError: no such file, or not a training checkpoint.
         ConfigError: the checkpoint's network has another configuration.
     """
+    from dvc_perception.train.checkpoints import load_checkpoint
     from dvc_perception.train.loop import to_jsonable
 
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = load_checkpoint(path)
     theirs = to_jsonable(ckpt.get("model_config"))
     if theirs != to_jsonable(config):
         raise ConfigError(f"--init {path}: network configuration {theirs} differs from this "
@@ -246,9 +248,12 @@ def _load_encoder_weights(model: torch.nn.Module, path: str) -> None:
     """Copy the ``encoder.*`` weights of a checkpoint into `model`.
 
     Raises:
+        ModelSpecError: no such file, or not a training checkpoint.
         ConfigError: the checkpoint has no encoder, or one of another shape.
     """
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    from dvc_perception.train.checkpoints import load_checkpoint
+
+    ckpt = load_checkpoint(path)
     theirs = {k: v for k, v in ckpt["model"].items() if k.startswith("encoder.")}
     mine = {k: v for k, v in model.state_dict().items() if k.startswith("encoder.")}
     if not theirs or set(theirs) != set(mine) or any(

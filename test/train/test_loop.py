@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from dvc_perception.errors import ConfigError
+from dvc_perception.errors import ConfigError, ModelSpecError
 from dvc_perception.train.loop import (
     DepthLossConfig,
     PoseLossConfig,
@@ -190,3 +190,7 @@ def test_init_encoder_copies_a_pose_networks_encoder_into_the_depth_network(tmp_
                                  depth_net={"widths": (8, 16, 32, 64)})
     with pytest.raises(ConfigError, match="encoder does not match"):
         run_training(narrow)
+    missing = dataclasses.replace(spec, out_dir=str(tmp_path / "missing"),
+                                  init_encoder=str(tmp_path / "nope.pt"))
+    with pytest.raises(ModelSpecError, match="nope.pt does not exist"):
+        run_training(missing)
