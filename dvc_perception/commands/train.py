@@ -62,6 +62,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=("fp32", "bf16"),
                         help="fp32 (default), or bf16 mixed precision (about 3x faster on CPUs "
                              "with AVX512-BF16/AMX; heads, losses and PnP stay float32/64)")
+    parser.add_argument("--device",
+                        help="auto (default: CUDA when available), cpu, cuda or cuda:N; under "
+                             "torchrun on CUDA each process takes its LOCAL_RANK's GPU")
     parser.add_argument("--max-steps-per-epoch", type=int)
     parser.add_argument("--val-every", type=int, help="evaluate every N epochs")
     parser.add_argument("--no-augment", action="store_true", help="turn augmentation off")
@@ -100,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         "epochs": "epochs", "batch_size": "batch_size", "lr": "lr",
         "weight_decay": "weight_decay", "seed": "seed", "workers": "num_workers",
         "max_steps_per_epoch": "max_steps_per_epoch", "val_every": "val_every",
-        "threads": "num_threads", "precision": "precision",
+        "threads": "num_threads", "precision": "precision", "device": "device",
     }), progress=not args.no_progress)
     pose_cfg = PoseLossConfig(
         **_given(args, {"pose_weight": "pose", "pose_warmup_epochs": "pose_warmup_epochs",

@@ -162,21 +162,45 @@ def _augment_affine(
     return (zoom @ np.vstack([base, [0.0, 0.0, 1.0]]))[:2]
 
 
+#: standard normal float32 samples that `_photometric` draws its pixel noise from (one random
+#: window per image: i.i.d. within an image, ~20x cheaper than drawing fresh normals per pixel)
+_NOISE_BANK_SIZE = 1 << 21
+_noise_bank: np.ndarray | None = None
+
+
+def _pixel_noise(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """Standard normal float32 noise of `shape` (a random window of the fixed noise bank)."""
+    global _noise_bank
+    n = int(np.prod(shape))
+    if _noise_bank is None or _noise_bank.size < n + 1:
+        size = max(_NOISE_BANK_SIZE, 2 * n)
+        _noise_bank = np.random.default_rng(0x5EED).standard_normal(size, dtype=np.float32)
+    start = int(rng.integers(0, _noise_bank.size - n))
+    return _noise_bank[start : start + n].reshape(shape)
+
+
 def _photometric(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
-    """Colour jitter, blur and noise on (H, W, 3) float32 RGB in [0, 1] (float32 throughout)."""
-    f32 = np.float32
+    """Colour jitter, blur and noise on (H, W, 3) float32 RGB in [0, 1] (float32 throughout).
+
+    Saturation (towards the per-pixel grey), per-channel gain, then contrast about the image
+    mean and brightness: all affine in RGB, so they are applied as one 3x4 colour matrix.
+    """
     img = image.astype(np.float32, copy=False)
-    grey = img.mean(axis=2, keepdims=True)
-    saturation = f32(rng.uniform(1 - cfg.saturation, 1 + cfg.saturation))
-    gain = rng.uniform(1 - cfg.channel_gain, 1 + cfg.channel_gain, size=3).astype(np.float32)
-    img = (grey + (img - grey) * saturation) * gain
-    mean = f32(img.mean(dtype=np.float64))
-    contrast = f32(rng.uniform(1 - cfg.contrast, 1 + cfg.contrast))
-    img = (img - mean) * contrast + (mean + f32(rng.uniform(-cfg.brightness, cfg.brightness)))
+    saturation = rng.uniform(1 - cfg.saturation, 1 + cfg.saturation)
+    gain = rng.uniform(1 - cfg.channel_gain, 1 + cfg.channel_gain, size=3)
+    contrast = rng.uniform(1 - cfg.contrast, 1 + cfg.contrast)
+    brightness = rng.uniform(-cfg.brightness, cfg.brightness)
+    # row-vector colour map: rgb' = rgb @ M, M = ((1 - s)/3 * ones + s * I) @ diag(gain)
+    colour = ((1 - saturation) / 3.0 * np.ones((3, 3)) + saturation * np.eye(3)) * gain
+    mean = float((np.asarray(cv2.mean(img)[:3]) @ colour).mean())  # cv2.mean: float64 sums
+    affine = np.empty((3, 4))
+    affine[:, :3] = (colour * contrast).T  # cv2.transform: dst = affine @ [rgb, 1]
+    affine[:, 3] = mean * (1 - contrast) + brightness
+    img = cv2.transform(img, affine)
     if rng.uniform() < cfg.blur_prob:
         img = cv2.GaussianBlur(img, (0, 0), float(rng.uniform(0.5, 1.2)))
-    noise_std = f32(rng.uniform(0, cfg.noise_std))
-    img += rng.standard_normal(img.shape, dtype=np.float32) * noise_std
+    noise_std = np.float32(rng.uniform(0, cfg.noise_std))
+    img += _pixel_noise(img.shape, rng) * noise_std
     return np.clip(img, 0.0, 1.0, out=img)
 
 
@@ -224,8 +248,9 @@ def _prepare(
         y0 = int(np.clip(4 * round(y0 / 4), 0, height - ch))
         affine = affine - np.array([[0.0, 0.0, x0], [0.0, 0.0, y0]])
         out_w, out_h = cw, ch
-    image = frame.image.astype(np.float32) / 255.0
-    image = _warp(image, affine, out_w, out_h, nearest=False, fill=0.0)
+    # warp the 8-bit image (cheaper; rounding adds at most 0.5/255), then scale to [0, 1]
+    image = _warp(frame.image, affine, out_w, out_h, nearest=False, fill=0.0)
+    image = image.astype(np.float32) * np.float32(1.0 / 255.0)
     if augment is not None:
         image = _photometric(image, rng, augment)
     K = np.vstack([affine, [0.0, 0.0, 1.0]]) @ np.asarray(frame.K, dtype=np.float64)
@@ -247,7 +272,10 @@ def _check_crop(
 def _stride_pool(mask: np.ndarray, stride: int) -> np.ndarray:
     """(H, W) {0, 1} -> (H/stride, W/stride) covered fraction."""
     h, w = mask.shape
-    return mask.reshape(h // stride, stride, w // stride, stride).mean(axis=(1, 3))
+    if h % stride or w % stride:
+        raise ShapeError(f"mask: expected sides divisible by {stride}, got {mask.shape}")
+    # INTER_AREA at an integer factor is exactly the block mean (and ~10x faster than numpy's)
+    return cv2.resize(mask, (w // stride, h // stride), interpolation=cv2.INTER_AREA)
 
 
 class PoseDataset(Dataset):

@@ -43,7 +43,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from dvc_perception.errors import ConfigError, DvcError
 from dvc_perception.models.depth_net import depth_to_canonical
-from dvc_perception.models.keypoint_net import HEATMAP_STRIDE
+from dvc_perception.models.keypoint_net import HEATMAP_STRIDE, KeypointNetOutput
 from dvc_perception.train import losses as L  # noqa: N812 - short alias for the loss module
 from dvc_perception.train.datasets import ObjectInfo
 
@@ -70,6 +70,8 @@ class TrainConfig:
         precision: "fp32", or "bf16": mixed precision, the convolutions in bfloat16 under
             autocast with channels-last tensors (about 3x faster on CPUs with AVX512-BF16/AMX),
             heads, decode, losses, the PnP layer and validation in float32/float64.
+        device: "auto" (CUDA when each process gets a GPU, else CPU), "cpu", "cuda" or
+            "cuda:N". Under `torchrun` on CUDA each process takes its LOCAL_RANK's GPU (NCCL).
     """
 
     epochs: int = 10
@@ -84,8 +86,11 @@ class TrainConfig:
     val_every: int = 1
     num_threads: int = 0
     precision: str = "fp32"
+    device: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.device != "auto" and self.device != "cpu" and not self.device.startswith("cuda"):
+            raise ConfigError(f"device: expected 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision: expected one of {PRECISIONS}, got {self.precision!r}")
         if self.epochs < 1 or self.batch_size < 1:
@@ -227,7 +232,7 @@ class PoseTask:
         if not bool(present.any()):
             return x2d.sum() * 0.0, 0.0
         b, o = int(present.shape[0]), int(present.shape[1])
-        kp3d = self.keypoints_obj.unsqueeze(0).expand(b, -1, -1, -1)[present]
+        kp3d = self.keypoints_obj.to(x2d.device).unsqueeze(0).expand(b, -1, -1, -1)[present]
         K = batch["K"].to(torch.float64).unsqueeze(1).expand(-1, o, -1, -1)[present]
         w = weights.detach().clamp_min(self.config.pose_weight_floor)[present]
         loss, ok = L.pose_reprojection_loss(
@@ -255,8 +260,9 @@ class PoseTask:
         add_ok, rot, trans, kp_err, ious = [], [], [], [], []
         was_training = model.training
         model.eval()
-        for batch in loader:
-            out = model(batch["image"])
+        device = _model_device(model)
+        for batch in loader:  # the network on its device, the rest (PnP, metrics) on the CPU
+            out = KeypointNetOutput(*(v.float().cpu() for v in model(batch["image"].to(device))))
             present = batch["present"]
             valid = batch["kp_in_image"] & present.unsqueeze(-1)
             err = (out.x2d.double() - batch["keypoints"].double()).norm(dim=-1)
@@ -376,8 +382,10 @@ class DepthTask:
         preds, gts = [], []
         was_training = model.training
         model.eval()
+        device = _model_device(model)
         for batch in loader:
-            pred = depth_from_canonical(model(batch["image"]), batch["fx"], self.focal0_px)
+            pred = model(batch["image"].to(device)).float().cpu()
+            pred = depth_from_canonical(pred, batch["fx"], self.focal0_px)
             preds.append(pred.double().flatten())
             gts.append(batch["depth"].double().flatten())
         model.train(was_training)
@@ -478,6 +486,36 @@ def plot_curves(path: Path, history: Sequence[Mapping[str, float]], title: str) 
     fig.savefig(str(path))
 
 
+def _model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def resolve_device(device: str) -> torch.device:
+    """The torch device of `TrainConfig.device` for this process.
+
+    "auto" is CUDA when this machine has a GPU for each of its processes (LOCAL_WORLD_SIZE under
+    torchrun), else the CPU for all of them (one process group needs one backend).
+
+    Raises:
+        ConfigError: CUDA asked for but not available.
+    """
+    if device == "auto":  # CUDA only when every process of this machine gets its own GPU
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        device = "cuda" if gpus >= local_world else "cpu"
+    if device == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r}: this torch build sees no CUDA device")
+    if device == "cuda":  # one GPU per process under torchrun
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device(device)
+
+
+def _to_device(batch: Mapping[str, Tensor], device: torch.device) -> dict[str, Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
 def _finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(float(x))
 
@@ -487,10 +525,11 @@ def _collate(samples: list[dict[str, Tensor]]) -> dict[str, Tensor]:
 
 
 def _make_loader(
-    dataset: Dataset, batch_size: int, *, sampler: Any, num_workers: int, drop_last: bool
+    dataset: Dataset, batch_size: int, *, sampler: Any, num_workers: int, drop_last: bool,
+    pin_memory: bool = False,
 ) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      drop_last=drop_last, collate_fn=_collate)
+                      drop_last=drop_last, collate_fn=_collate, pin_memory=pin_memory)
 
 
 def build_optimizer(
@@ -551,22 +590,26 @@ def train(
     out = Path(out_dir)
     rank, world = _world()
     distributed = world > 1
+    device = resolve_device(config.device)
+    on_gpu = device.type == "cuda"
+    if on_gpu:
+        torch.cuda.set_device(device)
     if distributed and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend="nccl" if on_gpu else "gloo")
     is_main = rank == 0
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     if config.num_threads > 0:
         torch.set_num_threads(config.num_threads)  # process-wide, on purpose (see TrainConfig)
-    core = model
+    core = model.to(device)
     mixed = config.precision == "bf16"
     if mixed:
-        _check_bf16_support()
+        _check_bf16_support(device)
         core.to(memory_format=torch.channels_last)
     if distributed:
-        net: nn.Module = nn.parallel.DistributedDataParallel(model)
+        net: nn.Module = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if on_gpu else None)
         sampler: Any = DistributedSampler(train_set, num_replicas=world, rank=rank,
                                           shuffle=True, seed=config.seed, drop_last=True)
     else:
@@ -633,7 +676,7 @@ def train(
             gen = torch.Generator().manual_seed(config.seed * 1000003 + epoch)
             epoch_sampler = RandomSampler(train_set, generator=gen)
         loader = _make_loader(train_set, config.batch_size, sampler=epoch_sampler,
-                              num_workers=config.num_workers, drop_last=True)
+                              num_workers=config.num_workers, drop_last=True, pin_memory=on_gpu)
         net.train()
         sums: dict[str, float] = {}
         n_done = skipped = 0
@@ -642,10 +685,11 @@ def train(
         for i, batch in enumerate(loader):
             if i >= steps_per_epoch:
                 break
+            batch = _to_device(batch, device)
             if mixed:
                 batch = {**batch, "image": batch["image"].contiguous(
                     memory_format=torch.channels_last)}
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mixed):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=mixed):
                 loss, parts = task.loss(net, batch, epoch)
             if not torch.isfinite(loss):
                 raise DvcError(f"non-finite loss at epoch {epoch} step {step}: {parts}")
@@ -682,7 +726,7 @@ def train(
                 best = float(metric)
             ckpt = {
                 "task": task.name,
-                "model": core.state_dict(),
+                "model": {k: v.detach().cpu() for k, v in core.state_dict().items()},
                 "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(),
                 "epoch": epoch + 1,
@@ -720,8 +764,13 @@ def cpu_bf16_supported() -> bool:
     return supported and torch.backends.mkldnn.is_available()
 
 
-def _check_bf16_support() -> None:
-    """Raise `ConfigError` unless `cpu_bf16_supported`."""
+def _check_bf16_support(device: torch.device) -> None:
+    """Raise `ConfigError` unless `device` computes natively in bfloat16."""
+    if device.type == "cuda":
+        if not torch.cuda.is_bf16_supported():
+            raise ConfigError(f"precision bf16: {torch.cuda.get_device_name(device)} has no "
+                              "bfloat16; train with precision fp32")
+        return
     if not cpu_bf16_supported():
         raise ConfigError("precision bf16: this CPU has no native bfloat16 (AVX512-BF16 or AMX) "
                           "in oneDNN; train with precision fp32")

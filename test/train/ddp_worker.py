@@ -18,7 +18,7 @@ from dvc_perception.train.runner import RunSpec, build_keypoint_net
 from dvc_perception.train.toy import toy_frames, toy_object
 
 CONFIG = TrainConfig(epochs=1, batch_size=2, max_steps_per_epoch=2, lr=3e-3, progress=False,
-                     seed=7, num_threads=1)
+                     seed=7, num_threads=1, device="cpu")
 
 
 def build():

@@ -1,6 +1,8 @@
 # Copyright 2026 dvc_perception authors. Licensed under the Apache License, Version 2.0.
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -135,3 +137,41 @@ def test_concat_source_indexes_through_all_parts():
     assert cat[1] is a[1] and cat[2] is b[0] and cat[4] is b[2]
     with pytest.raises(IndexError):
         cat[5]
+
+
+def test_photometric_colour_matrix_matches_the_per_pixel_formula():
+    # saturation towards grey, channel gain, contrast about the mean, brightness: the single
+    # 3x4 colour matrix must equal the step-by-step float64 formula (noise and blur off)
+    from dvc_perception.train.datasets import _photometric
+
+    img = np.random.default_rng(1).random((24, 32, 3), dtype=np.float32)
+    cfg = dataclasses.replace(AugmentConfig(), noise_std=0.0, blur_prob=0.0)
+    for seed in range(5):
+        out = _photometric(img, np.random.default_rng(seed), cfg)
+        rng = np.random.default_rng(seed)  # the same draws, in the same order
+        s = rng.uniform(1 - cfg.saturation, 1 + cfg.saturation)
+        gain = rng.uniform(1 - cfg.channel_gain, 1 + cfg.channel_gain, size=3)
+        c = rng.uniform(1 - cfg.contrast, 1 + cfg.contrast)
+        b = rng.uniform(-cfg.brightness, cfg.brightness)
+        grey = img.astype(np.float64).mean(axis=2, keepdims=True)
+        x = (grey + (img - grey) * s) * gain
+        ref = np.clip((x - x.mean()) * c + x.mean() + b, 0.0, 1.0)
+        np.testing.assert_allclose(out, ref, atol=1e-5)
+
+
+def test_photometric_noise_is_zero_mean_with_the_drawn_std():
+    from dvc_perception.train.datasets import _photometric
+
+    img = np.full((120, 160, 3), 0.5, np.float32)
+    cfg = AugmentConfig(saturation=0.0, channel_gain=0.0, contrast=0.0, brightness=0.0,
+                        blur_prob=0.0, noise_std=0.05)
+    stds = []
+    for seed in range(20):
+        noise = _photometric(img, np.random.default_rng(seed), cfg) - 0.5
+        assert abs(float(noise.mean())) < 0.002
+        stds.append(float(noise.std()))
+        # i.i.d. within an image: neighbouring pixels uncorrelated
+        flat = noise.reshape(-1)
+        assert abs(float(np.corrcoef(flat[:-1], flat[1:])[0, 1])) < 0.03
+    assert 0.0 <= min(stds) and max(stds) <= 0.05 * 1.03
+    assert max(stds) - min(stds) > 0.01  # the std is drawn per image

@@ -168,6 +168,45 @@ def test_bf16_training_learns_like_fp32(tmp_path):
     assert all(v.dtype in (torch.float32, torch.int64) for v in state.values())
 
 
+def test_device_must_be_auto_cpu_or_cuda():
+    with pytest.raises(ConfigError, match="device"):
+        TrainConfig(device="tpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="tests the error on a machine without CUDA")
+def test_cuda_training_without_a_gpu_is_a_config_error(tmp_path):
+    spec = _depth_spec(tmp_path / "cuda", epochs=1)
+    spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, device="cuda"))
+    with pytest.raises(ConfigError, match="no CUDA device"):
+        run_training(spec)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+def test_training_on_cuda_follows_the_cpu_run_and_saves_cpu_weights(tmp_path):
+    # same seed, data and float32 maths: the CUDA run's losses follow the CPU run's (TF32
+    # convolutions allowed, hence the tolerance); checkpoints hold CPU tensors either way
+    runs = {}
+    for device in ("cpu", "cuda"):
+        spec = _depth_spec(tmp_path / device, epochs=2)
+        spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, device=device))
+        runs[device] = run_training(spec).history
+    for a, b in zip(runs["cpu"], runs["cuda"]):
+        assert b["train_total"] == pytest.approx(a["train_total"], rel=0.05)
+        assert b["val_abs_rel"] == pytest.approx(a["val_abs_rel"], rel=0.05)
+    state = torch.load(tmp_path / "cuda" / "last.pt", map_location="cpu",
+                       weights_only=False)["model"]
+    assert all(v.device.type == "cpu" for v in state.values())
+    # pose training with the loss through solve_pnp (float64 on the GPU) and validation
+    pose = RunSpec(mode="pose", out_dir=str(tmp_path / "pose"), toy_frames=8, input_width=64,
+                   input_height=48, pose_loss=PoseLossConfig(pose_warmup_epochs=0),
+                   train=TrainConfig(epochs=1, batch_size=4, progress=False, device="cuda",
+                                     precision="bf16" if torch.cuda.is_bf16_supported()
+                                     else "fp32"))
+    row = run_training(pose).history[-1]
+    assert torch.isfinite(torch.tensor(row["train_pose_px"]))
+    assert 0.0 <= row["val_add_recall"] <= 1.0 and row["val_instances"] > 0
+
+
 def test_init_encoder_copies_a_pose_networks_encoder_into_the_depth_network(tmp_path):
     pose = RunSpec(mode="pose", out_dir=str(tmp_path / "pose"), toy_frames=8, input_width=64,
                    input_height=48, train=TrainConfig(epochs=1, batch_size=4, progress=False))
