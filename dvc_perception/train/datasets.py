@@ -248,9 +248,9 @@ def _prepare(
         y0 = int(np.clip(4 * round(y0 / 4), 0, height - ch))
         affine = affine - np.array([[0.0, 0.0, x0], [0.0, 0.0, y0]])
         out_w, out_h = cw, ch
-    # warp the 8-bit image (cheaper; rounding adds at most 0.5/255), then scale to [0, 1]
-    image = _warp(frame.image, affine, out_w, out_h, nearest=False, fill=0.0)
-    image = image.astype(np.float32) * np.float32(1.0 / 255.0)
+    # float before the warp, as the runtime letterbox does (test_quantize checks they agree)
+    image = frame.image.astype(np.float32) / 255.0
+    image = _warp(image, affine, out_w, out_h, nearest=False, fill=0.0)
     if augment is not None:
         image = _photometric(image, rng, augment)
     K = np.vstack([affine, [0.0, 0.0, 1.0]]) @ np.asarray(frame.K, dtype=np.float64)

@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Protocol
 
 import numpy as np
@@ -43,7 +44,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from dvc_perception.errors import ConfigError, DvcError
 from dvc_perception.models.depth_net import depth_to_canonical
-from dvc_perception.models.keypoint_net import HEATMAP_STRIDE, KeypointNetOutput
+from dvc_perception.models.keypoint_net import HEATMAP_STRIDE
 from dvc_perception.train import losses as L  # noqa: N812 - short alias for the loss module
 from dvc_perception.train.datasets import ObjectInfo
 
@@ -262,7 +263,9 @@ class PoseTask:
         model.eval()
         device = _model_device(model)
         for batch in loader:  # the network on its device, the rest (PnP, metrics) on the CPU
-            out = KeypointNetOutput(*(v.float().cpu() for v in model(batch["image"].to(device))))
+            raw = model(batch["image"].to(device))  # any object with these three fields
+            out = SimpleNamespace(x2d=raw.x2d.float().cpu(), weights=raw.weights.float().cpu(),
+                                  mask_logits=raw.mask_logits.float().cpu())
             present = batch["present"]
             valid = batch["kp_in_image"] & present.unsqueeze(-1)
             err = (out.x2d.double() - batch["keypoints"].double()).norm(dim=-1)
@@ -487,7 +490,9 @@ def plot_curves(path: Path, history: Sequence[Mapping[str, float]], title: str) 
 
 
 def _model_device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
+    """Where `model`'s parameters live (CPU for a parameterless wrapper, e.g. of an engine)."""
+    param = next(model.parameters(), None)
+    return torch.device("cpu") if param is None else param.device
 
 
 def resolve_device(device: str) -> torch.device:

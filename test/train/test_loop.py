@@ -233,3 +233,39 @@ def test_init_encoder_copies_a_pose_networks_encoder_into_the_depth_network(tmp_
                                   init_encoder=str(tmp_path / "nope.pt"))
     with pytest.raises(ModelSpecError, match="nope.pt does not exist"):
         run_training(missing)
+
+
+def test_pose_evaluation_takes_a_parameterless_wrapper_like_an_engine_adapter(tmp_path):
+    # benchmarks/eval_int8.py evaluates ONNX Runtime engines through a module without
+    # parameters that returns a namespace with x2d, weights and mask_logits: same metrics
+    from types import SimpleNamespace
+
+    from dvc_perception.train.checkpoints import load_checkpoint, model_from_checkpoint
+    from dvc_perception.train.datasets import ListFrameSource, PoseDataset
+    from dvc_perception.train.loop import PoseTask, _make_loader
+    from dvc_perception.train.toy import toy_frames, toy_object
+
+    spec = RunSpec(mode="pose", out_dir=str(tmp_path / "pose"), toy_frames=8, input_width=64,
+                   input_height=48, train=TrainConfig(epochs=1, batch_size=4, progress=False))
+    net = model_from_checkpoint(load_checkpoint(run_training(spec).last_checkpoint)).eval()
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = [net]  # a list: not registered, so no parameters
+
+        def forward(self, image):
+            out = self.inner[0](image)
+            return SimpleNamespace(x2d=out.x2d, weights=out.weights, mask_logits=out.mask_logits)
+
+    obj = toy_object()
+    data = PoseDataset(ListFrameSource(toy_frames(6, width=64, height=48, seed=3)), [obj], 64, 48)
+    task = PoseTask([obj], PoseLossConfig())
+    direct = task.evaluate(net, iter(_make_loader(data, 4, sampler=None, num_workers=0,
+                                                  drop_last=False)))
+    wrapped = task.evaluate(Wrapper(), iter(_make_loader(data, 4, sampler=None, num_workers=0,
+                                                         drop_last=False)))
+    assert len(list(Wrapper().parameters())) == 0
+    assert direct["val_instances"] > 0
+    for key, value in direct.items():
+        assert wrapped[key] == pytest.approx(value, nan_ok=True), key
