@@ -63,8 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fp32 (default), or bf16 mixed precision (about 3x faster on CPUs "
                              "with AVX512-BF16/AMX; heads, losses and PnP stay float32/64)")
     parser.add_argument("--device",
-                        help="auto (default: CUDA when available), cpu, cuda or cuda:N; under "
-                             "torchrun on CUDA each process takes its LOCAL_RANK's GPU")
+                        help="auto (default: CUDA when each process gets its own GPU, else "
+                             "CPU), cpu, cuda or cuda:N; under torchrun on CUDA each process "
+                             "takes its LOCAL_RANK's GPU")
     parser.add_argument("--max-steps-per-epoch", type=int)
     parser.add_argument("--val-every", type=int, help="evaluate every N epochs")
     parser.add_argument("--no-augment", action="store_true", help="turn augmentation off")
