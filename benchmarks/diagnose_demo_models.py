@@ -2,8 +2,10 @@
 """Where the demo-object models fall short of the issue-4 floors (synthetic validation split).
 
 pose: ADD@0.1d by keypoint visibility (occlusion), the sign of the depth error of the misses,
-the same model on training frames (generalisation gap), and test-time averaging over 2 px input
-shifts (how much of the error depends on the stride-4 grid phase).
+whether the predicted keypoint constellation is shrunk (scale, radial residuals, and ADD with the
+translations scaled as a probe), the same model on training frames (generalisation gap), and
+test-time averaging over 2 px input shifts (how much of the error depends on the stride-4 grid
+phase).
 depth: the per-frame scale error (median of truth / prediction), and what aligning each frame's
 scale to the detected object's rendered depth (pose model + mesh) would give.
 
@@ -39,10 +41,29 @@ from dvc_perception.train.runner import RunSpec, build_depth_net, build_keypoint
 from dvc_perception.train.runner import open_frame_source as _open
 
 SHIFTS = ((0, 0), (2, 0), (0, 2), (2, 2))  # px at the 320x240 input: half a heatmap cell
+T_SCALES = (0.99, 0.9925, 0.995, 0.9975)  # translations scaled by these (a depth-bias probe)
+RADIUS_BINS_PX = (0, 10, 20, 30, 45, 80)
+
+
+def _constellation(x2d: torch.Tensor, gt: torch.Tensor, visible: torch.Tensor):
+    """Scale of the predicted visible keypoints about the true ones' centroid (least squares)
+    and each visible keypoint's (distance from that centroid px, radial residual px)."""
+    c = gt[visible].mean(0)
+    a, b = gt[visible] - c, x2d[visible] - c
+    r = a.norm(dim=-1)
+    radial = ((b - a) * a).sum(-1) / r.clamp_min(1e-6)
+    return float((a * b).sum() / (a * a).sum()), r.tolist(), radial.tolist()
+
+
+def _scaled_add(R, t, Rg, tg, pts, scale: float) -> float:
+    """ADD [m] of the pose (R, scale * t) against the ground truth (Rg, tg)."""
+    return float(add_error(R[None], scale * t[None], Rg[None], tg[None], pts)[0])
 
 
 def _pose_rows(net, task, obj, source, shifts=((0, 0),)) -> list[dict[str, float]]:
-    """One row per present instance: ADD [m], success, dz [m], z [m], visible fraction."""
+    """One row per present instance: ADD [m], success, dz [m], z [m], visible fraction, the
+    constellation scale and radial residuals (`_constellation`, instances with >= 6 visible
+    keypoints, else NaN), and success with the translation scaled by each of `T_SCALES`."""
     rows = []
     pts = torch.as_tensor(obj.points_obj, dtype=torch.float64)
     data = PoseDataset(source, [obj], 320, 240)
@@ -64,14 +85,44 @@ def _pose_rows(net, task, obj, source, shifts=((0, 0),)) -> list[dict[str, float
             R, t, ok = solve_pose_like_pipeline(x2d, kp3d, batch["K"][present].double(), w,
                                                 PoseTask.ransac_threshold_px)
             Rg, tg = batch["R"][present, 0].double(), batch["t"][present, 0].double()
-            vis = batch["kp_visible"][present, 0].double().mean(-1)
+            visible = batch["kp_visible"][present, 0].bool()
+            vis = visible.double().mean(-1)
+            gt2d = batch["keypoints"][present, 0].double()
             for i in range(n):
-                e = (float(add_error(R[i:i + 1], t[i:i + 1], Rg[i:i + 1], tg[i:i + 1], pts)[0])
-                     if bool(ok[i]) else float("inf"))
+                adds = [_scaled_add(R[i], t[i], Rg[i], tg[i], pts, c) if ok[i] else np.inf
+                        for c in (1.0, *T_SCALES)]
+                e = adds[0]
+                scale, radius, radial = (_constellation(x2d[i], gt2d[i], visible[i])
+                                         if int(visible[i].sum()) >= 6 else (float("nan"), [], []))
                 rows.append({"add": e, "ok": float(e < 0.1 * obj.diameter_m),
                              "dz": float(t[i, 2] - tg[i, 2]) if bool(ok[i]) else float("nan"),
-                             "z": float(tg[i, 2]), "vis": float(vis[i])})
+                             "z": float(tg[i, 2]), "vis": float(vis[i]), "scale": scale,
+                             "radius": radius, "radial": radial,
+                             "ok_t_scaled": [float(a < 0.1 * obj.diameter_m)
+                                             for a in adds[1:]]})
     return rows
+
+
+def _print_constellation_bias(rows: list[dict], ok: np.ndarray, dz: np.ndarray) -> None:
+    """Whether the predicted keypoints shrink (object too far) and what a t scale would do."""
+    scale = np.array([r["scale"] for r in rows])
+    vis = np.array([r["vis"] for r in rows])
+    z = np.array([r["z"] for r in rows])
+    unocc = vis >= 0.95
+    print(f"visible-keypoint constellation scale (predicted / true, median): "
+          f"{np.nanmedian(scale):.4f} all, {np.nanmedian(scale[unocc]):.4f} unoccluded; "
+          f"median t_z ratio {1 + np.nanmedian(dz / z):.4f}")
+    radius = np.concatenate([r["radius"] for r in rows])
+    radial = np.concatenate([r["radial"] for r in rows])
+    bins = []
+    for lo, hi in zip(RADIUS_BINS_PX[:-1], RADIUS_BINS_PX[1:]):
+        m = (radius >= lo) & (radius < hi)
+        bins.append(f"{lo}-{hi} px {np.median(radial[m]):+.2f}" if m.any() else f"{lo}-{hi} -")
+    print("median radial residual of visible keypoints by distance from their centroid "
+          "(negative: inwards): " + ", ".join(bins))
+    scaled = np.array([r["ok_t_scaled"] for r in rows]).mean(0)
+    print("ADD@0.1d with every translation scaled by " + ", ".join(
+        f"{c}: {a:.1%}" for c, a in zip(T_SCALES, scaled)) + f" (unscaled {ok.mean():.1%})")
 
 
 def diagnose_pose(checkpoint: str, val_dir: str, train_dir: str) -> None:
@@ -97,6 +148,7 @@ def diagnose_pose(checkpoint: str, val_dir: str, train_dir: str) -> None:
               f"{ok[m].mean() if m.any() else float('nan'):.1%} | {mdz} |")
     miss = ~ok & np.isfinite(dz)
     print(f"\nmisses estimated too far (dz > 0): {(dz[miss] > 0).mean():.0%} of {int(miss.sum())}")
+    _print_constellation_bias(val, ok, dz)
     train_src = SubsetFrameSource(_open(train_dir, "pose"), list(range(0, 2500, 8)))
     train_ok = np.array([r["ok"] for r in _pose_rows(net, task, obj, train_src)], bool)
     print(f"same model on {train_ok.size} training frames of {train_dir} (no augmentation): "

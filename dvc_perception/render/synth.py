@@ -55,6 +55,11 @@ class SynthConfig:
     occluder_probability: float = 0.5  # a distractor is put in front of an object
     extra_planes: tuple[int, int] = (0, 2)  # textured planes besides the back plane
     back_plane_gap_m: tuple[float, float] = (0.1, 1.0)  # behind the farthest object [m]
+    # "centre": the gap is measured from the farthest object centre (depth along the optical
+    # axis); "surface": the clearance between the objects' back surface and the plane, along
+    # its normal, so with a gap of 0 the farthest object rests on the plane (a table seen from
+    # above) and the plane's distance follows from the object's
+    back_plane_from: str = "centre"
     back_plane_tilt_deg: float = 25.0
     ambient: tuple[float, float] = (0.3, 0.7)
     diffuse: tuple[float, float] = (0.2, 0.8)
@@ -84,6 +89,11 @@ class SynthConfig:
                 raise ConfigError(f"synth.{name}: expected 0 <= low <= high, got ({lo}, {hi})")
         if self.objects_per_frame[1] < 1:
             raise ConfigError("synth.objects_per_frame: at least one object per frame")
+        if self.back_plane_from not in ("centre", "surface"):
+            raise ConfigError(
+                f"synth.back_plane_from: expected 'centre' or 'surface', got "
+                f"{self.back_plane_from!r}"
+            )
         if self.distance_m[0] <= 0.05:
             raise ConfigError(f"synth.distance_m must start above 0.05 m, got {self.distance_m}")
         if self.orbit_period_frames < 1:
@@ -270,12 +280,17 @@ class SceneSampler:
             kinds.append(-1)
         # Back plane: covers the whole view (vertices kept in front of the camera).
         gap = rng.uniform(*cfg.back_plane_gap_m)
-        depth = far + gap
         tilt = np.deg2rad(cfg.back_plane_tilt_deg) * np.sqrt(rng.random())
         azim = rng.uniform(0, 2 * np.pi)
         normal = np.array(
             [np.sin(tilt) * np.cos(azim), np.sin(tilt) * np.sin(azim), -np.cos(tilt)]
         )
+        if cfg.back_plane_from == "surface":
+            # the gap is the clearance along the normal; depth is on the optical axis
+            touching = self._touching_plane_depth(meshes[:n_obj], poses[:n_obj], normal)
+            depth = touching + gap / abs(float(normal[2]))
+        else:
+            depth = far + gap
         half = 2.0 * depth * max(cfg.width / cfg.fx, cfg.height / cfg.fy)
         # Corners lie half * sqrt(2) from the centre: keep them at least 0.1 * depth in front.
         half = min(half, 0.9 * depth / max(np.sqrt(2.0) * np.sin(tilt), 1e-6))
@@ -286,7 +301,7 @@ class SceneSampler:
             # Behind the nearest object and at most ~half the view wide, so that extra planes
             # add clutter and partial occlusion but never blank out the whole frame.
             near = min(c[2] for c in centres)
-            z = rng.uniform(near, depth)
+            z = rng.uniform(near, max(near, depth))  # a tilted back plane can be nearer
             uv1 = np.array([rng.uniform(0, cfg.width), rng.uniform(0, cfg.height), 1.0])
             n = -np.array([0.0, 0.0, 1.0]) + rng.normal(size=3) * 0.5
             if n[2] > -0.3:
@@ -303,6 +318,21 @@ class SceneSampler:
             direction_cam=tuple(float(x) for x in light_dir),  # type: ignore[arg-type]
         )
         return _Scene(meshes=meshes, T_world=poses, kinds=kinds, lighting=lighting)
+
+    @staticmethod
+    def _touching_plane_depth(
+        meshes: list[Mesh], poses: list[np.ndarray], normal: np.ndarray
+    ) -> float:
+        """Optical-axis depth [m] of the plane with unit `normal` that touches the objects.
+
+        The normal points at the camera (normal_z < 0); every vertex lies on or in front of the
+        plane (a point X is in front when normal . X > normal_z * depth).
+        """
+        reach = []
+        for mesh, T in zip(meshes, poses):
+            v = mesh.vertices.detach().cpu().double().numpy() @ T[:3, :3].T + T[:3, 3]
+            reach.append(float(np.max((v @ normal) / normal[2])))
+        return max(reach)
 
     def _orbit_pose(self, scene: _Scene, index: int) -> np.ndarray:
         cfg = self.config

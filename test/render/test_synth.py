@@ -71,6 +71,30 @@ def test_ground_truth_is_consistent(demo) -> None:
         np.testing.assert_allclose(f.depth[m], alone.depth.numpy()[m], atol=1e-5)
 
 
+@pytest.mark.parametrize("gap", [0.0, 0.04])
+def test_back_plane_from_surface_touches_the_object(demo, gap: float) -> None:
+    # Independent check through the render: fit the back plane to the rendered background
+    # depth, then measure the object's vertices (at the GT pose) against it.
+    cfg = dataclasses.replace(
+        SMALL, distractors_per_frame=(0, 0), extra_planes=(0, 0), objects_per_frame=(1, 1),
+        back_plane_from="surface", back_plane_gap_m=(gap, gap),
+    )
+    verts = demo.mesh.vertices.double().numpy()
+    for i in range(3):
+        f = SceneSampler([demo], cfg, seed=4).sample(i)
+        bg = (f.instance_ids == -1) & np.isfinite(f.depth)
+        v, u = np.nonzero(bg)
+        d = f.depth[bg].astype(np.float64)
+        X = np.stack([(u - cfg.cx) / cfg.fx * d, (v - cfg.cy) / cfg.fy * d, d], axis=1)
+        # plane n . X = c with |n| = 1: least squares via the smallest singular vector
+        centre = X.mean(axis=0)
+        n = np.linalg.svd(X - centre, full_matrices=False)[2][-1]
+        n = -n if n[2] > 0 else n  # towards the camera
+        assert np.abs((X - centre) @ n).max() < 1e-3  # one plane behind the whole view
+        clearance = (verts @ f.R[0].T + f.t[0] - centre) @ n  # > 0: in front of the plane
+        assert clearance.min() == pytest.approx(gap, abs=5e-4)
+
+
 def test_occluders_and_several_objects(lmo_dir: Path) -> None:
     # two LM-O objects (one network serves objects with the same number of keypoints; the demo
     # object has 17, the LM-O descriptions 9)
@@ -135,6 +159,8 @@ def test_config_validation() -> None:
     with pytest.raises(ConfigError, match="unknown keys"):
         SynthConfig.from_mapping({"widht": 3})
     assert SynthConfig.from_mapping({"distance_m": [0.5, 0.7]}).distance_m == (0.5, 0.7)
+    with pytest.raises(ConfigError, match="back_plane_from"):
+        SynthConfig(back_plane_from="center")
     with pytest.raises(ConfigError, match="at least one object"):
         SceneSampler([], SMALL)
 
