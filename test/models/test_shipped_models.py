@@ -5,6 +5,7 @@ on a small validation set regenerated with the training data's synth config and 
 from __future__ import annotations
 
 import functools
+import json
 import subprocess
 from pathlib import Path
 
@@ -44,14 +45,19 @@ def _shipped(task: str, object_ids: tuple[str, ...] | None = None):
 
 
 def _validation_frames(meta, object_ids):
+    data = meta.provenance.get("data") or {}
+    if not data.get("synth_config"):
+        pytest.fail(f"{meta}: provenance.data.synth_config is missing; cannot regenerate data")
+    return _regenerated_frames(json.dumps(data["synth_config"], sort_keys=True), tuple(object_ids))
+
+
+@functools.cache  # the pose and depth models share their training data's synth config
+def _regenerated_frames(synth_config_json: str, object_ids: tuple[str, ...]):
     synth = pytest.importorskip("dvc_perception.render.synth")
     from dvc_perception.render.objects import find_object_yaml, load_object
     from dvc_perception.train.shards import frame_from_synth
 
-    data = meta.provenance.get("data") or {}
-    if not data.get("synth_config"):
-        pytest.fail(f"{meta}: provenance.data.synth_config is missing; cannot regenerate data")
-    cfg = synth.SynthConfig.from_mapping(dict(data["synth_config"]))
+    cfg = synth.SynthConfig.from_mapping(json.loads(synth_config_json))
     objects = [load_object(find_object_yaml(o)) for o in object_ids]
     sampler = synth.SceneSampler(objects, cfg, seed=VAL_SEED)
     return [frame_from_synth(sampler.sample(i)) for i in range(VAL_FRAMES)]
