@@ -44,22 +44,15 @@ def information_limit(directory: Path) -> dict[str, float]:
     gap = tuple(float(g) for g in index["config"]["back_plane_gap_m"])
     total_err = total_px = 0.0
     background = []
-    shard_name, shard = None, None
-    for rec in index["frames"]:
-        if rec["shard"] != shard_name:
-            shard_name = rec["shard"]
-            with np.load(directory / shard_name) as data:
-                shard = {k: data[k] for k in ("depth", "instance_ids")}
-        depth = shard["depth"][rec["offset"]]
-        ids = shard["instance_ids"][rec["offset"]]
-        valid = np.isfinite(depth) & (depth > 0)
-        bg = valid & (ids == -1)
-        z = max(t[2] for t in rec["t"])  # the gap is measured behind the farthest object
+    for frame in reader:
+        valid = np.isfinite(frame.depth) & (frame.depth > 0)
+        bg = valid & (frame.instance_ids == -1)
+        z = float(frame.t[:, 2].max())  # the gap is measured behind the farthest object
         total_err += best_expected_error(z, gap) * bg.sum()
         total_px += valid.sum()
         background.append(bg.sum() / max(valid.sum(), 1))
     return {
-        "frames": len(index["frames"]),
+        "frames": len(reader),
         "gap_low_m": gap[0],
         "gap_high_m": gap[1],
         "background_fraction": float(np.mean(background)),
