@@ -10,6 +10,7 @@ from dvc_perception.models.keypoint_net import KeypointNet, KeypointNetConfig
 from dvc_perception.train.datasets import ListFrameSource, PoseDataset
 from dvc_perception.train.loop import PoseLossConfig, PoseTask, _collate
 from dvc_perception.train.losses import (
+    depth_l1_loss,
     gaussian_heatmap_target,
     heatmap_loss,
     keypoint_loss,
@@ -74,6 +75,21 @@ def test_silog_ignores_invalid_pixels_and_empty_images():
     torch.testing.assert_close(loss, torch.stack(ref).mean())
     loss.backward()
     assert torch.isfinite(pred.grad).all() and (pred.grad[~valid] == 0).all()
+
+
+def test_depth_l1_is_mean_abs_error_over_valid_pixels_with_zero_gradient_elsewhere():
+    gen = torch.Generator().manual_seed(2)
+    target = torch.rand(2, 1, 5, 6, generator=gen, dtype=torch.float64) + 0.5
+    pred = (target + 0.1 * torch.randn(2, 1, 5, 6, generator=gen, dtype=torch.float64))
+    valid = torch.rand(2, 1, 5, 6, generator=gen) > 0.3
+    target = torch.where(valid, target, torch.full_like(target, float("nan")))
+    loss = depth_l1_loss(pred.requires_grad_(), target, valid)
+    torch.testing.assert_close(loss, (pred[valid] - target[valid]).abs().mean())
+    loss.backward()
+    assert torch.isfinite(pred.grad).all() and (pred.grad[~valid] == 0).all()
+    expected = torch.sign(pred - target).detach()[valid] / int(valid.sum())
+    torch.testing.assert_close(pred.grad[valid], expected)
+    assert float(depth_l1_loss(pred, target, torch.zeros_like(valid))) == 0.0
 
 
 def _pose_problem(noise_px: float, seed: int):
