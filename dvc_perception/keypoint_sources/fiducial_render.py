@@ -1,18 +1,19 @@
 # Copyright 2026 dvc_perception authors. Licensed under the Apache License, Version 2.0.
 """Synthetic views of calibration boards with a known pose (tests, benchmarks, demos).
 
-The board's printed texture is mapped into the image by the plane homography
-``H = K [r1 r2 t] A`` (A: texture px -> board metres), rendered with `cv2.warpPerspective` at
-`supersample` times the resolution and area-averaged down, so corners are anti-aliased.
+The board's printed texture (`board_texture`) is rendered by
+`targets.planar_render.render_planar_texture`: plane homography, supersampled, area-averaged
+down, so corners are anti-aliased.
 """
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 
 from dvc_perception.config import FiducialConfig
+from dvc_perception.geometry.camera import CameraModel
 from dvc_perception.keypoint_sources.fiducial import make_board
+from dvc_perception.targets.planar_render import render_planar_texture
 
 
 def board_texture(
@@ -93,17 +94,7 @@ def render_board_view(
         (height, width, 3) uint8 RGB image.
     """
     tex, A = board_texture(config, px_per_m)
-    s = float(supersample)
-    S = np.array([[s, 0.0, 0.5 * (s - 1.0)], [0.0, s, 0.5 * (s - 1.0)], [0.0, 0.0, 1.0]])
-    Rt = np.column_stack([R[:, 0], R[:, 1], t])
-    H = S @ K @ Rt @ A
-    big = cv2.warpPerspective(
-        tex,
-        H / H[2, 2],
-        (width * supersample, height * supersample),
-        flags=cv2.INTER_LINEAR,
-        borderMode=cv2.BORDER_CONSTANT,
-        borderValue=background,
-    )
-    small = cv2.resize(big, (width, height), interpolation=cv2.INTER_AREA)
-    return np.repeat(small[:, :, None], 3, axis=2)
+    camera = CameraModel(np.asarray(K, np.float64), np.zeros(0), width, height)
+    grey = render_planar_texture(tex, A, camera, R, t, supersample=supersample,
+                                 background=background)
+    return np.repeat(grey[:, :, None], 3, axis=2)

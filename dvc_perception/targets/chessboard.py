@@ -24,6 +24,7 @@ from dvc_perception.geometry.camera import CameraModel
 from dvc_perception.geometry.metrics import reprojection_rms_px, rotation_error_deg
 from dvc_perception.geometry.pnp import solve_pnp
 from dvc_perception.geometry.so3 import matrix_to_rotvec, rotvec_to_matrix
+from dvc_perception.targets.planar_render import ideal_pixel_map, render_planar_texture
 
 
 @dataclass(frozen=True)
@@ -93,40 +94,6 @@ def detect_chessboard_corners(
     return corners.reshape(-1, 2).astype(np.float64)
 
 
-def ideal_pixel_map(camera: CameraModel, supersample: int = 4) -> np.ndarray:
-    """Where each pixel of the supersampled distorted image lies in the ideal pinhole image.
-
-    `CameraModel.undistort_points` runs on a grid of every fourth pixel of the camera's own
-    resolution (padded by one grid step) and ``cv2.resize`` (bilinear, the pixel-centre
-    convention of `CameraModel.scaled`) enlarges the result: the map is smooth, so this costs
-    1 / (4 s)^2 of the points for about 0.06 supersampled px of error on `demo_camera`'s lens
-    (0.015 px of the camera's image, well below the corner detector's 0.05 px). The grid stays
-    under torch's parallel grain size, so it runs single-threaded and fast on a busy machine.
-
-    Args:
-        camera: the camera (with distortion).
-        supersample: scale factor s of the images the map is for, >= 1.
-
-    Returns:
-        (s * height, s * width, 2) float32 positions, px of ``camera.scaled(s, s)``'s ideal
-        image, u right, v down.
-    """
-    if supersample < 1:
-        raise ConfigError(f"supersample: expected >= 1, got {supersample}")
-    step, pad = 4, 1
-    n_u = -(-camera.width // step) + 2 * pad
-    n_v = -(-camera.height // step) + 2 * pad
-    # Grid point i is the centre of a step x step block: camera px step * (i - pad) + (step-1)/2.
-    u, v = np.meshgrid(step * (np.arange(n_u) - pad) + (step - 1) / 2,
-                       step * (np.arange(n_v) - pad) + (step - 1) / 2)
-    ideal = camera.undistort_points(torch.from_numpy(np.stack([u, v], axis=-1))).numpy()
-    ideal_big = supersample * (ideal + 0.5) - 0.5  # into the supersampled image's pixels
-    f = step * supersample
-    enlarged = cv2.resize(ideal_big, (n_u * f, n_v * f), interpolation=cv2.INTER_LINEAR)
-    return enlarged[pad * f : pad * f + supersample * camera.height,
-                    pad * f : pad * f + supersample * camera.width].astype(np.float32)
-
-
 def render_chessboard_view(
     camera: CameraModel,
     R: np.ndarray,
@@ -138,12 +105,8 @@ def render_chessboard_view(
 ) -> np.ndarray:
     """A synthetic greyscale image of the board seen from a known pose, with lens distortion.
 
-    The board (with one white square of margin) is drawn by ``cv2.warpPerspective`` into an
-    ideal pinhole image `supersample` times larger, whose camera is ``camera.scaled(s, s)``.
-    When the camera has distortion, every pixel of the distorted image takes the value at its
-    undistorted position (`ideal_pixel_map`, ``cv2.remap``). ``cv2.INTER_AREA`` then reduces
-    the image to the camera's size, which anti-aliases the edges so the corner detector is
-    accurate to a few hundredths of a pixel.
+    The board, with one white square of margin, rendered by `render_planar_texture`
+    (supersampled, distorted, area-averaged: corners accurate to a few hundredths of a pixel).
 
     Args:
         camera: intrinsics, distortion and image size.
@@ -157,8 +120,6 @@ def render_chessboard_view(
     Returns:
         (height, width) uint8 image: black squares 0, white 255, background grey 128.
     """
-    if supersample < 1:
-        raise ConfigError(f"supersample: expected >= 1, got {supersample}")
     tex_px = 32  # texture pixels per square
     # One black/white square beyond the inner corners on each side, plus a white margin square.
     n_u, n_v = spec.cols + 3, spec.rows + 3
@@ -170,46 +131,8 @@ def render_chessboard_view(
     s = spec.square / tex_px
     off = spec.square * (0.5 / tex_px - 2.0)
     board_from_tex = np.array([[s, 0, off], [0, s, off], [0, 0, 1.0]])
-    big = camera.scaled(supersample, supersample)
-    R = np.asarray(R, np.float64)
-    t = np.asarray(t, np.float64).reshape(3)
-    H = big.K.numpy() @ np.column_stack([R[:, 0], R[:, 1], t]) @ board_from_tex
-    if not camera.has_distortion:
-        image = cv2.warpPerspective(
-            texture, H, (big.width, big.height), flags=cv2.INTER_LINEAR,
-            borderMode=cv2.BORDER_CONSTANT, borderValue=128,
-        )
-        return cv2.resize(image, (camera.width, camera.height), interpolation=cv2.INTER_AREA)
-    if ideal_map is None:
-        ideal_map = ideal_pixel_map(camera, supersample)
-    if ideal_map.shape != (big.height, big.width, 2):
-        raise ConfigError(f"ideal_map: expected shape {(big.height, big.width, 2)}, "
-                          f"got {ideal_map.shape}")
-    # The ideal image is drawn on a canvas around the board (barrel distortion pulls the map's
-    # positions outside the frame; positions off the canvas get the background).
-    corners_tex = np.array([[-0.5, -0.5, 1], [texture.shape[1] - 0.5, -0.5, 1],
-                            [-0.5, texture.shape[0] - 0.5, 1],
-                            [texture.shape[1] - 0.5, texture.shape[0] - 0.5, 1]])
-    corners = corners_tex @ H.T
-    if np.any(corners[:, 2] <= 0):
-        raise ConfigError("render_chessboard_view: the board is not entirely in front of the "
-                          "camera")
-    corners = corners[:, :2] / corners[:, 2:]
-    size = np.array([big.width, big.height], np.float64)
-    lo = np.maximum(np.floor(corners.min(axis=0)) - 2, -size)  # bounded canvas: a board seen
-    hi = np.minimum(np.ceil(corners.max(axis=0)) + 2, 2 * size)  # edge-on would be huge
-    if np.any(hi <= lo):
-        return np.full((camera.height, camera.width), 128, np.uint8)
-    shift = np.array([[1.0, 0, -lo[0]], [0, 1.0, -lo[1]], [0, 0, 1.0]])
-    canvas = cv2.warpPerspective(
-        texture, shift @ H, (int(hi[0] - lo[0]) + 1, int(hi[1] - lo[1]) + 1),
-        flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=128,
-    )
-    map_u = ideal_map[..., 0] - np.float32(lo[0])
-    map_v = ideal_map[..., 1] - np.float32(lo[1])
-    image = cv2.remap(canvas, map_u, map_v, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
-                      borderValue=128)
-    return cv2.resize(image, (camera.width, camera.height), interpolation=cv2.INTER_AREA)
+    return render_planar_texture(texture, board_from_tex, camera, R, t,
+                                 supersample=supersample, background=128, ideal_map=ideal_map)
 
 
 def demo_camera() -> CameraModel:
