@@ -80,7 +80,7 @@ def test_silog_ignores_invalid_pixels_and_empty_images():
 def test_depth_l1_is_mean_abs_error_over_valid_pixels_with_zero_gradient_elsewhere():
     gen = torch.Generator().manual_seed(2)
     target = torch.rand(2, 1, 5, 6, generator=gen, dtype=torch.float64) + 0.5
-    pred = (target + 0.1 * torch.randn(2, 1, 5, 6, generator=gen, dtype=torch.float64))
+    pred = target + 0.1 * torch.randn(2, 1, 5, 6, generator=gen, dtype=torch.float64)
     valid = torch.rand(2, 1, 5, 6, generator=gen) > 0.3
     target = torch.where(valid, target, torch.full_like(target, float("nan")))
     loss = depth_l1_loss(pred.requires_grad_(), target, valid)
