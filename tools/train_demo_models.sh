@@ -13,12 +13,12 @@ synth data/demo_a 1 5000 & synth data/demo_b 2 5000 & synth data/demo_val 100 30
 PRECISION=${PRECISION:-bf16}
 $DDP train pose --data data/demo_a data/demo_b --val-data data/demo_val --objects demo_object \
   --crop 160x128 --epochs "${POSE_EPOCHS:-30}" --batch-size 16 --lr 3e-3 --threads 1 \
-  --val-every 5 --precision "$PRECISION" --out runs/pose_demo --no-progress \
+  --val-every 10 --precision "$PRECISION" --out runs/pose_demo --no-progress \
   $(resume runs/pose_demo)
 # depth: whole frames (its image-level context must see what validation sees), encoder
 # initialised from the pose network's (which already finds the object and its apparent size)
 $DDP train depth --data data/demo_a data/demo_b --val-data data/demo_val \
-  --epochs "${DEPTH_EPOCHS:-4}" --batch-size 16 --threads 1 --val-every 1 \
+  --epochs "${DEPTH_EPOCHS:-3}" --batch-size 16 --threads 1 --val-every 1 \
   --precision "$PRECISION" --init-encoder runs/pose_demo/best.pt --out runs/depth_demo \
   --no-progress $(resume runs/depth_demo)
 $CLI export runs/pose_demo/best.pt --out models/pose_demo_object.onnx

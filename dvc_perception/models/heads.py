@@ -70,10 +70,13 @@ def soft_argmax_2d(
     )
     if window:
         peak = grid[flat.argmax(dim=-1)]  # (B, C, 2) px, centre of the arg-max cell
-        # Chebyshev distance in px from the peak; cells beyond the window get a large negative
-        # logit (finite, so FP16 engines stay NaN-free)
-        dist = (grid.view(1, 1, h * w, 2) - peak.unsqueeze(2)).abs().amax(dim=-1)
-        inside = dist <= stride * (window // 2) + 0.5 * stride
+        # the window (Chebyshev distance in px from the peak) as the outer product of a row and
+        # a column test: (B, C, w) and (B, C, h) instead of (B, C, h*w, 2) differences. Cells
+        # beyond it get a large negative logit (finite, so FP16 engines stay NaN-free)
+        radius = stride * (window // 2) + 0.5 * stride
+        in_u = (us.view(1, 1, w) - peak[..., 0:1]).abs() <= radius
+        in_v = (vs.view(1, 1, h) - peak[..., 1:2]).abs() <= radius
+        inside = (in_v.unsqueeze(-1) & in_u.unsqueeze(-2)).reshape(b, c, h * w)
         flat = torch.where(inside, flat, torch.full_like(flat, -1.0e4))
     prob = torch.softmax(flat, dim=-1)
     xy = prob @ grid
