@@ -82,3 +82,24 @@ def test_windowed_soft_argmax_gradcheck_and_bad_window():
     assert torch.autograd.gradcheck(lambda x: soft_argmax_2d(x, 4, window=3)[0], (logits,))
     with pytest.raises(ShapeError, match="window"):
         soft_argmax_2d(logits, 4, window=4)
+
+
+def test_windowed_soft_argmax_matches_a_per_cell_reference():
+    # reference: a Python loop over the cells, keeping those within the window's Chebyshev
+    # distance of the arg-max cell (ties and map borders included: logits on a coarse grid)
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randint(0, 6, (2, 3, 9, 12), generator=gen).double()
+    stride, window = 4, 5
+    xy, prob = soft_argmax_2d(logits, stride, window=window)
+    us = heatmap_cell_centres(12, stride, dtype=torch.float64)
+    vs = heatmap_cell_centres(9, stride, dtype=torch.float64)
+    for b in range(2):
+        for c in range(3):
+            k = int(logits[b, c].flatten().argmax())
+            pi, pj = divmod(k, 12)
+            cells = [(i, j) for i in range(9) for j in range(12)
+                     if max(abs(i - pi), abs(j - pj)) <= window // 2]
+            wts = torch.stack([logits[b, c, i, j] for i, j in cells]).softmax(0)
+            ref = sum(wt * torch.stack([us[j], vs[i]]) for wt, (i, j) in zip(wts, cells))
+            torch.testing.assert_close(xy[b, c], ref)
+            assert int((prob[b, c] > 1e-12).sum()) == len(cells)

@@ -269,3 +269,31 @@ def test_pose_evaluation_takes_a_parameterless_wrapper_like_an_engine_adapter(tm
     assert direct["val_instances"] > 0
     for key, value in direct.items():
         assert wrapped[key] == pytest.approx(value, nan_ok=True), key
+
+
+def test_the_fused_optimizer_follows_plain_adamw_with_the_same_groups():
+    # build_optimizer's AdamW (fused where torch has it) against torch's per-tensor AdamW:
+    # decay on conv weights only, one-cycle learning rate, 5 steps of the same gradients
+    from dvc_perception.train.loop import build_optimizer
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    ref = [p.detach().clone() for p in model.parameters()]
+    cfg = TrainConfig(epochs=1, lr=3e-3, weight_decay=0.05)
+    opt, sched = build_optimizer(model, cfg, steps_per_epoch=5)
+    plain = torch.optim.AdamW(
+        [{"params": [p.requires_grad_() for p in ref[:1]], "weight_decay": 0.05},
+         {"params": [p.requires_grad_() for p in ref[1:]], "weight_decay": 0.0}], lr=3e-3)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(5):
+        for p, q in zip(model.parameters(), ref):
+            p.grad = torch.randn(p.shape, generator=gen)
+            q.grad = p.grad.clone()
+        for group, plain_group in zip(opt.param_groups, plain.param_groups):
+            # the one-cycle schedule's learning rate and momentum (beta1)
+            plain_group.update(lr=group["lr"], betas=group["betas"])
+        opt.step()
+        plain.step()
+        sched.step()
+    for p, q in zip(model.parameters(), ref):
+        torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-5, atol=1e-6)
