@@ -12,7 +12,7 @@ synth data/demo_a 1 5000 & synth data/demo_b 2 5000 & synth data/demo_val 100 30
 # without AVX512-BF16/AMX (slower). See TrainConfig.precision.
 PRECISION=${PRECISION:-bf16}
 $DDP train pose --data data/demo_a data/demo_b --val-data data/demo_val --objects demo_object \
-  --crop 160x128 --epochs "${POSE_EPOCHS:-34}" --batch-size 16 --lr 3e-3 --threads 1 \
+  --crop 160x128 --epochs "${POSE_EPOCHS:-30}" --batch-size 16 --lr 3e-3 --threads 1 \
   --val-every 10 --precision "$PRECISION" --out runs/pose_demo --no-progress \
   $(resume runs/pose_demo)
 # depth: whole frames (its image-level context must see what validation sees), encoder
