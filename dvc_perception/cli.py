@@ -34,22 +34,53 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dvc-perception", description="Object poses and metric depth for ROS 2."
     )
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error (default: one line)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module, help_text in SUBCOMMANDS:
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(_module=module)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show the full traceback of an error (default: one line)")
         importlib.import_module(module).add_arguments(p)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `dvc-perception` console script."""
+    """Entry point of the `dvc-perception` console script.
+
+    Exit codes: 0 done, 2 a problem with the input (a typed `DvcError` or an OS error on a file
+    the user named; one line on stderr), 1 an unexpected error (a bug: one line, and the
+    traceback with ``--debug``), 130 interrupted.
+    """
     args = build_parser().parse_args(argv)
+    prefix = f"dvc-perception {args.command}: error:"
     try:
         return int(importlib.import_module(args._module).run(args) or 0)
-    except DvcError as err:
-        print(f"dvc-perception {args.command}: error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"dvc-perception {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except (DvcError, OSError) as err:
+        if args.debug:
+            raise
+        print(f"{prefix} {_one_line(err)}", file=sys.stderr)
         return 2
+    except Exception as err:  # noqa: BLE001 - a bug: say so in one line, trace on --debug
+        if args.debug:
+            raise
+        print(f"{prefix} unexpected {type(err).__name__}: {_one_line(err)} (this is a bug in "
+              "dvc_perception; rerun with --debug for the traceback and report it)",
+              file=sys.stderr)
+        return 1
+
+
+def _one_line(err: BaseException) -> str:
+    """The error's message on one line (an OS error names its file)."""
+    if isinstance(err, OSError) and not isinstance(err, DvcError) and err.filename:
+        text = f"{err.filename}: {err.strerror or err}"
+    else:
+        text = str(err) or type(err).__name__
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":

@@ -153,6 +153,9 @@ class PnPConfig:
         0, "RANSAC random seed (results are reproducible per frame)", range=(0, 2**31 - 1)
     )
 
+    def __post_init__(self) -> None:
+        _check_range("pipeline.pnp", self)
+
 
 @dataclass(frozen=True)
 class NetworkConfig:
@@ -166,6 +169,9 @@ class NetworkConfig:
     min_objectness: float = _f(
         0.5, "objects whose network objectness is lower are not reported", range=(0.0, 1.0)
     )
+
+    def __post_init__(self) -> None:
+        _check_range("pipeline.network", self)
 
 
 @dataclass(frozen=True)
@@ -224,6 +230,9 @@ class SyncConfig:
         10, "messages waiting for a partner, per topic; older ones are dropped and counted",
         range=(1, 1000), read_only=True,
     )
+
+    def __post_init__(self) -> None:
+        _check_range("sync", self)
 
 
 @dataclass(frozen=True)
@@ -299,7 +308,11 @@ def ros_parameters_section(document: Any, node_name: str = "perception_node") ->
         if not isinstance(value, Mapping) or "ros__parameters" not in value:
             continue
         if key in ("/**", node_name) or str(key).rsplit("/", 1)[-1] == node_name:
-            return dict(value["ros__parameters"] or {})
+            params = value["ros__parameters"] or {}
+            if not isinstance(params, Mapping):
+                raise ConfigError(f"params file: '{key}: ros__parameters:' must be a mapping, "
+                                  f"got {type(params).__name__}")
+            return dict(params)
     raise ConfigError(
         f"params file: no '{node_name}: ros__parameters:' (or '/**:') section; "
         f"found keys {sorted(map(str, document))}"
@@ -356,3 +369,79 @@ def unflatten(values: Mapping[str, Any]) -> dict[str, Any]:
                 raise ConfigError(f"parameter {key!r} clashes with a value at {part!r}")
         node[leaf] = value
     return out
+
+
+#: Parameters rclpy declares on every node itself; a params file or override may set them.
+ROS_OWN_PARAMETERS = ("use_sim_time", "start_type_description_service")
+#: Name prefixes of parameters rclpy declares when a subscription is created (QoS overrides).
+ROS_OWN_PREFIXES = ("qos_overrides.",)
+
+
+def node_parameter_names() -> tuple[str, ...]:
+    """Every parameter name of `perception_node` (dotted leaf names of `NodeConfig`)."""
+    return tuple(flatten_dataclass(NodeConfig()))
+
+
+def check_parameter_names(names: Any, *, source: str) -> None:
+    """Refuse parameter names `perception_node` does not have, naming the closest known one.
+
+    Args:
+        names: dotted parameter names (``pipeline.min_score``).
+        source: where they came from, for the message (a file, ``--param``, an override).
+
+    Raises:
+        ConfigError: for the first unknown name (sorted), with the closest known name.
+    """
+    import difflib
+
+    known = node_parameter_names()
+    unknown = sorted(
+        n for n in names
+        if n not in known and n not in ROS_OWN_PARAMETERS and not n.startswith(ROS_OWN_PREFIXES)
+    )  # fmt: skip
+    if not unknown:
+        return
+    name = unknown[0]
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    more = f" (and {len(unknown) - 1} more: {unknown[1:]})" if len(unknown) > 1 else ""
+    raise ConfigError(
+        f"{source}: unknown parameter {name!r}{hint}{more}; perception_node's parameters are "
+        "listed in config/perception.yaml"
+    )
+
+
+def flatten_mapping(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested parameter mapping as ``{"a.b.c": value}`` (ROS params-file nesting)."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten_mapping(value, prefix=f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def check_params_file(path: str | Path, node_name: str = "perception_node") -> dict[str, Any]:
+    """Read a ROS params file for `node_name` and check it before rclpy sees it.
+
+    rclpy raises a raw RCLError on a file that is absent or not YAML, and silently ignores a
+    section under another node's name and names the node does not declare; this says which.
+
+    Returns:
+        The node's parameters from the file, by dotted name.
+
+    Raises:
+        ConfigError: absent or malformed file, no section for `node_name` (or ``/**``), or a
+            parameter name the node does not have.
+    """
+    document = load_yaml(path)
+    try:
+        section = ros_parameters_section(document, node_name)
+    except ConfigError as err:
+        reason = str(err).replace("params file: ", "", 1)
+        raise ConfigError(f"params file {str(path)!r}: {reason}") from err
+    values = flatten_mapping(section)
+    check_parameter_names(values, source=f"params file {str(path)!r}")
+    return values

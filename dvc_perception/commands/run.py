@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Start the node; returns its exit status (0 after SIGINT)."""
-    from dvc_perception.ros.perception_node import main
+    from dvc_perception.ros.perception_node import run_node
 
     params_file = args.params_file or str(find_share_file("config/perception.yaml"))
     ros_args = ["dvc-perception-run", "--ros-args", "--params-file", params_file]
@@ -55,4 +55,4 @@ def run(args: argparse.Namespace) -> int:
     if args.namespace:
         ros_args += ["-r", f"__ns:={args.namespace}"]
     ros_args += ["--log-level", args.log_level]
-    return main(ros_args)
+    return run_node(ros_args)

@@ -16,10 +16,20 @@ from rcl_interfaces.msg import (
     IntegerRange,
     ParameterDescriptor,
     ParameterType,
+    SetParametersResult,
 )
+from rclpy.exceptions import ParameterException
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 
-from dvc_perception.config import NodeConfig, field_metadata, flatten_dataclass, unflatten
+from dvc_perception.config import (
+    NodeConfig,
+    check_parameter_names,
+    field_metadata,
+    flatten_dataclass,
+    unflatten,
+)
+from dvc_perception.errors import ConfigError
 
 _TYPES = {
     bool: ParameterType.PARAMETER_BOOL,
@@ -61,10 +71,52 @@ def parameter_descriptors() -> dict[str, ParameterDescriptor]:
 
 
 def declare_node_parameters(node: Node) -> None:
-    """Declare every parameter on `node` with its default and descriptor."""
+    """Declare every parameter on `node` with its default and descriptor.
+
+    Overrides (params files, ``-p``, ``parameter_overrides``) are checked here: a name the node
+    does not have is refused with the closest known one (rclpy would ignore it), and a value of
+    the wrong type or out of range is refused naming the parameter.
+
+    Raises:
+        ConfigError: an unknown parameter name, or an override rclpy refuses.
+    """
+    overrides = getattr(node, "_parameter_overrides", {})  # rclpy: params files + overrides
+    check_parameter_names(overrides, source=f"{node.get_name()} parameter overrides")
     defaults = parameter_defaults()
     for name, descriptor in parameter_descriptors().items():
-        node.declare_parameter(name, defaults[name], descriptor)
+        try:
+            node.declare_parameter(name, defaults[name], descriptor)
+        except ParameterException as err:
+            given = overrides[name].value if name in overrides else None
+            raise ConfigError(f"parameter {name!r}: {_expected(descriptor)}, got {given!r}") \
+                from err
+
+
+def _expected(d: ParameterDescriptor) -> str:
+    """What a parameter takes, in words (type, range)."""
+    names = {v: k.__name__ for k, v in _TYPES.items()}
+    text = f"expected a {names.get(d.type, 'value')}"
+    for r in [*d.floating_point_range, *d.integer_range]:
+        text += f" in [{r.from_value}, {r.to_value}]"
+    return text
+
+
+def validate_parameter_change(node: Node, params: list[Parameter]) -> SetParametersResult:
+    """Accept a runtime parameter change only if the resulting `NodeConfig` is valid.
+
+    rclpy checks types, ranges and read-only from the descriptors; this adds the allowed
+    choices (``sync.mode``, ``keypoint_source``, ...) and the cross-field rules, so a bad value
+    is refused with the reason instead of breaking the next configure.
+    """
+    values = {name: node.get_parameter(name).value for name in parameter_defaults()}
+    for p in params:
+        if p.name in values and p.type_ != Parameter.Type.NOT_SET:
+            values[p.name] = p.value
+    try:
+        NodeConfig.from_mapping(unflatten(values))
+    except ConfigError as err:
+        return SetParametersResult(successful=False, reason=str(err))
+    return SetParametersResult(successful=True)
 
 
 def read_node_config(node: Node) -> NodeConfig:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,14 +29,18 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import Header
 from visualization_msgs.msg import MarkerArray
 
-from dvc_perception.config import NodeConfig, PipelineConfig
-from dvc_perception.errors import DvcError, InputError
+from dvc_perception.config import NodeConfig, PipelineConfig, check_params_file
+from dvc_perception.errors import ConfigError, DvcError, InputError
 from dvc_perception.geometry.camera import CameraModel
 from dvc_perception.pipeline import FrameResult, Pipeline
 from dvc_perception.ros import convert
 from dvc_perception.ros.diagnostics import FrameStats, build_diagnostics
 from dvc_perception.ros.matcher import StampMatcher
-from dvc_perception.ros.params import declare_node_parameters, read_node_config
+from dvc_perception.ros.params import (
+    declare_node_parameters,
+    read_node_config,
+    validate_parameter_change,
+)
 from dvc_perception.ros.qos import input_qos, output_qos
 from dvc_perception.ros.worker import KeepLatestWorker
 
@@ -83,6 +88,10 @@ class PerceptionNode(LifecycleNode):
             does not know (``Pipeline(config, my_source, my_depth)``).
         **node_kwargs: forwarded to `rclpy.lifecycle.LifecycleNode` (``context``,
             ``parameter_overrides``, ``namespace``, ...).
+
+    Raises:
+        ConfigError: an override names a parameter the node does not have (with the closest
+            known name), or has the wrong type or an out-of-range value.
     """
 
     def __init__(
@@ -93,11 +102,17 @@ class PerceptionNode(LifecycleNode):
     ) -> None:
         super().__init__(node_name, **node_kwargs)
         self._pipeline_factory = pipeline_factory or Pipeline.from_config
-        declare_node_parameters(self)
+        try:
+            declare_node_parameters(self)
+        except ConfigError:
+            self.destroy_node()
+            raise
+        self.add_on_set_parameters_callback(lambda params: validate_parameter_change(self, params))
         self.config: NodeConfig | None = None
         self.pipeline: Pipeline | None = None
         self.stats = FrameStats()
         self.startup_error: str = ""
+        self.startup_unexpected = False  # the start-up error was not a typed DvcError
         self._matcher: StampMatcher[tuple[Any, float], CameraInfo] | None = None
         self._worker: KeepLatestWorker[tuple[Any, CameraInfo, float]] | None = None
         self._subs: list[Any] = []
@@ -129,6 +144,11 @@ class PerceptionNode(LifecycleNode):
         except DvcError as err:
             self.startup_error = f"configure: {err}"
             self.get_logger().error(self.startup_error)
+            return TransitionCallbackReturn.FAILURE
+        except Exception as err:  # noqa: BLE001 - not a typed error: log it with its cause
+            self.startup_error = f"configure: unexpected {type(err).__name__}: {err}"
+            self.startup_unexpected = True
+            self.get_logger().error(f"{self.startup_error}\n{traceback.format_exc()}")
             return TransitionCallbackReturn.FAILURE
         self.config, self.pipeline, self._matcher = config, pipeline, matcher
         if config.torch_threads > 0:
@@ -451,28 +471,78 @@ def _drop_total(matcher: StampMatcher[Any, Any]) -> int:
     return c.no_camera_info + c.unmatched_images + c.out_of_order
 
 
+def check_ros_arguments(args: list[str]) -> None:
+    """Check the params files named in `args` before rclpy parses them.
+
+    rclpy raises a raw RCLError on a params file that is absent or not YAML, and ignores a
+    file without a section for this node; both become a `ConfigError` naming the file.
+    Unknown parameter names are refused when the node declares its parameters.
+
+    Raises:
+        ConfigError: naming the file and what is wrong with it.
+    """
+    node_name = NODE_NAME
+    ros = False
+    files: list[str] = []
+    for i, arg in enumerate(args):
+        if arg == "--ros-args":
+            ros = True
+        elif arg == "--" and ros:
+            ros = False
+        elif ros and arg in ("--params-file",):
+            if i + 1 >= len(args):
+                raise ConfigError("--params-file: expected a file name after it")
+            files.append(args[i + 1])
+        elif ros and arg.startswith(("__node:=", "__name:=")):
+            node_name = arg.split(":=", 1)[1]
+        elif ros and i > 0 and args[i - 1] in ("-r", "--remap") and ":=" in arg:
+            key, value = arg.split(":=", 1)
+            if key.rsplit(":", 1)[-1] in ("__node", "__name"):
+                node_name = value
+    for path in files:
+        check_params_file(path, node_name)
+
+
+def _init_ros(args: list[str]) -> None:
+    """`rclpy.init` with the arguments checked first; RCL argument errors become typed."""
+    import rclpy
+    from rclpy.exceptions import InvalidNodeNameException
+
+    check_ros_arguments(args)
+    try:
+        rclpy.init(args=args)
+    except (RuntimeError, InvalidNodeNameException) as err:  # _rclpy.RCLError: bad arguments
+        raise ConfigError(f"ROS arguments refused: {' '.join(str(err).split())}") from err
+
+
 def main(args: list[str] | None = None) -> int:
     """Run the node until SIGINT / shutdown; Humble, Jazzy and Kilted compatible.
 
     Returns:
-        0 on a clean stop, 1 when the node failed to configure or activate at start-up.
+        0 on a clean stop; 2 when the arguments, parameters or model files are invalid (one
+        line on stderr, or the node's fatal log line, naming the file or parameter); 1 when
+        start-up failed unexpectedly (logged with the cause and traceback).
     """
+    try:
+        return run_node(list(args if args is not None else sys.argv))
+    except DvcError as err:
+        print(f"perception_node: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+
+
+def run_node(args: list[str]) -> int:
+    """`main` without the error printing: raises `ConfigError` on bad arguments/parameters."""
     import rclpy
-    from rclpy.exceptions import ParameterException
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
-    rclpy.init(args=args if args is not None else sys.argv)
+    _init_ros(args)
     node = None
     rc = 0
     try:
-        try:
-            node = PerceptionNode()
-        except ParameterException as err:  # out of range or wrong type: say which, no traceback
-            print(f"perception_node: invalid parameter: {err}", file=sys.stderr)
-            return 1
+        node = PerceptionNode()
         if node.startup_error:
             node.get_logger().fatal(f"start-up failed: {node.startup_error}")
-            rc = 1
+            rc = 1 if node.startup_unexpected else 2
         else:
             executor = SingleThreadedExecutor()
             executor.add_node(node)

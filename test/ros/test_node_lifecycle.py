@@ -22,6 +22,7 @@ from rclpy.parameter import Parameter
 from sensor_msgs.msg import CameraInfo, CompressedImage
 from std_msgs.msg import Header
 
+from dvc_perception.errors import ConfigError
 from dvc_perception.ros.convert import rgb_to_image_msg
 from dvc_perception.ros.perception_node import PerceptionNode
 
@@ -126,12 +127,60 @@ def test_bad_parameters_fail_configure_with_the_value_named(ctx, param, value, m
 
 
 def test_out_of_range_parameter_is_refused_by_the_descriptor(ctx):
-    from rclpy.exceptions import ParameterException
-
-    with pytest.raises(ParameterException, match="min_score"):
+    with pytest.raises(ConfigError, match=r"pipeline.min_score.*\[0.0, 1.0\].*2.0"):
         PerceptionNode(
             context=ctx, parameter_overrides=[Parameter("pipeline.min_score", value=2.0)]
         )
+
+
+def test_wrong_type_parameter_is_refused_naming_the_type(ctx):
+    with pytest.raises(ConfigError, match=r"pipeline.min_score.*expected a float.*'high'"):
+        PerceptionNode(
+            context=ctx, parameter_overrides=[Parameter("pipeline.min_score", value="high")]
+        )
+
+
+def test_unknown_parameter_name_is_refused_with_the_closest_name(ctx):
+    with pytest.raises(ConfigError, match=r"'pipeline.min_scor'.*did you mean "
+                                          r"'pipeline.min_score'"):
+        _node(ctx, **{"pipeline.min_scor": 0.9})
+
+
+def test_rclpy_own_parameters_are_accepted_as_overrides(ctx):
+    node = _node(ctx, use_sim_time=True)
+    try:
+        assert node.get_parameter("use_sim_time").value is True
+    finally:
+        node.destroy_node()
+
+
+@pytest.mark.parametrize("name, value, reason", [
+    ("sync.mode", "bogus", "sync.mode: expected one of"),
+    ("pipeline.keypoint_source", "nets", "pipeline.keypoint_source: expected one of"),
+    ("pipeline.fiducial.marker_size_m", 0.5, "smaller than its square"),
+])
+def test_runtime_change_to_an_invalid_value_is_refused_with_the_reason(ctx, name, value, reason):
+    node = _node(ctx)
+    try:
+        before = node.get_parameter(name).value
+        if name.startswith("pipeline.fiducial"):
+            node.set_parameters([Parameter("pipeline.fiducial.board_type", value="charuco")])
+        [result] = node.set_parameters([Parameter(name, value=value)])
+        assert not result.successful and reason in result.reason, result.reason
+        assert node.get_parameter(name).value == before
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+    finally:
+        node.destroy_node()
+
+
+def test_runtime_change_to_a_valid_choice_is_accepted(ctx):
+    node = _node(ctx)
+    try:
+        [result] = node.set_parameters([Parameter("sync.mode", value="exact")])
+        assert result.successful, result.reason
+        assert node.get_parameter("sync.mode").value == "exact"
+    finally:
+        node.destroy_node()
 
 
 def test_process_frame_is_synchronous_and_keeps_the_header_compressed(ctx):
