@@ -284,17 +284,43 @@ class NodeConfig:
         return dataclass_from_mapping(cls, values, section="perception_node")
 
 
-def load_yaml(path: str | Path) -> Any:
-    """Parse a YAML file, raising ConfigError (with the path) when absent or malformed."""
+def load_yaml(path: str | Path, what: str = "config file") -> Any:
+    """Parse a YAML file (safe loader: no Python objects), empty -> ``{}``.
+
+    Args:
+        path: the file.
+        what: what the file is, for the messages (``"object description"``).
+
+    Raises:
+        ConfigError: naming the path, when it is absent, not a file, not UTF-8 text or not
+            valid YAML (with the line).
+    """
     import yaml
 
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"config file {str(p)!r} does not exist")
+        state = "is a directory, not a file" if p.is_dir() else "does not exist"
+        raise ConfigError(f"{what} {str(p)!r} {state}")
     try:
-        return yaml.safe_load(p.read_text()) or {}
+        return yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{what} {str(p)!r} is not UTF-8 text (a YAML file was expected): "
+                          f"{err.reason} at byte {err.start}") from err
     except yaml.YAMLError as err:
-        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {err}") from err
+        reason = " ".join(str(err).split())
+        raise ConfigError(f"{what} {str(p)!r} is not valid YAML: {reason}") from err
+
+
+def load_yaml_mapping(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """`load_yaml` for a file that must hold a mapping.
+
+    Raises:
+        ConfigError: as `load_yaml`, or when the document is not a mapping.
+    """
+    data = load_yaml(path, what)
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{what} {str(path)!r}: expected a mapping, got {type(data).__name__}")
+    return dict(data)
 
 
 def ros_parameters_section(document: Any, node_name: str = "perception_node") -> dict[str, Any]:

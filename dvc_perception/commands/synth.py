@@ -50,11 +50,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Build the sampler from the arguments, write the outputs, print a summary."""
     import dataclasses
-    from pathlib import Path
 
     import torch
-    import yaml
 
+    from dvc_perception.config import load_yaml_mapping
     from dvc_perception.render.objects import find_object_yaml, load_object
     from dvc_perception.render.synth import SceneSampler, SynthConfig, write_shards
     from dvc_perception.render.synth_bag import write_bag
@@ -66,10 +65,7 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     values: dict = {}
     if args.config:
-        loaded = yaml.safe_load(Path(args.config).read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{args.config}: expected a mapping of SynthConfig fields")
-        values.update(loaded)
+        values.update(load_yaml_mapping(args.config, "--config (SynthConfig fields)"))
     cfg = SynthConfig.from_mapping(values)
     width = args.width or cfg.width
     height = args.height or cfg.height

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import yaml
 
+from dvc_perception.config import load_yaml_mapping
 from dvc_perception.errors import ConfigError, MeshError
 from dvc_perception.render.mesh import UNIT_SCALE, Mesh, load_mesh
 from dvc_perception.resources import shared_data_dir
@@ -242,12 +243,6 @@ def find_object_yaml(name_or_path: str) -> Path:
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
+    if not path.exists():
         raise ConfigError(f"object description not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: invalid YAML: {err}") from err
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping, got {type(data).__name__}")
-    return data
+    return load_yaml_mapping(path, "object description")
