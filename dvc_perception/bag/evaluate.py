@@ -4,7 +4,10 @@
 Ground truth: ``/ground_truth/<object_id>/pose`` (PoseStamped) and, when present,
 ``/camera/depth/ground_truth`` (32FC1), as written by `dvc-perception synth --bag` and `bop2bag`.
 Estimates: ``<node>/<object_id>/pose`` (PoseWithCovarianceStamped), ``<node>/depth``, and the
-replay's ``<node>/frame_timings`` / ``<node>/frame_errors``. Frames are matched by header stamp.
+replay's ``<node>/frame_timings`` / ``<node>/frame_errors``. Frames are matched by header stamp;
+when fewer than `DEFAULT_MIN_GT_MATCH` of the output frames (``<node>/poses`` and
+``<node>/frame_errors`` messages) have a ground-truth stamp, the bags do not belong together and
+evaluation refuses (``min_gt_match`` lowers the bar).
 
 Per object: ADD, or ADD-S for objects with symmetries in their description YAML (Hinterstoisser
 et al. 2012), recall at 0.1 diameter with missed detections counted as failures, and rotation /
@@ -21,12 +24,14 @@ from typing import Any
 
 import numpy as np
 
-from dvc_perception.bag.io import BagReader
+from dvc_perception.bag.io import BagReader, deserialize
 from dvc_perception.errors import BagError, DvcError
 
 GT_PREFIX = "/ground_truth/"
 GT_DEPTH_TOPIC = "/camera/depth/ground_truth"
 MAX_MODEL_POINTS = 2000
+#: Fraction of the output frames that must have a ground-truth stamp.
+DEFAULT_MIN_GT_MATCH = 0.5
 
 
 @dataclass
@@ -79,6 +84,7 @@ class EvalResult:
     depth: dict[str, float] | None
     depth_samples: list[tuple[int, np.ndarray, np.ndarray]]
     latency_ms: dict[str, list[float]]
+    frames_matched_gt: int = 0
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready summary."""
@@ -90,6 +96,7 @@ class EvalResult:
         return {
             "frames": self.frames,
             "frames_with_errors": self.frames_with_errors,
+            "frames_matched_gt": self.frames_matched_gt,
             "objects": {k: o.summary() for k, o in sorted(self.objects.items())},
             "depth": self.depth,
             "latency_ms": lat,
@@ -147,6 +154,7 @@ def evaluate_bag(
     data_root: str | Path | None = None,
     gt_depth_topic: str = GT_DEPTH_TOPIC,
     max_depth_samples: int = 4,
+    min_gt_match: float = DEFAULT_MIN_GT_MATCH,
 ) -> EvalResult:
     """Match estimates to ground truth by stamp and compute the metrics.
 
@@ -157,12 +165,13 @@ def evaluate_bag(
         data_root: root of object meshes referenced by ``${DVC_SHARED_DATA}`` in object YAMLs.
         gt_depth_topic: ground-truth depth topic (32FC1) in `gt_bag`.
         max_depth_samples: depth frames kept for the report's error maps.
+        min_gt_match: fraction of the output frames that must have a ground-truth stamp.
 
     Raises:
-        BagError: unreadable bags, or `gt_bag` has no ground-truth pose topics.
+        BagError: unreadable bags, `gt_bag` has no ground-truth pose topics, `output_bag` has
+            no frames of `node_name`, or fewer than `min_gt_match` of them match ground truth.
     """
     from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
-    from rclpy.serialization import deserialize_message
     from sensor_msgs.msg import Image
 
     from dvc_perception.geometry.metrics import (
@@ -189,37 +198,40 @@ def evaluate_bag(
             gt_poses[object_id] = {
                 _stamp_ns(msg.header.stamp): _pose_to_rt(msg.pose)
                 for m in gt_reader.messages([topic])
-                for msg in [deserialize_message(m.rawdata, PoseStamped)]
+                for msg in [deserialize(m, PoseStamped, bag=gt_bag)]
             }
         gt_depth: dict[int, np.ndarray] = {}
         if gt_depth_topic in gt_topics:
             for m in gt_reader.messages([gt_depth_topic]):
-                msg = deserialize_message(m.rawdata, Image)
+                msg = deserialize(m, Image, bag=gt_bag)
                 gt_depth[_stamp_ns(msg.header.stamp)] = _image_to_depth(msg)
 
     with BagReader(output_bag) as out_reader:
         out_topics = out_reader.topics()
         frames = out_topics.get(f"{node}/poses")
         errors = out_topics.get(f"{node}/frame_errors")
+        gt_stamps = {s for gts in gt_poses.values() for s in gts} | set(gt_depth)
+        matched = _check_gt_match(_output_frame_stamps(out_reader, node), gt_stamps,
+                                  min_gt_match, (output_bag, gt_bag))  # fmt: skip
         est: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
         for object_id in gt_poses:
             topic = f"{node}/{object_id}/pose"
             est[object_id] = {} if topic not in out_topics else {
                 _stamp_ns(msg.header.stamp): _pose_to_rt(msg.pose.pose)
                 for m in out_reader.messages([topic])
-                for msg in [deserialize_message(m.rawdata, PoseWithCovarianceStamped)]
+                for msg in [deserialize(m, PoseWithCovarianceStamped, bag=output_bag)]
             }  # fmt: skip
         latency: dict[str, list[float]] = {}
         if f"{node}/frame_timings" in out_topics:
             from diagnostic_msgs.msg import DiagnosticArray
 
             for m in out_reader.messages([f"{node}/frame_timings"]):
-                for kv in deserialize_message(m.rawdata, DiagnosticArray).status[0].values:
+                for kv in deserialize(m, DiagnosticArray, bag=output_bag).status[0].values:
                     latency.setdefault(kv.key, []).append(float(kv.value))
         depth_preds: dict[int, np.ndarray] = {}
         if gt_depth and f"{node}/depth" in out_topics:
             for m in out_reader.messages([f"{node}/depth"]):
-                msg = deserialize_message(m.rawdata, Image)
+                msg = deserialize(m, Image, bag=output_bag)
                 depth_preds[_stamp_ns(msg.header.stamp)] = _image_to_depth(msg)
 
     objects: dict[str, ObjectEval] = {}
@@ -264,12 +276,51 @@ def evaluate_bag(
         depth=depth_summary,
         depth_samples=samples,
         latency_ms=latency,
+        frames_matched_gt=matched,
+    )
+
+
+def _output_frame_stamps(reader: BagReader, node: str) -> list[int]:
+    """Header stamps [ns] of the replay's frames: ``<node>/poses`` and ``<node>/frame_errors``."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    from geometry_msgs.msg import PoseArray
+
+    topics = reader.topics()
+    stamps = []
+    for topic, cls in ((f"{node}/poses", PoseArray), (f"{node}/frame_errors", DiagnosticArray)):
+        if topic in topics:
+            for k, m in enumerate(reader.messages([topic])):
+                stamps.append(_stamp_ns(deserialize(m, cls, k, reader.path).header.stamp))
+    if not stamps:
+        raise BagError(
+            f"{reader.path} has no {node}/poses or {node}/frame_errors messages: not the output "
+            f"of a replay of node {node} (--node)? It has topics {sorted(topics)}"
+        )
+    return stamps
+
+
+def _check_gt_match(
+    out_stamps: list[int], gt_stamps: set[int], min_match: float, bags: tuple[Any, Any]
+) -> int:
+    """How many output frames have a ground-truth stamp; raises below `min_match` of them."""
+    matched = sum(s in gt_stamps for s in out_stamps)
+    if matched >= min_match * len(out_stamps):
+        return matched
+    example = next(s for s in out_stamps if s not in gt_stamps)
+    nearest = min(gt_stamps, key=lambda g: abs(g - example)) if gt_stamps else None
+    raise BagError(
+        f"only {matched} of {len(out_stamps)} output frames of {bags[0]} have a ground-truth "
+        f"stamp in {bags[1]} ({len(gt_stamps)} ground-truth stamps; at least "
+        f"{100 * min_match:g} % needed, --min-gt-match): e.g. output stamp {example} ns, "
+        f"nearest ground-truth stamp {nearest} ns. Were the outputs replayed from this bag?"
     )
 
 
 def format_summary(summary: Mapping[str, Any]) -> str:
     """A few human-readable lines of the headline numbers."""
-    lines = [f"frames: {summary['frames']} ({summary['frames_with_errors']} with errors)"]
+    lines = [f"frames: {summary['frames']} ({summary['frames_with_errors']} with errors"
+             + (f", {summary['frames_matched_gt']} with ground truth"
+                if "frames_matched_gt" in summary else "") + ")"]  # fmt: skip
     for object_id, o in summary["objects"].items():
         rot, trans = o["rotation_error_deg"], o["translation_error_m"]
         recall = o.get("recall_0.1d")

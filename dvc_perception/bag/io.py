@@ -12,7 +12,9 @@ from __future__ import annotations
 import shutil
 import uuid
 from collections.abc import Iterable, Iterator
+from contextlib import closing
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -20,15 +22,23 @@ from typing import Any
 from dvc_perception.errors import BagError
 
 STORAGES = ("mcap", "sqlite3")
+IMAGE_TYPE = "sensor_msgs/msg/Image"
+#: Messages of an Image topic peeked at for its encoding (the first readable one counts).
+PEEK_MESSAGES = 8
 
 
 @dataclass(frozen=True)
 class TopicInfo:
-    """A topic in a bag: its ROS type (``sensor_msgs/msg/Image``) and message count."""
+    """A topic in a bag: its ROS type (``sensor_msgs/msg/Image``) and message count.
+
+    ``encoding`` is, for ``sensor_msgs/msg/Image`` topics read from a bag, the encoding of the
+    first readable message (``rgb8``, ``32FC1``, ...); empty when unknown or not an Image.
+    """
 
     name: str
     msgtype: str
     count: int
+    encoding: str = ""
 
 
 @dataclass(frozen=True)
@@ -59,6 +69,7 @@ class BagReader:
         if not self.path.exists():
             raise BagError(f"bag {self.path} does not exist")
         self._reader: Any = None
+        self._topics: dict[str, TopicInfo] | None = None
 
     def __enter__(self) -> BagReader:
         from rosbags.highlevel import AnyReader
@@ -84,6 +95,7 @@ class BagReader:
         if self._reader is not None:
             self._reader.close()
             self._reader = None
+        self._topics = None
 
     @property
     def storage(self) -> str:
@@ -94,14 +106,35 @@ class BagReader:
         return "sqlite3"
 
     def topics(self) -> dict[str, TopicInfo]:
-        """Every topic in the bag, by name."""
+        """Every topic in the bag, by name (Image topics with their encoding)."""
         self._require_open()
-        out: dict[str, TopicInfo] = {}
-        for conn in self._reader.connections:
-            prev = out.get(conn.topic)
-            count = conn.msgcount + (prev.count if prev else 0)
-            out[conn.topic] = TopicInfo(conn.topic, conn.msgtype, count)
-        return out
+        if self._topics is None:
+            counts: dict[str, tuple[str, int]] = {}
+            for conn in self._reader.connections:
+                prev = counts.get(conn.topic, (conn.msgtype, 0))
+                counts[conn.topic] = (conn.msgtype, prev[1] + conn.msgcount)
+            self._topics = {
+                name: TopicInfo(name, msgtype, count, self._peek_encoding(name, msgtype))
+                for name, (msgtype, count) in counts.items()
+            }
+        return dict(self._topics)
+
+    def _peek_encoding(self, topic: str, msgtype: str) -> str:
+        """Encoding of the first readable message of an Image `topic` ('' if none or not one)."""
+        if msgtype != IMAGE_TYPE:
+            return ""
+        conns = [c for c in self._reader.connections if c.topic == topic]
+        typestore = _typestore()
+        try:
+            with closing(self._reader.messages(connections=conns)) as it:
+                for _, _, raw in islice(it, PEEK_MESSAGES):
+                    try:
+                        return str(typestore.deserialize_cdr(bytes(raw), IMAGE_TYPE).encoding)
+                    except Exception:  # noqa: BLE001 - garbage payload: try the next one
+                        continue
+        except Exception:  # noqa: BLE001 - a corrupt bag: `messages` reports it when read
+            return ""
+        return ""
 
     def messages(self, topics: Iterable[str]) -> Iterator[BagMessage]:
         """Messages of `topics` in recorded order.
@@ -127,6 +160,34 @@ class BagReader:
     def _require_open(self) -> None:
         if self._reader is None:
             raise BagError("BagReader must be used as a context manager (`with BagReader(p)`)")
+
+
+def deserialize(
+    message: BagMessage, cls: type, index: int | None = None, bag: str | Path | None = None
+) -> Any:
+    """The rclpy message `cls` (e.g. ``sensor_msgs.msg.Image``) in `message`'s CDR payload.
+
+    Args:
+        message: a message read from a bag.
+        cls: the rclpy message class of its topic.
+        index: the message's index on its topic, named in the error when given.
+        bag: the bag it was read from, named in the error when given.
+
+    Raises:
+        BagError: the payload is not a valid CDR `cls` (naming topic, index and record time).
+    """
+    from rclpy.serialization import deserialize_message
+
+    try:
+        return deserialize_message(message.rawdata, cls)
+    except Exception as err:  # rclpy raises RMWError (not importable as a public name)
+        where = (f"bag {bag}: " if bag is not None else "") + (
+            f"message {index}" if index is not None else "a message")
+        raise BagError(
+            f"{where} on {message.topic} (record time {message.timestamp_ns} ns, "
+            f"{len(message.rawdata)} bytes) is not a valid {message.msgtype}: "
+            f"{' '.join(str(err).split())}"
+        ) from err
 
 
 def find_topics_by_type(topics: dict[str, TopicInfo], msgtype: str) -> list[str]:
@@ -162,10 +223,25 @@ class AtomicBagWriter:
         from rosbags.rosbag2 import StoragePlugin, Writer
 
         plugin = StoragePlugin.MCAP if self.storage == "mcap" else StoragePlugin.SQLITE3
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._writer = Writer(self._tmp, version=9, storage_plugin=plugin)
-        self._writer.open()
+        parent = self.path.parent
+        if parent.exists() and not parent.is_dir():
+            raise BagError(f"cannot write output bag {self.path}: {parent} is not a directory")
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            self._writer = Writer(self._tmp, version=9, storage_plugin=plugin)
+            self._writer.open()
+        except Exception as err:  # OSError, or rosbags' WriterError wrapping one
+            self._writer = None
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            raise self._write_error(err) from err
         return self
+
+    def _write_error(self, err: BaseException) -> BagError:
+        """`BagError` naming the output bag and the OS's reason."""
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        name = str(err.filename) if isinstance(err, OSError) and err.filename else ""
+        where = f" ({name})" if name and self._tmp.name not in name else ""
+        return BagError(f"cannot write output bag {self.path}: {reason}{where}")
 
     def add_topic(self, topic: str, msgtype: str) -> None:
         """Declare `topic` with ROS type `msgtype` (``sensor_msgs/msg/Image``)."""
@@ -181,7 +257,10 @@ class AtomicBagWriter:
     def write_raw(self, topic: str, msgtype: str, timestamp_ns: int, rawdata: bytes) -> None:
         """Write one CDR-serialized message (declares the topic on first use)."""
         self.add_topic(topic, msgtype)
-        self._writer.write(self._connections[topic], int(timestamp_ns), rawdata)
+        try:
+            self._writer.write(self._connections[topic], int(timestamp_ns), rawdata)
+        except OSError as err:  # e.g. the disk is full
+            raise self._write_error(err) from err
 
     def write_message(self, topic: str, msg: Any, timestamp_ns: int) -> None:
         """Write an rclpy message object, serialized with rclpy's own serializer."""
@@ -198,17 +277,25 @@ class AtomicBagWriter:
         try:
             if self._writer is not None:
                 self._writer.close()
+        except OSError as err:
+            if exc_type is None:  # otherwise the exception in the block propagates
+                shutil.rmtree(self._tmp, ignore_errors=True)
+                raise self._write_error(err) from err
         finally:
             self._writer = None
         if exc_type is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
             return
-        if self.path.exists():
-            shutil.rmtree(self.path)
-        self._tmp.rename(self.path)
-        # rosbags names the storage file after the temporary directory: rename it to match, and
-        # rewrite metadata.yaml, so the bag looks as `ros2 bag record` would have written it.
-        _rename_storage_files(self.path, self._tmp.name)
+        try:
+            if self.path.exists():
+                shutil.rmtree(self.path)
+            self._tmp.rename(self.path)
+            # rosbags names the storage file after the temporary directory: rename it to match,
+            # and rewrite metadata.yaml, so the bag looks as `ros2 bag record` would write it.
+            _rename_storage_files(self.path, self._tmp.name)
+        except OSError as err:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            raise self._write_error(err) from err
 
 
 def _rename_storage_files(bag_dir: Path, tmp_name: str) -> None:

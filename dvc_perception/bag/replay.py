@@ -21,11 +21,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dvc_perception.bag.io import AtomicBagWriter, BagReader, TopicInfo, find_topics_by_type
+from dvc_perception.bag.io import (
+    IMAGE_TYPE,
+    AtomicBagWriter,
+    BagMessage,
+    BagReader,
+    TopicInfo,
+    deserialize,
+    find_topics_by_type,
+)
 from dvc_perception.errors import BagError, ConfigError
 
-IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
+COMPRESSED_IMAGE_TYPE = "sensor_msgs/msg/CompressedImage"
+IMAGE_TYPES = (IMAGE_TYPE, COMPRESSED_IMAGE_TYPE)
 CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
+#: Colour and mono sensor_msgs/Image encodings (REP 104 names, lower case), besides those the
+#: node converts (`dvc_perception.ros.convert.IMAGE_ENCODINGS`) and ``bayer_*``; depth (32FC1,
+#: 16UC1) and the other generic ``<bits><type>C<n>`` encodings are never auto-picked.
+COLOUR_ENCODINGS = frozenset({
+    "rgb8", "bgr8", "rgba8", "bgra8", "rgb16", "bgr16", "rgba16", "bgra16", "mono8", "mono16",
+    "yuv422", "yuv422_yuy2", "uyvy", "yuyv", "nv12", "nv21", "nv24",
+})  # fmt: skip
+#: Skipped camera_info messages named one by one through `replay_bag`'s `log`.
+MAX_LOGGED = 10
 
 
 @dataclass(frozen=True)
@@ -51,6 +69,13 @@ class ReplaySummary:
     errors: list[FrameError] = field(default_factory=list)
     wall_s: float = 0.0
     pipeline_ms: list[float] = field(default_factory=list)
+    image_topic_reason: str = ""
+    bad_camera_info: int = 0
+
+    @property
+    def bad_images(self) -> int:
+        """Image messages that did not deserialize (error records of kind ``deserialize``)."""
+        return sum(e.kind == "deserialize" for e in self.errors)
 
     @property
     def frames_per_s(self) -> float:
@@ -58,35 +83,102 @@ class ReplaySummary:
         return self.frames_in / self.wall_s if self.wall_s > 0 else 0.0
 
 
+def is_colour_encoding(encoding: str) -> bool:
+    """Whether a sensor_msgs/Image `encoding` is a colour or mono camera image (not depth)."""
+    from dvc_perception.ros.convert import IMAGE_ENCODINGS
+
+    enc = encoding.lower()
+    return enc in IMAGE_ENCODINGS or enc in COLOUR_ENCODINGS or enc.startswith("bayer_")
+
+
+def _describe(info: TopicInfo) -> str:
+    """``rgb8`` / ``encoding unknown`` for an Image topic, ``CompressedImage`` otherwise."""
+    if info.msgtype == COMPRESSED_IMAGE_TYPE:
+        return "CompressedImage"
+    return info.encoding or "encoding unknown"
+
+
+def _is_camera_image(info: TopicInfo) -> bool:
+    if info.msgtype == COMPRESSED_IMAGE_TYPE:
+        return True
+    return info.msgtype == IMAGE_TYPE and is_colour_encoding(info.encoding)
+
+
+def _is_compressed_twin(topic: str, topics: Sequence[str]) -> bool:
+    """Whether `topic` is ``<t>/compressed`` of a raw topic ``<t>`` also in `topics`."""
+    suffix = "/compressed"
+    return topic.endswith(suffix) and topic[: -len(suffix)] in topics
+
+
+def _check_image_topic(topics: Mapping[str, TopicInfo], image_topic: str) -> None:
+    """Raise `BagError` unless `image_topic` is an image topic that can be a camera image."""
+    if image_topic not in topics:
+        raise BagError(f"image topic {image_topic} is not in the bag; it has {sorted(topics)}")
+    info = topics[image_topic]
+    if info.msgtype not in IMAGE_TYPES:
+        raise BagError(
+            f"image topic {image_topic} has type {info.msgtype}; expected one of {IMAGE_TYPES}"
+        )
+    if info.encoding and not _is_camera_image(info):
+        raise BagError(
+            f"image topic {image_topic} has encoding {info.encoding!r}, which is not a colour "
+            "or mono image (depth or other data); the perception node needs a colour or mono "
+            "camera image (rgb8, bgr8, mono8, ...)"
+        )
+
+
+def choose_image_topic(
+    topics: Mapping[str, TopicInfo], image_topic: str = "", option: str = "--image-topic"
+) -> tuple[str, str]:
+    """The camera image topic of a bag (the given one, checked, or the one auto-detected).
+
+    Candidates are the Image topics with a colour or mono encoding (`is_colour_encoding`, read
+    from the first messages into ``TopicInfo.encoding``) and the CompressedImage topics: depth
+    images (32FC1, 16UC1) are never picked. Among several, names without "depth" or "overlay"
+    win, and a raw ``<topic>`` wins over its own ``<topic>/compressed``.
+
+    Args:
+        topics: the bag's topics (`BagReader.topics`).
+        image_topic: the topic asked for; auto-detected when empty.
+        option: the command-line option that sets it, named in errors.
+
+    Returns:
+        The topic and why it was chosen, e.g. ``("/camera/image_raw", "auto-detected, rgb8")``.
+
+    Raises:
+        BagError: the given topic is missing or not a camera image, or no single candidate.
+    """
+    if image_topic:
+        _check_image_topic(topics, image_topic)
+        return image_topic, f"given, {_describe(topics[image_topic])}"
+    found = [t for t in sorted(topics) if topics[t].msgtype in IMAGE_TYPES]
+    candidates = [t for t in found if _is_camera_image(topics[t])]
+    preferred = [t for t in candidates if "depth" not in t and "overlay" not in t] or candidates
+    preferred = [t for t in preferred if not _is_compressed_twin(t, preferred)]
+    if len(preferred) == 1:
+        return preferred[0], f"auto-detected, {_describe(topics[preferred[0]])}"
+    listed = ", ".join(f"{t} ({_describe(topics[t])})" for t in (preferred or found)) or "none"
+    problem = "several candidates" if preferred else (
+        "no colour or mono camera image topic; image topics found")  # fmt: skip
+    raise BagError(
+        f"cannot auto-detect the image topic: {problem}: {listed} (all topics: "
+        f"{sorted(topics)}); pass {option} with the camera's colour or mono image topic"
+    )
+
+
 def detect_camera_topics(
     topics: Mapping[str, TopicInfo], image_topic: str = "", camera_info_topic: str = ""
 ) -> tuple[str, str]:
     """Pick the image and camera_info topics (given ones are checked, missing ones detected).
 
-    With several candidates, the camera_info in the image's namespace wins
-    (``/cam/image_raw`` -> ``/cam/camera_info``); otherwise the choice is ambiguous and raises.
+    The image topic follows `choose_image_topic`. With several camera_info candidates, the one
+    in the image's namespace wins (``/cam/image_raw`` -> ``/cam/camera_info``); otherwise the
+    choice is ambiguous and raises.
 
     Raises:
         BagError: a topic is missing, has the wrong type, or cannot be chosen unambiguously.
     """
-    if image_topic:
-        if image_topic not in topics:
-            raise BagError(f"image topic {image_topic} is not in the bag; it has {sorted(topics)}")
-        if topics[image_topic].msgtype not in IMAGE_TYPES:
-            raise BagError(
-                f"image topic {image_topic} has type {topics[image_topic].msgtype}; "
-                f"expected one of {IMAGE_TYPES}"
-            )
-    else:
-        images = [t for t in topics if topics[t].msgtype in IMAGE_TYPES]
-        # prefer raw camera images over depth or debug images recorded alongside
-        preferred = [t for t in images if "depth" not in t and "overlay" not in t] or images
-        if len(preferred) != 1:
-            raise BagError(
-                f"cannot auto-detect the image topic: candidates {preferred or 'none'} "
-                f"(all topics: {sorted(topics)}); pass it explicitly"
-            )
-        image_topic = preferred[0]
+    image_topic, _ = choose_image_topic(topics, image_topic)
     if camera_info_topic:
         if topics.get(camera_info_topic, TopicInfo("", "", 0)).msgtype != CAMERA_INFO_TYPE:
             raise BagError(f"camera_info topic {camera_info_topic} is not a CameraInfo topic")
@@ -145,8 +237,13 @@ def replay_bag(
     overwrite: bool = False,
     progress: bool = True,
     on_frame: Callable[[int, int], None] | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> ReplaySummary:
     """Run every image of `input_bag` through the node's per-frame code into `output_bag`.
+
+    An image message that does not deserialize becomes an error record of kind
+    ``deserialize``, stamped with its record time (its header is unreadable); a camera_info
+    message that does not deserialize is skipped and counted (``bad_camera_info``).
 
     Args:
         input_bag: rosbag2 directory or file (mcap or sqlite3).
@@ -160,62 +257,132 @@ def replay_bag(
         overwrite: replace an existing output bag.
         progress: show a progress bar.
         on_frame: called as ``on_frame(done, total)`` after each frame.
+        log: called with one-line notes: the topics chosen and why, skipped camera_info.
 
     Raises:
-        BagError: unreadable, truncated or corrupt bag, missing topics, image stamps out of order.
+        BagError: unreadable, truncated or corrupt bag, missing topics, image stamps out of
+            order, an output bag that cannot be written.
         ConfigError: invalid parameters.
     """
-    from rclpy.serialization import deserialize_message
-    from sensor_msgs.msg import CameraInfo, CompressedImage, Image
-    from tqdm import tqdm
-
     t_start = time.perf_counter()
     with BagReader(input_bag) as reader:
         topics = reader.topics()
+        image_topic, why = choose_image_topic(topics, image_topic)
         image_topic, camera_info_topic = detect_camera_topics(
             topics, image_topic, camera_info_topic
         )
-        image_cls = Image if topics[image_topic].msgtype.endswith("/Image") else CompressedImage
-        summary = ReplaySummary(str(input_bag), str(output_bag), image_topic, camera_info_topic)
-        with _replay_node(params_file, parameters, image_cls is CompressedImage) as node:
-            sync = node.config.sync
-            infos = [
-                (_stamp_ns(msg.header.stamp), m.timestamp_ns, msg)
-                for m in reader.messages([camera_info_topic])
-                for msg in [deserialize_message(m.rawdata, CameraInfo)]
-            ]
-            index = _CameraInfoIndex(infos, sync.mode, sync.tolerance_s)
-            total = topics[image_topic].count
-            fqn = node.get_fully_qualified_name().rstrip("/")
+        summary = ReplaySummary(str(input_bag), str(output_bag), image_topic, camera_info_topic,
+                                image_topic_reason=why)  # fmt: skip
+        if log is not None:
+            log(f"replay: image topic {image_topic} ({why}), camera_info {camera_info_topic}")
+        compressed = topics[image_topic].msgtype == COMPRESSED_IMAGE_TYPE
+        with _replay_node(params_file, parameters, compressed) as node:
+            index = _read_camera_infos(reader, camera_info_topic, node.config.sync, summary, log)
             copy = sorted(topics) if copy_inputs else []
-            bar = tqdm(total=total, desc="replay", unit="frame", disable=not progress)
             with AtomicBagWriter(output_bag, storage, overwrite=overwrite) as writer:
-                last_stamp = -1
-                for m in _messages(reader, [image_topic, *copy]):
-                    if copy_inputs:
-                        writer.write_raw(m.topic, m.msgtype, m.timestamp_ns, m.rawdata)
-                    if m.topic != image_topic:
-                        continue
-                    image = deserialize_message(m.rawdata, image_cls)
-                    stamp = _stamp_ns(image.header.stamp)
-                    if stamp < last_stamp:
-                        raise BagError(
-                            f"image stamps out of order on {image_topic}: {stamp} ns after "
-                            f"{last_stamp} ns (record time {m.timestamp_ns} ns); replay needs "
-                            "non-decreasing stamps (reorder the bag, e.g. by header stamp)"
-                        )
-                    last_stamp = stamp
-                    summary.frames_in += 1
-                    _replay_frame(node, writer, fqn, image, index.find(stamp, m.timestamp_ns),
-                                  m.timestamp_ns, summary)  # fmt: skip
-                    bar.update(1)
-                    if on_frame is not None:
-                        on_frame(summary.frames_in, total)
-                if summary.frames_in == 0:
-                    raise BagError(f"bag {input_bag} has no messages on {image_topic}")
-            bar.close()
+                bar = _Progress(topics[image_topic].count, progress, on_frame)
+                _replay_images(reader, writer, node, index, summary, copy, bar)
     summary.wall_s = time.perf_counter() - t_start
     return summary
+
+
+def _read_camera_infos(
+    reader: BagReader, topic: str, sync: Any, summary: ReplaySummary,
+    log: Callable[[str], None] | None,
+) -> _CameraInfoIndex:  # fmt: skip
+    """Every readable camera_info of `topic`; the others are skipped and counted in `summary`."""
+    from sensor_msgs.msg import CameraInfo
+
+    entries = []
+    for k, m in enumerate(reader.messages([topic])):
+        try:
+            msg = deserialize(m, CameraInfo, k)
+        except BagError as err:
+            summary.bad_camera_info += 1
+            if log is not None and summary.bad_camera_info <= MAX_LOGGED:
+                log(f"replay: skipped camera_info {err}")
+            continue
+        entries.append((_stamp_ns(msg.header.stamp), m.timestamp_ns, msg))
+    return _CameraInfoIndex(entries, sync.mode, sync.tolerance_s)
+
+
+class _Progress:
+    """The progress bar and the `on_frame` callback of a replay."""
+
+    def __init__(
+        self, total: int, show: bool, on_frame: Callable[[int, int], None] | None
+    ) -> None:
+        from tqdm import tqdm
+
+        self.total = total
+        self.on_frame = on_frame
+        self.bar = tqdm(total=total, desc="replay", unit="frame", disable=not show)
+
+    def update(self, done: int) -> None:
+        """One more frame done (`done` so far)."""
+        self.bar.update(1)
+        if self.on_frame is not None:
+            self.on_frame(done, self.total)
+
+    def close(self) -> None:
+        """Close the bar."""
+        self.bar.close()
+
+
+def _replay_images(
+    reader: BagReader, writer: AtomicBagWriter, node: Any, index: _CameraInfoIndex,
+    summary: ReplaySummary, copy: Sequence[str], progress: _Progress,
+) -> None:  # fmt: skip
+    """Every image of ``summary.image_topic`` through the node; `copy` topics copied as is."""
+    from sensor_msgs.msg import CompressedImage, Image
+
+    image_topic = summary.image_topic
+    compressed = reader.topics()[image_topic].msgtype == COMPRESSED_IMAGE_TYPE
+    image_cls = CompressedImage if compressed else Image
+    fqn = node.get_fully_qualified_name().rstrip("/")
+    last_stamp = -1
+    try:
+        for m in _messages(reader, [image_topic, *copy]):
+            if copy:
+                writer.write_raw(m.topic, m.msgtype, m.timestamp_ns, m.rawdata)
+            if m.topic != image_topic:
+                continue
+            summary.frames_in += 1
+            try:
+                image = deserialize(m, image_cls, summary.frames_in - 1)
+            except BagError as err:
+                _write_error(writer, fqn, _record_header(m.timestamp_ns), m.timestamp_ns,
+                             "deserialize", f"{err} (the header is unreadable: this record "
+                             "carries the record time)", summary)  # fmt: skip
+            else:
+                last_stamp = stamp = _check_order(image, m, last_stamp)
+                _replay_frame(node, writer, fqn, image, index.find(stamp, m.timestamp_ns),
+                              m.timestamp_ns, summary)  # fmt: skip
+            progress.update(summary.frames_in)
+    finally:
+        progress.close()
+    if summary.frames_in == 0:
+        raise BagError(f"bag {summary.input_bag} has no messages on {image_topic}")
+
+
+def _check_order(image: Any, m: BagMessage, last_stamp: int) -> int:
+    """The image's stamp [ns]; raises `BagError` when it is before `last_stamp`."""
+    stamp = _stamp_ns(image.header.stamp)
+    if stamp < last_stamp:
+        raise BagError(
+            f"image stamps out of order on {m.topic}: {stamp} ns after {last_stamp} ns (record "
+            f"time {m.timestamp_ns} ns); replay needs non-decreasing stamps (reorder the bag, "
+            "e.g. by header stamp)"
+        )
+    return stamp
+
+
+def _record_header(record_ns: int) -> Any:
+    """A header stamped with a record time, for a message whose own header is unreadable."""
+    from builtin_interfaces.msg import Time
+    from std_msgs.msg import Header
+
+    return Header(stamp=Time(sec=record_ns // 1_000_000_000, nanosec=record_ns % 1_000_000_000))
 
 
 def _messages(reader: BagReader, topics: Sequence[str]) -> Iterator[Any]:

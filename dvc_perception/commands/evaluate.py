@@ -15,17 +15,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--node", default="/perception_node", help="node name of the outputs")
     parser.add_argument("--data-root", default=None,
                         help="root for ${DVC_SHARED_DATA} meshes in object YAMLs")
+    parser.add_argument("--min-gt-match", type=float, default=None, metavar="FRACTION",
+                        help="fraction of the output frames that must have a ground-truth "
+                        "stamp (default 0.5); lower it to evaluate deliberately anyway")
 
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate, write the report, print the headline numbers."""
+    import sys
     from pathlib import Path
 
-    from dvc_perception.bag.evaluate import evaluate_bag, format_summary
+    from dvc_perception.bag.evaluate import DEFAULT_MIN_GT_MATCH, evaluate_bag, format_summary
     from dvc_perception.bag.report import write_report
+    from dvc_perception.errors import ConfigError
 
+    min_match = DEFAULT_MIN_GT_MATCH if args.min_gt_match is None else args.min_gt_match
+    if not 0.0 <= min_match <= 1.0:
+        raise ConfigError(f"--min-gt-match must be a fraction in [0, 1], got {min_match}")
     result = evaluate_bag(args.output_bag, args.gt, node_name=args.node,
-                          data_root=args.data_root)  # fmt: skip
+                          data_root=args.data_root, min_gt_match=min_match)  # fmt: skip
+    if result.frames_matched_gt < DEFAULT_MIN_GT_MATCH * result.frames:
+        print(f"dvc-perception eval: warning: only {result.frames_matched_gt} of "
+              f"{result.frames} output frames have a ground-truth stamp (--min-gt-match "
+              f"{min_match:g}); ground-truth frames without an output count as missed",
+              file=sys.stderr)  # fmt: skip
     report_dir = Path(args.report or f"{str(args.output_bag).rstrip('/')}_report")
     index = write_report(result, report_dir, gt_bag=args.gt)
     print(format_summary(result.summary()))

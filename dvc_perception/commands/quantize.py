@@ -3,8 +3,9 @@
 
 Calibration frames come from a directory of PNG/JPG images, synthetic shards (when the renderer's
 shard reader exists), or a rosbag2 (``.mcap`` / ``.db3`` file or bag directory; image topic
-picked with ``--topic`` or the first sensor_msgs Image/CompressedImage topic). Frames are
-preprocessed with the model's own metadata (input size, mean, std).
+given with ``--topic`` or auto-detected as `dvc-perception replay` does: a colour or mono Image
+or a CompressedImage topic, never depth). Frames are preprocessed with the model's own metadata
+(input size, mean, std).
 """
 
 from __future__ import annotations
@@ -15,9 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dvc_perception.errors import ConfigError
-
-_IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
+from dvc_perception.errors import ConfigError, InputError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,7 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--op-types", default=None,
         help="comma-separated ONNX op types to quantise (default: the conv backbone)",
     )
-    parser.add_argument("--topic", default=None, help="image topic when --calib is a rosbag")
+    parser.add_argument("--topic", default=None, help="image topic when --calib is a rosbag "
+                        "(default: auto-detected like `replay`)")  # fmt: skip
     parser.add_argument(
         "--per-tensor", action="store_true", help="per-tensor instead of per-channel weights"
     )
@@ -107,23 +107,31 @@ def _is_bag(path: Path) -> bool:
 
 
 def _bag_frames(path: Path, topic: str | None) -> Iterator[np.ndarray]:
-    """RGB frames decoded from an image topic of a rosbag2."""
-    from dvc_perception.bag.io import BagReader, _typestore
+    """RGB frames decoded from the camera image topic of a rosbag2 (chosen as replay does).
+
+    Raises:
+        BagError: no camera image topic, or a message that does not deserialize.
+        InputError: an image that does not decode (naming bag, topic, index, record time).
+    """
+    import sys
+
+    from sensor_msgs.msg import CompressedImage, Image
+
+    from dvc_perception.bag.io import BagReader, deserialize
+    from dvc_perception.bag.replay import COMPRESSED_IMAGE_TYPE, choose_image_topic
     from dvc_perception.ros.convert import compressed_msg_to_rgb, image_msg_to_rgb
 
-    typestore = _typestore()
     with BagReader(path) as reader:
         topics = reader.topics()
-        if topic is None:
-            candidates = sorted(t for t, info in topics.items() if info.msgtype in _IMAGE_TYPES)
-            if not candidates:
-                raise ConfigError(f"bag {path} has no image topic; topics: {sorted(topics)}")
-            topic = candidates[0]
-        elif topic not in topics or topics[topic].msgtype not in _IMAGE_TYPES:
-            raise ConfigError(f"bag {path}: {topic!r} is not an image topic; {sorted(topics)}")
-        for message in reader.messages([topic]):
-            msg = typestore.deserialize_cdr(message.rawdata, message.msgtype)
-            if message.msgtype.endswith("CompressedImage"):
-                yield compressed_msg_to_rgb(msg)
-            else:
-                yield image_msg_to_rgb(msg)
+        topic, why = choose_image_topic(topics, topic or "", option="--topic")
+        print(f"quantize: calibration image topic {topic} ({why})", file=sys.stderr)
+        compressed = topics[topic].msgtype == COMPRESSED_IMAGE_TYPE
+        decode = compressed_msg_to_rgb if compressed else image_msg_to_rgb
+        for k, message in enumerate(reader.messages([topic])):
+            msg = deserialize(message, CompressedImage if compressed else Image, k, path)
+            try:
+                rgb = decode(msg)
+            except InputError as err:
+                raise InputError(f"bag {path}: message {k} on {topic} (record time "
+                                 f"{message.timestamp_ns} ns): {err}") from err  # fmt: skip
+            yield rgb

@@ -37,7 +37,9 @@ def parse_param_overrides(items: list[str]) -> dict[str, object]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Replay and print a summary."""
+    """Replay and print a summary (the topics chosen and skipped messages on stderr)."""
+    import sys
+
     from dvc_perception.bag.replay import replay_bag
 
     s = replay_bag(
@@ -45,10 +47,17 @@ def run(args: argparse.Namespace) -> int:
         parameters=parse_param_overrides(args.param), image_topic=args.image_topic,
         camera_info_topic=args.camera_info_topic, storage=args.storage,
         copy_inputs=args.copy_inputs, overwrite=args.overwrite,
+        log=lambda line: print(line, file=sys.stderr),
     )  # fmt: skip
     print(f"replayed {s.frames_in} frames of {s.image_topic} ({s.frames_ok} processed, "
           f"{len(s.errors)} error records, {s.detections} detections) in {s.wall_s:.1f} s "
           f"({s.frames_per_s:.1f} frames/s) -> {s.output_bag}")  # fmt: skip
+    if s.bad_images:
+        print(f"  {s.bad_images} image message(s) did not deserialize: error records of kind "
+              "deserialize, stamped with their record time")  # fmt: skip
+    if s.bad_camera_info:
+        print(f"  {s.bad_camera_info} camera_info message(s) on {s.camera_info_topic} did not "
+              "deserialize and were skipped")  # fmt: skip
     for err in s.errors[:10]:
         print(f"  frame {err.stamp_ns} ns: {err.kind}: {err.message}")
     return 0

@@ -168,7 +168,12 @@ def test_quantize_command_from_a_rosbag(keypoint_net, heldout_frames, tmp_path, 
     np.testing.assert_array_equal(decoded[0], heldout_frames[0])
     rc = cli_main(["quantize", str(keypoint_net.onnx_path), "--calib", str(bag), "-o",
                    str(tmp_path / "x.onnx"), "--topic", "/nope"])
-    assert rc == 2 and "not an image topic" in capsys.readouterr().err
+    assert rc == 2 and "image topic /nope is not in the bag" in capsys.readouterr().err
+    # auto-detected as replay does: the raw image wins over its own compressed twin
+    rc = cli_main(["quantize", str(keypoint_net.onnx_path), "--calib", str(bag), "-o",
+                   str(tmp_path / "auto.onnx"), "--check-tensorrt", ""])
+    assert rc == 0
+    assert "topic /cam/image_raw (auto-detected, bgr8)" in capsys.readouterr().err
 
 
 @pytest.mark.slow
