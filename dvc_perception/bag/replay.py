@@ -473,12 +473,13 @@ class _replay_node:  # noqa: N801 - a context manager used like a function
         from rclpy.context import Context
         from rclpy.parameter import Parameter
 
+        from dvc_perception.config import check_parameter_names, check_params_file
         from dvc_perception.resources import find_share_file
         from dvc_perception.ros.perception_node import PerceptionNode
 
         params_file = Path(self.params_file or find_share_file("config/perception.yaml"))
-        if not params_file.is_file():
-            raise ConfigError(f"params file {params_file} does not exist")
+        check_params_file(params_file)  # before rclpy, which would raise a raw RCLError
+        check_parameter_names(self.parameters, source="--param")
         self.context = Context()
         rclpy.init(args=["replay", "--ros-args", "--params-file", str(params_file)],
                    context=self.context)  # fmt: skip

@@ -32,7 +32,12 @@ def parse_param_overrides(items: list[str]) -> dict[str, object]:
         name, sep, value = item.partition(":=")
         if not sep or not name:
             raise ConfigError(f"--param {item!r}: expected NAME:=VALUE")
-        out[name] = yaml.safe_load(value)
+        try:
+            out[name] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            reason = " ".join(str(err).split())
+            raise ConfigError(f"--param {item!r}: the value is not a YAML scalar: {reason}") \
+                from err
     return out
 
 

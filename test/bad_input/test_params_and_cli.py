@@ -51,9 +51,12 @@ def _params_file(tmp_path: Path, kind: str) -> Path:
 
 
 def _one_line_error(text: str, fragment: str) -> None:
+    """One error line naming `fragment`; informational lines (replay's topic choice) may precede."""
     lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    errors = [ln for ln in lines if "error:" in ln]
     assert "Traceback" not in text, text
-    assert len(lines) == 1 and fragment in lines[0], text
+    assert len(errors) == 1 and fragment in errors[0], text
+    assert lines[-1] == errors[0], text
 
 
 @pytest.mark.parametrize("kind", ["syntax", "absent", "wrong_node_key", "misspelt_name"])
