@@ -25,6 +25,7 @@ import torch.nn.functional as F  # noqa: N812 - the usual torch alias
 
 from dvc_perception.geometry.metrics import add_error
 from dvc_perception.models.depth_net import depth_from_canonical
+from dvc_perception.train.checkpoints import load_checkpoint
 from dvc_perception.train.datasets import (
     DepthDataset,
     PoseDataset,
@@ -130,7 +131,7 @@ def diagnose_pose(checkpoint: str, val_dir: str, train_dir: str) -> None:
     obj = load_object_infos(["demo_object"])[0]
     spec = RunSpec(mode="pose", out_dir="unused", toy_frames=1)
     net = build_keypoint_net(spec, [obj])
-    net.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=False)["model"])
+    net.load_state_dict(load_checkpoint(checkpoint)["model"])
     net.eval()
     task = PoseTask([obj], PoseLossConfig())
     val = _pose_rows(net, task, obj, _open(val_dir, "pose"))
@@ -165,15 +166,14 @@ def diagnose_depth(checkpoint: str, pose_checkpoint: str, val_dir: str) -> None:
     from dvc_perception.render.objects import find_object_yaml, load_object
     from dvc_perception.render.raster import render
 
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    ckpt = load_checkpoint(checkpoint)
     depth_net = build_depth_net(RunSpec(mode="depth", out_dir="unused", toy_frames=1,
                                         depth_net=ckpt["model_config"]))
     depth_net.load_state_dict(ckpt["model"])
     depth_net.eval()
     obj = load_object_infos(["demo_object"])[0]
     pose_net = build_keypoint_net(RunSpec(mode="pose", out_dir="unused", toy_frames=1), [obj])
-    pose_net.load_state_dict(torch.load(pose_checkpoint, map_location="cpu",
-                                        weights_only=False)["model"])
+    pose_net.load_state_dict(load_checkpoint(pose_checkpoint)["model"])
     pose_net.eval()
     task = PoseTask([obj], PoseLossConfig())
     mesh = load_object(find_object_yaml("demo_object")).mesh

@@ -32,6 +32,7 @@ import numpy as np
 
 from dvc_perception.engines.base import EngineSpecs, TensorSpec, check_inputs, check_options
 from dvc_perception.errors import ConfigError, EngineUnavailableError, ModelSpecError
+from dvc_perception.safe_load import load_torch_file
 
 _LOG = logging.getLogger(__name__)
 
@@ -66,8 +67,12 @@ def onnx_io_specs(onnx_path: str | os.PathLike[str]) -> tuple[tuple[TensorSpec, 
 def module_from_metadata(onnx_path: str | os.PathLike[str]) -> Any:
     """Rebuild the torch module of an exported model (see the module docstring convention).
 
+    The ``.pt`` file is read by `load_torch_file` (``weights_only=True``): a pickle holding
+    anything but tensors and plain values is refused without running it.
+
     Raises:
-        ModelSpecError: metadata has no usable ``architecture`` or the ``.pt`` file is missing.
+        ModelSpecError: metadata has no usable ``architecture``, or the ``.pt`` file is
+            missing, corrupt, refused or does not fit the network.
     """
     import torch
 
@@ -94,8 +99,17 @@ def module_from_metadata(onnx_path: str | os.PathLike[str]) -> Any:
             f"{onnx_path}: cannot import factory {factory_name!r}: {err}"
         ) from err
     module = factory(**dict(arch.get("kwargs", {})))
-    state = torch.load(weights, map_location="cpu", weights_only=True)
-    module.load_state_dict(state)
+    state = load_torch_file(weights, what="torch-backend state dict")
+    if not isinstance(state, Mapping) or not all(
+        isinstance(v, torch.Tensor) for v in state.values()
+    ):
+        raise ModelSpecError(f"{weights}: expected a state dict (names -> tensors), got "
+                             f"{type(state).__name__}")
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as err:
+        raise ModelSpecError(f"{weights}: the state dict does not fit {factory_name}: "
+                             f"{' '.join(str(err).split())[:300]}") from err
     return module
 
 

@@ -28,6 +28,7 @@ from dvc_perception.errors import ConfigError, InputError
 from dvc_perception.render.mesh import Mesh, mesh_from_arrays
 from dvc_perception.render.objects import ObjectDescription
 from dvc_perception.render.raster import Lighting, rasterize, render
+from dvc_perception.safe_load import load_npz
 
 #: instance_ids value of distractor shapes; background planes and empty pixels are -1.
 DISTRACTOR_ID = -2
@@ -710,6 +711,23 @@ def _frame_record(f: SynthFrame, shard: str, offset: int) -> dict[str, Any]:
     }
 
 
+SHARD_HINT = "regenerate the shard directory with `dvc-perception synth`"
+
+
+def read_shard_arrays(
+    path: str | Path, keys: Sequence[str] | None = None
+) -> dict[str, np.ndarray]:
+    """The arrays of one ``.npz`` shard (all when `keys` is None), decompressed.
+
+    Read with ``allow_pickle=False`` (numpy's default, kept on purpose): a shard holding object
+    arrays is refused instead of unpickled.
+
+    Raises:
+        InputError: a missing, truncated or corrupt shard, or one lacking `keys` (named).
+    """
+    return load_npz(path, keys, what="synthetic shard", hint=SHARD_HINT)
+
+
 class ShardReader:
     """Random access to frames written by `write_shards` (one shard cached at a time).
 
@@ -738,8 +756,7 @@ class ShardReader:
             raise IndexError(f"frame {i} out of range for {len(self)} frames")
         rec = self.index["frames"][i]
         if self._cached is None or self._cached[0] != rec["shard"]:
-            with np.load(self.directory / rec["shard"]) as data:
-                self._cached = (rec["shard"], {k: data[k] for k in data.files})
+            self._cached = (rec["shard"], read_shard_arrays(self.directory / rec["shard"]))
         arrays = self._cached[1]
         o = rec["offset"]
         m = len(rec["object_ids"])

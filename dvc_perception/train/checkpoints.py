@@ -31,6 +31,7 @@ from dvc_perception.models.factory import (
     keypoint_config_from_mapping,
 )
 from dvc_perception.models.keypoint_net import HEATMAP_STRIDE, KeypointNet, KeypointNetForExport
+from dvc_perception.safe_load import load_torch_file
 
 KEYPOINT_OUTPUTS = KeypointNetForExport.output_names
 DEPTH_OUTPUTS = ("depth_canonical",)
@@ -39,18 +40,27 @@ _REQUIRED = ("task", "model", "model_kind", "model_config", "provenance")
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a training checkpoint and check it has what export needs.
+    """Read a training checkpoint (tensors and plain values only) and check what export needs.
+
+    The file is loaded by `load_torch_file` (``weights_only=True``): a pickle holding any other
+    object is refused without running it.
 
     Raises:
-        ModelSpecError: missing file or keys (all named).
+        ModelSpecError: missing, unreadable, corrupt or refused file, or missing keys (named).
     """
     path = Path(path)
-    if not path.is_file():
-        raise ModelSpecError(f"checkpoint {path} does not exist")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = load_torch_file(path, what="training checkpoint")
     missing = [k for k in _REQUIRED if k not in ckpt] if isinstance(ckpt, Mapping) else _REQUIRED
     if missing:
         raise ModelSpecError(f"{path}: not a dvc_perception training checkpoint, lacks {missing}")
+    weights, config = ckpt["model"], ckpt["model_config"]
+    if not isinstance(weights, Mapping) or not all(
+        isinstance(v, torch.Tensor) for v in weights.values()
+    ):
+        raise ModelSpecError(f"{path}: checkpoint 'model' must map names to tensors")
+    if not isinstance(config, Mapping):
+        raise ModelSpecError(f"{path}: checkpoint 'model_config' must be a mapping, got "
+                             f"{type(config).__name__}")
     return dict(ckpt)
 
 

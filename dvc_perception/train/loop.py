@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 from torch.utils.data.distributed import DistributedSampler
 
-from dvc_perception.errors import ConfigError, DvcError
+from dvc_perception.errors import ConfigError, DvcError, ModelSpecError
 from dvc_perception.models.depth_net import depth_to_canonical
 from dvc_perception.models.keypoint_net import HEATMAP_STRIDE
 from dvc_perception.train import losses as L  # noqa: N812 - short alias for the loss module
@@ -637,17 +637,7 @@ def train(
     last_path, best_path = out / "last.pt", out / "best.pt"
     prov_path = out / "provenance.json"
     if resume:
-        if not last_path.is_file():
-            raise ConfigError(f"--resume: no checkpoint {last_path}")
-        ckpt = torch.load(last_path, map_location="cpu", weights_only=False)
-        if ckpt.get("task") != task.name:
-            raise ConfigError(f"{last_path} is a {ckpt.get('task')!r} run, not {task.name!r}")
-        core.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
-        start_epoch, step = int(ckpt["epoch"]), int(ckpt["step"])
-        history = list(ckpt["history"])
-        best = float(ckpt["best"])
+        start_epoch, step, history, best = _restore(last_path, task.name, core, opt, sched)
     prov: dict[str, Any] = {}
     if is_main:
         prov = json.loads(prov_path.read_text()) if resume and prov_path.is_file() else {}
@@ -666,8 +656,8 @@ def train(
                 "seeds": {"train": config.seed},
                 "train_config": to_jsonable(config),
                 "world_size": world,
-                "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                             "numpy": np.__version__},
+                "versions": {"python": platform.python_version(),
+                             "torch": str(torch.__version__), "numpy": str(np.__version__)},
                 **to_jsonable(dict(provenance or {})),
             }
         prov_path.write_text(json.dumps(prov, indent=2, sort_keys=True))
@@ -731,11 +721,11 @@ def train(
             improved = _finite(metric) and (metric > best if task.maximize else metric < best)
             if improved:
                 best = float(metric)
-            ckpt = {
+            ckpt = to_plain({
                 "task": task.name,
                 "model": {k: v.detach().cpu() for k, v in core.state_dict().items()},
                 "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
+                "scheduler": _scheduler_state(sched),
                 "epoch": epoch + 1,
                 "step": step,
                 "history": history,
@@ -743,7 +733,7 @@ def train(
                 "train_config": to_jsonable(config),
                 **dict(checkpoint_extra or {}),
                 "provenance": prov,
-            }
+            })
             _atomic_save(ckpt, last_path)
             if improved or not best_path.is_file():
                 _atomic_save(ckpt, best_path)
@@ -787,6 +777,84 @@ def _atomic_save(obj: Any, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+_RESUME_KEYS = ("task", "model", "optimizer", "scheduler", "epoch", "step", "history", "best")
+
+
+def _restore(
+    path: Path, task_name: str, model: nn.Module, opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+) -> tuple[int, int, list[dict[str, float]], float]:
+    """Load ``last.pt`` (``weights_only=True``) into model, optimizer and schedule.
+
+    Returns:
+        (start epoch, step, history, best metric).
+
+    Raises:
+        ConfigError: no checkpoint, one of another task, or of another network/optimizer.
+        ModelSpecError: an unreadable, corrupt or refused file, or one lacking resume keys.
+    """
+    from dvc_perception.safe_load import load_torch_file
+
+    if not path.is_file():
+        raise ConfigError(f"--resume: no checkpoint {path}")
+    ckpt = load_torch_file(path, what="checkpoint to resume (--resume)")
+    missing = [k for k in _RESUME_KEYS if k not in ckpt] if isinstance(ckpt, Mapping) else list(
+        _RESUME_KEYS)
+    if missing:
+        raise ModelSpecError(f"--resume: {path} is not a training checkpoint, lacks {missing}")
+    if ckpt["task"] != task_name:
+        raise ConfigError(f"{path} is a {ckpt['task']!r} run, not {task_name!r}")
+    try:
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        return int(ckpt["epoch"]), int(ckpt["step"]), list(ckpt["history"]), float(ckpt["best"])
+    except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise ConfigError(f"--resume: {path} does not fit this run's network, optimizer or "
+                          f"schedule: {' '.join(str(err).split())[:300]}") from err
+
+
+def _scheduler_state(sched: torch.optim.lr_scheduler.LRScheduler) -> dict[str, Any]:
+    """The schedule's state without callables (older torch keeps ``anneal_func`` there).
+
+    A function cannot be loaded with ``weights_only=True``; the scheduler rebuilt for a resume
+    has the same one from its constructor.
+    """
+    return {k: v for k, v in sched.state_dict().items() if not callable(v)}
+
+
+def to_plain(value: Any) -> Any:
+    """`value` with builtin types only: what ``torch.load(weights_only=True)`` accepts.
+
+    Tensors stay tensors (detached, on the CPU); numpy scalars and arrays, paths, dataclasses
+    and subclasses of str/int/float (``torch.__version__``) become plain Python values. Unlike
+    `to_jsonable`, non-finite floats stay floats.
+    """
+    if isinstance(value, Tensor):
+        return value.detach().cpu()
+    if isinstance(value, (bool, type(None))):
+        return value
+    if isinstance(value, str):
+        return str.__str__(value)  # the characters, whatever a subclass's __str__ says
+    for base in (int, float, bytes):
+        if isinstance(value, base):
+            return base(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return to_plain(dataclasses.asdict(value))
+    if isinstance(value, Mapping):
+        return {to_plain(k): to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        items = [to_plain(v) for v in value]
+        return tuple(items) if type(value) is tuple else items
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    return value
 
 
 def count_parameters(model: nn.Module) -> int:

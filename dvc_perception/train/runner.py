@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from dvc_perception.errors import ConfigError
+from dvc_perception.errors import ConfigError, ModelSpecError
 from dvc_perception.models.depth_net import DepthNet, DepthNetConfig
 from dvc_perception.models.keypoint_net import KeypointNet, KeypointNetConfig
 from dvc_perception.train.datasets import (
@@ -229,6 +229,8 @@ def run_training(spec: RunSpec, *, provenance: Mapping[str, Any] | None = None) 
 def _load_initial_weights(model: torch.nn.Module, path: str, config: Mapping[str, Any]) -> None:
     """Copy a checkpoint's network weights into `model` (same architecture and objects).
 
+    The checkpoint is read by `load_checkpoint` (``weights_only=True``: no code runs from it).
+
     Raises:
         ModelSpecError: no such file, or not a training checkpoint.
         ConfigError: the checkpoint's network has another configuration.
@@ -241,11 +243,17 @@ def _load_initial_weights(model: torch.nn.Module, path: str, config: Mapping[str
     if theirs != to_jsonable(config):
         raise ConfigError(f"--init {path}: network configuration {theirs} differs from this "
                           f"run's {to_jsonable(config)}")
-    model.load_state_dict(ckpt["model"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as err:
+        raise ModelSpecError(f"--init {path}: its weights do not fit its model_config: "
+                             f"{' '.join(str(err).split())[:300]}") from err
 
 
 def _load_encoder_weights(model: torch.nn.Module, path: str) -> None:
     """Copy the ``encoder.*`` weights of a checkpoint into `model`.
+
+    The checkpoint is read by `load_checkpoint` (``weights_only=True``: no code runs from it).
 
     Raises:
         ModelSpecError: no such file, or not a training checkpoint.

@@ -55,12 +55,18 @@ class ShardFrameSource:
     Attributes:
         seed: the generator seed recorded in ``index.json``.
         index: the parsed ``index.json``.
+
+    Raises:
+        InputError: not a shard directory, or a shard that is missing, truncated or corrupt
+            (named; every shard is read here, in this process, before any DataLoader worker).
+            Shards are read with ``allow_pickle=False``.
+        ConfigError: `keep` is invalid, or the index lists no frames.
     """
 
     def __init__(
         self, directory: str | os.PathLike[str], *, keep: Sequence[str] = _FIELDS
     ) -> None:
-        from dvc_perception.render.synth import load_shards
+        from dvc_perception.render.synth import load_shards, read_shard_arrays
 
         unknown = set(keep) - set(_FIELDS)
         if unknown or "rgb" not in keep:
@@ -80,8 +86,7 @@ class ShardFrameSource:
             shard = rec["shard"]
             if shard not in loaded:
                 loaded.clear()  # keep one decoded shard at a time
-                with np.load(self.directory / shard) as data:
-                    loaded[shard] = {k: data[k] for k in keep}
+                loaded[shard] = read_shard_arrays(self.directory / shard, keep)
             for k in keep:
                 self._arrays[k].append(np.ascontiguousarray(loaded[shard][k][rec["offset"]]))
 

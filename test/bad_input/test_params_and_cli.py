@@ -51,7 +51,7 @@ def _params_file(tmp_path: Path, kind: str) -> Path:
 
 
 def _one_line_error(text: str, fragment: str) -> None:
-    """One error line naming `fragment`; informational lines (replay's topic choice) may precede."""
+    """One error line naming `fragment`; informational lines (replay's topic) may precede."""
     lines = [ln for ln in text.strip().splitlines() if ln.strip()]
     errors = [ln for ln in lines if "error:" in ln]
     assert "Traceback" not in text, text
