@@ -44,8 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-fraction", type=float, default=0.1,
                         help="validation share of --data when --val-data is absent (default 0.1)")
     parser.add_argument("--split-seed", type=int, default=0, help="seed of that split")
-    parser.add_argument("--objects", nargs="+", default=["demo_object"],
-                        help="object ids (config/objects/<id>.yaml) or YAML paths (pose)")
+    parser.add_argument("--objects", nargs="+", default=None,
+                        help="object ids (config/objects/<id>.yaml) or YAML paths (pose; "
+                             "default demo_object; not with --toy, which has its own object)")
     parser.add_argument("--input-size", type=_size, default=(320, 240),
                         help="network input WIDTHxHEIGHT, multiples of 16 (default 320x240)")
     parser.add_argument("--crop", type=_size,
@@ -116,11 +117,14 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--silog-lambda only applies to `train depth`")
     if args.mode == "depth" and args.no_pose_loss:
         raise ConfigError("--no-pose-loss only applies to `train pose`")
+    if args.toy and args.objects is not None:
+        raise ConfigError("--objects does not apply with --toy (the toy frames have their own "
+                          "procedural object); train on shards from `dvc-perception synth`")
     spec = RunSpec(
         mode=args.mode, out_dir=args.out, data_dir=args.data[0] if args.data else None,
         extra_data_dirs=tuple(args.data[1:]) if args.data else (), val_data_dir=args.val_data,
         val_fraction=args.val_fraction, split_seed=args.split_seed, toy_frames=args.toy or 0,
-        objects=tuple(args.objects), input_width=args.input_size[0],
+        objects=tuple(args.objects or ["demo_object"]), input_width=args.input_size[0],
         input_height=args.input_size[1], augment=None if args.no_augment else AugmentConfig(),
         crop=args.crop,
         train=train_cfg, pose_loss=pose_cfg, depth_loss=depth_cfg, resume=args.resume,

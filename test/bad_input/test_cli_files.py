@@ -95,6 +95,10 @@ CASES = {
     "train_data_not_shards": (
         lambda t: ["train", "pose", "--data", str(t), "--out", str(t / "run")],
         ["no index.json", str(Path("/"))]),
+    "train_toy_with_objects": (
+        lambda t: ["train", "pose", "--toy", "4", "--objects",
+                   str(_write(t / "o.yaml", _random_bytes())), "--out", str(t / "run")],
+        ["--objects does not apply with --toy"]),
     "replay_input_random_file": (
         lambda t: ["replay", str(_write(t / "x.bin", _random_bytes())), "-o", str(t / "o")],
         ["x.bin", "cannot open"]),
