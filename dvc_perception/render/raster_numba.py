@@ -80,51 +80,6 @@ def _kernel() -> Callable[..., Any]:
 
 
 @functools.lru_cache(maxsize=1)
-def _interp_kernel() -> Callable[..., Any]:
-    import numba
-
-    @numba.njit(cache=True, nogil=True)
-    def kernel(bary, tri, z, attr, depth, out):  # pragma: no cover
-        for p in range(tri.shape[0]):
-            i0, i1, i2 = tri[p, 0], tri[p, 1], tri[p, 2]
-            w0, w1, w2 = bary[p, 0] / z[i0], bary[p, 1] / z[i1], bary[p, 2] / z[i2]
-            s = w0 + w1 + w2
-            depth[p] = 1.0 / s
-            w0, w1, w2 = w0 / s, w1 / s, w2 / s
-            for c in range(attr.shape[1]):
-                out[p, c] = w0 * attr[i0, c] + w1 * attr[i1, c] + w2 * attr[i2, c]
-
-    return kernel
-
-
-def interpolate_numba(
-    bary: np.ndarray, tri: np.ndarray, z: np.ndarray, attr: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Perspective-correct interpolation at P covered pixels.
-
-    Args:
-        bary: (P, 3) float64 screen-space barycentrics.
-        tri: (P, 3) int64 vertex indices of the visible face.
-        z: (V,) float64 vertex depth [m].
-        attr: (V, C) float64 vertex attributes.
-
-    Returns:
-        depth (P,) float64 [m] and attributes (P, C) float64.
-    """
-    depth = np.empty(tri.shape[0])
-    out = np.empty((tri.shape[0], attr.shape[1]))
-    _interp_kernel()(
-        np.ascontiguousarray(bary, dtype=np.float64),
-        np.ascontiguousarray(tri, dtype=np.int64),
-        np.ascontiguousarray(z, dtype=np.float64),
-        np.ascontiguousarray(attr, dtype=np.float64),
-        depth,
-        out,
-    )
-    return depth, out
-
-
-@functools.lru_cache(maxsize=1)
 def _shade_kernel() -> Callable[..., Any]:
     import numba
 

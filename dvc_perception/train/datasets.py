@@ -15,7 +15,7 @@ independent of worker, rank and order, so training resumes and data-parallel run
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -527,18 +527,6 @@ def split_train_val(
     perm = np.random.default_rng(seed).permutation(n)
     return SubsetFrameSource(source, sorted(perm[n_val:])), SubsetFrameSource(
         source, sorted(perm[:n_val])
-    )
-
-
-def object_info_from_mapping(doc: Mapping[str, Any]) -> ObjectInfo:
-    """ObjectInfo from a plain mapping (e.g. a checkpoint's saved copy)."""
-    return ObjectInfo(
-        object_id=str(doc["object_id"]),
-        keypoints_obj=np.asarray(doc["keypoints_obj"], np.float64),
-        diameter_m=float(doc["diameter_m"]),
-        symmetric=bool(doc["symmetric"]),
-        points_obj=np.asarray(doc["points_obj"], np.float64),
-        symmetries=doc.get("symmetries"),
     )
 
 

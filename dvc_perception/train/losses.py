@@ -307,13 +307,7 @@ def depth_l1_loss(pred: Tensor, target: Tensor, valid: Tensor) -> Tensor:
     return (pred - target).abs().sum() / n.to(pred.dtype)
 
 
-def mask_target_from_full(mask_full: Tensor, stride: int) -> Tensor:
-    """(B, O, H, W) {0,1} instance masks -> (B, O, H/stride, W/stride) covered fraction."""
-    return F.avg_pool2d(mask_full.float(), kernel_size=stride, stride=stride)
-
-
 def nan_to_invalid(depth: Tensor) -> tuple[Tensor, Tensor]:
     """Depth (…) m with NaN/inf/<=0 unknown -> (depth with unknowns set to 1, valid mask)."""
     valid = torch.isfinite(depth) & (depth > 0)
     return torch.where(valid, depth, torch.ones_like(depth)), valid
-
