@@ -11,7 +11,7 @@
    second while publishing faster than the node can keep up (keep-latest drops the rest).
 
 Fiducial modes render a board; network modes render a frame of the demo-object sample scene
-(`bag.samples`, 640x480) and run the shipped models (models/pose_demo_object.onnx,
+(`demo.samples`, 640x480) and run the shipped models (models/pose_demo_object.onnx,
 models/depth.onnx; network input 320x240) with ONNX Runtime on the CPU.
 
 Usage: .venv/bin/python benchmarks/bench_node.py [--seconds 10] [--rate 60] [--mode chessboard]
@@ -50,7 +50,7 @@ from sensor_msgs.msg import CameraInfo  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
 from dvc_perception.config import FiducialConfig  # noqa: E402
-from dvc_perception.keypoint_sources.fiducial_render import render_board_view  # noqa: E402
+from dvc_perception.demo.boards import render_board_view  # noqa: E402
 from dvc_perception.ros.convert import rgb_to_image_msg  # noqa: E402
 
 K = np.array([[600.0, 0.0, 319.5], [0.0, 600.0, 239.5], [0.0, 0.0, 1.0]])
@@ -103,9 +103,9 @@ def _frame(mode: str) -> tuple[np.ndarray, CameraInfo]:
         return rgb, _camera_info(K)
     import dataclasses
 
-    from dvc_perception.bag.samples import DEMO_SYNTH_CONFIG
+    from dvc_perception.demo.samples import DEMO_SYNTH_CONFIG
     from dvc_perception.render.objects import find_object_yaml, load_object
-    from dvc_perception.render.synth import SceneSampler, SynthConfig
+    from dvc_perception.synth.scenes import SceneSampler, SynthConfig
 
     values = yaml.safe_load((REPO / DEMO_SYNTH_CONFIG).read_text())
     cfg = dataclasses.replace(SynthConfig.from_mapping(values), sequence=True)

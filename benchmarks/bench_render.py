@@ -28,7 +28,7 @@ import torch
 from dvc_perception.render.objects import find_object_yaml, load_object
 from dvc_perception.render.raster import render
 from dvc_perception.render.raster_numba import numba_available
-from dvc_perception.render.synth import SceneSampler, SynthConfig
+from dvc_perception.synth.scenes import SceneSampler, SynthConfig
 
 REPO = Path(__file__).resolve().parent.parent
 LARGEST_LMO = "lmo_obj_05"  # obj_000005.ply: 22831 vertices, 45666 faces

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dvc_perception.render.synth import load_shards
+from dvc_perception.synth.shards import load_shards
 
 
 def best_expected_error(z_m: float, gap_m: tuple[float, float], samples: int = 401) -> float:

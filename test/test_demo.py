@@ -91,12 +91,12 @@ def test_demo_reads_an_image_folder_with_its_calibration(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The image-folder path without ../shared: rendered views saved as files + an M1/D1 file."""
-    from dvc_perception.geometry.camera import CameraModel
-    from dvc_perception.targets.chessboard import (
+    from dvc_perception.demo.chessboard import (
         ChessboardSpec,
         demo_board_poses,
         render_chessboard_view,
     )
+    from dvc_perception.geometry.camera import CameraModel
 
     K = np.array([[530.0, 0, 319.5], [0, 530.0, 239.5], [0, 0, 1]])
     camera = CameraModel(K, [], 640, 480, "none")

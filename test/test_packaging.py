@@ -194,7 +194,7 @@ import importlib, pkgutil, sys
 import dvc_perception.geometry as geometry
 for info in pkgutil.iter_modules(geometry.__path__):
     importlib.import_module("dvc_perception.geometry." + info.name)
-import dvc_perception.targets.chessboard
+import dvc_perception.demo.chessboard
 import dvc_perception.cli
 dvc_perception.cli.build_parser()
 bad = sorted(m for m in sys.modules

@@ -9,14 +9,13 @@ so frames are stamped at `rate_hz` in image-id order. BOP units (mm) become metr
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from dvc_perception.bag.io import AtomicBagWriter
+from dvc_perception.datasets.bop import bop_object_id, read_bop_scene
 from dvc_perception.errors import BagError
 
 IMAGE_TOPIC = "/camera/image_raw"
@@ -27,62 +26,6 @@ GT_POSES_TOPIC = "/ground_truth/poses"
 def gt_pose_topic(object_id: str) -> str:
     """Topic of one object's ground-truth pose, as written by synth and bop2bag."""
     return f"/ground_truth/{object_id}/pose"
-
-
-def bop_object_id(dataset: str, obj_id: int) -> str:
-    """ROS-name-safe object id of a BOP object: ``bop_object_id("lmo", 1) == "lmo_obj_01"``."""
-    return f"{dataset}_obj_{obj_id:02d}"
-
-
-@dataclass(frozen=True)
-class BopFrame:
-    """One annotated BOP image: id, rgb path, intrinsics and object-in-camera poses (metres)."""
-
-    image_id: int
-    rgb_path: Path
-    K: np.ndarray  # (3, 3)
-    poses: tuple[tuple[int, np.ndarray, np.ndarray], ...]  # (obj_id, R (3,3), t (3,) m)
-
-
-def read_bop_scene(dataset_dir: str | Path, scene: str) -> list[BopFrame]:
-    """Frames of `scene` (e.g. ``test/000002``) in image-id order.
-
-    Raises:
-        BagError: a required file (rgb/, scene_camera.json, scene_gt.json) is missing or bad.
-    """
-    scene_dir = Path(dataset_dir) / scene
-    for required in ("rgb", "scene_camera.json", "scene_gt.json"):
-        if not (scene_dir / required).exists():
-            raise BagError(f"BOP scene {scene_dir} has no {required}")
-    try:
-        cameras = json.loads((scene_dir / "scene_camera.json").read_text())
-        gts = json.loads((scene_dir / "scene_gt.json").read_text())
-    except json.JSONDecodeError as err:
-        raise BagError(f"BOP scene {scene_dir}: bad JSON: {err}") from err
-    frames = []
-    for key in sorted(cameras, key=int):
-        rgb = _find_rgb(scene_dir / "rgb", int(key))
-        K = np.asarray(cameras[key]["cam_K"], dtype=np.float64).reshape(3, 3)
-        poses = tuple(
-            (
-                int(g["obj_id"]),
-                np.asarray(g["cam_R_m2c"], dtype=np.float64).reshape(3, 3),
-                np.asarray(g["cam_t_m2c"], dtype=np.float64) / 1000.0,
-            )
-            for g in gts.get(key, [])
-        )
-        frames.append(BopFrame(int(key), rgb, K, poses))
-    if not frames:
-        raise BagError(f"BOP scene {scene_dir} has no frames in scene_camera.json")
-    return frames
-
-
-def _find_rgb(rgb_dir: Path, image_id: int) -> Path:
-    for ext in (".png", ".jpg", ".tif"):
-        path = rgb_dir / f"{image_id:06d}{ext}"
-        if path.is_file():
-            return path
-    raise BagError(f"no rgb image for image id {image_id} in {rgb_dir}")
 
 
 def bop_scene_to_bag(

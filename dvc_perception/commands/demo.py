@@ -6,7 +6,7 @@ removes the lens distortion of ``intrinsics.yml`` (M1/D1) with `CameraModel`, so
 in one batched `solve_pnp` call and with OpenCV's ``solvePnP`` (SQPNP, then ITERATIVE), and
 prints both poses, both reprojection errors and the timings. Without the image folder it renders
 views of a board from known poses and detects those instead. The work lives in
-`dvc_perception.targets.chessboard`; this module only parses, calls and prints.
+`dvc_perception.demo.chessboard`; this module only parses, calls and prints.
 
 Then the main job on the embedded default: generated sample bags with ground truth go through
 the node's own per-frame code (`dvc-perception replay`), are scored (`dvc-perception eval`) and
@@ -66,16 +66,16 @@ def run(args: argparse.Namespace) -> int:
     import cv2
     import torch
 
-    from dvc_perception.geometry.camera import CameraModel
-    from dvc_perception.geometry.metrics import rotation_error_deg, translation_error
-    from dvc_perception.geometry.so3 import rotvec_to_matrix
-    from dvc_perception.targets.chessboard import (
+    from dvc_perception.demo.chessboard import (
         ChessboardSpec,
         compare_board_poses,
         demo_camera,
         load_views,
         synthetic_views,
     )
+    from dvc_perception.geometry.camera import CameraModel
+    from dvc_perception.geometry.metrics import rotation_error_deg, translation_error
+    from dvc_perception.geometry.so3 import rotvec_to_matrix
 
     if args.threads is not None:
         if args.threads < 1:
@@ -164,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
 def _pipeline_stage(args: argparse.Namespace) -> int:
     """Sample bags -> node code -> eval -> report; 0 when every frame was processed."""
     from dvc_perception.bag.evaluate import format_summary
-    from dvc_perception.bag.samples import run_board_sample_job, run_demo_object_sample_job
+    from dvc_perception.demo.samples import run_board_sample_job, run_demo_object_sample_job
 
     if args.frames < 1 or args.object_frames < 1:
         raise ConfigError(f"--frames/--object-frames: expected >= 1, got {args.frames}, "

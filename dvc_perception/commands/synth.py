@@ -7,7 +7,7 @@ Examples::
     dvc-perception synth --objects lmo_obj_01 lmo_obj_05 --frames 100 --bag out/synth.mcap_bag
     dvc-perception synth --objects demo_object --frames 120 --sequence --bag out/seq --fps 30
 
-The shard format is documented in `dvc_perception.render.synth.write_shards`.
+The shard format is documented in `dvc_perception.synth.shards.write_shards`.
 """
 
 from __future__ import annotations
@@ -55,8 +55,9 @@ def run(args: argparse.Namespace) -> int:
 
     from dvc_perception.config import load_yaml_mapping
     from dvc_perception.render.objects import find_object_yaml, load_object
-    from dvc_perception.render.synth import SceneSampler, SynthConfig, write_shards
-    from dvc_perception.render.synth_bag import write_bag
+    from dvc_perception.synth.scenes import SceneSampler, SynthConfig
+    from dvc_perception.synth.shards import write_shards
+    from dvc_perception.synth.synth_bag import write_bag
 
     if not args.out and not args.bag:
         raise ConfigError("synth: give --out DIR and/or --bag OUT")

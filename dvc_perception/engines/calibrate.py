@@ -4,21 +4,16 @@
 Sources (all give RGB uint8 frames):
 
 - a directory of PNG/JPG images (`image_dir_frames`), searched recursively, sorted by path;
-- synthetic shards written by the renderer (`synthetic_shard_frames`, through
-  ``dvc_perception.render.synth.load_shards`` when that module exists);
+- synthetic shards written by `dvc-perception synth` (`synthetic_shard_frames`, `synth.shards`);
 - rosbags are read by the `dvc-perception quantize` command (the ROS edge), which hands the
   decoded frames to the same preprocessing.
 
-Preprocessing matches deployment as the model metadata describes it: ``resize`` "stretch"
-(resize to the input, ``cv2.INTER_AREA`` when shrinking) or "letterbox" (metadata ``resize``
-starting with "letterbox": scale s = min(W/w, H/h), image at the top-left, zero padding,
-``u_in = s * (u + 0.5) - 0.5``, bilinear), scale to [0, 1], subtract the metadata mean, divide
-by its std, HWC -> CHW. Random data is never used for calibration.
+Preprocessing is deployment's own, `engines.preprocess.preprocess_frame`, with the resize mode,
+mean and std of the model metadata. Random data is never used for calibration.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -26,60 +21,16 @@ from typing import Any
 
 import numpy as np
 
+from dvc_perception.engines.preprocess import preprocess_frame
 from dvc_perception.errors import ConfigError, InputError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-RESIZE_MODES = ("stretch", "letterbox")
 
 
 def resize_mode_from_metadata(extra: Any) -> str:
     """"letterbox" when the metadata's ``resize`` text starts with it, else "stretch"."""
     text = str(extra.get("resize", "stretch")) if hasattr(extra, "get") else "stretch"
     return "letterbox" if text.strip().lower().startswith("letterbox") else "stretch"
-
-
-def preprocess_frame(
-    rgb: np.ndarray,
-    input_size: tuple[int, int],
-    mean: Sequence[float] = (0.0, 0.0, 0.0),
-    std: Sequence[float] = (1.0, 1.0, 1.0),
-    resize: str = "stretch",
-) -> np.ndarray:
-    """One RGB frame -> network input.
-
-    Args:
-        rgb: (H, W, 3) uint8 RGB image.
-        input_size: (width, height) px of the network input.
-        mean: per-channel mean of RGB in [0, 1].
-        std: per-channel std of RGB in [0, 1].
-        resize: "stretch" or "letterbox" (see the module docstring).
-
-    Returns:
-        (1, 3, height, width) float32.
-
-    Raises:
-        InputError: not an (H, W, 3) uint8 image.
-    """
-    import cv2
-
-    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-        raise InputError(f"expected an (H, W, 3) uint8 RGB frame, got {rgb.shape} {rgb.dtype}")
-    if resize not in RESIZE_MODES:
-        raise ConfigError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
-    width, height = int(input_size[0]), int(input_size[1])
-    x = rgb.astype(np.float32) / 255.0
-    if resize == "letterbox":
-        s = min(width / rgb.shape[1], height / rgb.shape[0])
-        affine = np.array([[s, 0.0, 0.5 * s - 0.5], [0.0, s, 0.5 * s - 0.5]])
-        x = cv2.warpAffine(x, affine, (width, height), flags=cv2.INTER_LINEAR,
-                           borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
-    elif rgb.shape[:2] != (height, width):
-        shrink = rgb.shape[0] > height or rgb.shape[1] > width
-        x = cv2.resize(
-            x, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
-        )
-    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
 
 
 def image_dir_frames(directory: str | os.PathLike[str]) -> Iterator[np.ndarray]:
@@ -104,79 +55,16 @@ def image_dir_frames(directory: str | os.PathLike[str]) -> Iterator[np.ndarray]:
         yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def synthetic_shards_available() -> bool:
-    """Whether the renderer's ``load_shards`` exists in this checkout."""
-    try:
-        module = importlib.import_module("dvc_perception.render.synth")
-    except ImportError:
-        return False
-    return hasattr(module, "load_shards")
-
-
 def synthetic_shard_frames(directory: str | os.PathLike[str]) -> Iterator[np.ndarray]:
-    """RGB uint8 frames from synthetic shards (``dvc_perception.render.synth.load_shards``).
-
-    Each sample is expected to expose an RGB image as ``sample["rgb"]``/``sample["image"]`` or an
-    attribute ``rgb``/``image``; float images in [0, 1] are converted to uint8.
+    """RGB uint8 frames (H, W, 3) of the synthetic shards in `directory` (`synth.shards`).
 
     Raises:
-        ConfigError: the renderer's shard reader is absent or a sample has no image.
+        InputError: not a shard directory, or a missing or corrupt shard (named).
     """
-    if not synthetic_shards_available():
-        raise ConfigError(
-            "synthetic shards need dvc_perception.render.synth.load_shards, which this "
-            "checkout does not have; give a directory of images instead"
-        )
-    synth = importlib.import_module("dvc_perception.render.synth")
-    for sample in _iter_samples(synth.load_shards(directory)):
-        yield _sample_rgb(sample)
+    from dvc_perception.synth.shards import load_shards
 
-
-def _iter_samples(shards: Any) -> Iterator[Any]:
-    """Flatten what load_shards returns: samples, or shards that are sequences of samples."""
-    for item in shards:
-        if _has_image(item):
-            yield item
-        elif isinstance(item, Iterable) and not isinstance(item, (str, bytes)):
-            yield from _iter_batch(item)
-        else:
-            raise ConfigError(f"synthetic shard item of type {type(item).__name__} has no image")
-
-
-def _iter_batch(batch: Any) -> Iterator[Any]:
-    if isinstance(batch, dict):  # a shard as a dict of stacked arrays
-        key = next((k for k in ("rgb", "image", "images") if k in batch), None)
-        if key is None:
-            raise ConfigError(f"synthetic shard has no rgb/image array; keys {sorted(batch)}")
-        for img in np.asarray(batch[key]):
-            yield {"rgb": img}
-        return
-    yield from batch
-
-
-def _has_image(item: Any) -> bool:
-    if isinstance(item, dict):
-        return any(k in item for k in ("rgb", "image")) and np.ndim(
-            item.get("rgb", item.get("image"))
-        ) == 3
-    return any(np.ndim(getattr(item, k, None)) == 3 for k in ("rgb", "image"))
-
-
-def _sample_rgb(sample: Any) -> np.ndarray:
-    if isinstance(sample, dict):
-        img = sample.get("rgb", sample.get("image"))
-    else:
-        img = getattr(sample, "rgb", None)
-        if img is None:
-            img = getattr(sample, "image", None)
-    if img is None:
-        raise ConfigError("synthetic sample has no rgb/image")
-    arr = img.detach().cpu().numpy() if hasattr(img, "detach") else np.asarray(img)
-    if arr.ndim == 3 and arr.shape[0] == 3 and arr.shape[2] != 3:
-        arr = arr.transpose(1, 2, 0)
-    if arr.dtype != np.uint8:
-        arr = np.clip(np.rint(arr.astype(np.float64) * 255.0), 0, 255).astype(np.uint8)
-    return np.ascontiguousarray(arr)
+    for frame in load_shards(directory):
+        yield frame.rgb
 
 
 def frames_from_source(source: str | os.PathLike[str]) -> Iterator[np.ndarray]:

@@ -20,7 +20,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from dvc_perception.errors import DvcError, InputError
 from dvc_perception.geometry.camera import CameraModel
-from dvc_perception.pipeline import ObjectPose
+from dvc_perception.pipeline.pipeline import ObjectPose
 
 #: Supported raw encodings -> (channels, cv2 conversion to RGB or None).
 IMAGE_ENCODINGS: dict[str, tuple[int, int | None]] = {

@@ -32,7 +32,7 @@ from visualization_msgs.msg import MarkerArray
 from dvc_perception.config import NodeConfig, PipelineConfig, check_params_file
 from dvc_perception.errors import ConfigError, DvcError, InputError
 from dvc_perception.geometry.camera import CameraModel
-from dvc_perception.pipeline import FrameResult, Pipeline
+from dvc_perception.pipeline.pipeline import FrameResult, Pipeline
 from dvc_perception.ros import convert
 from dvc_perception.ros.diagnostics import FrameStats, build_diagnostics
 from dvc_perception.ros.matcher import StampMatcher

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from dvc_perception.engines.preprocess import letterbox_affine, warp_to_input
 from dvc_perception.errors import ConfigError, ShapeError, check_shape
 from dvc_perception.models.keypoint_net import HEATMAP_STRIDE
 
@@ -136,21 +137,6 @@ class AugmentConfig:
             raise ConfigError(f"augment.blur_prob: expected in [0, 1], got {self.blur_prob}")
 
 
-def letterbox_affine(
-    src_width: int, src_height: int, dst_width: int, dst_height: int
-) -> np.ndarray:
-    """The 2x3 affine (pixel-centre convention) that letterboxes a source image into the input.
-
-    Scale s = min(dst_w / src_w, dst_h / src_h), image at the top-left:
-    ``u_dst = s * (u_src + 0.5) - 0.5`` (same for v). The intrinsics follow as ``A @ K``.
-
-    Returns:
-        (2, 3) float64.
-    """
-    s = min(dst_width / src_width, dst_height / src_height)
-    return np.array([[s, 0.0, 0.5 * s - 0.5], [0.0, s, 0.5 * s - 0.5]])
-
-
 def _augment_affine(
     base: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig, width: int, height: int
 ) -> np.ndarray:
@@ -248,9 +234,7 @@ def _prepare(
         y0 = int(np.clip(4 * round(y0 / 4), 0, height - ch))
         affine = affine - np.array([[0.0, 0.0, x0], [0.0, 0.0, y0]])
         out_w, out_h = cw, ch
-    # float before the warp, as the runtime letterbox does (test_quantize checks they agree)
-    image = frame.image.astype(np.float32) / 255.0
-    image = _warp(image, affine, out_w, out_h, nearest=False, fill=0.0)
+    image = warp_to_input(frame.image, affine, out_w, out_h)  # serving's map (preprocess)
     if augment is not None:
         image = _photometric(image, rng, augment)
     K = np.vstack([affine, [0.0, 0.0, 1.0]]) @ np.asarray(frame.K, dtype=np.float64)

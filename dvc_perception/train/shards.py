@@ -24,7 +24,7 @@ _FIELDS = ("rgb", "depth", "instance_ids")
 
 
 def frame_from_synth(frame: Any, *, with_depth: bool = True, with_masks: bool = True) -> Frame:
-    """A training `Frame` from a `render.synth.SynthFrame` (e.g. sampled on the fly).
+    """A training `Frame` from a `synth.scenes.SynthFrame` (e.g. sampled on the fly).
 
     Args:
         frame: the synthetic frame.
@@ -66,7 +66,7 @@ class ShardFrameSource:
     def __init__(
         self, directory: str | os.PathLike[str], *, keep: Sequence[str] = _FIELDS
     ) -> None:
-        from dvc_perception.render.synth import load_shards, read_shard_arrays
+        from dvc_perception.synth.shards import load_shards, read_shard_arrays
 
         unknown = set(keep) - set(_FIELDS)
         if unknown or "rgb" not in keep:

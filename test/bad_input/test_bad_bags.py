@@ -20,8 +20,8 @@ from dvc_perception.bag.io import AtomicBagWriter, BagReader, TopicInfo
 from dvc_perception.bag.replay import choose_image_topic, is_colour_encoding, replay_bag
 from dvc_perception.cli import main
 from dvc_perception.config import FiducialConfig
+from dvc_perception.demo.boards import render_board_view
 from dvc_perception.errors import BagError
-from dvc_perception.keypoint_sources.fiducial_render import render_board_view
 from dvc_perception.ros.convert import IMAGE_ENCODINGS, pose_to_msg, rgb_to_image_msg
 
 W, H = 320, 240
@@ -237,8 +237,8 @@ def test_quantize_calibrates_on_the_camera_topic_of_the_synthetic_bag(
     tmp_path, capsys, tiny_model
 ):
     from dvc_perception.render.objects import find_object_yaml, load_object
-    from dvc_perception.render.synth import SceneSampler, SynthConfig
-    from dvc_perception.render.synth_bag import write_bag
+    from dvc_perception.synth.scenes import SceneSampler, SynthConfig
+    from dvc_perception.synth.synth_bag import write_bag
 
     small = SynthConfig(width=96, height=72, fx=86.0, fy=86.0, cx=47.5, cy=35.5)
     sampler = SceneSampler([load_object(find_object_yaml("demo_object"))], small, seed=3)

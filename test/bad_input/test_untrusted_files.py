@@ -235,14 +235,15 @@ def test_export_of_a_loop_checkpoint_works(real_run, tmp_path):
 
 @pytest.fixture(scope="module")
 def shard_dir(tmp_path_factory):
-    from dvc_perception.render import synth
     from dvc_perception.render.objects import find_object_yaml, load_object
+    from dvc_perception.synth import scenes as synth
+    from dvc_perception.synth.shards import write_shards
 
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("shards")
     cfg = synth.SynthConfig(width=64, height=48, fx=60.0, fy=60.0, cx=32.0, cy=24.0,
                             distance_m=(0.3, 0.5))
-    synth.write_shards(synth.SceneSampler([load_object(find_object_yaml("demo_object"))], cfg,
+    write_shards(synth.SceneSampler([load_object(find_object_yaml("demo_object"))], cfg,
                                           seed=3), out, 4, frames_per_shard=2, progress=False)
     return out
 
@@ -269,7 +270,7 @@ def test_train_on_a_corrupt_shard_is_one_line_naming_it(shard_dir, tmp_path, cap
 
 
 def test_shard_readers_raise_input_error(shard_dir, tmp_path):
-    from dvc_perception.render.synth import load_shards
+    from dvc_perception.synth.shards import load_shards
     from dvc_perception.train.shards import ShardFrameSource
 
     bad, shard = _corrupt_copy(shard_dir, tmp_path, "truncated")

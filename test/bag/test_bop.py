@@ -14,7 +14,7 @@ from sensor_msgs.msg import CameraInfo, Image
 
 from dvc_perception.bag.bop import bop_scene_to_bag
 from dvc_perception.bag.io import BagReader
-from dvc_perception.errors import BagError
+from dvc_perception.errors import InputError
 
 
 @pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
@@ -62,7 +62,7 @@ def test_lmo_scene_round_trip(lmo_dir: Path, tmp_path: Path, storage: str) -> No
 
 def test_missing_scene_files(tmp_path: Path) -> None:
     (tmp_path / "test" / "000001" / "rgb").mkdir(parents=True)
-    with pytest.raises(BagError, match="scene_camera.json"):
+    with pytest.raises(InputError, match="scene_camera.json"):
         bop_scene_to_bag(tmp_path, "test/000001", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 

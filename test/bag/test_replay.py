@@ -18,8 +18,8 @@ from std_msgs.msg import Header
 from dvc_perception.bag.io import AtomicBagWriter, BagReader
 from dvc_perception.bag.replay import detect_camera_topics, replay_bag
 from dvc_perception.config import FiducialConfig
+from dvc_perception.demo.boards import render_board_view
 from dvc_perception.errors import BagError
-from dvc_perception.keypoint_sources.fiducial_render import render_board_view
 from dvc_perception.ros.convert import rgb_to_image_msg
 
 K = np.array([[600.0, 0.0, 319.5], [0.0, 600.0, 239.5], [0.0, 0.0, 1.0]])

@@ -9,12 +9,9 @@ import pytest
 
 from dvc_perception.cli import main as cli_main
 from dvc_perception.engines import load_engine
-from dvc_perception.engines.calibrate import (
-    image_dir_frames,
-    load_calibration_frames,
-    preprocess_frame,
-)
+from dvc_perception.engines.calibrate import image_dir_frames, load_calibration_frames
 from dvc_perception.engines.export import read_model_metadata
+from dvc_perception.engines.preprocess import preprocess_frame
 from dvc_perception.engines.quantize import quantize_onnx
 from dvc_perception.engines.trt_support import check_tensorrt_support
 from dvc_perception.errors import ConfigError, InputError, ModelSpecError
@@ -178,17 +175,18 @@ def test_quantize_command_from_a_rosbag(keypoint_net, heldout_frames, tmp_path, 
 
 @pytest.mark.slow
 def test_synthetic_shard_source(tmp_path, keypoint_net):
-    synth = pytest.importorskip("dvc_perception.render.synth")
     from dvc_perception.engines.calibrate import frames_from_source
     from dvc_perception.render.objects import find_object_yaml, load_object
+    from dvc_perception.synth import scenes as synth
+    from dvc_perception.synth.shards import load_shards, write_shards
 
     cfg = synth.SynthConfig(width=160, height=128, fx=150.0, fy=150.0, cx=80.0, cy=64.0,
                             distance_m=(0.3, 0.5))
     obj = load_object(find_object_yaml("demo_object"))
-    synth.write_shards(synth.SceneSampler([obj], cfg, seed=3), tmp_path, 3, frames_per_shard=2,
+    write_shards(synth.SceneSampler([obj], cfg, seed=3), tmp_path, 3, frames_per_shard=2,
                        progress=False)
     frames = list(frames_from_source(tmp_path))
-    reader = synth.load_shards(tmp_path)
+    reader = load_shards(tmp_path)
     assert len(frames) == 3
     np.testing.assert_array_equal(frames[2], reader[2].rgb)
     report = quantize_onnx(keypoint_net.onnx_path, tmp_path / "q.onnx", [

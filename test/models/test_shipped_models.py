@@ -53,8 +53,8 @@ def _validation_frames(meta, object_ids):
 
 @functools.cache  # the pose and depth models share their training data's synth config
 def _regenerated_frames(synth_config_json: str, object_ids: tuple[str, ...]):
-    synth = pytest.importorskip("dvc_perception.render.synth")
     from dvc_perception.render.objects import find_object_yaml, load_object
+    from dvc_perception.synth import scenes as synth
     from dvc_perception.train.shards import frame_from_synth
 
     cfg = synth.SynthConfig.from_mapping(json.loads(synth_config_json))

@@ -9,8 +9,8 @@ import torch
 import trimesh
 
 from dvc_perception.errors import MeshError
-from dvc_perception.render.demo_object import make_demo_mesh
 from dvc_perception.render.mesh import load_mesh, mesh_from_arrays, validate_mesh, write_obj
+from dvc_perception.synth.demo_object import make_demo_mesh
 
 REPO = Path(__file__).resolve().parents[2]
 TETRA_V = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=float)

@@ -10,10 +10,10 @@ import torch
 import trimesh
 
 from dvc_perception.errors import ConfigError, InputError, ShapeError
-from dvc_perception.render.demo_object import make_demo_mesh
 from dvc_perception.render.mesh import load_mesh, mesh_from_arrays
 from dvc_perception.render.raster import render
 from dvc_perception.render.raster_numba import numba_available
+from dvc_perception.synth.demo_object import make_demo_mesh
 
 LMO_K = torch.tensor([[572.4114, 0.0, 325.2611], [0.0, 573.57043, 242.04899], [0.0, 0.0, 1.0]])
 BACKENDS = ["torch"] + (["numba"] if numba_available() else [])

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from dvc_perception.render.demo_object import make_demo_mesh
 from dvc_perception.render.mesh import mesh_from_arrays
 from dvc_perception.render.raster import SoftSettings, render
+from dvc_perception.synth.demo_object import make_demo_mesh
 
 OCTA_V = np.array(
     [[0.05, 0, 0], [-0.05, 0, 0], [0, 0.04, 0], [0, -0.04, 0], [0, 0, 0.03], [0, 0, -0.03]]

@@ -11,7 +11,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 
 from dvc_perception.errors import InputError
-from dvc_perception.pipeline import ObjectPose
+from dvc_perception.pipeline.pipeline import ObjectPose
 from dvc_perception.ros import convert
 
 

@@ -30,8 +30,8 @@ from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 
 from dvc_perception.config import FiducialConfig
-from dvc_perception.keypoint_sources.fiducial import CHESSBOARD_FLAGS, SUBPIX_CRITERIA
-from dvc_perception.keypoint_sources.fiducial_render import render_board_view
+from dvc_perception.demo.boards import render_board_view
+from dvc_perception.pipeline.fiducial import CHESSBOARD_FLAGS, SUBPIX_CRITERIA
 from dvc_perception.ros.convert import rgb_to_image_msg
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
@@ -261,7 +261,7 @@ def test_published_covariance_equals_the_pipelines(probe):
     """Spot check: the 36 numbers are the pipeline's (6, 6) covariance, row-major, ROS order."""
     from dvc_perception.config import PipelineConfig
     from dvc_perception.geometry.camera import CameraModel
-    from dvc_perception.pipeline import Pipeline
+    from dvc_perception.pipeline.pipeline import Pipeline
 
     R = Rotation.from_rotvec([0.2, -0.3, 0.1]).as_matrix()
     t = np.array([-0.1, -0.05, 0.55])

@@ -25,7 +25,7 @@ from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 
 from dvc_perception.config import FiducialConfig
-from dvc_perception.keypoint_sources.fiducial_render import render_board_view
+from dvc_perception.demo.boards import render_board_view
 from dvc_perception.ros.convert import rgb_to_image_msg
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]

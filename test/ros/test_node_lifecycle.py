@@ -269,7 +269,7 @@ class PlaneDepth:
 def test_depth_outputs_with_a_plugged_depth_source(ctx):
     from sensor_msgs.msg import Image, PointCloud2
 
-    from dvc_perception.pipeline import Pipeline, make_keypoint_source
+    from dvc_perception.pipeline.pipeline import Pipeline, make_keypoint_source
 
     def factory(config):
         return Pipeline(config, make_keypoint_source(config), PlaneDepth())

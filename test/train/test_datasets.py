@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
+from dvc_perception.engines.preprocess import letterbox_affine
 from dvc_perception.errors import ConfigError
 from dvc_perception.train.datasets import (
     AugmentConfig,
     DepthDataset,
     ListFrameSource,
     PoseDataset,
-    letterbox_affine,
     split_train_val,
 )
 from dvc_perception.train.toy import _CORNER_COLOURS, toy_frames, toy_object
@@ -103,18 +103,19 @@ def test_split_is_disjoint_and_seeded():
 
 @pytest.mark.slow
 def test_shard_source_matches_the_renderers_keypoints(tmp_path):
-    synth = pytest.importorskip("dvc_perception.render.synth")
     from dvc_perception.render.objects import find_object_yaml, load_object
+    from dvc_perception.synth import scenes as synth
+    from dvc_perception.synth.shards import load_shards, write_shards
     from dvc_perception.train.datasets import load_object_infos
     from dvc_perception.train.shards import ShardFrameSource, frame_from_synth
 
     obj = load_object(find_object_yaml("demo_object"))
     cfg = synth.SynthConfig(width=160, height=128, fx=150.0, fy=150.0, cx=80.0, cy=64.0,
                             distance_m=(0.3, 0.5))
-    synth.write_shards(synth.SceneSampler([obj], cfg, seed=3), tmp_path, 3,
+    write_shards(synth.SceneSampler([obj], cfg, seed=3), tmp_path, 3,
                        frames_per_shard=2, progress=False)
     src = ShardFrameSource(tmp_path)
-    reader = synth.load_shards(tmp_path)
+    reader = load_shards(tmp_path)
     ds = PoseDataset(src, load_object_infos(["demo_object"]), 160, 128)
     for i in range(3):
         s, ref = ds[i], reader[i]

@@ -16,7 +16,6 @@ from dvc_perception.train.datasets import DepthDataset, PoseDataset, load_object
 from dvc_perception.train.shards import ShardFrameSource
 
 ort = pytest.importorskip("onnxruntime")
-pytest.importorskip("dvc_perception.render.synth")
 
 SIZE = ["--width", "128", "--height", "96"]
 

@@ -9,8 +9,8 @@ from scipy.spatial.transform import Rotation
 
 from dvc_perception.errors import BagError, ConfigError
 from dvc_perception.render.objects import find_object_yaml, load_object
-from dvc_perception.render.synth import SceneSampler, SynthConfig
-from dvc_perception.render.synth_bag import write_bag
+from dvc_perception.synth.scenes import SceneSampler, SynthConfig
+from dvc_perception.synth.synth_bag import write_bag
 
 SMALL = SynthConfig(width=96, height=72, fx=86.0, fy=86.0, cx=47.5, cy=35.5)
 N_FRAMES = 3

@@ -7,16 +7,13 @@
 parallel. With ``config.sequence = True`` one static scene is sampled from the seed and the
 camera moves around it (an orbit about the vertical axis through the objects' centroid).
 
-Shards (`write_shards` / `load_shards`) store frames on disk; see `write_shards` for the format.
+`synth.shards` stores frames on disk; `synth.procedural` makes the textures and shapes.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import cv2
@@ -25,14 +22,20 @@ import torch
 
 from dvc_perception.config_utils import dataclass_from_mapping
 from dvc_perception.errors import ConfigError, InputError
-from dvc_perception.render.mesh import Mesh, mesh_from_arrays
+from dvc_perception.render.mesh import Mesh
 from dvc_perception.render.objects import ObjectDescription
 from dvc_perception.render.raster import Lighting, rasterize, render
-from dvc_perception.safe_load import load_npz
+from dvc_perception.synth.procedural import (
+    distractor_mesh,
+    plane_mesh,
+    plane_pose,
+    random_rotation,
+    rotation_x,
+    rotation_y,
+)
 
 #: instance_ids value of distractor shapes; background planes and empty pixels are -1.
 DISTRACTOR_ID = -2
-SHARD_FORMAT = "dvc_synth_shards/1"
 
 
 @dataclass(frozen=True)
@@ -256,7 +259,7 @@ class SceneSampler:
             u = rng.uniform(m * cfg.width, (1 - m) * cfg.width)
             v = rng.uniform(m * cfg.height, (1 - m) * cfg.height)
             T = np.eye(4)
-            T[:3, :3] = _random_rotation(rng)
+            T[:3, :3] = random_rotation(rng)
             T[:3, 3] = z * (K_inv @ np.array([u, v, 1.0]))
             meshes.append(self._meshes[i])
             poses.append(T)
@@ -267,7 +270,7 @@ class SceneSampler:
         for _ in range(n_dis):
             size = rng.uniform(*cfg.distractor_size_m)
             T = np.eye(4)
-            T[:3, :3] = _random_rotation(rng)
+            T[:3, :3] = random_rotation(rng)
             if rng.random() < cfg.occluder_probability:
                 target = centres[int(rng.integers(len(centres)))]
                 lateral = rng.normal(size=2) * 0.5 * size
@@ -276,7 +279,7 @@ class SceneSampler:
                 z = rng.uniform(cfg.distance_m[0], far + 0.1)
                 uv1 = np.array([rng.uniform(0, cfg.width), rng.uniform(0, cfg.height), 1.0])
                 T[:3, 3] = z * (K_inv @ uv1)
-            meshes.append(_distractor_mesh(rng, size, self.device))
+            meshes.append(distractor_mesh(rng, size, self.device))
             poses.append(T)
             kinds.append(-1)
         # Back plane: covers the whole view (vertices kept in front of the camera).
@@ -295,8 +298,8 @@ class SceneSampler:
         half = 2.0 * depth * max(cfg.width / cfg.fx, cfg.height / cfg.fy)
         # Corners lie half * sqrt(2) from the centre: keep them at least 0.1 * depth in front.
         half = min(half, 0.9 * depth / max(np.sqrt(2.0) * np.sin(tilt), 1e-6))
-        meshes.append(_plane_mesh(rng, half, self.device, cells=8))
-        poses.append(_plane_pose(np.array([0.0, 0.0, depth]), normal, rng))
+        meshes.append(plane_mesh(rng, half, self.device, cells=8))
+        poses.append(plane_pose(np.array([0.0, 0.0, depth]), normal, rng))
         kinds.append(-2)
         for _ in range(int(rng.integers(cfg.extra_planes[0], cfg.extra_planes[1] + 1))):
             # Behind the nearest object and at most ~half the view wide, so that extra planes
@@ -308,8 +311,8 @@ class SceneSampler:
             if n[2] > -0.3:
                 n[2] = -0.3
             half_extra = min(rng.uniform(0.1, 0.4), 0.25 * z * cfg.width / cfg.fx)
-            meshes.append(_plane_mesh(rng, half_extra, self.device))
-            poses.append(_plane_pose(z * (K_inv @ uv1), n / np.linalg.norm(n), rng))
+            meshes.append(plane_mesh(rng, half_extra, self.device))
+            poses.append(plane_pose(z * (K_inv @ uv1), n / np.linalg.norm(n), rng))
             kinds.append(-2)
         light_dir = rng.normal(size=3)
         light_dir[2] = -abs(light_dir[2]) - 0.5  # from the camera side
@@ -343,7 +346,7 @@ class SceneSampler:
             2.0 * np.pi * index / cfg.orbit_period_frames
         )
         pitch = 0.25 * yaw * np.cos(2.0 * np.pi * index / cfg.orbit_period_frames)
-        R = _rot_y(yaw) @ _rot_x(pitch)
+        R = rotation_y(yaw) @ rotation_x(pitch)
         T = np.eye(4)
         T[:3, :3] = R
         T[:3, 3] = c - R @ c  # rotate about the vertical axis through the centroid
@@ -467,324 +470,3 @@ def _camera_effects(color: np.ndarray, rng: np.random.Generator, cfg: SynthConfi
             raise InputError("JPEG encoding failed")
         out = np.ascontiguousarray(cv2.imdecode(buf, cv2.IMREAD_COLOR)[:, :, ::-1])
     return out
-
-
-def _random_rotation(rng: np.random.Generator) -> np.ndarray:
-    """Uniform random rotation (normalised Gaussian quaternion): every view and in-plane angle."""
-    q = rng.normal(size=4)
-    x, y, z, w = q / np.linalg.norm(q)
-    return np.array(
-        [
-            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-        ]
-    )
-
-
-def _rot_y(a: float) -> np.ndarray:
-    c, s = np.cos(a), np.sin(a)
-    return np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
-
-
-def _rot_x(a: float) -> np.ndarray:
-    c, s = np.cos(a), np.sin(a)
-    return np.array([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])
-
-
-def procedural_texture(rng: np.random.Generator, size: int = 128) -> np.ndarray:
-    """(size, size, 3) uint8 random texture: checker, stripes, smooth noise or a gradient."""
-    kind = int(rng.integers(4))
-    c1, c2 = rng.uniform(0, 255, size=3), rng.uniform(0, 255, size=3)
-    u, v = np.meshgrid(np.linspace(0, 1, size), np.linspace(0, 1, size))
-    if kind == 0:
-        n = int(rng.integers(2, 16))
-        a = (((u * n).astype(int) + (v * n).astype(int)) % 2).astype(np.float64)
-    elif kind == 1:
-        ang, freq = rng.uniform(0, np.pi), rng.uniform(2, 20)
-        a = 0.5 + 0.5 * np.sin(2 * np.pi * freq * (u * np.cos(ang) + v * np.sin(ang)))
-    elif kind == 2:
-        cells = int(rng.integers(3, 12))
-        small = rng.random((cells, cells)).astype(np.float32)
-        a = cv2.resize(small, (size, size), interpolation=cv2.INTER_CUBIC).clip(0, 1)
-    else:
-        a = u * rng.uniform(-1, 1) + v * rng.uniform(-1, 1)
-        a = (a - a.min()) / max(a.max() - a.min(), 1e-6)
-    img = c1 * (1 - a[..., None]) + c2 * a[..., None]
-    img += rng.normal(size=img.shape) * rng.uniform(0, 12)
-    return img.clip(0, 255).astype(np.uint8)
-
-
-def _plane_mesh(
-    rng: np.random.Generator, half: float, device: torch.device, cells: int = 1
-) -> Mesh:
-    """A textured square of half-size `half` [m] in its z = 0 plane, normal +z.
-
-    `cells` x `cells` quads: the renderer drops faces with a vertex behind the near plane, so a
-    finely divided plane loses only its cells behind the camera (a moving camera needs that).
-    """
-    g = np.linspace(0.0, 1.0, cells + 1)
-    gu, gv = np.meshgrid(g, g)
-    uv = np.stack([gu.ravel(), gv.ravel()], axis=1)
-    v = np.concatenate([(uv * 2.0 - 1.0) * half, np.zeros((len(uv), 1))], axis=1)
-    faces = []
-    for r in range(cells):
-        for c in range(cells):
-            a = r * (cells + 1) + c
-            faces += [[a, a + 1, a + cells + 2], [a, a + cells + 2, a + cells + 1]]
-    mesh = mesh_from_arrays(
-        v,
-        np.asarray(faces),
-        normals=np.tile([0.0, 0.0, 1.0], (len(v), 1)),
-        uv=uv,
-        texture=procedural_texture(rng),
-        name="plane",
-    )
-    return mesh.to(device)
-
-
-def _plane_pose(centre: np.ndarray, normal: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Pose of a plane mesh (normal +z) at `centre` with its normal along `normal`."""
-    z = normal / np.linalg.norm(normal)
-    a = rng.normal(size=3)
-    x = a - z * (a @ z)
-    x /= np.linalg.norm(x)
-    T = np.eye(4)
-    T[:3, :3] = np.stack([x, np.cross(z, x), z], axis=1)
-    T[:3, 3] = centre
-    return T
-
-
-def _distractor_mesh(rng: np.random.Generator, size: float, device: torch.device) -> Mesh:
-    """A box, ellipsoid or cylinder about `size` [m] across, random colour or texture."""
-    kind = int(rng.integers(3))
-    dims = size * rng.uniform(0.4, 1.0, size=3) / 2
-    if kind == 0:
-        v, f = _box()
-    elif kind == 1:
-        v, f = _ellipsoid()
-    else:
-        v, f = _cylinder()
-    v = v * dims
-    colour = np.tile(rng.uniform(0.05, 1.0, size=3), (len(v), 1))
-    colour *= rng.uniform(0.7, 1.0, size=(len(v), 1))  # some per-vertex variation
-    return mesh_from_arrays(v, f, vertex_colors=colour, name="distractor").to(device)
-
-
-def _box() -> tuple[np.ndarray, np.ndarray]:
-    v = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], float)
-    f = np.array(
-        [[0, 1, 3], [0, 3, 2], [4, 6, 7], [4, 7, 5], [0, 4, 5], [0, 5, 1],
-         [2, 3, 7], [2, 7, 6], [0, 2, 6], [0, 6, 4], [1, 5, 7], [1, 7, 3]]
-    )  # fmt: skip
-    return v, f
-
-
-def _ellipsoid(n_lat: int = 10, n_lon: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    th = np.linspace(0, np.pi, n_lat + 1)[1:-1]
-    ph = np.linspace(0, 2 * np.pi, n_lon, endpoint=False)
-    t, p = np.meshgrid(th, ph, indexing="ij")
-    ring = np.stack([np.sin(t) * np.cos(p), np.sin(t) * np.sin(p), np.cos(t)], -1).reshape(-1, 3)
-    v = np.concatenate([ring, [[0, 0, 1], [0, 0, -1]]])
-    top, bot = len(ring), len(ring) + 1
-    f = []
-    for i in range(n_lat - 2):
-        for j in range(n_lon):
-            a, b = i * n_lon + j, i * n_lon + (j + 1) % n_lon
-            c, d = a + n_lon, b + n_lon
-            f += [[a, c, b], [b, c, d]]
-    last = (n_lat - 2) * n_lon
-    for j in range(n_lon):
-        f += [[top, j, (j + 1) % n_lon], [bot, last + (j + 1) % n_lon, last + j]]
-    return v, np.array(f)
-
-
-def _cylinder(n: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    a = np.linspace(0, 2 * np.pi, n, endpoint=False)
-    ring = np.stack([np.cos(a), np.sin(a)], -1)
-    v = np.concatenate(
-        [np.c_[ring, -np.ones(n)], np.c_[ring, np.ones(n)], [[0, 0, -1], [0, 0, 1]]]
-    )
-    f = []
-    for j in range(n):
-        k = (j + 1) % n
-        f += [[j, k, n + k], [j, n + k, n + j], [2 * n, k, j], [2 * n + 1, n + j, n + k]]
-    return v, np.array(f)
-
-
-# ------------------------------------------------------------------------------------------
-# shards
-
-
-def write_shards(
-    sampler: SceneSampler,
-    out_dir: str | Path,
-    num_frames: int,
-    *,
-    frames_per_shard: int = 50,
-    compress: bool = False,
-    progress: bool = True,
-) -> Path:
-    """Write frames ``0 .. num_frames - 1`` of `sampler` as npz shards plus ``index.json``.
-
-    Format (``SHARD_FORMAT``): ``shard_00000.npz`` ... each with ``rgb`` (n, H, W, 3) uint8,
-    ``depth`` (n, H, W) float32 [m] (NaN = nothing), ``instance_ids`` (n, H, W) int16, ``frame``
-    (n,) int64 frame indices. ``index.json``: ``format``, ``width``, ``height``, ``K`` (3x3),
-    ``seed``, ``config`` (the `SynthConfig` fields), ``objects`` (id -> ``keypoints_3d``
-    (N, 3) m, ``diameter`` m, ``mesh``), and ``frames``: one record per frame with ``index``,
-    ``shard`` (file name), ``offset`` (row in the shard), ``object_ids``, ``R`` (M, 3, 3),
-    ``t`` (M, 3) m, ``keypoints_2d`` (M, N, 2) px, ``keypoints_visible`` (M, N),
-    ``visib_fraction`` (M,), ``T_world_cam`` (4, 4).
-
-    Returns:
-        The path of ``index.json``.
-    """
-    from tqdm import tqdm
-
-    if num_frames < 1 or frames_per_shard < 1:
-        raise ConfigError(
-            f"num_frames and frames_per_shard must be >= 1, got {num_frames}, {frames_per_shard}"
-        )
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    cfg = sampler.config
-    records: list[dict[str, Any]] = []
-    save = np.savez_compressed if compress else np.savez
-    buf: list[SynthFrame] = []
-    shard_no = 0
-
-    def flush() -> None:
-        nonlocal shard_no, buf
-        name = f"shard_{shard_no:05d}.npz"
-        save(
-            out / name,
-            rgb=np.stack([f.rgb for f in buf]),
-            depth=np.stack([f.depth for f in buf]),
-            instance_ids=np.stack([f.instance_ids for f in buf]),
-            frame=np.array([f.index for f in buf], dtype=np.int64),
-        )
-        for offset, f in enumerate(buf):
-            records.append(_frame_record(f, name, offset))
-        shard_no += 1
-        buf = []
-
-    for i in tqdm(range(num_frames), desc="synth", unit="frame", disable=not progress):
-        buf.append(sampler.sample(i))
-        if len(buf) == frames_per_shard:
-            flush()
-    if buf:
-        flush()
-    index = {
-        "format": SHARD_FORMAT,
-        "width": cfg.width,
-        "height": cfg.height,
-        "K": cfg.K.tolist(),
-        "seed": sampler.seed,
-        "config": dataclasses.asdict(cfg),
-        "objects": {
-            o.object_id: {
-                "keypoints_3d": o.keypoints.double().tolist(),
-                "diameter": o.diameter,
-                "mesh": str(o.mesh_path),
-            }
-            for o in sampler.objects
-        },
-        "frames": records,
-    }
-    path = out / "index.json"
-    path.write_text(json.dumps(index))
-    return path
-
-
-def _frame_record(f: SynthFrame, shard: str, offset: int) -> dict[str, Any]:
-    return {
-        "index": f.index,
-        "shard": shard,
-        "offset": offset,
-        "object_ids": list(f.object_ids),
-        "R": f.R.tolist(),
-        "t": f.t.tolist(),
-        "keypoints_2d": f.keypoints_2d.astype(np.float64).tolist(),
-        "keypoints_visible": f.keypoints_visible.tolist(),
-        "visib_fraction": f.visib_fraction.astype(np.float64).tolist(),
-        "T_world_cam": f.T_world_cam.tolist(),
-    }
-
-
-SHARD_HINT = "regenerate the shard directory with `dvc-perception synth`"
-
-
-def read_shard_arrays(
-    path: str | Path, keys: Sequence[str] | None = None
-) -> dict[str, np.ndarray]:
-    """The arrays of one ``.npz`` shard (all when `keys` is None), decompressed.
-
-    Read with ``allow_pickle=False`` (numpy's default, kept on purpose): a shard holding object
-    arrays is refused instead of unpickled.
-
-    Raises:
-        InputError: a missing, truncated or corrupt shard, or one lacking `keys` (named).
-    """
-    return load_npz(path, keys, what="synthetic shard", hint=SHARD_HINT)
-
-
-class ShardReader:
-    """Random access to frames written by `write_shards` (one shard cached at a time).
-
-    ``len(reader)``, ``reader[i] -> SynthFrame`` (i-th record of ``index.json``), iteration in
-    order. ``reader.index`` is the parsed ``index.json``.
-    """
-
-    def __init__(self, directory: str | Path) -> None:
-        self.directory = Path(directory)
-        path = self.directory / "index.json"
-        if not path.is_file():
-            raise InputError(f"not a synth shard directory (no index.json): {self.directory}")
-        self.index = json.loads(path.read_text())
-        if self.index.get("format") != SHARD_FORMAT:
-            raise InputError(
-                f"{path}: expected format {SHARD_FORMAT!r}, got {self.index.get('format')!r}"
-            )
-        self._K = np.asarray(self.index["K"], dtype=np.float64)
-        self._cached: tuple[str, dict[str, np.ndarray]] | None = None
-
-    def __len__(self) -> int:
-        return len(self.index["frames"])
-
-    def __getitem__(self, i: int) -> SynthFrame:
-        if not -len(self) <= i < len(self):
-            raise IndexError(f"frame {i} out of range for {len(self)} frames")
-        rec = self.index["frames"][i]
-        if self._cached is None or self._cached[0] != rec["shard"]:
-            self._cached = (rec["shard"], read_shard_arrays(self.directory / rec["shard"]))
-        arrays = self._cached[1]
-        o = rec["offset"]
-        m = len(rec["object_ids"])
-        n_kp = len(next(iter(self.index["objects"].values()))["keypoints_3d"])
-        return SynthFrame(
-            index=int(rec["index"]),
-            rgb=arrays["rgb"][o],
-            depth=arrays["depth"][o],
-            instance_ids=arrays["instance_ids"][o],
-            object_ids=tuple(rec["object_ids"]),
-            R=np.asarray(rec["R"], dtype=np.float64).reshape(m, 3, 3),
-            t=np.asarray(rec["t"], dtype=np.float64).reshape(m, 3),
-            keypoints_2d=np.asarray(rec["keypoints_2d"], dtype=np.float32).reshape(m, n_kp, 2),
-            keypoints_visible=np.asarray(rec["keypoints_visible"], dtype=bool).reshape(m, n_kp),
-            visib_fraction=np.asarray(rec["visib_fraction"], dtype=np.float32).reshape(m),
-            K=self._K,
-            T_world_cam=np.asarray(rec["T_world_cam"], dtype=np.float64),
-        )
-
-    def __iter__(self) -> Iterator[SynthFrame]:
-        for i in range(len(self)):
-            yield self[i]
-
-    def keypoints_3d(self, object_id: str) -> np.ndarray:
-        """(N, 3) float64 [m] model keypoints of `object_id` (last row: centre)."""
-        return np.asarray(self.index["objects"][object_id]["keypoints_3d"], dtype=np.float64)
-
-
-def load_shards(directory: str | Path) -> ShardReader:
-    """Open a shard directory written by `write_shards`."""
-    return ShardReader(directory)

@@ -81,7 +81,7 @@ def write_board_sample_bag(
     from std_msgs.msg import Header
 
     from dvc_perception.config import FiducialConfig
-    from dvc_perception.keypoint_sources.fiducial_render import render_board_view
+    from dvc_perception.demo.boards import render_board_view
     from dvc_perception.ros.convert import pose_to_msg, rgb_to_image_msg
 
     board = FiducialConfig()
@@ -173,7 +173,7 @@ def write_demo_object_sample_bag(
 
     One static scene per `seed` (demo object, distractors, textured planes), camera yaw swinging
     +-20 deg about the object, 640x480 LM-O intrinsics, ground-truth pose and depth topics (see
-    `render.synth_bag`). Training used seeds 1, 2 (train) and 100 (validation); the default 7
+    `synth.synth_bag`). Training used seeds 1, 2 (train) and 100 (validation); the default 7
     is none of them.
 
     Returns:
@@ -184,9 +184,9 @@ def write_demo_object_sample_bag(
     import yaml
 
     from dvc_perception.render.objects import find_object_yaml, load_object
-    from dvc_perception.render.synth import SceneSampler, SynthConfig
-    from dvc_perception.render.synth_bag import write_bag
     from dvc_perception.resources import find_share_file
+    from dvc_perception.synth.scenes import SceneSampler, SynthConfig
+    from dvc_perception.synth.synth_bag import write_bag
 
     values = yaml.safe_load(find_share_file(DEMO_SYNTH_CONFIG).read_text()) or {}
     cfg = dataclasses.replace(SynthConfig.from_mapping(values), sequence=True)

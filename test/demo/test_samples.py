@@ -13,7 +13,7 @@ from dvc_perception.bag.evaluate import evaluate_bag
 from dvc_perception.bag.io import BagReader
 from dvc_perception.bag.replay import replay_bag
 from dvc_perception.bag.report import write_report
-from dvc_perception.bag.samples import write_board_sample_bag
+from dvc_perception.demo.samples import write_board_sample_bag
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -34,7 +34,7 @@ def test_orbit_sample_bag_replays_to_ground_truth(tmp_path):
 
 
 def test_demo_object_parameters_name_a_missing_model(tmp_path):
-    from dvc_perception.bag.samples import demo_object_parameters
+    from dvc_perception.demo.samples import demo_object_parameters
     from dvc_perception.errors import ModelSpecError
 
     with pytest.raises(ModelSpecError, match="nothing.onnx"):
@@ -44,7 +44,7 @@ def test_demo_object_parameters_name_a_missing_model(tmp_path):
 @pytest.mark.slow
 def test_demo_object_job_with_the_shipped_models(tmp_path):
     """The main job of `make demo` on a short bag: every frame processed, scored against truth."""
-    from dvc_perception.bag.samples import (
+    from dvc_perception.demo.samples import (
         DEMO_DEPTH_MODEL,
         DEMO_POSE_MODEL,
         run_demo_object_sample_job,

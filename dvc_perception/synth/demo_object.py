@@ -3,7 +3,7 @@
 
 `make_demo_mesh()` is deterministic (no random numbers). The shipped files
 ``config/objects/demo_object.{obj,mtl,png}`` are its output, written by
-``python -m dvc_perception.render.demo_object config/objects``; a test checks that they agree.
+``python -m dvc_perception.synth.demo_object config/objects``; a test checks that they agree.
 """
 
 from __future__ import annotations

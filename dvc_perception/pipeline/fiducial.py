@@ -26,7 +26,7 @@ import numpy as np
 
 from dvc_perception.config import FiducialConfig
 from dvc_perception.errors import ConfigError, InputError
-from dvc_perception.keypoint_sources.base import KeypointDetection
+from dvc_perception.pipeline.sources import KeypointDetection
 
 #: cornerSubPix termination: 30 iterations or a 0.01 px step (OpenCV's calibration sample).
 SUBPIX_CRITERIA = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 30, 0.01)

@@ -22,7 +22,7 @@ import torch
 
 from dvc_perception.errors import BagError, ConfigError
 from dvc_perception.geometry.so3 import matrix_to_quaternion
-from dvc_perception.render.synth import SceneSampler, SynthFrame
+from dvc_perception.synth.scenes import SceneSampler, SynthFrame
 
 IMAGE_TOPIC = "/camera/image_raw"
 CAMERA_INFO_TOPIC = "/camera/camera_info"

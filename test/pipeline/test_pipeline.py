@@ -11,16 +11,16 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from dvc_perception.config import FiducialConfig, PipelineConfig
+from dvc_perception.demo.boards import render_board_view
 from dvc_perception.errors import ConfigError, InputError, ShapeError
 from dvc_perception.geometry.camera import CameraModel
-from dvc_perception.keypoint_sources import KeypointDetection, KeypointSource
-from dvc_perception.keypoint_sources.fiducial import (
+from dvc_perception.pipeline.fiducial import (
     CHESSBOARD_FLAGS,
     SUBPIX_CRITERIA,
     FiducialSource,
 )
-from dvc_perception.keypoint_sources.fiducial_render import render_board_view
-from dvc_perception.pipeline import Pipeline
+from dvc_perception.pipeline.pipeline import Pipeline
+from dvc_perception.pipeline.sources import KeypointDetection, KeypointSource
 
 K = np.array([[600.0, 0.0, 319.5], [0.0, 600.0, 239.5], [0.0, 0.0, 1.0]])
 D = np.array([-0.12, 0.05, 0.001, -0.0015, 0.0])  # plumb_bob, a typical wide-ish lens
@@ -265,7 +265,7 @@ def test_config_errors_are_typed_and_name_the_value(tmp_path):
 
 
 def test_importing_the_pipeline_loads_no_ros():
-    code = ("import sys, dvc_perception.pipeline, dvc_perception.keypoint_sources.fiducial;"
+    code = ("import sys, dvc_perception.pipeline.pipeline, dvc_perception.pipeline.fiducial;"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('rclpy', 'tensorrt')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

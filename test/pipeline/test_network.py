@@ -23,7 +23,7 @@ from dvc_perception.errors import ConfigError, ModelSpecError
 from dvc_perception.geometry.camera import CameraModel
 from dvc_perception.models.depth_net import DepthNet, DepthNetConfig
 from dvc_perception.models.keypoint_net import KeypointNet, KeypointNetConfig, KeypointNetForExport
-from dvc_perception.pipeline import Pipeline
+from dvc_perception.pipeline.pipeline import Pipeline
 from dvc_perception.train.checkpoints import (
     DEPTH_OUTPUTS,
     INPUT_NAME,
@@ -34,7 +34,7 @@ from dvc_perception.train.checkpoints import (
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
-from dvc_perception.keypoint_sources.network import (  # noqa: E402
+from dvc_perception.pipeline.network import (  # noqa: E402
     NetworkDepthSource,
     NetworkKeypointSource,
 )
@@ -92,9 +92,10 @@ def _reference_run(path, image: np.ndarray) -> tuple[float, dict[str, np.ndarray
     h, w = image.shape[:2]
     s = min(w_in / w, h_in / h)
     affine = np.array([[s, 0.0, 0.5 * s - 0.5], [0.0, s, 0.5 * s - 0.5]])
-    x = cv2.warpAffine(image, affine, (w_in, h_in), flags=cv2.INTER_LINEAR,
-                       borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
-    x = (x.astype(np.float32) / 255.0).transpose(2, 0, 1)[None]
+    # float in [0, 1] before the bilinear warp, as training warps its frames
+    x = cv2.warpAffine(image.astype(np.float32) / 255.0, affine, (w_in, h_in),
+                       flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
+    x = x.transpose(2, 0, 1)[None]
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
     return s, dict(zip(names, sess.run(None, {sess.get_inputs()[0].name: x})))

@@ -7,10 +7,10 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from dvc_perception.config import FiducialConfig
+from dvc_perception.demo.boards import render_board_view
 from dvc_perception.errors import ConfigError, InputError
-from dvc_perception.keypoint_sources import KeypointSource
-from dvc_perception.keypoint_sources.fiducial import FiducialSource, chessboard_points_obj
-from dvc_perception.keypoint_sources.fiducial_render import render_board_view
+from dvc_perception.pipeline.fiducial import FiducialSource, chessboard_points_obj
+from dvc_perception.pipeline.sources import KeypointSource
 
 K = np.array([[600.0, 0.0, 319.5], [0.0, 600.0, 239.5], [0.0, 0.0, 1.0]])
 

@@ -1,2 +1,2 @@
 # Copyright 2026 dvc_perception authors. Licensed under the Apache License, Version 2.0.
-"""Calibration targets (chessboards) as keypoint sources with exact 3D keypoints."""
+"""Readers of public datasets in their own layout (no ROS, no bags): `bop`."""

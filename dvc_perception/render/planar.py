@@ -6,7 +6,7 @@ homography ``H = K_s [r1 r2 t] A`` (A: texture px -> plane metres, K_s: the supe
 camera), through the lens distortion when the camera has one (``cv2.remap`` with
 `ideal_pixel_map`), and area-averaged down to the camera's size, so edges and corners are
 anti-aliased and corner detectors find them to a few hundredths of a pixel. Both the chessboard
-targets (`targets.chessboard`) and the fiducial boards (`keypoint_sources.fiducial_render`)
+targets (`demo.chessboard`) and the fiducial boards (`demo.boards`)
 render through `render_planar_texture`.
 """
 

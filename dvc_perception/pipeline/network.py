@@ -28,26 +28,14 @@ import numpy as np
 from dvc_perception.engines.base import Engine, ModelMetadata
 from dvc_perception.engines.export import read_model_metadata
 from dvc_perception.engines.load import load_engine
+from dvc_perception.engines.preprocess import Letterbox, check_rgb_image
 from dvc_perception.errors import InputError, ModelSpecError, ShapeError
-from dvc_perception.keypoint_sources.base import KeypointDetection
-from dvc_perception.keypoint_sources.letterbox import Letterbox
+from dvc_perception.pipeline.sources import KeypointDetection
 
 #: Outputs the keypoint source reads (see `train.checkpoints.export_metadata`).
 KEYPOINT_OUTPUTS: tuple[str, ...] = ("x2d", "weights", "objectness")
 #: Output the depth source reads.
 DEPTH_OUTPUT = "depth_canonical"
-
-
-def _check_image(image_rgb: np.ndarray) -> tuple[int, int]:
-    """(width, height) of a (H, W, 3) uint8 image; ShapeError otherwise."""
-    if not isinstance(image_rgb, np.ndarray) or image_rgb.dtype != np.uint8:
-        raise ShapeError(
-            f"image_rgb: expected a uint8 numpy array, got {type(image_rgb).__name__} "
-            f"{getattr(image_rgb, 'dtype', '')}"
-        )
-    if image_rgb.ndim != 3 or image_rgb.shape[2] != 3:
-        raise ShapeError(f"image_rgb: expected shape (H, W, 3), got {image_rgb.shape}")
-    return int(image_rgb.shape[1]), int(image_rgb.shape[0])
 
 
 class _NetworkModel:
@@ -104,8 +92,8 @@ class _NetworkModel:
         missing = [n for n in outputs if n not in names]
         if missing:
             raise ModelSpecError(f"{self.path}: outputs {missing} missing; it has {names}")
-        self.mean = np.asarray(self.metadata.mean, dtype=np.float32).reshape(1, 3, 1, 1)
-        self.std = np.asarray(self.metadata.std, dtype=np.float32).reshape(1, 3, 1, 1)
+        self.mean = tuple(float(m) for m in self.metadata.mean)
+        self.std = tuple(float(v) for v in self.metadata.std)
         self._letterboxes: dict[tuple[int, int], Letterbox] = {}
 
     @property
@@ -122,10 +110,9 @@ class _NetworkModel:
 
     def run(self, image_rgb: np.ndarray) -> tuple[Letterbox, dict[str, np.ndarray]]:
         """Letterbox `image_rgb` (H, W, 3) uint8, run the engine; (letterbox, outputs)."""
-        width, height = _check_image(image_rgb)
+        width, height = check_rgb_image(image_rgb)
         letterbox = self.letterbox(width, height)
-        x = letterbox.image_to_input(image_rgb).astype(np.float32) / np.float32(255.0)
-        x = (x.transpose(2, 0, 1)[None] - self.mean) / self.std
+        x = letterbox.network_input(image_rgb, self.mean, self.std)
         feed = np.ascontiguousarray(x, dtype=self.input_dtype)
         return letterbox, self.engine.run({self.input_name: feed})
 

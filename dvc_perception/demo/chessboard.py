@@ -24,7 +24,7 @@ from dvc_perception.geometry.camera import CameraModel
 from dvc_perception.geometry.metrics import reprojection_rms_px, rotation_error_deg
 from dvc_perception.geometry.pnp import solve_pnp
 from dvc_perception.geometry.so3 import matrix_to_rotvec, rotvec_to_matrix
-from dvc_perception.targets.planar_render import ideal_pixel_map, render_planar_texture
+from dvc_perception.render.planar import ideal_pixel_map, render_planar_texture
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ confidence-weighted PnP (EPnP + Levenberg-Marquardt); when a keypoint is off by 
 weighted LM on the inliers). Score = sum of inlier confidences / N; poses that are invalid or
 below ``min_score`` are dropped; the covariance is the solver's. 4 keypoints suffice.
 
-``keypoint_source: network`` / ``depth_source: network`` use `keypoint_sources.network`
+``keypoint_source: network`` / ``depth_source: network`` use `pipeline.network`
 (``pipeline.network.model_path`` / ``depth_model_path`` / ``backend``): the frame is letterboxed
 to the network input, the engine runs, keypoints go back with `Letterbox.points_to_source` and
 depth with `Letterbox.depth_to_source` (nearest, NaN in the padding); object ids and 3D keypoints
@@ -32,9 +32,10 @@ import numpy as np
 import torch
 
 from dvc_perception.config import ROS_NAME_TOKEN, PipelineConfig
+from dvc_perception.engines.preprocess import check_rgb_image
 from dvc_perception.errors import ConfigError, InputError, ModelSpecError, ShapeError
 from dvc_perception.geometry.camera import CameraModel
-from dvc_perception.keypoint_sources.base import DepthSource, KeypointDetection, KeypointSource
+from dvc_perception.pipeline.sources import DepthSource, KeypointDetection, KeypointSource
 
 
 @dataclass(frozen=True)
@@ -102,10 +103,10 @@ def make_keypoint_source(config: PipelineConfig) -> KeypointSource:
         EngineUnavailableError: the network backend cannot run here.
     """
     if config.keypoint_source == "fiducial":
-        from dvc_perception.keypoint_sources.fiducial import FiducialSource
+        from dvc_perception.pipeline.fiducial import FiducialSource
 
         return FiducialSource(config.fiducial)
-    from dvc_perception.keypoint_sources.network import NetworkKeypointSource
+    from dvc_perception.pipeline.network import NetworkKeypointSource
 
     path = _network_model_path(config, "model_path", "keypoint_source")
     return NetworkKeypointSource(
@@ -124,7 +125,7 @@ def make_depth_source(config: PipelineConfig) -> DepthSource | None:
     if config.depth_source == "none":
         no_depth: DepthSource | None = None
         return no_depth
-    from dvc_perception.keypoint_sources.network import NetworkDepthSource
+    from dvc_perception.pipeline.network import NetworkDepthSource
 
     path = _network_model_path(config, "depth_model_path", "depth_source")
     return NetworkDepthSource(path, config.network.backend)
@@ -210,14 +211,7 @@ class Pipeline:
             InputError: the image size differs from the camera's.
         """
         t0 = time.perf_counter()
-        if not isinstance(image_rgb, np.ndarray) or image_rgb.dtype != np.uint8:
-            raise ShapeError(
-                f"image_rgb: expected a uint8 numpy array, got "
-                f"{type(image_rgb).__name__} {getattr(image_rgb, 'dtype', '')}"
-            )
-        if image_rgb.ndim != 3 or image_rgb.shape[2] != 3:
-            raise ShapeError(f"image_rgb: expected shape (H, W, 3), got {image_rgb.shape}")
-        h, w = image_rgb.shape[:2]
+        w, h = check_rgb_image(image_rgb)
         if (w, h) != (camera.width, camera.height):
             raise InputError(
                 f"image is {w}x{h} but its camera model is {camera.width}x{camera.height}"

@@ -2,7 +2,7 @@
 """Synthetic views of calibration boards with a known pose (tests, benchmarks, demos).
 
 The board's printed texture (`board_texture`) is rendered by
-`targets.planar_render.render_planar_texture`: plane homography, supersampled, area-averaged
+`render.planar.render_planar_texture`: plane homography, supersampled, area-averaged
 down, so corners are anti-aliased.
 """
 
@@ -12,8 +12,8 @@ import numpy as np
 
 from dvc_perception.config import FiducialConfig
 from dvc_perception.geometry.camera import CameraModel
-from dvc_perception.keypoint_sources.fiducial import make_board
-from dvc_perception.targets.planar_render import render_planar_texture
+from dvc_perception.pipeline.fiducial import make_board
+from dvc_perception.render.planar import render_planar_texture
 
 
 def board_texture(

@@ -8,9 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from dvc_perception.errors import ConfigError, InputError
-from dvc_perception.geometry.camera import CameraModel
-from dvc_perception.targets.chessboard import (
+from dvc_perception.demo.chessboard import (
     ChessboardSpec,
     demo_board_poses,
     demo_camera,
@@ -19,6 +17,8 @@ from dvc_perception.targets.chessboard import (
     render_chessboard_view,
     solve_pnp_opencv,
 )
+from dvc_perception.errors import ConfigError, InputError
+from dvc_perception.geometry.camera import CameraModel
 
 CAMERA = CameraModel([[530.0, 0, 319.5], [0, 530.0, 239.5], [0, 0, 1]], [], 640, 480, "none")
 

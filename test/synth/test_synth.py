@@ -13,13 +13,12 @@ from dvc_perception.cli import main as cli_main
 from dvc_perception.errors import ConfigError
 from dvc_perception.render.objects import find_object_yaml, load_object
 from dvc_perception.render.raster import render
-from dvc_perception.render.synth import (
+from dvc_perception.synth.scenes import (
     DISTRACTOR_ID,
     SceneSampler,
     SynthConfig,
-    load_shards,
-    write_shards,
 )
+from dvc_perception.synth.shards import load_shards, write_shards
 
 SMALL = SynthConfig(width=160, height=120, fx=143.1, fy=143.4, cx=81.3, cy=60.5)
 

@@ -1,0 +1,74 @@
+# Copyright 2026 dvc_perception authors. Licensed under the Apache License, Version 2.0.
+"""BOP-format scenes (Hodan et al., BOP benchmark): frames, intrinsics and ground-truth poses.
+
+A scene folder holds ``rgb/`` images, ``scene_camera.json`` (``cam_K``) and ``scene_gt.json``
+(``cam_R_m2c``, ``cam_t_m2c`` in mm per object). `read_bop_scene` returns them in image-id order
+with translations in metres. `bag.bop` writes such a scene as a rosbag2; training on BOP scenes
+reads it from here without importing `bag`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dvc_perception.errors import InputError
+
+
+def bop_object_id(dataset: str, obj_id: int) -> str:
+    """ROS-name-safe object id of a BOP object: ``bop_object_id("lmo", 1) == "lmo_obj_01"``."""
+    return f"{dataset}_obj_{obj_id:02d}"
+
+
+@dataclass(frozen=True)
+class BopFrame:
+    """One annotated BOP image: id, rgb path, intrinsics and object-in-camera poses (metres)."""
+
+    image_id: int
+    rgb_path: Path
+    K: np.ndarray  # (3, 3)
+    poses: tuple[tuple[int, np.ndarray, np.ndarray], ...]  # (obj_id, R (3,3), t (3,) m)
+
+
+def read_bop_scene(dataset_dir: str | Path, scene: str) -> list[BopFrame]:
+    """Frames of `scene` (e.g. ``test/000002``) in image-id order.
+
+    Raises:
+        InputError: a required file (rgb/, scene_camera.json, scene_gt.json) is missing or bad.
+    """
+    scene_dir = Path(dataset_dir) / scene
+    for required in ("rgb", "scene_camera.json", "scene_gt.json"):
+        if not (scene_dir / required).exists():
+            raise InputError(f"BOP scene {scene_dir} has no {required}")
+    try:
+        cameras = json.loads((scene_dir / "scene_camera.json").read_text())
+        gts = json.loads((scene_dir / "scene_gt.json").read_text())
+    except json.JSONDecodeError as err:
+        raise InputError(f"BOP scene {scene_dir}: bad JSON: {err}") from err
+    frames = []
+    for key in sorted(cameras, key=int):
+        rgb = _find_rgb(scene_dir / "rgb", int(key))
+        K = np.asarray(cameras[key]["cam_K"], dtype=np.float64).reshape(3, 3)
+        poses = tuple(
+            (
+                int(g["obj_id"]),
+                np.asarray(g["cam_R_m2c"], dtype=np.float64).reshape(3, 3),
+                np.asarray(g["cam_t_m2c"], dtype=np.float64) / 1000.0,
+            )
+            for g in gts.get(key, [])
+        )
+        frames.append(BopFrame(int(key), rgb, K, poses))
+    if not frames:
+        raise InputError(f"BOP scene {scene_dir} has no frames in scene_camera.json")
+    return frames
+
+
+def _find_rgb(rgb_dir: Path, image_id: int) -> Path:
+    for ext in (".png", ".jpg", ".tif"):
+        path = rgb_dir / f"{image_id:06d}{ext}"
+        if path.is_file():
+            return path
+    raise InputError(f"no rgb image for image id {image_id} in {rgb_dir}")

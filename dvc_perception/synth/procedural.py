@@ -1,0 +1,159 @@
+# Copyright 2026 dvc_perception authors. Licensed under the Apache License, Version 2.0.
+"""Procedural content of synthetic scenes: random rotations, textures, planes and distractors.
+
+Every function draws from the `numpy.random.Generator` it is given, so a scene is reproducible
+from its seed. Meshes are in metres, object frame; textures (H, W, 3) uint8 RGB.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+
+from dvc_perception.render.mesh import Mesh, mesh_from_arrays
+
+
+def random_rotation(rng: np.random.Generator) -> np.ndarray:
+    """Uniform random rotation (normalised Gaussian quaternion): every view and in-plane angle."""
+    q = rng.normal(size=4)
+    x, y, z, w = q / np.linalg.norm(q)
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+        ]
+    )
+
+
+def rotation_y(a: float) -> np.ndarray:
+    """(3, 3) rotation by `a` rad about the y axis."""
+    c, s = np.cos(a), np.sin(a)
+    return np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
+
+
+def rotation_x(a: float) -> np.ndarray:
+    """(3, 3) rotation by `a` rad about the x axis."""
+    c, s = np.cos(a), np.sin(a)
+    return np.array([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])
+
+
+def procedural_texture(rng: np.random.Generator, size: int = 128) -> np.ndarray:
+    """(size, size, 3) uint8 random texture: checker, stripes, smooth noise or a gradient."""
+    kind = int(rng.integers(4))
+    c1, c2 = rng.uniform(0, 255, size=3), rng.uniform(0, 255, size=3)
+    u, v = np.meshgrid(np.linspace(0, 1, size), np.linspace(0, 1, size))
+    if kind == 0:
+        n = int(rng.integers(2, 16))
+        a = (((u * n).astype(int) + (v * n).astype(int)) % 2).astype(np.float64)
+    elif kind == 1:
+        ang, freq = rng.uniform(0, np.pi), rng.uniform(2, 20)
+        a = 0.5 + 0.5 * np.sin(2 * np.pi * freq * (u * np.cos(ang) + v * np.sin(ang)))
+    elif kind == 2:
+        cells = int(rng.integers(3, 12))
+        small = rng.random((cells, cells)).astype(np.float32)
+        a = cv2.resize(small, (size, size), interpolation=cv2.INTER_CUBIC).clip(0, 1)
+    else:
+        a = u * rng.uniform(-1, 1) + v * rng.uniform(-1, 1)
+        a = (a - a.min()) / max(a.max() - a.min(), 1e-6)
+    img = c1 * (1 - a[..., None]) + c2 * a[..., None]
+    img += rng.normal(size=img.shape) * rng.uniform(0, 12)
+    return img.clip(0, 255).astype(np.uint8)
+
+
+def plane_mesh(
+    rng: np.random.Generator, half: float, device: torch.device, cells: int = 1
+) -> Mesh:
+    """A textured square of half-size `half` [m] in its z = 0 plane, normal +z.
+
+    `cells` x `cells` quads: the renderer drops faces with a vertex behind the near plane, so a
+    finely divided plane loses only its cells behind the camera (a moving camera needs that).
+    """
+    g = np.linspace(0.0, 1.0, cells + 1)
+    gu, gv = np.meshgrid(g, g)
+    uv = np.stack([gu.ravel(), gv.ravel()], axis=1)
+    v = np.concatenate([(uv * 2.0 - 1.0) * half, np.zeros((len(uv), 1))], axis=1)
+    faces = []
+    for r in range(cells):
+        for c in range(cells):
+            a = r * (cells + 1) + c
+            faces += [[a, a + 1, a + cells + 2], [a, a + cells + 2, a + cells + 1]]
+    mesh = mesh_from_arrays(
+        v,
+        np.asarray(faces),
+        normals=np.tile([0.0, 0.0, 1.0], (len(v), 1)),
+        uv=uv,
+        texture=procedural_texture(rng),
+        name="plane",
+    )
+    return mesh.to(device)
+
+
+def plane_pose(centre: np.ndarray, normal: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Pose of a plane mesh (normal +z) at `centre` with its normal along `normal`."""
+    z = normal / np.linalg.norm(normal)
+    a = rng.normal(size=3)
+    x = a - z * (a @ z)
+    x /= np.linalg.norm(x)
+    T = np.eye(4)
+    T[:3, :3] = np.stack([x, np.cross(z, x), z], axis=1)
+    T[:3, 3] = centre
+    return T
+
+
+def distractor_mesh(rng: np.random.Generator, size: float, device: torch.device) -> Mesh:
+    """A box, ellipsoid or cylinder about `size` [m] across, random colour or texture."""
+    kind = int(rng.integers(3))
+    dims = size * rng.uniform(0.4, 1.0, size=3) / 2
+    if kind == 0:
+        v, f = _box()
+    elif kind == 1:
+        v, f = _ellipsoid()
+    else:
+        v, f = _cylinder()
+    v = v * dims
+    colour = np.tile(rng.uniform(0.05, 1.0, size=3), (len(v), 1))
+    colour *= rng.uniform(0.7, 1.0, size=(len(v), 1))  # some per-vertex variation
+    return mesh_from_arrays(v, f, vertex_colors=colour, name="distractor").to(device)
+
+
+def _box() -> tuple[np.ndarray, np.ndarray]:
+    v = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], float)
+    f = np.array(
+        [[0, 1, 3], [0, 3, 2], [4, 6, 7], [4, 7, 5], [0, 4, 5], [0, 5, 1],
+         [2, 3, 7], [2, 7, 6], [0, 2, 6], [0, 6, 4], [1, 5, 7], [1, 7, 3]]
+    )  # fmt: skip
+    return v, f
+
+
+def _ellipsoid(n_lat: int = 10, n_lon: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    th = np.linspace(0, np.pi, n_lat + 1)[1:-1]
+    ph = np.linspace(0, 2 * np.pi, n_lon, endpoint=False)
+    t, p = np.meshgrid(th, ph, indexing="ij")
+    ring = np.stack([np.sin(t) * np.cos(p), np.sin(t) * np.sin(p), np.cos(t)], -1).reshape(-1, 3)
+    v = np.concatenate([ring, [[0, 0, 1], [0, 0, -1]]])
+    top, bot = len(ring), len(ring) + 1
+    f = []
+    for i in range(n_lat - 2):
+        for j in range(n_lon):
+            a, b = i * n_lon + j, i * n_lon + (j + 1) % n_lon
+            c, d = a + n_lon, b + n_lon
+            f += [[a, c, b], [b, c, d]]
+    last = (n_lat - 2) * n_lon
+    for j in range(n_lon):
+        f += [[top, j, (j + 1) % n_lon], [bot, last + (j + 1) % n_lon, last + j]]
+    return v, np.array(f)
+
+
+def _cylinder(n: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    a = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    ring = np.stack([np.cos(a), np.sin(a)], -1)
+    v = np.concatenate(
+        [np.c_[ring, -np.ones(n)], np.c_[ring, np.ones(n)], [[0, 0, -1], [0, 0, 1]]]
+    )
+    f = []
+    for j in range(n):
+        k = (j + 1) % n
+        f += [[j, k, n + k], [j, n + k, n + j], [2 * n, k, j], [2 * n + 1, n + j, n + k]]
+    return v, np.array(f)
