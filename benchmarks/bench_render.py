@@ -63,7 +63,7 @@ def _soft_ms(obj, width: int, height: int, repeats: int) -> float:
     for _ in range(repeats + 1):
         verts = obj.mesh.vertices.clone().requires_grad_()
         R = R0.clone().requires_grad_()
-        z = float(K[0, 0]) * obj.diameter / (0.5 * height)  # object about half the image high
+        z = float(K[0, 0]) * obj.diameter_m / (0.5 * height)  # object about half the image high
         t = torch.tensor([0.0, 0.0, z], requires_grad=True)
         t0 = time.perf_counter()
         r = render(obj.mesh.with_vertices(verts), (R, t), K, width, height, soft=True)

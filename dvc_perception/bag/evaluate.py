@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from dvc_perception.bag.io import BagReader, deserialize
-from dvc_perception.errors import BagError, DvcError
+from dvc_perception.errors import BagError, ConfigError
 
 GT_PREFIX = "/ground_truth/"
 GT_DEPTH_TOPIC = "/camera/depth/ground_truth"
@@ -132,18 +132,23 @@ def _image_to_depth(msg: Any) -> np.ndarray:
 
 
 def _object_model(object_id: str, data_root: str | Path | None) -> tuple[Any, float, bool] | None:
-    """(model points (M,3) m, diameter m, symmetric) from the object's YAML; None if unknown."""
+    """(model points (M,3) m, diameter m, symmetric) from the object's YAML.
+
+    None when no description of `object_id` exists (its poses are then scored by rotation and
+    translation only, and the summary's ``diameter_m`` is null); a description that exists but
+    does not load raises its typed error.
+    """
     from dvc_perception.render.objects import find_object_yaml, load_object
 
     try:
-        obj = load_object(find_object_yaml(object_id), data_root=data_root)
-    except DvcError:
+        path = find_object_yaml(object_id)
+    except ConfigError:
         return None
+    obj = load_object(path, data_root=data_root)
     pts = obj.mesh.vertices.detach().cpu().numpy().astype(np.float64)
     if len(pts) > MAX_MODEL_POINTS:
         pts = pts[np.linspace(0, len(pts) - 1, MAX_MODEL_POINTS).round().astype(int)]
-    symmetric = len(obj.symmetries_discrete) > 0 or len(obj.symmetries_continuous) > 0
-    return pts, float(obj.diameter), symmetric
+    return pts, float(obj.diameter_m), obj.symmetric
 
 
 def evaluate_bag(

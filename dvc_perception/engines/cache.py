@@ -23,12 +23,12 @@ import json
 import logging
 import os
 import struct
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from dvc_perception.errors import ConfigError
+from dvc_perception.files import atomic_path
 
 _LOG = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ class CacheRead:
 
 def write_cached_engine(cache_dir: str | os.PathLike[str], key: EngineCacheKey,
                         payload: bytes) -> Path:
-    """Write `payload` under `key` atomically (temp file in the same dir + ``os.replace``).
+    """Write `payload` under `key` atomically (`files.atomic_path`).
 
     Returns:
         The cache file path.
@@ -162,19 +162,11 @@ def write_cached_engine(cache_dir: str | os.PathLike[str], key: EngineCacheKey,
         sort_keys=True,
     ).encode()
     path = cache_dir / key.filename()
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=cache_dir)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(MAGIC)
-            f.write(_LEN.pack(len(header)))
-            f.write(header)
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(MAGIC)
+        f.write(_LEN.pack(len(header)))
+        f.write(header)
+        f.write(payload)
     return path
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 
 from dvc_perception.engines.base import METADATA_PROP_KEY, ModelMetadata
 from dvc_perception.errors import ConfigError, ModelSpecError
+from dvc_perception.files import atomic_path
 
 DEFAULT_OPSET = 17
 MAX_OPSET_TENSORRT_8_6 = 17
@@ -75,35 +75,31 @@ def export_onnx(
         dynamic_axes = {name: {0: "batch"} for name in (*input_names, *output_names)}
     was_training = model.training
     model.eval()
-    fd, tmp_name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     try:
-        with torch.no_grad(), warnings.catch_warnings():
-            # The TorchScript exporter is deprecated in favour of dynamo; we pin it on purpose.
-            warnings.simplefilter("ignore", category=DeprecationWarning)
-            warnings.simplefilter("ignore", category=FutureWarning)
-            torch.onnx.export(
-                model,
-                tuple(example_inputs),
-                tmp_name,
-                input_names=list(input_names),
-                output_names=list(output_names),
-                opset_version=opset,
-                dynamic_axes=dynamic_axes,
-                do_constant_folding=True,
-                dynamo=False,
-            )
-        proto = onnx.load(tmp_name)
-        written = onnx_opset(proto)
-        if written != opset:
-            raise ModelSpecError(f"exporter wrote opset {written}, asked for {opset}")
-        set_model_metadata(proto, meta)
-        onnx.checker.check_model(proto)
-        onnx.save(proto, tmp_name)
-        os.replace(tmp_name, path)
+        with atomic_path(path) as tmp:
+            with torch.no_grad(), warnings.catch_warnings():
+                # The TorchScript exporter is deprecated in favour of dynamo; pinned on purpose.
+                warnings.simplefilter("ignore", category=DeprecationWarning)
+                warnings.simplefilter("ignore", category=FutureWarning)
+                torch.onnx.export(
+                    model,
+                    tuple(example_inputs),
+                    str(tmp),
+                    input_names=list(input_names),
+                    output_names=list(output_names),
+                    opset_version=opset,
+                    dynamic_axes=dynamic_axes,
+                    do_constant_folding=True,
+                    dynamo=False,
+                )
+            proto = onnx.load(str(tmp))
+            written = onnx_opset(proto)
+            if written != opset:
+                raise ModelSpecError(f"exporter wrote opset {written}, asked for {opset}")
+            set_model_metadata(proto, meta)
+            onnx.checker.check_model(proto)
+            onnx.save(proto, str(tmp))
     finally:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
         model.train(was_training)
     return path
 

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from dvc_perception.errors import ConfigError, ModelSpecError
+from dvc_perception.files import atomic_path
 
 _LOG = logging.getLogger(__name__)
 
@@ -176,8 +177,8 @@ def quantize_onnx(
             f"static int8 QDQ for {target}, {method} calibration over {len(frame_list)} "
             f"frames, per_channel={per_channel}, op_types={list(op_types)}"
         ))
-        onnx.save(out, str(qdq))
-        os.replace(qdq, output_path)
+        with atomic_path(output_path) as tmp_out:
+            onnx.save(out, str(tmp_out))
     n_q = sum(n.op_type == "QuantizeLinear" for n in out.graph.node)
     n_dq = sum(n.op_type == "DequantizeLinear" for n in out.graph.node)
     if n_q == 0 or n_dq == 0:

@@ -14,6 +14,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+#: ``architecture.factory`` of models exported from these networks (`torch_backend`).
+REFERENCE_FACTORY = "dvc_perception.engines.reference_nets:build_reference_net"
+
 
 def _conv_bn_relu(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(

@@ -11,8 +11,8 @@ How the module is found (in this order):
 2. Otherwise from the ONNX metadata convention: ``architecture`` is
    ``{"factory": "package.module:function", "kwargs": {...}}`` and the weights are a state dict
    saved with ``torch.save(model.state_dict(), ...)`` next to the ONNX file, same stem, suffix
-   ``.pt`` (``models/pose.onnx`` -> ``models/pose.pt``). The factory must live in the
-   ``dvc_perception`` package (nothing else is imported from metadata).
+   ``.pt`` (``models/pose.onnx`` -> ``models/pose.pt``). The factory name is looked up in
+   `model_factories` (the package's own networks); no module named in metadata is imported.
 
 Input/output names, shapes and dtypes come from the ONNX graph so all backends agree; the
 module's outputs (a tensor or a tuple) map to the ONNX outputs in order.
@@ -21,7 +21,6 @@ module's outputs (a tensor or a tuple) map to the ONNX outputs in order.
 from __future__ import annotations
 
 import copy
-import importlib
 import logging
 import os
 from collections.abc import Callable, Mapping
@@ -64,6 +63,20 @@ def onnx_io_specs(onnx_path: str | os.PathLike[str]) -> tuple[tuple[TensorSpec, 
     return ins, outs
 
 
+def model_factories() -> dict[str, Callable[..., Any]]:
+    """``architecture.factory`` names of exported models -> the callables that rebuild them."""
+    from dvc_perception.engines.reference_nets import REFERENCE_FACTORY, build_reference_net
+    from dvc_perception.models.factory import (
+        DEPTH_FACTORY,
+        KEYPOINT_FACTORY,
+        depth_export_module,
+        keypoint_export_module,
+    )
+
+    return {KEYPOINT_FACTORY: keypoint_export_module, DEPTH_FACTORY: depth_export_module,
+            REFERENCE_FACTORY: build_reference_net}
+
+
 def module_from_metadata(onnx_path: str | os.PathLike[str]) -> Any:
     """Rebuild the torch module of an exported model (see the module docstring convention).
 
@@ -86,18 +99,16 @@ def module_from_metadata(onnx_path: str | os.PathLike[str]) -> Any:
             f"{onnx_path}: metadata 'architecture' must be {{'factory': 'module:function', "
             f"'kwargs': {{...}}}} for the torch backend, got {arch!r}"
         )
-    module_name, func_name = factory_name.split(":", 1)
-    if module_name != "dvc_perception" and not module_name.startswith("dvc_perception."):
-        raise ModelSpecError(f"{onnx_path}: factory {factory_name!r} is outside dvc_perception")
+    factories = model_factories()
+    if factory_name not in factories:
+        raise ModelSpecError(
+            f"{onnx_path}: unknown factory {factory_name!r}; the torch backend builds "
+            f"{sorted(factories)}"
+        )
     weights = Path(onnx_path).with_suffix(".pt")
     if not weights.is_file():
         raise ModelSpecError(f"{onnx_path}: torch backend needs the state dict {weights}")
-    try:
-        factory = getattr(importlib.import_module(module_name), func_name)
-    except (ImportError, AttributeError) as err:
-        raise ModelSpecError(
-            f"{onnx_path}: cannot import factory {factory_name!r}: {err}"
-        ) from err
+    factory = factories[factory_name]
     module = factory(**dict(arch.get("kwargs", {})))
     state = load_torch_file(weights, what="torch-backend state dict")
     if not isinstance(state, Mapping) or not all(

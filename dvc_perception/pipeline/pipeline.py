@@ -35,6 +35,7 @@ from dvc_perception.config import ROS_NAME_TOKEN, PipelineConfig
 from dvc_perception.engines.preprocess import check_rgb_image
 from dvc_perception.errors import ConfigError, InputError, ModelSpecError, ShapeError
 from dvc_perception.geometry.camera import CameraModel
+from dvc_perception.pipeline.pose import estimate_poses
 from dvc_perception.pipeline.sources import DepthSource, KeypointDetection, KeypointSource
 
 
@@ -131,20 +132,6 @@ def make_depth_source(config: PipelineConfig) -> DepthSource | None:
     return NetworkDepthSource(path, config.network.backend)
 
 
-def _reprojection_errors_px(
-    uv: torch.Tensor, x3d: torch.Tensor, K: torch.Tensor, R: torch.Tensor, t: torch.Tensor
-) -> torch.Tensor:
-    """Per-point reprojection error (B, N) px.
-
-    Of the pose R (B, 3, 3), t (B, 3) m, for object points x3d (B, N, 3) m against the
-    undistorted keypoints uv (B, N, 2) px, with pinhole intrinsics K (B, 3, 3).
-    """
-    cam = x3d @ R.transpose(-1, -2) + t.unsqueeze(-2)
-    proj = cam @ K.transpose(-1, -2)
-    uv_hat = proj[..., :2] / proj[..., 2:].clamp(min=1e-9)
-    return (uv_hat - uv).norm(dim=-1)
-
-
 class Pipeline:
     """Per-frame pose (and optional depth) estimation, independent of ROS.
 
@@ -237,58 +224,27 @@ class Pipeline:
 
     def _estimate_pose(self, det: KeypointDetection, camera: CameraModel) -> list[ObjectPose]:
         """Robust weighted PnP of one detection: [pose], or [] when invalid or below min_score."""
-        from dvc_perception.geometry.pnp import solve_pnp, solve_pnp_ransac
-
         n = det.keypoints_px.shape[0]
         if n < 4:
             return []
-        cfg = self.config.pnp
         uv = torch.as_tensor(det.keypoints_px, dtype=torch.float64).unsqueeze(0)
         uv_ideal = camera.undistort_points(uv) if camera.has_distortion else uv
         x3d = torch.as_tensor(det.points_obj, dtype=torch.float64).unsqueeze(0)
         weights = torch.as_tensor(det.confidence, dtype=torch.float64).unsqueeze(0)
         K = camera.K.to(torch.float64).unsqueeze(0)
-        inliers_t = torch.zeros(0)
-        if not cfg.always_ransac:  # all keypoints fit: no outliers, no RANSAC needed
-            direct = solve_pnp(uv_ideal, x3d, K, weights, max_iterations=cfg.max_iterations)
-            if bool(direct.valid[0]):
-                err_px = _reprojection_errors_px(uv_ideal, x3d, K, direct.R, direct.t)
-                if bool((err_px[weights > 0] <= cfg.threshold_px).all()):
-                    inliers_t, result = (weights > 0).to(torch.float64), direct
-        if inliers_t.numel() == 0:
-            hypothesis = solve_pnp_ransac(
-                uv_ideal,
-                x3d,
-                K,
-                weights,
-                threshold_px=cfg.threshold_px,
-                num_hypotheses=cfg.num_hypotheses,
-                min_inliers=4,
-                seed=cfg.seed,
-                max_iterations=cfg.max_iterations,
-            )
-            if not bool(hypothesis.valid[0]):
-                return []
-            # RANSAC ends with a confidence-weighted LM refinement on its inliers
-            inliers_t, result = hypothesis.inliers.to(torch.float64), hypothesis
-        if not bool(result.valid[0]):
+        found = estimate_poses(uv_ideal, x3d, K, weights, self.config.pnp)
+        if not bool(found.valid[0]):
             return []
-        inliers = inliers_t[0].cpu().numpy() > 0
-        conf = det.confidence
-        score = float(conf[inliers].sum() / n)
+        inliers = found.inliers[0].cpu().numpy()
+        score = float(det.confidence[inliers].sum() / n)
         if score < self.config.min_score:
-            return []
-        R = result.R[0].detach().cpu().numpy().astype(np.float64)
-        t = result.t[0].detach().cpu().numpy().astype(np.float64)
-        cov = result.covariance[0].detach().cpu().numpy().astype(np.float64)
-        if not (np.all(np.isfinite(R)) and np.all(np.isfinite(t))):
             return []
         pose = ObjectPose(
             object_id=det.object_id,
-            R=R,
-            t=t,
+            R=found.R[0].cpu().numpy().astype(np.float64),
+            t=found.t[0].cpu().numpy().astype(np.float64),
             score=score,
-            covariance=cov,
+            covariance=found.covariance[0].cpu().numpy().astype(np.float64),
             keypoints_2d=det.keypoints_px.copy(),
             n_inliers=int(inliers.sum()),
         )

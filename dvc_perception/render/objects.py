@@ -56,7 +56,7 @@ class ObjectDescription:
         mesh_path: resolved path of the mesh file.
         unit: the mesh file's unit.
         mesh: the loaded mesh, metres.
-        diameter: [m] largest vertex-to-vertex distance.
+        diameter_m: largest vertex-to-vertex distance [m].
         symmetries_discrete: (S, 4, 4) float64 transforms (translation in metres); S may be 0.
         symmetries_continuous: rotation symmetries (axis, offset).
         keypoints: (N + 1, 3) float32 [m] object frame; the last row is the centre.
@@ -67,11 +67,24 @@ class ObjectDescription:
     mesh_path: Path
     unit: str
     mesh: Mesh
-    diameter: float
+    diameter_m: float
     symmetries_discrete: np.ndarray
     symmetries_continuous: tuple[ContinuousSymmetry, ...]
     keypoints: torch.Tensor
     yaml_path: Path | None = None
+
+    @property
+    def symmetric(self) -> bool:
+        """Whether any symmetry is declared (poses are then scored with ADD-S)."""
+        return len(self.symmetries_discrete) > 0 or len(self.symmetries_continuous) > 0
+
+    def symmetries_as_plain(self) -> dict[str, list]:
+        """The symmetries as JSON-ready lists (model metadata): discrete 4x4 row-major, axes."""
+        return {
+            "discrete": [np.asarray(s).reshape(-1).tolist() for s in self.symmetries_discrete],
+            "continuous": [{"axis": list(c.axis), "offset": list(c.offset)}
+                           for c in self.symmetries_continuous],
+        }
 
 
 def resolve_mesh_path(mesh: str, yaml_dir: Path, data_root: str | Path | None = None) -> Path:
@@ -201,7 +214,7 @@ def load_object(
         mesh_path=mesh_path,
         unit=unit,
         mesh=mesh,
-        diameter=diameter,
+        diameter_m=diameter,
         symmetries_discrete=disc,
         symmetries_continuous=cont,
         keypoints=torch.as_tensor(kp, dtype=torch.float32),
@@ -222,7 +235,7 @@ def write_missing_fields(path: str | Path, *, data_root: str | Path | None = Non
     if "keypoints" in data and "diameter" in data:
         return False
     obj = load_object(path, data_root=data_root)
-    data.setdefault("diameter", round(obj.diameter, 6))
+    data.setdefault("diameter", round(obj.diameter_m, 6))
     data.setdefault("symmetries", {"discrete": [], "continuous": []})
     data["keypoints"] = [[round(float(x), 6) for x in row] for row in obj.keypoints.tolist()]
     header = "".join(f"{line}\n" for line in path.read_text().splitlines() if line.startswith("#"))

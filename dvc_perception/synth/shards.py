@@ -91,7 +91,7 @@ def write_shards(
         "objects": {
             o.object_id: {
                 "keypoints_3d": o.keypoints.double().tolist(),
-                "diameter": o.diameter,
+                "diameter": o.diameter_m,
                 "mesh": str(o.mesh_path),
             }
             for o in sampler.objects

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from dvc_perception.errors import ModelSpecError
+from dvc_perception.files import atomic_path
 from dvc_perception.models.depth_net import DepthNet
 from dvc_perception.models.factory import (
     DEPTH_FACTORY,
@@ -187,7 +188,6 @@ def export_checkpoint(
                            output_names=list(outputs), metadata=meta, opset=opset)
     if torch_weights:
         weights = Path(path).with_suffix(".pt")
-        tmp = weights.with_suffix(".pt.tmp")
-        torch.save(module.state_dict(), tmp)
-        os.replace(tmp, weights)
+        with atomic_path(weights) as tmp:
+            torch.save(module.state_dict(), tmp)
     return Path(path)

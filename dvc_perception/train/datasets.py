@@ -28,6 +28,7 @@ from torch.utils.data import Dataset
 from dvc_perception.engines.preprocess import letterbox_affine, warp_to_input
 from dvc_perception.errors import ConfigError, ShapeError, check_shape
 from dvc_perception.models.keypoint_net import HEATMAP_STRIDE
+from dvc_perception.render.objects import ObjectDescription, sample_surface
 
 
 @dataclass(frozen=True)
@@ -527,27 +528,19 @@ def object_info_to_mapping(info: ObjectInfo) -> dict[str, Any]:
 
 
 def object_info_from_description(
-    desc: Any, *, num_points: int = 1000, seed: int = 0
+    desc: ObjectDescription, *, num_points: int = 1000, seed: int = 0
 ) -> ObjectInfo:
-    """ObjectInfo of a `render.objects.ObjectDescription` (surface sampled for ADD(-S)).
+    """ObjectInfo of an object description (surface sampled for ADD(-S)).
 
     The object counts as symmetric (ADD-S) when it has any discrete or continuous symmetry.
     """
-    from dvc_perception.render.objects import sample_surface
-
-    n_sym = len(desc.symmetries_discrete) + len(desc.symmetries_continuous)
-    symmetries = {
-        "discrete": [np.asarray(s).reshape(-1).tolist() for s in desc.symmetries_discrete],
-        "continuous": [{"axis": list(c.axis), "offset": list(c.offset)}
-                       for c in desc.symmetries_continuous],
-    }
     return ObjectInfo(
         object_id=str(desc.object_id),
         keypoints_obj=np.asarray(desc.keypoints.detach().cpu().double().numpy()),
-        diameter_m=float(desc.diameter),
-        symmetric=n_sym > 0,
+        diameter_m=float(desc.diameter_m),
+        symmetric=desc.symmetric,
         points_obj=sample_surface(desc.mesh, num_points, seed),
-        symmetries=symmetries,
+        symmetries=desc.symmetries_as_plain(),
     )
 
 

@@ -43,6 +43,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 from torch.utils.data.distributed import DistributedSampler
 
 from dvc_perception.errors import ConfigError, DvcError, ModelSpecError
+from dvc_perception.files import atomic_path
 from dvc_perception.models.depth_net import depth_to_canonical
 from dvc_perception.models.keypoint_net import HEATMAP_STRIDE
 from dvc_perception.train import losses as L  # noqa: N812 - short alias for the loss module
@@ -316,11 +317,10 @@ class PoseTask:
 def solve_pose_like_pipeline(
     x2d: Tensor, x3d: Tensor, K: Tensor, weights: Tensor, threshold_px: float
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Validation poses by the pipeline's robust path: weighted RANSAC + LM refinement.
+    """Validation poses by the pipeline's own robust solver (`pipeline.pose.estimate_poses`).
 
-    This is the pipeline with ``pnp.always_ransac: true`` and its default RANSAC settings; by
-    default the pipeline first tries one weighted LM fit of all keypoints and falls back to this
-    when a keypoint is off by more than the threshold.
+    Settings: RANSAC on every sample (``always_ransac``), 64 hypotheses, seed 0, 20 LM
+    iterations; by default the pipeline first tries one weighted LM fit of all keypoints.
 
     Args:
         x2d: (N, K, 2) px keypoints.
@@ -332,15 +332,16 @@ def solve_pose_like_pipeline(
     Returns:
         (R (N, 3, 3), t (N, 3) m, ok (N,) bool).
     """
-    from dvc_perception.geometry.pnp import solve_pnp_ransac
+    from dvc_perception.config import PnPConfig
+    from dvc_perception.pipeline.pose import estimate_poses
 
+    settings = PnPConfig(threshold_px=threshold_px, num_hypotheses=64, always_ransac=True,
+                         max_iterations=20, seed=0)
     try:
-        res = solve_pnp_ransac(x2d, x3d, K, weights, threshold_px=threshold_px,
-                               num_hypotheses=64, min_inliers=4, seed=0)
+        found = estimate_poses(x2d, x3d, K, weights, settings)
     except torch.linalg.LinAlgError:  # a degenerate sample: fall back to the guarded solver
         return L.solve_pnp_guarded(x2d, x3d, K, weights)
-    ok = res.valid & torch.isfinite(res.t).all(-1) & torch.isfinite(res.R).flatten(1).all(-1)
-    return res.R, res.t, ok
+    return found.R, found.t, found.valid
 
 
 class DepthTask:
@@ -451,13 +452,11 @@ def write_csv(path: Path, history: Sequence[Mapping[str, float]]) -> None:
     columns: list[str] = []
     for row in history:
         columns += [k for k in row if k not in columns]
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", newline="") as fh:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns)
         writer.writeheader()
         for row in history:
             writer.writerow({k: row.get(k, "") for k in columns})
-    os.replace(tmp, path)
 
 
 def plot_curves(path: Path, history: Sequence[Mapping[str, float]], title: str) -> None:
@@ -774,9 +773,8 @@ def _check_bf16_support(device: torch.device) -> None:
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 _RESUME_KEYS = ("task", "model", "optimizer", "scheduler", "epoch", "step", "history", "best")

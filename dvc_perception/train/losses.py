@@ -16,6 +16,7 @@ from torch import Tensor
 from torch.nn import functional as F  # noqa: N812 - the usual torch alias
 
 from dvc_perception.errors import check_shape
+from dvc_perception.geometry.projection import project_points
 from dvc_perception.models.heads import heatmap_cell_centres
 
 
@@ -125,21 +126,8 @@ def mask_loss(mask_logits: Tensor, mask_target: Tensor) -> Tensor:
     return F.binary_cross_entropy_with_logits(mask_logits, mask_target.to(mask_logits.dtype))
 
 
-def project_points(points_obj: Tensor, R: Tensor, t: Tensor, K: Tensor) -> Tensor:
-    """Pinhole projection of object points with a pose.
-
-    Args:
-        points_obj: (B, N, 3) m, object frame.
-        R: (B, 3, 3) object-in-camera rotation.
-        t: (B, 3) m, object-in-camera translation.
-        K: (B, 3, 3) intrinsics px.
-
-    Returns:
-        (B, N, 2) px; depths are clamped at 1 mm so a wild pose gives large but finite values.
-    """
-    cam = points_obj @ R.transpose(-1, -2) + t.unsqueeze(-2)
-    uvw = cam @ K.transpose(-1, -2)
-    return uvw[..., :2] / uvw[..., 2:].clamp_min(1e-3)
+#: Depth [m] below which the pose loss clamps a projected point (wild poses stay finite).
+PROJECTION_MIN_DEPTH_M = 1e-3
 
 
 def solve_pnp_guarded(
@@ -254,8 +242,9 @@ def pose_reprojection_loss(
         init = torch.cat([matrix_to_rotvec(R_gt.to(dtype)), t_gt.to(dtype)], dim=-1)
     R, t, ok = solve_pnp_guarded(x2d, kp, K.to(dtype), weights.to(dtype),
                                  max_iterations=max_iterations, init=init)
-    ref = project_points(kp, R_gt.to(dtype), t_gt.to(dtype), K.to(dtype))
-    est = project_points(kp, R, t, K.to(dtype))
+    ref = project_points(kp, R_gt.to(dtype), t_gt.to(dtype), K.to(dtype),
+                         min_depth=PROJECTION_MIN_DEPTH_M)
+    est = project_points(kp, R, t, K.to(dtype), min_depth=PROJECTION_MIN_DEPTH_M)
     err = (est - ref).norm(dim=-1)  # (N, K) px
     ok = ok & torch.isfinite(err).all(dim=-1)
     if not bool(ok.any()):

@@ -79,7 +79,7 @@ def test_add_recall_errors_depth_and_latency(tmp_path):
     got = np.asarray(result.objects["demo_object"].add_m)
     np.testing.assert_allclose(got[np.isfinite(ref)], ref[np.isfinite(ref)], rtol=1e-6)
     assert np.isnan(got[3])
-    expected_recall = np.mean(ref <= 0.1 * obj.diameter)  # the missed frame counts as failure
+    expected_recall = np.mean(ref <= 0.1 * obj.diameter_m)  # the missed frame counts as failure
     assert o["recall_0.1d"] == expected_recall and o["detected"] == n - 1
     assert o["metric"] == "ADD"
     assert abs(o["rotation_error_deg"]["max"] - 5.0) < 1e-6

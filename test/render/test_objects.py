@@ -39,7 +39,7 @@ def test_demo_object_description() -> None:
     assert _distance_to_surface(obj.mesh, kp[:-1]).max() < 1e-5
     v = obj.mesh.vertices.double().numpy()
     np.testing.assert_allclose(kp[-1], 0.5 * (v.min(0) + v.max(0)), atol=1e-6)
-    assert obj.diameter == pytest.approx(compute_diameter(obj.mesh), abs=1e-6)
+    assert obj.diameter_m == pytest.approx(compute_diameter(obj.mesh), abs=1e-6)
     assert obj.symmetries_discrete.shape == (0, 4, 4)
 
 
@@ -50,9 +50,9 @@ def test_lmo_descriptions_match_bop_models_info(lmo_dir: Path) -> None:
         obj = load_object(REPO / "config" / "objects" / f"lmo_obj_{k:02d}.yaml",
                           data_root=lmo_dir.parent)  # fmt: skip
         assert re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", obj.object_id)
-        assert obj.diameter == pytest.approx(info[str(k)]["diameter"] / 1000.0, abs=1e-6)
+        assert obj.diameter_m == pytest.approx(info[str(k)]["diameter"] / 1000.0, abs=1e-6)
         # The BOP diameter is the max vertex distance: ours agrees within 0.5 mm.
-        assert compute_diameter(obj.mesh) == pytest.approx(obj.diameter, abs=5e-4)
+        assert compute_diameter(obj.mesh) == pytest.approx(obj.diameter_m, abs=5e-4)
         sym = np.asarray(info[str(k)].get("symmetries_discrete", []), float).reshape(-1, 4, 4)
         sym[:, :3, 3] /= 1000.0
         np.testing.assert_allclose(obj.symmetries_discrete, sym, atol=1e-9)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from dvc_perception.geometry.projection import project_points
 from dvc_perception.models.heads import soft_argmax_2d
 from dvc_perception.models.keypoint_net import KeypointNet, KeypointNetConfig
 from dvc_perception.train.datasets import ListFrameSource, PoseDataset
@@ -15,7 +16,6 @@ from dvc_perception.train.losses import (
     heatmap_loss,
     keypoint_loss,
     pose_reprojection_loss,
-    project_points,
     silog_loss,
 )
 from dvc_perception.train.toy import toy_frames, toy_object
