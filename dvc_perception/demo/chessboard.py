@@ -2,7 +2,8 @@
 """Chessboard targets: object points, OpenCV corner detection, synthetic views, and poses.
 
 A chessboard is the simplest keypoint source with exact 3D keypoints: its inner corners. The
-demo and the pipeline's fiducial keypoint source use this module; the board frame has x along
+demo solves views of one with `solve_pnp` next to OpenCV; detection and the corner layout are the
+pipeline's fiducial source's (`pipeline.fiducial`). The board frame has x along
 the columns of inner corners, y along the rows, z into the board (right-handed), origin at the
 first corner OpenCV reports, in units of `ChessboardSpec.square` (m, or 1 for unit squares).
 """
@@ -24,6 +25,7 @@ from dvc_perception.geometry.camera import CameraModel
 from dvc_perception.geometry.metrics import reprojection_rms_px, rotation_error_deg
 from dvc_perception.geometry.pnp import solve_pnp
 from dvc_perception.geometry.so3 import matrix_to_rotvec, rotvec_to_matrix
+from dvc_perception.pipeline.fiducial import chessboard_points_obj, detect_chessboard_corners
 from dvc_perception.render.planar import ideal_pixel_map, render_planar_texture
 
 
@@ -56,15 +58,18 @@ class ChessboardSpec:
 
     def object_points(self) -> np.ndarray:
         """(rows * cols, 3) float64 inner corners, board frame, OpenCV's order (row-major)."""
-        c, r = np.meshgrid(np.arange(self.cols), np.arange(self.rows))
-        pts = np.stack([c.ravel(), r.ravel(), np.zeros(c.size)], axis=-1)
-        return pts.astype(np.float64) * self.square
+        return chessboard_points_obj(self.cols, self.rows, self.square)
 
 
-def detect_chessboard_corners(
+#: The demo's sub-pixel refinement, finer than the live fiducial source's (its poses are compared
+#: with OpenCV's to 0.01 px RMS).
+DEMO_SUBPIX_CRITERIA = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_MAX_ITER, 100, 1e-4)
+
+
+def require_chessboard_corners(
     image: np.ndarray, spec: ChessboardSpec, *, refine_window: int = 5, name: str = "image"
 ) -> np.ndarray:
-    """Inner corners with OpenCV (``findChessboardCorners`` then ``cornerSubPix``).
+    """Inner corners by the pipeline's detector (`pipeline.fiducial.detect_chessboard_corners`).
 
     Args:
         image: (H, W) uint8 grey or (H, W, 3) uint8 BGR image.
@@ -83,15 +88,11 @@ def detect_chessboard_corners(
         raise InputError(f"{name}: expected an (H, W) or (H, W, 3) uint8 image, got "
                          f"{image.dtype} {image.shape}")
     grey = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-    flags = cv2.CALIB_CB_ADAPTIVE_THRESH | cv2.CALIB_CB_NORMALIZE_IMAGE
-    found, corners = cv2.findChessboardCorners(grey, spec.pattern_size, flags=flags)
-    if not found:
+    corners = detect_chessboard_corners(grey, spec.cols, spec.rows, refine_window,
+                                        criteria=DEMO_SUBPIX_CRITERIA)
+    if len(corners) == 0:
         raise InputError(f"{name}: no complete {spec.cols}x{spec.rows} chessboard found")
-    criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_MAX_ITER, 100, 1e-4)
-    corners = cv2.cornerSubPix(
-        grey, corners.astype(np.float32), (refine_window, refine_window), (-1, -1), criteria
-    )
-    return corners.reshape(-1, 2).astype(np.float64)
+    return corners
 
 
 def render_chessboard_view(
@@ -304,7 +305,7 @@ def load_views(paths: Sequence[Path], spec: ChessboardSpec) -> tuple[list[str], 
             skipped.append(f"{path.name}: not a readable image")
             continue
         try:
-            corners.append(detect_chessboard_corners(image, spec, name=path.name))
+            corners.append(require_chessboard_corners(image, spec, name=path.name))
         except InputError as err:
             skipped.append(str(err))
             continue
@@ -329,6 +330,6 @@ def synthetic_views(
     for k in range(n_views):
         name = f"generated{k + 1:02d}"
         image = render_chessboard_view(camera, R[k], t[k], spec, ideal_map=ideal_map)
-        corners.append(detect_chessboard_corners(image, spec, name=name))
+        corners.append(require_chessboard_corners(image, spec, name=name))
         names.append(name)
     return names, corners, torch.from_numpy(R), torch.from_numpy(t)

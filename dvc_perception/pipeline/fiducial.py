@@ -35,7 +35,8 @@ CHESSBOARD_FLAGS = cv2.CALIB_CB_ADAPTIVE_THRESH | cv2.CALIB_CB_NORMALIZE_IMAGE
 
 
 def detect_chessboard_corners(
-    gray: np.ndarray, cols: int, rows: int, subpixel_window_px: int
+    gray: np.ndarray, cols: int, rows: int, subpixel_window_px: int,
+    criteria: tuple[int, int, float] = SUBPIX_CRITERIA,
 ) -> np.ndarray:
     """OpenCV chessboard corners as found (no canonical ordering); (0, 2) if not found.
 
@@ -44,6 +45,7 @@ def detect_chessboard_corners(
         cols: inner corners per row.
         rows: inner corners per column.
         subpixel_window_px: half window of `cv2.cornerSubPix`; 0 skips the refinement.
+        criteria: `cv2.cornerSubPix` termination (type, iterations, step px).
 
     Returns:
         (rows * cols, 2) float64 px, row-major; (0, 2) when the board is not (fully) visible.
@@ -53,7 +55,7 @@ def detect_chessboard_corners(
         return np.zeros((0, 2))
     if subpixel_window_px > 0:
         w = subpixel_window_px
-        corners = cv2.cornerSubPix(gray, corners, (w, w), (-1, -1), SUBPIX_CRITERIA)
+        corners = cv2.cornerSubPix(gray, corners, (w, w), (-1, -1), criteria)
     return corners.reshape(-1, 2).astype(np.float64)
 
 

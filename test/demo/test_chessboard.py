@@ -12,9 +12,9 @@ from dvc_perception.demo.chessboard import (
     ChessboardSpec,
     demo_board_poses,
     demo_camera,
-    detect_chessboard_corners,
     ideal_pixel_map,
     render_chessboard_view,
+    require_chessboard_corners,
     solve_pnp_opencv,
 )
 from dvc_perception.errors import ConfigError, InputError
@@ -39,7 +39,7 @@ def test_rendered_views_are_detected_where_projected(spec: ChessboardSpec) -> No
     for k in range(4):
         image = render_chessboard_view(CAMERA, R[k], t[k], spec)
         assert image.shape == (480, 640) and image.dtype == np.uint8
-        found = detect_chessboard_corners(image, spec)
+        found = require_chessboard_corners(image, spec)
         proj, _ = cv2.projectPoints(obj, cv2.Rodrigues(R[k])[0], t[k], CAMERA.K.numpy(), None)
         err = np.linalg.norm(found - proj.reshape(-1, 2), axis=1)
         # cornerSubPix on anti-aliased perspective corners: ~0.05 px RMS; a half-pixel slip in
@@ -66,7 +66,7 @@ def test_distorted_views_are_detected_where_opencv_projects() -> None:
     ideal_map = ideal_pixel_map(cam)
     obj = spec.object_points()
     for k in range(3):
-        found = detect_chessboard_corners(
+        found = require_chessboard_corners(
             render_chessboard_view(cam, R[k], t[k], spec, ideal_map=ideal_map), spec)
         proj, _ = cv2.projectPoints(obj, cv2.Rodrigues(R[k])[0], t[k], cam.K.numpy(),
                                     cam.D.numpy())
@@ -81,7 +81,7 @@ def test_opencv_reference_recovers_rendered_pose() -> None:
     spec = ChessboardSpec()
     R, t = demo_board_poses(spec, 2)
     corners = np.stack([
-        detect_chessboard_corners(render_chessboard_view(CAMERA, R[k], t[k], spec), spec)
+        require_chessboard_corners(render_chessboard_view(CAMERA, R[k], t[k], spec), spec)
         for k in range(2)
     ])
     R_cv, t_cv = solve_pnp_opencv(corners, spec.object_points(), CAMERA.K.numpy())
@@ -94,9 +94,9 @@ def test_opencv_reference_recovers_rendered_pose() -> None:
 def test_detection_errors() -> None:
     spec = ChessboardSpec()
     with pytest.raises(InputError, match="no complete 9x6 chessboard"):
-        detect_chessboard_corners(np.full((480, 640), 128, np.uint8), spec, name="blank.png")
+        require_chessboard_corners(np.full((480, 640), 128, np.uint8), spec, name="blank.png")
     with pytest.raises(InputError, match="uint8"):
-        detect_chessboard_corners(np.zeros((480, 640), np.float32), spec)
+        require_chessboard_corners(np.zeros((480, 640), np.float32), spec)
     with pytest.raises(ConfigError, match="inner corners"):
         ChessboardSpec(cols=1)
     with pytest.raises(ConfigError, match="square"):
@@ -110,6 +110,6 @@ def test_colour_input_is_accepted() -> None:
     R, t = demo_board_poses(spec, 1)
     grey = render_chessboard_view(CAMERA, R[0], t[0], spec)
     bgr = cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)
-    np.testing.assert_allclose(detect_chessboard_corners(bgr, spec),
-                               detect_chessboard_corners(grey, spec), atol=1e-6)
+    np.testing.assert_allclose(require_chessboard_corners(bgr, spec),
+                               require_chessboard_corners(grey, spec), atol=1e-6)
     assert torch.is_tensor(CAMERA.K)
