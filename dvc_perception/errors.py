@@ -42,17 +42,27 @@ def check_shape(x: Any, spec: str, *, name: str) -> None:
     """Check that `x.shape` matches `spec`, e.g. ``"B,N,3"``.
 
     Letters are free sizes that must repeat consistently; digits are fixed sizes; ``*`` matches
-    anything. Works for torch tensors and numpy arrays.
+    anything; a leading ``...`` matches any number of leading dimensions (``"...,3,3"``: a
+    batch of 3x3 matrices of any batch shape). Works for torch tensors and numpy arrays.
 
     Raises:
         ShapeError: naming `name`, the expected spec and the actual shape.
     """
     dims = [d.strip() for d in spec.split(",")] if spec else []
     shape = tuple(int(n) for n in getattr(x, "shape", ()))
+    if dims and dims[0] == "...":
+        dims = dims[1:]
+        if len(shape) >= len(dims):
+            shape_checked = shape[len(shape) - len(dims):]
+        else:
+            shape_checked = ()
+            dims = dims + ["missing"]  # too few dimensions: fails below
+    else:
+        shape_checked = shape
     bound: dict[str, int] = {}
-    ok = len(shape) == len(dims)
+    ok = len(shape_checked) == len(dims)
     if ok:
-        for d, n in zip(dims, shape):
+        for d, n in zip(dims, shape_checked):
             if d == "*":
                 continue
             if d.isdigit():

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dvc_perception.errors import ConfigError, ShapeError
+from dvc_perception.errors import ConfigError, check_shape
 
 #: Number of distortion coefficients of each supported model (ROS CameraInfo names).
 DISTORTION_SIZES: dict[str, int] = {"none": 0, "plumb_bob": 5, "rational_polynomial": 8}
@@ -283,10 +283,7 @@ class CameraModel:
             ShapeError: the last dimension is not 3.
         """
         points_cam = torch.as_tensor(points_cam)
-        if points_cam.dim() < 1 or points_cam.shape[-1] != 3:
-            raise ShapeError(
-                f"points_cam: expected shape (B, N, 3), got {tuple(points_cam.shape)}"
-            )
+        check_shape(points_cam, "...,3", name="points_cam")
         if not points_cam.is_floating_point():
             points_cam = points_cam.to(torch.float64)
         K, _ = self._k_like(points_cam)
@@ -349,8 +346,7 @@ class CameraModel:
             ShapeError: the last dimension is not 2.
         """
         uv = torch.as_tensor(uv)
-        if uv.dim() < 1 or uv.shape[-1] != 2:
-            raise ShapeError(f"uv: expected shape (B, N, 2), got {tuple(uv.shape)}")
+        check_shape(uv, "...,2", name="uv")
         if not uv.is_floating_point():
             uv = uv.to(torch.float64)
         K, _ = self._k_like(uv)

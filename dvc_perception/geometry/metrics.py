@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dvc_perception.errors import ShapeError
+from dvc_perception.errors import ShapeError, check_shape
 
 ArrayLike = Union[np.ndarray, Tensor]
 
@@ -43,11 +43,6 @@ def _finish(x: Tensor, as_torch: bool) -> ArrayLike:
     return x if as_torch else x.detach().cpu().numpy()
 
 
-def _check_last(x: Tensor, dims: tuple[int, ...], name: str, spec: str) -> None:
-    if x.dim() < len(dims) or tuple(x.shape[x.dim() - len(dims):]) != dims:
-        raise ShapeError(f"{name}: expected shape ({spec}), got {tuple(x.shape)}")
-
-
 def rotation_error_deg(R_est: ArrayLike, R_gt: ArrayLike) -> ArrayLike:
     """Angle of the rotation between two orientations, degrees in [0, 180].
 
@@ -63,8 +58,8 @@ def rotation_error_deg(R_est: ArrayLike, R_gt: ArrayLike) -> ArrayLike:
         (B,) degrees.
     """
     (R_est, R_gt), as_torch = _prepare(R_est, R_gt)
-    _check_last(R_est, (3, 3), "R_est", "B, 3, 3")
-    _check_last(R_gt, (3, 3), "R_gt", "B, 3, 3")
+    check_shape(R_est, "...,3,3", name="R_est")
+    check_shape(R_gt, "...,3,3", name="R_gt")
     D = R_est @ R_gt.transpose(-1, -2)
     vee = torch.stack(
         [D[..., 2, 1] - D[..., 1, 2], D[..., 0, 2] - D[..., 2, 0], D[..., 1, 0] - D[..., 0, 1]],
@@ -86,8 +81,8 @@ def translation_error(t_est: ArrayLike, t_gt: ArrayLike) -> ArrayLike:
         (B,) m.
     """
     (t_est, t_gt), as_torch = _prepare(t_est, t_gt)
-    _check_last(t_est, (3,), "t_est", "B, 3")
-    _check_last(t_gt, (3,), "t_gt", "B, 3")
+    check_shape(t_est, "...,3", name="t_est")
+    check_shape(t_gt, "...,3", name="t_gt")
     return _finish(torch.linalg.vector_norm(t_est - t_gt, dim=-1), as_torch)
 
 
@@ -122,11 +117,11 @@ def reprojection_rms_px(
     args = [x2d, x3d, K, R, t] + ([] if mask is None else [mask])
     tensors, as_torch = _prepare(*args)
     x2d, x3d, K, R, t = tensors[:5]
-    _check_last(x2d, (2,), "x2d", "B, N, 2")
-    _check_last(x3d, (3,), "x3d", "B, N, 3")
-    _check_last(K, (3, 3), "K", "B, 3, 3")
-    _check_last(R, (3, 3), "R", "B, 3, 3")
-    _check_last(t, (3,), "t", "B, 3")
+    check_shape(x2d, "...,2", name="x2d")
+    check_shape(x3d, "...,3", name="x3d")
+    check_shape(K, "...,3,3", name="K")
+    check_shape(R, "...,3,3", name="R")
+    check_shape(t, "...,3", name="t")
     cam = _transform(R, t, x3d) @ K.transpose(-1, -2)
     uv = cam[..., :2] / cam[..., 2:3]
     sq = ((uv - x2d) ** 2).sum(-1)
@@ -152,7 +147,7 @@ def add_error(
         (B,) m.
     """
     (R_est, t_est, R_gt, t_gt, pts), as_torch = _prepare(R_est, t_est, R_gt, t_gt, points_obj)
-    _check_last(pts, (3,), "points_obj", "N, 3")
+    check_shape(pts, "...,3", name="points_obj")
     diff = _transform(R_est, t_est, pts) - _transform(R_gt, t_gt, pts)
     return _finish(torch.linalg.vector_norm(diff, dim=-1).mean(-1), as_torch)
 
@@ -175,7 +170,7 @@ def adds_error(
         (B,) m. Memory is bounded by chunking the N x N distances.
     """
     (R_est, t_est, R_gt, t_gt, pts), as_torch = _prepare(R_est, t_est, R_gt, t_gt, points_obj)
-    _check_last(pts, (3,), "points_obj", "N, 3")
+    check_shape(pts, "...,3", name="points_obj")
     est = _transform(R_est, t_est, pts)
     gt = _transform(R_gt, t_gt, pts)
     est, gt = torch.broadcast_tensors(est, gt)

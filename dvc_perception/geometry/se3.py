@@ -8,14 +8,12 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from dvc_perception.errors import ShapeError
+from dvc_perception.errors import check_shape
 
 
 def _check_pose(R: Tensor, t: Tensor, name: str) -> None:
-    if R.dim() < 2 or tuple(R.shape[-2:]) != (3, 3):
-        raise ShapeError(f"{name} R: expected shape (...,3,3), got {tuple(R.shape)}")
-    if t.dim() < 1 or t.shape[-1] != 3:
-        raise ShapeError(f"{name} t: expected shape (...,3), got {tuple(t.shape)}")
+    check_shape(R, "...,3,3", name=f"{name} R")
+    check_shape(t, "...,3", name=f"{name} t")
 
 
 def transform_points(R: Tensor, t: Tensor, points: Tensor) -> Tensor:
@@ -30,8 +28,7 @@ def transform_points(R: Tensor, t: Tensor, points: Tensor) -> Tensor:
         (..., N, 3) points in frame a, m.
     """
     _check_pose(R, t, "transform_points")
-    if points.dim() < 2 or points.shape[-1] != 3:
-        raise ShapeError(f"points: expected shape (...,N,3), got {tuple(points.shape)}")
+    check_shape(points, "...,N,3", name="points")
     return points @ R.transpose(-1, -2) + t.unsqueeze(-2)
 
 

@@ -13,17 +13,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from dvc_perception.errors import ShapeError
+from dvc_perception.errors import check_shape
 
 # Below this squared angle [rad^2] the Taylor series are used: their truncation error
 # (theta^6 / 5040 ~ 2e-16) is below float64 round-off, and they avoid 0/0 in values and gradients.
 _SMALL_ANGLE_SQ = 1e-4
-
-
-def _check_last(x: Tensor, dims: tuple[int, ...], name: str) -> None:
-    if x.dim() < len(dims) or tuple(x.shape[x.dim() - len(dims) :]) != dims:
-        expected = ",".join(["...", *map(str, dims)])
-        raise ShapeError(f"{name}: expected shape ({expected}), got {tuple(x.shape)}")
 
 
 def skew(v: Tensor) -> Tensor:
@@ -35,7 +29,7 @@ def skew(v: Tensor) -> Tensor:
     Returns:
         (..., 3, 3) skew-symmetric matrix.
     """
-    _check_last(v, (3,), "v")
+    check_shape(v, "...,3", name="v")
     x, y, z = v.unbind(-1)
     o = torch.zeros_like(x)
     return torch.stack([o, -z, y, z, o, -x, -y, x, o], dim=-1).reshape(*v.shape[:-1], 3, 3)
@@ -50,7 +44,7 @@ def rotvec_to_matrix(rvec: Tensor) -> Tensor:
     Returns:
         (..., 3, 3) rotation matrix ``R = exp([rvec]x)``.
     """
-    _check_last(rvec, (3,), "rvec")
+    check_shape(rvec, "...,3", name="rvec")
     theta_sq = (rvec * rvec).sum(-1)
     small = theta_sq < _SMALL_ANGLE_SQ
     # Safe argument so that the unused branch of torch.where has finite gradients.
@@ -113,7 +107,7 @@ def matrix_to_quaternion(R: Tensor) -> Tensor:
     Returns:
         (..., 4) unit quaternion ``(x, y, z, w)`` with ``w >= 0``.
     """
-    _check_last(R, (3, 3), "R")
+    check_shape(R, "...,3,3", name="R")
     C = torch.tensor(_SHEPPERD_C, dtype=R.dtype, device=R.device)
     c = torch.tensor(_SHEPPERD_1, dtype=R.dtype, device=R.device)
     flat = R.reshape(*R.shape[:-2], 9) @ C + c
@@ -136,7 +130,7 @@ def quaternion_to_matrix(q: Tensor) -> Tensor:
     Returns:
         (..., 3, 3) rotation matrix.
     """
-    _check_last(q, (4,), "q")
+    check_shape(q, "...,4", name="q")
     q = q / q.norm(dim=-1, keepdim=True)
     x, y, z, w = q.unbind(-1)
     return torch.stack(
@@ -164,7 +158,7 @@ def quaternion_to_rotvec(q: Tensor) -> Tensor:
     Returns:
         (..., 3) rotation vector, rad.
     """
-    _check_last(q, (4,), "q")
+    check_shape(q, "...,4", name="q")
     q = torch.where(q[..., 3:] < 0, -q, q)
     v, w = q[..., :3], q[..., 3]
     n_sq = (v * v).sum(-1)
