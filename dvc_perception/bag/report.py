@@ -16,50 +16,30 @@ import numpy as np
 
 from dvc_perception.bag.evaluate import EvalResult, format_summary
 from dvc_perception.bag.io import BagReader
+from dvc_perception.geometry.camera import CameraModel
+from dvc_perception.pipeline.overlay import draw_axes, draw_box
 
 
-def _box_corners(half: np.ndarray) -> np.ndarray:
-    signs = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)])
-    return signs * half
-
-
-_BOX_EDGES = [(0, 1), (0, 2), (0, 4), (1, 3), (1, 5), (2, 3), (2, 6), (3, 7), (4, 5), (4, 6),
-              (5, 7), (6, 7)]  # fmt: skip
-
-
-def _draw_pose(img: np.ndarray, K: np.ndarray, R: np.ndarray, t: np.ndarray, half: np.ndarray,
-               color: tuple[int, int, int]) -> None:  # fmt: skip
-    import cv2
-
-    pts = np.vstack([_box_corners(half), np.zeros((1, 3)), np.diag(half * 1.5)])
-    cam = pts @ R.T + t
-    if np.any(cam[:, 2] <= 1e-6):
-        return
-    uv = cam @ K.T
-    uv = uv[:, :2] / uv[:, 2:]
-    p = [tuple(int(round(c)) for c in q) for q in uv]
-    for a, b in _BOX_EDGES:
-        cv2.line(img, p[a], p[b], color, 2, cv2.LINE_AA)
-    for k, axis_color in zip((9, 10, 11), ((255, 0, 0), (0, 200, 0), (0, 0, 255))):
-        cv2.line(img, p[8], p[k], axis_color, 2, cv2.LINE_AA)
-
-
-def _frames_by_stamp(gt_bag: Path, stamps: set[int]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """RGB frame and K of the requested stamps, from the input bag."""
+def _frames_by_stamp(gt_bag: Path, stamps: set[int]) -> dict[int, tuple[np.ndarray, CameraModel]]:
+    """RGB frame and camera model (camera_info, lens included) of the requested stamps."""
     from rclpy.serialization import deserialize_message
     from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
     from dvc_perception.bag.replay import detect_camera_topics
-    from dvc_perception.ros.convert import compressed_msg_to_rgb, image_msg_to_rgb
+    from dvc_perception.ros.convert import (
+        camera_info_to_camera_model,
+        compressed_msg_to_rgb,
+        image_msg_to_rgb,
+    )
 
-    out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    out: dict[int, tuple[np.ndarray, CameraModel]] = {}
     with BagReader(gt_bag) as reader:
         topics = reader.topics()
         image_topic, info_topic = detect_camera_topics(topics)
         Ks = {}
         for m in reader.messages([info_topic]):
             info = deserialize_message(m.rawdata, CameraInfo)
-            Ks[_stamp(info.header.stamp)] = np.reshape(info.k, (3, 3))
+            Ks[_stamp(info.header.stamp)] = camera_info_to_camera_model(info, rectified=False)
         compressed = topics[image_topic].msgtype.endswith("CompressedImage")
         for m in reader.messages([image_topic]):
             msg = deserialize_message(m.rawdata, CompressedImage if compressed else Image)
@@ -127,16 +107,17 @@ def write_report(
         for k, s in enumerate(pick):
             if s not in frames:
                 continue
-            rgb, K = frames[s]
+            rgb, camera = frames[s]
             img = rgb.copy()
             for o in objs:
                 if s not in o.stamps_ns:
                     continue
                 i = o.stamps_ns.index(s)
                 half = np.full(3, 0.5 * (o.diameter_m or 0.1) / np.sqrt(3))
-                _draw_pose(img, K, *o.gt[i], half, (255, 0, 0))
-                if o.est[i] is not None:
-                    _draw_pose(img, K, *o.est[i], half, (0, 255, 0))
+                for pose, colour in ((o.gt[i], (255, 0, 0)), (o.est[i], (0, 255, 0))):
+                    if pose is not None:
+                        draw_box(img, camera, *pose, half, colour)
+                        draw_axes(img, camera, *pose, 1.5 * float(half[0]))
             name = f"overlay_{k:02d}.png"
             cv2.imwrite(str(out / name), img[:, :, ::-1])
             figures.append((name, f"stamp {s} ns: estimate green, ground truth red"))

@@ -10,7 +10,7 @@ when an engine is created.
 
 from __future__ import annotations
 
-from dvc_perception.engines.base import Backend, Engine, ModelMetadata, TensorSpec
+from dvc_perception.engines.base import Engine, ModelMetadata, TensorSpec
 from dvc_perception.engines.load import choose_backend, load_engine
 
-__all__ = ["Backend", "Engine", "ModelMetadata", "TensorSpec", "choose_backend", "load_engine"]
+__all__ = ["Engine", "ModelMetadata", "TensorSpec", "choose_backend", "load_engine"]

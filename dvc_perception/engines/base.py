@@ -173,10 +173,6 @@ class Engine(Protocol):
         ...
 
 
-Backend = Engine
-"""Alias: STYLE.md calls the protocol `Backend`; the issue calls its instances engines."""
-
-
 # Metadata keys every shipped model carries, and what each holds.
 REQUIRED_METADATA_KEYS: tuple[str, ...] = (
     "dvc_format",  # int, metadata format version (METADATA_FORMAT)

@@ -4,7 +4,7 @@
 A keypoint source finds, in one RGB image, 2D keypoints of known objects together with the
 keypoints' 3D coordinates in the object frame and a confidence each. The pipeline turns them into
 poses (undistortion, RANSAC + weighted LM PnP, score, covariance), whatever the source: the
-fiducial source (`pipeline.fiducial`) and the keypoint network (issues 4/5) plug into the
+fiducial source (`pipeline.fiducial`) and the keypoint network (`pipeline.network`) plug into the
 same protocol. A source is an object passed to `Pipeline`; there is no registry.
 """
 
@@ -66,7 +66,7 @@ class KeypointSource(Protocol):
 
 @runtime_checkable
 class DepthSource(Protocol):
-    """Predicts metric depth for an image (the depth network, issue 5)."""
+    """Predicts metric depth for an image (the depth network, `pipeline.network`)."""
 
     backend: str
 

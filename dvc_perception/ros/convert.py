@@ -288,36 +288,3 @@ def depth_to_point_cloud(
     msg.is_dense = True
     msg.data = array.array("B", pts.tobytes())
     return msg
-
-
-def draw_overlay(
-    rgb: np.ndarray, poses: Sequence[ObjectPose], camera: CameraModel, axis_length_m: float
-) -> np.ndarray:
-    """Debug image: keypoints (yellow) and each object's projected axes (x red, y green, z blue).
-
-    Args:
-        rgb: (H, W, 3) uint8 RGB input image.
-        poses: the frame's poses.
-        camera: the image's camera (distortion applied when projecting the axes).
-        axis_length_m: axis length [m].
-
-    Returns:
-        (H, W, 3) uint8 RGB copy with the drawing.
-    """
-    out = np.ascontiguousarray(rgb).copy()
-    K = camera.K.detach().cpu().numpy()
-    D = camera.opencv_distortion() if camera.distortion_model != "none" else np.zeros(5)
-    for pose in poses:
-        for u, v in pose.keypoints_2d:
-            cv2.circle(out, (int(round(u)), int(round(v))), 3, (255, 255, 0), 1, cv2.LINE_AA)
-        axes = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], np.float64) * axis_length_m
-        rvec, _ = cv2.Rodrigues(pose.R)
-        uv, _ = cv2.projectPoints(axes, rvec, pose.t.reshape(3, 1), K, D)
-        uv = uv.reshape(-1, 2)
-        if not np.all(np.isfinite(uv)) or np.abs(uv).max() > 1e5:
-            continue
-        o = tuple(int(round(c)) for c in uv[0])
-        for i, colour in enumerate(((255, 0, 0), (0, 255, 0), (0, 0, 255))):
-            tip = tuple(int(round(c)) for c in uv[i + 1])
-            cv2.line(out, o, tip, colour, 2, cv2.LINE_AA)
-    return out

@@ -32,6 +32,7 @@ from visualization_msgs.msg import MarkerArray
 from dvc_perception.config import NodeConfig, PipelineConfig, check_params_file
 from dvc_perception.errors import ConfigError, DvcError, InputError
 from dvc_perception.geometry.camera import CameraModel
+from dvc_perception.pipeline.overlay import draw_overlay
 from dvc_perception.pipeline.pipeline import FrameResult, Pipeline
 from dvc_perception.ros import convert
 from dvc_perception.ros.diagnostics import FrameStats, build_diagnostics
@@ -412,7 +413,7 @@ class PerceptionNode(LifecycleNode):
                     )
                 )
         if pubs["overlay"].get_subscription_count() > 0 and self.config is not None:
-            drawn = convert.draw_overlay(
+            drawn = draw_overlay(
                 outputs.image_rgb, outputs.result.poses, outputs.camera,
                 self.config.marker_axis_length_m,
             )
