@@ -90,7 +90,7 @@ def load_engine(
         )
     if chosen == "onnxruntime":
         from dvc_perception.engines.onnxrt_backend import OnnxRuntimeEngine
-        from dvc_perception.engines.tensorrt_backend import is_qdq_model
+        from dvc_perception.engines.tensorrt_build import is_qdq_model
 
         qdq = is_qdq_model(path)
         if precision == "int8" and not qdq:

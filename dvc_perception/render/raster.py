@@ -129,6 +129,46 @@ def poses_to_rt(poses: Tensor | Sequence[Tensor], num_meshes: int) -> tuple[Tens
     return R, t
 
 
+@dataclass(frozen=True)
+class _Scene:
+    """All meshes concatenated into one vertex / face list in the camera optical frame.
+
+    Attributes:
+        vertices: (V, 3) vertex positions [m], camera optical frame.
+        faces: (F, 3) int64 indices into `vertices`.
+        attrs: (V, 8) per-vertex attributes: albedo RGB in [0, 1], camera-frame normal, uv.
+        face_mesh: (F,) int64 index of each face's mesh in the `meshes` list.
+        face_offsets: index of each mesh's first face in `faces`.
+    """
+
+    vertices: Tensor
+    faces: Tensor
+    attrs: Tensor
+    face_mesh: Tensor
+    face_offsets: list[int]
+
+
+@dataclass(frozen=True)
+class _Fragments:
+    """The visible surface at the P covered pixels of the hard visibility pass.
+
+    Attributes:
+        covered: (H * W,) bool, row-major: some face is visible at the pixel.
+        pix: (P,) int64 row-major index of each covered pixel.
+        face: (P,) int64 visible face, an index into `_Scene.faces`.
+        mesh: (P,) int64 mesh of the visible face.
+        depth: (P,) perspective-correct depth [m] along the optical axis.
+        attrs: (P, 8) perspective-correct interpolation of `_Scene.attrs`.
+    """
+
+    covered: Tensor
+    pix: Tensor
+    face: Tensor
+    mesh: Tensor
+    depth: Tensor
+    attrs: Tensor
+
+
 def render(
     meshes: Mesh | Sequence[Mesh],
     poses: Tensor | Sequence[Tensor],
@@ -172,24 +212,72 @@ def render(
         ConfigError: unknown backend, or "numba" with soft=True or a non-CPU device.
         EngineUnavailableError: backend "numba" without numba installed.
     """
+    mesh_list = _checked_meshes(meshes, K, width, height)
+    device, dtype = mesh_list[0].vertices.device, mesh_list[0].vertices.dtype
+    use_numba = _use_numba(backend, soft, device)
+    R, t = poses_to_rt(poses, len(mesh_list))
+    R, t, K = R.to(device, dtype), t.to(device, dtype), K.to(device, dtype)
+    scene = _scene_in_camera(mesh_list, R, t)
+    px, z = _project(scene.vertices, K)
+    if use_numba:
+        return _render_numba(
+            mesh_list, scene, px, z, width, height, lighting, background, znear, shade
+        )
+    # Visibility is a discrete choice without gradients: the soft mode may take it from numba.
+    vis_backend = "auto" if soft and backend == "auto" else "torch"
+    face_buf = rasterize(
+        px.detach(), z.detach(), scene.faces, width, height, znear=znear, backend=vis_backend
+    ).to(device)
+    frags = _visible_fragments(face_buf, px, z, scene, width)
+    colour = _fragment_colour(mesh_list, frags, lighting, shade)
+    if soft:
+        mask = _soft_silhouette(
+            px, z, scene.faces, frags.covered, width, height, znear, soft_settings
+        )
+    else:
+        mask = frags.covered
+    return _composite(frags, colour, mask, scene.face_offsets, background, width, height)
+
+
+def _checked_meshes(
+    meshes: Mesh | Sequence[Mesh], K: Tensor, width: int, height: int
+) -> list[Mesh]:
+    """Check the inputs of `render` and return the meshes as a non-empty list.
+
+    Raises:
+        InputError: no meshes, non-positive image size, meshes on different devices.
+        ShapeError: `K` is not (3, 3).
+    """
     mesh_list = [meshes] if isinstance(meshes, Mesh) else list(meshes)
     if not mesh_list:
         raise InputError("render: expected at least one mesh, got none")
     if width <= 0 or height <= 0:
         raise InputError(f"render: image size must be positive, got {width}x{height}")
     check_shape(K, "3,3", name="K")
-    device, dtype = mesh_list[0].vertices.device, mesh_list[0].vertices.dtype
+    device = mesh_list[0].vertices.device
     if any(m.vertices.device != device for m in mesh_list):
         raise InputError("render: all meshes must be on the same device")
-    use_numba = _use_numba(backend, soft, device)
-    R, t = poses_to_rt(poses, len(mesh_list))
-    R, t, K = R.to(device, dtype), t.to(device, dtype), K.to(device, dtype)
+    return mesh_list
 
-    # Concatenate all meshes into one vertex / face list.
+
+def _scene_in_camera(meshes: list[Mesh], R: Tensor, t: Tensor) -> _Scene:
+    """Move every mesh into the camera frame and concatenate them into one `_Scene`.
+
+    Args:
+        meshes: M meshes (metres, object frames).
+        R: (M, 3, 3) object-to-camera rotations, in the render dtype and device.
+        t: (M, 3) object origins in the camera frame [m].
+
+    Returns:
+        The concatenated scene; vertices, normals and albedo in the dtype of `R`. Meshes
+        without normals get zero normals; without vertex colours, a grey albedo (white under
+        a texture).
+    """
+    dtype, device = R.dtype, R.device
     verts_cam, faces, normals_cam, albedo, uvs, face_mesh, offsets = [], [], [], [], [], [], []
     v_off = 0
     f_off = 0
-    for i, m in enumerate(mesh_list):
+    for i, m in enumerate(meshes):
         verts_cam.append(m.vertices.to(dtype) @ R[i].transpose(0, 1) + t[i])
         faces.append(m.faces + v_off)
         n = m.normals if m.normals is not None else torch.zeros_like(m.vertices)
@@ -204,30 +292,49 @@ def render(
         offsets.append(f_off)
         v_off += m.num_vertices
         f_off += m.num_faces
-    Xc = torch.cat(verts_cam)
-    fc = torch.cat(faces)
-    face_mesh_t = torch.cat(face_mesh)
-    z = Xc[:, 2]
-    uvw = Xc @ K.transpose(0, 1)
-    px = uvw[:, :2] / uvw[:, 2:].clamp_min(1e-9)
+    return _Scene(
+        vertices=torch.cat(verts_cam),
+        faces=torch.cat(faces),
+        attrs=torch.cat([torch.cat(albedo), torch.cat(normals_cam), torch.cat(uvs)], dim=1),
+        face_mesh=torch.cat(face_mesh),
+        face_offsets=offsets,
+    )
 
-    attrs = torch.cat(
-        [torch.cat(albedo), torch.cat(normals_cam), torch.cat(uvs)], dim=1
-    )  # (V, 8): albedo RGB, camera-frame normal, uv
-    if use_numba:
-        return _render_numba(
-            mesh_list, px, z, fc, face_mesh_t, offsets, attrs, width, height, lighting,
-            background, znear, shade, dtype,
-        )  # fmt: skip
-    # Visibility is a discrete choice without gradients: the soft mode may take it from numba.
-    vis_backend = "auto" if soft and backend == "auto" else "torch"
-    face_buf = rasterize(
-        px.detach(), z.detach(), fc, width, height, znear=znear, backend=vis_backend
-    ).to(device)
+
+def _project(vertices: Tensor, K: Tensor) -> tuple[Tensor, Tensor]:
+    """Pinhole projection of (V, 3) camera-frame points [m] with (3, 3) `K` [px].
+
+    Returns:
+        ``px`` (V, 2) image coordinates [px] (pixel centres at integers) and ``z`` (V,) depth
+        [m] along the optical axis.
+    """
+    z = vertices[:, 2]
+    uvw = vertices @ K.transpose(0, 1)
+    px = uvw[:, :2] / uvw[:, 2:].clamp_min(1e-9)
+    return px, z
+
+
+def _visible_fragments(
+    face_buf: Tensor, px: Tensor, z: Tensor, scene: _Scene, width: int
+) -> _Fragments:
+    """Interpolate depth and vertex attributes of the visible face at each covered pixel.
+
+    Args:
+        face_buf: (H * W,) int64 visible face per pixel, -1 for none (from `rasterize`).
+        px: (V, 2) projected vertices [px] (differentiable).
+        z: (V,) vertex depth [m] (differentiable).
+        scene: the concatenated meshes.
+        width: W [px].
+
+    Returns:
+        The fragments; screen-space barycentrics are perspective-corrected with 1/z, which is
+        affine in screen space.
+    """
+    dtype = px.dtype
     covered = face_buf >= 0
     pix = covered.nonzero().squeeze(1)
     f_vis = face_buf[pix]
-    tri = fc[f_vis]  # (P, 3)
+    tri = scene.faces[f_vis]  # (P, 3)
     xs = (pix % width).to(dtype)
     ys = torch.div(pix, width, rounding_mode="floor").to(dtype)
     b = _barycentric(px[tri], torch.stack([xs, ys], dim=-1))  # (P, 3) screen space
@@ -235,36 +342,86 @@ def render(
     inv_z = w.sum(dim=-1)
     depth_vis = 1.0 / inv_z
     w = w / inv_z.unsqueeze(-1)
-    attr_vis = (w.unsqueeze(-1) * attrs[tri]).sum(dim=1)
-    colour_vis = attr_vis[:, :3]
-    mesh_vis = face_mesh_t[f_vis]
-    if any(m.texture is not None for m in mesh_list):
-        colour_vis = _apply_textures(mesh_list, mesh_vis, attr_vis[:, 6:8], colour_vis, dtype)
-    if shade:
-        # No flipping of back-facing normals: it would make the colour discontinuous.
-        n_vis = attr_vis[:, 3:6]
-        n_vis = n_vis / n_vis.norm(dim=-1, keepdim=True).clamp_min(1e-9)
-        light = torch.tensor(lighting.direction_cam, dtype=dtype, device=device)
-        light = light / light.norm()
-        lambert = (n_vis @ light).clamp_min(0.0)
-        colour_vis = colour_vis * (lighting.ambient + lighting.diffuse * lambert).unsqueeze(-1)
-        colour_vis = colour_vis.clamp(0.0, 1.0)
+    attr_vis = (w.unsqueeze(-1) * scene.attrs[tri]).sum(dim=1)
+    return _Fragments(
+        covered=covered,
+        pix=pix,
+        face=f_vis,
+        mesh=scene.face_mesh[f_vis],
+        depth=depth_vis,
+        attrs=attr_vis,
+    )
 
+
+def _fragment_colour(
+    meshes: list[Mesh], frags: _Fragments, lighting: Lighting, shade: bool
+) -> Tensor:
+    """(P, 3) RGB in [0, 1] of the fragments: albedo x texture, then Lambertian if `shade`."""
+    colour_vis = frags.attrs[:, :3]
+    if any(m.texture is not None for m in meshes):
+        colour_vis = _apply_textures(meshes, frags.mesh, frags.attrs[:, 6:8], colour_vis)
+    if shade:
+        colour_vis = _lambert(colour_vis, frags.attrs[:, 3:6], lighting)
+    return colour_vis
+
+
+def _light_direction(lighting: Lighting, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """(3,) unit vector towards the light, camera optical frame."""
+    light = torch.tensor(lighting.direction_cam, dtype=dtype, device=device)
+    return light / light.norm()
+
+
+def _lambert(albedo: Tensor, normals: Tensor, lighting: Lighting) -> Tensor:
+    """Lit colour ``albedo * (ambient + diffuse * max(0, n . l))``, clamped to [0, 1].
+
+    Args:
+        albedo: (P, 3) RGB in [0, 1].
+        normals: (P, 3) interpolated camera-frame normals (normalised here).
+        lighting: the light.
+
+    Returns:
+        (P, 3) RGB in [0, 1].
+    """
+    # No flipping of back-facing normals: it would make the colour discontinuous.
+    n = normals / normals.norm(dim=-1, keepdim=True).clamp_min(1e-9)
+    light = _light_direction(lighting, albedo.dtype, albedo.device)
+    lambert = (n @ light).clamp_min(0.0)
+    colour = albedo * (lighting.ambient + lighting.diffuse * lambert).unsqueeze(-1)
+    return colour.clamp(0.0, 1.0)
+
+
+def _composite(
+    frags: _Fragments,
+    colour: Tensor,
+    mask: Tensor,
+    face_offsets: list[int],
+    background: tuple[float, float, float],
+    width: int,
+    height: int,
+) -> RenderResult:
+    """Scatter the fragments into (H, W) images over the background.
+
+    Args:
+        frags: the visible surface.
+        colour: (P, 3) RGB in [0, 1] of the fragments.
+        mask: (H * W,) coverage: bool (hard) or float silhouette (soft).
+        face_offsets: index of each mesh's first face, to make face ids mesh-local.
+        background: RGB in [0, 1] of uncovered pixels.
+        width: W [px].
+        height: H [px].
+    """
+    device, dtype = frags.depth.device, frags.depth.dtype
     hw = height * width
     bg = torch.tensor(background, dtype=dtype, device=device)
-    color = bg.expand(hw, 3).index_put((pix,), colour_vis)
+    color = bg.expand(hw, 3).index_put((frags.pix,), colour)
     depth = torch.full((hw,), float("nan"), dtype=dtype, device=device).index_put(
-        (pix,), depth_vis
+        (frags.pix,), frags.depth
     )
     instance = torch.full((hw,), -1, dtype=torch.long, device=device)
-    instance[pix] = mesh_vis
+    instance[frags.pix] = frags.mesh
     face_local = torch.full((hw,), -1, dtype=torch.long, device=device)
-    offsets_t = torch.tensor(offsets, dtype=torch.long, device=device)
-    face_local[pix] = f_vis - offsets_t[mesh_vis]
-    if soft:
-        mask = _soft_silhouette(px, z, fc, covered, width, height, znear, soft_settings)
-    else:
-        mask = covered
+    offsets_t = torch.tensor(face_offsets, dtype=torch.long, device=device)
+    face_local[frags.pix] = frags.face - offsets_t[frags.mesh]
     return RenderResult(
         color=color.reshape(height, width, 3),
         depth=depth.reshape(height, width),
@@ -276,36 +433,50 @@ def render(
 
 def _render_numba(
     meshes: list[Mesh],
+    scene: _Scene,
     px: Tensor,
     z: Tensor,
-    faces: Tensor,
-    face_mesh: Tensor,
-    offsets: list[int],
-    attrs: Tensor,
     width: int,
     height: int,
     lighting: Lighting,
     background: tuple[float, float, float],
     znear: float,
     shade: bool,
-    dtype: torch.dtype,
 ) -> RenderResult:
-    """The hard mode with the compiled kernels (same result as the torch path)."""
+    """The hard mode with the compiled CPU kernels (same result as the torch path).
+
+    Args:
+        meshes: the M meshes (for their textures).
+        scene: the concatenated meshes, on the CPU.
+        px: (V, 2) projected vertices [px].
+        z: (V,) vertex depth [m].
+        width: W [px].
+        height: H [px].
+        lighting: the light.
+        background: RGB in [0, 1] of uncovered pixels.
+        znear: near plane [m].
+        shade: apply lighting.
+
+    Returns:
+        A hard-mode `RenderResult`, floats in the dtype of `px` (computed in float64).
+    """
     from dvc_perception.render.raster_numba import rasterize_faces_numba, shade_numba
 
     z_np = z.detach().double().numpy()
-    faces_np = faces.numpy()
+    faces_np = scene.faces.numpy()
     fb, _, bb = rasterize_faces_numba(
         px.detach().double().numpy(), z_np, faces_np, width, height, znear
     )
-    light = torch.tensor(lighting.direction_cam, dtype=torch.float64)
+    light = _light_direction(lighting, torch.float64, torch.device("cpu"))
     color, depth, inst, face_local = shade_numba(
-        fb, bb, faces_np, face_mesh.numpy(), np.asarray(offsets, dtype=np.int64), z_np,
-        attrs.detach().double().numpy(),
+        fb, bb, faces_np, scene.face_mesh.numpy(),
+        np.asarray(scene.face_offsets, dtype=np.int64), z_np,
+        scene.attrs.detach().double().numpy(),
         [None if m.texture is None else m.texture.detach().cpu().numpy() for m in meshes],
-        lighting.ambient, lighting.diffuse, (light / light.norm()).numpy(), shade,
+        lighting.ambient, lighting.diffuse, light.numpy(), shade,
         np.asarray(background, dtype=np.float64),
     )  # fmt: skip
+    dtype = px.dtype
     return RenderResult(
         color=torch.from_numpy(color).to(dtype).reshape(height, width, 3),
         depth=torch.from_numpy(depth).to(dtype).reshape(height, width),
@@ -316,6 +487,12 @@ def _render_numba(
 
 
 def _use_numba(backend: str, soft: bool, device: torch.device) -> bool:
+    """Whether the hard pass runs on the numba kernels, for `backend` as in `render`.
+
+    Raises:
+        ConfigError: unknown backend, or "numba" with `soft` or a non-CPU device.
+        EngineUnavailableError: "numba" without numba installed.
+    """
     if backend not in ("auto", "torch", "numba"):
         raise ConfigError(f"render backend must be auto, torch or numba, got {backend!r}")
     if backend == "numba":
@@ -346,9 +523,20 @@ def _barycentric(tri_px: Tensor, p: Tensor) -> Tensor:
 
 
 def _apply_textures(
-    meshes: list[Mesh], mesh_vis: Tensor, uv_vis: Tensor, colour_vis: Tensor, dtype: torch.dtype
+    meshes: list[Mesh], mesh_vis: Tensor, uv_vis: Tensor, colour_vis: Tensor
 ) -> Tensor:
-    """Multiply the albedo of textured meshes' pixels by their bilinear texture sample."""
+    """Multiply the albedo of textured meshes' pixels by their bilinear texture sample.
+
+    Args:
+        meshes: the M meshes.
+        mesh_vis: (P,) int64 mesh of each pixel.
+        uv_vis: (P, 2) interpolated texture coordinates (OBJ convention, v up).
+        colour_vis: (P, 3) albedo RGB in [0, 1].
+
+    Returns:
+        (P, 3) RGB in [0, 1], in the dtype of `colour_vis`.
+    """
+    dtype = colour_vis.dtype
     out = colour_vis
     for i, m in enumerate(meshes):
         if m.texture is None:
