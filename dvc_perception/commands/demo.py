@@ -22,8 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dvc_perception.errors import ConfigError, InputError
-from dvc_perception.resources import shared_data_dir
+from dvc_perception.errors import ConfigError
 
 # solve_pnp's RMS may exceed OpenCV's by this much before the demo reports a failure, px.
 RMS_TOLERANCE_PX = 0.01
@@ -63,17 +62,13 @@ def _fmt(v: np.ndarray, digits: int) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Run the demo; 0 when every pose is valid and within 0.01 px of OpenCV's RMS."""
-    import cv2
     import torch
 
     from dvc_perception.demo.chessboard import (
         ChessboardSpec,
+        choose_board_views,
         compare_board_poses,
-        demo_camera,
-        load_views,
-        synthetic_views,
     )
-    from dvc_perception.geometry.camera import CameraModel
     from dvc_perception.geometry.metrics import rotation_error_deg, translation_error
     from dvc_perception.geometry.so3 import rotvec_to_matrix
 
@@ -82,40 +77,13 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--threads: expected >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)  # process-wide: this command owns the process
     spec = ChessboardSpec(cols=9, rows=6, square=1.0)
-    folder = args.images
-    if folder is not None and not folder.is_dir():
-        raise ConfigError(f"--images {folder}: not a folder")
-    if folder is None:
-        data = shared_data_dir()
-        folder = data / "chessboard" if data is not None else None
-    paths = sorted(folder.glob(args.glob)) if folder is not None and folder.is_dir() else []
-    truth = None
-    if paths and not args.generated:
-        intrinsics = args.intrinsics or folder / "intrinsics.yml"
-        if not intrinsics.is_file():
-            raise ConfigError(f"no calibration for {folder}: {intrinsics} is absent "
-                              "(pass --intrinsics FILE with M1/D1)")
-        first = cv2.imread(str(paths[0]), cv2.IMREAD_GRAYSCALE)
-        if first is None:
-            raise InputError(f"{paths[0]}: not a readable image")
-        camera = CameraModel.from_opencv_yaml(intrinsics, "M1", width=first.shape[1],
-                                              height=first.shape[0])
-        names, corners, skipped = load_views(paths, spec)
-        source = f"{len(paths)} images {folder}/{args.glob}, calibration {intrinsics.name} M1/D1"
-    else:
-        if args.views < 1:
-            raise ConfigError(f"--views: expected >= 1, got {args.views}")
-        camera = demo_camera()
-        names, corners, R_true, t_true = synthetic_views(camera, spec, args.views)
-        truth = (R_true, t_true)
-        skipped = []
-        reason = "--generated" if args.generated else "no chessboard images found"
-        source = (f"{args.views} generated views of a board at known poses, lens distortion "
-                  f"included ({reason})")
-    for message in skipped:
+    views = choose_board_views(spec, images=args.images, glob=args.glob,
+                               intrinsics=args.intrinsics, generated=args.generated,
+                               n_generated=args.views)
+    for message in views.skipped:
         print(f"skipped: {message}")
-    if not names:
-        raise InputError(f"no view with a complete {spec.cols}x{spec.rows} board")
+    names, corners, camera, truth, source = (views.names, views.corners, views.camera,
+                                             views.truth, views.source)
 
     if args.repeats < 0:
         raise ConfigError(f"--repeats: expected >= 0, got {args.repeats}")

@@ -333,3 +333,73 @@ def synthetic_views(
         corners.append(require_chessboard_corners(image, spec, name=name))
         names.append(name)
     return names, corners, torch.from_numpy(R), torch.from_numpy(t)
+
+
+@dataclass(frozen=True)
+class BoardViews:
+    """The demo's chessboard views: detected corners, their camera and, when generated, truth.
+
+    Attributes:
+        names: one name per view (file name or ``view_k``).
+        corners: one (rows * cols, 2) float64 px corner array per view.
+        camera: the views' camera model.
+        truth: (R (B, 3, 3), t (B, 3)) of generated views; None for real images.
+        skipped: one message per image without a complete board.
+        source: one line describing where the views came from.
+    """
+
+    names: list[str]
+    corners: list[np.ndarray]
+    camera: CameraModel
+    truth: tuple[Tensor, Tensor] | None
+    skipped: list[str]
+    source: str
+
+
+def choose_board_views(spec: ChessboardSpec, *, images: Path | None, glob: str,
+                       intrinsics: Path | None, generated: bool, n_generated: int) -> BoardViews:
+    """Real views from `images` (default ``../shared/data/chessboard``), else generated ones.
+
+    Real images need a calibration file with M1/D1 (`intrinsics`, default ``intrinsics.yml``
+    in the folder). Without images, or with `generated`, `n_generated` views of the board are
+    rendered at known poses through the strongly distorting `demo_camera`.
+
+    Raises:
+        ConfigError: `images` is not a folder, the calibration is absent, or n_generated < 1.
+        InputError: an unreadable image, or no view with a complete board.
+    """
+    from dvc_perception.resources import shared_data_dir
+
+    folder = images
+    if folder is not None and not folder.is_dir():
+        raise ConfigError(f"--images {folder}: not a folder")
+    if folder is None:
+        data = shared_data_dir()
+        folder = data / "chessboard" if data is not None else None
+    paths = sorted(folder.glob(glob)) if folder is not None and folder.is_dir() else []
+    if paths and not generated:
+        calibration = intrinsics or Path(str(folder)) / "intrinsics.yml"
+        if not calibration.is_file():
+            raise ConfigError(f"no calibration for {folder}: {calibration} is absent "
+                              "(pass --intrinsics FILE with M1/D1)")
+        first = cv2.imread(str(paths[0]), cv2.IMREAD_GRAYSCALE)
+        if first is None:
+            raise InputError(f"{paths[0]}: not a readable image")
+        camera = CameraModel.from_opencv_yaml(calibration, "M1", width=first.shape[1],
+                                              height=first.shape[0])
+        names, corners, skipped = load_views(paths, spec)
+        views = BoardViews(names, corners, camera, None, skipped,
+                           f"{len(paths)} images {folder}/{glob}, calibration "
+                           f"{calibration.name} M1/D1")
+    else:
+        if n_generated < 1:
+            raise ConfigError(f"--views: expected >= 1, got {n_generated}")
+        camera = demo_camera()
+        names, corners, R_true, t_true = synthetic_views(camera, spec, n_generated)
+        reason = "--generated" if generated else "no chessboard images found"
+        views = BoardViews(names, corners, camera, (R_true, t_true), [],
+                           f"{n_generated} generated views of a board at known poses, lens "
+                           f"distortion included ({reason})")
+    if not views.names:
+        raise InputError(f"no view with a complete {spec.cols}x{spec.rows} board")
+    return views
