@@ -17,15 +17,12 @@ import numpy as np
 from dvc_perception.bag.io import AtomicBagWriter
 from dvc_perception.datasets.bop import bop_object_id, read_bop_scene
 from dvc_perception.errors import BagError
-
-IMAGE_TOPIC = "/camera/image_raw"
-CAMERA_INFO_TOPIC = "/camera/camera_info"
-GT_POSES_TOPIC = "/ground_truth/poses"
-
-
-def gt_pose_topic(object_id: str) -> str:
-    """Topic of one object's ground-truth pose, as written by synth and bop2bag."""
-    return f"/ground_truth/{object_id}/pose"
+from dvc_perception.synth.synth_bag import (
+    CAMERA_INFO_TOPIC,
+    IMAGE_TOPIC,
+    POSES_TOPIC,
+    object_pose_topic,
+)
 
 
 def bop_scene_to_bag(
@@ -90,9 +87,9 @@ def bop_scene_to_bag(
                 pose = pose_to_msg(R, t)
                 array.poses.append(pose)
                 writer.write_message(
-                    gt_pose_topic(bop_object_id(name, obj_id)),
+                    object_pose_topic(bop_object_id(name, obj_id)),
                     PoseStamped(header=header, pose=pose),
                     stamp_ns,
                 )
-            writer.write_message(GT_POSES_TOPIC, array, stamp_ns)
+            writer.write_message(POSES_TOPIC, array, stamp_ns)
     return len(frames)

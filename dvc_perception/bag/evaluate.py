@@ -26,9 +26,8 @@ import numpy as np
 
 from dvc_perception.bag.io import BagReader, deserialize
 from dvc_perception.errors import BagError, ConfigError
+from dvc_perception.synth.synth_bag import DEPTH_TOPIC, GROUND_TRUTH_PREFIX
 
-GT_PREFIX = "/ground_truth/"
-GT_DEPTH_TOPIC = "/camera/depth/ground_truth"
 MAX_MODEL_POINTS = 2000
 #: Fraction of the output frames that must have a ground-truth stamp.
 DEFAULT_MIN_GT_MATCH = 0.5
@@ -157,7 +156,7 @@ def evaluate_bag(
     *,
     node_name: str = "/perception_node",
     data_root: str | Path | None = None,
-    gt_depth_topic: str = GT_DEPTH_TOPIC,
+    gt_depth_topic: str = DEPTH_TOPIC,
     max_depth_samples: int = 4,
     min_gt_match: float = DEFAULT_MIN_GT_MATCH,
 ) -> EvalResult:
@@ -192,14 +191,15 @@ def evaluate_bag(
         gt_topics = gt_reader.topics()
         pose_topics = sorted(
             t for t, info in gt_topics.items()
-            if t.startswith(GT_PREFIX) and t.endswith("/pose")
+            if t.startswith(GROUND_TRUTH_PREFIX) and t.endswith("/pose")
             and info.msgtype == "geometry_msgs/msg/PoseStamped"
         )  # fmt: skip
         if not pose_topics:
-            raise BagError(f"{gt_bag} has no {GT_PREFIX}<object_id>/pose topics to evaluate with")
+            raise BagError(f"{gt_bag} has no {GROUND_TRUTH_PREFIX}<object_id>/pose topics to "
+                           "evaluate with")
         gt_poses: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
         for topic in pose_topics:
-            object_id = topic[len(GT_PREFIX) : -len("/pose")]
+            object_id = topic[len(GROUND_TRUTH_PREFIX) : -len("/pose")]
             gt_poses[object_id] = {
                 _stamp_ns(msg.header.stamp): _pose_to_rt(msg.pose)
                 for m in gt_reader.messages([topic])

@@ -18,8 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from dvc_perception.bag.bop import CAMERA_INFO_TOPIC, GT_POSES_TOPIC, IMAGE_TOPIC, gt_pose_topic
 from dvc_perception.bag.io import AtomicBagWriter
+from dvc_perception.synth.synth_bag import (
+    CAMERA_INFO_TOPIC,
+    IMAGE_TOPIC,
+    POSES_TOPIC,
+    object_pose_topic,
+)
 
 
 def board_orbit_poses(n_frames: int, board_size_m: tuple[float, float], seed: int = 0
@@ -106,9 +111,9 @@ def write_board_sample_bag(
             pose = pose_to_msg(R, t)
             writer.write_message(IMAGE_TOPIC, rgb_to_image_msg(rgb, header), ns)
             writer.write_message(CAMERA_INFO_TOPIC, info, ns)
-            writer.write_message(gt_pose_topic(board.object_id),
+            writer.write_message(object_pose_topic(board.object_id),
                                  PoseStamped(header=header, pose=pose), ns)  # fmt: skip
-            writer.write_message(GT_POSES_TOPIC, PoseArray(header=header, poses=[pose]), ns)
+            writer.write_message(POSES_TOPIC, PoseArray(header=header, poses=[pose]), ns)
     return n_frames
 
 

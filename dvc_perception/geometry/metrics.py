@@ -131,6 +131,15 @@ def reprojection_rms_px(
     return _finish(((sq * w).sum(-1) / w.sum(-1)).sqrt(), as_torch)
 
 
+def _model_points_at_both_poses(
+    R_est: ArrayLike, t_est: ArrayLike, R_gt: ArrayLike, t_gt: ArrayLike, points_obj: ArrayLike
+) -> tuple[Tensor, Tensor, bool]:
+    """(points at the estimate (B, N, 3), at the reference (B, N, 3), inputs were torch)."""
+    (R_est, t_est, R_gt, t_gt, pts), as_torch = _prepare(R_est, t_est, R_gt, t_gt, points_obj)
+    check_shape(pts, "...,3", name="points_obj")
+    return _transform(R_est, t_est, pts), _transform(R_gt, t_gt, pts), as_torch
+
+
 def add_error(
     R_est: ArrayLike, t_est: ArrayLike, R_gt: ArrayLike, t_gt: ArrayLike, points_obj: ArrayLike
 ) -> ArrayLike:
@@ -146,10 +155,8 @@ def add_error(
     Returns:
         (B,) m.
     """
-    (R_est, t_est, R_gt, t_gt, pts), as_torch = _prepare(R_est, t_est, R_gt, t_gt, points_obj)
-    check_shape(pts, "...,3", name="points_obj")
-    diff = _transform(R_est, t_est, pts) - _transform(R_gt, t_gt, pts)
-    return _finish(torch.linalg.vector_norm(diff, dim=-1).mean(-1), as_torch)
+    est, gt, as_torch = _model_points_at_both_poses(R_est, t_est, R_gt, t_gt, points_obj)
+    return _finish(torch.linalg.vector_norm(est - gt, dim=-1).mean(-1), as_torch)
 
 
 def adds_error(
@@ -159,20 +166,12 @@ def adds_error(
 
     For symmetric objects (eggbox, glue): a pose that differs by a symmetry scores 0.
 
-    Args:
-        R_est: (B, 3, 3) estimated rotation.
-        t_est: (B, 3) estimated translation, m.
-        R_gt: (B, 3, 3) reference rotation.
-        t_gt: (B, 3) reference translation, m.
-        points_obj: (N, 3) or (B, N, 3) model points, m, object frame.
+    Args and shapes as `add_error`.
 
     Returns:
         (B,) m. Memory is bounded by chunking the N x N distances.
     """
-    (R_est, t_est, R_gt, t_gt, pts), as_torch = _prepare(R_est, t_est, R_gt, t_gt, points_obj)
-    check_shape(pts, "...,3", name="points_obj")
-    est = _transform(R_est, t_est, pts)
-    gt = _transform(R_gt, t_gt, pts)
+    est, gt, as_torch = _model_points_at_both_poses(R_est, t_est, R_gt, t_gt, points_obj)
     est, gt = torch.broadcast_tensors(est, gt)
     lead, n = est.shape[:-2], est.shape[-2]
     est = est.reshape(-1, n, 3)

@@ -24,15 +24,17 @@ from dvc_perception.errors import BagError, ConfigError
 from dvc_perception.geometry.so3 import matrix_to_quaternion
 from dvc_perception.synth.scenes import SceneSampler, SynthFrame
 
+# The topics of a bag with ground truth (written here, by `bag.bop` and by the demo's samples).
 IMAGE_TOPIC = "/camera/image_raw"
 CAMERA_INFO_TOPIC = "/camera/camera_info"
 DEPTH_TOPIC = "/camera/depth/ground_truth"
-POSES_TOPIC = "/ground_truth/poses"
+GROUND_TRUTH_PREFIX = "/ground_truth/"
+POSES_TOPIC = GROUND_TRUTH_PREFIX + "poses"
 
 
 def object_pose_topic(object_id: str) -> str:
     """``/ground_truth/<object_id>/pose``."""
-    return f"/ground_truth/{object_id}/pose"
+    return f"{GROUND_TRUTH_PREFIX}{object_id}/pose"
 
 
 def write_bag(

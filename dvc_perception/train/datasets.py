@@ -263,7 +263,22 @@ def _stride_pool(mask: np.ndarray, stride: int) -> np.ndarray:
     return cv2.resize(mask, (w // stride, h // stride), interpolation=cv2.INTER_AREA)
 
 
-class PoseDataset(Dataset):
+class _EpochFrames(Dataset):
+    """Frames with a per-epoch augmentation stream (set `frames` and `epoch` in `__init__`)."""
+
+    frames: FrameSource
+    epoch: int
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the augmentation stream of `epoch`."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        """Number of frames."""
+        return len(self.frames)
+
+
+class PoseDataset(_EpochFrames):
     """Frames -> keypoint-network inputs and targets.
 
     Args:
@@ -313,14 +328,6 @@ class PoseDataset(Dataset):
         self.crop = _check_crop(crop, self.width, self.height)
         self.epoch = 0
         self._index = {o.object_id: i for i, o in enumerate(self.objects)}
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the augmentation stream of `epoch`."""
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        """Number of frames."""
-        return len(self.frames)
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         """Sample `index` (see the class docstring for the keys)."""
@@ -384,7 +391,7 @@ class PoseDataset(Dataset):
         }
 
 
-class DepthDataset(Dataset):
+class DepthDataset(_EpochFrames):
     """Frames -> depth-network inputs and targets.
 
     Args:
@@ -416,14 +423,6 @@ class DepthDataset(Dataset):
         self.seed = int(seed)
         self.crop = _check_crop(crop, self.width, self.height)
         self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the augmentation stream of `epoch`."""
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        """Number of frames."""
-        return len(self.frames)
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         """Sample `index` (see the class docstring for the keys)."""
