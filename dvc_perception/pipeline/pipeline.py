@@ -132,6 +132,20 @@ def make_depth_source(config: PipelineConfig) -> DepthSource | None:
     return NetworkDepthSource(path, config.network.backend)
 
 
+def check_frame(image_rgb: np.ndarray, camera: CameraModel) -> tuple[int, int]:
+    """(width, height) of a frame the pipeline can process.
+
+    Raises:
+        ShapeError: `image_rgb` is not (H, W, 3) uint8.
+        InputError: the image size differs from the camera's.
+    """
+    w, h = check_rgb_image(image_rgb)
+    if (w, h) != (camera.width, camera.height):
+        raise InputError(f"image is {w}x{h} but its camera model is "
+                         f"{camera.width}x{camera.height}")
+    return w, h
+
+
 class Pipeline:
     """Per-frame pose (and optional depth) estimation, independent of ROS.
 
@@ -198,11 +212,7 @@ class Pipeline:
             InputError: the image size differs from the camera's.
         """
         t0 = time.perf_counter()
-        w, h = check_rgb_image(image_rgb)
-        if (w, h) != (camera.width, camera.height):
-            raise InputError(
-                f"image is {w}x{h} but its camera model is {camera.width}x{camera.height}"
-            )
+        w, h = check_frame(image_rgb, camera)
         detections = self.keypoint_source.detect(image_rgb)
         t1 = time.perf_counter()
         poses = [pose for d in detections for pose in self._estimate_pose(d, camera)]

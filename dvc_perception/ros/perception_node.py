@@ -33,7 +33,7 @@ from dvc_perception.config import NodeConfig, PipelineConfig, check_params_file
 from dvc_perception.errors import ConfigError, DvcError, InputError
 from dvc_perception.geometry.camera import CameraModel
 from dvc_perception.pipeline.overlay import draw_overlay
-from dvc_perception.pipeline.pipeline import FrameResult, Pipeline
+from dvc_perception.pipeline.pipeline import FrameResult, Pipeline, check_frame
 from dvc_perception.ros import convert
 from dvc_perception.ros.diagnostics import FrameStats, build_diagnostics
 from dvc_perception.ros.matcher import StampMatcher
@@ -360,12 +360,10 @@ class PerceptionNode(LifecycleNode):
             camera = self.camera_model(info)
         except DvcError as err:
             raise _FrameRejected("camera_info", err) from err
-        h, w = rgb.shape[:2]
-        if (w, h) != (camera.width, camera.height):
-            raise _FrameRejected(
-                "size_mismatch",
-                InputError(f"image is {w}x{h}, camera_info {camera.width}x{camera.height}"),
-            )
+        try:
+            check_frame(rgb, camera)
+        except DvcError as err:
+            raise _FrameRejected("size_mismatch", err) from err
         header = Header(stamp=image_msg.header.stamp, frame_id=image_msg.header.frame_id)
         stamp = convert.stamp_to_ns(header.stamp) * 1e-9
         t1 = time.perf_counter()
