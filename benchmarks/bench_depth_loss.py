@@ -2,7 +2,7 @@
 """Depth-loss time per training batch: masked sums (`train.losses`) vs boolean indexing.
 
 Forward + backward of ``silog_loss + depth_l1_loss`` on a (B, 1, H, W) float32 prediction with
-a fifth of the target pixels invalid, as `train.loop.DepthTask.loss` calls them. "indexing" is
+a fifth of the target pixels invalid, as `train.tasks.DepthTask.loss` calls them. "indexing" is
 the formulation used until 2026-12-01 (``pred[valid]``, ``d[has]``), re-stated here; both give
 the same loss (checked, printed).
 

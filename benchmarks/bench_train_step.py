@@ -20,7 +20,7 @@ import torch
 
 from dvc_perception.models.depth_net import DepthNet, DepthNetConfig
 from dvc_perception.models.keypoint_net import KeypointNet, KeypointNetConfig
-from dvc_perception.train.loop import cpu_bf16_supported
+from dvc_perception.train.device import cpu_bf16_supported
 
 
 def _networks() -> dict[str, torch.nn.Module]:

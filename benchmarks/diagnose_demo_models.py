@@ -26,20 +26,17 @@ import torch.nn.functional as F  # noqa: N812 - the usual torch alias
 from dvc_perception.geometry.metrics import add_error
 from dvc_perception.models.depth_net import depth_from_canonical
 from dvc_perception.train.checkpoints import load_checkpoint
+from dvc_perception.train.config import PoseLossConfig
 from dvc_perception.train.datasets import (
     DepthDataset,
     PoseDataset,
     SubsetFrameSource,
     load_object_infos,
 )
-from dvc_perception.train.loop import (
-    PoseLossConfig,
-    PoseTask,
-    _make_loader,
-    solve_pose_like_pipeline,
-)
+from dvc_perception.train.loop import _make_loader
 from dvc_perception.train.runner import RunSpec, build_depth_net, build_keypoint_net
 from dvc_perception.train.runner import open_frame_source as _open
+from dvc_perception.train.tasks import PoseTask, solve_pose_like_pipeline
 
 SHIFTS = ((0, 0), (2, 0), (0, 2), (2, 2))  # px at the 320x240 input: half a heatmap cell
 T_SCALES = (0.99, 0.9925, 0.995, 0.9975)  # translations scaled by these (a depth-bias probe)

@@ -79,14 +79,15 @@ class EngineAsDepthNet(torch.nn.Module):
 def evaluate_model(path: Path, val_shards: Path, calib: Path, calib_frames: int, tmp: Path,
                    max_val: int) -> list[tuple[str, dict[str, float]]]:
     """[(variant, metrics)] for one exported model."""
+    from dvc_perception.train.config import DepthLossConfig, PoseLossConfig
     from dvc_perception.train.datasets import (
         DepthDataset,
         PoseDataset,
         SubsetFrameSource,
         load_object_infos,
     )
-    from dvc_perception.train.loop import DepthLossConfig, DepthTask, PoseLossConfig, PoseTask
     from dvc_perception.train.runner import open_frame_source
+    from dvc_perception.train.tasks import DepthTask, PoseTask
 
     meta = read_model_metadata(path)
     shape = model_input_shape(path)

@@ -97,8 +97,8 @@ def _given(args: argparse.Namespace, mapping: dict[str, str]) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     """Train; prints the final row of the log."""
+    from dvc_perception.train.config import DepthLossConfig, PoseLossConfig, TrainConfig
     from dvc_perception.train.datasets import AugmentConfig
-    from dvc_perception.train.loop import DepthLossConfig, PoseLossConfig, TrainConfig
     from dvc_perception.train.runner import RunSpec, run_training
 
     train_cfg = TrainConfig(**_given(args, {

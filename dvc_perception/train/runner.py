@@ -19,6 +19,7 @@ import torch
 from dvc_perception.errors import ConfigError, ModelSpecError
 from dvc_perception.models.depth_net import DepthNet, DepthNetConfig
 from dvc_perception.models.keypoint_net import KeypointNet, KeypointNetConfig
+from dvc_perception.train.config import DepthLossConfig, PoseLossConfig, TrainConfig
 from dvc_perception.train.datasets import (
     AugmentConfig,
     ConcatFrameSource,
@@ -31,15 +32,9 @@ from dvc_perception.train.datasets import (
     object_info_to_mapping,
     split_train_val,
 )
-from dvc_perception.train.loop import (
-    DepthLossConfig,
-    DepthTask,
-    PoseLossConfig,
-    PoseTask,
-    TrainConfig,
-    TrainResult,
-    train,
-)
+from dvc_perception.train.loop import train
+from dvc_perception.train.records import TrainResult, to_jsonable
+from dvc_perception.train.tasks import DepthTask, PoseTask
 
 
 @dataclass(frozen=True)
@@ -236,7 +231,6 @@ def _load_initial_weights(model: torch.nn.Module, path: str, config: Mapping[str
         ConfigError: the checkpoint's network has another configuration.
     """
     from dvc_perception.train.checkpoints import load_checkpoint
-    from dvc_perception.train.loop import to_jsonable
 
     ckpt = load_checkpoint(path)
     theirs = to_jsonable(ckpt.get("model_config"))
@@ -273,6 +267,4 @@ def _load_encoder_weights(model: torch.nn.Module, path: str) -> None:
 
 
 def _spec_json(spec: RunSpec) -> dict[str, Any]:
-    from dvc_perception.train.loop import to_jsonable
-
     return to_jsonable(spec)

@@ -13,7 +13,7 @@ import torch
 from dvc_perception.cli import main
 from dvc_perception.errors import InputError, ModelSpecError
 from dvc_perception.safe_load import load_npz, load_torch_file
-from dvc_perception.train.loop import PoseLossConfig, TrainConfig
+from dvc_perception.train.config import PoseLossConfig, TrainConfig
 from dvc_perception.train.runner import RunSpec, run_training
 
 TOY = ["--toy", "8", "--input-size", "64x48", "--epochs", "1", "--batch-size", "4",

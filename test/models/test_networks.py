@@ -14,7 +14,7 @@ from dvc_perception.models.depth_net import (
 )
 from dvc_perception.models.flops import count_conv_flops
 from dvc_perception.models.keypoint_net import KeypointNet, KeypointNetConfig
-from dvc_perception.train.loop import cpu_bf16_supported
+from dvc_perception.train.device import cpu_bf16_supported
 
 GFLOP_BUDGET = 2.0e9
 

@@ -69,7 +69,7 @@ def _demo_pose_results() -> tuple[list[bool], list[float]]:
     ort = pytest.importorskip("onnxruntime")
     from dvc_perception.geometry.metrics import add_error, adds_error
     from dvc_perception.train.datasets import ListFrameSource, PoseDataset, load_object_infos
-    from dvc_perception.train.loop import solve_pose_like_pipeline
+    from dvc_perception.train.tasks import solve_pose_like_pipeline
 
     models = _shipped("keypoints", ("demo_object",))
     if not models:

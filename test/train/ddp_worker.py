@@ -12,9 +12,11 @@ import sys
 
 import torch
 
+from dvc_perception.train.config import PoseLossConfig, TrainConfig
 from dvc_perception.train.datasets import AugmentConfig, ListFrameSource, PoseDataset
-from dvc_perception.train.loop import PoseLossConfig, PoseTask, TrainConfig, train
+from dvc_perception.train.loop import train
 from dvc_perception.train.runner import RunSpec, build_keypoint_net
+from dvc_perception.train.tasks import PoseTask
 from dvc_perception.train.toy import toy_frames, toy_object
 
 CONFIG = TrainConfig(epochs=1, batch_size=2, max_steps_per_epoch=2, lr=3e-3, progress=False,

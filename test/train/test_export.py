@@ -9,7 +9,7 @@ from dvc_perception.cli import main
 from dvc_perception.engines.export import read_model_metadata
 from dvc_perception.errors import ModelSpecError
 from dvc_perception.train.checkpoints import load_checkpoint, model_from_checkpoint
-from dvc_perception.train.loop import PoseLossConfig, TrainConfig
+from dvc_perception.train.config import PoseLossConfig, TrainConfig
 from dvc_perception.train.runner import RunSpec, run_training
 from dvc_perception.train.toy import toy_object
 

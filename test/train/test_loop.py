@@ -9,12 +9,8 @@ import pytest
 import torch
 
 from dvc_perception.errors import ConfigError, ModelSpecError
-from dvc_perception.train.loop import (
-    DepthLossConfig,
-    PoseLossConfig,
-    TrainConfig,
-    cpu_bf16_supported,
-)
+from dvc_perception.train.config import DepthLossConfig, PoseLossConfig, TrainConfig
+from dvc_perception.train.device import cpu_bf16_supported
 from dvc_perception.train.runner import RunSpec, run_training
 
 
@@ -101,7 +97,8 @@ def test_pose_training_overfits_a_few_frames_with_the_pose_loss(tmp_path):
 def test_a_non_finite_gradient_skips_the_step_instead_of_poisoning_the_weights(tmp_path):
     from dvc_perception.models.depth_net import DepthNet, DepthNetConfig
     from dvc_perception.train.datasets import DepthDataset, ListFrameSource
-    from dvc_perception.train.loop import DepthTask, train
+    from dvc_perception.train.loop import train
+    from dvc_perception.train.tasks import DepthTask
     from dvc_perception.train.toy import toy_frames
 
     class NanOnce(DepthTask):
@@ -242,7 +239,8 @@ def test_pose_evaluation_takes_a_parameterless_wrapper_like_an_engine_adapter(tm
 
     from dvc_perception.train.checkpoints import load_checkpoint, model_from_checkpoint
     from dvc_perception.train.datasets import ListFrameSource, PoseDataset
-    from dvc_perception.train.loop import PoseTask, _make_loader
+    from dvc_perception.train.loop import _make_loader
+    from dvc_perception.train.tasks import PoseTask
     from dvc_perception.train.toy import toy_frames, toy_object
 
     spec = RunSpec(mode="pose", out_dir=str(tmp_path / "pose"), toy_frames=8, input_width=64,

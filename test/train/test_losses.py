@@ -8,8 +8,9 @@ import torch
 from dvc_perception.geometry.projection import project_points
 from dvc_perception.models.heads import soft_argmax_2d
 from dvc_perception.models.keypoint_net import KeypointNet, KeypointNetConfig
+from dvc_perception.train.config import PoseLossConfig
 from dvc_perception.train.datasets import ListFrameSource, PoseDataset
-from dvc_perception.train.loop import PoseLossConfig, PoseTask, _collate
+from dvc_perception.train.loop import _collate
 from dvc_perception.train.losses import (
     depth_l1_loss,
     gaussian_heatmap_target,
@@ -18,6 +19,7 @@ from dvc_perception.train.losses import (
     pose_reprojection_loss,
     silog_loss,
 )
+from dvc_perception.train.tasks import PoseTask
 from dvc_perception.train.toy import toy_frames, toy_object
 
 

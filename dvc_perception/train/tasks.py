@@ -1,0 +1,270 @@
+# Copyright 2026 dvc_perception authors. Licensed under the Apache License, Version 2.0.
+"""Training tasks: what `loop.train` needs from one (`TrainTask`), `PoseTask` and `DepthTask`."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from types import SimpleNamespace
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from dvc_perception.models.depth_net import depth_to_canonical
+from dvc_perception.models.keypoint_net import HEATMAP_STRIDE
+from dvc_perception.train import losses as L  # noqa: N812 - short alias for the loss module
+from dvc_perception.train.config import DepthLossConfig, PoseLossConfig
+from dvc_perception.train.datasets import ObjectInfo
+from dvc_perception.train.device import model_device
+
+
+class TrainTask(Protocol):
+    """What `train` needs from a task."""
+
+    name: str
+    primary_metric: str
+    maximize: bool
+
+    def loss(self, model: nn.Module, batch: Mapping[str, Tensor], epoch: int) -> tuple[
+        Tensor, dict[str, float]
+    ]:
+        """(total loss, scalar components for the log) on one batch."""
+        ...
+
+    def evaluate(self, model: nn.Module, loader: Iterator[Mapping[str, Tensor]]) -> dict[
+        str, float
+    ]:
+        """Validation metrics over a loader."""
+        ...
+
+
+def _stack_keypoints(objects: Sequence[ObjectInfo]) -> Tensor:
+    return torch.as_tensor(np.stack([o.keypoints_obj for o in objects]), dtype=torch.float64)
+
+
+class PoseTask:
+    """Keypoint-network training: heatmap + keypoint + confidence + mask + pose-through-PnP.
+
+    Args:
+        objects: the network's objects, in output order.
+        config: loss weights.
+    """
+
+    name = "pose"
+    primary_metric = "val_add_recall"
+    maximize = True
+
+    #: RANSAC inlier threshold of the validation poses, px at the network input
+    ransac_threshold_px = 4.0
+
+    def __init__(self, objects: Sequence[ObjectInfo], config: PoseLossConfig) -> None:
+        self.objects = tuple(objects)
+        self.config = config
+        self.keypoints_obj = _stack_keypoints(self.objects)  # (O, K, 3)
+
+    def loss(
+        self, model: nn.Module, batch: Mapping[str, Tensor], epoch: int
+    ) -> tuple[Tensor, dict[str, float]]:
+        """Total loss on one batch and its components (see `PoseLossConfig`)."""
+        cfg = self.config
+        out = model(batch["image"])
+        present = batch["present"]
+        valid = batch["kp_in_image"] & present.unsqueeze(-1)
+        l_hm = L.heatmap_loss(out.heatmap_logits, batch["keypoints"], valid, HEATMAP_STRIDE,
+                              cfg.sigma_cells)
+        l_kp = L.keypoint_loss(out.x2d, batch["keypoints"], valid)
+        l_conf = L.confidence_loss(out.weights, batch["kp_visible"], present)
+        l_mask = L.mask_loss(out.mask_logits, batch["mask"])
+        total = cfg.heatmap * l_hm + cfg.keypoint * l_kp + cfg.confidence * l_conf
+        total = total + cfg.mask * l_mask
+        parts = {"heatmap": float(l_hm.detach()), "keypoint_px": float(l_kp.detach()),
+                 "confidence": float(l_conf.detach()), "mask": float(l_mask.detach())}
+        if cfg.use_pose_loss and epoch >= cfg.pose_warmup_epochs:
+            l_pose, n_ok = self.pose_loss(out.x2d, out.weights, batch)
+            total = total + cfg.pose * l_pose
+            parts["pose_px"] = float(l_pose.detach())
+            parts["pose_ok"] = n_ok
+        parts["total"] = float(total.detach())
+        return total, parts
+
+    def pose_loss(
+        self, x2d: Tensor, weights: Tensor, batch: Mapping[str, Tensor]
+    ) -> tuple[Tensor, float]:
+        """Reprojection loss through `solve_pnp` on every present object (float64 solve).
+
+        Args:
+            x2d: (B, O, K, 2) px predicted keypoints.
+            weights: (B, O, K) predicted confidences (detached and floored for PnP).
+            batch: the batch (``present``, ``K``, ``R``, ``t``).
+
+        Returns:
+            (loss, fraction of present objects whose solve was valid).
+        """
+        present = batch["present"]
+        if not bool(present.any()):
+            return x2d.sum() * 0.0, 0.0
+        b, o = int(present.shape[0]), int(present.shape[1])
+        kp3d = self.keypoints_obj.to(x2d.device).unsqueeze(0).expand(b, -1, -1, -1)[present]
+        K = batch["K"].to(torch.float64).unsqueeze(1).expand(-1, o, -1, -1)[present]
+        w = weights.detach().clamp_min(self.config.pose_weight_floor)[present]
+        loss, ok = L.pose_reprojection_loss(
+            x2d[present].to(torch.float64), w.to(torch.float64), kp3d, K,
+            batch["R"][present], batch["t"][present], clamp_px=self.config.pose_clamp_px,
+        )
+        return loss.to(x2d.dtype), float(ok.to(torch.float64).mean())
+
+    @torch.no_grad()
+    def evaluate(
+        self, model: nn.Module, loader: Iterator[Mapping[str, Tensor]]
+    ) -> dict[str, float]:
+        """ADD(-S)@0.1d recall, median rotation/translation/keypoint errors, mask IoU.
+
+        Every present object of every frame is one instance; a failed PnP counts as a miss
+        (infinite errors). Poses come from confidence-weighted RANSAC + refinement, as in the
+        pipeline (`solve_pose_like_pipeline`).
+        """
+        from dvc_perception.geometry.metrics import (
+            add_error,
+            adds_error,
+            rotation_error_deg,
+            translation_error,
+        )
+        add_ok, rot, trans, kp_err, ious = [], [], [], [], []
+        was_training = model.training
+        model.eval()
+        device = model_device(model)
+        for batch in loader:  # the network on its device, the rest (PnP, metrics) on the CPU
+            raw = model(batch["image"].to(device))  # any object with these three fields
+            out = SimpleNamespace(x2d=raw.x2d.float().cpu(), weights=raw.weights.float().cpu(),
+                                  mask_logits=raw.mask_logits.float().cpu())
+            present = batch["present"]
+            valid = batch["kp_in_image"] & present.unsqueeze(-1)
+            err = (out.x2d.double() - batch["keypoints"].double()).norm(dim=-1)
+            kp_err.append(err[valid])
+            pred_mask = torch.sigmoid(out.mask_logits) > 0.5
+            gt_mask = batch["mask"] > 0.5
+            inter = (pred_mask & gt_mask).flatten(2).sum(-1).double()
+            union = (pred_mask | gt_mask).flatten(2).sum(-1).double()
+            ious.append((inter / union.clamp_min(1))[present])
+            if not bool(present.any()):
+                continue
+            b, o = int(present.shape[0]), int(present.shape[1])
+            obj_idx = torch.arange(o).unsqueeze(0).expand(b, -1)[present]
+            kp3d = self.keypoints_obj.unsqueeze(0).expand(b, -1, -1, -1)[present]
+            K = batch["K"].double().unsqueeze(1).expand(-1, o, -1, -1)[present]
+            R_est, t_est, ok = solve_pose_like_pipeline(
+                out.x2d[present].double(), kp3d, K, out.weights[present].double(),
+                self.ransac_threshold_px)
+            R_gt, t_gt = batch["R"][present].double(), batch["t"][present].double()
+            for n in range(int(obj_idx.shape[0])):
+                info = self.objects[int(obj_idx[n])]
+                if not bool(ok[n]):
+                    add_ok.append(False)
+                    rot.append(math.inf)
+                    trans.append(math.inf)
+                    continue
+                pts = torch.as_tensor(info.points_obj, dtype=torch.float64)
+                metric = adds_error if info.symmetric else add_error
+                e = float(metric(R_est[n : n + 1], t_est[n : n + 1], R_gt[n : n + 1],
+                                 t_gt[n : n + 1], pts)[0])
+                add_ok.append(e < 0.1 * info.diameter_m)
+                rot.append(float(rotation_error_deg(R_est[n : n + 1], R_gt[n : n + 1])[0]))
+                trans.append(float(translation_error(t_est[n : n + 1], t_gt[n : n + 1])[0]))
+        model.train(was_training)
+        kp = torch.cat(kp_err) if kp_err else torch.zeros(0, dtype=torch.float64)
+        iou = torch.cat(ious) if ious else torch.zeros(0, dtype=torch.float64)
+        nan = float("nan")
+        return {
+            "val_add_recall": float(np.mean(add_ok)) if add_ok else nan,
+            "val_rot_err_deg_median": float(np.median(rot)) if rot else nan,
+            "val_trans_err_m_median": float(np.median(trans)) if trans else nan,
+            "val_kp_err_px_median": float(kp.median()) if kp.numel() else nan,
+            "val_mask_iou": float(iou.mean()) if iou.numel() else nan,
+            "val_instances": float(len(add_ok)),
+        }
+
+
+def solve_pose_like_pipeline(
+    x2d: Tensor, x3d: Tensor, K: Tensor, weights: Tensor, threshold_px: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Validation poses by the pipeline's own robust solver (`pipeline.pose.estimate_poses`).
+
+    Settings: RANSAC on every sample (``always_ransac``), 64 hypotheses, seed 0, 20 LM
+    iterations; by default the pipeline first tries one weighted LM fit of all keypoints.
+
+    Args:
+        x2d: (N, K, 2) px keypoints.
+        x3d: (N, K, 3) m object points.
+        K: (N, 3, 3) intrinsics px.
+        weights: (N, K) keypoint confidences.
+        threshold_px: inlier threshold px.
+
+    Returns:
+        (R (N, 3, 3), t (N, 3) m, ok (N,) bool).
+    """
+    from dvc_perception.config import PnPConfig
+    from dvc_perception.pipeline.pose import estimate_poses
+
+    settings = PnPConfig(threshold_px=threshold_px, num_hypotheses=64, always_ransac=True,
+                         max_iterations=20, seed=0)
+    try:
+        found = estimate_poses(x2d, x3d, K, weights, settings)
+    except torch.linalg.LinAlgError:  # a degenerate sample: fall back to the guarded solver
+        return L.solve_pnp_guarded(x2d, x3d, K, weights)
+    return found.R, found.t, found.valid
+
+
+class DepthTask:
+    """Depth-network training on canonical depth: SILog + L1.
+
+    Args:
+        focal0_px: the network's canonical focal length px.
+        config: loss weights.
+    """
+
+    name = "depth"
+    primary_metric = "val_abs_rel"
+    maximize = False
+
+    def __init__(self, focal0_px: float, config: DepthLossConfig) -> None:
+        self.focal0_px = float(focal0_px)
+        self.config = config
+
+    def loss(
+        self, model: nn.Module, batch: Mapping[str, Tensor], epoch: int
+    ) -> tuple[Tensor, dict[str, float]]:
+        """Total loss on one batch and its components."""
+        cfg = self.config
+        pred = model(batch["image"])
+        target, valid = L.nan_to_invalid(batch["depth"])
+        target = depth_to_canonical(target, batch["fx"], self.focal0_px).to(pred.dtype)
+        l_si = L.silog_loss(pred, target, valid, cfg.silog_lambda)
+        l_l1 = L.depth_l1_loss(pred, target, valid)
+        total = cfg.silog * l_si + cfg.l1 * l_l1
+        parts = {"silog": float(l_si.detach()), "l1_m": float(l_l1.detach()),
+                 "total": float(total.detach())}
+        return total, parts
+
+    @torch.no_grad()
+    def evaluate(
+        self, model: nn.Module, loader: Iterator[Mapping[str, Tensor]]
+    ) -> dict[str, float]:
+        """AbsRel, RMSE [m] and delta<1.25 of metric depth, pooled over all valid pixels."""
+        from dvc_perception.geometry.metrics import depth_metrics
+        from dvc_perception.models.depth_net import depth_from_canonical
+
+        preds, gts = [], []
+        was_training = model.training
+        model.eval()
+        device = model_device(model)
+        for batch in loader:
+            pred = model(batch["image"].to(device)).float().cpu()
+            pred = depth_from_canonical(pred, batch["fx"], self.focal0_px)
+            preds.append(pred.double().flatten())
+            gts.append(batch["depth"].double().flatten())
+        model.train(was_training)
+        m = depth_metrics(torch.cat(preds), torch.cat(gts))
+        return {"val_abs_rel": m["abs_rel"], "val_rmse_m": m["rmse"],
+                "val_delta_1_25": m["delta_1_25"]}
