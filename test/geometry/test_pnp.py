@@ -5,11 +5,14 @@ import pytest
 import torch
 
 from dvc_perception.errors import ConfigError, ShapeError
+from dvc_perception.geometry import pnp
 from dvc_perception.geometry.pnp import HuberLoss, solve_pnp
 from dvc_perception.geometry.so3 import matrix_to_rotvec, rotvec_to_matrix
 from dvc_perception.geometry.synthetic import synthetic_pnp_problem
 
 F64 = torch.float64
+# "compiled" only where numba is installed (else solve_pnp(impl="compiled") raises)
+IMPLS = ["compiled", "torch"] if pnp.compiled_available() else ["torch"]
 
 
 def _rot_err_deg(Ra: torch.Tensor, Rb: torch.Tensor) -> torch.Tensor:
@@ -32,28 +35,32 @@ def _args(s, weight_jitter=True):
 # ---------------------------------------------------------------- gradients
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("n_points,planar", [(4, True), (6, False)])
-def test_gradcheck_all_inputs(n_points, planar):
+def test_gradcheck_all_inputs(n_points, planar, impl):
     # noise_px > 0 on purpose: at zero residual J^T J equals the Hessian and hides a wrong backward
     s = synthetic_pnp_problem(1, n_points, 1.0, planar=planar, seed=3)
 
     def pose_of(x2d, x3d, K, w):
-        r = solve_pnp(x2d, x3d, K, w, init=s.pose_init, tol=1e-13, max_iterations=100)
+        r = solve_pnp(x2d, x3d, K, w, init=s.pose_init, tol=1e-13, max_iterations=100,
+                      impl=impl)
         return _pose_vec(r)
 
     inputs = [a.requires_grad_() for a in _args(s)]
     assert torch.autograd.gradcheck(pose_of, inputs, eps=1e-6, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("planar", [False, True])
 @pytest.mark.parametrize("n_points", [4, 8, 50])
-def test_gradient_matches_central_differences(n_points, planar):
+def test_gradient_matches_central_differences(n_points, planar, impl):
     s = synthetic_pnp_problem(1 if n_points > 8 else 2, n_points, 1.0, planar=planar, seed=7)
     args = _args(s)
     gen = torch.Generator().manual_seed(5)
 
     def pose_of(*a):
-        return _pose_vec(solve_pnp(*a, init=s.pose_init, tol=1e-13, max_iterations=100))
+        return _pose_vec(solve_pnp(*a, init=s.pose_init, tol=1e-13, max_iterations=100,
+                                   impl=impl))
 
     for i in range(4):
         x = [a.clone() for a in args]
@@ -80,12 +87,14 @@ def test_gradient_matches_central_differences(n_points, planar):
             assert rel <= 1e-6, f"input {i}: relative error {rel:.2e}"
 
 
-def test_implicit_unrolled_and_fd_agree_at_nonzero_residual():
+@pytest.mark.parametrize("impl", IMPLS)
+def test_implicit_unrolled_and_fd_agree_at_nonzero_residual(impl):
     s = synthetic_pnp_problem(3, 10, 2.0, seed=21)
     args = _args(s)
 
     def pose_of(*a, backward="implicit"):
-        r = solve_pnp(*a, init=s.pose_init, tol=1e-13, max_iterations=100, backward=backward)
+        r = solve_pnp(*a, init=s.pose_init, tol=1e-13, max_iterations=100, backward=backward,
+                      impl=impl if backward == "implicit" else "torch")
         return torch.cat([_pose_vec(r), r.R.flatten(1)], dim=-1)  # R too: (B, 15)
 
     with torch.no_grad():
@@ -106,7 +115,8 @@ def test_implicit_unrolled_and_fd_agree_at_nonzero_residual():
     assert abs(float(an - fd)) <= 1e-6 * abs(float(fd))
 
 
-def test_gradient_with_huber_kernel_matches_unrolled():
+@pytest.mark.parametrize("impl", IMPLS)
+def test_gradient_with_huber_kernel_matches_unrolled(impl):
     s = synthetic_pnp_problem(2, 12, 1.0, seed=4, outlier_ratio=0.2)
     args = _args(s)
     v = torch.randn(2, 6, generator=torch.Generator().manual_seed(2), dtype=F64)
@@ -114,7 +124,7 @@ def test_gradient_with_huber_kernel_matches_unrolled():
     for mode in ("implicit", "unrolled"):
         x = [a.clone().requires_grad_() for a in args]
         r = solve_pnp(*x, init=s.pose_init, tol=1e-13, max_iterations=200, robust=("huber", 2.0),
-                      backward=mode)
+                      backward=mode, impl=impl if mode == "implicit" else "torch")
         grads[mode] = torch.autograd.grad((_pose_vec(r) * v).sum(), x)
     for a, b in zip(grads["implicit"], grads["unrolled"]):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8 * float(b.abs().max()))
@@ -156,9 +166,10 @@ def test_accuracy_not_worse_than_opencv(planar):
                 f"{float(a):.3g} vs OpenCV {float(b):.3g}")
 
 
-def test_exact_data_recovers_ground_truth():
+@pytest.mark.parametrize("impl", IMPLS)
+def test_exact_data_recovers_ground_truth(impl):
     s = synthetic_pnp_problem(16, 8, 0.0, seed=2)
-    r = solve_pnp(s.keypoints_px, s.points_obj, s.K)
+    r = solve_pnp(s.keypoints_px, s.points_obj, s.K, impl=impl)
     assert bool(r.valid.all()) and bool(r.converged.all())
     torch.testing.assert_close(r.R, s.R_gt, atol=1e-9, rtol=0)
     torch.testing.assert_close(r.t, s.t_gt, atol=1e-9, rtol=0)
@@ -220,7 +231,8 @@ def test_shape_and_config_errors():
         solve_pnp(s.keypoints_px, s.points_obj, s.K, robust=("huber", -1.0))
 
 
-def test_degenerate_samples_are_invalid_and_do_not_spoil_the_batch():
+@pytest.mark.parametrize("impl", IMPLS)
+def test_degenerate_samples_are_invalid_and_do_not_spoil_the_batch(impl):
     s = synthetic_pnp_problem(5, 8, 0.5, seed=12)
     x2d, x3d = s.keypoints_px.clone(), s.points_obj.clone()
     x2d[1, 3, 0] = float("nan")  # NaN keypoint
@@ -229,19 +241,20 @@ def test_degenerate_samples_are_invalid_and_do_not_spoil_the_batch():
     w = s.weights.clone()
     w[3, 3:] = 0.0  # only 3 points of positive weight
     x2d.requires_grad_()
-    r = solve_pnp(x2d, x3d, s.K, w)
+    r = solve_pnp(x2d, x3d, s.K, w, impl=impl)
     assert r.valid.tolist() == [True, False, False, False, True]
     assert not bool(r.converged[1:4].any())
     for f in (r.R, r.t, r.rvec, r.cost, r.covariance):
         assert bool(torch.isfinite(f).all())
-    alone = solve_pnp(s.keypoints_px[[0, 4]], s.points_obj[[0, 4]], s.K[[0, 4]])
+    alone = solve_pnp(s.keypoints_px[[0, 4]], s.points_obj[[0, 4]], s.K[[0, 4]], impl=impl)
     torch.testing.assert_close(r.R[[0, 4]].detach(), alone.R, atol=1e-10, rtol=0)
     (g,) = torch.autograd.grad(r.t.sum() + r.R.sum(), x2d)
     assert bool(torch.isfinite(g).all())
     assert float(g[1:4].abs().max()) == 0.0 and float(g[0].abs().max()) > 0.0
 
 
-def test_points_behind_camera_are_invalid():
+@pytest.mark.parametrize("impl", IMPLS)
+def test_points_behind_camera_are_invalid(impl):
     s = synthetic_pnp_problem(2, 10, 0.0, seed=13)
     # The mirror image (all camera coordinates negated) projects to the same pixels; with the
     # object put behind the camera by its pose, the exact fit has negative depths.
@@ -251,21 +264,23 @@ def test_points_behind_camera_are_invalid():
     uvw = cam @ s.K.transpose(-1, -2)
     x2d = uvw[..., :2] / uvw[..., 2:]
     init = torch.cat([matrix_to_rotvec(R_behind), t_behind], dim=-1)
-    r = solve_pnp(x2d, s.points_obj, s.K, init=init)
+    r = solve_pnp(x2d, s.points_obj, s.K, init=init, impl=impl)
     assert not bool(r.valid.any())
     assert bool(torch.isfinite(r.R).all())
 
 
-def test_converged_is_honest():
+@pytest.mark.parametrize("impl", IMPLS)
+def test_converged_is_honest(impl):
     s = synthetic_pnp_problem(4, 30, 1.0, seed=14)
     far = s.pose_init.clone()
     far[:, :3] += 0.3
-    one = solve_pnp(s.keypoints_px, s.points_obj, s.K, init=far, max_iterations=1)
+    one = solve_pnp(s.keypoints_px, s.points_obj, s.K, init=far, max_iterations=1, impl=impl)
     assert not bool(one.converged.any())
-    full = solve_pnp(s.keypoints_px, s.points_obj, s.K, init=far, max_iterations=50)
+    full = solve_pnp(s.keypoints_px, s.points_obj, s.K, init=far, max_iterations=50, impl=impl)
     assert bool(full.converged.all())
     # a converged solution is stationary: one more solve from it does not move
-    again = solve_pnp(s.keypoints_px, s.points_obj, s.K, init=_pose_vec(full), tol=1e-12)
+    again = solve_pnp(s.keypoints_px, s.points_obj, s.K, init=_pose_vec(full), tol=1e-12,
+                      impl=impl)
     torch.testing.assert_close(again.t, full.t, atol=1e-9, rtol=0)
 
 
@@ -339,15 +354,16 @@ def test_real_chessboard_reprojection_matches_opencv(chessboard_dir):
     assert checked >= 10
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_collapsed_keypoints_never_raise_or_give_nan(dtype):
+@pytest.mark.parametrize("dtype,impl",
+                         [(torch.float32, "auto"), *((torch.float64, i) for i in IMPLS)])
+def test_collapsed_keypoints_never_raise_or_give_nan(dtype, impl):
     # all keypoints of a sample on one pixel: singular normal equations, diverging depth
     s = synthetic_pnp_problem(32, 7, 2.0, planar=True, seed=5, dtype=dtype)
     x2d = s.keypoints_px.clone()
     x2d[1] = 0.0
     x2d.requires_grad_()
     for robust in (None, ("huber", 3.0)):
-        r = solve_pnp(x2d, s.points_obj, s.K, robust=robust)
+        r = solve_pnp(x2d, s.points_obj, s.K, robust=robust, impl=impl)
         (g,) = torch.autograd.grad(r.t.sum() + r.rvec.sum() + r.R.sum(), x2d)
         for f in (r.R, r.t, r.rvec, r.cost, r.covariance, g):
             assert bool(torch.isfinite(f).all())
