@@ -44,6 +44,7 @@ setup(
         "opencv-python-headless>=4.7",
         "pyyaml>=5.4",
         "tqdm>=4.60",
+        "numba>=0.57",  # the compiled PnP solver and hard rasterizer (torch fallback without)
     ],
     extras_require={
         "test": ["pytest"],

@@ -19,5 +19,9 @@ echo "[setup] installing into $VENV (first run, or a requirements file changed)"
 # --no-deps: the pinned requirements above are the environment; do not let an open range
 # pull another torch build.
 "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e .
+# Compile the PnP kernels now (numba, cached on disk next to the sources; about a minute on a
+# 2-core machine), so the first `make demo` or node start does not pay for it.
+echo "[setup] compiling the PnP solver kernels (numba, once)"
+"$VENV/bin/python" -c "from dvc_perception.geometry.pnp import warm_up; warm_up()"
 echo "$want" > "$VENV/.reqs"
 echo "[setup] done"

@@ -40,6 +40,7 @@ then cached on disk): call `warm_up()` at start-up to pay that before the first 
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -51,7 +52,10 @@ import torch
 from torch import Tensor
 
 from dvc_perception.errors import ConfigError, EngineUnavailableError, InputError, ShapeError
+from dvc_perception.geometry.projection import points_in_camera, reprojection_errors
 from dvc_perception.geometry.so3 import matrix_to_rotvec, rotvec_to_matrix
+
+_LOG = logging.getLogger(__name__)
 
 MIN_POINTS = 4
 # Relative principal standard deviation below which a point set is planar (3 control points).
@@ -896,10 +900,9 @@ def reprojection_residuals(
     points at depth <= 0 and non-finite values (the `PnPResult.residuals` convention).
     """
     with torch.no_grad():
-        P = x3d @ R.transpose(-1, -2) + t[:, None, :]
-        uvw = P @ K.transpose(-1, -2)
-        err = (uvw[..., :2] / uvw[..., 2:] - x2d).norm(dim=-1)
-        ok = valid[:, None] & (P[..., 2] > 0) & torch.isfinite(err)
+        z = points_in_camera(x3d, R, t)[..., 2]
+        err = reprojection_errors(x2d, x3d, R, t, K, min_depth=0.0)
+        ok = valid[:, None] & (z > 0) & torch.isfinite(err)
         return torch.where(ok, err, math.inf)
 
 
@@ -937,6 +940,9 @@ def compiled_available() -> bool:
     return True
 
 
+_WARNED_NO_NUMBA: list[bool] = []
+
+
 def warm_up() -> float:
     """Load (the first time on a machine: compile and cache) the compiled kernels.
 
@@ -948,6 +954,10 @@ def warm_up() -> float:
     """
     t0 = time.perf_counter()
     if not compiled_available():
+        if not _WARNED_NO_NUMBA:
+            _WARNED_NO_NUMBA.append(True)
+            _LOG.warning("numba is not installed: solve_pnp runs its torch implementation "
+                         "(same results, 10-90x slower on the CPU); pip install numba")
         return 0.0
     from dvc_perception.geometry.ransac import solve_pnp_ransac
 

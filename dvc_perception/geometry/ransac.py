@@ -35,6 +35,7 @@ from dvc_perception.geometry.pnp import (
     reprojection_residuals,
     solve_pnp,
 )
+from dvc_perception.geometry.projection import points_in_camera, reprojection_errors
 
 
 @dataclass(frozen=True)
@@ -61,12 +62,12 @@ def _fields(r: PnPResult) -> tuple[Tensor, ...]:
 
 def _reprojection_error(R: Tensor, t: Tensor, x3d: Tensor, x2d: Tensor, K: Tensor
                         ) -> tuple[Tensor, Tensor]:
-    """Errors (..., N) px and depths (..., N) m for poses R (...,3,3), t (...,3)."""
-    P = x3d @ R.transpose(-1, -2) + t[..., None, :]
-    uvw = P @ K.transpose(-1, -2)
-    z = uvw[..., 2]
-    uv = uvw[..., :2] / torch.where(z.abs() < 1e-12, torch.full_like(z, 1e-12), z)[..., None]
-    return (uv - x2d).norm(dim=-1), P[..., 2]
+    """Errors (..., N) px and depths (..., N) m for poses R (...,3,3), t (...,3).
+
+    Errors of points at depth <= 0 are meaningless (callers mask them by the depth).
+    """
+    err = reprojection_errors(x2d, x3d, R, t, K, min_depth=1e-12)
+    return err, points_in_camera(x3d, R, t)[..., 2]
 
 
 def solve_pnp_ransac(

@@ -35,6 +35,7 @@ from dvc_perception.config import ROS_NAME_TOKEN, PipelineConfig
 from dvc_perception.engines.preprocess import check_rgb_image
 from dvc_perception.errors import ConfigError, InputError, ModelSpecError, ShapeError
 from dvc_perception.geometry.camera import CameraModel
+from dvc_perception.geometry.pnp import warm_up as warm_up_pnp
 from dvc_perception.pipeline.pose import estimate_poses
 from dvc_perception.pipeline.sources import DepthSource, KeypointDetection, KeypointSource
 
@@ -170,6 +171,7 @@ class Pipeline:
         self.config = config
         self.keypoint_source = keypoint_source
         self.depth_source = depth_source
+        warm_up_pnp()  # the compiled solver is loaded (or compiled once) here, not on frame 1
 
     @classmethod
     def from_config(cls, config: PipelineConfig | Mapping[str, Any] | str | Path) -> Pipeline:

@@ -16,7 +16,6 @@ from torch import Tensor
 
 from dvc_perception.config import PnPConfig
 from dvc_perception.geometry.pnp import solve_pnp, solve_pnp_ransac
-from dvc_perception.geometry.projection import reprojection_errors
 
 
 @dataclass(frozen=True)
@@ -57,8 +56,7 @@ def estimate_poses(x2d: Tensor, x3d: Tensor, K: Tensor, weights: Tensor, setting
         direct_ok = torch.zeros(B, dtype=torch.bool)
         if not settings.always_ransac:  # all keypoints fit: no outliers, no RANSAC needed
             direct = solve_pnp(x2d, x3d, K, weights, max_iterations=settings.max_iterations)
-            err_px = reprojection_errors(x2d, x3d, direct.R, direct.t, K)
-            fits = (err_px <= settings.threshold_px) | (weights <= 0)
+            fits = (direct.residuals <= settings.threshold_px) | (weights <= 0)
             direct_ok = direct.valid & fits.all(-1)
         rest = ~direct_ok
         R = torch.eye(3, dtype=x2d.dtype).repeat(B, 1, 1)
