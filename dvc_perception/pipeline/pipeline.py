@@ -22,6 +22,7 @@ source can be passed directly: ``Pipeline(config, source, depth_source)``.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from dvc_perception.engines.preprocess import check_rgb_image
 from dvc_perception.errors import ConfigError, InputError, ModelSpecError, ShapeError
 from dvc_perception.geometry.camera import CameraModel
 from dvc_perception.geometry.pnp import warm_up as warm_up_pnp
+from dvc_perception.geometry.synthetic import synthetic_pnp_problem
 from dvc_perception.pipeline.pose import estimate_poses
 from dvc_perception.pipeline.sources import DepthSource, KeypointDetection, KeypointSource
 
@@ -171,7 +173,20 @@ class Pipeline:
         self.config = config
         self.keypoint_source = keypoint_source
         self.depth_source = depth_source
-        warm_up_pnp()  # the compiled solver is loaded (or compiled once) here, not on frame 1
+        self._warm_up_pose_path()
+
+    def _warm_up_pose_path(self) -> None:
+        """Run the per-frame pose code once (direct fit and RANSAC) on a synthetic detection.
+
+        Loads the compiled solver (`pnp.warm_up`) and pays every first-call cost here, so the
+        first real frame is as fast as the rest.
+        """
+        warm_up_pnp()
+        problem = synthetic_pnp_problem(1, 17, 0.5, seed=0, outlier_ratio=0.2)
+        for always_ransac in (False, True):
+            settings = dataclasses.replace(self.config.pnp, always_ransac=always_ransac)
+            estimate_poses(problem.keypoints_px, problem.points_obj, problem.K,
+                           problem.weights, settings)
 
     @classmethod
     def from_config(cls, config: PipelineConfig | Mapping[str, Any] | str | Path) -> Pipeline:
