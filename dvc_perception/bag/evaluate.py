@@ -16,7 +16,6 @@ translation error distributions of the detections. Depth: AbsRel, RMSE, delta < 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,19 +110,6 @@ def _stamp_ns(stamp: Any) -> int:
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
-def _pose_to_rt(pose: Any) -> tuple[np.ndarray, np.ndarray]:
-    q = pose.orientation
-    x, y, z, w = q.x, q.y, q.z, q.w
-    n = math.sqrt(x * x + y * y + z * z + w * w) or 1.0
-    x, y, z, w = x / n, y / n, z / n, w / n
-    R = np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-    ])  # fmt: skip
-    return R, np.array([pose.position.x, pose.position.y, pose.position.z])
-
-
 def _image_to_depth(msg: Any) -> np.ndarray:
     if msg.encoding != "32FC1":
         raise BagError(f"depth image encoding {msg.encoding!r}; expected 32FC1 (REP 118)")
@@ -185,6 +171,7 @@ def evaluate_bag(
         rotation_error_deg,
         translation_error,
     )
+    from dvc_perception.ros.convert import msg_to_pose
 
     node = node_name.rstrip("/")
     with BagReader(gt_bag) as gt_reader:
@@ -201,7 +188,7 @@ def evaluate_bag(
         for topic in pose_topics:
             object_id = topic[len(GROUND_TRUTH_PREFIX) : -len("/pose")]
             gt_poses[object_id] = {
-                _stamp_ns(msg.header.stamp): _pose_to_rt(msg.pose)
+                _stamp_ns(msg.header.stamp): msg_to_pose(msg.pose)
                 for m in gt_reader.messages([topic])
                 for msg in [deserialize(m, PoseStamped, bag=gt_bag)]
             }
@@ -222,7 +209,7 @@ def evaluate_bag(
         for object_id in gt_poses:
             topic = f"{node}/{object_id}/pose"
             est[object_id] = {} if topic not in out_topics else {
-                _stamp_ns(msg.header.stamp): _pose_to_rt(msg.pose.pose)
+                _stamp_ns(msg.header.stamp): msg_to_pose(msg.pose.pose)
                 for m in out_reader.messages([topic])
                 for msg in [deserialize(m, PoseWithCovarianceStamped, bag=output_bag)]
             }  # fmt: skip

@@ -188,6 +188,25 @@ def pose_to_msg(R: np.ndarray, t: np.ndarray) -> Pose:
     )
 
 
+def msg_to_pose(msg: Pose) -> tuple[np.ndarray, np.ndarray]:
+    """geometry_msgs/Pose -> (R (3, 3), t (3,) m); the quaternion is normalised.
+
+    Raises:
+        InputError: a zero or non-finite quaternion or position (no rotation to read).
+    """
+    import torch
+
+    from dvc_perception.geometry.so3 import quaternion_to_matrix
+
+    q = np.array([msg.orientation.x, msg.orientation.y, msg.orientation.z, msg.orientation.w])
+    t = np.array([msg.position.x, msg.position.y, msg.position.z], dtype=np.float64)
+    if not (np.all(np.isfinite(q)) and np.all(np.isfinite(t)) and np.linalg.norm(q) > 0):
+        raise InputError(f"pose: expected a finite position and a non-zero quaternion, got "
+                         f"position {t.tolist()}, orientation (x, y, z, w) {q.tolist()}")
+    R = quaternion_to_matrix(torch.as_tensor(q, dtype=torch.float64)).numpy()
+    return R, t
+
+
 def object_pose_to_msg(pose: ObjectPose, header: Header) -> PoseWithCovarianceStamped:
     """`ObjectPose` -> PoseWithCovarianceStamped; covariance (6, 6) ROS order, row-major 36."""
     msg = PoseWithCovarianceStamped()

@@ -150,3 +150,22 @@ def test_point_cloud_backprojects_depth():
     v, u = 2, 4
     expected = [(u - 2.0) / 100.0 * 2.0, (v - 1.0) / 100.0 * 2.0, 2.0]
     assert np.any(np.all(np.abs(pts - np.float32(expected)) < 1e-6, axis=1))
+
+
+def test_pose_message_round_trip_and_bad_quaternions():
+    from geometry_msgs.msg import Pose, Quaternion
+
+    rng = np.random.default_rng(4)
+    for _ in range(20):
+        rvec = rng.normal(size=3)
+        R, _ = cv2.Rodrigues(rvec)  # independent reference
+        t = rng.normal(size=3)
+        R_back, t_back = convert.msg_to_pose(convert.pose_to_msg(R, t))
+        np.testing.assert_allclose(R_back, R, atol=1e-12)
+        np.testing.assert_allclose(t_back, t, atol=0)
+    msg = convert.pose_to_msg(np.eye(3), np.zeros(3))
+    msg.orientation = Quaternion(x=0.0, y=0.0, z=0.0, w=2.0)  # not unit: normalised
+    np.testing.assert_allclose(convert.msg_to_pose(msg)[0], np.eye(3), atol=0)
+    for bad in (Quaternion(x=0.0, y=0.0, z=0.0, w=0.0), Quaternion(x=float("nan"), w=1.0)):
+        with pytest.raises(InputError, match="quaternion"):
+            convert.msg_to_pose(Pose(orientation=bad))
