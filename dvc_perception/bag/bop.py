@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from dvc_perception.bag.io import AtomicBagWriter
-from dvc_perception.datasets.bop import bop_object_id, read_bop_scene
+from dvc_perception.datasets.bop import bop_object_id, bop_object_ids, read_bop_scene
 from dvc_perception.errors import BagError
 from dvc_perception.synth.synth_bag import (
     CAMERA_INFO_TOPIC,
@@ -45,7 +45,9 @@ def bop_scene_to_bag(
         storage: ``mcap`` or ``sqlite3``.
         rate_hz: stamping rate; frame k is stamped at ``1 s + k / rate_hz``.
         frame_id: camera optical frame of every header.
-        dataset_name: prefix of object ids; defaults to the dataset folder's name.
+        dataset_name: prefix of object ids (``<dataset_name>_obj_XX``) for every object; by
+            default objects with a shipped description keep its id (`bop_object_ids`: matched
+            by mesh checksum) and the others are prefixed with the dataset folder's name.
         overwrite: replace an existing bag at `out` (only once the new one is complete).
     """
     from builtin_interfaces.msg import Time
@@ -59,6 +61,8 @@ def bop_scene_to_bag(
         raise BagError(f"rate_hz must be > 0, got {rate_hz}")
     frames = read_bop_scene(dataset_dir, scene)
     name = dataset_name or Path(dataset_dir).resolve().name
+    has_meshes = any((Path(dataset_dir) / "models").glob("obj_*.ply"))
+    ids = bop_object_ids(dataset_dir) if has_meshes and dataset_name is None else {}
     with AtomicBagWriter(out, storage, overwrite=overwrite) as writer:
         for k, frame in enumerate(frames):
             stamp_ns = 10**9 + round(k * 1e9 / rate_hz)
@@ -87,7 +91,7 @@ def bop_scene_to_bag(
                 pose = pose_to_msg(R, t)
                 array.poses.append(pose)
                 writer.write_message(
-                    object_pose_topic(bop_object_id(name, obj_id)),
+                    object_pose_topic(ids.get(obj_id) or bop_object_id(name, obj_id)),
                     PoseStamped(header=header, pose=pose),
                     stamp_ns,
                 )

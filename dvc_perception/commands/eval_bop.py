@@ -1,15 +1,19 @@
 # Copyright 2026 dvc_perception authors. Licensed under the Apache License, Version 2.0.
 """`dvc-perception eval-bop DATASET_DIR SCENE`: bop2bag + replay + eval in one step.
 
-The node runs the network keypoint source with ``--model``, by default the shipped
-``models/pose_<dataset>.onnx`` (``pose_lmo.onnx`` for ``../shared/data/lmo``) when it exists;
-``--params``/``--param`` configure anything else (and a ``pipeline.network.model_path`` given
-there wins).
+The dataset's objects are identified by their meshes (`datasets.bop.bop_object_ids`: the sha256
+of ``models/obj_XXXXXX.ply`` against the shipped object descriptions), not by the folder's name.
+The node runs the network keypoint source with ``--model`` (or a ``pipeline.network.model_path``
+given with ``--param``), by default the shipped ``models/pose_*.onnx`` that knows most of the
+dataset's objects. A model that knows none of them is an error naming both sets of objects;
+nothing falls back to another keypoint source unless ``--param pipeline.keypoint_source:=...``
+asks for it.
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,15 +34,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Convert, replay, evaluate; print the headline numbers and where the report is."""
     import shutil
-    from pathlib import Path
 
     from dvc_perception.bag.bop import bop_scene_to_bag
     from dvc_perception.bag.evaluate import evaluate_bag, format_summary
     from dvc_perception.bag.replay import replay_bag
     from dvc_perception.bag.report import write_report
     from dvc_perception.commands.replay import parse_param_overrides
+    from dvc_perception.datasets.bop import bop_object_ids
     from dvc_perception.errors import ModelSpecError
 
+    overrides = parse_param_overrides(args.param)
+    dataset_objects = set(bop_object_ids(args.dataset_dir).values())
+    if overrides.get("pipeline.keypoint_source", "network") == "network":
+        model = args.model or str(overrides.get("pipeline.network.model_path", ""))
+        if model:
+            if not Path(model).is_file():
+                raise ModelSpecError(f"--model {model}: no such file")
+            _check_model_objects(Path(model), dataset_objects)
+        else:
+            model = _best_shipped_model(dataset_objects, args.dataset_dir)
+        overrides = {**overrides, "pipeline.keypoint_source": "network",
+                     "pipeline.network.model_path": model}
+        print(f"keypoints: network {model}")
     name = f"{Path(args.dataset_dir).resolve().name}_{args.scene.replace('/', '_')}"
     out = Path(args.output or f"out/eval_{name}")
     out.mkdir(parents=True, exist_ok=True)
@@ -46,16 +63,6 @@ def run(args: argparse.Namespace) -> int:
     for bag in (in_bag, out_bag):
         if bag.exists():
             shutil.rmtree(bag)
-    overrides = parse_param_overrides(args.param)
-    model = args.model
-    if not model and "pipeline.network.model_path" not in overrides:
-        model = _shipped_model(Path(args.dataset_dir).resolve().name)
-    if model:
-        if not Path(model).is_file():
-            raise ModelSpecError(f"--model {model}: no such file")
-        overrides = {"pipeline.keypoint_source": "network", "pipeline.network.model_path": model,
-                     **overrides}
-        print(f"keypoints: network {model}")
     bop_scene_to_bag(args.dataset_dir, args.scene, in_bag)
     replay_bag(in_bag, out_bag, params_file=args.params or None, parameters=overrides)
     result = evaluate_bag(out_bag, in_bag, data_root=args.data_root)
@@ -65,12 +72,43 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _shipped_model(dataset: str) -> str:
-    """Path of the shipped ``models/pose_<dataset>.onnx``, or "" when there is none."""
-    from dvc_perception.errors import ConfigError
+def _model_objects(path: Path) -> set[str]:
+    """Object ids a keypoint model's metadata lists."""
+    from dvc_perception.engines.export import read_model_metadata
+
+    return set(read_model_metadata(path).object_ids)
+
+
+def _check_model_objects(path: Path, dataset_objects: set[str]) -> None:
+    """ModelSpecError when the model knows none of the dataset's objects."""
+    from dvc_perception.errors import ModelSpecError
+
+    known = _model_objects(path)
+    if not known & dataset_objects:
+        raise ModelSpecError(f"{path} knows objects {sorted(known)}, none of the dataset's "
+                             f"{sorted(dataset_objects)}")
+
+
+def _best_shipped_model(dataset_objects: set[str], dataset_dir: str) -> str:
+    """The shipped ``models/pose_*.onnx`` knowing most of the dataset's objects.
+
+    Raises:
+        ModelSpecError: no shipped model knows any of them (both sets named).
+    """
+    from dvc_perception.errors import ConfigError, ModelSpecError
     from dvc_perception.resources import find_share_file
 
     try:
-        return str(find_share_file(f"models/pose_{dataset}.onnx"))
+        models = sorted(find_share_file("models").glob("pose_*.onnx"))
     except ConfigError:
-        return ""
+        models = []
+    scored = [(len(_model_objects(m) & dataset_objects), m) for m in models]
+    best = max(scored, key=lambda s: s[0], default=(0, None))
+    if best[1] is None or best[0] == 0:
+        shipped = {m.name: sorted(_model_objects(m)) for m in models}
+        raise ModelSpecError(
+            f"no keypoint model for {dataset_dir}: its objects are {sorted(dataset_objects)}; "
+            f"the shipped models know {shipped}; train one (`dvc-perception train pose`) and "
+            "pass --model"
+        )
+    return str(best[1])

@@ -72,3 +72,32 @@ def _find_rgb(rgb_dir: Path, image_id: int) -> Path:
         if path.is_file():
             return path
     raise InputError(f"no rgb image for image id {image_id} in {rgb_dir}")
+
+
+def bop_object_ids(dataset_dir: str | Path) -> dict[int, str]:
+    """BOP ``obj_id`` -> object id, for every mesh in the dataset's ``models/`` folder.
+
+    An object whose mesh file has the ``mesh_sha256`` of a shipped description
+    (``config/objects/*.yaml``) gets that description's id, whatever the dataset folder is
+    called (a copy of ``lmo`` named ``lmo_test`` gives the same ids); any other object gets
+    `bop_object_id` of the folder name.
+
+    Raises:
+        InputError: the dataset has no ``models/obj_XXXXXX.ply`` meshes.
+    """
+    from dvc_perception.render.objects import file_sha256, shipped_objects_by_mesh_sha256
+
+    root = Path(dataset_dir)
+    meshes = sorted((root / "models").glob("obj_*.ply"))
+    if not meshes:
+        raise InputError(f"BOP dataset {root} has no models/obj_XXXXXX.ply meshes")
+    known = shipped_objects_by_mesh_sha256()
+    name = root.resolve().name
+    ids: dict[int, str] = {}
+    for mesh in meshes:
+        try:
+            obj_id = int(mesh.stem.split("_")[1])
+        except (IndexError, ValueError):
+            continue  # not a BOP object mesh name
+        ids[obj_id] = known.get(file_sha256(mesh), bop_object_id(name, obj_id))
+    return ids

@@ -6,6 +6,8 @@ YAML keys (lengths in metres)::
     id: demo_object                # ROS name token: [A-Za-z_][A-Za-z0-9_]*
     mesh: demo_object.obj          # relative to the YAML's directory, or ${DVC_SHARED_DATA}/...
     unit: m                        # the mesh file's unit: m, cm or mm
+    mesh_sha256: 3f0c...           # optional: sha256 of the mesh file, checked when loading; it
+                                   # identifies the object in a dataset whatever the file's name
     diameter: 0.117                # [m] max distance between two vertices (computed if absent)
     symmetries:                    # BOP models_info.json style, translations in metres
       discrete: []                 # list of 4x4 transforms, row-major, 16 numbers each
@@ -19,6 +21,7 @@ YAML keys (lengths in metres)::
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from dataclasses import dataclass
@@ -35,7 +38,7 @@ from dvc_perception.render.mesh import UNIT_SCALE, Mesh, load_mesh
 from dvc_perception.resources import shared_data_dir
 
 _ID_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_KNOWN_KEYS = {"id", "mesh", "unit", "diameter", "symmetries", "keypoints"}
+_KNOWN_KEYS = {"id", "mesh", "unit", "mesh_sha256", "diameter", "symmetries", "keypoints"}
 _DATA_VAR = "${DVC_SHARED_DATA}"
 
 
@@ -185,6 +188,11 @@ def load_object(
     if unit not in UNIT_SCALE:
         raise MeshError(f"{path}: unknown unit {unit!r}; expected one of {sorted(UNIT_SCALE)}")
     mesh_path = resolve_mesh_path(str(data["mesh"]), path.parent, data_root)
+    if "mesh_sha256" in data and mesh_path.is_file():
+        actual = file_sha256(mesh_path)
+        if actual != str(data["mesh_sha256"]):
+            raise MeshError(f"{path}: mesh {mesh_path} has sha256 {actual}; the description "
+                            f"expects {data['mesh_sha256']} (another object, or a changed mesh)")
     mesh = load_mesh(mesh_path, unit)
     sym = data.get("symmetries") or {}
     if not isinstance(sym, dict) or set(sym) - {"discrete", "continuous"}:
@@ -241,6 +249,31 @@ def write_missing_fields(path: str | Path, *, data_root: str | Path | None = Non
     header = "".join(f"{line}\n" for line in path.read_text().splitlines() if line.startswith("#"))
     path.write_text(header + yaml.safe_dump(data, sort_keys=False, default_flow_style=None))
     return True
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def shipped_objects_by_mesh_sha256() -> dict[str, str]:
+    """``mesh_sha256`` -> object id of the shipped descriptions (``config/objects/*.yaml``).
+
+    Reads the YAML files only (no mesh is loaded); descriptions without a checksum are left out.
+    """
+    from dvc_perception.resources import find_share_file
+
+    folder = find_share_file("config/objects")
+    table: dict[str, str] = {}
+    for path in sorted(folder.glob("*.yaml")):
+        data = _read_yaml(path)
+        if "mesh_sha256" in data and "id" in data:
+            table[str(data["mesh_sha256"])] = str(data["id"])
+    return table
 
 
 def find_object_yaml(name_or_path: str) -> Path:

@@ -90,3 +90,75 @@ def test_eval_bop_runs_the_shipped_lmo_model(
         assert obj["frames_with_gt"] == n_gt
         assert 0 <= obj["detected"] <= n_gt
     assert (tmp_path / "index.html").is_file()
+
+
+def _copy_dataset(lmo_dir: Path, dest: Path, *, alter_meshes: bool = False) -> Path:
+    """A copy of the LM-O dev split under another folder name (meshes optionally altered)."""
+    import shutil
+
+    shutil.copytree(lmo_dir / "models", dest / "models")
+    shutil.copytree(lmo_dir / "test" / "000002", dest / "test" / "000002")
+    if alter_meshes:  # other bytes: no shipped description matches them any more
+        for mesh in (dest / "models").glob("obj_*.ply"):
+            mesh.write_bytes(mesh.read_bytes() + b"\n")
+    return dest
+
+
+def test_objects_are_identified_by_their_meshes_not_the_folder_name(lmo_dir, tmp_path):
+    from dvc_perception.datasets.bop import bop_object_ids
+
+    expected = {i: f"lmo_obj_{i:02d}" for i in (1, 5, 6, 8, 9, 10, 11, 12)}
+    assert bop_object_ids(lmo_dir) == expected
+    assert bop_object_ids(_copy_dataset(lmo_dir, tmp_path / "lmo_test")) == expected
+    altered = _copy_dataset(lmo_dir, tmp_path / "mine", alter_meshes=True)
+    assert bop_object_ids(altered) == {i: f"mine_obj_{i:02d}" for i in expected}
+    n = bop_scene_to_bag(tmp_path / "lmo_test", "test/000002", tmp_path / "bag")
+    with BagReader(tmp_path / "bag") as reader:
+        topics = set(reader.topics())
+    assert n == 10 and "/ground_truth/lmo_obj_05/pose" in topics
+    assert not any("lmo_test" in t for t in topics)
+
+
+def test_a_description_whose_mesh_checksum_differs_is_refused(lmo_dir, tmp_path):
+    from dvc_perception.errors import MeshError
+    from dvc_perception.render.objects import find_object_yaml, load_object
+
+    text = find_object_yaml("lmo_obj_05").read_text()
+    mesh = _copy_dataset(lmo_dir, tmp_path / "d", alter_meshes=True) / "models" / "obj_000005.ply"
+    (tmp_path / "o.yaml").write_text(text.replace("${DVC_SHARED_DATA}/lmo/models/obj_000005.ply",
+                                                  str(mesh)))
+    with pytest.raises(MeshError, match="sha256"):
+        load_object(tmp_path / "o.yaml")
+
+
+def test_eval_bop_refuses_a_dataset_no_model_knows(lmo_dir, tmp_path, capsys):
+    from dvc_perception.cli import main
+
+    altered = _copy_dataset(lmo_dir, tmp_path / "mine", alter_meshes=True)
+    out = tmp_path / "out"
+    assert main(["eval-bop", str(altered), "test/000002", "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "no keypoint model" in err and "mine_obj_05" in err and "pose_lmo.onnx" in err
+    assert "Traceback" not in err and not out.exists()  # nothing replayed with another source
+    model = Path(__file__).resolve().parents[2] / "models" / "pose_lmo.onnx"
+    assert main(["eval-bop", str(altered), "test/000002", "--output", str(out),
+                 "--model", str(model)]) == 2
+    assert "none of the dataset's" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_eval_bop_gives_the_same_result_under_another_folder_name(lmo_dir, tmp_path, capsys):
+    from dvc_perception.cli import main
+
+    copy = _copy_dataset(lmo_dir, tmp_path / "lmo_test")
+    summaries = []
+    for dataset, out in ((lmo_dir, tmp_path / "a"), (copy, tmp_path / "b")):
+        assert main(["eval-bop", str(dataset), "test/000002", "--output", str(out)]) == 0
+        summary = json.loads((out / "summary.json").read_text())
+        summary.pop("latency_ms")
+        summary.pop("replay_frames_per_s", None)
+        summaries.append(summary)
+    assert "keypoints: network" in capsys.readouterr().out
+    assert summaries[0] == summaries[1]
+    lmo_ids = {f"lmo_obj_{i:02d}" for i in (1, 5, 6, 8, 9, 10, 11, 12)}
+    assert set(summaries[1]["objects"]) == lmo_ids
