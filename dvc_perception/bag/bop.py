@@ -15,7 +15,12 @@ import cv2
 import numpy as np
 
 from dvc_perception.bag.io import AtomicBagWriter
-from dvc_perception.datasets.bop import bop_object_id, bop_object_ids, read_bop_scene
+from dvc_perception.datasets.bop import (
+    bop_frame_stamp_ns,
+    bop_object_id,
+    bop_object_ids,
+    read_bop_scene,
+)
 from dvc_perception.errors import BagError
 from dvc_perception.synth.synth_bag import (
     CAMERA_INFO_TOPIC,
@@ -65,7 +70,7 @@ def bop_scene_to_bag(
     ids = bop_object_ids(dataset_dir) if has_meshes and dataset_name is None else {}
     with AtomicBagWriter(out, storage, overwrite=overwrite) as writer:
         for k, frame in enumerate(frames):
-            stamp_ns = 10**9 + round(k * 1e9 / rate_hz)
+            stamp_ns = bop_frame_stamp_ns(k, rate_hz)
             header = Header(
                 stamp=Time(sec=stamp_ns // 10**9, nanosec=stamp_ns % 10**9), frame_id=frame_id
             )

@@ -45,6 +45,8 @@ class ObjectEval:
     trans_m: list[float] = field(default_factory=list)
     est: list[tuple[np.ndarray, np.ndarray] | None] = field(default_factory=list)
     gt: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+    #: every estimate of the object by stamp [ns], frames without ground truth included
+    all_estimates: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready statistics."""
@@ -229,7 +231,8 @@ def evaluate_bag(
     objects: dict[str, ObjectEval] = {}
     for object_id, gts in gt_poses.items():
         model = _object_model(object_id, data_root)
-        ev = ObjectEval(object_id, model[1] if model else None, bool(model and model[2]))
+        ev = ObjectEval(object_id, model[1] if model else None, bool(model and model[2]),
+                        all_estimates=est[object_id])
         for stamp, (R_gt, t_gt) in sorted(gts.items()):
             ev.stamps_ns.append(stamp)
             ev.gt.append((R_gt, t_gt))

@@ -33,15 +33,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Convert, replay, evaluate; print the headline numbers and where the report is."""
+    import json
     import shutil
 
     from dvc_perception.bag.bop import bop_scene_to_bag
+    from dvc_perception.bag.bop_eval import bop_summary, format_bop_summary
     from dvc_perception.bag.evaluate import evaluate_bag, format_summary
     from dvc_perception.bag.replay import replay_bag
     from dvc_perception.bag.report import write_report
     from dvc_perception.commands.replay import parse_param_overrides
     from dvc_perception.datasets.bop import bop_object_ids
     from dvc_perception.errors import ModelSpecError
+    from dvc_perception.files import atomic_write_text
 
     overrides = parse_param_overrides(args.param)
     dataset_objects = set(bop_object_ids(args.dataset_dir).values())
@@ -67,7 +70,11 @@ def run(args: argparse.Namespace) -> int:
     replay_bag(in_bag, out_bag, params_file=args.params or None, parameters=overrides)
     result = evaluate_bag(out_bag, in_bag, data_root=args.data_root)
     index = write_report(result, out, gt_bag=in_bag)
+    bop = bop_summary(result, args.dataset_dir, args.scene)
+    summary = {**json.loads((out / "summary.json").read_text()), "bop": bop}
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, sort_keys=True))
     print(format_summary(result.summary()))
+    print(format_bop_summary(bop))
     print(f"summary: {out / 'summary.json'}\nreport: {index}")
     return 0
 

@@ -18,6 +18,14 @@ import numpy as np
 from dvc_perception.errors import InputError
 
 
+def bop_frame_stamp_ns(index: int, rate_hz: float) -> int:
+    """Stamp [ns] of the `index`-th frame (image-id order) of a scene replayed at `rate_hz`.
+
+    BOP stores no time stamps; frames are stamped ``1 s + index / rate_hz``.
+    """
+    return 10**9 + round(index * 1e9 / rate_hz)
+
+
 def bop_object_id(dataset: str, obj_id: int) -> str:
     """ROS-name-safe object id of a BOP object: ``bop_object_id("lmo", 1) == "lmo_obj_01"``."""
     return f"{dataset}_obj_{obj_id:02d}"
@@ -101,3 +109,99 @@ def bop_object_ids(dataset_dir: str | Path) -> dict[int, str]:
             continue  # not a BOP object mesh name
         ids[obj_id] = known.get(file_sha256(mesh), bop_object_id(name, obj_id))
     return ids
+
+
+@dataclass(frozen=True)
+class BopModelInfo:
+    """One object of ``models_info.json``, in metres.
+
+    Attributes:
+        diameter_m: the object's diameter [m].
+        symmetries: (R (3, 3), t (3,) m) transforms that leave the object looking the same,
+            identity first: the discrete ones, and the continuous ones sampled (see
+            `read_models_info`).
+    """
+
+    diameter_m: float
+    symmetries: tuple[tuple[np.ndarray, np.ndarray], ...]
+
+
+def _axis_rotation(axis: np.ndarray, angle: float) -> np.ndarray:
+    """(3, 3) rotation by `angle` rad about the unit `axis` (Rodrigues)."""
+    a = axis / np.linalg.norm(axis)
+    k = np.array([[0.0, -a[2], a[1]], [a[2], 0.0, -a[0]], [-a[1], a[0], 0.0]])
+    return np.eye(3) + np.sin(angle) * k + (1.0 - np.cos(angle)) * (k @ k)
+
+
+def read_models_info(dataset_dir: str | Path, *, max_sym_step_rad: float = 0.01
+                     ) -> dict[int, BopModelInfo]:
+    """``models/models_info.json`` -> obj_id -> `BopModelInfo` (mm converted to m).
+
+    Symmetries as BOP's toolkit builds them (``get_symmetry_transformations``): the identity and
+    each discrete transform, each combined with the rotations of every continuous symmetry
+    sampled at ``2 pi / ceil(pi / max_sym_step_rad)`` about its axis through its offset (the
+    zero rotation included, so the identity stays in the set).
+
+    Raises:
+        InputError: the file is missing or malformed.
+    """
+    path = Path(dataset_dir) / "models" / "models_info.json"
+    if not path.is_file():
+        raise InputError(f"BOP dataset {dataset_dir} has no models/models_info.json")
+    try:
+        raw = json.loads(path.read_text())
+        out: dict[int, BopModelInfo] = {}
+        for key, info in raw.items():
+            disc = [(np.eye(3), np.zeros(3))]
+            for sym in info.get("symmetries_discrete", []):
+                m = np.asarray(sym, np.float64).reshape(4, 4)
+                disc.append((m[:3, :3], m[:3, 3] / 1000.0))
+            cont: list[tuple[np.ndarray, np.ndarray]] = []
+            for sym in info.get("symmetries_continuous", []):
+                axis = np.asarray(sym["axis"], np.float64)
+                offset = np.asarray(sym.get("offset", (0, 0, 0)), np.float64) / 1000.0
+                steps = int(np.ceil(np.pi / max_sym_step_rad))
+                for i in range(steps):
+                    R = _axis_rotation(axis, i * 2.0 * np.pi / steps)
+                    cont.append((R, offset - R @ offset))
+            syms = disc if not cont else [(Rc @ Rd, Rc @ td + tc)
+                                          for Rd, td in disc for Rc, tc in cont]
+            out[int(key)] = BopModelInfo(float(info["diameter"]) / 1000.0, tuple(syms))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise InputError(f"{path}: malformed models_info: {err}") from err
+    return out
+
+
+def read_scene_gt_info(dataset_dir: str | Path, scene: str) -> dict[int, list[dict]]:
+    """``scene_gt_info.json``: image id -> one entry per ground-truth object.
+
+    Entries are in ``scene_gt.json``'s order: ``bbox_visib`` and ``bbox_obj`` (x, y, w, h) px
+    (visible part, whole object), ``visib_fract``.
+
+    Raises:
+        InputError: the file is missing or malformed.
+    """
+    path = Path(dataset_dir) / scene / "scene_gt_info.json"
+    if not path.is_file():
+        raise InputError(f"BOP scene {Path(dataset_dir) / scene} has no scene_gt_info.json")
+    try:
+        raw = json.loads(path.read_text())
+        return {int(k): [{"bbox_visib": [float(v) for v in e["bbox_visib"]],
+                          "bbox_obj": [float(v) for v in e["bbox_obj"]],
+                          "visib_fract": float(e["visib_fract"])} for e in entries]
+                for k, entries in raw.items()}
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise InputError(f"{path}: malformed scene_gt_info: {err}") from err
+
+
+def read_eval_points(dataset_dir: str | Path, obj_id: int) -> np.ndarray:
+    """(N, 3) float64 m: vertices of ``models_eval/obj_XXXXXX.ply`` (else ``models/``)."""
+    from dvc_perception.render.mesh import load_mesh
+
+    root = Path(dataset_dir)
+    for folder in ("models_eval", "models"):
+        path = root / folder / f"obj_{obj_id:06d}.ply"
+        if path.is_file():
+            mesh = load_mesh(path, "mm", allow_non_manifold=True)  # only the vertices are used
+            return mesh.vertices.detach().cpu().numpy().astype(np.float64)
+    raise InputError(f"BOP dataset {root} has no models_eval/ or models/ mesh of object {obj_id}")

@@ -162,3 +162,45 @@ def test_eval_bop_gives_the_same_result_under_another_folder_name(lmo_dir, tmp_p
     assert summaries[0] == summaries[1]
     lmo_ids = {f"lmo_obj_{i:02d}" for i in (1, 5, 6, 8, 9, 10, 11, 12)}
     assert set(summaries[1]["objects"]) == lmo_ids
+
+
+def test_models_info_symmetries_map_the_eval_mesh_onto_itself(lmo_dir):
+    from scipy.spatial import cKDTree
+
+    from dvc_perception.datasets.bop import read_eval_points, read_models_info
+
+    infos = read_models_info(lmo_dir)
+    assert infos[5].diameter_m == pytest.approx(0.201404) and len(infos[5].symmetries) == 1
+    for obj_id in (10, 11):  # eggbox and glue: one discrete symmetry each (mm -> m)
+        pts = read_eval_points(lmo_dir, obj_id)
+        assert len(infos[obj_id].symmetries) == 2
+        R, t = infos[obj_id].symmetries[1]
+        moved = pts @ R.T + t
+        dist, _ = cKDTree(pts).query(moved)
+        assert np.median(dist) < 0.002, (obj_id, np.median(dist))
+
+
+def test_bop_summary_of_perfect_and_missing_estimates(lmo_dir):
+    from dvc_perception.bag.bop_eval import bop_summary
+    from dvc_perception.bag.evaluate import EvalResult, ObjectEval
+    from dvc_perception.datasets.bop import bop_frame_stamp_ns, bop_object_ids, read_bop_scene
+
+    ids = bop_object_ids(lmo_dir)
+    objects = {oid: ObjectEval(oid, None, False) for oid in ids.values()}
+    for k, frame in enumerate(read_bop_scene(lmo_dir, "test/000002")):
+        for obj_id, R, t in frame.poses:
+            if obj_id != 1:  # the ape is never found; every other pose is exact
+                objects[ids[obj_id]].all_estimates[bop_frame_stamp_ns(k, 10.0)] = (R, t)
+    result = EvalResult(10, 0, objects, None, [], {})
+    bop = bop_summary(result, lmo_dir, "test/000002")
+    for object_id, o in bop["objects"].items():
+        if object_id == "lmo_obj_01":
+            assert o["add_recall_0.1d"] == 0.0 and o["ar_mssd"] == 0.0 and o["estimates"] == 0
+            assert o["detection_recall"] == 0.0 and o["detection_precision"] is None
+        else:
+            assert o["add_recall_0.1d"] == 1.0 and o["ar_mssd"] == 1.0 and o["ar_mspd"] == 1.0
+            assert o["detection_recall_full_box"] >= 0.9  # the projected box is the whole object
+            assert o["detection_precision"] <= 1.0
+    n = len(bop["objects"])
+    assert bop["macro"]["ar_mssd"] == pytest.approx((n - 1) / n)
+    assert 0 < bop["micro"]["ar_mssd"] < 1
