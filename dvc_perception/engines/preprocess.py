@@ -81,50 +81,50 @@ def normalise_nchw(image: np.ndarray, mean: Sequence[float], std: Sequence[float
     return np.ascontiguousarray(x.transpose(2, 0, 1)[None], dtype=np.float32)
 
 
-@dataclass(frozen=True)
-class Letterbox:
-    """The map from a `src_width` x `src_height` image into a `dst_width` x `dst_height` input."""
+class _ScaledInput:
+    """A uniform scale + shift from a source image into a network input (Letterbox, ZoomCrop).
+
+    Subclasses set `src_width`, `src_height`, `dst_width`, `dst_height` and define `scale` (s)
+    and `offset` (o, px): input px ``= s * source px + o``, so ``K' = A K`` is exact.
+    """
 
     src_width: int
     src_height: int
     dst_width: int
     dst_height: int
 
-    def __post_init__(self) -> None:
-        for name in ("src_width", "src_height", "dst_width", "dst_height"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ConfigError(f"letterbox {name}: expected a positive integer, got {value!r}")
-
     @property
     def scale(self) -> float:
         """Source-to-input scale factor s."""
-        return min(self.dst_width / self.src_width, self.dst_height / self.src_height)
+        raise NotImplementedError
 
     @property
-    def content_size(self) -> tuple[int, int]:
-        """(width, height) px of the input covered by the scaled image (the rest is padding)."""
-        s = self.scale
-        return (
-            min(self.dst_width, int(np.ceil(s * self.src_width - 1e-9))),
-            min(self.dst_height, int(np.ceil(s * self.src_height - 1e-9))),
-        )
+    def offset(self) -> tuple[float, float]:
+        """(o_u, o_v) px: input px = s * source px + o."""
+        raise NotImplementedError
+
+    def _check_sizes(self, what: str) -> None:
+        for name in ("src_width", "src_height", "dst_width", "dst_height"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ConfigError(f"{what} {name}: expected a positive integer, got {value!r}")
 
     @property
     def affine(self) -> np.ndarray:
         """(2, 3) float64 affine: input px = A @ [u, v, 1] of source px."""
-        return letterbox_affine(self.src_width, self.src_height, self.dst_width, self.dst_height)
+        s, (ou, ov) = self.scale, self.offset
+        return np.array([[s, 0.0, ou], [0.0, s, ov]])
 
     def network_input(self, image_rgb: np.ndarray, mean: Sequence[float] = (0.0, 0.0, 0.0),
                       std: Sequence[float] = (1.0, 1.0, 1.0)) -> np.ndarray:
         """Source image (src_h, src_w, 3) uint8 RGB -> (1, 3, dst_h, dst_w) float32 input.
 
-        `warp_to_input` by the letterbox affine (zero padding), then `normalise_nchw`.
+        `warp_to_input` by the affine (zero outside the source image), then `normalise_nchw`.
         """
         if image_rgb.shape[:2] != (self.src_height, self.src_width):
             raise ShapeError(
-                f"letterbox image: expected ({self.src_height}, {self.src_width}, 3), got "
-                f"{image_rgb.shape}"
+                f"{type(self).__name__} image: expected ({self.src_height}, {self.src_width}, 3), "
+                f"got {image_rgb.shape}"
             )
         image = warp_to_input(image_rgb, self.affine, self.dst_width, self.dst_height)
         return normalise_nchw(image, mean, std)
@@ -133,7 +133,7 @@ class Letterbox:
         """The camera of the network input: ``K' = A K``; distortion (normalised) unchanged."""
         if (camera.width, camera.height) != (self.src_width, self.src_height):
             raise ShapeError(
-                f"letterbox camera: expected {self.src_width}x{self.src_height}, got "
+                f"{type(self).__name__} camera: expected {self.src_width}x{self.src_height}, got "
                 f"{camera.width}x{camera.height}"
             )
         A = np.vstack([self.affine, [0.0, 0.0, 1.0]])
@@ -143,11 +143,59 @@ class Letterbox:
         )
 
     def points_to_source(self, uv_input: np.ndarray) -> np.ndarray:
+        """Input px (..., 2) -> source px (..., 2): ``u = (u' - o) / s``."""
+        uv = np.asarray(uv_input, dtype=np.float64)
+        if uv.ndim < 1 or uv.shape[-1] != 2:
+            raise ShapeError(f"input points: expected shape (..., 2), got {uv.shape}")
+        return (uv - np.asarray(self.offset)) / self.scale
+
+
+@dataclass(frozen=True)
+class Letterbox(_ScaledInput):
+    """The whole `src_width` x `src_height` image into a `dst_width` x `dst_height` input.
+
+    Scale ``s = min(dst_w / src_w, dst_h / src_h)``, image at the top-left, zero padding.
+    """
+
+    src_width: int
+    src_height: int
+    dst_width: int
+    dst_height: int
+
+    def __post_init__(self) -> None:
+        self._check_sizes("letterbox")
+
+    @property
+    def scale(self) -> float:
+        """Source-to-input scale factor s."""
+        return min(self.dst_width / self.src_width, self.dst_height / self.src_height)
+
+    @property
+    def offset(self) -> tuple[float, float]:
+        """(0.5 s - 0.5, 0.5 s - 0.5): pixel centres stay pixel centres."""
+        o = 0.5 * self.scale - 0.5
+        return (o, o)
+
+    @property
+    def affine(self) -> np.ndarray:
+        """(2, 3) float64 affine: input px = A @ [u, v, 1] of source px."""
+        return letterbox_affine(self.src_width, self.src_height, self.dst_width, self.dst_height)
+
+    def points_to_source(self, uv_input: np.ndarray) -> np.ndarray:
         """Input px (..., 2) -> source px (..., 2): ``u = (u' + 0.5) / s - 0.5``."""
         uv = np.asarray(uv_input, dtype=np.float64)
         if uv.ndim < 1 or uv.shape[-1] != 2:
             raise ShapeError(f"letterbox points: expected shape (..., 2), got {uv.shape}")
         return (uv + 0.5) / self.scale - 0.5
+
+    @property
+    def content_size(self) -> tuple[int, int]:
+        """(width, height) px of the input covered by the scaled image (the rest is padding)."""
+        s = self.scale
+        return (
+            min(self.dst_width, int(np.ceil(s * self.src_width - 1e-9))),
+            min(self.dst_height, int(np.ceil(s * self.src_height - 1e-9))),
+        )
 
     def depth_to_source(self, depth_input: np.ndarray) -> np.ndarray:
         """Input-resolution depth (dst_h, dst_w) m -> source resolution (src_h, src_w) float32.
@@ -166,6 +214,56 @@ class Letterbox:
         u = np.clip(u, 0, self.dst_width - 1)
         v = np.clip(v, 0, self.dst_height - 1)
         return depth[v[:, None], u[None, :]]
+
+
+@dataclass(frozen=True)
+class ZoomCrop(_ScaledInput):
+    """An object-centred crop of the full-resolution frame into a fixed network input.
+
+    The source square of side `side_px` centred on (`centre_u`, `centre_v`) (source px, pixel
+    centres) maps onto the input's centre, scaled by ``s = min(dst_w, dst_h) / side_px``: input
+    px ``= s * (source px - centre) + ((dst - 1) / 2)``. Parts of the square outside the image
+    are zero, and ``K' = A K`` is exact as for the letterbox.
+    """
+
+    src_width: int
+    src_height: int
+    dst_width: int
+    dst_height: int
+    centre_u: float
+    centre_v: float
+    side_px: float
+
+    def __post_init__(self) -> None:
+        self._check_sizes("zoom crop")
+        values = (self.centre_u, self.centre_v, self.side_px)
+        if not (np.all(np.isfinite(values)) and self.side_px > 0):
+            raise ConfigError(f"zoom crop: expected a finite centre and side > 0 px, got "
+                              f"centre ({self.centre_u}, {self.centre_v}), side {self.side_px}")
+
+    @classmethod
+    def from_box(cls, box_xywh: Sequence[float], src_size: tuple[int, int],
+                 dst_size: tuple[int, int], *, scale: float = 1.5) -> ZoomCrop:
+        """The crop around a box ``(x, y, w, h)`` (BOP/COCO: x, y the top-left pixel).
+
+        Centre: the box's centre, ``x + w / 2 - 0.5`` under the pixel-centre convention; side:
+        `scale` x the box's longer side (context around the object, as CDPN / GDR-Net zoom in).
+        """
+        x, y, w, h = (float(v) for v in box_xywh)
+        return cls(int(src_size[0]), int(src_size[1]), int(dst_size[0]), int(dst_size[1]),
+                   x + 0.5 * w - 0.5, y + 0.5 * h - 0.5, scale * max(w, h, 1.0))
+
+    @property
+    def scale(self) -> float:
+        """Source-to-input scale factor s."""
+        return min(self.dst_width, self.dst_height) / self.side_px
+
+    @property
+    def offset(self) -> tuple[float, float]:
+        """(o_u, o_v) px: the crop centre lands on the input's centre."""
+        s = self.scale
+        return (0.5 * (self.dst_width - 1) - s * self.centre_u,
+                0.5 * (self.dst_height - 1) - s * self.centre_v)
 
 
 def preprocess_frame(

@@ -1,17 +1,19 @@
 # Copyright 2026 dvc_perception authors. Licensed under the Apache License, Version 2.0.
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import torch
 
 from dvc_perception.engines.preprocess import (
     Letterbox,
+    ZoomCrop,
     check_rgb_image,
     letterbox_affine,
     preprocess_frame,
 )
-from dvc_perception.errors import InputError, ShapeError
+from dvc_perception.errors import ConfigError, InputError, ShapeError
 from dvc_perception.geometry.camera import CameraModel
 
 K = np.array([[533.9, 0.0, 328.8], [0.0, 528.6, 237.2], [0.0, 0.0, 1.0]])
@@ -106,3 +108,29 @@ def test_shapes_checked():
     assert out.shape == (1, 3, 256, 320) and out.dtype == np.float32
     np.testing.assert_allclose(out[0, :, :240], 200 / 255, rtol=1e-6)
     assert np.all(out[0, :, 241:] == 0)
+
+
+def test_zoom_crop_is_exact_and_centred():
+    camera = CameraModel(K, D, 640, 480, "plumb_bob")
+    crop = ZoomCrop.from_box((300, 200, 40, 60), (640, 480), (128, 128), scale=1.5)
+    assert (crop.centre_u, crop.centre_v, crop.side_px) == (319.5, 229.5, 90.0)
+    A = crop.affine
+    np.testing.assert_allclose(A @ [319.5, 229.5, 1.0], [63.5, 63.5], atol=1e-12)
+    # the crop's camera projects exactly where the source camera's pixels map
+    small = crop.camera_to_input(camera)
+    pts = torch.as_tensor(np.random.default_rng(2).uniform([-0.1, -0.1, 0.7], [0.1, 0.1, 1.0],
+                                                           (1, 40, 3)))
+    uv_src = camera.project(pts)[0].numpy()
+    np.testing.assert_allclose(small.project(pts)[0].numpy(), uv_src @ A[:, :2].T + A[:, 2],
+                               atol=1e-9)
+    np.testing.assert_allclose(crop.points_to_source(uv_src @ A[:, :2].T + A[:, 2]), uv_src,
+                               atol=1e-9)
+    # the input is the documented warp of the full-resolution frame; outside the frame is zero
+    rgb = np.random.default_rng(3).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    ref = cv2.warpAffine(rgb.astype(np.float32) / 255.0, A, (128, 128), flags=cv2.INTER_LINEAR,
+                         borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
+    np.testing.assert_array_equal(crop.network_input(rgb)[0].transpose(1, 2, 0), ref)
+    edge = ZoomCrop(640, 480, 64, 64, 2.0, 2.0, 40.0)  # centred near the corner
+    assert np.all(edge.network_input(rgb)[0, :, :20, :20] == 0.0)
+    with pytest.raises(ConfigError):
+        ZoomCrop(640, 480, 64, 64, 10.0, 10.0, 0.0)
