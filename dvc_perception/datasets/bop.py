@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from dvc_perception.errors import InputError
+from dvc_perception.geometry.symmetry import symmetry_transforms
 
 
 def bop_frame_stamp_ns(index: int, rate_hz: float) -> int:
@@ -126,21 +127,12 @@ class BopModelInfo:
     symmetries: tuple[tuple[np.ndarray, np.ndarray], ...]
 
 
-def _axis_rotation(axis: np.ndarray, angle: float) -> np.ndarray:
-    """(3, 3) rotation by `angle` rad about the unit `axis` (Rodrigues)."""
-    a = axis / np.linalg.norm(axis)
-    k = np.array([[0.0, -a[2], a[1]], [a[2], 0.0, -a[0]], [-a[1], a[0], 0.0]])
-    return np.eye(3) + np.sin(angle) * k + (1.0 - np.cos(angle)) * (k @ k)
-
-
 def read_models_info(dataset_dir: str | Path, *, max_sym_step_rad: float = 0.01
                      ) -> dict[int, BopModelInfo]:
     """``models/models_info.json`` -> obj_id -> `BopModelInfo` (mm converted to m).
 
-    Symmetries as BOP's toolkit builds them (``get_symmetry_transformations``): the identity and
-    each discrete transform, each combined with the rotations of every continuous symmetry
-    sampled at ``2 pi / ceil(pi / max_sym_step_rad)`` about its axis through its offset (the
-    zero rotation included, so the identity stays in the set).
+    Symmetries by `geometry.symmetry.symmetry_transforms` (as BOP's toolkit builds them, the
+    zero rotation of a continuous symmetry included so the identity stays in the set).
 
     Raises:
         InputError: the file is missing or malformed.
@@ -152,20 +144,14 @@ def read_models_info(dataset_dir: str | Path, *, max_sym_step_rad: float = 0.01
         raw = json.loads(path.read_text())
         out: dict[int, BopModelInfo] = {}
         for key, info in raw.items():
-            disc = [(np.eye(3), np.zeros(3))]
+            discrete = []
             for sym in info.get("symmetries_discrete", []):
-                m = np.asarray(sym, np.float64).reshape(4, 4)
-                disc.append((m[:3, :3], m[:3, 3] / 1000.0))
-            cont: list[tuple[np.ndarray, np.ndarray]] = []
-            for sym in info.get("symmetries_continuous", []):
-                axis = np.asarray(sym["axis"], np.float64)
-                offset = np.asarray(sym.get("offset", (0, 0, 0)), np.float64) / 1000.0
-                steps = int(np.ceil(np.pi / max_sym_step_rad))
-                for i in range(steps):
-                    R = _axis_rotation(axis, i * 2.0 * np.pi / steps)
-                    cont.append((R, offset - R @ offset))
-            syms = disc if not cont else [(Rc @ Rd, Rc @ td + tc)
-                                          for Rd, td in disc for Rc, tc in cont]
+                m = np.asarray(sym, np.float64).reshape(4, 4).copy()
+                m[:3, 3] /= 1000.0
+                discrete.append(m)
+            continuous = [(sym["axis"], np.asarray(sym.get("offset", (0, 0, 0))) / 1000.0)
+                          for sym in info.get("symmetries_continuous", [])]
+            syms = symmetry_transforms(discrete, continuous, max_step_rad=max_sym_step_rad)
             out[int(key)] = BopModelInfo(float(info["diameter"]) / 1000.0, tuple(syms))
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
         raise InputError(f"{path}: malformed models_info: {err}") from err

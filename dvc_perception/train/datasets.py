@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 
 from dvc_perception.engines.preprocess import letterbox_affine, warp_to_input
 from dvc_perception.errors import ConfigError, ShapeError, check_shape
+from dvc_perception.geometry.symmetry import canonical_pose, transforms_from_plain
 from dvc_perception.models.keypoint_net import HEATMAP_STRIDE
 from dvc_perception.render.objects import ObjectDescription, sample_surface
 
@@ -328,6 +329,7 @@ class PoseDataset(_EpochFrames):
         self.crop = _check_crop(crop, self.width, self.height)
         self.epoch = 0
         self._index = {o.object_id: i for i, o in enumerate(self.objects)}
+        self._symmetries = [transforms_from_plain(o.symmetries) for o in self.objects]
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         """Sample `index` (see the class docstring for the keys)."""
@@ -348,7 +350,9 @@ class PoseDataset(_EpochFrames):
             j = self._index.get(ann.object_id)
             if j is None:
                 continue
-            R[j], t[j] = np.asarray(ann.R, np.float64), np.asarray(ann.t, np.float64)
+            # a symmetric object's pose is taken as its canonical equivalent, so the keypoint
+            # targets (and the pose loss) never depend on which of the look-alike poses was drawn
+            R[j], t[j] = canonical_pose(ann.R, ann.t, self._symmetries[j])
             cam = self.objects[j].keypoints_obj @ R[j].T + t[j]
             uv = (cam @ K.T)[:, :2] / np.maximum(cam[:, 2:], 1e-6)
             inside = (
