@@ -7,12 +7,14 @@ nearest neighbour, elementwise Add), so the exported graphs build for FP16 and I
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F  # noqa: N812 - the usual torch alias
+
+from dvc_perception.errors import ShapeError, check_shape
 
 T = TypeVar("T")
 
@@ -153,3 +155,37 @@ def run_in_float32(fn: Callable[[Tensor], T], x: Tensor) -> T:
         return fn(x)
     with torch.autocast(device_type, enabled=False):
         return fn(x.float())
+
+
+#: ImageNet statistics: the networks normalise their [0, 1] RGB input inside the graph.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def build_fpn_backbone(module: nn.Module, widths: Sequence[int], blocks: Sequence[int],
+                       decoder_channels: tuple[int, int]) -> None:
+    """Give `module` the backbone every network here shares.
+
+    Attributes set: ``normalize`` (ImageNet, in the graph), ``encoder`` (strides 2, 4, 8, 16 with
+    `widths` channels and `blocks` residual blocks), ``up8`` and ``up4`` (FPN decoder back to
+    stride 4 with `decoder_channels`). The names are part of the saved state dicts.
+    """
+    w = tuple(int(c) for c in widths)
+    d8, d4 = decoder_channels
+    module.normalize = InputNormalization(IMAGENET_MEAN, IMAGENET_STD)
+    module.encoder = Encoder(w, tuple(int(n) for n in blocks))
+    module.up8 = UpBlock(w[3], w[2], d8)
+    module.up4 = UpBlock(d8, w[1], d4)
+
+
+def encode_image(module: nn.Module, image: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Encoder features (f2, f4, f8, f16) of `image` (B, 3, H, W) RGB in [0, 1].
+
+    Raises:
+        ShapeError: not (B, 3, H, W) with H and W multiples of 16.
+    """
+    check_shape(image, "B,3,H,W", name="image")
+    in_h, in_w = int(image.shape[2]), int(image.shape[3])
+    if in_h % 16 or in_w % 16:
+        raise ShapeError(f"image: expected H and W multiples of 16, got {in_h}x{in_w}")
+    return module.encoder(module.normalize(image))

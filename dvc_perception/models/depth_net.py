@@ -29,15 +29,14 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F  # noqa: N812 - the usual torch alias
 
-from dvc_perception.errors import ConfigError, ShapeError, check_shape
+from dvc_perception.errors import ConfigError, check_shape
 from dvc_perception.models.blocks import (
     ConvBNReLU,
-    Encoder,
-    InputNormalization,
     UpBlock,
+    build_fpn_backbone,
+    encode_image,
     run_in_float32,
 )
-from dvc_perception.models.keypoint_net import IMAGENET_MEAN, IMAGENET_STD
 
 
 @dataclass(frozen=True)
@@ -95,10 +94,7 @@ class DepthNet(nn.Module):
         self.config = config
         w = config.widths
         d8, d4, d2 = config.decoder_channels
-        self.normalize = InputNormalization(IMAGENET_MEAN, IMAGENET_STD)
-        self.encoder = Encoder(w, config.blocks)
-        self.up8 = UpBlock(w[3], w[2], d8)
-        self.up4 = UpBlock(d8, w[1], d4)
+        build_fpn_backbone(self, w, config.blocks, (d8, d4))
         self.up2 = UpBlock(d4, w[0], d2)
         self.trunk = ConvBNReLU(d2, d2)
         self.head = nn.Conv2d(d2, 1, 3, padding=1)
@@ -126,10 +122,7 @@ class DepthNet(nn.Module):
             (B, 1, H, W) canonical depth [m] for focal `config.focal0_px`; multiply by
             fx_input_px / focal0_px (`depth_from_canonical`) for metric depth.
         """
-        check_shape(image, "B,3,H,W", name="image")
-        if int(image.shape[2]) % 16 or int(image.shape[3]) % 16:
-            raise ShapeError(f"image: expected H and W multiples of 16, got {tuple(image.shape)}")
-        f2, f4, f8, f16 = self.encoder(self.normalize(image))
+        f2, f4, f8, f16 = encode_image(self, image)
         context = None
         if self.context is not None:
             context = self.context(f16)  # (B, C, 1, 1)

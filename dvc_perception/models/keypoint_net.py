@@ -26,18 +26,15 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from dvc_perception.errors import ConfigError, ShapeError, check_shape
+from dvc_perception.errors import ConfigError
 from dvc_perception.models.blocks import (
     ConvBNReLU,
-    Encoder,
-    InputNormalization,
-    UpBlock,
+    build_fpn_backbone,
+    encode_image,
     run_in_float32,
 )
 from dvc_perception.models.heads import pool_confidence, soft_argmax_2d
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 HEATMAP_STRIDE = 4
 
 
@@ -110,10 +107,7 @@ class KeypointNet(nn.Module):
         w = config.widths
         d8, d4 = config.decoder_channels
         n_kp = config.num_objects * config.num_keypoints
-        self.normalize = InputNormalization(IMAGENET_MEAN, IMAGENET_STD)
-        self.encoder = Encoder(w, config.blocks)
-        self.up8 = UpBlock(w[3], w[2], d8)
-        self.up4 = UpBlock(d8, w[1], d4)
+        build_fpn_backbone(self, w, config.blocks, (d8, d4))
         self.trunk = ConvBNReLU(d4, d4)
         self.heatmap_head = nn.Conv2d(d4, n_kp, 1)
         self.confidence_head = nn.Conv2d(d4, n_kp, 1)
@@ -136,11 +130,7 @@ class KeypointNet(nn.Module):
         Raises:
             ShapeError: not (B, 3, H, W) with H and W multiples of 16.
         """
-        check_shape(image, "B,3,H,W", name="image")
-        in_h, in_w = int(image.shape[2]), int(image.shape[3])
-        if in_h % 16 or in_w % 16:
-            raise ShapeError(f"image: expected H and W multiples of 16, got {in_h}x{in_w}")
-        _, f4, f8, f16 = self.encoder(self.normalize(image))
+        _, f4, f8, f16 = encode_image(self, image)
         x = self.trunk(self.up4(self.up8(f16, f8), f4))
         return run_in_float32(self._decode, x)
 
