@@ -55,6 +55,8 @@ class ObjectPose:
             a left perturbation ``R = exp([dθ]x) R_hat``), from the solver.
         keypoints_2d: (N, 2) float64 px, the keypoints as found in the input image.
         n_inliers: number of RANSAC inliers among the N keypoints.
+        instance: this pose's rank among the frame's poses of the same object id, by score
+            (0: the best; several instances of one object each get their own pose).
     """
 
     object_id: str
@@ -64,6 +66,7 @@ class ObjectPose:
     covariance: np.ndarray
     keypoints_2d: np.ndarray
     n_inliers: int
+    instance: int = 0
 
 
 @dataclass(frozen=True)
@@ -133,6 +136,19 @@ def make_depth_source(config: PipelineConfig) -> DepthSource | None:
 
     path = _network_model_path(config, "depth_model_path", "depth_source")
     return NetworkDepthSource(path, config.network.backend)
+
+
+def rank_instances(poses: list[ObjectPose]) -> list[ObjectPose]:
+    """The poses grouped by object id, best score first, ``instance`` = rank within the id.
+
+    Object ids keep the order of their first pose; sorting is stable for equal scores.
+    """
+    order: dict[str, list[ObjectPose]] = {}
+    for pose in poses:
+        order.setdefault(pose.object_id, []).append(pose)
+    return [dataclasses.replace(p, instance=k)
+            for group in order.values()
+            for k, p in enumerate(sorted(group, key=lambda q: -q.score))]
 
 
 def check_frame(image_rgb: np.ndarray, camera: CameraModel) -> tuple[int, int]:
@@ -233,6 +249,7 @@ class Pipeline:
         detections = self.keypoint_source.detect(image_rgb)
         t1 = time.perf_counter()
         poses = [pose for d in detections for pose in self._estimate_pose(d, camera)]
+        poses = rank_instances(poses)
         t2 = time.perf_counter()
         depth = None
         if self.depth_source is not None:

@@ -227,7 +227,10 @@ def poses_to_pose_array(poses: Sequence[ObjectPose], header: Header) -> PoseArra
 def poses_to_marker_array(
     poses: Sequence[ObjectPose], header: Header, axis_length_m: float, lifetime_s: float = 1.0
 ) -> MarkerArray:
-    """An x/y/z axis triad (red/green/blue arrows) per object, namespace = object id."""
+    """An x/y/z axis triad (red/green/blue arrows) per pose.
+
+    Namespace = object id, marker id = 3 x instance + axis (unique per object and instance).
+    """
     colours = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))
     markers = MarkerArray()
     lifetime = Duration(sec=int(lifetime_s), nanosec=int((lifetime_s % 1.0) * 1e9))
@@ -237,7 +240,7 @@ def poses_to_marker_array(
             m = Marker()
             m.header = header
             m.ns = pose.object_id
-            m.id = axis
+            m.id = 3 * pose.instance + axis
             m.type = Marker.ARROW
             m.action = Marker.ADD
             m.pose.orientation.w = 1.0

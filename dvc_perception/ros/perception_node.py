@@ -58,7 +58,8 @@ class FrameOutputs:
         image_rgb: (H, W, 3) uint8 input image (for ~/overlay).
         camera: the frame's camera model.
         camera_info: the matched camera_info message.
-        pose_msgs: one PoseWithCovarianceStamped per detected object id.
+        pose_msgs: one PoseWithCovarianceStamped per detected object id (its best instance;
+            ~/poses and the markers carry every instance).
         pose_array: all detected poses.
         markers: axis markers, namespace per object id.
         depth_msg: 32FC1 depth, None without depth.
@@ -372,7 +373,8 @@ class PerceptionNode(LifecycleNode):
         except DvcError as err:
             raise _FrameRejected("pipeline", err) from err
         t2 = time.perf_counter()
-        pose_msgs = {p.object_id: convert.object_pose_to_msg(p, header) for p in result.poses}
+        pose_msgs = {p.object_id: convert.object_pose_to_msg(p, header)  # the best instance
+                     for p in result.poses if p.instance == 0}
         pose_array = convert.poses_to_pose_array(result.poses, header)
         markers = convert.poses_to_marker_array(
             result.poses, header, self.config.marker_axis_length_m

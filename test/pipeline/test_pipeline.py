@@ -270,3 +270,50 @@ def test_importing_the_pipeline_loads_no_ros():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+class SeveralInstances:
+    """A `KeypointSource` seeing one object three times (noisy projections, some occluded)."""
+
+    backend = "test:three-instances"
+    object_ids = ("target",)
+
+    def __init__(self, poses, confidences):
+        self.poses, self.confidences = poses, confidences
+        self.rng = np.random.default_rng(11)
+
+    def detect(self, image_rgb: np.ndarray) -> list[KeypointDetection]:
+        out = []
+        for (R, t), conf in zip(self.poses, self.confidences):
+            cam = _cube_points() @ R.T + t
+            uv = cam[:, :2] / cam[:, 2:] * K[[0, 1], [0, 1]] + K[:2, 2]
+            uv = uv + self.rng.normal(0.0, 0.3, uv.shape)
+            out.append(KeypointDetection("target", uv, _cube_points(), conf))
+        return out
+
+
+def test_three_instances_of_one_object_give_three_ranked_poses():
+    from std_msgs.msg import Header
+
+    from dvc_perception.ros import convert
+
+    poses = [(Rotation.from_rotvec(rv).as_matrix(), np.array(t)) for rv, t in (
+        ([0.3, -0.4, 0.2], [-0.15, 0.0, 0.7]), ([2.0, 0.1, -0.3], [0.0, 0.05, 0.6]),
+        ([-0.2, 1.2, 0.9], [0.18, -0.04, 0.8]))]
+    n = len(_cube_points())
+    confidences = [np.full(n, 0.6), np.full(n, 0.9), np.full(n, 0.75)]
+    pipeline = Pipeline(PipelineConfig(), SeveralInstances(poses, confidences))
+    camera = CameraModel(K, np.zeros(0), 640, 480)
+    found = pipeline.process(np.zeros((480, 640, 3), np.uint8), camera, 0.0).poses
+    assert [p.instance for p in found] == [0, 1, 2]
+    assert [round(p.score, 2) for p in found] == [0.9, 0.75, 0.6]  # best first
+    matched = set()
+    for pose in found:  # each pose is one of the three ground truths, each matched once
+        errs = [np.degrees(np.linalg.norm(Rotation.from_matrix(pose.R @ R.T).as_rotvec()))
+                + 100 * np.linalg.norm(pose.t - t) for R, t in poses]
+        k = int(np.argmin(errs))
+        assert errs[k] < 1.0 and k not in matched
+        matched.add(k)
+    markers = convert.poses_to_marker_array(found, Header(frame_id="cam"), 0.05)
+    ids = [(m.ns, m.id) for m in markers.markers]
+    assert len(ids) == 9 == len(set(ids))  # one unique arrow per instance and axis
