@@ -28,12 +28,15 @@ import numpy as np
 from dvc_perception.engines.base import Engine, ModelMetadata
 from dvc_perception.engines.export import read_model_metadata
 from dvc_perception.engines.load import load_engine
-from dvc_perception.engines.preprocess import Letterbox, check_rgb_image
+from dvc_perception.engines.preprocess import Letterbox, ZoomCrop, check_rgb_image
 from dvc_perception.errors import InputError, ModelSpecError, ShapeError
+from dvc_perception.pipeline.detection import BoxDetection, boxes_to_source, decode_detections
 from dvc_perception.pipeline.sources import KeypointDetection
 
 #: Outputs the keypoint source reads (see `train.checkpoints.export_metadata`).
 KEYPOINT_OUTPUTS: tuple[str, ...] = ("x2d", "weights", "objectness")
+#: Outputs the two-stage source reads from the detector (`models.detector_net`).
+DETECTOR_OUTPUTS: tuple[str, ...] = ("centre_prob", "size", "offset")
 #: Output the depth source reads.
 DEPTH_OUTPUT = "depth_canonical"
 
@@ -112,9 +115,13 @@ class _NetworkModel:
         """Letterbox `image_rgb` (H, W, 3) uint8, run the engine; (letterbox, outputs)."""
         width, height = check_rgb_image(image_rgb)
         letterbox = self.letterbox(width, height)
-        x = letterbox.network_input(image_rgb, self.mean, self.std)
-        feed = np.ascontiguousarray(x, dtype=self.input_dtype)
-        return letterbox, self.engine.run({self.input_name: feed})
+        return letterbox, self.run_on(letterbox, image_rgb)
+
+    def run_on(self, input_map: Letterbox | ZoomCrop, image_rgb: np.ndarray
+               ) -> dict[str, np.ndarray]:
+        """Run the engine on `input_map`'s network input of `image_rgb` (H, W, 3) uint8."""
+        x = input_map.network_input(image_rgb, self.mean, self.std)
+        return self.engine.run({self.input_name: np.ascontiguousarray(x, dtype=self.input_dtype)})
 
 
 class _ModelBackedSource:
@@ -195,42 +202,150 @@ class NetworkKeypointSource(_ModelBackedSource):
             ModelSpecError: the outputs do not have the shapes the metadata implies.
         """
         letterbox, out = self._model.run(image_rgb)
-        x2d, weights, objectness = (np.asarray(out[n], dtype=np.float64) for n in KEYPOINT_OUTPUTS)
-        n_obj = len(self.object_ids)
-        n_kp = next(iter(self.points_obj.values())).shape[0]
-        if x2d.shape[:2] != (1, n_obj) or x2d.shape[3:] != (2,) or objectness.shape != (1, n_obj):
-            raise ModelSpecError(
-                f"{self._model.path}: outputs x2d {x2d.shape}, objectness {objectness.shape} do "
-                f"not fit {n_obj} objects"
-            )
-        if weights.shape != x2d.shape[:3]:
-            raise ModelSpecError(
-                f"{self._model.path}: weights {weights.shape} do not match x2d {x2d.shape}"
-            )
+        x2d, weights, objectness = _keypoint_outputs(out, self._model, len(self.object_ids))
         detections = []
         for o, object_id in enumerate(self.object_ids):
             if not objectness[0, o] >= self.min_objectness:  # also drops NaN
                 continue
-            points_obj = self.points_obj[object_id]
-            if x2d.shape[2] != points_obj.shape[0]:
-                raise ModelSpecError(
-                    f"{self._model.path}: {x2d.shape[2]} keypoints per object in x2d, metadata "
-                    f"keypoints_3d[{object_id!r}] has {points_obj.shape[0]} (expected {n_kp})"
-                )
-            keypoints = letterbox.points_to_source(x2d[0, o])
-            confidence = np.clip(weights[0, o], 0.0, 1.0)
-            good = np.all(np.isfinite(keypoints), axis=1) & np.isfinite(confidence)
-            if int(good.sum()) < 4:
-                continue
-            detections.append(
-                KeypointDetection(
-                    object_id=object_id,
-                    keypoints_px=keypoints[good],
-                    points_obj=points_obj[good],
-                    confidence=confidence[good],
-                )
-            )
+            det = _object_keypoints(x2d[0, o], weights[0, o], object_id, self.points_obj,
+                                    letterbox, self._model)
+            if det is not None:
+                detections.append(det)
         return detections
+
+
+class TwoStageKeypointSource(_ModelBackedSource):
+    """Every instance: a detector on the letterboxed frame, keypoints on zoom-in crops.
+
+    The detector (``task: detector``; outputs ``centre_prob``, ``size``, ``offset``; decoded by
+    `pipeline.detection.decode_detections`) finds each instance of each class; each box becomes
+    an object-centred `ZoomCrop` of the full-resolution image (side = `crop_scale` x the box's
+    longer side, at the keypoint model's input size, exact intrinsics), and the keypoint model
+    (``task: keypoints``, trained on such crops) predicts that class's keypoints in the crop;
+    they go back to image pixels by the crop's inverse map. Confidences are the keypoint
+    weights times the detection score, so the pose score reflects both stages.
+
+    Args:
+        detector_path: exported detector ONNX model.
+        keypoint_path: exported keypoint ONNX model knowing every class of the detector.
+        backend, precision, device, cache_dir: see `engines.load_engine`.
+        min_detection_score: detections with a lower centre score are not cropped.
+        crop_scale: crop side in units of the box's longer side.
+        max_per_class: detections kept per class and frame.
+
+    Raises:
+        ModelSpecError: a missing file, a wrong task, or a detector class the keypoint model
+            does not know (both lists named).
+    """
+
+    def __init__(
+        self,
+        detector_path: str | os.PathLike[str],
+        keypoint_path: str | os.PathLike[str],
+        backend: str = "onnxruntime",
+        *,
+        min_detection_score: float = 0.3,
+        crop_scale: float = 1.5,
+        max_per_class: int = 10,
+        precision: str = "fp32",
+        device: str | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self._detector = _NetworkModel(detector_path, "detector", DETECTOR_OUTPUTS, backend,
+                                       precision, device, cache_dir)
+        self._model = _NetworkModel(keypoint_path, "keypoints", KEYPOINT_OUTPUTS, backend,
+                                    precision, device, cache_dir)
+        classes = tuple(self._detector.metadata.object_ids)
+        known = tuple(self._model.metadata.object_ids)
+        unknown = [c for c in classes if c not in known]
+        if not classes or unknown:
+            raise ModelSpecError(
+                f"{self._detector.path} detects {list(classes)}; the keypoint model "
+                f"{self._model.path} knows {list(known)} (missing {unknown})"
+            )
+        self.classes = classes
+        self.object_ids: tuple[str, ...] = classes
+        self._slot = {object_id: known.index(object_id) for object_id in classes}
+        self.points_obj = {o: _keypoints_3d(self._model.metadata.keypoints_3d, o, self._model)
+                           for o in classes}
+        self.min_detection_score = float(min_detection_score)
+        self.crop_scale = float(crop_scale)
+        self.max_per_class = int(max_per_class)
+        self.backend = (f"network-two-stage:{self._detector.description} + "
+                        f"{self._model.description}")
+
+    def detect_boxes(self, image_rgb: np.ndarray) -> list[BoxDetection]:
+        """Every detected instance: class index, score, box ``(x, y, w, h)`` in image px."""
+        letterbox, out = self._detector.run(image_rgb)
+        maps = [np.asarray(out[n], dtype=np.float32) for n in DETECTOR_OUTPUTS]
+        if any(m.ndim != 4 or m.shape[0] != 1 for m in maps) or maps[0].shape[1] != len(
+                self.classes):
+            raise ModelSpecError(f"{self._detector.path}: outputs {[m.shape for m in maps]} do "
+                                 f"not fit {len(self.classes)} classes")
+        boxes = decode_detections(maps[0][0], maps[1][0], maps[2][0],
+                                  min_score=self.min_detection_score,
+                                  max_per_class=self.max_per_class)
+        return boxes_to_source(boxes, letterbox)
+
+    def detect(self, image_rgb: np.ndarray) -> list[KeypointDetection]:
+        """Keypoints of every detected instance (several per object id possible).
+
+        Raises:
+            ShapeError: `image_rgb` is not (H, W, 3) uint8.
+            ModelSpecError: outputs that do not fit the metadata.
+        """
+        width, height = check_rgb_image(image_rgb)
+        size = self._model.metadata.input_size
+        detections = []
+        for box in self.detect_boxes(image_rgb):
+            object_id = self.classes[box.class_index]
+            crop = ZoomCrop.from_box(box.box_xywh, (width, height), size, scale=self.crop_scale)
+            out = self._model.run_on(crop, image_rgb)
+            x2d, weights, _ = _keypoint_outputs(out, self._model, len(self._model.metadata
+                                                                      .object_ids))
+            o = self._slot[object_id]
+            det = _object_keypoints(x2d[0, o], weights[0, o], object_id, self.points_obj, crop,
+                                    self._model, score=box.score)
+            if det is not None:
+                detections.append(det)
+        return detections
+
+
+def _keypoint_outputs(out: Mapping[str, np.ndarray], model: _NetworkModel, n_obj: int
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(x2d (1, O, K, 2), weights (1, O, K), objectness (1, O)) float64, shapes checked."""
+    x2d, weights, objectness = (np.asarray(out[n], dtype=np.float64) for n in KEYPOINT_OUTPUTS)
+    if x2d.shape[:2] != (1, n_obj) or x2d.shape[3:] != (2,) or objectness.shape != (1, n_obj):
+        raise ModelSpecError(
+            f"{model.path}: outputs x2d {x2d.shape}, objectness {objectness.shape} do not fit "
+            f"{n_obj} objects"
+        )
+    if weights.shape != x2d.shape[:3]:
+        raise ModelSpecError(f"{model.path}: weights {weights.shape} do not match x2d {x2d.shape}")
+    return x2d, weights, objectness
+
+
+def _object_keypoints(
+    x2d: np.ndarray, weights: np.ndarray, object_id: str, points_table: Mapping[str, np.ndarray],
+    input_map: Letterbox | ZoomCrop, model: _NetworkModel, score: float = 1.0,
+) -> KeypointDetection | None:
+    """One object's keypoints (K, 2) input px -> a detection in source px; None below 4.
+
+    Confidences are the network's weights times `score` (a detection's score, two-stage).
+    """
+    points_obj = points_table[object_id]
+    if x2d.shape[0] != points_obj.shape[0]:
+        raise ModelSpecError(
+            f"{model.path}: {x2d.shape[0]} keypoints per object in x2d, metadata "
+            f"keypoints_3d[{object_id!r}] has {points_obj.shape[0]}"
+        )
+    keypoints = input_map.points_to_source(x2d)
+    confidence = np.clip(weights * score, 0.0, 1.0)
+    good = np.all(np.isfinite(keypoints), axis=1) & np.isfinite(confidence)
+    if int(good.sum()) < 4:
+        return None
+    return KeypointDetection(object_id=object_id, keypoints_px=keypoints[good],
+                             points_obj=points_obj[good], confidence=confidence[good])
 
 
 def _keypoints_3d(table: Mapping[str, Any], object_id: str, model: _NetworkModel) -> np.ndarray:

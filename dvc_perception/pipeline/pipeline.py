@@ -104,6 +104,10 @@ def _network_model_path(config: PipelineConfig, key: str, source: str) -> Path:
 def make_keypoint_source(config: PipelineConfig) -> KeypointSource:
     """The keypoint source named by `config.keypoint_source`.
 
+    ``network`` with ``network.detector_model_path`` set is the two-stage source (detector on
+    the whole image, keypoints on a crop of every instance); without it the keypoint model sees
+    the whole letterboxed image (one pose per object id).
+
     Raises:
         ConfigError: ``network`` with an empty ``network.model_path``.
         ModelSpecError: the keypoint model is missing or does not describe itself (path named).
@@ -113,12 +117,16 @@ def make_keypoint_source(config: PipelineConfig) -> KeypointSource:
         from dvc_perception.pipeline.fiducial import FiducialSource
 
         return FiducialSource(config.fiducial)
-    from dvc_perception.pipeline.network import NetworkKeypointSource
+    from dvc_perception.pipeline.network import NetworkKeypointSource, TwoStageKeypointSource
 
     path = _network_model_path(config, "model_path", "keypoint_source")
-    return NetworkKeypointSource(
-        path, config.network.backend, min_objectness=config.network.min_objectness
-    )
+    net = config.network
+    if net.detector_model_path:
+        detector = _network_model_path(config, "detector_model_path", "keypoint_source")
+        return TwoStageKeypointSource(detector, path, net.backend,
+                                      min_detection_score=net.min_detection_score,
+                                      crop_scale=net.crop_scale)
+    return NetworkKeypointSource(path, net.backend, min_objectness=net.min_objectness)
 
 
 def make_depth_source(config: PipelineConfig) -> DepthSource | None:

@@ -217,3 +217,92 @@ def test_pipeline_from_config_runs_network_keypoints_and_depth_end_to_end(models
     for pose in result.poses:
         assert pose.R.shape == (3, 3) and pose.covariance.shape == (6, 6)
     assert set(result.timings) >= {"detect_ms", "pnp_ms", "depth_ms", "total_ms"}
+
+
+@pytest.fixture(scope="module")
+def detector_model(tmp_path_factory):
+    from dvc_perception.models.detector_net import (
+        DetectorNet,
+        DetectorNetConfig,
+        DetectorNetForExport,
+    )
+
+    torch.manual_seed(3)
+    cfg = DetectorNetConfig(object_ids=OBJECT_IDS, widths=(8, 8, 16, 16), blocks=(0, 0, 0, 1),
+                            decoder_channels=(16, 16))
+    net = DetectorNet(cfg)
+    with torch.no_grad():  # an untrained detector: make it fire somewhere
+        net.centre_head.bias.fill_(-0.5)
+    meta = {"dvc_format": 1, "task": "detector",
+            "input_size": [cfg.input_width, cfg.input_height],
+            "normalization": {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]},
+            "provenance": {"git_commit": "0" * 40, "command": "pytest", "date": "2026-01-01",
+                           "data_seed": 0},
+            "object_ids": list(OBJECT_IDS)}
+    path = tmp_path_factory.mktemp("det") / "det.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
+        return export_onnx(DetectorNetForExport(net),
+                           (torch.zeros(1, 3, cfg.input_height, cfg.input_width),), path,
+                           input_names=[INPUT_NAME],
+                           output_names=list(DetectorNetForExport.output_names), metadata=meta)
+
+
+def test_two_stage_source_crops_every_detection_and_maps_keypoints_back(models, detector_model):
+    import onnxruntime as ort
+
+    from dvc_perception.engines.preprocess import Letterbox, ZoomCrop
+    from dvc_perception.models.detector_net import DetectorNetForExport
+    from dvc_perception.pipeline.detection import boxes_to_source, decode_detections
+    from dvc_perception.pipeline.network import DETECTOR_OUTPUTS, TwoStageKeypointSource
+
+    assert DETECTOR_OUTPUTS == DetectorNetForExport.output_names
+    kp_path, _ = models
+    source = TwoStageKeypointSource(detector_model, kp_path, min_detection_score=0.2,
+                                    crop_scale=1.5, max_per_class=3)
+    assert source.object_ids == OBJECT_IDS and source.backend.startswith("network-two-stage")
+    image = _image(640, 480, seed=4)
+    # reference: the documented maps, run with onnxruntime directly
+    det = ort.InferenceSession(str(detector_model), providers=["CPUExecutionProvider"])
+    box = Letterbox(640, 480, *read_model_metadata(detector_model).input_size)
+    out = det.run(None, {det.get_inputs()[0].name: box.network_input(image)})
+    boxes = boxes_to_source(decode_detections(out[0][0], out[1][0], out[2][0], min_score=0.2,
+                                              max_per_class=3), box)
+    assert boxes, "the test detector must fire"
+    kp = ort.InferenceSession(str(kp_path), providers=["CPUExecutionProvider"])
+    size = read_model_metadata(kp_path).input_size
+    expected = []
+    for b in boxes:
+        crop = ZoomCrop.from_box(b.box_xywh, (640, 480), size, scale=1.5)
+        x2d, weights, _, _ = kp.run(None, {kp.get_inputs()[0].name: crop.network_input(image)})
+        o = b.class_index  # the keypoint model lists the same objects in the same order
+        expected.append((OBJECT_IDS[o], crop.points_to_source(x2d[0, o].astype(np.float64)),
+                         np.clip(weights[0, o] * b.score, 0, 1)))
+    found = source.detect(image)
+    assert len(found) == len(expected)
+    for d, (object_id, uv, conf) in zip(found, expected):
+        assert d.object_id == object_id
+        np.testing.assert_allclose(d.keypoints_px, uv, atol=1e-4)
+        np.testing.assert_allclose(d.confidence, conf, atol=1e-6)
+    # through the pipeline: one pose per instance at most, instances ranked per object id
+    cfg = PipelineConfig.from_mapping({"keypoint_source": "network", "min_score": 0.0,
+                                       "network": {"model_path": str(kp_path),
+                                                   "detector_model_path": str(detector_model),
+                                                   "min_detection_score": 0.2}})
+    pipe = Pipeline.from_config(cfg)
+    assert isinstance(pipe.keypoint_source, TwoStageKeypointSource)
+    result = pipe.process(image, CameraModel(np.array([[500.0, 0, 320], [0, 500.0, 240],
+                                                       [0, 0, 1]]), np.zeros(0), 640, 480), 0.0)
+    for object_id in OBJECT_IDS:
+        ranks = [p.instance for p in result.poses if p.object_id == object_id]
+        assert ranks == list(range(len(ranks)))
+
+
+def test_two_stage_source_checks_each_model_task(models, detector_model):
+    from dvc_perception.pipeline.network import TwoStageKeypointSource
+
+    kp_path, depth_path = models
+    with pytest.raises(ModelSpecError, match="detector"):
+        TwoStageKeypointSource(kp_path, kp_path)  # a keypoint model is not a detector
+    with pytest.raises(ModelSpecError, match="keypoints"):
+        TwoStageKeypointSource(detector_model, depth_path)
