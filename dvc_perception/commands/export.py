@@ -3,7 +3,9 @@
 
 Writes ``<out>.onnx`` (static input shape, metadata in the model: input size, normalisation,
 object ids, 3D keypoints, symmetries, provenance) and ``<out>.pt`` (the state dict the torch
-backend loads). Default output: ``models/pose_<objects>.onnx`` or ``models/depth.onnx``.
+backend loads). Default output: ``models/pose_<objects>.onnx``, ``models/depth.onnx`` or
+``models/detector_<objects>.onnx`` (task "detector": centre probabilities, box sizes and offsets
+per class, decoded by `pipeline.detection.decode_detections`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,10 @@ def run(args: argparse.Namespace) -> int:
         if ckpt["model_kind"] == "keypoint":
             ids = [str(o["object_id"]) for o in ckpt.get("objects", [])]
             name = "pose_" + "_".join(ids) if len(ids) <= 3 else f"pose_{len(ids)}_objects"
+        elif ckpt["model_kind"] == "detector":
+            ids = [str(i) for i in ckpt["model_config"].get("object_ids", [])]
+            name = ("detector_" + "_".join(ids) if len(ids) <= 3
+                    else f"detector_{len(ids)}_objects")
         else:
             name = "depth"
         out = str(Path("models") / f"{name}.onnx")

@@ -1,15 +1,22 @@
 # Copyright 2026 dvc_perception authors. Licensed under the Apache License, Version 2.0.
-"""`dvc-perception train pose|depth`: train the keypoint or the depth network.
+"""`dvc-perception train pose|depth|detect`: train the keypoint, depth or detector network.
 
 Examples::
 
     dvc-perception train pose --data data/demo_train --val-data data/demo_val \
         --objects demo_object --out runs/pose_demo --epochs 12
     dvc-perception train depth --data data/demo_train --val-data data/demo_val --out runs/depth
+    dvc-perception train detect --data data/demo_train --val-data data/demo_val \
+        --objects demo_object --out runs/detector_demo
     dvc-perception train pose ... --resume          # continue from runs/.../last.pt
     torchrun --nproc_per_node 2 -m dvc_perception.cli train pose ...   # data-parallel
 
 Options left out keep the defaults of `TrainConfig`, `PoseLossConfig` and `AugmentConfig`.
+Options of one mode only (the pose-loss options, ``--silog-lambda``) are refused in the others
+with a one-line error. `detect` takes ``--objects`` (the detector's classes; every instance of
+each in a frame is a box), ``--crop`` (crops mostly around objects, boxes clipped to the crop),
+``--init`` (a detector checkpoint of the same classes and size) and ``--init-encoder`` (any of
+the three networks' checkpoints).
 """
 
 from __future__ import annotations
@@ -33,7 +40,8 @@ def _size(text: str) -> tuple[int, int]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `train`."""
-    parser.add_argument("mode", choices=("pose", "depth"), help="which network to train")
+    parser.add_argument("mode", choices=("pose", "depth", "detect"),
+                        help="which network to train: keypoints, depth or the detector")
     parser.add_argument("--out", required=True, help="run directory (checkpoints, logs)")
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", nargs="+",
@@ -45,13 +53,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="validation share of --data when --val-data is absent (default 0.1)")
     parser.add_argument("--split-seed", type=int, default=0, help="seed of that split")
     parser.add_argument("--objects", nargs="+", default=None,
-                        help="object ids (config/objects/<id>.yaml) or YAML paths (pose; "
-                             "default demo_object; not with --toy, which has its own object)")
+                        help="object ids (config/objects/<id>.yaml) or YAML paths (pose and "
+                             "detect; default demo_object; not with --toy, which has its own "
+                             "object)")
     parser.add_argument("--input-size", type=_size, default=(320, 240),
                         help="network input WIDTHxHEIGHT, multiples of 16 (default 320x240)")
     parser.add_argument("--crop", type=_size,
-                        help="train on WIDTHxHEIGHT crops (pose: around objects); faster per "
-                             "sample; validation uses the whole input")
+                        help="train on WIDTHxHEIGHT crops (pose, detect: mostly around "
+                             "objects); faster per sample; validation uses the whole input")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int, help="samples per step per process")
     parser.add_argument("--lr", type=float, help="peak AdamW learning rate")
@@ -95,6 +104,23 @@ def _given(args: argparse.Namespace, mapping: dict[str, str]) -> dict[str, Any]:
     return {f: getattr(args, a) for a, f in mapping.items() if getattr(args, a) is not None}
 
 
+#: options that only one mode uses: option -> (its mode, is it given?)
+_MODE_ONLY: dict[str, tuple[str, Any]] = {
+    "--silog-lambda": ("depth", lambda a: a.silog_lambda is not None),
+    "--no-pose-loss": ("pose", lambda a: a.no_pose_loss),
+    "--pose-weight": ("pose", lambda a: a.pose_weight is not None),
+    "--keypoint-weight": ("pose", lambda a: a.keypoint_weight is not None),
+    "--pose-warmup-epochs": ("pose", lambda a: a.pose_warmup_epochs is not None),
+}
+
+
+def _refuse_other_modes_options(args: argparse.Namespace) -> None:
+    """ConfigError for an option of another mode (it would be silently ignored)."""
+    for option, (mode, given) in _MODE_ONLY.items():
+        if args.mode != mode and given(args):
+            raise ConfigError(f"{option} only applies to `train {mode}`")
+
+
 def run(args: argparse.Namespace) -> int:
     """Train; prints the final row of the log."""
     from dvc_perception.train.config import DepthLossConfig, PoseLossConfig, TrainConfig
@@ -113,10 +139,7 @@ def run(args: argparse.Namespace) -> int:
         use_pose_loss=not args.no_pose_loss,
     )
     depth_cfg = DepthLossConfig(**_given(args, {"silog_lambda": "silog_lambda"}))
-    if args.mode == "pose" and args.silog_lambda is not None:
-        raise ConfigError("--silog-lambda only applies to `train depth`")
-    if args.mode == "depth" and args.no_pose_loss:
-        raise ConfigError("--no-pose-loss only applies to `train pose`")
+    _refuse_other_modes_options(args)
     if args.toy and args.objects is not None:
         raise ConfigError("--objects does not apply with --toy (the toy frames have their own "
                           "procedural object); train on shards from `dvc-perception synth`")

@@ -12,10 +12,16 @@ from typing import Any
 
 from dvc_perception.config_utils import dataclass_from_mapping
 from dvc_perception.models.depth_net import DepthNet, DepthNetConfig
+from dvc_perception.models.detector_net import (
+    DetectorNet,
+    DetectorNetConfig,
+    DetectorNetForExport,
+)
 from dvc_perception.models.keypoint_net import KeypointNet, KeypointNetConfig, KeypointNetForExport
 
 KEYPOINT_FACTORY = "dvc_perception.models.factory:keypoint_export_module"
 DEPTH_FACTORY = "dvc_perception.models.factory:depth_export_module"
+DETECTOR_FACTORY = "dvc_perception.models.factory:detector_export_module"
 
 
 def _tuples(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -33,6 +39,11 @@ def depth_config_from_mapping(values: Mapping[str, Any]) -> DepthNetConfig:
     return dataclass_from_mapping(DepthNetConfig, _tuples(values), section="depth_net")
 
 
+def detector_config_from_mapping(values: Mapping[str, Any]) -> DetectorNetConfig:
+    """`DetectorNetConfig` from its JSON form (unknown keys raise `ConfigError`)."""
+    return dataclass_from_mapping(DetectorNetConfig, _tuples(values), section="detector_net")
+
+
 def keypoint_export_module(**config: Any) -> KeypointNetForExport:
     """The exported keypoint graph (image -> x2d, weights, objectness, mask), untrained."""
     return KeypointNetForExport(KeypointNet(keypoint_config_from_mapping(config)))
@@ -41,3 +52,8 @@ def keypoint_export_module(**config: Any) -> KeypointNetForExport:
 def depth_export_module(**config: Any) -> DepthNet:
     """The exported depth graph (image -> canonical depth), untrained."""
     return DepthNet(depth_config_from_mapping(config))
+
+
+def detector_export_module(**config: Any) -> DetectorNetForExport:
+    """The exported detector graph (image -> centre_prob, size, offset), untrained."""
+    return DetectorNetForExport(DetectorNet(detector_config_from_mapping(config)))

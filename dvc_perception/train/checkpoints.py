@@ -2,11 +2,12 @@
 """Training checkpoints -> networks -> self-describing ONNX models.
 
 A checkpoint written by `train.loop.train` through the `dvc-perception train` command holds,
-besides the weights, ``model_kind`` ("keypoint" | "depth"), ``model_config`` (the network config
-as JSON), ``objects`` (for keypoint nets: ids, 3D keypoints, diameters, symmetries) and
-``provenance`` (git commit, command, seeds, data). `export_checkpoint` turns it into
-``<name>.onnx`` (opset 17, static shape, metadata in the model) plus ``<name>.pt`` (the state
-dict the torch backend loads with the metadata's ``architecture.factory``).
+besides the weights, ``model_kind`` ("keypoint" | "depth" | "detector"), ``model_config`` (the
+network config as JSON), ``objects`` (for keypoint nets: ids, 3D keypoints, diameters,
+symmetries; a detector's classes are its config's ``object_ids``) and ``provenance`` (git
+commit, command, seeds, data). `export_checkpoint` turns it into ``<name>.onnx`` (opset 17,
+static shape, metadata in the model) plus ``<name>.pt`` (the state dict the torch backend loads
+with the metadata's ``architecture.factory``).
 """
 
 from __future__ import annotations
@@ -25,10 +26,13 @@ from torch import nn
 from dvc_perception.errors import ModelSpecError
 from dvc_perception.files import atomic_path
 from dvc_perception.models.depth_net import DepthNet
+from dvc_perception.models.detector_net import DETECTOR_STRIDE, DetectorNet, DetectorNetForExport
 from dvc_perception.models.factory import (
     DEPTH_FACTORY,
+    DETECTOR_FACTORY,
     KEYPOINT_FACTORY,
     depth_config_from_mapping,
+    detector_config_from_mapping,
     keypoint_config_from_mapping,
 )
 from dvc_perception.models.keypoint_net import HEATMAP_STRIDE, KeypointNet, KeypointNetForExport
@@ -36,6 +40,9 @@ from dvc_perception.safe_load import load_torch_file
 
 KEYPOINT_OUTPUTS = KeypointNetForExport.output_names
 DEPTH_OUTPUTS = ("depth_canonical",)
+DETECTOR_OUTPUTS = DetectorNetForExport.output_names
+#: checkpoint ``model_kind`` -> ``architecture.factory`` of the exported model
+FACTORIES = {"keypoint": KEYPOINT_FACTORY, "depth": DEPTH_FACTORY, "detector": DETECTOR_FACTORY}
 INPUT_NAME = "image"
 _REQUIRED = ("task", "model", "model_kind", "model_config", "provenance")
 
@@ -66,7 +73,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def model_from_checkpoint(ckpt: Mapping[str, Any]) -> nn.Module:
-    """The trained network (eval mode): a `KeypointNet` or a `DepthNet`.
+    """The trained network (eval mode): a `KeypointNet`, a `DepthNet` or a `DetectorNet`.
 
     Raises:
         ModelSpecError: unknown ``model_kind`` or weights that do not fit the config.
@@ -76,8 +83,11 @@ def model_from_checkpoint(ckpt: Mapping[str, Any]) -> nn.Module:
         model: nn.Module = KeypointNet(keypoint_config_from_mapping(ckpt["model_config"]))
     elif kind == "depth":
         model = DepthNet(depth_config_from_mapping(ckpt["model_config"]))
+    elif kind == "detector":
+        model = DetectorNet(detector_config_from_mapping(ckpt["model_config"]))
     else:
-        raise ModelSpecError(f"checkpoint model_kind must be 'keypoint' or 'depth', got {kind!r}")
+        raise ModelSpecError(f"checkpoint model_kind must be one of {sorted(FACTORIES)}, got "
+                             f"{kind!r}")
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as err:
@@ -86,7 +96,15 @@ def model_from_checkpoint(ckpt: Mapping[str, Any]) -> nn.Module:
 
 
 def export_metadata(ckpt: Mapping[str, Any], *, command: Sequence[str]) -> dict[str, Any]:
-    """The metadata document of the exported model (see engines.base.ModelMetadata)."""
+    """The metadata document of the exported model (see engines.base.ModelMetadata).
+
+    Raises:
+        ModelSpecError: unknown ``model_kind``.
+    """
+    kind = ckpt["model_kind"]
+    if kind not in FACTORIES:
+        raise ModelSpecError(f"checkpoint model_kind must be one of {sorted(FACTORIES)}, got "
+                             f"{kind!r}")
     prov = dict(ckpt["provenance"])
     git = prov.get("git", {}) if isinstance(prov.get("git"), Mapping) else {}
     cfg = dict(ckpt["model_config"])
@@ -115,10 +133,9 @@ def export_metadata(ckpt: Mapping[str, Any], *, command: Sequence[str]) -> dict[
         "input_format": "float32 NCHW RGB in [0, 1]; ImageNet mean/std applied in the graph",
         "resize": "letterbox: scale min(W/w, H/h), top-left, zero padding; "
                   "u_in = s * (u + 0.5) - 0.5, K_in = [[s,0,s/2-1/2],[0,s,s/2-1/2],[0,0,1]] @ K",
-        "architecture": {"factory": KEYPOINT_FACTORY if ckpt["model_kind"] == "keypoint"
-                         else DEPTH_FACTORY, "kwargs": cfg},
+        "architecture": {"factory": FACTORIES[kind], "kwargs": cfg},
     }
-    if ckpt["model_kind"] == "keypoint":
+    if kind == "keypoint":
         objects = list(ckpt.get("objects", []))
         doc.update({
             "task": "keypoints",
@@ -133,6 +150,24 @@ def export_metadata(ckpt: Mapping[str, Any], *, command: Sequence[str]) -> dict[
                 "objectness": "(B, O) max of the object mask probability",
                 "mask": "(B, O, H/4, W/4) object mask probability",
             },
+        })
+    elif kind == "detector":
+        doc.update({
+            "task": "detector",
+            "object_ids": [str(i) for i in cfg["object_ids"]],
+            "output_stride": DETECTOR_STRIDE,
+            "outputs": {
+                "centre_prob": "(B, O, H/4, W/4) probability that an instance centre of object "
+                               "class o (object_ids order) falls in the cell",
+                "size": "(B, 2, H/4, W/4) box (width, height) px in the network input",
+                "offset": "(B, 2, H/4, W/4) (x, y) sub-cell centre position [cells] in [0, 1)",
+            },
+            "decode": "peaks (3x3 local maxima >= min score) of centre_prob at cell (jx, jy): "
+                      "box x = (jx + offset_x) * stride - w / 2, y = (jy + offset_y) * stride - "
+                      "h / 2, (w, h) = size; per-class NMS "
+                      "(dvc_perception.pipeline.detection.decode_detections)",
+            "box_format": "(x, y, w, h) px in the network input, BOP/COCO: x, y the index of "
+                          "the top-left pixel",
         })
     else:
         doc.update({
@@ -177,6 +212,8 @@ def export_checkpoint(
     if ckpt["model_kind"] == "keypoint":
         module: nn.Module = KeypointNetForExport(model)  # type: ignore[arg-type]
         outputs: Sequence[str] = KEYPOINT_OUTPUTS
+    elif ckpt["model_kind"] == "detector":
+        module, outputs = DetectorNetForExport(model), DETECTOR_OUTPUTS  # type: ignore[arg-type]
     else:
         module, outputs = model, DEPTH_OUTPUTS
     module.eval()

@@ -13,6 +13,12 @@ Loss (`detection_loss`, torch): CenterNet's penalty-reduced pixel-wise focal los
 beta 4) on the centre logits, computed from logits with ``logsigmoid`` (finite for any logit),
 plus L1 on the log-size and on the offset at the instances' centre cells; each term normalised
 by the number of instances; weights 1 / 0.1 / 1 (CenterNet's, with the size term on log-sizes).
+
+Data (`DetectionDataset`): frames -> the detector's input through the one frame -> network-input
+map of the other datasets (`datasets._prepare`: letterbox, seeded augmentation, optional crop)
+and every instance of every object of the network as a visible-part box in input px
+(`visible_box_in_input`: the instance mask's own box, clipped to what lands in the input, through
+the sample's affine). Validation (`count_matches`): greedy same-class matching at IoU >= 0.5.
 """
 
 from __future__ import annotations
@@ -27,6 +33,16 @@ from torch import Tensor
 from torch.nn import functional as F  # noqa: N812 - the usual torch alias
 
 from dvc_perception.errors import ConfigError, ShapeError, check_shape
+from dvc_perception.models.detector_net import DETECTOR_STRIDE
+from dvc_perception.pipeline.detection import BoxDetection, box_iou
+from dvc_perception.train.datasets import (
+    AugmentConfig,
+    FrameSource,
+    _check_crop,
+    _EpochFrames,
+    _prepare,
+    _warp,
+)
 
 FOCAL_ALPHA = 2.0
 FOCAL_BETA = 4.0
@@ -267,3 +283,213 @@ def detection_loss(output: Any, targets: Mapping[str, Any]) -> tuple[Tensor, dic
         "num_instances": float(num_inst),
     }
     return total, parts
+
+
+def visible_box_in_input(
+    mask: np.ndarray, affine: np.ndarray, width: int, height: int
+) -> tuple[float, float, float, float] | None:
+    """Box ``(x, y, w, h)`` [input px] of the part of a source mask that lands in the input.
+
+    The source pixels of `mask` whose squares overlap the input image (``[-0.5, width - 0.5)``
+    x ``[-0.5, height - 0.5)`` in pixel-centre coordinates) give a tight source box
+    (`box_from_mask`); its edges (``x - 0.5`` and ``x + w - 0.5``) go through the affine and
+    are clipped to the input. For the axis-aligned maps of `_prepare` (scale and shift:
+    letterbox, zoom, crop) this is exactly the box of the mask's image in the input, e.g. a
+    letterbox of scale s maps ``(x, y, w, h)`` to ``(s x, s y, s w, s h)``.
+
+    Args:
+        mask: (H, W) bool visible-pixel mask in the source image.
+        affine: (2, 3) source px -> input px (pixel-centre convention), no rotation or shear.
+        width: input width px.
+        height: input height px.
+
+    Returns:
+        The box, or None when no pixel of the mask lands in the input.
+
+    Raises:
+        ShapeError: `mask` not 2-D or `affine` not (2, 3).
+        ConfigError: `affine` rotates, shears or flips.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    check_shape(mask, "H,W", name="mask")
+    a = np.asarray(affine, dtype=np.float64)
+    check_shape(a, "2,3", name="affine")
+    if a[0, 1] != 0.0 or a[1, 0] != 0.0 or not (a[0, 0] > 0 and a[1, 1] > 0):
+        raise ConfigError(f"affine: expected a positive scale and shift only, got {a.tolist()}")
+    (sx, bx), (sy, by) = (a[0, 0], a[0, 2]), (a[1, 1], a[1, 2])
+    u = np.arange(mask.shape[1], dtype=np.float64)
+    v = np.arange(mask.shape[0], dtype=np.float64)
+    cols = (sx * (u + 0.5) + bx > -0.5) & (sx * (u - 0.5) + bx < width - 0.5)
+    rows = (sy * (v + 0.5) + by > -0.5) & (sy * (v - 0.5) + by < height - 0.5)
+    box = box_from_mask(mask & rows[:, None] & cols[None, :])
+    if box is None:
+        return None
+    x0, y0, w, h = box
+    left = max(sx * (x0 - 0.5) + bx, -0.5)
+    right = min(sx * (x0 + w - 0.5) + bx, width - 0.5)
+    top = max(sy * (y0 - 0.5) + by, -0.5)
+    bottom = min(sy * (y0 + h - 0.5) + by, height - 0.5)
+    if right <= left or bottom <= top:
+        return None
+    return (float(left + 0.5), float(top + 0.5), float(right - left), float(bottom - top))
+
+
+class DetectionDataset(_EpochFrames):
+    """Frames -> detector inputs and dense CenterNet targets (`detection_targets`).
+
+    The input image is exactly `PoseDataset`'s for the same frame, seed, epoch and index (the
+    same `_prepare`: letterbox, augmentation, crop). Every annotated instance of an object of
+    the network is one box, so several instances of one object id in a frame each get their own
+    centre peak; annotations of other objects are ignored. An instance's box is the visible
+    part of its mask in the input (`visible_box_in_input`); instances with fewer than
+    `min_mask_px` mask pixels at the input resolution (nearest warp, as `PoseDataset` counts
+    them) get no target, so the detector is not asked for slivers.
+
+    Args:
+        frames: the frame source (every instance of a network object needs a mask).
+        object_ids: the detector's classes, in output order (O of them).
+        input_width: network input width px (multiple of 4).
+        input_height: network input height px (multiple of 4).
+        augment: augmentation, or None (validation).
+        seed: augmentation seed.
+        min_mask_px: fewest visible pixels at the input size for an instance to count.
+        crop: (width, height) multiples of 16: train on crops of the input (mostly around an
+            object; boxes are clipped to the crop). None: the whole input.
+        max_instances: length of the padded ground-truth box list (``boxes``) used by
+            validation; a frame with more instances keeps its largest boxes there (the dense
+            targets keep every instance).
+
+    Items (dict of tensors, fixed shapes, so the loop's stacking collate batches them):
+    ``image`` (3, H, W) float32 RGB [0, 1]; ``centre`` (O, H/4, W/4) float32; ``size`` (2, H/4,
+    W/4) float32 px; ``offset`` (2, H/4, W/4) float32 cells; ``reg_mask`` (H/4, W/4) bool;
+    ``boxes`` (max_instances, 4) float32 ``(x, y, w, h)`` input px; ``box_class``
+    (max_instances,) int64, -1 on padding rows; ``index`` () long.
+
+    Raises:
+        ConfigError: no objects, repeated ids, an input size not a multiple of 4, a bad crop.
+        ShapeError: (on access) an instance of a network object without a mask, or a mask of
+            another size than the image.
+    """
+
+    def __init__(
+        self,
+        frames: FrameSource,
+        object_ids: Sequence[str],
+        input_width: int,
+        input_height: int,
+        *,
+        augment: AugmentConfig | None = None,
+        seed: int = 0,
+        min_mask_px: int = 40,
+        crop: tuple[int, int] | None = None,
+        max_instances: int = 64,
+    ) -> None:
+        ids = tuple(str(i) for i in object_ids)
+        if not ids or len(set(ids)) != len(ids):
+            raise ConfigError(f"DetectionDataset: expected unique object ids, got {ids}")
+        if input_width % DETECTOR_STRIDE or input_height % DETECTOR_STRIDE:
+            raise ConfigError(f"input size must be a multiple of {DETECTOR_STRIDE}, got "
+                              f"{input_width}x{input_height}")
+        if max_instances < 1:
+            raise ConfigError(f"max_instances: expected >= 1, got {max_instances}")
+        self.frames = frames
+        self.object_ids = ids
+        self.width, self.height = int(input_width), int(input_height)
+        self.augment = augment
+        self.seed = int(seed)
+        self.min_mask_px = int(min_mask_px)
+        self.crop = _check_crop(crop, self.width, self.height)
+        self.max_instances = int(max_instances)
+        self.epoch = 0
+        self._index = {oid: i for i, oid in enumerate(ids)}
+
+    def boxes(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(image (h, w, 3) float32, boxes (M, 4) float64 input px, classes (M,) int64).
+
+        The sample's input image and its instances' boxes (see the class docstring), before
+        the dense targets are drawn.
+        """
+        frame = self.frames[index]
+        rng = np.random.default_rng([self.seed, self.epoch, int(index)])
+        affine, image, _ = _prepare(frame, self.width, self.height, self.augment, rng, self.crop)
+        out_h, out_w = int(image.shape[0]), int(image.shape[1])
+        src_h, src_w = frame.image.shape[:2]
+        boxes: list[tuple[float, float, float, float]] = []
+        classes: list[int] = []
+        for ann in frame.objects:
+            j = self._index.get(ann.object_id)
+            if j is None:
+                continue
+            if ann.mask is None:
+                raise ShapeError(f"frame {index}: an instance of {ann.object_id!r} has no "
+                                 f"mask; detection training needs instance masks")
+            check_shape(ann.mask, f"{src_h},{src_w}", name=f"{ann.object_id}.mask")
+            warped = _warp(np.asarray(ann.mask).astype(np.uint8), affine, out_w, out_h,
+                           nearest=True, fill=0.0)
+            if int(np.count_nonzero(warped)) < self.min_mask_px:
+                continue
+            box = visible_box_in_input(ann.mask, affine, out_w, out_h)
+            if box is not None:
+                boxes.append(box)
+                classes.append(j)
+        return (image, np.asarray(boxes, np.float64).reshape(-1, 4),
+                np.asarray(classes, np.int64).reshape(-1))
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        """Sample `index` (see the class docstring for the keys)."""
+        image, boxes, classes = self.boxes(index)
+        out_h, out_w = int(image.shape[0]), int(image.shape[1])
+        targets = detection_targets(boxes, classes, len(self.object_ids), out_w, out_h,
+                                    DETECTOR_STRIDE)
+        padded = np.zeros((self.max_instances, 4), np.float32)
+        padded_class = np.full(self.max_instances, -1, np.int64)
+        keep = np.argsort(-(boxes[:, 2] * boxes[:, 3]), kind="stable")[: self.max_instances]
+        keep = np.sort(keep)
+        padded[: keep.size] = boxes[keep]
+        padded_class[: keep.size] = classes[keep]
+        item = {k: torch.from_numpy(v) for k, v in targets.items()}
+        item.update({
+            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
+            "boxes": torch.from_numpy(padded),
+            "box_class": torch.from_numpy(padded_class),
+            "index": torch.tensor(int(index)),
+        })
+        return item
+
+
+def count_matches(
+    detections: Sequence[BoxDetection],
+    gt_boxes: np.ndarray,
+    gt_classes: np.ndarray,
+    iou_threshold: float = 0.5,
+) -> int:
+    """Number of ground-truth boxes matched by a detection of the same class.
+
+    Greedy in decreasing detection score (COCO's order): each detection takes the unmatched
+    ground-truth box of its class with the highest IoU, if that IoU is >= `iou_threshold`; each
+    detection and each ground-truth box is used at most once.
+
+    Args:
+        detections: the detections of one image (`pipeline.detection.decode_detections`).
+        gt_boxes: (M, 4) ``(x, y, w, h)`` ground-truth boxes, same px as the detections.
+        gt_classes: (M,) class index of each box.
+        iou_threshold: least IoU of a match.
+
+    Returns:
+        The number of matches (true positives), at most min(len(detections), M).
+    """
+    gt = np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 4)
+    cls = np.asarray(gt_classes).reshape(-1)
+    check_shape(cls, f"{gt.shape[0]}", name="gt_classes")
+    used = np.zeros(gt.shape[0], bool)
+    matches = 0
+    for det in sorted(detections, key=lambda d: -d.score):
+        free = np.flatnonzero((cls == det.class_index) & ~used)
+        if free.size == 0:
+            continue
+        iou = box_iou(det.box_xywh, gt[free])
+        best = int(np.argmax(iou))
+        if iou[best] >= iou_threshold:
+            used[free[best]] = True
+            matches += 1
+    return matches

@@ -1,8 +1,8 @@
 # Copyright 2026 dvc_perception authors. Licensed under the Apache License, Version 2.0.
 """Assemble a training run (data, objects, network, task) and hand it to `loop.train`.
 
-`dvc-perception train pose|depth` parses its arguments into a `RunSpec` and calls `run_training`;
-tests call it directly.
+`dvc-perception train pose|depth|detect` parses its arguments into a `RunSpec` and calls
+`run_training`; tests call it directly.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import torch
 
 from dvc_perception.errors import ConfigError, ModelSpecError
 from dvc_perception.models.depth_net import DepthNet, DepthNetConfig
+from dvc_perception.models.detector_net import DetectorNet, DetectorNetConfig
 from dvc_perception.models.keypoint_net import KeypointNet, KeypointNetConfig
 from dvc_perception.train.config import DepthLossConfig, PoseLossConfig, TrainConfig
 from dvc_perception.train.datasets import (
@@ -32,9 +33,13 @@ from dvc_perception.train.datasets import (
     object_info_to_mapping,
     split_train_val,
 )
+from dvc_perception.train.detection import DetectionDataset
 from dvc_perception.train.loop import train
 from dvc_perception.train.records import TrainResult, to_jsonable
-from dvc_perception.train.tasks import DepthTask, PoseTask
+from dvc_perception.train.tasks import DepthTask, DetectionTask, PoseTask
+
+#: training modes: the keypoint network, the depth network, the detector
+MODES = ("pose", "depth", "detect")
 
 
 @dataclass(frozen=True)
@@ -42,7 +47,7 @@ class RunSpec:
     """One training run.
 
     Attributes:
-        mode: "pose" (keypoint network) or "depth".
+        mode: "pose" (keypoint network), "depth" or "detect" (the CenterNet-style detector).
         out_dir: run directory (checkpoints, logs, provenance).
         data_dir: synthetic shard directory (`render/synth.py`), or None with `toy_frames`.
         extra_data_dirs: more shard directories appended to `data_dir` (e.g. generated in
@@ -53,24 +58,28 @@ class RunSpec:
         split_seed: seed of that split.
         toy_frames: > 0 trains on that many procedural toy frames (`train.toy`) instead of shards
             (smoke runs and tests).
-        objects: object ids / YAML paths the keypoint network learns (pose mode).
+        objects: object ids / YAML paths the keypoint network (pose mode) or the detector
+            (detect mode: its classes, every instance of each) learns.
         input_width: network input width px.
         input_height: network input height px.
         augment: augmentation of the training split (None = off).
-        crop: train on (width, height) crops of the input (pose: mostly around objects); faster
-            per sample; validation always uses the whole input. None: whole input.
+        crop: train on (width, height) crops of the input (pose and detect: mostly around
+            objects; detect: boxes clipped to the crop); faster per sample; validation always
+            uses the whole input. None: whole input.
         train: optimisation settings.
         pose_loss: pose-loss weights (pose mode).
         depth_loss: depth-loss weights (depth mode).
         keypoint_net: keypoint architecture overrides (input size and objects are set here).
         depth_net: depth architecture overrides (input size is set here).
+        detector_net: detector architecture overrides (input size and objects are set here).
         resume: continue from ``out_dir/last.pt``.
         init_checkpoint: start from the network weights of this checkpoint (fine-tuning: a new
             optimiser and schedule; the architecture and objects must match), or None.
         init_encoder: copy only the image encoder (``encoder.*``) from this checkpoint, which
-            may be of the other network kind: both networks share the `Encoder` architecture,
-            so a trained pose network's encoder (which already finds the objects and their
-            apparent size) starts the depth network. None: random initialisation.
+            may be of another network kind: all three networks share the `Encoder`
+            architecture, so a trained pose network's encoder (which already finds the objects
+            and their apparent size) starts the depth network or the detector. None: random
+            initialisation.
     """
 
     mode: str
@@ -91,13 +100,14 @@ class RunSpec:
     depth_loss: DepthLossConfig = field(default_factory=DepthLossConfig)
     keypoint_net: Mapping[str, Any] = field(default_factory=dict)
     depth_net: Mapping[str, Any] = field(default_factory=dict)
+    detector_net: Mapping[str, Any] = field(default_factory=dict)
     resume: bool = False
     init_checkpoint: str | None = None
     init_encoder: str | None = None
 
     def __post_init__(self) -> None:
-        if self.mode not in ("pose", "depth"):
-            raise ConfigError(f"mode must be 'pose' or 'depth', got {self.mode!r}")
+        if self.mode not in MODES:
+            raise ConfigError(f"mode must be one of {MODES}, got {self.mode!r}")
         if (self.data_dir is None) == (self.toy_frames <= 0):
             raise ConfigError("give exactly one of data_dir and toy_frames > 0")
 
@@ -107,7 +117,8 @@ def open_frame_source(path: str | os.PathLike[str], mode: str) -> FrameSource:
 
     Args:
         path: the shard directory.
-        mode: "pose" keeps RGB and instance masks in memory, "depth" RGB and depth.
+        mode: "pose" and "detect" keep RGB and instance masks in memory, "depth" RGB and
+            depth.
 
     Raises:
         ConfigError: the directory holds no frames.
@@ -115,7 +126,7 @@ def open_frame_source(path: str | os.PathLike[str], mode: str) -> FrameSource:
     """
     from dvc_perception.train.shards import ShardFrameSource
 
-    keep = ("rgb", "instance_ids") if mode == "pose" else ("rgb", "depth")
+    keep = ("rgb", "depth") if mode == "depth" else ("rgb", "instance_ids")
     return ShardFrameSource(path, keep=keep)
 
 
@@ -183,6 +194,45 @@ def build_depth_net(spec: RunSpec) -> DepthNet:
     return DepthNet(cfg)
 
 
+def build_detector_net(spec: RunSpec, object_ids: list[str]) -> DetectorNet:
+    """The (seeded, untrained) detector for the classes `object_ids`."""
+    cfg = DetectorNetConfig(**{
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in spec.detector_net.items()},
+        "object_ids": tuple(object_ids),
+        "input_width": spec.input_width,
+        "input_height": spec.input_height,
+    })
+    torch.manual_seed(spec.train.seed)
+    return DetectorNet(cfg)
+
+
+def detector_object_ids(spec: RunSpec, data: Mapping[str, Any]) -> list[str]:
+    """The detector's classes: the toy cube with toy frames, else the ids of `spec.objects`.
+
+    Names are resolved like pose training's (``config/objects/<id>.yaml`` or YAML paths, so a
+    path gives the id written in it).
+
+    Raises:
+        ConfigError: an object the training shards do not hold (when their index lists them),
+            or the same object twice.
+    """
+    if spec.toy_frames > 0:
+        from dvc_perception.train.toy import toy_object
+
+        return [toy_object().object_id]
+    from dvc_perception.render.objects import find_object_yaml, load_object
+
+    ids = [str(load_object(find_object_yaml(n)).object_id) for n in spec.objects]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"--objects: each object once, got {ids}")
+    present = data.get("objects") or []
+    missing = [i for i in ids if present and i not in present]
+    if missing:
+        raise ConfigError(f"--objects {missing}: not in the training shards {data.get('dir')} "
+                          f"(they hold {list(present)})")
+    return ids
+
+
 def run_training(spec: RunSpec, *, provenance: Mapping[str, Any] | None = None) -> TrainResult:
     """Build data, network and task from `spec` and train (see `loop.train`)."""
     train_src, val_src, data = _frame_sources(spec)
@@ -202,6 +252,16 @@ def run_training(spec: RunSpec, *, provenance: Mapping[str, Any] | None = None) 
         extra = {"model_kind": "keypoint",
                  "model_config": dataclasses.asdict(model.config),  # type: ignore[arg-type]
                  "objects": [object_info_to_mapping(o) for o in objects]}
+    elif spec.mode == "detect":
+        ids = detector_object_ids(spec, data)
+        model = build_detector_net(spec, ids)
+        task = DetectionTask(ids)
+        train_set = DetectionDataset(train_src, ids, spec.input_width, spec.input_height,
+                                     augment=spec.augment, seed=spec.train.seed, crop=spec.crop)
+        val_set = DetectionDataset(val_src, ids, spec.input_width, spec.input_height)
+        extra = {"model_kind": "detector",
+                 "model_config": dataclasses.asdict(model.config),  # type: ignore[arg-type]
+                 "object_ids": list(ids)}
     else:
         model = build_depth_net(spec)
         task = DepthTask(model.config.focal0_px, spec.depth_loss)  # type: ignore[union-attr]

@@ -1,5 +1,8 @@
 # Copyright 2026 dvc_perception authors. Licensed under the Apache License, Version 2.0.
-"""Training tasks: what `loop.train` needs from one (`TrainTask`), `PoseTask` and `DepthTask`."""
+"""Training tasks: what `loop.train` needs from one (`TrainTask`), and the three tasks.
+
+`PoseTask` (keypoint network), `DepthTask` (depth network), `DetectionTask` (detector).
+"""
 
 from __future__ import annotations
 
@@ -268,3 +271,86 @@ class DepthTask:
         m = depth_metrics(torch.cat(preds), torch.cat(gts))
         return {"val_abs_rel": m["abs_rel"], "val_rmse_m": m["rmse"],
                 "val_delta_1_25": m["delta_1_25"]}
+
+
+class DetectionTask:
+    """Detector training (`models.detector_net.DetectorNet`): CenterNet focal loss + L1.
+
+    The loss is `train.detection.detection_loss` on the dense targets of `DetectionDataset`.
+    Validation decodes every image like the pipeline (`pipeline.detection.decode_detections`,
+    min score `min_score`, per-class NMS) and matches the detections to the ground-truth boxes
+    (`train.detection.count_matches`: same class, IoU >= `match_iou`, each detection and box
+    used once), pooled over the validation set.
+
+    Args:
+        object_ids: the detector's classes, in output order.
+    """
+
+    name = "detect"
+    primary_metric = "val_det_f1"
+    maximize = True
+
+    #: least centre probability of a validation detection (the decoder's default)
+    min_score = 0.3
+    #: least IoU of a validation match
+    match_iou = 0.5
+
+    def __init__(self, object_ids: Sequence[str]) -> None:
+        self.object_ids = tuple(str(i) for i in object_ids)
+
+    def loss(
+        self, model: nn.Module, batch: Mapping[str, Tensor], epoch: int
+    ) -> tuple[Tensor, dict[str, float]]:
+        """`detection_loss` on one batch and its components (``num_instances`` included)."""
+        from dvc_perception.train.detection import detection_loss
+
+        return detection_loss(model(batch["image"]), batch)
+
+    @torch.no_grad()
+    def evaluate(
+        self, model: nn.Module, loader: Iterator[Mapping[str, Tensor]]
+    ) -> dict[str, float]:
+        """Box recall, precision and F1 at IoU 0.5, and the validation loss.
+
+        ``val_det_recall`` = matched ground-truth boxes / ground-truth boxes,
+        ``val_det_precision`` = matched detections / detections, ``val_det_f1`` = 2 TP / (2 TP
+        + FP + FN) (their harmonic mean; 0 when nothing matched; NaN only with neither boxes
+        nor detections); ``val_det_loss`` the mean batch loss; ``val_det_instances`` and
+        ``val_det_detections`` the counts.
+        """
+        from dvc_perception.models.detector_net import DETECTOR_STRIDE
+        from dvc_perception.pipeline.detection import decode_detections
+        from dvc_perception.train.detection import count_matches, detection_loss
+
+        n_gt = n_det = n_tp = 0
+        losses: list[float] = []
+        was_training = model.training
+        model.eval()
+        device = model_device(model)
+        for batch in loader:  # the network on its device, decoding and matching on the CPU
+            raw = model(batch["image"].to(device))
+            out = SimpleNamespace(centre_logits=raw.centre_logits.float().cpu(),
+                                  size=raw.size.float().cpu(), offset=raw.offset.float().cpu())
+            losses.append(float(detection_loss(out, batch)[0]))
+            prob = torch.sigmoid(out.centre_logits).numpy()
+            size, offset = out.size.numpy(), out.offset.numpy()
+            for b in range(int(prob.shape[0])):
+                dets = decode_detections(prob[b], size[b], offset[b], stride=DETECTOR_STRIDE,
+                                         min_score=self.min_score)
+                real = batch["box_class"][b] >= 0
+                gt_boxes = batch["boxes"][b][real].double().numpy()
+                gt_classes = batch["box_class"][b][real].numpy()
+                n_gt += int(gt_classes.size)
+                n_det += len(dets)
+                n_tp += count_matches(dets, gt_boxes, gt_classes, self.match_iou)
+        model.train(was_training)
+        nan = float("nan")
+        denominator = 2 * n_tp + (n_det - n_tp) + (n_gt - n_tp)
+        return {
+            "val_det_f1": 2.0 * n_tp / denominator if denominator else nan,
+            "val_det_recall": n_tp / n_gt if n_gt else nan,
+            "val_det_precision": n_tp / n_det if n_det else nan,
+            "val_det_loss": float(np.mean(losses)) if losses else nan,
+            "val_det_instances": float(n_gt),
+            "val_det_detections": float(n_det),
+        }
