@@ -320,6 +320,15 @@ def _restore(
         raise ModelSpecError(f"--resume: {path} is not a training checkpoint, lacks {missing}")
     if ckpt["task"] != task_name:
         raise ConfigError(f"{path} is a {ckpt['task']!r} run, not {task_name!r}")
+    saved_total = ckpt["scheduler"].get("total_steps") if isinstance(ckpt["scheduler"],
+                                                                     Mapping) else None
+    this_total = getattr(sched, "total_steps", None)
+    if saved_total is not None and this_total is not None and saved_total != this_total:
+        raise ConfigError(
+            f"--resume: {path} continues a learning-rate schedule of {saved_total} steps; this "
+            f"run's settings (epochs, batch size, data) make {this_total}. Resume with the "
+            f"run's own settings, or start a new run from its weights with --init {path}"
+        )
     try:
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])

@@ -295,3 +295,16 @@ def test_the_fused_optimizer_follows_plain_adamw_with_the_same_groups():
         sched.step()
     for p, q in zip(model.parameters(), ref):
         torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_resume_with_another_schedule_is_one_line_not_a_crash(tmp_path, capsys):
+    from dvc_perception.cli import main
+
+    args = ["train", "pose", "--toy", "16", "--out", str(tmp_path / "run"), "--batch-size", "8",
+            "--no-progress"]
+    assert main([*args, "--epochs", "1"]) == 0
+    capsys.readouterr()
+    assert main([*args, "--epochs", "3", "--resume"]) == 2  # was: a raw scheduler ValueError
+    err = capsys.readouterr().err
+    assert "schedule of 2 steps" in err and "make 6" in err and "--init" in err
+    assert "Traceback" not in err and "bug" not in err
