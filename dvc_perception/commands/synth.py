@@ -6,6 +6,7 @@ Examples::
     dvc-perception synth --objects demo_object --frames 200 --out out/synth_demo
     dvc-perception synth --objects lmo_obj_01 lmo_obj_05 --frames 100 --bag out/synth.mcap_bag
     dvc-perception synth --objects demo_object --frames 120 --sequence --bag out/seq --fps 30
+    dvc-perception synth --objects lmo_obj_01 lmo_obj_05 --instances-per-object 2 3 --out out/bin
 
 The shard format is documented in `dvc_perception.synth.shards.write_shards`.
 """
@@ -36,6 +37,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--width", type=int, help="image width [px]; intrinsics scale with it (default 640)"
     )
     parser.add_argument("--height", type=int, help="image height [px] (default 480)")
+    parser.add_argument(
+        "--instances-per-object", nargs=2, type=int, metavar=("MIN", "MAX"),
+        help="copies of each chosen object per frame, each a separate instance (overrides "
+        "the config's instances_per_object; default 1 1)",
+    )  # fmt: skip
     parser.add_argument("--frames-per-shard", type=int, default=50)
     parser.add_argument("--compress", action="store_true", help="zlib-compressed npz shards")
     parser.add_argument("--data-root", help="replaces ${DVC_SHARED_DATA} in mesh paths")
@@ -67,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
     values: dict = {}
     if args.config:
         values.update(load_yaml_mapping(args.config, "--config (SynthConfig fields)"))
+    if args.instances_per_object is not None:
+        values["instances_per_object"] = tuple(args.instances_per_object)
     cfg = SynthConfig.from_mapping(values)
     width = args.width or cfg.width
     height = args.height or cfg.height

@@ -7,6 +7,14 @@
 parallel. With ``config.sequence = True`` one static scene is sampled from the seed and the
 camera moves around it (an orbit about the vertical axis through the objects' centroid).
 
+Each frame holds ``objects_per_frame`` distinct objects and ``instances_per_object`` copies of
+each (default one). Every copy is its own instance: its own pose, ``instance_ids`` value and
+annotation row, so object ids repeat in `SynthFrame.object_ids`. Placement rule: distinct
+objects are placed independently of each other (as they always were; they may intersect); each
+further copy of an object is redrawn (up to ``COPY_PLACEMENT_TRIES`` times, same distributions)
+until its bounding sphere (about the object origin) overlaps no instance placed before it, else
+the try with the most clearance is kept, so copies rarely interpenetrate.
+
 `synth.shards` stores frames on disk; `synth.procedural` makes the textures and shapes.
 """
 
@@ -37,6 +45,9 @@ from dvc_perception.synth.procedural import (
 #: instance_ids value of distractor shapes; background planes and empty pixels are -1.
 DISTRACTOR_ID = -2
 
+#: Draws of a further copy's pose before the one with the most clearance is kept.
+COPY_PLACEMENT_TRIES = 20
+
 
 @dataclass(frozen=True)
 class SynthConfig:
@@ -52,6 +63,9 @@ class SynthConfig:
     cx: float = 325.2611
     cy: float = 242.04899
     objects_per_frame: tuple[int, int] = (1, 3)  # distinct objects per frame
+    # copies of each chosen object (inclusive); each copy is a separate instance. The default
+    # (1, 1) draws no extra random numbers: frames are the same as without this field.
+    instances_per_object: tuple[int, int] = (1, 1)
     distance_m: tuple[float, float] = (0.4, 1.0)  # object centre depth [m]
     image_margin: float = 0.1  # object centres avoid this fraction of the image border
     distractors_per_frame: tuple[int, int] = (0, 3)
@@ -78,6 +92,15 @@ class SynthConfig:
     orbit_period_frames: int = 120  # sequence: frames per back-and-forth swing
 
     def __post_init__(self) -> None:
+        ipo = self.instances_per_object
+        if (
+            not isinstance(ipo, tuple) or len(ipo) != 2
+            or not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) for n in ipo)
+            or not 1 <= ipo[0] <= ipo[1]
+        ):  # fmt: skip
+            raise ConfigError(
+                f"synth.instances_per_object: expected integers 1 <= min <= max, got {ipo!r}"
+            )
         if self.width <= 0 or self.height <= 0 or self.fx <= 0 or self.fy <= 0:
             raise ConfigError(
                 f"synth camera: width, height, fx, fy must be > 0, got {self.width}, "
@@ -128,7 +151,8 @@ class SynthFrame:
             planes), noise-free; NaN where nothing was hit.
         instance_ids: (H, W) int16: k for object instance k (row k of the arrays below),
             `DISTRACTOR_ID` (-2) for distractors, -1 for background planes / nothing.
-        object_ids: M object ids, sorted.
+        object_ids: M object ids, one per instance, sorted; an id repeats once per copy of
+            its object (``SynthConfig.instances_per_object``), its copies in adjacent rows.
         R: (M, 3, 3) float64 object-in-camera rotations.
         t: (M, 3) float64 [m] object-in-camera translations (``X_cam = R X_obj + t``).
         keypoints_2d: (M, N, 2) float32 [px] projections of the objects' 3D keypoints.
@@ -205,6 +229,10 @@ class SceneSampler:
             )
         self.render_backend = render_backend
         self._meshes = [o.mesh.to(self.device) for o in self.objects]
+        # bounding-sphere radius about the object origin [m], for placing copies
+        self._radii = [
+            float(o.mesh.vertices.detach().cpu().double().norm(dim=1).max()) for o in self.objects
+        ]
         self._sequence_scene: _Scene | None = None
 
     @property
@@ -253,18 +281,19 @@ class SceneSampler:
         poses: list[np.ndarray] = []
         kinds: list[int] = []
         centres = []
+        copies_lo, copies_hi = cfg.instances_per_object
         for i in chosen:
-            z = rng.uniform(*cfg.distance_m)
-            m = cfg.image_margin
-            u = rng.uniform(m * cfg.width, (1 - m) * cfg.width)
-            v = rng.uniform(m * cfg.height, (1 - m) * cfg.height)
-            T = np.eye(4)
-            T[:3, :3] = random_rotation(rng)
-            T[:3, 3] = z * (K_inv @ np.array([u, v, 1.0]))
-            meshes.append(self._meshes[i])
-            poses.append(T)
-            kinds.append(i)
-            centres.append(T[:3, 3])
+            T = self._object_pose(rng, K_inv)
+            # no draws at all with the default (1, 1): frames stay as they were
+            n_copies = int(rng.integers(copies_lo, copies_hi + 1)) if copies_hi > 1 else 1
+            for c in range(n_copies):
+                if c > 0:
+                    T = self._copy_pose(rng, K_inv, i, kinds, centres)
+                meshes.append(self._meshes[i])
+                poses.append(T)
+                kinds.append(i)
+                centres.append(T[:3, 3])
+        n_obj = len(meshes)  # object instances
         far = max(c[2] for c in centres)
         n_dis = int(rng.integers(cfg.distractors_per_frame[0], cfg.distractors_per_frame[1] + 1))
         for _ in range(n_dis):
@@ -322,6 +351,47 @@ class SceneSampler:
             direction_cam=tuple(float(x) for x in light_dir),  # type: ignore[arg-type]
         )
         return _Scene(meshes=meshes, T_world=poses, kinds=kinds, lighting=lighting)
+
+    def _object_pose(self, rng: np.random.Generator, K_inv: np.ndarray) -> np.ndarray:
+        """(4, 4) pose of one object instance: depth, image position, then a uniform rotation."""
+        cfg = self.config
+        z = rng.uniform(*cfg.distance_m)
+        m = cfg.image_margin
+        u = rng.uniform(m * cfg.width, (1 - m) * cfg.width)
+        v = rng.uniform(m * cfg.height, (1 - m) * cfg.height)
+        T = np.eye(4)
+        T[:3, :3] = random_rotation(rng)
+        T[:3, 3] = z * (K_inv @ np.array([u, v, 1.0]))
+        return T
+
+    def _copy_pose(
+        self,
+        rng: np.random.Generator,
+        K_inv: np.ndarray,
+        obj: int,
+        kinds: list[int],
+        centres: list[np.ndarray],
+    ) -> np.ndarray:
+        """Pose of a further copy of object `obj`, clear of the instances placed so far.
+
+        Drawn as `_object_pose` until the copy's bounding sphere overlaps none of the placed
+        instances' (``COPY_PLACEMENT_TRIES`` draws at most); else the draw with the largest
+        clearance (centre distance / sum of radii) is kept.
+        """
+        r = self._radii[obj]
+        placed = np.asarray(centres, dtype=np.float64).reshape(-1, 3)
+        reach = r + np.asarray([self._radii[k] for k in kinds], dtype=np.float64)
+        best, best_clearance = None, -1.0
+        for _ in range(COPY_PLACEMENT_TRIES):
+            T = self._object_pose(rng, K_inv)
+            dist = np.linalg.norm(placed - T[:3, 3], axis=1)
+            clearance = float(np.min(dist / np.maximum(reach, 1e-12))) if len(dist) else np.inf
+            if clearance > best_clearance:
+                best, best_clearance = T, clearance
+            if clearance >= 1.0:
+                break
+        assert best is not None
+        return best
 
     @staticmethod
     def _touching_plane_depth(

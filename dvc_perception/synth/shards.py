@@ -39,7 +39,8 @@ def write_shards(
     (n,) int64 frame indices. ``index.json``: ``format``, ``width``, ``height``, ``K`` (3x3),
     ``seed``, ``config`` (the `SynthConfig` fields), ``objects`` (id -> ``keypoints_3d``
     (N, 3) m, ``diameter`` m, ``mesh``), and ``frames``: one record per frame with ``index``,
-    ``shard`` (file name), ``offset`` (row in the shard), ``object_ids``, ``R`` (M, 3, 3),
+    ``shard`` (file name), ``offset`` (row in the shard), ``object_ids`` (M, one per instance:
+    ids repeat for copies; row k is ``instance_ids == k``), ``R`` (M, 3, 3),
     ``t`` (M, 3) m, ``keypoints_2d`` (M, N, 2) px, ``keypoints_visible`` (M, N),
     ``visib_fraction`` (M,), ``T_world_cam`` (4, 4).
 

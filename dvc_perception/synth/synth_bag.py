@@ -6,10 +6,12 @@ Topics (all stamped ``start_ns + i * 1e9 / fps`` with ``frame_id`` = `frame_id`)
 - ``/camera/image_raw`` sensor_msgs/Image ``rgb8``
 - ``/camera/camera_info`` sensor_msgs/CameraInfo (``plumb_bob``, zero distortion, P = [K | 0])
 - ``/camera/depth/ground_truth`` sensor_msgs/Image ``32FC1`` metres, NaN = nothing (REP 118)
-- ``/ground_truth/poses`` geometry_msgs/PoseArray: the frame's objects in `SynthFrame.object_ids`
-  order (sorted ids)
+- ``/ground_truth/poses`` geometry_msgs/PoseArray: the frame's object instances in
+  `SynthFrame.object_ids` order (sorted ids; every copy of an object, copies adjacent)
 - ``/ground_truth/<object_id>/pose`` geometry_msgs/PoseStamped, for frames where the object is
-  present (every frame of a sequence)
+  present (every frame of a sequence): one message per instance, all with the frame's stamp, in
+  instance order (as `bag.bop` writes BOP's multi-instance scenes). A reader keyed by (topic,
+  stamp), like `bag.evaluate`, keeps only one of several copies; the PoseArray carries them all.
 """
 
 from __future__ import annotations
