@@ -16,7 +16,10 @@ Options of one mode only (the pose-loss options, ``--silog-lambda``) are refused
 with a one-line error. `detect` takes ``--objects`` (the detector's classes; every instance of
 each in a frame is a box), ``--crop`` (crops mostly around objects, boxes clipped to the crop),
 ``--init`` (a detector checkpoint of the same classes and size) and ``--init-encoder`` (any of
-the three networks' checkpoints).
+the three networks' checkpoints). ``pose --zoom-crops [--crop-scale 1.5] --input-size 128x128``
+trains the keypoint network of the two-stage pipeline on object-centred zoom crops
+(`train.datasets.ZoomSampling`); the export records ``input_kind: zoom_crop`` and its
+``crop_scale``.
 """
 
 from __future__ import annotations
@@ -61,6 +64,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--crop", type=_size,
                         help="train on WIDTHxHEIGHT crops (pose, detect: mostly around "
                              "objects); faster per sample; validation uses the whole input")
+    parser.add_argument("--zoom-crops", action="store_true",
+                        help="pose: train the two-stage pipeline's keypoint network on "
+                             "object-centred crops of the full-resolution frame, one instance "
+                             "per sample, its visible box jittered like a detector's (centre "
+                             "+-0.1 of the box side, size x0.9-1.15); validation crops the "
+                             "un-jittered box (a perfect detector); --input-size is the crop's "
+                             "(e.g. 128x128); not with --crop")
+    parser.add_argument("--crop-scale", type=float,
+                        help="with --zoom-crops: crop side in units of the box's longer side "
+                             "(default 1.5, as the two-stage source's crop_scale)")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int, help="samples per step per process")
     parser.add_argument("--lr", type=float, help="peak AdamW learning rate")
@@ -111,6 +124,8 @@ _MODE_ONLY: dict[str, tuple[str, Any]] = {
     "--pose-weight": ("pose", lambda a: a.pose_weight is not None),
     "--keypoint-weight": ("pose", lambda a: a.keypoint_weight is not None),
     "--pose-warmup-epochs": ("pose", lambda a: a.pose_warmup_epochs is not None),
+    "--zoom-crops": ("pose", lambda a: a.zoom_crops),
+    "--crop-scale": ("pose", lambda a: a.crop_scale is not None),
 }
 
 
@@ -124,7 +139,7 @@ def _refuse_other_modes_options(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     """Train; prints the final row of the log."""
     from dvc_perception.train.config import DepthLossConfig, PoseLossConfig, TrainConfig
-    from dvc_perception.train.datasets import AugmentConfig
+    from dvc_perception.train.datasets import AugmentConfig, ZoomSampling
     from dvc_perception.train.runner import RunSpec, run_training
 
     train_cfg = TrainConfig(**_given(args, {
@@ -143,13 +158,21 @@ def run(args: argparse.Namespace) -> int:
     if args.toy and args.objects is not None:
         raise ConfigError("--objects does not apply with --toy (the toy frames have their own "
                           "procedural object); train on shards from `dvc-perception synth`")
+    if args.zoom_crops and args.crop is not None:
+        raise ConfigError("--zoom-crops and --crop exclude each other (zoom crops already cut "
+                          "the input around one object)")
+    if args.crop_scale is not None and not args.zoom_crops:
+        raise ConfigError("--crop-scale only applies with --zoom-crops")
+    zoom = None
+    if args.zoom_crops:
+        zoom = ZoomSampling(**_given(args, {"crop_scale": "crop_scale"}))
     spec = RunSpec(
         mode=args.mode, out_dir=args.out, data_dir=args.data[0] if args.data else None,
         extra_data_dirs=tuple(args.data[1:]) if args.data else (), val_data_dir=args.val_data,
         val_fraction=args.val_fraction, split_seed=args.split_seed, toy_frames=args.toy or 0,
         objects=tuple(args.objects or ["demo_object"]), input_width=args.input_size[0],
         input_height=args.input_size[1], augment=None if args.no_augment else AugmentConfig(),
-        crop=args.crop,
+        crop=args.crop, zoom=zoom,
         train=train_cfg, pose_loss=pose_cfg, depth_loss=depth_cfg, resume=args.resume,
         init_checkpoint=args.init,
         init_encoder=args.init_encoder,

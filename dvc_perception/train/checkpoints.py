@@ -134,7 +134,15 @@ def export_metadata(ckpt: Mapping[str, Any], *, command: Sequence[str]) -> dict[
         "resize": "letterbox: scale min(W/w, H/h), top-left, zero padding; "
                   "u_in = s * (u + 0.5) - 0.5, K_in = [[s,0,s/2-1/2],[0,s,s/2-1/2],[0,0,1]] @ K",
         "architecture": {"factory": FACTORIES[kind], "kwargs": cfg},
+        # what the input is: "letterbox" (the whole frame, as `resize` says) or "zoom_crop" (an
+        # object-centred engines.preprocess.ZoomCrop of the full-resolution frame, side
+        # crop_scale x the detector box's longer side); checkpoints before it: letterbox
+        "input_kind": str(ckpt.get("input_kind", "letterbox")),
     }
+    if doc["input_kind"] == "zoom_crop":
+        if "crop_scale" not in ckpt:
+            raise ModelSpecError("checkpoint input_kind 'zoom_crop' lacks its crop_scale")
+        doc["crop_scale"] = float(ckpt["crop_scale"])
     if kind == "keypoint":
         objects = list(ckpt.get("objects", []))
         doc.update({

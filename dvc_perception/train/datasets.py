@@ -7,7 +7,9 @@ metric depth and per-object poses/masks); `ShardFrameSource` reads the synthetic
 (letterbox: scale by min(W/w, H/h), image at the top-left, zero padding), apply a seeded
 augmentation (random scale and shift with the intrinsics updated exactly, colour jitter,
 noise, blur) and compute the targets (2D keypoints by projecting the object's 3D keypoints with
-the ground-truth pose, visibility, masks at the heatmap stride, depth).
+the ground-truth pose, visibility, masks at the heatmap stride, depth). With `ZoomSampling`,
+`PoseDataset` instead crops around one jittered instance box of the full-resolution frame, as
+the two-stage pipeline's `engines.preprocess.ZoomCrop` does at serving time.
 
 Determinism: sample i in epoch e is augmented with ``numpy.random.default_rng([seed, e, i])``,
 independent of worker, rank and order, so training resumes and data-parallel runs reproduce.
@@ -15,9 +17,10 @@ independent of worker, rank and order, so training resumes and data-parallel run
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import cv2
 import numpy as np
@@ -25,7 +28,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from dvc_perception.engines.preprocess import letterbox_affine, warp_to_input
+from dvc_perception.engines.preprocess import ZoomCrop, letterbox_affine, warp_to_input
 from dvc_perception.errors import ConfigError, ShapeError, check_shape
 from dvc_perception.geometry.symmetry import canonical_pose, transforms_from_plain
 from dvc_perception.models.keypoint_net import HEATMAP_STRIDE
@@ -139,6 +142,74 @@ class AugmentConfig:
             raise ConfigError(f"augment.blur_prob: expected in [0, 1], got {self.blur_prob}")
 
 
+@dataclass(frozen=True)
+class ZoomSampling:
+    """Zoom-crop items for the keypoint network of the two-stage pipeline.
+
+    Serving (`pipeline.network.TwoStageKeypointSource`) cuts
+    ``ZoomCrop.from_box(box, (W, H), input_size, scale=crop_scale)`` out of the full-resolution
+    frame around each detector box; training with this sampling builds the same crops. Each item
+    picks one usable instance (below) of a network object, seeded like the augmentation, takes
+    the box of its visible mask (source px, ``(x, y, w, h)``, x the first column), jitters it as
+    a detector's error would and crops around it. Jitter (uniform, independent draws): the box
+    centre moves by up to `shift_frac` x the box's longer side along each axis, and its width
+    and height scale by one factor in `scale_range`. `exact` (no jitter) is the
+    detector-perfect crop that validation uses.
+
+    Attributes:
+        crop_scale: crop side in units of the (jittered) box's longer side, as serving's
+            ``crop_scale``.
+        shift_frac: maximum centre shift per axis, as a fraction of the box's longer side.
+        scale_range: range of the box size factor.
+        min_visible_px: an instance is usable with at least this many visible mask pixels at
+            the source resolution (an annotation without a mask never is).
+    """
+
+    crop_scale: float = 1.5
+    shift_frac: float = 0.1
+    scale_range: tuple[float, float] = (0.9, 1.15)
+    min_visible_px: int = 50
+
+    def __post_init__(self) -> None:
+        if not (np.isfinite(self.crop_scale) and self.crop_scale > 0):
+            raise ConfigError(f"zoom crop_scale: expected > 0, got {self.crop_scale}")
+        if not 0 <= self.shift_frac < 1:
+            raise ConfigError(f"zoom shift_frac: expected in [0, 1), got {self.shift_frac}")
+        if not 0 < self.scale_range[0] <= self.scale_range[1]:
+            raise ConfigError(f"zoom scale_range: expected 0 < lo <= hi, got {self.scale_range}")
+        if self.min_visible_px < 1:
+            raise ConfigError(f"zoom min_visible_px: expected >= 1, got {self.min_visible_px}")
+
+    def exact(self) -> ZoomSampling:
+        """The same sampling without jitter (the visible box itself: validation)."""
+        return dataclasses.replace(self, shift_frac=0.0, scale_range=(1.0, 1.0))
+
+    def jitter(self, box_xywh: Sequence[float], rng: np.random.Generator
+               ) -> tuple[float, float, float, float]:
+        """`box_xywh` with its centre shifted and its size scaled by random draws of `rng`."""
+        x, y, w, h = (float(v) for v in box_xywh)
+        if self.shift_frac == 0 and self.scale_range == (1.0, 1.0):
+            return x, y, w, h
+        side = max(w, h)
+        du, dv = rng.uniform(-self.shift_frac, self.shift_frac, size=2) * side
+        a = float(rng.uniform(*self.scale_range))
+        cu, cv = x + 0.5 * w + du, y + 0.5 * h + dv
+        return cu - 0.5 * a * w, cv - 0.5 * a * h, a * w, a * h
+
+
+def visible_box(mask: np.ndarray) -> tuple[tuple[int, int, int, int], int]:
+    """((x, y, w, h) box of the True pixels, their count); ((0, 0, 0, 0), 0) when none.
+
+    x, y are the column and row of the top-left pixel (BOP/COCO, as `ZoomCrop.from_box`).
+    """
+    cols = np.flatnonzero(mask.any(axis=0))
+    if cols.size == 0:
+        return (0, 0, 0, 0), 0
+    rows = np.flatnonzero(mask.any(axis=1))
+    x0, y0 = int(cols[0]), int(rows[0])
+    return (x0, y0, int(cols[-1]) - x0 + 1, int(rows[-1]) - y0 + 1), int(np.count_nonzero(mask))
+
+
 def _augment_affine(
     base: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig, width: int, height: int
 ) -> np.ndarray:
@@ -236,11 +307,28 @@ def _prepare(
         y0 = int(np.clip(4 * round(y0 / 4), 0, height - ch))
         affine = affine - np.array([[0.0, 0.0, x0], [0.0, 0.0, y0]])
         out_w, out_h = cw, ch
+    image, K = _input_from_affine(frame, affine, out_w, out_h, augment, rng)
+    return affine, image, K
+
+
+def _input_from_affine(
+    frame: Frame,
+    affine: np.ndarray,
+    out_w: int,
+    out_h: int,
+    augment: AugmentConfig | None,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(image (out_h, out_w, 3) float32 [0, 1], K (3, 3) float64) of the input `affine` makes.
+
+    The frame goes through serving's warp (`engines.preprocess.warp_to_input`), then the
+    photometric augmentation when `augment` is given; ``K' = A K`` exactly.
+    """
     image = warp_to_input(frame.image, affine, out_w, out_h)  # serving's map (preprocess)
     if augment is not None:
         image = _photometric(image, rng, augment)
     K = np.vstack([affine, [0.0, 0.0, 1.0]]) @ np.asarray(frame.K, dtype=np.float64)
-    return affine, image, K
+    return image, K
 
 
 def _check_crop(
@@ -279,6 +367,19 @@ class _EpochFrames(Dataset):
         return len(self.frames)
 
 
+class _InstanceTargets(NamedTuple):
+    """Targets of one annotated instance in one network input (see `PoseDataset`)."""
+
+    R: np.ndarray
+    t: np.ndarray
+    uv: np.ndarray
+    inside: np.ndarray
+    visible: np.ndarray
+    mask: np.ndarray | None  # (H/4, W/4) covered fraction, None without a mask annotation
+    mask_px: int  # visible pixels at the input size (0 without a mask)
+    present: bool
+
+
 class PoseDataset(_EpochFrames):
     """Frames -> keypoint-network inputs and targets.
 
@@ -294,6 +395,15 @@ class PoseDataset(_EpochFrames):
         crop: (width, height) multiples of 16: train on random crops of the input, mostly
             around an object (the network is fully convolutional; ~input/crop times cheaper per
             sample). None: the whole input.
+        zoom: zoom-crop items instead of the letterboxed frame (`ZoomSampling`: the input is an
+            object-centred crop of the full-resolution frame around one sampled instance, as
+            the two-stage pipeline feeds the network; its box jitter replaces the geometric
+            zoom/shift augmentation, the photometric one stays). The sampled instance is always
+            `present`; every other network object in the crop is a target as usual (of several
+            instances of one object, the one with the most visible pixels in the crop; other
+            instances of the sampled object are not targets). A frame without a usable instance
+            present in its crop gives the letterboxed item the default mode gives. Not with
+            `crop`. None: the letterboxed frame.
 
     Items (dict of tensors): ``image`` (3, H, W) float32 RGB [0, 1]; ``K`` (3, 3) float64 of the
     input image; ``keypoints`` (O, K, 2) float32 px; ``kp_in_image`` (O, K) bool;
@@ -312,6 +422,7 @@ class PoseDataset(_EpochFrames):
         seed: int = 0,
         min_mask_px: int = 40,
         crop: tuple[int, int] | None = None,
+        zoom: ZoomSampling | None = None,
     ) -> None:
         if not objects:
             raise ConfigError("PoseDataset: no objects")
@@ -320,6 +431,8 @@ class PoseDataset(_EpochFrames):
             raise ConfigError(f"PoseDataset: objects must share one keypoint count, got {n_kp}")
         if input_width % HEATMAP_STRIDE or input_height % HEATMAP_STRIDE:
             raise ConfigError(f"input size must be a multiple of {HEATMAP_STRIDE}")
+        if zoom is not None and crop is not None:
+            raise ConfigError("PoseDataset: zoom crops and crop exclude each other")
         self.frames = frames
         self.objects = tuple(objects)
         self.width, self.height = int(input_width), int(input_height)
@@ -327,15 +440,97 @@ class PoseDataset(_EpochFrames):
         self.seed = int(seed)
         self.min_mask_px = int(min_mask_px)
         self.crop = _check_crop(crop, self.width, self.height)
+        self.zoom = zoom
         self.epoch = 0
         self._index = {o.object_id: i for i, o in enumerate(self.objects)}
         self._symmetries = [transforms_from_plain(o.symmetries) for o in self.objects]
 
+    def _rng(self, index: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch, int(index)])
+
+    def _targets(self, ann: ObjectAnnotation, j: int, frame: Frame, K: np.ndarray,
+                 affine: np.ndarray, out_w: int, out_h: int) -> _InstanceTargets:
+        """Targets of instance `ann` (network object `j`) in the input `affine` / `K` make."""
+        # a symmetric object's pose is taken as its canonical equivalent, so the keypoint
+        # targets (and the pose loss) never depend on which of the look-alike poses was drawn
+        R, t = canonical_pose(ann.R, ann.t, self._symmetries[j])
+        cam = self.objects[j].keypoints_obj @ R.T + t
+        uv = (cam @ K.T)[:, :2] / np.maximum(cam[:, 2:], 1e-6)
+        inside = (
+            (cam[:, 2] > 1e-3)
+            & (uv[:, 0] >= -0.5) & (uv[:, 0] <= out_w - 0.5)
+            & (uv[:, 1] >= -0.5) & (uv[:, 1] <= out_h - 0.5)
+        )
+        mask, mask_px = None, 0
+        if ann.mask is not None:
+            check_shape(ann.mask, f"{frame.image.shape[0]},{frame.image.shape[1]}",
+                        name=f"{ann.object_id}.mask")
+            full = _warp(ann.mask.astype(np.uint8), affine, out_w, out_h, nearest=True,
+                         fill=0.0)
+            mask = _stride_pool(full.astype(np.float32), HEATMAP_STRIDE)
+            mask_px = int(full.sum())
+            obj_present = mask_px >= self.min_mask_px
+        else:
+            full = None
+            obj_present = True
+        if ann.keypoints_visible is not None:
+            vis = np.asarray(ann.keypoints_visible, bool) & inside
+        elif full is not None:
+            ui = np.clip(np.rint(uv[:, 0]), 0, out_w - 1).astype(int)
+            vi = np.clip(np.rint(uv[:, 1]), 0, out_h - 1).astype(int)
+            vis = inside & (full[vi, ui] > 0)
+        else:
+            vis = inside
+        return _InstanceTargets(R, t, uv, inside, vis, mask, mask_px,
+                                obj_present and int(inside.sum()) >= 4)
+
+    def _zoom_input(self, frame: Frame, rng: np.random.Generator
+                    ) -> tuple[np.ndarray, int, _InstanceTargets] | None:
+        """(affine, the sampled instance's object slot, its targets) of a zoom crop, or None.
+
+        The usable instances are tried in a random order (jittered box each) until one is
+        present in its crop; None when none is.
+        """
+        assert self.zoom is not None
+        src_h, src_w = frame.image.shape[:2]
+        usable = []
+        for a, ann in enumerate(frame.objects):
+            j = self._index.get(ann.object_id)
+            if j is None or ann.mask is None or not float(ann.t[2]) > 0:
+                continue
+            check_shape(ann.mask, f"{src_h},{src_w}", name=f"{ann.object_id}.mask")
+            box, count = visible_box(np.asarray(ann.mask, bool))
+            if count >= self.zoom.min_visible_px:
+                usable.append((a, j, box))
+        for c in rng.permutation(len(usable)) if usable else ():
+            a, j, box = usable[int(c)]
+            crop = ZoomCrop.from_box(self.zoom.jitter(box, rng), (src_w, src_h),
+                                     (self.width, self.height), scale=self.zoom.crop_scale)
+            affine = crop.affine
+            K = np.vstack([affine, [0.0, 0.0, 1.0]]) @ np.asarray(frame.K, dtype=np.float64)
+            targets = self._targets(frame.objects[a], j, frame, K, affine, self.width,
+                                    self.height)
+            if targets.present:
+                return affine, j, targets
+        return None
+
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         """Sample `index` (see the class docstring for the keys)."""
         frame = self.frames[index]
-        rng = np.random.default_rng([self.seed, self.epoch, int(index)])
-        affine, image, K = _prepare(frame, self.width, self.height, self.augment, rng, self.crop)
+        rng = self._rng(index)
+        zoomed = None
+        if self.zoom is not None:
+            check_shape(frame.image, "H,W,3", name="frame.image")
+            zoomed = self._zoom_input(frame, rng)
+        if zoomed is None:
+            if self.zoom is not None:
+                rng = self._rng(index)  # the fallback is exactly the letterboxed item
+            affine, image, K = _prepare(frame, self.width, self.height, self.augment, rng,
+                                        self.crop)
+        else:
+            affine = zoomed[0]
+            image, K = _input_from_affine(frame, affine, self.width, self.height, self.augment,
+                                          rng)
         out_h, out_w = int(image.shape[0]), int(image.shape[1])
         o, k = len(self.objects), int(self.objects[0].keypoints_obj.shape[0])
         h, w = out_h // HEATMAP_STRIDE, out_w // HEATMAP_STRIDE
@@ -346,41 +541,25 @@ class PoseDataset(_EpochFrames):
         R = np.tile(np.eye(3), (o, 1, 1))
         t = np.tile(np.array([0.0, 0.0, 1.0]), (o, 1))
         masks = np.zeros((o, h, w), np.float32)
+        chosen: dict[int, _InstanceTargets] = {}
         for ann in frame.objects:
             j = self._index.get(ann.object_id)
             if j is None:
                 continue
-            # a symmetric object's pose is taken as its canonical equivalent, so the keypoint
-            # targets (and the pose loss) never depend on which of the look-alike poses was drawn
-            R[j], t[j] = canonical_pose(ann.R, ann.t, self._symmetries[j])
-            cam = self.objects[j].keypoints_obj @ R[j].T + t[j]
-            uv = (cam @ K.T)[:, :2] / np.maximum(cam[:, 2:], 1e-6)
-            inside = (
-                (cam[:, 2] > 1e-3)
-                & (uv[:, 0] >= -0.5) & (uv[:, 0] <= out_w - 0.5)
-                & (uv[:, 1] >= -0.5) & (uv[:, 1] <= out_h - 0.5)
-            )
-            keypoints[j], in_image[j] = uv, inside
-            if ann.mask is not None:
-                check_shape(ann.mask, f"{frame.image.shape[0]},{frame.image.shape[1]}",
-                            name=f"{ann.object_id}.mask")
-                full = _warp(ann.mask.astype(np.uint8), affine, out_w, out_h, nearest=True,
-                             fill=0.0)
-                masks[j] = _stride_pool(full.astype(np.float32), HEATMAP_STRIDE)
-                obj_present = int(full.sum()) >= self.min_mask_px
-            else:
-                full = None
-                obj_present = True
-            if ann.keypoints_visible is not None:
-                vis = np.asarray(ann.keypoints_visible, bool) & inside
-            elif full is not None:
-                ui = np.clip(np.rint(uv[:, 0]), 0, out_w - 1).astype(int)
-                vi = np.clip(np.rint(uv[:, 1]), 0, out_h - 1).astype(int)
-                vis = inside & (full[vi, ui] > 0)
-            else:
-                vis = inside
-            visible[j] = vis
-            present[j] = obj_present and int(inside.sum()) >= 4
+            if zoomed is None:  # the letterboxed frame: the last instance of an object wins
+                chosen[j] = self._targets(ann, j, frame, K, affine, out_w, out_h)
+                self._store(chosen[j], j, keypoints, in_image, visible, present, R, t, masks)
+                continue
+            if j == zoomed[1]:  # other instances of the sampled object are no targets
+                continue
+            cand = self._targets(ann, j, frame, K, affine, out_w, out_h)
+            if j not in chosen or (cand.present, cand.mask_px) > (chosen[j].present,
+                                                                  chosen[j].mask_px):
+                chosen[j] = cand
+        if zoomed is not None:
+            chosen[zoomed[1]] = zoomed[2]
+            for j, targets in chosen.items():
+                self._store(targets, j, keypoints, in_image, visible, present, R, t, masks)
         return {
             "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
             "K": torch.from_numpy(K),
@@ -393,6 +572,18 @@ class PoseDataset(_EpochFrames):
             "mask": torch.from_numpy(masks),
             "index": torch.tensor(int(index)),
         }
+
+    @staticmethod
+    def _store(targets: _InstanceTargets, j: int, keypoints: np.ndarray, in_image: np.ndarray,
+               visible: np.ndarray, present: np.ndarray, R: np.ndarray, t: np.ndarray,
+               masks: np.ndarray) -> None:
+        """Write one instance's targets into slot `j` (a missing mask leaves the slot's)."""
+        R[j], t[j] = targets.R, targets.t
+        keypoints[j], in_image[j] = targets.uv, targets.inside
+        if targets.mask is not None:
+            masks[j] = targets.mask
+        visible[j] = targets.visible
+        present[j] = targets.present
 
 
 class DepthDataset(_EpochFrames):

@@ -29,6 +29,7 @@ from dvc_perception.train.datasets import (
     ListFrameSource,
     ObjectInfo,
     PoseDataset,
+    ZoomSampling,
     load_object_infos,
     object_info_to_mapping,
     split_train_val,
@@ -66,6 +67,11 @@ class RunSpec:
         crop: train on (width, height) crops of the input (pose and detect: mostly around
             objects; detect: boxes clipped to the crop); faster per sample; validation always
             uses the whole input. None: whole input.
+        zoom: pose mode only, not with `crop`: train the keypoint network of the two-stage
+            pipeline on object-centred zoom crops of the full-resolution frame (`ZoomSampling`:
+            one jittered visible-mask box per item; input size = the crop's); validation
+            crops the un-jittered box (a perfect detector). The checkpoint records
+            ``input_kind`` "zoom_crop" and ``crop_scale`` for the export; "letterbox" without.
         train: optimisation settings.
         pose_loss: pose-loss weights (pose mode).
         depth_loss: depth-loss weights (depth mode).
@@ -95,6 +101,7 @@ class RunSpec:
     input_height: int = 240
     augment: AugmentConfig | None = field(default_factory=AugmentConfig)
     crop: tuple[int, int] | None = None
+    zoom: ZoomSampling | None = None
     train: TrainConfig = field(default_factory=TrainConfig)
     pose_loss: PoseLossConfig = field(default_factory=PoseLossConfig)
     depth_loss: DepthLossConfig = field(default_factory=DepthLossConfig)
@@ -110,6 +117,10 @@ class RunSpec:
             raise ConfigError(f"mode must be one of {MODES}, got {self.mode!r}")
         if (self.data_dir is None) == (self.toy_frames <= 0):
             raise ConfigError("give exactly one of data_dir and toy_frames > 0")
+        if self.zoom is not None and self.mode != "pose":
+            raise ConfigError(f"zoom crops apply to pose training only, not {self.mode!r}")
+        if self.zoom is not None and self.crop is not None:
+            raise ConfigError("zoom crops and crop exclude each other: give one")
 
 
 def open_frame_source(path: str | os.PathLike[str], mode: str) -> FrameSource:
@@ -233,6 +244,17 @@ def detector_object_ids(spec: RunSpec, data: Mapping[str, Any]) -> list[str]:
     return ids
 
 
+def input_kind(spec: RunSpec) -> dict[str, Any]:
+    """What the network's input is, for the checkpoint and the exported metadata.
+
+    ``{"input_kind": "zoom_crop", "crop_scale": s}`` for zoom-crop training (serving must cut
+    `engines.preprocess.ZoomCrop` crops with that scale), else ``{"input_kind": "letterbox"}``.
+    """
+    if spec.zoom is None:
+        return {"input_kind": "letterbox"}
+    return {"input_kind": "zoom_crop", "crop_scale": float(spec.zoom.crop_scale)}
+
+
 def run_training(spec: RunSpec, *, provenance: Mapping[str, Any] | None = None) -> TrainResult:
     """Build data, network and task from `spec` and train (see `loop.train`)."""
     train_src, val_src, data = _frame_sources(spec)
@@ -247,11 +269,14 @@ def run_training(spec: RunSpec, *, provenance: Mapping[str, Any] | None = None) 
         model: torch.nn.Module = build_keypoint_net(spec, objects)
         task: Any = PoseTask(objects, spec.pose_loss)
         train_set: Any = PoseDataset(train_src, objects, spec.input_width, spec.input_height,
-                                     augment=spec.augment, seed=spec.train.seed, crop=spec.crop)
-        val_set: Any = PoseDataset(val_src, objects, spec.input_width, spec.input_height)
+                                     augment=spec.augment, seed=spec.train.seed, crop=spec.crop,
+                                     zoom=spec.zoom)
+        val_set: Any = PoseDataset(val_src, objects, spec.input_width, spec.input_height,
+                                   zoom=spec.zoom.exact() if spec.zoom is not None else None)
         extra = {"model_kind": "keypoint",
                  "model_config": dataclasses.asdict(model.config),  # type: ignore[arg-type]
-                 "objects": [object_info_to_mapping(o) for o in objects]}
+                 "objects": [object_info_to_mapping(o) for o in objects],
+                 **input_kind(spec)}
     elif spec.mode == "detect":
         ids = detector_object_ids(spec, data)
         model = build_detector_net(spec, ids)
@@ -261,7 +286,7 @@ def run_training(spec: RunSpec, *, provenance: Mapping[str, Any] | None = None) 
         val_set = DetectionDataset(val_src, ids, spec.input_width, spec.input_height)
         extra = {"model_kind": "detector",
                  "model_config": dataclasses.asdict(model.config),  # type: ignore[arg-type]
-                 "object_ids": list(ids)}
+                 "object_ids": list(ids), **input_kind(spec)}
     else:
         model = build_depth_net(spec)
         task = DepthTask(model.config.focal0_px, spec.depth_loss)  # type: ignore[union-attr]
@@ -269,7 +294,8 @@ def run_training(spec: RunSpec, *, provenance: Mapping[str, Any] | None = None) 
                                  augment=spec.augment, seed=spec.train.seed, crop=spec.crop)
         val_set = DepthDataset(val_src, spec.input_width, spec.input_height)
         extra = {"model_kind": "depth",
-                 "model_config": dataclasses.asdict(model.config)}  # type: ignore[arg-type]
+                 "model_config": dataclasses.asdict(model.config),  # type: ignore[arg-type]
+                 **input_kind(spec)}
     if spec.init_checkpoint and not spec.resume:
         _load_initial_weights(model, spec.init_checkpoint, extra["model_config"])
         prov["init_checkpoint"] = str(spec.init_checkpoint)
