@@ -171,16 +171,12 @@ class NetworkConfig:
     )
     detector_model_path: str = _f(
         "", "detector network ONNX file: when set, every detected instance is cropped from the "
-        "full-resolution image and its keypoints come from model_path on the crop; empty: "
-        "model_path sees the whole image"
+        "full-resolution image (at the crop scale model_path was trained with) and its "
+        "keypoints come from model_path on the crop; empty: model_path sees the whole image"
     )
     min_detection_score: float = _f(
         0.3, "detections with a lower centre score are not cropped (two-stage only)",
         range=(0.0, 1.0),
-    )
-    crop_scale: float = _f(
-        1.5, "side of the crop around a detected box, in units of the box's longer side",
-        range=(1.0, 4.0),
     )
 
     def __post_init__(self) -> None:

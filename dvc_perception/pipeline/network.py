@@ -219,23 +219,24 @@ class TwoStageKeypointSource(_ModelBackedSource):
 
     The detector (``task: detector``; outputs ``centre_prob``, ``size``, ``offset``; decoded by
     `pipeline.detection.decode_detections`) finds each instance of each class; each box becomes
-    an object-centred `ZoomCrop` of the full-resolution image (side = `crop_scale` x the box's
-    longer side, at the keypoint model's input size, exact intrinsics), and the keypoint model
-    (``task: keypoints``, trained on such crops) predicts that class's keypoints in the crop;
+    an object-centred `ZoomCrop` of the full-resolution image (side = the keypoint model's
+    ``crop_scale`` x the box's longer side, at its input size, exact intrinsics: the crop it was
+    trained on, ``train pose --zoom-crops``), and the keypoint model predicts that class's
+    keypoints in the crop;
     they go back to image pixels by the crop's inverse map. Confidences are the keypoint
     weights times the detection score, so the pose score reflects both stages.
 
     Args:
         detector_path: exported detector ONNX model.
-        keypoint_path: exported keypoint ONNX model knowing every class of the detector.
+        keypoint_path: exported keypoint ONNX model trained on zoom crops (metadata
+            ``input_kind: zoom_crop`` and ``crop_scale``) knowing every class of the detector.
         backend, precision, device, cache_dir: see `engines.load_engine`.
         min_detection_score: detections with a lower centre score are not cropped.
-        crop_scale: crop side in units of the box's longer side.
         max_per_class: detections kept per class and frame.
 
     Raises:
-        ModelSpecError: a missing file, a wrong task, or a detector class the keypoint model
-            does not know (both lists named).
+        ModelSpecError: a missing file, a wrong task, a keypoint model not trained on zoom
+            crops, or a detector class the keypoint model does not know (both lists named).
     """
 
     def __init__(
@@ -245,7 +246,6 @@ class TwoStageKeypointSource(_ModelBackedSource):
         backend: str = "onnxruntime",
         *,
         min_detection_score: float = 0.3,
-        crop_scale: float = 1.5,
         max_per_class: int = 10,
         precision: str = "fp32",
         device: str | None = None,
@@ -268,8 +268,15 @@ class TwoStageKeypointSource(_ModelBackedSource):
         self._slot = {object_id: known.index(object_id) for object_id in classes}
         self.points_obj = {o: _keypoints_3d(self._model.metadata.keypoints_3d, o, self._model)
                            for o in classes}
+        extra = self._model.metadata.extra
+        if extra.get("input_kind") != "zoom_crop" or "crop_scale" not in extra:
+            raise ModelSpecError(
+                f"{self._model.path} was trained on {extra.get('input_kind', 'letterbox')!r} "
+                "inputs; the two-stage source needs a keypoint model trained on zoom crops "
+                "(`dvc-perception train pose --zoom-crops`, metadata input_kind zoom_crop)"
+            )
+        self.crop_scale = float(extra["crop_scale"])
         self.min_detection_score = float(min_detection_score)
-        self.crop_scale = float(crop_scale)
         self.max_per_class = int(max_per_class)
         self.backend = (f"network-two-stage:{self._detector.description} + "
                         f"{self._model.description}")

@@ -124,8 +124,7 @@ def make_keypoint_source(config: PipelineConfig) -> KeypointSource:
     if net.detector_model_path:
         detector = _network_model_path(config, "detector_model_path", "keypoint_source")
         return TwoStageKeypointSource(detector, path, net.backend,
-                                      min_detection_score=net.min_detection_score,
-                                      crop_scale=net.crop_scale)
+                                      min_detection_score=net.min_detection_score)
     return NetworkKeypointSource(path, net.backend, min_objectness=net.min_objectness)
 
 

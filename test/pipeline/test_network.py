@@ -220,6 +220,26 @@ def test_pipeline_from_config_runs_network_keypoints_and_depth_end_to_end(models
 
 
 @pytest.fixture(scope="module")
+def zoom_kp_model(tmp_path_factory):
+    """An untrained keypoint model exported as trained on zoom crops (crop scale 1.5)."""
+    torch.manual_seed(1)
+    rng = np.random.default_rng(0)
+    cfg = KeypointNetConfig(object_ids=OBJECT_IDS, num_keypoints=NUM_KEYPOINTS, input_width=96,
+                            input_height=96, decoder_channels=(16, 16), **SMALL)
+    objects = [{"object_id": o, "keypoints_obj": rng.uniform(-0.05, 0.05, (NUM_KEYPOINTS, 3))
+                .tolist(), "diameter_m": 0.15, "symmetries": None} for o in OBJECT_IDS]
+    ckpt = {"model_kind": "keypoint", "model_config": dataclasses.asdict(cfg),
+            "objects": objects, "provenance": _provenance(), "input_kind": "zoom_crop",
+            "crop_scale": 1.5}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
+        return export_onnx(KeypointNetForExport(KeypointNet(cfg)), (torch.zeros(1, 3, 96, 96),),
+                           tmp_path_factory.mktemp("zoom") / "kp_zoom.onnx",
+                           input_names=[INPUT_NAME], output_names=list(KEYPOINT_OUTPUTS),
+                           metadata=export_metadata(ckpt, command=["pytest"]))
+
+
+@pytest.fixture(scope="module")
 def detector_model(tmp_path_factory):
     from dvc_perception.models.detector_net import (
         DetectorNet,
@@ -248,7 +268,8 @@ def detector_model(tmp_path_factory):
                            output_names=list(DetectorNetForExport.output_names), metadata=meta)
 
 
-def test_two_stage_source_crops_every_detection_and_maps_keypoints_back(models, detector_model):
+def test_two_stage_source_crops_every_detection_and_maps_keypoints_back(zoom_kp_model,
+                                                                        detector_model):
     import onnxruntime as ort
 
     from dvc_perception.engines.preprocess import Letterbox, ZoomCrop
@@ -257,9 +278,10 @@ def test_two_stage_source_crops_every_detection_and_maps_keypoints_back(models, 
     from dvc_perception.pipeline.network import DETECTOR_OUTPUTS, TwoStageKeypointSource
 
     assert DETECTOR_OUTPUTS == DetectorNetForExport.output_names
-    kp_path, _ = models
+    kp_path = zoom_kp_model
     source = TwoStageKeypointSource(detector_model, kp_path, min_detection_score=0.2,
-                                    crop_scale=1.5, max_per_class=3)
+                                    max_per_class=3)
+    assert source.crop_scale == 1.5  # the scale the keypoint model was trained with
     assert source.object_ids == OBJECT_IDS and source.backend.startswith("network-two-stage")
     image = _image(640, 480, seed=4)
     # reference: the documented maps, run with onnxruntime directly
@@ -298,11 +320,13 @@ def test_two_stage_source_crops_every_detection_and_maps_keypoints_back(models, 
         assert ranks == list(range(len(ranks)))
 
 
-def test_two_stage_source_checks_each_model_task(models, detector_model):
+def test_two_stage_source_checks_each_model(models, zoom_kp_model, detector_model):
     from dvc_perception.pipeline.network import TwoStageKeypointSource
 
     kp_path, depth_path = models
     with pytest.raises(ModelSpecError, match="detector"):
-        TwoStageKeypointSource(kp_path, kp_path)  # a keypoint model is not a detector
+        TwoStageKeypointSource(zoom_kp_model, zoom_kp_model)  # a keypoint model is no detector
     with pytest.raises(ModelSpecError, match="keypoints"):
         TwoStageKeypointSource(detector_model, depth_path)
+    with pytest.raises(ModelSpecError, match="zoom crops"):  # trained on whole frames
+        TwoStageKeypointSource(detector_model, kp_path)
