@@ -266,6 +266,27 @@ class ZoomCrop(_ScaledInput):
                 0.5 * (self.dst_height - 1) - s * self.centre_v)
 
 
+def box_from_mask(mask: np.ndarray) -> tuple[float, float, float, float] | None:
+    """Tight ``(x, y, w, h)`` box (BOP/COCO, px) of a (H, W) bool mask, or None when empty.
+
+    ``x`` / ``y`` are the first set column / row, ``w`` / ``h`` the extents in px: a single set
+    pixel (u, v) gives ``(u, v, 1, 1)``.
+
+    Raises:
+        ShapeError: `mask` is not 2-D.
+    """
+    mask = np.asarray(mask)
+    check_shape(mask, "H,W", name="mask")
+    mask = mask.astype(bool)
+    cols = np.flatnonzero(mask.any(axis=0))
+    rows = np.flatnonzero(mask.any(axis=1))
+    if cols.size == 0:
+        return None
+    x0, x1 = int(cols[0]), int(cols[-1])
+    y0, y1 = int(rows[0]), int(rows[-1])
+    return (float(x0), float(y0), float(x1 - x0 + 1), float(y1 - y0 + 1))
+
+
 def preprocess_frame(
     rgb: np.ndarray,
     input_size: tuple[int, int],

@@ -28,7 +28,12 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from dvc_perception.engines.preprocess import ZoomCrop, letterbox_affine, warp_to_input
+from dvc_perception.engines.preprocess import (
+    ZoomCrop,
+    box_from_mask,
+    letterbox_affine,
+    warp_to_input,
+)
 from dvc_perception.errors import ConfigError, ShapeError, check_shape
 from dvc_perception.geometry.symmetry import canonical_pose, transforms_from_plain
 from dvc_perception.models.keypoint_net import HEATMAP_STRIDE
@@ -195,19 +200,6 @@ class ZoomSampling:
         a = float(rng.uniform(*self.scale_range))
         cu, cv = x + 0.5 * w + du, y + 0.5 * h + dv
         return cu - 0.5 * a * w, cv - 0.5 * a * h, a * w, a * h
-
-
-def visible_box(mask: np.ndarray) -> tuple[tuple[int, int, int, int], int]:
-    """((x, y, w, h) box of the True pixels, their count); ((0, 0, 0, 0), 0) when none.
-
-    x, y are the column and row of the top-left pixel (BOP/COCO, as `ZoomCrop.from_box`).
-    """
-    cols = np.flatnonzero(mask.any(axis=0))
-    if cols.size == 0:
-        return (0, 0, 0, 0), 0
-    rows = np.flatnonzero(mask.any(axis=1))
-    x0, y0 = int(cols[0]), int(rows[0])
-    return (x0, y0, int(cols[-1]) - x0 + 1, int(rows[-1]) - y0 + 1), int(np.count_nonzero(mask))
 
 
 def _augment_affine(
@@ -499,8 +491,9 @@ class PoseDataset(_EpochFrames):
             if j is None or ann.mask is None or not float(ann.t[2]) > 0:
                 continue
             check_shape(ann.mask, f"{src_h},{src_w}", name=f"{ann.object_id}.mask")
-            box, count = visible_box(np.asarray(ann.mask, bool))
-            if count >= self.zoom.min_visible_px:
+            mask = np.asarray(ann.mask, bool)
+            box, count = box_from_mask(mask), int(np.count_nonzero(mask))
+            if box is not None and count >= self.zoom.min_visible_px:
                 usable.append((a, j, box))
         for c in rng.permutation(len(usable)) if usable else ():
             a, j, box = usable[int(c)]

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F  # noqa: N812 - the usual torch alias
 
+from dvc_perception.engines.preprocess import box_from_mask
 from dvc_perception.errors import ConfigError, ShapeError, check_shape
 from dvc_perception.models.detector_net import DETECTOR_STRIDE
 from dvc_perception.pipeline.detection import BoxDetection, box_iou
@@ -75,27 +76,6 @@ def gaussian_radius(height: float, width: float, min_overlap: float = 0.7) -> fl
     c3 = (min_overlap - 1.0) * width * height
     r3 = (b3 + math.sqrt(max(b3 * b3 - 4.0 * a3 * c3, 0.0))) / 2.0
     return min(r1, r2, r3)
-
-
-def box_from_mask(mask: np.ndarray) -> tuple[float, float, float, float] | None:
-    """Tight ``(x, y, w, h)`` box (BOP/COCO, px) of a (H, W) bool mask, or None when empty.
-
-    ``x`` / ``y`` are the first set column / row, ``w`` / ``h`` the extents in px: a single set
-    pixel (u, v) gives ``(u, v, 1, 1)``.
-
-    Raises:
-        ShapeError: `mask` is not 2-D.
-    """
-    mask = np.asarray(mask)
-    check_shape(mask, "H,W", name="mask")
-    mask = mask.astype(bool)
-    cols = np.flatnonzero(mask.any(axis=0))
-    rows = np.flatnonzero(mask.any(axis=1))
-    if cols.size == 0:
-        return None
-    x0, x1 = int(cols[0]), int(cols[-1])
-    y0, y1 = int(rows[0]), int(rows[-1])
-    return (float(x0), float(y0), float(x1 - x0 + 1), float(y1 - y0 + 1))
 
 
 def detection_targets(

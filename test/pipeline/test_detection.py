@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch.nn import functional as F  # noqa: N812 - the usual torch alias
 
-from dvc_perception.engines.preprocess import Letterbox, ZoomCrop
+from dvc_perception.engines.preprocess import Letterbox, ZoomCrop, box_from_mask
 from dvc_perception.errors import ConfigError, ShapeError
 from dvc_perception.pipeline.detection import (
     BoxDetection,
@@ -22,7 +22,7 @@ from dvc_perception.pipeline.detection import (
     decode_detections,
     local_maxima,
 )
-from dvc_perception.train.detection import box_from_mask, detection_targets
+from dvc_perception.train.detection import detection_targets
 
 WIDTH, HEIGHT, STRIDE = 320, 240, 4
 

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
+from dvc_perception.engines.preprocess import box_from_mask
 from dvc_perception.errors import ConfigError, ShapeError
 from dvc_perception.models.detector_net import DetectorNet, DetectorNetConfig, DetectorNetOutput
 from dvc_perception.pipeline.detection import box_iou, decode_detections
 from dvc_perception.train.detection import (
-    box_from_mask,
     detection_loss,
     detection_targets,
     focal_loss_sum,

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from dvc_perception.cli import main
-from dvc_perception.engines.preprocess import letterbox_affine
+from dvc_perception.engines.preprocess import box_from_mask, letterbox_affine
 from dvc_perception.errors import ConfigError, ShapeError
 from dvc_perception.models.detector_net import DetectorNetForExport, DetectorNetOutput
 from dvc_perception.pipeline.detection import BoxDetection
@@ -26,7 +26,6 @@ from dvc_perception.train.datasets import (
 )
 from dvc_perception.train.detection import (
     DetectionDataset,
-    box_from_mask,
     count_matches,
     visible_box_in_input,
 )

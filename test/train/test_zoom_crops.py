@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from dvc_perception.engines.preprocess import ZoomCrop
+from dvc_perception.engines.preprocess import ZoomCrop, box_from_mask
 from dvc_perception.errors import ConfigError
 from dvc_perception.geometry.camera import CameraModel
 from dvc_perception.train.datasets import (
@@ -18,7 +18,6 @@ from dvc_perception.train.datasets import (
     ListFrameSource,
     PoseDataset,
     ZoomSampling,
-    visible_box,
 )
 from dvc_perception.train.toy import toy_frames, toy_object
 
@@ -55,7 +54,7 @@ def test_item_is_the_serving_zoom_crop_of_the_jittered_box():
             A = _affine_of(item["K"].numpy(), frame.K)
             s = A[0, 0]
             np.testing.assert_allclose(A[:, :2], s * np.eye(2), atol=1e-9)
-            (x, y, w, h), _ = visible_box(frame.objects[0].mask)
+            x, y, w, h = box_from_mask(frame.objects[0].mask)
             centre = A @ [x + w / 2 - 0.5, y + h / 2 - 0.5, 1.0]
             bound = zoom.shift_frac * max(w, h) * s + 1e-6
             assert np.all(np.abs(centre - 31.5) <= bound), (centre, bound)
@@ -81,7 +80,7 @@ def test_validation_crop_centres_the_visible_box_exactly():
     for i, frame in enumerate(frames):
         item = ds[i]
         A = _affine_of(item["K"].numpy(), frame.K)
-        (x, y, w, h), _ = visible_box(frame.objects[0].mask)
+        x, y, w, h = box_from_mask(frame.objects[0].mask)
         np.testing.assert_allclose(A @ [x + w / 2 - 0.5, y + h / 2 - 0.5, 1.0], [31.5, 31.5],
                                    atol=1e-9)
         assert A[0, 0] == pytest.approx(64 / (1.25 * max(w, h)))
@@ -103,7 +102,7 @@ def _two_instance_frame() -> Frame:
 
 def test_two_instances_of_one_object_are_each_sampled():
     frame = _two_instance_frame()
-    boxes = [visible_box(ann.mask)[0] for ann in frame.objects]
+    boxes = [box_from_mask(ann.mask) for ann in frame.objects]
     centres = np.array([[x + w / 2 - 0.5, y + h / 2 - 0.5] for x, y, w, h in boxes])
     assert np.linalg.norm(centres[0] - centres[1]) > 30  # apart: the crop says which one
     obj = toy_object()
