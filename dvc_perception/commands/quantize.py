@@ -55,10 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Quantise; print what was done and the TensorRT support check."""
-    from dvc_perception.engines.calibrate import (
-        load_calibration_frames,
-        resize_mode_from_metadata,
-    )
+    from dvc_perception.engines.calibrate import model_calibration_inputs
     from dvc_perception.engines.export import read_model_metadata
     from dvc_perception.engines.quantize import DEFAULT_OP_TYPES, model_input_shape, quantize_onnx
     from dvc_perception.engines.trt_support import check_tensorrt_support
@@ -68,10 +65,8 @@ def run(args: argparse.Namespace) -> int:
     meta = read_model_metadata(args.model)
     shape = model_input_shape(args.model)
     source = _bag_frames(args.calib, args.topic) if _is_bag(args.calib) else args.calib
-    frames = load_calibration_frames(
-        source, input_shape=shape, max_frames=args.max_frames, mean=meta.mean, std=meta.std,
-        resize=resize_mode_from_metadata(meta.extra),
-    )
+    frames = model_calibration_inputs(meta, source, input_shape=shape,
+                                      max_frames=args.max_frames)
     op_types = (
         tuple(t.strip() for t in args.op_types.split(",") if t.strip())
         if args.op_types else DEFAULT_OP_TYPES

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from dvc_perception.engines.base import ModelMetadata
 from dvc_perception.engines.preprocess import preprocess_frame
 from dvc_perception.errors import ConfigError, InputError
 
@@ -116,3 +117,73 @@ def load_calibration_frames(
     if not out:
         raise ConfigError(f"calibration source {source} gave no frames")
     return out
+
+
+def shard_instance_crops(
+    source: str | os.PathLike[str] | Iterable[np.ndarray],
+    *,
+    input_shape: Sequence[int],
+    crop_scale: float,
+    max_frames: int = 256,
+    mean: Sequence[float] = (0.0, 0.0, 0.0),
+    std: Sequence[float] = (1.0, 1.0, 1.0),
+) -> list[np.ndarray]:
+    """Up to `max_frames` zoom-crop inputs (1, 3, H, W): one per object instance of the shards.
+
+    The crop of each instance is the one the two-stage pipeline takes around a detected box
+    (`ZoomCrop.from_box` of the instance's visible-mask box at `crop_scale`), so a zoom-crop
+    keypoint model is calibrated on what it will see.
+
+    Raises:
+        ConfigError: `source` is not a synthetic shard directory (instance masks give the
+            boxes: images or bags have none), or it yields no instance.
+    """
+    from dvc_perception.engines.preprocess import ZoomCrop, box_from_mask
+    from dvc_perception.synth.shards import load_shards
+
+    if not isinstance(source, (str, os.PathLike)) or not (Path(source) / "index.json").is_file():
+        raise ConfigError(
+            f"a model trained on zoom crops calibrates on crops around object instances: "
+            f"give synthetic shards (dvc-perception synth --out DIR) as the calibration "
+            f"source, not {source if isinstance(source, (str, os.PathLike)) else 'frames'}"
+        )
+    if len(input_shape) != 4 or input_shape[1] != 3 or input_shape[0] != 1:
+        raise ConfigError(f"calibration needs an input shaped (1, 3, H, W), got {input_shape}")
+    size = (int(input_shape[3]), int(input_shape[2]))
+    out: list[np.ndarray] = []
+    for frame in load_shards(source):
+        height, width = frame.rgb.shape[:2]
+        for k in sorted(int(v) for v in np.unique(frame.instance_ids) if v >= 0):
+            box = box_from_mask(frame.instance_ids == k)
+            if box is None:
+                continue
+            crop = ZoomCrop.from_box(box, (width, height), size, scale=crop_scale)
+            out.append(crop.network_input(frame.rgb, mean, std))
+            if len(out) >= max_frames:
+                return out
+    if not out:
+        raise ConfigError(f"calibration source {source} has no object instance to crop")
+    return out
+
+
+def model_calibration_inputs(
+    metadata: ModelMetadata,
+    source: str | os.PathLike[str] | Iterable[np.ndarray],
+    *,
+    input_shape: Sequence[int],
+    max_frames: int = 256,
+) -> list[np.ndarray]:
+    """Calibration inputs built as the model described by `metadata` is served.
+
+    Whole frames, resized as its ``resize`` says (`load_calibration_frames`), or, for a model
+    trained on zoom crops (``input_kind: zoom_crop``), crops around every instance of synthetic
+    shards at its ``crop_scale`` (`shard_instance_crops`); normalised by its mean and std.
+    """
+    extra = metadata.extra
+    if extra.get("input_kind") == "zoom_crop":
+        return shard_instance_crops(source, input_shape=input_shape,
+                                    crop_scale=float(extra["crop_scale"]),
+                                    max_frames=max_frames, mean=metadata.mean, std=metadata.std)
+    return load_calibration_frames(source, input_shape=input_shape, max_frames=max_frames,
+                                   mean=metadata.mean, std=metadata.std,
+                                   resize=resize_mode_from_metadata(extra))

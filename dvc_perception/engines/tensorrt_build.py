@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dvc_perception.engines.base import TensorSpec, check_options
+from dvc_perception.engines.base import ModelMetadata, TensorSpec, check_options
 from dvc_perception.errors import ConfigError, EngineUnavailableError, ModelSpecError
 from dvc_perception.files import atomic_write_bytes
 
@@ -321,18 +321,11 @@ class EngineBuilder:
         config.add_optimization_profile(profile)
         calibrator = None  # kept referenced here until the build is done
         if s.use_calibrator:
-            from dvc_perception.engines.calibrate import resize_mode_from_metadata
             from dvc_perception.engines.export import read_model_metadata
 
-            meta = read_model_metadata(onnx_path)  # frames are normalised like deployment
+            meta = read_model_metadata(onnx_path)  # inputs are built as deployment builds them
             calibrator = make_entropy_calibrator(
-                trt,
-                s,
-                network.get_input(0).name,
-                tuple(s.profile_shapes.values())[0][1],
-                mean=meta.mean,
-                std=meta.std,
-                resize=resize_mode_from_metadata(meta.extra),
+                trt, s, network.get_input(0).name, tuple(s.profile_shapes.values())[0][1], meta
             )
             config.int8_calibrator = calibrator
             config.set_calibration_profile(profile)
@@ -356,32 +349,20 @@ class EngineBuilder:
 
 
 def make_entropy_calibrator(
-    trt: Any,
-    settings: BuildSettings,
-    input_name: str,
-    shape: tuple[int, ...],
-    *,
-    mean: Sequence[float],
-    std: Sequence[float],
-    resize: str = "stretch",
+    trt: Any, settings: BuildSettings, input_name: str, shape: tuple[int, ...],
+    metadata: ModelMetadata,
 ) -> Any:
     """An ``IInt8EntropyCalibrator2`` feeding real frames from ``settings.calibration_dir``.
 
-    Frames are preprocessed exactly like the deployed model's inputs (resize, then the model
-    metadata's `mean` / `std`; see `dvc_perception.engines.calibrate.load_calibration_frames`).
+    Inputs are built exactly as the deployed model's (`engines.calibrate.model_calibration_inputs`
+    from its metadata: letterboxed or stretched whole frames, or zoom crops around instances).
     """
     import torch
 
-    from dvc_perception.engines.calibrate import load_calibration_frames
+    from dvc_perception.engines.calibrate import model_calibration_inputs
 
-    frames = load_calibration_frames(
-        settings.calibration_dir,
-        input_shape=shape,
-        max_frames=settings.calibration_max_frames,
-        mean=mean,
-        std=std,
-        resize=resize,
-    )
+    frames = model_calibration_inputs(metadata, settings.calibration_dir, input_shape=shape,
+                                      max_frames=settings.calibration_max_frames)
 
     class _Calibrator(trt.IInt8EntropyCalibrator2):
         def __init__(self) -> None:
