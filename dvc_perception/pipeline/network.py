@@ -263,8 +263,7 @@ class TwoStageKeypointSource(_ModelBackedSource):
                 f"{self._detector.path} detects {list(classes)}; the keypoint model "
                 f"{self._model.path} knows {list(known)} (missing {unknown})"
             )
-        self.classes = classes
-        self.object_ids: tuple[str, ...] = classes
+        self.object_ids: tuple[str, ...] = classes  # the detector's classes, in order
         self._slot = {object_id: known.index(object_id) for object_id in classes}
         self.points_obj = {o: _keypoints_3d(self._model.metadata.keypoints_3d, o, self._model)
                            for o in classes}
@@ -286,9 +285,9 @@ class TwoStageKeypointSource(_ModelBackedSource):
         letterbox, out = self._detector.run(image_rgb)
         maps = [np.asarray(out[n], dtype=np.float32) for n in DETECTOR_OUTPUTS]
         if any(m.ndim != 4 or m.shape[0] != 1 for m in maps) or maps[0].shape[1] != len(
-                self.classes):
+                self.object_ids):
             raise ModelSpecError(f"{self._detector.path}: outputs {[m.shape for m in maps]} do "
-                                 f"not fit {len(self.classes)} classes")
+                                 f"not fit {len(self.object_ids)} classes")
         boxes = decode_detections(maps[0][0], maps[1][0], maps[2][0],
                                   min_score=self.min_detection_score,
                                   max_per_class=self.max_per_class)
@@ -305,7 +304,7 @@ class TwoStageKeypointSource(_ModelBackedSource):
         size = self._model.metadata.input_size
         detections = []
         for box in self.detect_boxes(image_rgb):
-            object_id = self.classes[box.class_index]
+            object_id = self.object_ids[box.class_index]
             crop = ZoomCrop.from_box(box.box_xywh, (width, height), size, scale=self.crop_scale)
             out = self._model.run_on(crop, image_rgb)
             x2d, weights, _ = _keypoint_outputs(out, self._model, len(self._model.metadata

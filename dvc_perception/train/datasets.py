@@ -345,10 +345,15 @@ def _stride_pool(mask: np.ndarray, stride: int) -> np.ndarray:
 
 
 class _EpochFrames(Dataset):
-    """Frames with a per-epoch augmentation stream (set `frames` and `epoch` in `__init__`)."""
+    """Frames with a per-epoch augmentation stream (subclasses set frames, seed and epoch)."""
 
     frames: FrameSource
+    seed: int
     epoch: int
+
+    def _rng(self, index: int) -> np.random.Generator:
+        """The generator of item `index` in the current epoch (seed, epoch, index)."""
+        return np.random.default_rng([self.seed, self.epoch, int(index)])
 
     def set_epoch(self, epoch: int) -> None:
         """Select the augmentation stream of `epoch`."""
@@ -436,9 +441,6 @@ class PoseDataset(_EpochFrames):
         self.epoch = 0
         self._index = {o.object_id: i for i, o in enumerate(self.objects)}
         self._symmetries = [transforms_from_plain(o.symmetries) for o in self.objects]
-
-    def _rng(self, index: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, self.epoch, int(index)])
 
     def _targets(self, ann: ObjectAnnotation, j: int, frame: Frame, K: np.ndarray,
                  affine: np.ndarray, out_w: int, out_h: int) -> _InstanceTargets:
@@ -619,7 +621,7 @@ class DepthDataset(_EpochFrames):
             raise ShapeError(f"frame {index}: the depth dataset needs a depth map, got None")
         check_shape(frame.depth, f"{frame.image.shape[0]},{frame.image.shape[1]}",
                     name="frame.depth")
-        rng = np.random.default_rng([self.seed, self.epoch, int(index)])
+        rng = self._rng(index)
         affine, image, K = _prepare(frame, self.width, self.height, self.augment, rng, self.crop)
         depth = _warp(np.asarray(frame.depth, np.float32), affine, image.shape[1],
                       image.shape[0], nearest=True, fill=float("nan"))

@@ -390,7 +390,7 @@ class DetectionDataset(_EpochFrames):
         the dense targets are drawn.
         """
         frame = self.frames[index]
-        rng = np.random.default_rng([self.seed, self.epoch, int(index)])
+        rng = self._rng(index)
         affine, image, _ = _prepare(frame, self.width, self.height, self.augment, rng, self.crop)
         out_h, out_w = int(image.shape[0]), int(image.shape[1])
         src_h, src_w = frame.image.shape[:2]
