@@ -9,6 +9,7 @@ so frames are stamped at `rate_hz` in image-id order. BOP units (mm) become metr
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import cv2
@@ -39,6 +40,7 @@ def bop_scene_to_bag(
     rate_hz: float = 10.0,
     frame_id: str = "camera_optical_frame",
     dataset_name: str | None = None,
+    object_ids: Mapping[int, str] | None = None,
     overwrite: bool = False,
 ) -> int:
     """Write the bag; returns the number of frames written.
@@ -53,6 +55,7 @@ def bop_scene_to_bag(
         dataset_name: prefix of object ids (``<dataset_name>_obj_XX``) for every object; by
             default objects with a shipped description keep its id (`bop_object_ids`: matched
             by mesh checksum) and the others are prefixed with the dataset folder's name.
+        object_ids: BOP obj_id -> object id, when the caller has `bop_object_ids` already.
         overwrite: replace an existing bag at `out` (only once the new one is complete).
     """
     from builtin_interfaces.msg import Time
@@ -66,8 +69,11 @@ def bop_scene_to_bag(
         raise BagError(f"rate_hz must be > 0, got {rate_hz}")
     frames = read_bop_scene(dataset_dir, scene)
     name = dataset_name or Path(dataset_dir).resolve().name
-    has_meshes = any((Path(dataset_dir) / "models").glob("obj_*.ply"))
-    ids = bop_object_ids(dataset_dir) if has_meshes and dataset_name is None else {}
+    ids: Mapping[int, str] = {}
+    if object_ids is not None:
+        ids = object_ids
+    elif dataset_name is None and any((Path(dataset_dir) / "models").glob("obj_*.ply")):
+        ids = bop_object_ids(dataset_dir)
     with AtomicBagWriter(out, storage, overwrite=overwrite) as writer:
         for k, frame in enumerate(frames):
             stamp_ns = bop_frame_stamp_ns(k, rate_hz)

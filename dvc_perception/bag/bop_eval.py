@@ -20,6 +20,7 @@ depth: these numbers are not that AR. Macro averages are over objects, micro ove
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,8 @@ MIN_VISIB = 0.1
 
 
 def bop_summary(result: EvalResult, dataset_dir: str | Path, scene: str, *,
-                rate_hz: float = 10.0, min_visib: float = MIN_VISIB) -> dict[str, Any]:
+                rate_hz: float = 10.0, min_visib: float = MIN_VISIB,
+                object_ids: Mapping[int, str] | None = None) -> dict[str, Any]:
     """The BOP-style section of the summary (see the module docstring).
 
     Args:
@@ -62,6 +64,8 @@ def bop_summary(result: EvalResult, dataset_dir: str | Path, scene: str, *,
         scene: the scene folder, e.g. ``test/000002``.
         rate_hz: the stamping rate the bag was written with.
         min_visib: targets below this visible fraction are ignored.
+        object_ids: BOP obj_id -> object id as the bag was written (default:
+            `bop_object_ids` of the dataset).
 
     Returns:
         ``{"objects": {object_id: {...}}, "macro": {...}, "micro": {...}, "definitions": str}``.
@@ -72,7 +76,7 @@ def bop_summary(result: EvalResult, dataset_dir: str | Path, scene: str, *,
     frames = read_bop_scene(dataset_dir, scene)
     gt_info = read_scene_gt_info(dataset_dir, scene)
     infos = read_models_info(dataset_dir)
-    ids = bop_object_ids(dataset_dir)
+    ids = bop_object_ids(dataset_dir) if object_ids is None else object_ids
     first = cv2.imread(str(frames[0].rgb_path), cv2.IMREAD_UNCHANGED)
     if first is None:
         raise InputError(f"cannot decode image {frames[0].rgb_path}")

@@ -1,8 +1,9 @@
 # Copyright 2026 dvc_perception authors. Licensed under the Apache License, Version 2.0.
 """`dvc-perception eval-bop DATASET_DIR SCENE`: bop2bag + replay + eval in one step.
 
-The dataset's objects are identified by their meshes (`datasets.bop.bop_object_ids`: the sha256
-of ``models/obj_XXXXXX.ply`` against the shipped object descriptions), not by the folder's name.
+The dataset's objects are identified by their meshes (`datasets.bop.bop_object_ids`: the
+sha256 of ``models/obj_<6-digit id>.ply`` against the shipped object descriptions), not by the
+folder's name.
 The node runs the network keypoint source with ``--model`` (or a ``pipeline.network.model_path``
 given with ``--param``), by default the shipped ``models/pose_*.onnx`` that knows most of the
 dataset's objects. A model that knows none of them is an error naming both sets of objects;
@@ -47,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
     from dvc_perception.files import atomic_write_text
 
     overrides = parse_param_overrides(args.param)
-    dataset_objects = set(bop_object_ids(args.dataset_dir).values())
+    ids = bop_object_ids(args.dataset_dir)  # once: a sha256 of every mesh
+    dataset_objects = set(ids.values())
     if overrides.get("pipeline.keypoint_source", "network") == "network":
         model = args.model or str(overrides.get("pipeline.network.model_path", ""))
         if model:
@@ -66,11 +68,11 @@ def run(args: argparse.Namespace) -> int:
     for bag in (in_bag, out_bag):
         if bag.exists():
             shutil.rmtree(bag)
-    bop_scene_to_bag(args.dataset_dir, args.scene, in_bag)
+    bop_scene_to_bag(args.dataset_dir, args.scene, in_bag, object_ids=ids)
     replay_bag(in_bag, out_bag, params_file=args.params or None, parameters=overrides)
     result = evaluate_bag(out_bag, in_bag, data_root=args.data_root)
     index = write_report(result, out, gt_bag=in_bag)
-    bop = bop_summary(result, args.dataset_dir, args.scene)
+    bop = bop_summary(result, args.dataset_dir, args.scene, object_ids=ids)
     summary = {**json.loads((out / "summary.json").read_text()), "bop": bop}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, sort_keys=True))
     print(format_summary(result.summary()))

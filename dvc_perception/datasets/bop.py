@@ -92,14 +92,14 @@ def bop_object_ids(dataset_dir: str | Path) -> dict[int, str]:
     `bop_object_id` of the folder name.
 
     Raises:
-        InputError: the dataset has no ``models/obj_XXXXXX.ply`` meshes.
+        InputError: the dataset has no ``models/obj_<6-digit id>.ply`` meshes.
     """
     from dvc_perception.render.objects import file_sha256, shipped_objects_by_mesh_sha256
 
     root = Path(dataset_dir)
     meshes = sorted((root / "models").glob("obj_*.ply"))
     if not meshes:
-        raise InputError(f"BOP dataset {root} has no models/obj_XXXXXX.ply meshes")
+        raise InputError(f"BOP dataset {root} has no models/obj_<6-digit id>.ply meshes")
     known = shipped_objects_by_mesh_sha256()
     name = root.resolve().name
     ids: dict[int, str] = {}
@@ -181,7 +181,7 @@ def read_scene_gt_info(dataset_dir: str | Path, scene: str) -> dict[int, list[di
 
 
 def read_eval_points(dataset_dir: str | Path, obj_id: int) -> np.ndarray:
-    """(N, 3) float64 m: vertices of ``models_eval/obj_XXXXXX.ply`` (else ``models/``)."""
+    """(N, 3) float64 m: vertices of ``models_eval/obj_<6-digit id>.ply`` (else ``models/``)."""
     from dvc_perception.render.mesh import load_mesh
 
     root = Path(dataset_dir)

@@ -20,6 +20,7 @@ planners); input pixels outside the scaled image (the padding) are NaN.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -81,7 +82,7 @@ def normalise_nchw(image: np.ndarray, mean: Sequence[float], std: Sequence[float
     return np.ascontiguousarray(x.transpose(2, 0, 1)[None], dtype=np.float32)
 
 
-class _ScaledInput:
+class _ScaledInput(ABC):
     """A uniform scale + shift from a source image into a network input (Letterbox, ZoomCrop).
 
     Subclasses set `src_width`, `src_height`, `dst_width`, `dst_height` and define `scale` (s)
@@ -94,14 +95,14 @@ class _ScaledInput:
     dst_height: int
 
     @property
+    @abstractmethod
     def scale(self) -> float:
         """Source-to-input scale factor s."""
-        raise NotImplementedError
 
     @property
+    @abstractmethod
     def offset(self) -> tuple[float, float]:
         """(o_u, o_v) px: input px = s * source px + o."""
-        raise NotImplementedError
 
     def _check_sizes(self, what: str) -> None:
         for name in ("src_width", "src_height", "dst_width", "dst_height"):
