@@ -44,6 +44,9 @@ COLOUR_ENCODINGS = frozenset({
 })  # fmt: skip
 #: Skipped camera_info messages named one by one through `replay_bag`'s `log`.
 MAX_LOGGED = 10
+#: Error-record kind of a frame that failed with an untyped exception (not a `DvcError`): a
+#: library error or a bug, recorded so the replay goes on (KeyboardInterrupt still stops it).
+UNEXPECTED_KIND = "unexpected"
 
 
 @dataclass(frozen=True)
@@ -243,7 +246,10 @@ def replay_bag(
 
     An image message that does not deserialize becomes an error record of kind
     ``deserialize``, stamped with its record time (its header is unreadable); a camera_info
-    message that does not deserialize is skipped and counted (``bad_camera_info``).
+    message that does not deserialize is skipped and counted (``bad_camera_info``). A frame
+    whose processing raises an untyped exception (an OpenCV error, a bug) becomes an error
+    record of kind ``unexpected`` naming the exception type. The replay goes on after each;
+    KeyboardInterrupt and SystemExit still stop it.
 
     Args:
         input_bag: rosbag2 directory or file (mcap or sqlite3).
@@ -408,6 +414,10 @@ def _replay_frame(
     except DvcError as err:
         kind = getattr(err, "kind", type(err).__name__)
         _write_error(writer, fqn, image.header, record_ns, kind, str(err), summary)
+        return
+    except Exception as err:  # noqa: BLE001 - untyped (e.g. cv2.error): this frame's record
+        _write_error(writer, fqn, image.header, record_ns, UNEXPECTED_KIND,
+                     f"{type(err).__name__}: {' '.join(str(err).split())}", summary)  # fmt: skip
         return
     for object_id, msg in out.pose_msgs.items():
         writer.write_message(f"{fqn}/{object_id}/pose", msg, record_ns)

@@ -46,11 +46,32 @@ def letterbox_affine(src_width: int, src_height: int, dst_width: int, dst_height
     return np.array([[s, 0.0, 0.5 * s - 0.5], [0.0, s, 0.5 * s - 0.5]])
 
 
+#: Largest image width and height the pipeline takes [px]: OpenCV's remap, behind warpAffine,
+#: asserts ``cols < SHRT_MAX and rows < SHRT_MAX`` (32767 itself fails, checked on 4.12).
+MAX_IMAGE_SIDE_PX = 32766
+
+
+def check_image_size(width: int, height: int, name: str = "image") -> None:
+    """Refuse an image wider or taller than `MAX_IMAGE_SIDE_PX`, before OpenCV sees it.
+
+    Raises:
+        InputError: naming the size and the limit.
+    """
+    if width > MAX_IMAGE_SIDE_PX or height > MAX_IMAGE_SIDE_PX:
+        raise InputError(
+            f"{name} is {width}x{height} px: expected at most {MAX_IMAGE_SIDE_PX} px per side "
+            "(OpenCV's warpAffine/remap limit: sides < 32767)"
+        )
+
+
 def check_rgb_image(image_rgb: np.ndarray, name: str = "image_rgb") -> tuple[int, int]:
-    """(width, height) of a (H, W, 3) uint8 RGB image.
+    """(width, height) of a (H, W, 3) uint8 RGB image the pipeline can warp.
+
+    Every frame passes here (`pipeline.check_frame`, the network front ends).
 
     Raises:
         ShapeError: not a uint8 numpy array shaped (H, W, 3).
+        InputError: a side over `MAX_IMAGE_SIDE_PX`.
     """
     if not isinstance(image_rgb, np.ndarray) or image_rgb.dtype != np.uint8:
         raise ShapeError(
@@ -59,7 +80,9 @@ def check_rgb_image(image_rgb: np.ndarray, name: str = "image_rgb") -> tuple[int
         )
     if image_rgb.ndim != 3 or image_rgb.shape[2] != 3:
         raise ShapeError(f"{name}: expected shape (H, W, 3), got {image_rgb.shape}")
-    return int(image_rgb.shape[1]), int(image_rgb.shape[0])
+    width, height = int(image_rgb.shape[1]), int(image_rgb.shape[0])
+    check_image_size(width, height, name)
+    return width, height
 
 
 def warp_to_input(image_rgb: np.ndarray, affine: np.ndarray, width: int, height: int,

@@ -2,13 +2,16 @@
 """Conversions between ROS messages and the pipeline's numpy / dataclass types. No algorithms.
 
 Every function that reads a message validates it and raises `InputError` naming what was
-expected and what arrived (encoding, size, truncation, NaN intrinsics, binning, ROI).
+expected and what arrived (encoding, size, truncation, NaN or implausible intrinsics, binning,
+ROI).
 """
 
 from __future__ import annotations
 
 import array
+import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -18,18 +21,56 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2, Poi
 from std_msgs.msg import ColorRGBA, Header
 from visualization_msgs.msg import Marker, MarkerArray
 
+from dvc_perception.engines.preprocess import check_image_size
 from dvc_perception.errors import DvcError, InputError
 from dvc_perception.geometry.camera import CameraModel
 from dvc_perception.pipeline.pipeline import ObjectPose
 
-#: Supported raw encodings -> (channels, cv2 conversion to RGB or None).
-IMAGE_ENCODINGS: dict[str, tuple[int, int | None]] = {
-    "rgb8": (3, None),
-    "bgr8": (3, cv2.COLOR_BGR2RGB),
-    "mono8": (1, cv2.COLOR_GRAY2RGB),
-    "rgba8": (4, cv2.COLOR_RGBA2RGB),
-    "bgra8": (4, cv2.COLOR_BGRA2RGB),
+
+@dataclass(frozen=True)
+class ImageEncoding:
+    """How a sensor_msgs/Image encoding stores a pixel, and how it becomes RGB.
+
+    Attributes:
+        channels: values per pixel as stored: 3 (RGB/BGR), 4 (with alpha), 1 (mono, Bayer
+            mosaic) or 2 (packed YUV 4:2:2: Y and, alternately, U or V).
+        bytes_per_channel: 1, or 2 for 16-bit encodings (byte order from ``is_bigendian``;
+            converted to 8 bit by keeping the high byte, ``>> 8``).
+        to_rgb: ``cv2.cvtColor`` code to RGB (after the 8-bit reduction), None when RGB.
+        even_width: the width must be even (4:2:2: each pixel pair shares one U and one V).
+    """
+
+    channels: int
+    bytes_per_channel: int
+    to_rgb: int | None
+    even_width: bool = False
+
+
+# OpenCV names a Bayer pattern by the 2nd and 3rd pixels of its 2nd row, ROS by its top-left
+# 2x2 block read row by row, so ROS bayer_rggb8 (R G / G B) is OpenCV's BayerBG (the same code
+# as its recent alias BayerRGGB, absent from older OpenCV 4 releases; test_input_encodings checks
+# every pattern on a synthetic mosaic).
+#: Every raw encoding `image_msg_to_rgb` converts (sensor_msgs/image_encodings names, lower case).
+IMAGE_ENCODINGS: dict[str, ImageEncoding] = {
+    "rgb8": ImageEncoding(3, 1, None),
+    "bgr8": ImageEncoding(3, 1, cv2.COLOR_BGR2RGB),
+    "mono8": ImageEncoding(1, 1, cv2.COLOR_GRAY2RGB),
+    "rgba8": ImageEncoding(4, 1, cv2.COLOR_RGBA2RGB),
+    "bgra8": ImageEncoding(4, 1, cv2.COLOR_BGRA2RGB),
+    "rgb16": ImageEncoding(3, 2, None),
+    "bgr16": ImageEncoding(3, 2, cv2.COLOR_BGR2RGB),
+    "mono16": ImageEncoding(1, 2, cv2.COLOR_GRAY2RGB),
+    "yuv422_yuy2": ImageEncoding(2, 1, cv2.COLOR_YUV2RGB_YUY2, even_width=True),  # Y0 U Y1 V
+    "yuyv": ImageEncoding(2, 1, cv2.COLOR_YUV2RGB_YUY2, even_width=True),  # newer ROS name
+    "yuv422": ImageEncoding(2, 1, cv2.COLOR_YUV2RGB_UYVY, even_width=True),  # U Y0 V Y1 in ROS
+    "uyvy": ImageEncoding(2, 1, cv2.COLOR_YUV2RGB_UYVY, even_width=True),
+    "bayer_rggb8": ImageEncoding(1, 1, cv2.COLOR_BayerBG2RGB),
+    "bayer_bggr8": ImageEncoding(1, 1, cv2.COLOR_BayerRG2RGB),
+    "bayer_gbrg8": ImageEncoding(1, 1, cv2.COLOR_BayerGR2RGB),
+    "bayer_grbg8": ImageEncoding(1, 1, cv2.COLOR_BayerGB2RGB),
 }
+#: Depth and other generic encodings (REP 118 / image_encodings ``<bits><U|S|F>C<n>``).
+_GENERIC_ENCODING = re.compile(r"^(8|16|32|64)[usf]c[1-4]$")
 
 
 def stamp_to_ns(stamp: object) -> int:
@@ -37,42 +78,76 @@ def stamp_to_ns(stamp: object) -> int:
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)  # type: ignore[attr-defined]
 
 
+def frame_id_problem(header: Header) -> str | None:
+    """Why `header` cannot place its data in the TF tree, or None when it can.
+
+    An empty ``frame_id`` still lets the node compute poses, but every output copies it, so no
+    consumer can transform them: a message to warn with (throttled), never a reason to refuse.
+    """
+    if not header.frame_id.strip():
+        return (
+            f"header.frame_id is {header.frame_id!r} (stamp {stamp_to_ns(header.stamp)} ns): "
+            "outputs keep it and cannot be placed in TF; set the camera driver's frame_id "
+            "(e.g. camera_optical_frame)"
+        )
+    return None
+
+
 def image_msg_to_rgb(msg: Image) -> np.ndarray:
-    """sensor_msgs/Image (rgb8, bgr8, mono8, rgba8, bgra8) -> (H, W, 3) uint8 RGB (a copy).
+    """sensor_msgs/Image -> (H, W, 3) uint8 RGB (a copy).
+
+    Encodings (`IMAGE_ENCODINGS`): rgb8, bgr8, rgba8, bgra8 (alpha dropped), mono8 (grey
+    replicated); rgb16, bgr16, mono16 (high byte kept, ``is_bigendian`` honoured); yuv422_yuy2 /
+    yuyv (Y0 U Y1 V) and yuv422 / uyvy (U Y0 V Y1), BT.601 as OpenCV decodes them; bayer_rggb8,
+    bayer_bggr8, bayer_gbrg8, bayer_grbg8 (bilinear demosaic). Row padding (``step`` larger than
+    a row) is skipped.
 
     Raises:
-        InputError: unsupported encoding, zero size, a row step too small, truncated data.
+        InputError: unsupported encoding (depth such as 16UC1 included), zero size, a side over
+            `engines.preprocess.MAX_IMAGE_SIDE_PX`, an odd width for YUV 4:2:2, a row step too
+            small, truncated data.
     """
     encoding = msg.encoding.lower()
     if encoding not in IMAGE_ENCODINGS:
+        kind = (" is a depth or generic encoding, not a colour or mono camera image;"
+                if _GENERIC_ENCODING.match(encoding) else " is not supported;")
         raise InputError(
-            f"image encoding {msg.encoding!r} is not supported; expected one of "
-            f"{sorted(IMAGE_ENCODINGS)}"
+            f"image encoding {msg.encoding!r}{kind} expected one of {sorted(IMAGE_ENCODINGS)}"
         )
-    channels, conversion = IMAGE_ENCODINGS[encoding]
+    spec = IMAGE_ENCODINGS[encoding]
     h, w, step = int(msg.height), int(msg.width), int(msg.step)
     if h <= 0 or w <= 0:
         raise InputError(f"image size {w}x{h}: expected a positive width and height")
-    if step < w * channels:
-        raise InputError(f"image step {step} < width {w} x {channels} channels ({encoding})")
+    check_image_size(w, h, f"{encoding} image")
+    if spec.even_width and w % 2:
+        raise InputError(f"image width {w} is odd: {encoding} (YUV 4:2:2) needs an even width")
+    row_bytes = w * spec.channels * spec.bytes_per_channel
+    if step < row_bytes:
+        raise InputError(
+            f"image step {step} < width {w} x {spec.channels} channels x "
+            f"{spec.bytes_per_channel} bytes ({encoding})"
+        )
     data = np.frombuffer(msg.data, dtype=np.uint8)
     if data.size < step * h:
         raise InputError(
             f"image data truncated: {data.size} bytes, expected {step * h} "
             f"({h} rows x step {step})"
         )
-    rows = data[: step * h].reshape(h, step)[:, : w * channels]
-    pixels = rows.reshape(h, w, channels)
-    if conversion is None:
-        return np.ascontiguousarray(pixels).copy()
-    return cv2.cvtColor(np.ascontiguousarray(pixels), conversion)
+    rows = data[: step * h].reshape(h, step)[:, :row_bytes].copy()  # never a view of msg.data
+    if spec.bytes_per_channel == 2:  # a contiguous copy: an odd step cannot misalign the view
+        rows = (rows.view(">u2" if msg.is_bigendian else "<u2") >> 8).astype(np.uint8)
+    pixels = rows.reshape(h, w, spec.channels)
+    if spec.to_rgb is None:
+        return pixels
+    return cv2.cvtColor(pixels if spec.channels > 1 else pixels[:, :, 0], spec.to_rgb)
 
 
 def compressed_msg_to_rgb(msg: CompressedImage) -> np.ndarray:
     """sensor_msgs/CompressedImage (jpeg or png, image_transport's format) -> (H, W, 3) RGB.
 
     Raises:
-        InputError: a format other than jpeg/png, or data that does not decode.
+        InputError: a format other than jpeg/png, data that does not decode, or a decoded
+            side over `engines.preprocess.MAX_IMAGE_SIDE_PX`.
     """
     fmt = msg.format.lower()
     if "jpeg" not in fmt and "jpg" not in fmt and "png" not in fmt:
@@ -83,6 +158,7 @@ def compressed_msg_to_rgb(msg: CompressedImage) -> np.ndarray:
         raise InputError(
             f"compressed image ({msg.format!r}, {buffer.size} bytes) does not decode"
         )
+    check_image_size(int(bgr.shape[1]), int(bgr.shape[0]), f"{msg.format!r} compressed image")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
@@ -109,6 +185,13 @@ def rgb_to_image_msg(rgb: np.ndarray, header: Header, encoding: str = "rgb8") ->
     return msg
 
 
+#: Largest plausible focal length [px] (a 1e6 px focal length is a 1 m lens on 1 um pixels):
+#: above it camera_info holds a unit or calibration mistake, not a lens.
+MAX_FOCAL_PX = 1e6
+#: Largest plausible |distortion coefficient| (strong fisheye rational models stay below 1e2).
+MAX_DISTORTION_COEFFICIENT = 1e3
+
+
 def camera_info_to_camera_model(msg: CameraInfo, rectified: bool) -> CameraModel:
     """sensor_msgs/CameraInfo -> `CameraModel` of the image it describes.
 
@@ -117,9 +200,15 @@ def camera_info_to_camera_model(msg: CameraInfo, rectified: bool) -> CameraModel
         rectified: True for rectified images (``image_rect``): intrinsics from P[:3, :3], no
             distortion. False for raw images: K and D (plumb_bob or rational_polynomial).
 
+    Plausibility: fx, fy in (0, `MAX_FOCAL_PX`] px, the principal point at most one image size
+    outside the image (cx in [-width, 2 width], cy in [-height, 2 height] px), every distortion
+    coefficient finite with |d| <= `MAX_DISTORTION_COEFFICIENT`.
+
     Raises:
         InputError: binning or a region of interest (unsupported), a distortion model other than
-            plumb_bob / rational_polynomial, a zero size, or zero / non-finite intrinsics.
+            plumb_bob / rational_polynomial, a zero size, non-finite intrinsics or a last row
+            other than (0, 0, 1), or a value outside the plausible ranges above (naming the
+            field, e.g. ``K[0] (fx)``, and its value).
     """
     w, h = int(msg.width), int(msg.height)
     if w <= 0 or h <= 0:
@@ -141,30 +230,64 @@ def camera_info_to_camera_model(msg: CameraInfo, rectified: bool) -> CameraModel
     if rectified:
         P = np.asarray(msg.p, dtype=np.float64).reshape(3, 4)
         K, D, model = P[:, :3].copy(), np.zeros(0), "none"
-        source = "P"
+        source, columns = "P", 4
     else:
         K = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
         D = np.asarray(msg.d, dtype=np.float64)
         model = msg.distortion_model
-        source = "K"
+        source, columns = "K", 3
         if model not in ("plumb_bob", "rational_polynomial"):
             raise InputError(
                 f"camera_info distortion_model {model!r}: expected plumb_bob or "
                 "rational_polynomial (or set input_rectified for rectified images)"
             )
+        _check_distortion(D)
         if D.size == 0 or not np.any(D):
             D, model = np.zeros(0), "none"
-    if not np.all(np.isfinite(K)) or K[0, 0] <= 0.0 or K[1, 1] <= 0.0 or K[2, 2] != 1.0:
+    if not np.all(np.isfinite(K)) or K[2, 2] != 1.0:
         raise InputError(
             f"camera_info {source}: expected finite intrinsics with fx, fy > 0 and a last row "
             f"(0, 0, 1), got {K.ravel().tolist()}"
         )
-    if not np.all(np.isfinite(D)):
-        raise InputError(f"camera_info D: expected finite coefficients, got {D.tolist()}")
+    _check_intrinsics(K, source, columns, w, h)
     try:
         return CameraModel.from_camera_info(K.ravel().tolist(), D.tolist(), w, h, model)
     except DvcError as err:
         raise InputError(f"camera_info: {err}") from err
+
+
+def _check_distortion(D: np.ndarray) -> None:
+    """Raise `InputError` naming the first non-finite or implausibly large coefficient."""
+    for i, value in enumerate(D.tolist()):
+        if not np.isfinite(value) or abs(value) > MAX_DISTORTION_COEFFICIENT:
+            raise InputError(
+                f"camera_info D[{i}] = {value}: expected a finite distortion coefficient with "
+                f"|D[{i}]| <= {MAX_DISTORTION_COEFFICIENT:g}"
+            )
+
+
+def _check_intrinsics(K: np.ndarray, source: str, columns: int, width: int, height: int
+                      ) -> None:
+    """Raise `InputError` naming the first implausible focal length or principal point.
+
+    `K` (3, 3) px was read from the row-major `source` matrix (K or P) of `columns` columns;
+    fields are named by their index in it.
+    """
+    for name, row, col, low, high, open_low in (
+        ("fx", 0, 0, 0.0, MAX_FOCAL_PX, True),
+        ("fy", 1, 1, 0.0, MAX_FOCAL_PX, True),
+        ("cx", 0, 2, -float(width), 2.0 * width, False),
+        ("cy", 1, 2, -float(height), 2.0 * height, False),
+    ):
+        value = float(K[row, col])
+        if (value <= low if open_low else value < low) or value > high:
+            interval = f"({low:g}, {high:g}] px" if open_low else (
+                f"[{low:g}, {high:g}] px, at most one image size outside the {width}x{height} "
+                "image")  # fmt: skip
+            raise InputError(
+                f"camera_info {source}[{row * columns + col}] ({name}) = {value:g}: expected "
+                f"{name} in {interval}"
+            )
 
 
 def matrix_to_quaternion_xyzw(R: np.ndarray) -> np.ndarray:

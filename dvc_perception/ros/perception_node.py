@@ -251,6 +251,9 @@ class PerceptionNode(LifecycleNode):
         matcher = self._matcher
         if matcher is None:
             return
+        problem = convert.frame_id_problem(msg.header)
+        if problem is not None:  # outputs carry the image's frame_id: useless for TF when empty
+            self._warn("frame_id", problem)
         before = _drop_total(matcher)
         pairs = matcher.add_image(convert.stamp_to_ns(msg.header.stamp), (msg, now))
         self._warn_on_sync_drops(matcher, before)

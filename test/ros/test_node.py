@@ -295,6 +295,14 @@ def test_bad_inputs_are_counted_and_the_node_keeps_running(probe, node_process):
     nan_k = K_SYN.copy()
     nan_k[0, 0] = np.nan
     probe.send(image(), _info(nan_k, np.zeros(5), 640, 480, "c"))
+    wild_d = np.array([1e6, 0.0, 0.0, 0.0, 0.0])  # implausible distortion
+    probe.send(image(), _info(K_SYN, wild_d, 640, 480, "c"))
+    far_pp = K_SYN.copy()
+    far_pp[0, 2] = 1e6  # principal point a million pixels outside the image
+    probe.send(image(), _info(far_pp, np.zeros(5), 640, 480, "c"))
+    huge = rgb_to_image_msg(np.zeros((2, 32767, 3), np.uint8), Header(frame_id="c"))
+    probe.send(huge, _info(K_SYN, np.zeros(5), 32767, 2, "c"))  # beyond OpenCV's sides
+    probe.send(rgb_to_image_msg(rgb, Header(frame_id="")), good_info)  # answered, warned
     for _ in range(3):  # images whose camera_info never comes
         probe.send(rgb_to_image_msg(rgb, Header(frame_id="c")), None)
     last = probe.stamp()
@@ -315,7 +323,7 @@ def test_bad_inputs_are_counted_and_the_node_keeps_running(probe, node_process):
         counts = {k: grew(k, after) for k in (
             "errors.image", "errors.size_mismatch", "errors.camera_info",
             "dropped.out_of_order", "dropped.unmatched")}
-        expected = {"errors.image": 2, "errors.size_mismatch": 1, "errors.camera_info": 2,
+        expected = {"errors.image": 3, "errors.size_mismatch": 1, "errors.camera_info": 4,
                     "dropped.out_of_order": 1, "dropped.unmatched": 3}
         if all(counts[k] >= v for k, v in expected.items()) or time.monotonic() > deadline:
             break
@@ -324,6 +332,7 @@ def test_bad_inputs_are_counted_and_the_node_keeps_running(probe, node_process):
     assert "fiducial:chessboard" in after["backend"]
     log = node_process.log_path.read_text()
     assert "frame skipped (image)" in log and "16UC1" in log
+    assert "header.frame_id is ''" in log  # its own kind: not throttled away by the others
     assert "Traceback" not in log
 
 
