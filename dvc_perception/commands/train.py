@@ -10,6 +10,13 @@ Examples::
         --objects demo_object --out runs/detector_demo
     dvc-perception train pose ... --resume          # continue from runs/.../last.pt
     torchrun --nproc_per_node 2 -m dvc_perception.cli train pose ...   # data-parallel
+    dvc-perception train pose --data data/synth_a ../shared/data/lmo/test/000002 \
+        --objects lmo_obj_05 --out runs/pose_real     # synthetic + real labelled frames
+
+``--data`` takes synthetic shard directories and BOP-format scene folders of real labelled
+images (``rgb/``, ``scene_camera.json``, ``scene_gt.json``, optionally ``mask_visib/`` and
+``depth/``; the objects are found by mesh sha256 in ``<dataset>/models/``), mixed in one run
+(`train.bop_frames.BopFrameSource`; masks from ``mask_visib/`` or rendered from the poses).
 
 Options left out keep the defaults of `TrainConfig`, `PoseLossConfig` and `AugmentConfig`.
 Options of one mode only (the pose-loss options, ``--silog-lambda``) are refused in the others
@@ -48,10 +55,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="run directory (checkpoints, logs)")
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", nargs="+",
-                     help="synthetic shard directories (dvc-perception synth --out)")
+                     help="synthetic shard directories (dvc-perception synth --out) and/or "
+                          "BOP scene folders of real labelled images (rgb/, scene_gt.json, "
+                          "scene_camera.json; e.g. lmo/test/000002)")
     src.add_argument("--toy", type=int, metavar="N",
                      help="train on N procedural toy frames instead (smoke test)")
-    parser.add_argument("--val-data", help="validation shards (generated with another seed)")
+    parser.add_argument("--val-data",
+                        help="validation shards (generated with another seed) or BOP scene")
     parser.add_argument("--val-fraction", type=float, default=0.1,
                         help="validation share of --data when --val-data is absent (default 0.1)")
     parser.add_argument("--split-seed", type=int, default=0, help="seed of that split")

@@ -16,10 +16,11 @@ from typing import Any
 
 import torch
 
-from dvc_perception.errors import ConfigError, ModelSpecError
+from dvc_perception.errors import ConfigError, InputError, ModelSpecError
 from dvc_perception.models.depth_net import DepthNet, DepthNetConfig
 from dvc_perception.models.detector_net import DetectorNet, DetectorNetConfig
 from dvc_perception.models.keypoint_net import KeypointNet, KeypointNetConfig
+from dvc_perception.train.bop_frames import BopFrameSource, is_bop_scene_dir
 from dvc_perception.train.config import DepthLossConfig, PoseLossConfig, TrainConfig
 from dvc_perception.train.datasets import (
     AugmentConfig,
@@ -50,9 +51,10 @@ class RunSpec:
     Attributes:
         mode: "pose" (keypoint network), "depth" or "detect" (the CenterNet-style detector).
         out_dir: run directory (checkpoints, logs, provenance).
-        data_dir: synthetic shard directory (`render/synth.py`), or None with `toy_frames`.
-        extra_data_dirs: more shard directories appended to `data_dir` (e.g. generated in
-            parallel with other seeds).
+        data_dir: synthetic shard directory (`render/synth.py`) or BOP scene folder (real
+            labelled images, `open_frame_source`), or None with `toy_frames`.
+        extra_data_dirs: more such directories appended to `data_dir` (e.g. shards generated
+            in parallel with other seeds, or a BOP scene next to synthetic shards).
         val_data_dir: separate validation shards (generated with another seed), or None to split
             `val_fraction` of `data_dir` off with `split_seed`.
         val_fraction: validation share when `val_data_dir` is None.
@@ -124,21 +126,31 @@ class RunSpec:
 
 
 def open_frame_source(path: str | os.PathLike[str], mode: str) -> FrameSource:
-    """The frames of a synthetic shard directory written by ``dvc-perception synth``.
+    """The frames of a training data directory: synthetic shards or a real BOP scene.
 
     Args:
-        path: the shard directory.
-        mode: "pose" and "detect" keep RGB and instance masks in memory, "depth" RGB and
-            depth.
+        path: a shard directory written by ``dvc-perception synth`` (``index.json``), or a BOP
+            scene folder (``scene_gt.json`` and ``rgb/``, e.g. ``lmo/test/000002``; see
+            `train.bop_frames.BopFrameSource`).
+        mode: "pose" and "detect" keep RGB and instance masks (shards: in memory), "depth" RGB
+            and depth.
 
     Raises:
-        ConfigError: the directory holds no frames.
-        InputError: it is not a shard directory.
+        ConfigError: the directory holds no frames, a BOP scene has no known object, or
+            "depth" mode on a BOP scene without depth.
+        InputError: it is neither layout, or a file of it is missing or bad.
     """
     from dvc_perception.train.shards import ShardFrameSource
 
-    keep = ("rgb", "depth") if mode == "depth" else ("rgb", "instance_ids")
-    return ShardFrameSource(path, keep=keep)
+    p = Path(path)
+    if (p / "index.json").is_file():
+        keep = ("rgb", "depth") if mode == "depth" else ("rgb", "instance_ids")
+        return ShardFrameSource(p, keep=keep)
+    if is_bop_scene_dir(p):
+        return BopFrameSource(p, with_depth=mode == "depth", with_masks=mode != "depth")
+    raise InputError(f"training data {p}: expected a synthetic shard directory (index.json, "
+                     f"from `dvc-perception synth --out`) or a BOP scene folder "
+                     f"(scene_gt.json, scene_camera.json and rgb/, e.g. lmo/test/000002)")
 
 
 def _frame_sources(spec: RunSpec) -> tuple[FrameSource, FrameSource, dict[str, Any]]:
@@ -156,17 +168,25 @@ def _frame_sources(spec: RunSpec) -> tuple[FrameSource, FrameSource, dict[str, A
     first = open_frame_source(str(spec.data_dir), spec.mode)
     extra = [open_frame_source(d, spec.mode) for d in spec.extra_data_dirs]
     full: FrameSource = ConcatFrameSource([first, *extra]) if extra else first
-    data: dict[str, Any] = {"kind": "synthetic shards", "dir": str(Path(str(spec.data_dir))),
+    # the top-level keys describe `data_dir`, the extra_* lists the extra directories;
+    # "objects" are those of every training directory (detect checks --objects against them)
+    data: dict[str, Any] = {"kind": _data_kind(first), "dir": str(Path(str(spec.data_dir))),
                             "frames": len(full), "seed": _data_seed(first),
                             "synth_config": getattr(first, "index", {}).get("config"),
-                            "objects": sorted(getattr(first, "index", {}).get("objects", {}))}
+                            "objects": sorted(set().union(*(_data_objects(s)
+                                                            for s in (first, *extra))))}
+    if isinstance(first, BopFrameSource):
+        data["bop"] = _bop_provenance(first)
     if extra:
         data["extra_dirs"] = list(spec.extra_data_dirs)
+        data["extra_kinds"] = [_data_kind(e) for e in extra]
         data["extra_seeds"] = [_data_seed(e) for e in extra]
+        data["extra_bop"] = [_bop_provenance(e) if isinstance(e, BopFrameSource) else None
+                             for e in extra]
     if spec.val_data_dir is not None:
         val_src = open_frame_source(spec.val_data_dir, spec.mode)
-        data.update({"val_dir": str(spec.val_data_dir), "val_frames": len(val_src),
-                     "val_seed": _data_seed(val_src)})
+        data.update({"val_dir": str(spec.val_data_dir), "val_kind": _data_kind(val_src),
+                     "val_frames": len(val_src), "val_seed": _data_seed(val_src)})
         return full, val_src, data
     train_src, val_src = split_train_val(full, spec.val_fraction, spec.split_seed)
     data.update({"val_fraction": spec.val_fraction, "split_seed": spec.split_seed,
@@ -176,6 +196,25 @@ def _frame_sources(spec: RunSpec) -> tuple[FrameSource, FrameSource, dict[str, A
 
 def _data_seed(source: Any) -> Any:
     return getattr(source, "seed", None)
+
+
+def _data_kind(source: Any) -> str:
+    """"bop scene" (real labelled images) or "synthetic shards"."""
+    return "bop scene" if isinstance(source, BopFrameSource) else "synthetic shards"
+
+
+def _data_objects(source: Any) -> set[str]:
+    """Object ids a training source annotates (empty when it does not say)."""
+    if isinstance(source, BopFrameSource):
+        return set(source.object_ids)
+    return set(getattr(source, "index", {}).get("objects", {}))
+
+
+def _bop_provenance(source: BopFrameSource) -> dict[str, Any]:
+    """Where a BOP scene's frames and masks came from."""
+    return {"dataset_dir": str(source.dataset_dir), "scene": str(source.scene_dir),
+            "frames": len(source), "objects": list(source.object_ids),
+            "skipped_objects": list(source.skipped_objects), "masks": source.mask_source}
 
 
 def build_keypoint_net(spec: RunSpec, objects: list[ObjectInfo]) -> KeypointNet:
