@@ -8,9 +8,6 @@ synth() {  # synth OUT SEED FRAMES (tabletop scenes: config/synth_demo_object.ya
     --height 240 --seed "$2" --config config/synth_demo_object.yaml --out "$1" --no-progress
 }
 synth data/demo_a 1 5000 & synth data/demo_b 2 5000 & synth data/demo_val 100 300 & wait
-# bf16 mixed precision: ~3x faster convolutions on this CPU (AMX); PRECISION=fp32 on CPUs
-# without AVX512-BF16/AMX (slower). See TrainConfig.precision.
-PRECISION=${PRECISION:-bf16}
 $DDP train pose --data data/demo_a data/demo_b --val-data data/demo_val --objects demo_object \
   --crop 160x128 --epochs "${POSE_EPOCHS:-30}" --batch-size 16 --lr 3e-3 --threads 1 \
   --val-every 10 --precision "$PRECISION" --out runs/pose_demo --no-progress \

@@ -8,7 +8,10 @@ The node runs the network keypoint source with ``--model`` (or a ``pipeline.netw
 given with ``--param``), by default the shipped ``models/pose_*.onnx`` that knows most of the
 dataset's objects. A model that knows none of them is an error naming both sets of objects;
 nothing falls back to another keypoint source unless ``--param pipeline.keypoint_source:=...``
-asks for it.
+asks for it. A zoom-crop keypoint model (metadata ``input_kind: zoom_crop``) is the second stage
+of the two-stage path: its detector is ``--detector`` (or ``pipeline.network.detector_model_path``),
+by default the shipped ``models/detector_*.onnx`` that knows most of the keypoint model's objects;
+a zoom-crop model without any detector is an error, never a whole-image run.
 """
 
 from __future__ import annotations
@@ -28,6 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="",
                         help="keypoint network ONNX model (default: the shipped "
                              "models/pose_<dataset>.onnx when it exists, e.g. pose_lmo.onnx)")
+    parser.add_argument("--detector", default="",
+                        help="detector ONNX model of the two-stage path (default, for a zoom-crop "
+                             "keypoint model: the shipped models/detector_*.onnx knowing most of "
+                             "its objects)")
     parser.add_argument("--data-root", default=None,
                         help="root for ${DVC_SHARED_DATA} meshes in object YAMLs")
 
@@ -60,6 +67,11 @@ def run(args: argparse.Namespace) -> int:
             model = _best_shipped_model(dataset_objects, args.dataset_dir)
         overrides = {**overrides, "pipeline.keypoint_source": "network",
                      "pipeline.network.model_path": model}
+        detector = _detector_for(Path(model), args.detector or str(
+            overrides.get("pipeline.network.detector_model_path", "")))
+        if detector:
+            overrides["pipeline.network.detector_model_path"] = detector
+            print(f"detector: {detector}")
         print(f"keypoints: network {model}")
     name = f"{Path(args.dataset_dir).resolve().name}_{args.scene.replace('/', '_')}"
     out = Path(args.output or f"out/eval_{name}")
@@ -96,6 +108,39 @@ def _check_model_objects(path: Path, dataset_objects: set[str]) -> None:
     if not known & dataset_objects:
         raise ModelSpecError(f"{path} knows objects {sorted(known)}, none of the dataset's "
                              f"{sorted(dataset_objects)}")
+
+
+def _detector_for(keypoint_model: Path, detector: str) -> str:
+    """The detector to run with `keypoint_model` ("" for a whole-image model without one).
+
+    Raises:
+        ModelSpecError: `detector` is not a file; a zoom-crop model and no detector given or
+            shipped that knows any of its objects.
+    """
+    from dvc_perception.engines.export import read_model_metadata
+    from dvc_perception.errors import ConfigError, ModelSpecError
+    from dvc_perception.resources import find_share_file
+
+    if detector:
+        if not Path(detector).is_file():
+            raise ModelSpecError(f"--detector {detector}: no such file")
+        return detector
+    if read_model_metadata(keypoint_model).extra.get("input_kind") != "zoom_crop":
+        return ""
+    wanted = _model_objects(keypoint_model)
+    try:
+        shipped = sorted(find_share_file("models").glob("detector_*.onnx"))
+    except ConfigError:
+        shipped = []
+    scored = [(len(_model_objects(m) & wanted), m) for m in shipped]
+    count, best = max(scored, key=lambda s: s[0], default=(0, None))
+    if best is None or count == 0:
+        raise ModelSpecError(
+            f"{keypoint_model} is a zoom-crop keypoint model (the second stage of the two-stage "
+            f"path) and no detector knows its objects {sorted(wanted)}: pass --detector "
+            "(train one with `dvc-perception train detect`)"
+        )
+    return str(best)
 
 
 def _best_shipped_model(dataset_objects: set[str], dataset_dir: str) -> str:

@@ -214,6 +214,57 @@ class NetworkKeypointSource(_ModelBackedSource):
         return detections
 
 
+class NetworkDetector:
+    """The first stage alone: an exported detector on the letterboxed whole frame -> boxes.
+
+    Args:
+        detector_path: exported detector ONNX model (metadata task ``detector``).
+        backend, precision, device, cache_dir: see `engines.load_engine`.
+        min_detection_score: peaks with a lower centre score are dropped.
+        max_per_class: detections kept per class and frame (after per-class NMS).
+
+    Raises:
+        ModelSpecError: a missing file, a wrong task, outputs that do not fit the metadata.
+    """
+
+    def __init__(
+        self,
+        detector_path: str | os.PathLike[str],
+        backend: str = "onnxruntime",
+        *,
+        min_detection_score: float = 0.3,
+        max_per_class: int = 10,
+        precision: str = "fp32",
+        device: str | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self._model = _NetworkModel(detector_path, "detector", DETECTOR_OUTPUTS, backend,
+                                    precision, device, cache_dir)
+        self.path = self._model.path
+        self.object_ids: tuple[str, ...] = tuple(self._model.metadata.object_ids)
+        self.min_detection_score = float(min_detection_score)
+        self.max_per_class = int(max_per_class)
+
+    @property
+    def description(self) -> str:
+        """``<backend>/<precision> (<file name>)``."""
+        return self._model.description
+
+    def detect_boxes(self, image_rgb: np.ndarray) -> list[BoxDetection]:
+        """Every detected instance of (H, W, 3) uint8 `image_rgb`: class index (into
+        `object_ids`), score, box ``(x, y, w, h)`` in image px, best score first."""
+        letterbox, out = self._model.run(image_rgb)
+        maps = [np.asarray(out[n], dtype=np.float32) for n in DETECTOR_OUTPUTS]
+        if any(m.ndim != 4 or m.shape[0] != 1 for m in maps) or maps[0].shape[1] != len(
+                self.object_ids):
+            raise ModelSpecError(f"{self.path}: outputs {[m.shape for m in maps]} do "
+                                 f"not fit {len(self.object_ids)} classes")
+        boxes = decode_detections(maps[0][0], maps[1][0], maps[2][0],
+                                  min_score=self.min_detection_score,
+                                  max_per_class=self.max_per_class)
+        return boxes_to_source(boxes, letterbox)
+
+
 class TwoStageKeypointSource(_ModelBackedSource):
     """Every instance: a detector on the letterboxed frame, keypoints on zoom-in crops.
 
@@ -251,11 +302,13 @@ class TwoStageKeypointSource(_ModelBackedSource):
         device: str | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
     ) -> None:
-        self._detector = _NetworkModel(detector_path, "detector", DETECTOR_OUTPUTS, backend,
-                                       precision, device, cache_dir)
+        self._detector = NetworkDetector(detector_path, backend,
+                                         min_detection_score=min_detection_score,
+                                         max_per_class=max_per_class, precision=precision,
+                                         device=device, cache_dir=cache_dir)
         self._model = _NetworkModel(keypoint_path, "keypoints", KEYPOINT_OUTPUTS, backend,
                                     precision, device, cache_dir)
-        classes = tuple(self._detector.metadata.object_ids)
+        classes = self._detector.object_ids
         known = tuple(self._model.metadata.object_ids)
         unknown = [c for c in classes if c not in known]
         if not classes or unknown:
@@ -275,23 +328,17 @@ class TwoStageKeypointSource(_ModelBackedSource):
                 "(`dvc-perception train pose --zoom-crops`, metadata input_kind zoom_crop)"
             )
         self.crop_scale = float(extra["crop_scale"])
-        self.min_detection_score = float(min_detection_score)
-        self.max_per_class = int(max_per_class)
         self.backend = (f"network-two-stage:{self._detector.description} + "
                         f"{self._model.description}")
 
+    @property
+    def min_detection_score(self) -> float:
+        """Detections with a lower centre score are not cropped."""
+        return self._detector.min_detection_score
+
     def detect_boxes(self, image_rgb: np.ndarray) -> list[BoxDetection]:
         """Every detected instance: class index, score, box ``(x, y, w, h)`` in image px."""
-        letterbox, out = self._detector.run(image_rgb)
-        maps = [np.asarray(out[n], dtype=np.float32) for n in DETECTOR_OUTPUTS]
-        if any(m.ndim != 4 or m.shape[0] != 1 for m in maps) or maps[0].shape[1] != len(
-                self.object_ids):
-            raise ModelSpecError(f"{self._detector.path}: outputs {[m.shape for m in maps]} do "
-                                 f"not fit {len(self.object_ids)} classes")
-        boxes = decode_detections(maps[0][0], maps[1][0], maps[2][0],
-                                  min_score=self.min_detection_score,
-                                  max_per_class=self.max_per_class)
-        return boxes_to_source(boxes, letterbox)
+        return self._detector.detect_boxes(image_rgb)
 
     def detect(self, image_rgb: np.ndarray) -> list[KeypointDetection]:
         """Keypoints of every detected instance (several per object id possible).

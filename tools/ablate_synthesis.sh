@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# One synthesis ablation row (issue 19): synthetic frames from a synth config -> a detector
+# trained at a fixed small budget -> its detection recall on the real LM-O dev images
+# (benchmarks/eval_detector_bop.py). The same frames, epochs and seeds for every variant, so
+# rows differ by the synthesis alone. Usage: tools/ablate_synthesis.sh VARIANT
+# (benchmarks/synth_ablation/VARIANT.yaml). Resumable: existing data and runs are reused.
+source "$(dirname "$0")/train_env.sh"  # cd to the repo; PY, CLI, DDP, resume
+V=$1; CFG=benchmarks/synth_ablation/$V.yaml; OUT=out/ablation/$V
+OBJECTS="lmo_obj_01 lmo_obj_05 lmo_obj_06 lmo_obj_08 lmo_obj_09 lmo_obj_10 lmo_obj_11 lmo_obj_12"
+FRAMES=${ABL_FRAMES:-1500}; EPOCHS=${ABL_EPOCHS:-15}
+mkdir -p "$OUT"
+synth() {  # synth OUT SEED FRAMES
+  [ -f "$1/index.json" ] || $CLI synth --objects $OBJECTS --frames "$3" --seed "$2" \
+    --config "$CFG" --out "$1" --no-progress
+}
+start=$(date +%s)
+synth "data/ablation/$V/a" 31 $((FRAMES / 2)) & synth "data/ablation/$V/b" 32 $((FRAMES / 2)) & wait
+synth_s=$(( $(date +%s) - start ))
+$DDP train detect --data "data/ablation/$V/a" "data/ablation/$V/b" --val-fraction 0.05 \
+  --objects $OBJECTS --input-size 320x240 --epochs "$EPOCHS" --batch-size 16 --lr 2e-3 \
+  --threads 1 --precision "$PRECISION" --val-every "$EPOCHS" --out "runs/ablation/$V" \
+  --no-progress $(resume "runs/ablation/$V") 2>&1 | tail -2
+$CLI export "runs/ablation/$V/last.pt" --out "$OUT/detector.onnx" | tail -1
+$PY benchmarks/eval_detector_bop.py "$OUT/detector.onnx" ../shared/data/lmo test/000002 \
+  --json "$OUT/detection.json" | tee "$OUT/detection.txt"
+echo "variant $V: synth ${synth_s} s, total $(( $(date +%s) - start )) s, $FRAMES frames, $EPOCHS epochs" \
+  | tee -a "$OUT/detection.txt"
