@@ -9,9 +9,10 @@ given with ``--param``), by default the shipped ``models/pose_*.onnx`` that know
 dataset's objects. A model that knows none of them is an error naming both sets of objects;
 nothing falls back to another keypoint source unless ``--param pipeline.keypoint_source:=...``
 asks for it. A zoom-crop keypoint model (metadata ``input_kind: zoom_crop``) is the second stage
-of the two-stage path: its detector is ``--detector`` (or ``pipeline.network.detector_model_path``),
-by default the shipped ``models/detector_*.onnx`` that knows most of the keypoint model's objects;
-a zoom-crop model without any detector is an error, never a whole-image run.
+of the two-stage path: its detector is ``--detector`` (or
+``pipeline.network.detector_model_path``), by default the shipped ``models/detector_*.onnx``
+that knows most of the keypoint model's objects; a zoom-crop model without any detector is an
+error, never a whole-image run.
 """
 
 from __future__ import annotations

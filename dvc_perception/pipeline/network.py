@@ -251,8 +251,10 @@ class NetworkDetector:
         return self._model.description
 
     def detect_boxes(self, image_rgb: np.ndarray) -> list[BoxDetection]:
-        """Every detected instance of (H, W, 3) uint8 `image_rgb`: class index (into
-        `object_ids`), score, box ``(x, y, w, h)`` in image px, best score first."""
+        """Every detected instance of (H, W, 3) uint8 `image_rgb`, best score first.
+
+        Each: class index (into `object_ids`), score, box ``(x, y, w, h)`` in image px.
+        """
         letterbox, out = self._model.run(image_rgb)
         maps = [np.asarray(out[n], dtype=np.float32) for n in DETECTOR_OUTPUTS]
         if any(m.ndim != 4 or m.shape[0] != 1 for m in maps) or maps[0].shape[1] != len(

@@ -19,6 +19,7 @@ Faces with a vertex closer than ``znear`` are dropped (not clipped).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -41,27 +42,73 @@ _DEFAULT_GREY = 0.7
 
 @dataclass(frozen=True)
 class Lighting:
-    """Lambertian lighting: ``albedo * (ambient + diffuse * max(0, n . l))``.
+    """Lambertian + Blinn-Phong lighting with directional lights.
+
+    Colour of a fragment with unit normal ``n``, albedo ``a`` and unit direction ``v`` from the
+    fragment to the camera (at the origin)::
+
+        a * (ambient + diffuse * max(0, n . l) + sum_i intensity_i * max(0, n . l_i))
+          + specular * sum_{all lights} max(0, n . h)^shininess,   h = normalise(l + v)
+
+    clamped to [0, 1]; ``l`` is the main light, ``l_i`` the extra lights. The highlight is
+    white and unweighted by the light's intensity (Blinn, "Models of light reflection for
+    computer synthesized pictures", SIGGRAPH 1977). With the defaults (``specular = 0``, no
+    extra lights) the shading is exactly ``a * (ambient + diffuse * max(0, n . l))``.
 
     Attributes:
         ambient: ambient term, >= 0.
-        diffuse: directional term, >= 0.
-        direction_cam: direction from the surface towards the light, camera optical frame
-            (x right, y down, z forward); normalised internally. The default lights from above
-            and from the camera side.
+        diffuse: directional term of the main light, >= 0.
+        direction_cam: direction from the surface towards the main light, camera optical
+            frame (x right, y down, z forward); normalised internally. The default lights from
+            above and from the camera side.
+        specular: weight of the white Blinn-Phong highlight of every light, >= 0 (0: none).
+        shininess: Blinn-Phong exponent, >= 1 (larger: smaller, sharper highlights; below 1
+            the highlight's gradient would be infinite at its edge).
+        extra_lights: further directional lights, each ``(dx, dy, dz, intensity)``: direction
+            from the surface towards the light (camera optical frame, normalised internally)
+            and diffuse intensity >= 0.
     """
 
     ambient: float = 0.5
     diffuse: float = 0.6
     direction_cam: tuple[float, float, float] = (0.3, -0.6, -1.0)
+    specular: float = 0.0
+    shininess: float = 20.0
+    extra_lights: tuple[tuple[float, float, float, float], ...] = ()
 
     def __post_init__(self) -> None:
-        if self.ambient < 0 or self.diffuse < 0:
-            raise ConfigError(
-                f"lighting ambient/diffuse must be >= 0, got {self.ambient}, {self.diffuse}"
-            )
-        if sum(c * c for c in self.direction_cam) <= 0:
-            raise ConfigError(f"lighting direction must be non-zero, got {self.direction_cam}")
+        for name in ("ambient", "diffuse", "specular"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise ConfigError(f"lighting {name} must be finite and >= 0, got {value}")
+        if not math.isfinite(self.shininess) or self.shininess < 1:
+            raise ConfigError(f"lighting shininess must be finite and >= 1, got {self.shininess}")
+        _check_direction(self.direction_cam, "lighting direction")
+        for k, light in enumerate(self.extra_lights):
+            if len(light) != 4:
+                raise ConfigError(
+                    f"lighting extra_lights[{k}]: expected (dx, dy, dz, intensity), got {light}"
+                )
+            _check_direction(light[:3], f"lighting extra_lights[{k}] direction")
+            if not math.isfinite(light[3]) or light[3] < 0:
+                raise ConfigError(
+                    f"lighting extra_lights[{k}] intensity must be finite and >= 0, got {light[3]}"
+                )
+
+    @property
+    def is_lambertian(self) -> bool:
+        """No highlight and no extra light of non-zero intensity: ``a (ambient + diffuse n.l)``."""
+        return self.specular == 0 and all(light[3] == 0 for light in self.extra_lights)
+
+
+def _check_direction(direction: Sequence[float], name: str) -> None:
+    """Raise ConfigError unless `direction` is 3 finite numbers, not all zero."""
+    if (
+        len(direction) != 3
+        or not all(math.isfinite(c) for c in direction)
+        or sum(c * c for c in direction) <= 0
+    ):
+        raise ConfigError(f"{name} must be 3 finite numbers, not all zero, got {direction}")
 
 
 @dataclass(frozen=True)
@@ -194,7 +241,7 @@ def render(
         width: image width W [px].
         height: image height H [px].
         soft: the differentiable DIB-R-style mode (gradients w.r.t. vertices, R, t).
-        lighting: ambient + directional Lambertian lighting.
+        lighting: ambient, directional Lambertian and Blinn-Phong lighting (`Lighting`).
         soft_settings: silhouette falloff of the soft mode.
         background: RGB in [0, 1] where nothing is hit.
         znear: faces with a vertex nearer than this [m] are dropped.
@@ -221,7 +268,7 @@ def render(
     px, z = _project(scene.vertices, K)
     if use_numba:
         return _render_numba(
-            mesh_list, scene, px, z, width, height, lighting, background, znear, shade
+            mesh_list, scene, px, z, K, width, height, lighting, background, znear, shade
         )
     # Visibility is a discrete choice without gradients: the soft mode may take it from numba.
     vis_backend = "auto" if soft and backend == "auto" else "torch"
@@ -229,7 +276,7 @@ def render(
         px.detach(), z.detach(), scene.faces, width, height, znear=znear, backend=vis_backend
     ).to(device)
     frags = _visible_fragments(face_buf, px, z, scene, width)
-    colour = _fragment_colour(mesh_list, frags, lighting, shade)
+    colour = _fragment_colour(mesh_list, frags, lighting, shade, K, width)
     if soft:
         mask = _soft_silhouette(
             px, z, scene.faces, frags.covered, width, height, znear, soft_settings
@@ -354,14 +401,18 @@ def _visible_fragments(
 
 
 def _fragment_colour(
-    meshes: list[Mesh], frags: _Fragments, lighting: Lighting, shade: bool
+    meshes: list[Mesh], frags: _Fragments, lighting: Lighting, shade: bool, K: Tensor, width: int
 ) -> Tensor:
-    """(P, 3) RGB in [0, 1] of the fragments: albedo x texture, then Lambertian if `shade`."""
+    """(P, 3) RGB in [0, 1] of the fragments: albedo x texture, then `_shade` if `shade`.
+
+    `K` ((3, 3) px) and `width` (W px) give the view directions of a specular highlight.
+    """
     colour_vis = frags.attrs[:, :3]
     if any(m.texture is not None for m in meshes):
         colour_vis = _apply_textures(meshes, frags.mesh, frags.attrs[:, 6:8], colour_vis)
     if shade:
-        colour_vis = _lambert(colour_vis, frags.attrs[:, 3:6], lighting)
+        view = _view_directions(frags.pix, K, width) if lighting.specular > 0 else None
+        colour_vis = _shade(colour_vis, frags.attrs[:, 3:6], lighting, view)
     return colour_vis
 
 
@@ -371,22 +422,65 @@ def _light_direction(lighting: Lighting, dtype: torch.dtype, device: torch.devic
     return light / light.norm()
 
 
-def _lambert(albedo: Tensor, normals: Tensor, lighting: Lighting) -> Tensor:
-    """Lit colour ``albedo * (ambient + diffuse * max(0, n . l))``, clamped to [0, 1].
+def _view_directions(pix: Tensor, K: Tensor, width: int) -> Tensor:
+    """(P, 3) unit directions from the fragments to the camera centre, camera optical frame.
+
+    A fragment lies on the ray through its pixel centre, so the direction is that ray's,
+    reversed. pix: (P,) int64 row-major pixel indices; K: (3, 3) intrinsics [px]; width: W.
+    """
+    rows = torch.div(pix, width, rounding_mode="floor")
+    xs, ys = (pix - rows * width).to(K.dtype), rows.to(K.dtype)
+    K_inv = torch.linalg.inv(K)
+    rays = [K_inv[i, 0] * xs + K_inv[i, 1] * ys + K_inv[i, 2] for i in range(3)]
+    scale = -(rays[0] * rays[0] + rays[1] * rays[1] + rays[2] * rays[2]).rsqrt()
+    return torch.stack([r * scale for r in rays], dim=-1)
+
+
+def _shade(albedo: Tensor, normals: Tensor, lighting: Lighting, view: Tensor | None) -> Tensor:
+    """Lit colour of `Lighting` (Lambert + extra lights + Blinn-Phong), clamped to [0, 1].
 
     Args:
         albedo: (P, 3) RGB in [0, 1].
         normals: (P, 3) interpolated camera-frame normals (normalised here).
-        lighting: the light.
+        lighting: the lights.
+        view: (P, 3) unit directions from the fragments to the camera (camera frame); needed
+            only when ``lighting.specular > 0``.
 
     Returns:
-        (P, 3) RGB in [0, 1].
+        (P, 3) RGB in [0, 1]; exactly ``albedo * (ambient + diffuse * max(0, n . l))`` (then
+        clamped) when `lighting` is Lambertian.
     """
     # No flipping of back-facing normals: it would make the colour discontinuous.
+    dtype, device = albedo.dtype, albedo.device
     n = normals / normals.norm(dim=-1, keepdim=True).clamp_min(1e-9)
-    light = _light_direction(lighting, albedo.dtype, albedo.device)
+    light = _light_direction(lighting, dtype, device)
     lambert = (n @ light).clamp_min(0.0)
-    colour = albedo * (lighting.ambient + lighting.diffuse * lambert).unsqueeze(-1)
+    k = lighting.ambient + lighting.diffuse * lambert
+    if lighting.is_lambertian:
+        return (albedo * k.unsqueeze(-1)).clamp(0.0, 1.0)
+    # One (P,) vector per light: (P, 3) @ (3, L) matmuls with a small L are slow on the CPU.
+    lights: list[tuple[Tensor, Tensor | None]] = [(light, None)]  # direction, n . l
+    for dx, dy, dz, intensity in lighting.extra_lights:
+        extra = torch.tensor([dx, dy, dz], dtype=dtype, device=device)
+        extra = extra / extra.norm()
+        n_l = n @ extra
+        k = k + intensity * n_l.clamp_min(0.0)
+        lights.append((extra, n_l))
+    colour = albedo * k.unsqueeze(-1)
+    if lighting.specular > 0:
+        if view is None:
+            raise InputError("_shade: a specular highlight needs the view directions")
+        n_v = (n * view).sum(dim=-1)
+        highlight = torch.zeros_like(k)
+        for direction, n_l in lights:
+            n_l = n @ direction if n_l is None else n_l
+            # n . h with h = (l + v) / |l + v|, |l + v|^2 = 2 + 2 l . v (unit l and v); where
+            # l = -v there is no half vector, and there n . (l + v) = 0.
+            inv_half = (2.0 + 2.0 * (view @ direction)).clamp_min(1e-12).rsqrt()
+            n_h = ((n_l + n_v) * inv_half).clamp_min(0.0)
+            # shininess >= 1: the derivative of max(0, x)^s is finite at 0
+            highlight = highlight + n_h.pow(lighting.shininess)
+        colour = colour + lighting.specular * highlight.unsqueeze(-1)
     return colour.clamp(0.0, 1.0)
 
 
@@ -436,6 +530,7 @@ def _render_numba(
     scene: _Scene,
     px: Tensor,
     z: Tensor,
+    K: Tensor,
     width: int,
     height: int,
     lighting: Lighting,
@@ -445,11 +540,15 @@ def _render_numba(
 ) -> RenderResult:
     """The hard mode with the compiled CPU kernels (same result as the torch path).
 
+    The kernel shades Lambertian lighting itself; other lighting (highlights, extra lights) is
+    applied by `_shade` to the kernel's unlit colour, with normals interpolated as in the kernel.
+
     Args:
         meshes: the M meshes (for their textures).
         scene: the concatenated meshes, on the CPU.
         px: (V, 2) projected vertices [px].
         z: (V,) vertex depth [m].
+        K: (3, 3) intrinsics [px].
         width: W [px].
         height: H [px].
         lighting: the light.
@@ -458,7 +557,8 @@ def _render_numba(
         shade: apply lighting.
 
     Returns:
-        A hard-mode `RenderResult`, floats in the dtype of `px` (computed in float64).
+        A hard-mode `RenderResult`, floats in the dtype of `px` (computed in float64; the
+        non-Lambertian lighting in the dtype of `px`).
     """
     from dvc_perception.render.raster_numba import rasterize_faces_numba, shade_numba
 
@@ -468,17 +568,37 @@ def _render_numba(
         px.detach().double().numpy(), z_np, faces_np, width, height, znear
     )
     light = _light_direction(lighting, torch.float64, torch.device("cpu"))
+    attrs_np = scene.attrs.detach().double().numpy()
+    lambertian = lighting.is_lambertian
     color, depth, inst, face_local = shade_numba(
         fb, bb, faces_np, scene.face_mesh.numpy(),
-        np.asarray(scene.face_offsets, dtype=np.int64), z_np,
-        scene.attrs.detach().double().numpy(),
+        np.asarray(scene.face_offsets, dtype=np.int64), z_np, attrs_np,
         [None if m.texture is None else m.texture.detach().cpu().numpy() for m in meshes],
-        lighting.ambient, lighting.diffuse, light.numpy(), shade,
+        lighting.ambient, lighting.diffuse, light.numpy(), shade and lambertian,
         np.asarray(background, dtype=np.float64),
     )  # fmt: skip
     dtype = px.dtype
+    color_t = torch.from_numpy(color).to(dtype)
+    if shade and not lambertian:
+        # The kernel again, interpolating the normals in place of the albedo (no texture).
+        attrs_n = attrs_np.copy()
+        attrs_n[:, :3] = attrs_np[:, 3:6]
+        normals, _, _, _ = shade_numba(
+            fb, bb, faces_np, scene.face_mesh.numpy(),
+            np.asarray(scene.face_offsets, dtype=np.int64), z_np, attrs_n,
+            [None] * len(meshes), 0.0, 0.0, light.numpy(), False, np.zeros(3),
+        )  # fmt: skip
+        covered = fb >= 0
+        pix = torch.from_numpy(np.flatnonzero(covered))
+        K_cpu = K.detach().to("cpu", dtype)
+        view = _view_directions(pix, K_cpu, width) if lighting.specular > 0 else None
+        if covered.all():  # e.g. behind a back plane: no gather and scatter
+            color_t = _shade(color_t, torch.from_numpy(normals).to(dtype), lighting, view)
+        else:
+            normals_t = torch.from_numpy(normals)[pix].to(dtype)
+            color_t[pix] = _shade(color_t[pix], normals_t, lighting, view)
     return RenderResult(
-        color=torch.from_numpy(color).to(dtype).reshape(height, width, 3),
+        color=color_t.reshape(height, width, 3),
         depth=torch.from_numpy(depth).to(dtype).reshape(height, width),
         mask=torch.from_numpy(fb >= 0).reshape(height, width),
         instance_ids=torch.from_numpy(inst).reshape(height, width),

@@ -15,6 +15,13 @@ further copy of an object is redrawn (up to ``COPY_PLACEMENT_TRIES`` times, same
 until its bounding sphere (about the object origin) overlaps no instance placed before it, else
 the try with the most clearance is kept, so copies rarely interpenetrate.
 
+Realism settings (all off by default; off, they draw no random numbers, so existing seeds give
+the same frames bit for bit): ``objects_on_plane`` rests the objects on the back plane (a table
+seen from above or obliquely, as in LM-O); ``lights_per_frame`` adds directional lights,
+``specular`` / ``shininess`` Blinn-Phong highlights (`Lighting`); ``shadow_probability`` casts
+the main light's shadows with a shadow map (`cast_shadows`); ``white_balance``, ``gamma``,
+``motion_blur_probability`` and ``shot_noise`` are further sensor effects (`_camera_effects`).
+
 `synth.shards` stores frames on disk; `synth.procedural` makes the textures and shapes.
 """
 
@@ -29,10 +36,11 @@ import numpy as np
 import torch
 
 from dvc_perception.config_utils import dataclass_from_mapping
-from dvc_perception.errors import ConfigError, InputError
+from dvc_perception.errors import ConfigError, InputError, ShapeError
 from dvc_perception.render.mesh import Mesh
 from dvc_perception.render.objects import ObjectDescription
 from dvc_perception.render.raster import Lighting, rasterize, render
+from dvc_perception.render.raster_numba import numba_available
 from dvc_perception.synth.procedural import (
     distractor_mesh,
     plane_mesh,
@@ -48,12 +56,50 @@ DISTRACTOR_ID = -2
 #: Draws of a further copy's pose before the one with the most clearance is kept.
 COPY_PLACEMENT_TRIES = 20
 
+#: Diffuse intensity of each extra light, as a fraction of the main light's (uniform range).
+EXTRA_LIGHT_FRACTION = (0.2, 0.6)
+
+#: Motion-blur kernel length [px], inclusive range.
+MOTION_BLUR_PX = (3, 9)
+
+#: objects_on_plane: an instance whose viewing ray meets the plane at more than this angle from
+#: its normal (cosine below 0.1) keeps its drawn depth, as does one that would come nearer
+#: than half of ``distance_m[0]``.
+_MIN_RAY_PLANE_COSINE = 0.1
+
 
 @dataclass(frozen=True)
 class SynthConfig:
     """Scene and camera-effect distributions. Ranges are (low, high), sampled uniformly.
 
     The default camera is LM-O's (640x480, fx 572.4, fy 573.6).
+
+    Realism settings (defaults: off, no random numbers drawn, frames unchanged):
+
+    - ``lights_per_frame``: (min, max) directional lights per scene, the main one included.
+      Each extra light comes from the camera's half-space with a diffuse intensity of
+      ``EXTRA_LIGHT_FRACTION`` times the main light's; drawn only when max > 1.
+    - ``specular``: Blinn-Phong highlight weight (`Lighting.specular`), white, added to every
+      light; drawn, with ``shininess`` (the exponent), only when its high end is > 0.
+    - ``objects_on_plane``: after the back plane is placed, every object instance (and every
+      distractor not placed as an occluder) slides along its own camera ray, so its image
+      position is kept, until its farthest vertex along the plane normal touches the plane:
+      objects resting on a table seen from above or obliquely. The plane's optical-axis depth
+      is then the mean of the depths at which it would touch each instance, so instances stay
+      near ``distance_m``; ``back_plane_gap_m`` (still drawn) and ``back_plane_from`` do not
+      apply. Occluding distractors follow their target along its ray. Instances may then
+      overlap each other a little (accepted); one whose ray meets the plane too obliquely
+      (``_MIN_RAY_PLANE_COSINE``) keeps its drawn depth. Rotations stay uniform.
+    - ``shadow_probability``: per scene, the main light casts shadows (`cast_shadows`: an
+      orthographic shadow map along the light): shadowed pixels lose the main light's diffuse
+      term, keep ambient and the extra lights.
+    - ``white_balance``: colour temperature, ``r *= 1 + w s`` and ``b *= 1 - w s`` with
+      ``s ~ U(-1, 1)``; 0 is off.
+    - ``gamma``: exposure curve ``img ** g``, ``g`` drawn from the range unless it is (1, 1).
+    - ``motion_blur_probability``: a linear kernel of ``MOTION_BLUR_PX`` px in a random
+      direction.
+    - ``shot_noise``: signal-dependent noise of std ``k * sqrt(img)`` (img in [0, 1]), ``k``
+      drawn unless the high end is 0.
     """
 
     width: int = 640
@@ -90,6 +136,16 @@ class SynthConfig:
     sequence: bool = False  # one static scene, moving camera
     orbit_amplitude_deg: float = 20.0  # sequence: camera yaw swing about the scene centroid
     orbit_period_frames: int = 120  # sequence: frames per back-and-forth swing
+    # realism (see the class docstring); every default is off and draws no random numbers
+    lights_per_frame: tuple[int, int] = (1, 1)  # directional lights, the main one included
+    specular: tuple[float, float] = (0.0, 0.0)  # Blinn-Phong highlight weight
+    shininess: tuple[float, float] = (10.0, 60.0)  # Blinn-Phong exponent (with specular)
+    objects_on_plane: bool = False  # instances slide along their rays onto the back plane
+    shadow_probability: float = 0.0  # per scene: the main light casts shadows
+    white_balance: float = 0.0  # colour temperature gain r *= 1 + w s, b *= 1 - w s
+    gamma: tuple[float, float] = (1.0, 1.0)  # exposure curve img ** g
+    motion_blur_probability: float = 0.0  # linear kernel, MOTION_BLUR_PX long
+    shot_noise: tuple[float, float] = (0.0, 0.0)  # noise std k * sqrt(img), img in [0, 1]
 
     def __post_init__(self) -> None:
         ipo = self.instances_per_object
@@ -109,11 +165,12 @@ class SynthConfig:
         for name in (
             "objects_per_frame", "distance_m", "distractors_per_frame", "distractor_size_m",
             "extra_planes", "back_plane_gap_m", "ambient", "diffuse", "noise_std",
-            "blur_sigma_px", "jpeg_quality",
+            "blur_sigma_px", "jpeg_quality", "specular", "shot_noise",
         ):  # fmt: skip
             lo, hi = getattr(self, name)
             if lo > hi or lo < 0:
                 raise ConfigError(f"synth.{name}: expected 0 <= low <= high, got ({lo}, {hi})")
+        self._check_realism()
         if self.objects_per_frame[1] < 1:
             raise ConfigError("synth.objects_per_frame: at least one object per frame")
         if self.back_plane_from not in ("centre", "surface"):
@@ -125,6 +182,47 @@ class SynthConfig:
             raise ConfigError(f"synth.distance_m must start above 0.05 m, got {self.distance_m}")
         if self.orbit_period_frames < 1:
             raise ConfigError("synth.orbit_period_frames must be >= 1")
+
+    def _check_realism(self) -> None:
+        """Validate the realism settings (see the class docstring).
+
+        Raises:
+            ConfigError: naming the field, what it expects and what arrived.
+        """
+        lights = self.lights_per_frame
+        if (
+            not isinstance(lights, tuple) or len(lights) != 2
+            or not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool)
+                       for n in lights)
+            or not 1 <= lights[0] <= lights[1]
+        ):  # fmt: skip
+            raise ConfigError(
+                f"synth.lights_per_frame: expected integers 1 <= min <= max, got {lights!r}"
+            )
+        for name in ("specular", "shininess", "gamma", "shot_noise"):
+            pair = getattr(self, name)
+            if (
+                not isinstance(pair, tuple) or len(pair) != 2
+                or not all(isinstance(x, (int, float)) and np.isfinite(x) for x in pair)
+            ):  # fmt: skip
+                raise ConfigError(f"synth.{name}: expected two finite numbers, got {pair!r}")
+        lo, hi = self.shininess
+        if not 1 <= lo <= hi:  # as `Lighting.shininess`
+            raise ConfigError(f"synth.shininess: expected 1 <= low <= high, got ({lo}, {hi})")
+        lo, hi = self.gamma
+        if not 0 < lo <= hi:
+            raise ConfigError(f"synth.gamma: expected 0 < low <= high, got ({lo}, {hi})")
+        if not isinstance(self.objects_on_plane, bool):
+            raise ConfigError(
+                f"synth.objects_on_plane: expected true or false, got {self.objects_on_plane!r}"
+            )
+        for name in ("shadow_probability", "motion_blur_probability"):
+            p = getattr(self, name)
+            if not (isinstance(p, (int, float)) and 0.0 <= p <= 1.0):
+                raise ConfigError(f"synth.{name}: expected a probability in [0, 1], got {p!r}")
+        w = self.white_balance
+        if not (isinstance(w, (int, float)) and 0.0 <= w < 1.0):
+            raise ConfigError(f"synth.white_balance: expected 0 <= w < 1, got {w!r}")
 
     @property
     def K(self) -> np.ndarray:
@@ -189,6 +287,8 @@ class _Scene:
     T_world: list[np.ndarray]  # (4, 4) each
     kinds: list[int]  # object index into the sampler's object list, or -1 distractor / -2 plane
     lighting: Lighting
+    shadows: bool = False  # the main light casts shadows (`cast_shadows`)
+    back_plane: int = -1  # index of the back plane in `meshes`
 
 
 class SceneSampler:
@@ -296,14 +396,17 @@ class SceneSampler:
         n_obj = len(meshes)  # object instances
         far = max(c[2] for c in centres)
         n_dis = int(rng.integers(cfg.distractors_per_frame[0], cfg.distractors_per_frame[1] + 1))
+        occluders: list[tuple[int, int, np.ndarray]] = []  # (slot, target instance, offset)
         for _ in range(n_dis):
             size = rng.uniform(*cfg.distractor_size_m)
             T = np.eye(4)
             T[:3, :3] = random_rotation(rng)
             if rng.random() < cfg.occluder_probability:
-                target = centres[int(rng.integers(len(centres)))]
+                target_k = int(rng.integers(len(centres)))
+                target = centres[target_k]
                 lateral = rng.normal(size=2) * 0.5 * size
                 T[:3, 3] = target * rng.uniform(0.55, 0.85) + np.array([*lateral, 0.0])
+                occluders.append((len(meshes), target_k, np.array([*lateral, 0.0])))
             else:
                 z = rng.uniform(cfg.distance_m[0], far + 0.1)
                 uv1 = np.array([rng.uniform(0, cfg.width), rng.uniform(0, cfg.height), 1.0])
@@ -318,7 +421,17 @@ class SceneSampler:
         normal = np.array(
             [np.sin(tilt) * np.cos(azim), np.sin(tilt) * np.sin(azim), -np.cos(tilt)]
         )
-        if cfg.back_plane_from == "surface":
+        if cfg.objects_on_plane:
+            # the instances come to rest on the plane: put it where it touches them on average
+            depth = float(
+                np.mean(
+                    [self._touching_plane_depth([m], [T], normal) for m, T in
+                     zip(meshes[:n_obj], poses[:n_obj])]
+                )
+            )  # fmt: skip
+            self._rest_on_plane(meshes, poses, n_obj, occluders, normal, depth)
+            centres = [T[:3, 3] for T in poses[:n_obj]]
+        elif cfg.back_plane_from == "surface":
             # the gap is the clearance along the normal; depth is on the optical axis
             touching = self._touching_plane_depth(meshes[:n_obj], poses[:n_obj], normal)
             depth = touching + gap / abs(float(normal[2]))
@@ -327,6 +440,7 @@ class SceneSampler:
         half = 2.0 * depth * max(cfg.width / cfg.fx, cfg.height / cfg.fy)
         # Corners lie half * sqrt(2) from the centre: keep them at least 0.1 * depth in front.
         half = min(half, 0.9 * depth / max(np.sqrt(2.0) * np.sin(tilt), 1e-6))
+        back_plane = len(meshes)
         meshes.append(plane_mesh(rng, half, self.device, cells=8))
         poses.append(plane_pose(np.array([0.0, 0.0, depth]), normal, rng))
         kinds.append(-2)
@@ -345,12 +459,93 @@ class SceneSampler:
             kinds.append(-2)
         light_dir = rng.normal(size=3)
         light_dir[2] = -abs(light_dir[2]) - 0.5  # from the camera side
+        ambient = float(rng.uniform(*cfg.ambient))
+        diffuse = float(rng.uniform(*cfg.diffuse))
         lighting = Lighting(
-            ambient=float(rng.uniform(*cfg.ambient)),
-            diffuse=float(rng.uniform(*cfg.diffuse)),
+            ambient=ambient,
+            diffuse=diffuse,
             direction_cam=tuple(float(x) for x in light_dir),  # type: ignore[arg-type]
+            **self._sample_light_extras(rng, diffuse),
         )
-        return _Scene(meshes=meshes, T_world=poses, kinds=kinds, lighting=lighting)
+        # no draw with the default 0: frames stay as they were
+        shadows = cfg.shadow_probability > 0 and bool(rng.random() < cfg.shadow_probability)
+        return _Scene(meshes=meshes, T_world=poses, kinds=kinds, lighting=lighting,
+                      shadows=shadows, back_plane=back_plane)  # fmt: skip
+
+    def _sample_light_extras(self, rng: np.random.Generator, diffuse: float) -> dict[str, Any]:
+        """`Lighting` keywords of the extra lights and the highlight (none drawn when off).
+
+        Args:
+            rng: the scene's generator.
+            diffuse: the main light's diffuse term (extra lights are a fraction of it).
+
+        Returns:
+            ``extra_lights``, ``specular`` and ``shininess`` where drawn; empty with the
+            default settings.
+        """
+        cfg = self.config
+        extras: dict[str, Any] = {}
+        if cfg.lights_per_frame[1] > 1:
+            n_lights = int(rng.integers(cfg.lights_per_frame[0], cfg.lights_per_frame[1] + 1))
+            lights = []
+            for _ in range(n_lights - 1):
+                d = rng.normal(size=3)
+                d[2] = -abs(d[2]) - 0.2  # the camera's half-space, grazing light included
+                intensity = diffuse * rng.uniform(*EXTRA_LIGHT_FRACTION)
+                lights.append((float(d[0]), float(d[1]), float(d[2]), float(intensity)))
+            extras["extra_lights"] = tuple(lights)
+        if cfg.specular[1] > 0:
+            extras["specular"] = float(rng.uniform(*cfg.specular))
+            extras["shininess"] = float(rng.uniform(*cfg.shininess))
+        return extras
+
+    def _rest_on_plane(
+        self,
+        meshes: list[Mesh],
+        poses: list[np.ndarray],
+        n_obj: int,
+        occluders: list[tuple[int, int, np.ndarray]],
+        normal: np.ndarray,
+        depth: float,
+    ) -> None:
+        """Slide instances along their camera rays onto the plane (``objects_on_plane``).
+
+        Updates `poses` in place: each of the first `n_obj` (object instances) and each
+        distractor that is not an occluder moves along the ray through its origin until its
+        farthest vertex along the plane normal lies on the plane; an occluder keeps its offset
+        from its target's ray, scaled with it. No random numbers are drawn.
+
+        Args:
+            meshes: the scene's meshes so far (instances first, then distractors).
+            poses: their (4, 4) camera-frame poses [m].
+            n_obj: number of object instances.
+            occluders: (slot, target instance, lateral offset [m]) of each occluder.
+            normal: (3,) unit plane normal towards the camera (normal_z < 0).
+            depth: the plane's depth on the optical axis [m]: points X with
+                ``normal . X = normal_z * depth`` lie on it.
+        """
+        min_depth = 0.5 * self.config.distance_m[0]
+        target_of = {slot: (k, offset) for slot, k, offset in occluders}
+        scale = np.ones(n_obj)
+        for slot in range(len(meshes)):
+            if slot in target_of:
+                continue
+            T = poses[slot]
+            t = T[:3, 3]
+            toward = float(normal @ t)  # < 0: the ray meets the plane ahead
+            if toward > -_MIN_RAY_PLANE_COSINE * float(np.linalg.norm(t)):
+                continue
+            v = meshes[slot].vertices.detach().cpu().double().numpy()
+            reach = float(np.min((v @ T[:3, :3].T) @ normal))  # farthest vertex, from t
+            s = (float(normal[2]) * depth - reach) / toward
+            if s * t[2] < min_depth:
+                continue
+            T[:3, 3] = s * t
+            if slot < n_obj:
+                scale[slot] = s
+        for slot, (k, offset) in target_of.items():
+            T = poses[slot]
+            T[:3, 3] = scale[k] * (T[:3, 3] - offset) + offset
 
     def _object_pose(self, rng: np.random.Generator, K_inv: np.ndarray) -> np.ndarray:
         """(4, 4) pose of one object instance: depth, image position, then a uniform rotation."""
@@ -461,7 +656,15 @@ class SceneSampler:
         for k, s in enumerate(obj_slots):
             full = self._silhouette_pixels(scene.meshes[s], T_cam[s])
             visib[k] = float((instance_ids == k).sum()) / max(full, 1)
-        rgb = _camera_effects(res.color.cpu().numpy(), rng, cfg)
+        color = res.color.cpu().numpy()
+        if scene.shadows:
+            # the back plane (behind everything) receives shadows but casts none
+            casters = [s for s in range(len(scene.meshes)) if s != scene.back_plane]
+            color = cast_shadows(
+                color, res.depth.cpu().numpy(), [scene.meshes[s] for s in casters],
+                T_cam[casters], cfg.K, scene.lighting, backend=self.render_backend,
+            )  # fmt: skip
+        rgb = _camera_effects(color, rng, cfg)
         return SynthFrame(
             index=index,
             rgb=rgb,
@@ -511,7 +714,11 @@ def _keypoint_visibility(
 
 
 def _camera_effects(color: np.ndarray, rng: np.random.Generator, cfg: SynthConfig) -> np.ndarray:
-    """Colour jitter, blur, noise, then JPEG. color (H, W, 3) float [0, 1] -> uint8 RGB."""
+    """Camera effects on a rendered image: color (H, W, 3) float [0, 1] -> uint8 RGB.
+
+    In order: colour jitter, white balance, exposure curve (gamma), motion blur, defocus blur,
+    shot noise, Gaussian noise, JPEG. A step that is off draws no random numbers.
+    """
     img = color.astype(np.float32)  # a copy: the in-place steps below do not touch `color`
     j = cfg.color_jitter
     if j > 0:
@@ -522,8 +729,22 @@ def _camera_effects(color: np.ndarray, rng: np.random.Generator, cfg: SynthConfi
         # (img * gain - mean) * contrast + mean + brightness, as one multiply-add per pixel.
         img *= (gain * contrast).astype(np.float32)
         img += np.float32(mean * (1.0 - contrast) + brightness)
+    if cfg.white_balance > 0:
+        shift = cfg.white_balance * rng.uniform(-1.0, 1.0)
+        img *= np.array([1.0 + shift, 1.0, 1.0 - shift], dtype=np.float32)
+    if cfg.gamma != (1.0, 1.0):
+        np.clip(img, 0.0, None, out=img)
+        np.power(img, np.float32(rng.uniform(*cfg.gamma)), out=img)
+    if cfg.motion_blur_probability > 0 and rng.random() < cfg.motion_blur_probability:
+        img = cv2.filter2D(img, -1, _motion_kernel(rng))
     if rng.random() < cfg.blur_probability:
         img = cv2.GaussianBlur(img, (0, 0), float(rng.uniform(*cfg.blur_sigma_px)))
+    if cfg.shot_noise[1] > 0:
+        k = rng.uniform(*cfg.shot_noise)
+        noise = rng.standard_normal(img.shape, dtype=np.float32)
+        noise *= np.sqrt(np.clip(img, 0.0, None))
+        noise *= np.float32(k)
+        img += noise
     sigma = rng.uniform(*cfg.noise_std)
     if sigma > 0:
         noise = rng.standard_normal(img.shape, dtype=np.float32)
@@ -540,3 +761,225 @@ def _camera_effects(color: np.ndarray, rng: np.random.Generator, cfg: SynthConfi
             raise InputError("JPEG encoding failed")
         out = np.ascontiguousarray(cv2.imdecode(buf, cv2.IMREAD_COLOR)[:, :, ::-1])
     return out
+
+
+def _motion_kernel(rng: np.random.Generator) -> np.ndarray:
+    """(L, L) float32 linear motion-blur kernel summing to 1.
+
+    A centred segment of ``L ~ MOTION_BLUR_PX`` px in a uniformly random direction, drawn with
+    sub-pixel samples spread bilinearly.
+    """
+    length = int(rng.integers(MOTION_BLUR_PX[0], MOTION_BLUR_PX[1] + 1))
+    angle = rng.uniform(0.0, np.pi)
+    kernel = np.zeros((length, length), dtype=np.float32)
+    c = (length - 1) / 2.0
+    for r in np.linspace(-c, c, 4 * length):
+        x, y = c + r * np.cos(angle), c + r * np.sin(angle)
+        x0, y0 = int(np.floor(x)), int(np.floor(y))
+        fx, fy = x - x0, y - y0
+        for dx, dy, w in ((0, 0, (1 - fx) * (1 - fy)), (1, 0, fx * (1 - fy)),
+                          (0, 1, (1 - fx) * fy), (1, 1, fx * fy)):  # fmt: skip
+            if 0 <= x0 + dx < length and 0 <= y0 + dy < length:
+                kernel[y0 + dy, x0 + dx] += w
+    return kernel / kernel.sum()
+
+
+def cast_shadows(
+    color: np.ndarray,
+    depth: np.ndarray,
+    casters: Sequence[Mesh],
+    T_cam: np.ndarray,
+    K: np.ndarray,
+    lighting: Lighting,
+    *,
+    backend: str = "auto",
+    map_px_per_camera_px: float = 1.5,
+    max_map_px: int = 1024,
+) -> np.ndarray:
+    """Darken what `casters` shadow from the main light of `lighting` (a shadow map).
+
+    The casters are rasterized in an orthographic view along the main light into a distance
+    map that covers the visible surface, with ``map_px_per_camera_px`` times the footprint of a
+    camera pixel (at the median depth) per map pixel (Williams, "Casting curved shadows on
+    curved surfaces", SIGGRAPH 1978). A visible point is in shadow where it lies farther from
+    the light than the map's bilinearly interpolated distance by more than a slope-scaled bias
+    (one map pixel plus twice the tangent of the light's incidence angle). A shadowed pixel
+    keeps ambient and the extra lights but loses the main light's diffuse term: its colour is
+    scaled by ``(k - diffuse * n.l) / k``, ``k`` the `Lighting` sum at the normal ``n``
+    estimated from the depth map (one-sided differences, not across depth edges); a highlight
+    is scaled with it (an approximation, as is that clamped colours stay clamped). Pixels
+    turned away from the light (``n.l <= 0``) are unchanged. A surface that shadows nothing
+    (a back plane behind everything) may be left out of `casters`: it still receives shadows.
+
+    Args:
+        color: (H, W, 3) float RGB in [0, 1], rendered with `lighting`.
+        depth: (H, W) [m] depth along the optical axis, NaN where nothing was hit.
+        casters: S meshes (metres, object frames) that cast shadows.
+        T_cam: (S, 4, 4) object-in-camera poses [m] of `casters`.
+        K: (3, 3) intrinsics [px] of the render (no skew).
+        lighting: the lighting of the render; its main light casts the shadows.
+        backend: hard-rasterizer backend of the map, as in `render`.
+        map_px_per_camera_px: map pixel size in camera-pixel footprints.
+        max_map_px: the shadow map's longest side [px] at most.
+
+    Returns:
+        (H, W, 3) RGB in the dtype of `color`; `color` is not modified.
+
+    Raises:
+        ShapeError: inconsistent shapes.
+        InputError: ``map_px_per_camera_px <= 0`` or ``max_map_px < 8``.
+    """
+    if not map_px_per_camera_px > 0 or max_map_px < 8:
+        raise InputError(
+            f"cast_shadows: expected map_px_per_camera_px > 0 and max_map_px >= 8, got "
+            f"{map_px_per_camera_px}, {max_map_px}"
+        )
+    height, width = depth.shape
+    if color.shape != (height, width, 3) or T_cam.shape != (len(casters), 4, 4):
+        raise ShapeError(
+            f"cast_shadows: expected color (H, W, 3) with depth (H, W) and T_cam "
+            f"({len(casters)}, 4, 4), got {color.shape}, {depth.shape}, {T_cam.shape}"
+        )
+    out = color.copy()
+    f32 = np.float32
+    valid = np.isfinite(depth)
+    if not casters or not valid.any():
+        return out
+    light = np.asarray(lighting.direction_cam, dtype=np.float64)
+    light /= np.linalg.norm(light)
+    # Light frame (right-handed): e1, e2 span the map, the third axis points away from the light.
+    e1 = np.cross(light, [1.0, 0.0, 0.0] if abs(light[0]) < 0.9 else [0.0, 1.0, 0.0])
+    e1 /= np.linalg.norm(e1)
+    to_light = np.stack([e1, np.cross(-light, e1), -light])  # (3, 3): q = to_light @ X_cam
+    # receivers: the visible points in the light frame, as (H, W) float32 images
+    z = np.where(valid, depth, 0.0).astype(f32)
+    cols = (np.arange(width) - K[0, 2]) / K[0, 0]  # the ray through (u, v) is (cols, rows, 1)
+    rows = (np.arange(height) - K[1, 2]) / K[1, 1]
+    q = [
+        (to_light[i, 0] * cols[None, :] + to_light[i, 1] * rows[:, None] + to_light[i, 2])
+        .astype(f32) * z for i in range(3)
+    ]  # fmt: skip
+    # the map: around the receivers, pixel centres at integers, a spare pixel on each side
+    q_valid = [c[valid] for c in q]
+    lo = np.array([q_valid[0].min(), q_valid[1].min()], dtype=np.float64)
+    extent = np.array([q_valid[0].max(), q_valid[1].max()]) - lo
+    size = max(
+        map_px_per_camera_px * float(np.median(z[::4, ::4][valid[::4, ::4]])) / K[0, 0],
+        float(extent.max()) / (max_map_px - 3),
+    )
+    lo -= size
+    map_w, map_h = (np.floor(extent / size).astype(int) + 3).tolist()
+    map_dist = _orthographic_depth(casters, T_cam, to_light, lo, size, map_w, map_h, backend)
+    # where nothing casts: just beyond every receiver, so that no tap there shadows
+    beyond = float(q_valid[2].max()) + 2.0 * size
+    caster_dist = cv2.remap(
+        np.where(np.isfinite(map_dist), map_dist, beyond).astype(f32),
+        (q[0] - f32(lo[0])) * f32(1.0 / size), (q[1] - f32(lo[1])) * f32(1.0 / size),
+        cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=beyond,
+    )  # fmt: skip
+    # candidates behind the map by at least the smallest bias; then normals, on those only
+    pix = np.flatnonzero(valid & (q[2] - f32(size) > caster_dist))
+    n = _depth_normals(q, z, pix)
+    ray_q = [c.reshape(-1)[pix] for c in q]
+    sign = np.where(n[0] * ray_q[0] + n[1] * ray_q[1] + n[2] * ray_q[2] > 0, -1, 1)
+    n = [c * sign for c in n]  # towards the camera
+    n_l = -n[2]  # n . light: the light is (0, 0, -1) in the light frame
+    n_l_safe = np.maximum(n_l, 1e-3)
+    tan = np.sqrt(np.maximum(1.0 - n_l_safe**2, 0.0)) / n_l_safe
+    bias = size * (1.0 + 2.0 * np.minimum(tan, 10.0))
+    shadowed = (n_l > 1e-3) & (ray_q[2] - bias > caster_dist.reshape(-1)[pix])
+    pix, n, n_l = pix[shadowed], [c[shadowed] for c in n], n_l[shadowed]
+    # shadowed: the main light's diffuse term is gone
+    k = lighting.ambient + lighting.diffuse * n_l
+    for dx_l, dy_l, dz_l, intensity in lighting.extra_lights:
+        d = to_light @ (np.array([dx_l, dy_l, dz_l]) / np.linalg.norm([dx_l, dy_l, dz_l]))
+        k = k + intensity * np.maximum(n[0] * d[0] + n[1] * d[1] + n[2] * d[2], 0.0)
+    flat = out.reshape(-1, 3)
+    flat[pix] *= (1.0 - lighting.diffuse * n_l / k)[:, None].astype(out.dtype)
+    return out
+
+
+def _orthographic_depth(
+    casters: Sequence[Mesh],
+    T_cam: np.ndarray,
+    to_light: np.ndarray,
+    lo: np.ndarray,
+    size: float,
+    map_w: int,
+    map_h: int,
+    backend: str,
+) -> np.ndarray:
+    """(map_h, map_w) distance [m] of the nearest caster along the light; inf for none.
+
+    Map pixel (x, y) (centres at integers) sees ``lo + size * (x, y)`` of the light frame's
+    first two axes; distance is the third. The pinhole rasterizer does the orthographic view: a
+    vertex (x, y, dist) goes to (x' w, y' w, w) with map coordinates (x', y') and
+    ``w = 1 / (c - dist)``; with K = I it projects to (x', y'), and since depth is interpolated
+    as 1 / z linearly, the depth buffer holds 1 / (c - dist) of the nearest surface.
+    """
+    verts, faces, n_verts = [], [], 0
+    for mesh, T in zip(casters, T_cam):
+        v = mesh.vertices.detach().cpu().double().numpy()
+        verts.append(v @ (to_light @ T[:3, :3]).T + to_light @ T[:3, 3])
+        faces.append(mesh.faces.detach().cpu() + n_verts)
+        n_verts += v.shape[0]
+    q_v = np.concatenate(verts)
+    c = float(q_v[:, 2].max()) + 1.0
+    w = 1.0 / (c - q_v[:, 2])
+    map_px = (q_v[:, :2] - lo) / size
+    faces_t = torch.cat(faces)
+    if backend == "numba" or (backend == "auto" and numba_available()):
+        from dvc_perception.render.raster_numba import rasterize_faces_numba
+
+        _, depth, _ = rasterize_faces_numba(map_px, w, faces_t.numpy(), map_w, map_h, 0.0)
+    else:
+        eye = torch.eye(3, dtype=torch.float64)
+        uvw = np.concatenate([map_px * w[:, None], w[:, None]], axis=1)
+        depth = render(
+            Mesh(vertices=torch.from_numpy(uvw), faces=faces_t, name="shadow casters"),
+            (eye, torch.zeros(3, dtype=torch.float64)), eye, map_w, map_h, znear=0.0,
+            shade=False, backend=backend,
+        ).depth.numpy().reshape(-1)  # fmt: skip
+    dist = np.full(map_h * map_w, np.inf)
+    hit = np.isfinite(depth)
+    dist[hit] = c - 1.0 / depth[hit]
+    return dist.reshape(map_h, map_w)
+
+
+def _depth_normals(q: list[np.ndarray], z: np.ndarray, pix: np.ndarray) -> list[np.ndarray]:
+    """Unit surface normals (unoriented) at pixels `pix` of a depth map's 3D points.
+
+    In each image direction the one-sided difference with the smaller depth step is used, so
+    that normals do not straddle depth edges.
+
+    Args:
+        q: 3 x (H, W) coordinates of each pixel's surface point [m] (any orthonormal frame).
+        z: (H, W) depth along the optical axis [m].
+        pix: (P,) int64 row-major pixel indices.
+
+    Returns:
+        3 x (P,) float64 normal components in the frame of `q`.
+    """
+    height, width = z.shape
+    zf = z.reshape(-1)
+    qf = [c.reshape(-1) for c in q]
+    row, col = np.divmod(pix, width)
+    tangents = []
+    for offset, has_prev, has_next in (
+        (1, col > 0, col < width - 1), (width, row > 0, row < height - 1)
+    ):  # fmt: skip
+        prev = np.where(has_prev, pix - offset, pix)
+        nxt = np.where(has_next, pix + offset, pix)
+        step_prev = np.where(has_prev, np.abs(zf[pix] - zf[prev]), np.inf)
+        step_next = np.where(has_next, np.abs(zf[nxt] - zf[pix]), np.inf)
+        fwd = step_next <= step_prev
+        a, b = np.where(fwd, nxt, pix), np.where(fwd, pix, prev)
+        tangents.append([c[a].astype(np.float64) - c[b] for c in qf])
+    tx, ty = tangents
+    n = [
+        tx[1] * ty[2] - tx[2] * ty[1],
+        tx[2] * ty[0] - tx[0] * ty[2],
+        tx[0] * ty[1] - tx[1] * ty[0],
+    ]
+    norm = np.maximum(np.sqrt(n[0] ** 2 + n[1] ** 2 + n[2] ** 2), 1e-20)
+    return [c / norm for c in n]
