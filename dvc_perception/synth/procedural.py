@@ -62,13 +62,56 @@ def procedural_texture(rng: np.random.Generator, size: int = 128) -> np.ndarray:
     return img.clip(0, 255).astype(np.uint8)
 
 
+def clutter_texture(rng: np.random.Generator, size: int = 512,
+                    radius_range: tuple[float, float] = (1 / 80, 1 / 4)) -> np.ndarray:
+    """(size, size, 3) uint8 "dead leaves" clutter: overlapping shapes covering a texture.
+
+    A `procedural_texture` background under filled ellipses, rotated rectangles and thick
+    lines drawn one over another, sizes log-uniform in `radius_range` (fractions of `size`:
+    many small, some large, the scale mix of natural images that dead-leaves models
+    reproduce), colours of random grey level and saturation, as many as cover the texture
+    about 1-2 times over. A plane textured with it looks like the busy desk or shelf behind
+    real objects rather than a smooth wall.
+    """
+    r_min, r_max = size * radius_range[0], size * radius_range[1]
+    mean_r2 = (r_max**2 - r_min**2) / (2.0 * np.log(r_max / r_min))  # E[r^2], log-uniform r
+    n_shapes = int(rng.uniform(1.0, 2.0) * size * size / (np.pi * mean_r2 * 0.6))
+    base = procedural_texture(rng, min(size, 256))  # what shows between the shapes
+    img = np.ascontiguousarray(cv2.resize(base, (size, size), interpolation=cv2.INTER_LINEAR))
+    for _ in range(n_shapes):
+        r = r_min * (r_max / r_min) ** rng.random()
+        cx, cy = rng.uniform(0, size, size=2)
+        grey = rng.uniform(0, 255)
+        colour = tuple(float(c) for c in grey + (rng.uniform(0, 255, size=3) - grey)
+                       * rng.uniform(0.1, 1.0))
+        kind = int(rng.integers(3))
+        angle = float(rng.uniform(0, 180))
+        if kind == 0:
+            axes = (max(1, int(r)), max(1, int(r * rng.uniform(0.3, 1.0))))
+            cv2.ellipse(img, (int(cx), int(cy)), axes, angle, 0, 360, colour, -1)
+        elif kind == 1:
+            w, h = r * rng.uniform(0.5, 1.5, size=2)
+            box = cv2.boxPoints(((float(cx), float(cy)), (float(w), float(h)), angle))
+            cv2.fillPoly(img, [np.int32(box)], colour)
+        else:
+            d = np.array([np.cos(np.deg2rad(angle)), np.sin(np.deg2rad(angle))]) * r * 1.5
+            p0, p1 = np.int32([cx, cy] - d), np.int32([cx, cy] + d)
+            cv2.line(img, (int(p0[0]), int(p0[1])), (int(p1[0]), int(p1[1])), colour,
+                     max(1, int(r * rng.uniform(0.1, 0.3))))
+    return img
+
+
 def plane_mesh(
-    rng: np.random.Generator, half: float, device: torch.device, cells: int = 1
+    rng: np.random.Generator, half: float, device: torch.device, cells: int = 1,
+    clutter: bool = False,
 ) -> Mesh:
     """A textured square of half-size `half` [m] in its z = 0 plane, normal +z.
 
     `cells` x `cells` quads: the renderer drops faces with a vertex behind the near plane, so a
     finely divided plane loses only its cells behind the camera (a moving camera needs that).
+    `clutter`: a `clutter_texture` instead of a `procedural_texture`: for a divided plane (a back
+    plane several metres across, of which the view sees a part) 1024 px with shapes of 1/300 to
+    1/12 of it (about 2-40 cm), else 256 px with shapes of 1/80 to 1/4.
     """
     g = np.linspace(0.0, 1.0, cells + 1)
     gu, gv = np.meshgrid(g, g)
@@ -84,10 +127,16 @@ def plane_mesh(
         np.asarray(faces),
         normals=np.tile([0.0, 0.0, 1.0], (len(v), 1)),
         uv=uv,
-        texture=procedural_texture(rng),
+        texture=(_plane_clutter(rng, cells) if clutter else procedural_texture(rng)),
         name="plane",
     )
     return mesh.to(device)
+
+
+def _plane_clutter(rng: np.random.Generator, cells: int) -> np.ndarray:
+    if cells > 1:
+        return clutter_texture(rng, 1024, (1 / 300, 1 / 12))
+    return clutter_texture(rng, 256)
 
 
 def plane_pose(centre: np.ndarray, normal: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -100,6 +100,13 @@ class SynthConfig:
       direction.
     - ``shot_noise``: signal-dependent noise of std ``k * sqrt(img)`` (img in [0, 1]), ``k``
       drawn unless the high end is 0.
+    - ``clutter_texture_probability``: each plane (back and extra) gets a dead-leaves
+      `procedural.clutter_texture` (the busy background of a real desk) instead of a smooth
+      `procedural_texture` with this probability; drawn only when > 0.
+    - ``object_cluster_spread``: 0 places objects independently over the image; > 0 draws one
+      cluster centre per frame (uniform inside the margin) and each object's image position
+      around it, Gaussian with this standard deviation as a fraction of the image width,
+      clipped to the margin: the piles of LM-O rather than objects spread over the frame.
     """
 
     width: int = 640
@@ -146,6 +153,8 @@ class SynthConfig:
     gamma: tuple[float, float] = (1.0, 1.0)  # exposure curve img ** g
     motion_blur_probability: float = 0.0  # linear kernel, MOTION_BLUR_PX long
     shot_noise: tuple[float, float] = (0.0, 0.0)  # noise std k * sqrt(img), img in [0, 1]
+    clutter_texture_probability: float = 0.0  # per plane: dead-leaves clutter texture
+    object_cluster_spread: float = 0.0  # object positions around one centre [image widths]
 
     def __post_init__(self) -> None:
         ipo = self.instances_per_object
@@ -216,13 +225,19 @@ class SynthConfig:
             raise ConfigError(
                 f"synth.objects_on_plane: expected true or false, got {self.objects_on_plane!r}"
             )
-        for name in ("shadow_probability", "motion_blur_probability"):
+        for name in ("shadow_probability", "motion_blur_probability",
+                     "clutter_texture_probability"):
             p = getattr(self, name)
             if not (isinstance(p, (int, float)) and 0.0 <= p <= 1.0):
                 raise ConfigError(f"synth.{name}: expected a probability in [0, 1], got {p!r}")
         w = self.white_balance
         if not (isinstance(w, (int, float)) and 0.0 <= w < 1.0):
             raise ConfigError(f"synth.white_balance: expected 0 <= w < 1, got {w!r}")
+        spread = self.object_cluster_spread
+        if not (isinstance(spread, (int, float)) and 0.0 <= spread <= 1.0):
+            raise ConfigError(
+                f"synth.object_cluster_spread: expected 0 <= spread <= 1, got {spread!r}"
+            )
 
     @property
     def K(self) -> np.ndarray:
@@ -382,8 +397,14 @@ class SceneSampler:
         kinds: list[int] = []
         centres = []
         copies_lo, copies_hi = cfg.instances_per_object
+        m = cfg.image_margin
+        cluster = (  # no draw with the default 0: frames stay as they were
+            rng.uniform([m * cfg.width, m * cfg.height], [(1 - m) * cfg.width,
+                                                          (1 - m) * cfg.height])
+            if cfg.object_cluster_spread > 0 else None
+        )
         for i in chosen:
-            T = self._object_pose(rng, K_inv)
+            T = self._object_pose(rng, K_inv, cluster)
             # no draws at all with the default (1, 1): frames stay as they were
             n_copies = int(rng.integers(copies_lo, copies_hi + 1)) if copies_hi > 1 else 1
             for c in range(n_copies):
@@ -441,7 +462,7 @@ class SceneSampler:
         # Corners lie half * sqrt(2) from the centre: keep them at least 0.1 * depth in front.
         half = min(half, 0.9 * depth / max(np.sqrt(2.0) * np.sin(tilt), 1e-6))
         back_plane = len(meshes)
-        meshes.append(plane_mesh(rng, half, self.device, cells=8))
+        meshes.append(plane_mesh(rng, half, self.device, cells=8, clutter=self._clutter(rng)))
         poses.append(plane_pose(np.array([0.0, 0.0, depth]), normal, rng))
         kinds.append(-2)
         for _ in range(int(rng.integers(cfg.extra_planes[0], cfg.extra_planes[1] + 1))):
@@ -454,7 +475,7 @@ class SceneSampler:
             if n[2] > -0.3:
                 n[2] = -0.3
             half_extra = min(rng.uniform(0.1, 0.4), 0.25 * z * cfg.width / cfg.fx)
-            meshes.append(plane_mesh(rng, half_extra, self.device))
+            meshes.append(plane_mesh(rng, half_extra, self.device, clutter=self._clutter(rng)))
             poses.append(plane_pose(z * (K_inv @ uv1), n / np.linalg.norm(n), rng))
             kinds.append(-2)
         light_dir = rng.normal(size=3)
@@ -547,13 +568,28 @@ class SceneSampler:
             T = poses[slot]
             T[:3, 3] = scale[k] * (T[:3, 3] - offset) + offset
 
-    def _object_pose(self, rng: np.random.Generator, K_inv: np.ndarray) -> np.ndarray:
-        """(4, 4) pose of one object instance: depth, image position, then a uniform rotation."""
+    def _clutter(self, rng: np.random.Generator) -> bool:
+        """Whether the next plane gets a clutter texture (no draw when the probability is 0)."""
+        p = self.config.clutter_texture_probability
+        return bool(p > 0 and rng.random() < p)
+
+    def _object_pose(self, rng: np.random.Generator, K_inv: np.ndarray,
+                     cluster: np.ndarray | None = None) -> np.ndarray:
+        """(4, 4) pose of one object instance: depth, image position, then a uniform rotation.
+
+        The image position is uniform inside the margin, or with `cluster` (u, v) px Gaussian
+        around it (``object_cluster_spread`` image widths), clipped to the margin.
+        """
         cfg = self.config
         z = rng.uniform(*cfg.distance_m)
         m = cfg.image_margin
-        u = rng.uniform(m * cfg.width, (1 - m) * cfg.width)
-        v = rng.uniform(m * cfg.height, (1 - m) * cfg.height)
+        if cluster is None:
+            u = rng.uniform(m * cfg.width, (1 - m) * cfg.width)
+            v = rng.uniform(m * cfg.height, (1 - m) * cfg.height)
+        else:
+            du, dv = rng.normal(size=2) * cfg.object_cluster_spread * cfg.width
+            u = float(np.clip(cluster[0] + du, m * cfg.width, (1 - m) * cfg.width))
+            v = float(np.clip(cluster[1] + dv, m * cfg.height, (1 - m) * cfg.height))
         T = np.eye(4)
         T[:3, :3] = random_rotation(rng)
         T[:3, 3] = z * (K_inv @ np.array([u, v, 1.0]))

@@ -264,6 +264,8 @@ def test_sensor_effects() -> None:
         ("gamma", (1.2, 0.8), "gamma"),
         ("motion_blur_probability", -0.1, "motion_blur_probability"),
         ("shot_noise", (0.02, 0.01), "shot_noise"),
+        ("clutter_texture_probability", 1.5, "clutter_texture_probability"),
+        ("object_cluster_spread", -0.1, "object_cluster_spread"),
     ],
 )
 def test_realism_config_validation(field: str, value: object, message: str) -> None:
@@ -280,3 +282,60 @@ def test_realism_config_from_mapping() -> None:
     assert cfg.lights_per_frame == (1, 3) and cfg.gamma == (0.8, 1.2) and cfg.objects_on_plane
     with pytest.raises(ConfigError, match="shininess"):
         Lighting(shininess=0.5)
+
+
+def _edge_density(img: np.ndarray) -> float:
+    """Fraction of pixels with a strong grey-level gradient (a clutter measure)."""
+    import cv2
+
+    grey = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    mag = np.hypot(cv2.Sobel(grey, cv2.CV_32F, 1, 0), cv2.Sobel(grey, cv2.CV_32F, 0, 1))
+    return float((mag > 100).mean())
+
+
+def test_clutter_textures_are_busier_and_reproducible() -> None:
+    from dvc_perception.synth.procedural import clutter_texture, procedural_texture
+
+    busy = [_edge_density(clutter_texture(np.random.default_rng(s))) for s in range(8)]
+    smooth = [_edge_density(procedural_texture(np.random.default_rng(s), 256))
+              for s in range(8)]
+    assert np.median(busy) > 2 * np.median(smooth)
+    np.testing.assert_array_equal(clutter_texture(np.random.default_rng(3)),
+                                  clutter_texture(np.random.default_rng(3)))
+    # every plane of a frame cluttered: the background has more edges than without
+    on = _sampler_with(clutter_texture_probability=1.0)
+    off = _sampler_with(clutter_texture_probability=0.0)
+    assert np.mean([_edge_density(on.sample(i).rgb) for i in range(4)]) > np.mean(
+        [_edge_density(off.sample(i).rgb) for i in range(4)])
+
+
+def _sampler_with(**fields) -> SceneSampler:
+    demo = load_object(find_object_yaml("demo_object"))
+    return SceneSampler([demo], dataclasses.replace(CLEAN, **fields), seed=5)
+
+
+def test_object_clusters_gather_the_objects(objects) -> None:
+    def spread(sampler: SceneSampler) -> float:
+        """Median over frames of the objects' projected-centre spread [px]."""
+        out = []
+        for i in range(12):
+            f = sampler.sample(i)
+            uv = f.t @ f.K.T
+            uv = uv[:, :2] / uv[:, 2:]
+            out.append(float(np.linalg.norm(uv - uv.mean(0), axis=1).mean()))
+        return float(np.median(out))
+
+    cfg = dataclasses.replace(CLEAN, objects_per_frame=(3, 3))
+    apart = spread(SceneSampler(objects, cfg, seed=2))
+    together = spread(SceneSampler(
+        objects, dataclasses.replace(cfg, object_cluster_spread=0.05), seed=2))
+    # uniform over 128x96 px: mean distance to the centroid ~ 35 px; spread 0.05 x 160 = 8 px
+    assert together < 0.5 * apart
+    m = cfg.image_margin
+    for i in range(6):
+        f = SceneSampler(objects, dataclasses.replace(cfg, object_cluster_spread=1.0),
+                         seed=2).sample(i)
+        uv = f.t @ f.K.T
+        uv = uv[:, :2] / uv[:, 2:]
+        assert np.all(uv[:, 0] >= m * cfg.width - 1e-6) and np.all(
+            uv[:, 0] <= (1 - m) * cfg.width + 1e-6)
