@@ -1,8 +1,9 @@
 # Copyright 2026 dvc_perception authors. Licensed under the Apache License, Version 2.0.
 """ament_python / pip package definition.
 
-`data_files` installs launch/, config/ and models/ into `share/dvc_perception`, which is where
-`dvc_perception.resources` looks for them in a colcon workspace and in a pip install alike.
+`data_files` installs launch/, config/, models/ and ros_interfaces/ into `share/dvc_perception`,
+which is where `dvc_perception.resources` looks for them in a colcon workspace and in a pip
+install alike.
 """
 
 from pathlib import Path
@@ -34,6 +35,8 @@ setup(
         *_share_files("launch"),
         *_share_files("config"),
         *_share_files("models"),
+        # vendored vision_msgs / tf2_msgs definitions: dvc_perception.bag registers them in rosbags
+        *_share_files("ros_interfaces"),
     ],
     python_requires=">=3.10",
     # Ranges a robot can satisfy (Humble: Python 3.10, numpy 1.x; Jetson torch from NVIDIA).

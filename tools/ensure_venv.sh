@@ -10,6 +10,8 @@ ROS_REQS=${ROS_REQS:-requirements/ros-kilted.txt}
 files="requirements/dev.txt $ROS_REQS setup.py"
 want=$(cat $files | sha256sum | cut -d' ' -f1)
 if [ -x "$VENV/bin/python" ] && [ -f "$VENV/.reqs" ] && [ "$(cat "$VENV/.reqs")" = "$want" ]; then
+  # The vendored interfaces have their own cache (a no-op unless ros_interfaces/ changed).
+  VENV="$VENV" tools/build_interfaces.sh
   exit 0
 fi
 echo "[setup] installing into $VENV (first run, or a requirements file changed)"
@@ -19,6 +21,9 @@ echo "[setup] installing into $VENV (first run, or a requirements file changed)"
 # --no-deps: the pinned requirements above are the environment; do not let an open range
 # pull another torch build.
 "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e .
+# vision_msgs and tf2_msgs have no wheel: build them from ros_interfaces/ (cached; about a
+# minute on a 2-core machine the first time).
+VENV="$VENV" tools/build_interfaces.sh
 # Compile the PnP kernels now (numba, cached on disk next to the sources; about a minute on a
 # 2-core machine), so the first `make demo` or node start does not pay for it.
 echo "[setup] compiling the PnP solver kernels (numba, once)"

@@ -19,6 +19,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from dvc_perception.bag.interfaces import add_vendored_types
 from dvc_perception.errors import BagError
 
 STORAGES = ("mcap", "sqlite3")
@@ -52,9 +53,10 @@ class BagMessage:
 
 
 def _typestore() -> Any:
+    """The Kilted store of rosbags plus the vendored interfaces (vision_msgs) it lacks."""
     from rosbags.typesys import Stores, get_typestore
 
-    return get_typestore(Stores.ROS2_KILTED)
+    return add_vendored_types(get_typestore(Stores.ROS2_KILTED))
 
 
 class BagReader:
