@@ -5,8 +5,12 @@ These dataclasses are the single source of truth for every setting: `from_mappin
 unknown keys, `__post_init__` raises `ConfigError` naming the bad value, and the ROS node
 declares one parameter per leaf field (dotted names, e.g. ``pipeline.fiducial.board_type``)
 with a descriptor built from the field's ``metadata`` (``doc`` with unit, ``range``, ``choices``,
-``read_only``). `config/perception.yaml` lists the same parameters; a test checks that the YAML,
-the descriptors and these defaults agree.
+``read_only``, ``live``). `config/perception.yaml` lists the same parameters; a test checks that
+the YAML, the descriptors and these defaults agree.
+
+Three kinds of parameter: ``read_only`` ones are set at start-up only (params file, ``-p``);
+``live`` ones can change on the running node (``ros2 param set``), which applies them to the next
+frames; the others are read at configure and can change only while the node is unconfigured.
 """
 
 from __future__ import annotations
@@ -29,6 +33,16 @@ KEYPOINT_SOURCES = ("fiducial", "network")
 DEPTH_SOURCES = ("none", "network")
 SYNC_MODES = ("exact", "approximate", "latest")
 IMAGE_TRANSPORTS = ("raw", "compressed")
+#: Inference backends (`engines.load.BACKENDS`); ``auto``: TensorRT when it and a CUDA device
+#: exist, else ONNX Runtime.
+NETWORK_BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
+#: Inference precisions (`engines.base.PRECISIONS`); int8 needs a QDQ model (or, on TensorRT, a
+#: calibrator).
+PRECISIONS = ("fp32", "fp16", "int8")
+#: ``pipeline.network.device``: empty (the backend's default), ``cpu``, ``cuda`` or ``cuda:N``.
+DEVICE_PATTERN = re.compile(r"^(|cpu|cuda(:[0-9]+)?)$")
+#: ``tf_prefix``: empty, or a TF frame-name prefix (no leading slash, no spaces).
+TF_PREFIX_PATTERN = re.compile(r"^([A-Za-z0-9_][A-Za-z0-9_./-]*)?$")
 ARUCO_DICTIONARIES = (
     "DICT_4X4_50", "DICT_4X4_100", "DICT_4X4_250", "DICT_4X4_1000",
     "DICT_5X5_50", "DICT_5X5_100", "DICT_5X5_250", "DICT_5X5_1000",
@@ -40,7 +54,11 @@ ARUCO_DICTIONARIES = (
 
 
 def _f(default: Any, doc: str, **meta: Any) -> Any:
-    """A dataclass field whose metadata documents it (`doc`, `range`, `choices`, `read_only`)."""
+    """A dataclass field whose metadata documents it.
+
+    Metadata: `doc`, `range`, `choices`, `read_only` (start-up only), `live` (applied to the
+    running node when set).
+    """
     return field(default=default, metadata={"doc": doc, **meta})
 
 
@@ -137,20 +155,25 @@ class PnPConfig:
     """Robust pose estimation from keypoints (RANSAC, then weighted Levenberg-Marquardt)."""
 
     threshold_px: float = _f(
-        4.0, "RANSAC inlier threshold on undistorted reprojection error [px]", range=(0.1, 100.0)
+        4.0, "RANSAC inlier threshold on undistorted reprojection error [px]", range=(0.1, 100.0),
+        live=True,
     )
-    num_hypotheses: int = _f(64, "RANSAC minimal-set hypotheses per frame", range=(1, 4096))
+    num_hypotheses: int = _f(
+        64, "RANSAC minimal-set hypotheses per frame", range=(1, 4096), live=True
+    )
     always_ransac: bool = _f(
         False,
         "false: first fit all keypoints (EPnP + LM) and run RANSAC only when a keypoint is off "
         "by more than threshold_px (fiducial detections rarely have outliers; ~5x faster); "
         "true: RANSAC on every frame",
+        live=True,
     )
     max_iterations: int = _f(
-        30, "Levenberg-Marquardt iterations of the refinement", range=(1, 500)
+        30, "Levenberg-Marquardt iterations of the refinement", range=(1, 500), live=True
     )
     seed: int = _f(
-        0, "RANSAC random seed (results are reproducible per frame)", range=(0, 2**31 - 1)
+        0, "RANSAC random seed (results are reproducible per frame)", range=(0, 2**31 - 1),
+        live=True,
     )
 
     def __post_init__(self) -> None:
@@ -164,10 +187,28 @@ class NetworkConfig:
     model_path: str = _f("", "keypoint network ONNX file (metadata: objects, keypoints, input)")
     depth_model_path: str = _f("", "depth network ONNX file (used when depth_source is network)")
     backend: str = _f(
-        "onnxruntime", "inference backend", choices=("onnxruntime", "tensorrt", "torch")
+        "onnxruntime",
+        "inference backend; auto: tensorrt when TensorRT and a CUDA device exist, else "
+        "onnxruntime (/diagnostics reports the one running)",
+        choices=NETWORK_BACKENDS,
+    )
+    precision: str = _f(
+        "fp32",
+        "inference precision; onnxruntime: fp32, or int8 with a QDQ model; torch: fp32, or fp16 "
+        "on CUDA; tensorrt: all three",
+        choices=PRECISIONS,
+    )
+    device: str = _f(
+        "", "inference device: empty (the backend's default: CUDA when available), cpu, cuda or "
+        "cuda:N"
+    )
+    engine_cache_dir: str = _f(
+        "", "TensorRT engine cache directory (engines are reused across restarts); empty: "
+        "$XDG_CACHE_HOME/dvc_perception/engines (default ~/.cache/dvc_perception/engines)"
     )
     min_objectness: float = _f(
-        0.5, "objects whose network objectness is lower are not reported", range=(0.0, 1.0)
+        0.5, "objects whose network objectness is lower are not reported", range=(0.0, 1.0),
+        live=True,
     )
     detector_model_path: str = _f(
         "", "detector network ONNX file: when set, every detected instance is cropped from the "
@@ -176,11 +217,40 @@ class NetworkConfig:
     )
     min_detection_score: float = _f(
         0.3, "detections with a lower centre score are not cropped (two-stage only)",
-        range=(0.0, 1.0),
+        range=(0.0, 1.0), live=True,
     )
 
     def __post_init__(self) -> None:
         _check_range("pipeline.network", self)
+        if not DEVICE_PATTERN.match(self.device):
+            raise ConfigError(
+                "pipeline.network.device: expected '' (the backend's default), 'cpu', 'cuda' or "
+                f"'cuda:N', got {self.device!r}"
+            )
+        unsupported = _unsupported_engine_choice(self.backend, self.precision, self.device)
+        if unsupported:
+            raise ConfigError(unsupported)
+
+
+def _unsupported_engine_choice(backend: str, precision: str, device: str) -> str:
+    """Why (backend, precision, device) cannot run whatever the model, or "" when it may.
+
+    Model- and machine-dependent refusals (int8 needs a QDQ model on onnxruntime, no CUDA
+    device, TensorRT not installed) come from `engines.load_engine` at configure.
+    """
+    if backend == "onnxruntime" and precision == "fp16":
+        return ("pipeline.network.precision: fp16 is not supported by backend onnxruntime "
+                "(fp32, or int8 with a QDQ model); use the torch or tensorrt backend for fp16")
+    if backend == "torch" and precision == "int8":
+        return ("pipeline.network.precision: int8 is not supported by backend torch (fp32, or "
+                "fp16 on CUDA); use onnxruntime or tensorrt with a QDQ model")
+    if backend == "torch" and precision == "fp16" and device == "cpu":
+        return ("pipeline.network.precision: fp16 with backend torch needs a CUDA device, got "
+                "pipeline.network.device 'cpu'")
+    if backend == "tensorrt" and device == "cpu":
+        return ("pipeline.network.device: backend tensorrt runs on 'cuda' or 'cuda:N', got "
+                "'cpu'")
+    return ""
 
 
 @dataclass(frozen=True)
@@ -197,10 +267,11 @@ class PipelineConfig:
         False,
         "true: images are rectified (image_rect), CameraInfo P is used with no distortion; "
         "false: raw images, CameraInfo K + D (plumb_bob, rational_polynomial)",
+        live=True,
     )
     min_score: float = _f(
         0.5, "poses with a lower score (inlier and confidence fraction) are dropped",
-        range=(0.0, 1.0),
+        range=(0.0, 1.0), live=True,
     )
     fiducial: FiducialConfig = field(default_factory=FiducialConfig)
     pnp: PnPConfig = field(default_factory=PnPConfig)
@@ -232,9 +303,11 @@ class SyncConfig:
         "approximate",
         "exact (same stamp), approximate (within tolerance_s) or latest (last camera_info, for "
         "drivers that latch it)",
-        choices=SYNC_MODES,
+        choices=SYNC_MODES, live=True,
     )
-    tolerance_s: float = _f(0.005, "approximate: largest stamp difference [s]", range=(0.0, 1.0))
+    tolerance_s: float = _f(
+        0.005, "approximate: largest stamp difference [s]", range=(0.0, 1.0), live=True
+    )
     queue_size: int = _f(
         10, "messages waiting for a partner, per topic; older ones are dropped and counted",
         range=(1, 1000), read_only=True,
@@ -271,21 +344,38 @@ class NodeConfig:
         "busy CPUs)",
         range=(0, 256), read_only=True,
     )
-    diagnostics_period_s: float = _f(1.0, "period of /diagnostics [s]", range=(0.05, 60.0))
+    diagnostics_period_s: float = _f(
+        1.0, "period of /diagnostics [s]", range=(0.05, 60.0), live=True
+    )
     warn_throttle_s: float = _f(
-        5.0, "least time between two warnings of the same kind [s]", range=(0.0, 3600.0)
+        5.0, "least time between two warnings of the same kind [s]", range=(0.0, 3600.0),
+        live=True,
     )
     points_decimation: int = _f(
-        4, "~/points keeps every n-th pixel in u and v", range=(1, 64)
+        4, "~/points keeps every n-th pixel in u and v", range=(1, 64), live=True
     )
     marker_axis_length_m: float = _f(
-        0.1, "length of the axes drawn on ~/markers and ~/overlay [m]", range=(1e-4, 10.0)
+        0.1, "length of the axes drawn on ~/markers and ~/overlay [m]", range=(1e-4, 10.0),
+        live=True,
+    )
+    publish_tf: bool = _f(
+        True, "broadcast every pose on /tf: child <tf_prefix><object_id>_<instance> of the "
+        "image's frame_id, at the image stamp (skipped, with a warning, when frame_id is empty)",
+        live=True,
+    )
+    tf_prefix: str = _f(
+        "", "prefix of the object frames on /tf (e.g. robot1/); empty: none", live=True
     )
     sync: SyncConfig = field(default_factory=SyncConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
 
     def __post_init__(self) -> None:
         _check_range("node", self)
+        if not TF_PREFIX_PATTERN.match(self.tf_prefix):
+            raise ConfigError(
+                "tf_prefix: expected empty or a TF frame prefix (letters, digits, _ . / -, not "
+                f"starting with '/'), got {self.tf_prefix!r}"
+            )
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> NodeConfig:
@@ -379,7 +469,7 @@ def flatten_dataclass(obj: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def field_metadata(cls: type, prefix: str = "") -> dict[str, Mapping[str, Any]]:
-    """Metadata (`doc`, `range`, `choices`, `read_only`) of every leaf field, by dotted name."""
+    """Metadata (`doc`, `range`, `choices`, `read_only`, `live`) of every leaf field, by name."""
     out: dict[str, Mapping[str, Any]] = {}
     instance = cls()
     for f in dataclasses.fields(instance):  # type: ignore[arg-type]
@@ -444,6 +534,11 @@ def check_parameter_names(names: Any, *, source: str) -> None:
         f"{source}: unknown parameter {name!r}{hint}{more}; perception_node's parameters are "
         "listed in config/perception.yaml"
     )
+
+
+def live_parameter_names() -> tuple[str, ...]:
+    """Parameters the running node applies when they change (metadata ``live``)."""
+    return tuple(name for name, meta in field_metadata(NodeConfig).items() if meta.get("live"))
 
 
 def flatten_mapping(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

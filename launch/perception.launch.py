@@ -41,7 +41,7 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument(
             "backend",
             default_value="onnxruntime",
-            description="network backend: onnxruntime, tensorrt or torch",
+            description="network backend: auto, onnxruntime, tensorrt or torch",
         ),
         DeclareLaunchArgument("use_sim_time", default_value="false", description="sim time"),
         DeclareLaunchArgument("log_level", default_value="info", description="ROS log level"),

@@ -13,7 +13,8 @@ weighted LM on the inliers). Score = sum of inlier confidences / N; poses that a
 below ``min_score`` are dropped; the covariance is the solver's. 4 keypoints suffice.
 
 ``keypoint_source: network`` / ``depth_source: network`` use `pipeline.network`
-(``pipeline.network.model_path`` / ``depth_model_path`` / ``backend``): the frame is letterboxed
+(``pipeline.network.model_path`` / ``depth_model_path`` / ``backend`` / ``precision`` / ``device``
+/ ``engine_cache_dir``, passed to `engines.load_engine`): the frame is letterboxed
 to the network input, the engine runs, keypoints go back with `Letterbox.points_to_source` and
 depth with `Letterbox.depth_to_source` (nearest, NaN in the padding); object ids and 3D keypoints
 come from the model metadata. A missing model fails at configure, naming the path. Any other
@@ -23,6 +24,7 @@ source can be passed directly: ``Pipeline(config, source, depth_source)``.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -34,7 +36,13 @@ import torch
 
 from dvc_perception.config import ROS_NAME_TOKEN, PipelineConfig
 from dvc_perception.engines.preprocess import check_rgb_image
-from dvc_perception.errors import ConfigError, InputError, ModelSpecError, ShapeError
+from dvc_perception.errors import (
+    ConfigError,
+    EngineUnavailableError,
+    InputError,
+    ModelSpecError,
+    ShapeError,
+)
 from dvc_perception.geometry.camera import CameraModel
 from dvc_perception.geometry.pnp import warm_up as warm_up_pnp
 from dvc_perception.geometry.synthetic import synthetic_pnp_problem
@@ -101,6 +109,53 @@ def _network_model_path(config: PipelineConfig, key: str, source: str) -> Path:
     return path
 
 
+def default_engine_cache_dir() -> Path:
+    """Where TensorRT engines are cached when ``pipeline.network.engine_cache_dir`` is empty.
+
+    ``$XDG_CACHE_HOME/dvc_perception/engines``, else ``~/.cache/dvc_perception/engines``; the
+    cache key hashes the model bytes, precision, TensorRT version and GPU (`engines.cache`), so
+    one directory serves every model and a restart reuses the engine instead of rebuilding it.
+    """
+    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(root) / "dvc_perception" / "engines"
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """The engine arguments of `pipeline.network`, as `engines.load_engine` takes them.
+
+    Attributes:
+        backend: "auto" | "onnxruntime" | "tensorrt" | "torch".
+        precision: "fp32" | "fp16" | "int8".
+        device: None (the backend's default), "cpu", "cuda" or "cuda:N".
+        cache_dir: TensorRT engine cache directory.
+    """
+
+    backend: str
+    precision: str
+    device: str | None
+    cache_dir: Path
+
+    @classmethod
+    def from_config(cls, config: PipelineConfig) -> EngineSettings:
+        """``pipeline.network``'s backend, precision, device ("" -> None) and cache dir."""
+        net = config.network
+        cache_dir = Path(net.engine_cache_dir).expanduser() if net.engine_cache_dir else (
+            default_engine_cache_dir())
+        return cls(net.backend, net.precision, net.device or None, cache_dir)
+
+    def describe(self) -> str:
+        """``backend 'x', precision 'y', device 'z'`` for error messages."""
+        return (f"pipeline.network.backend {self.backend!r}, precision {self.precision!r}, "
+                f"device {self.device or '(default)'!r}")
+
+
+def _engine_error(err: ConfigError | EngineUnavailableError, settings: EngineSettings,
+                  what: str) -> ConfigError | EngineUnavailableError:
+    """`err` again (same type), prefixed with the engine choice that could not be loaded."""
+    return type(err)(f"{what} with {settings.describe()}: {err}")
+
+
 def make_keypoint_source(config: PipelineConfig) -> KeypointSource:
     """The keypoint source named by `config.keypoint_source`.
 
@@ -112,6 +167,7 @@ def make_keypoint_source(config: PipelineConfig) -> KeypointSource:
         ConfigError: ``network`` with an empty ``network.model_path``.
         ModelSpecError: the keypoint model is missing or does not describe itself (path named).
         EngineUnavailableError: the network backend cannot run here.
+        ConfigError: the backend / precision / device choice does not suit the model (named).
     """
     if config.keypoint_source == "fiducial":
         from dvc_perception.pipeline.fiducial import FiducialSource
@@ -121,11 +177,20 @@ def make_keypoint_source(config: PipelineConfig) -> KeypointSource:
 
     path = _network_model_path(config, "model_path", "keypoint_source")
     net = config.network
-    if net.detector_model_path:
-        detector = _network_model_path(config, "detector_model_path", "keypoint_source")
-        return TwoStageKeypointSource(detector, path, net.backend,
-                                      min_detection_score=net.min_detection_score)
-    return NetworkKeypointSource(path, net.backend, min_objectness=net.min_objectness)
+    engine = EngineSettings.from_config(config)
+    try:
+        if net.detector_model_path:
+            detector = _network_model_path(config, "detector_model_path", "keypoint_source")
+            return TwoStageKeypointSource(
+                detector, path, engine.backend, min_detection_score=net.min_detection_score,
+                precision=engine.precision, device=engine.device, cache_dir=engine.cache_dir,
+            )
+        return NetworkKeypointSource(
+            path, engine.backend, min_objectness=net.min_objectness, precision=engine.precision,
+            device=engine.device, cache_dir=engine.cache_dir,
+        )
+    except (ConfigError, EngineUnavailableError) as err:
+        raise _engine_error(err, engine, f"keypoint model {path.name}") from err
 
 
 def make_depth_source(config: PipelineConfig) -> DepthSource | None:
@@ -135,6 +200,7 @@ def make_depth_source(config: PipelineConfig) -> DepthSource | None:
         ConfigError: ``network`` with an empty ``network.depth_model_path``.
         ModelSpecError: the depth model is missing or does not describe itself (path named).
         EngineUnavailableError: the network backend cannot run here.
+        ConfigError: the backend / precision / device choice does not suit the model (named).
     """
     if config.depth_source == "none":
         no_depth: DepthSource | None = None
@@ -142,7 +208,12 @@ def make_depth_source(config: PipelineConfig) -> DepthSource | None:
     from dvc_perception.pipeline.network import NetworkDepthSource
 
     path = _network_model_path(config, "depth_model_path", "depth_source")
-    return NetworkDepthSource(path, config.network.backend)
+    engine = EngineSettings.from_config(config)
+    try:
+        return NetworkDepthSource(path, engine.backend, precision=engine.precision,
+                                  device=engine.device, cache_dir=engine.cache_dir)
+    except (ConfigError, EngineUnavailableError) as err:
+        raise _engine_error(err, engine, f"depth model {path.name}") from err
 
 
 def rank_instances(poses: list[ObjectPose]) -> list[ObjectPose]:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import array
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -433,3 +434,101 @@ def depth_to_point_cloud(
     msg.is_dense = True
     msg.data = array.array("B", pts.tobytes())
     return msg
+
+
+@dataclass(frozen=True)
+class ObjectBox:
+    """An object's axis-aligned bounding box in its own frame.
+
+    Attributes:
+        centre_obj: (3,) float64 m, the box centre in the object frame.
+        size_m: (3,) float64 m, the box's extent along the object's x, y, z axes.
+        source: where the box comes from (a mesh file, a board layout, 3D keypoints).
+    """
+
+    centre_obj: np.ndarray
+    size_m: np.ndarray
+    source: str = ""
+
+    @classmethod
+    def from_points(cls, points_obj: np.ndarray, source: str = "") -> ObjectBox:
+        """The box of `points_obj` (N, 3) m, object frame (mesh vertices, board corners).
+
+        Raises:
+            InputError: not (N >= 1, 3) finite points.
+        """
+        pts = np.asarray(points_obj, dtype=np.float64)
+        if pts.ndim != 2 or pts.shape[0] < 1 or pts.shape[1] != 3 or not np.isfinite(pts).all():
+            raise InputError(f"object box {source}: expected (N >= 1, 3) finite points, got "
+                             f"shape {pts.shape}")
+        lo, hi = pts.min(axis=0), pts.max(axis=0)
+        return cls(0.5 * (lo + hi), hi - lo, source)
+
+
+def object_frame_name(object_id: str, instance: int, tf_prefix: str = "") -> str:
+    """The TF child frame of an object instance: ``<tf_prefix><object_id>_<instance>``."""
+    return f"{tf_prefix}{object_id}_{instance}"
+
+
+def poses_to_detection_array(
+    poses: Sequence[ObjectPose], header: Header, boxes: Mapping[str, ObjectBox]
+) -> Any:
+    """Every pose of a frame as a vision_msgs/Detection3DArray (vision_msgs 4.x, Humble+).
+
+    Per pose: ``results[0].hypothesis`` = (object id, score), ``results[0].pose`` = the pose
+    with the covariance `object_pose_to_msg` publishes; ``bbox.center`` = the pose applied to
+    the object's box centre (orientation: the object's), ``bbox.size`` = the box extent [m];
+    ``id`` = the instance index (rank by score within the object id). Empty `poses` give an
+    array without detections (published, so "nothing seen" differs from "no output").
+
+    Raises:
+        InputError: a pose's object id has no box in `boxes`.
+        ImportError: vision_msgs is not installed (callers check first).
+    """
+    from vision_msgs.msg import Detection3D, Detection3DArray, ObjectHypothesisWithPose
+
+    out = Detection3DArray()
+    out.header = header
+    for pose in poses:
+        box = boxes.get(pose.object_id)
+        if box is None:
+            raise InputError(f"detections: no bounding box for object {pose.object_id!r}; "
+                             f"known: {sorted(boxes)}")
+        det = Detection3D()
+        det.header = header
+        hypothesis = ObjectHypothesisWithPose()
+        hypothesis.hypothesis.class_id = pose.object_id
+        hypothesis.hypothesis.score = float(pose.score)
+        hypothesis.pose = object_pose_to_msg(pose, header).pose
+        det.results = [hypothesis]
+        det.bbox.center = pose_to_msg(pose.R, pose.R @ box.centre_obj + pose.t)
+        det.bbox.size.x, det.bbox.size.y, det.bbox.size.z = (float(v) for v in box.size_m)
+        det.id = str(pose.instance)
+        out.detections.append(det)
+    return out
+
+
+def poses_to_tf_message(poses: Sequence[ObjectPose], header: Header, tf_prefix: str = "") -> Any:
+    """Every pose as a transform in a tf2_msgs/TFMessage (what TransformBroadcaster sends).
+
+    Parent: ``header.frame_id`` (the camera's optical frame), child: `object_frame_name`,
+    stamp: ``header.stamp``; the transform maps object coordinates into the camera frame.
+
+    Raises:
+        ImportError: tf2_msgs is not installed (callers check first).
+    """
+    from geometry_msgs.msg import TransformStamped
+    from tf2_msgs.msg import TFMessage
+
+    out = TFMessage()
+    for pose in poses:
+        tf = TransformStamped()
+        tf.header = header
+        tf.child_frame_id = object_frame_name(pose.object_id, pose.instance, tf_prefix)
+        p = pose_to_msg(pose.R, pose.t)
+        tf.transform.translation.x = p.position.x
+        tf.transform.translation.y = p.position.y
+        tf.transform.translation.z = p.position.z
+        tf.transform.rotation = p.orientation
+        out.transforms.append(tf)
+    return out

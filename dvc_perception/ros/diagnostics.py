@@ -7,9 +7,11 @@ right under `use_sim_time` and bag replay.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections import Counter, deque
+from pathlib import Path
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -117,3 +119,46 @@ def _format(value: float | int | str) -> str:
     if isinstance(value, float):
         return f"{value:.3f}"
     return str(value)
+
+
+#: ONNX Runtime execution provider -> the device it runs on, for /diagnostics.
+_PROVIDER_DEVICES = {
+    "CPUExecutionProvider": "cpu",
+    "CUDAExecutionProvider": "cuda",
+    "TensorrtExecutionProvider": "cuda (onnxruntime TensorRT EP)",
+}
+
+
+def engine_device(engine: object) -> str:
+    """The device an engine object runs on: ONNX Runtime's first provider, or its ``device``."""
+    providers = getattr(engine, "providers", None)
+    if providers:
+        first = str(providers[0])
+        return _PROVIDER_DEVICES.get(first, first)
+    device = getattr(engine, "device", None)
+    return str(device) if device is not None else "unknown"
+
+
+def source_engine_values(role: str, source: object) -> dict[str, str]:
+    """``<role>.backend / .device / .precision`` of a keypoint or depth source, as it runs.
+
+    Read from the source's engine object (what `engines.load_engine` resolved, e.g. ``auto`` ->
+    ``onnxruntime``), never from the configuration; a source without an engine (the fiducial
+    source: OpenCV) gives its own backend string and ``n/a``.
+    """
+    engine = getattr(source, "engine", None)
+    if engine is None:
+        return {f"{role}.backend": str(getattr(source, "backend", type(source).__name__)),
+                f"{role}.device": "n/a", f"{role}.precision": "n/a"}
+    return {f"{role}.backend": str(getattr(engine, "backend", type(engine).__name__)),
+            f"{role}.device": engine_device(engine),
+            f"{role}.precision": str(getattr(engine, "precision", "unknown"))}
+
+
+def model_file_value(path: str | Path, digits: int = 12) -> str:
+    """``<file name> sha256:<first digits>`` of a model file (which model runs, exactly)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return f"{Path(path).name} sha256:{digest.hexdigest()[:digits]}"

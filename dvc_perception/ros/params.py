@@ -4,7 +4,9 @@
 Every leaf field of `NodeConfig` (dotted names: ``sync.mode``, ``pipeline.fiducial.cols``) is one
 parameter whose descriptor (type, description with unit, range, allowed values, read-only) comes
 from the field's metadata, so the dataclasses, the descriptors and `config/perception.yaml` agree
-(a test checks the three).
+(a test checks the three). ``additional_constraints`` says when a change takes effect: ``live``
+(applied to the running node), ``read at configure`` (refused while the node is configured) or,
+via the descriptor's ``read_only``, start-up only.
 """
 
 from __future__ import annotations
@@ -56,8 +58,14 @@ def parameter_descriptors() -> dict[str, ParameterDescriptor]:
             description=str(meta.get("doc", "")),
             read_only=bool(meta.get("read_only", False)),
         )
+        constraints = []
         if "choices" in meta:
-            d.additional_constraints = "one of: " + ", ".join(meta["choices"])
+            constraints.append("one of: " + ", ".join(meta["choices"]))
+        if meta.get("live"):
+            constraints.append("live: a change applies to the next frames")
+        elif not meta.get("read_only"):
+            constraints.append("read at configure: refused while the node is configured")
+        d.additional_constraints = "; ".join(constraints)
         if "range" in meta:
             lo, hi = meta["range"]
             if isinstance(default, float):
@@ -101,6 +109,19 @@ def _expected(d: ParameterDescriptor) -> str:
     return text
 
 
+def proposed_node_config(node: Node, params: list[Parameter]) -> NodeConfig:
+    """The `NodeConfig` the node's parameters would give with `params` set.
+
+    Raises:
+        ConfigError: the result is not valid (a choice not in its list, a cross-field rule).
+    """
+    values = {name: node.get_parameter(name).value for name in parameter_defaults()}
+    for p in params:
+        if p.name in values and p.type_ != Parameter.Type.NOT_SET:
+            values[p.name] = p.value
+    return NodeConfig.from_mapping(unflatten(values))
+
+
 def validate_parameter_change(node: Node, params: list[Parameter]) -> SetParametersResult:
     """Accept a runtime parameter change only if the resulting `NodeConfig` is valid.
 
@@ -108,12 +129,8 @@ def validate_parameter_change(node: Node, params: list[Parameter]) -> SetParamet
     choices (``sync.mode``, ``keypoint_source``, ...) and the cross-field rules, so a bad value
     is refused with the reason instead of breaking the next configure.
     """
-    values = {name: node.get_parameter(name).value for name in parameter_defaults()}
-    for p in params:
-        if p.name in values and p.type_ != Parameter.Type.NOT_SET:
-            values[p.name] = p.value
     try:
-        NodeConfig.from_mapping(unflatten(values))
+        proposed_node_config(node, params)
     except ConfigError as err:
         return SetParametersResult(successful=False, reason=str(err))
     return SetParametersResult(successful=True)

@@ -1,5 +1,5 @@
 # Copyright 2026 dvc_perception authors. Licensed under the Apache License, Version 2.0.
-"""`perception_node`: camera topics in; object poses (with covariance), depth, diagnostics out.
+"""`perception_node`: camera topics in; poses, detections, object frames, depth, diagnostics out.
 
 A lifecycle node: *configure* reads the parameters and builds the `Pipeline`; *activate* creates
 the subscriptions, the publishers and the worker thread; *deactivate* stops the worker (within 2 s)
@@ -10,6 +10,17 @@ keep-latest, drops counted). The worker calls `handle_frame`, which is `process_
 conversion + pipeline, synchronous, raises on bad input) followed by `publish_outputs`. A bag
 replay calls the same two methods without the thread. Bad frames are counted on /diagnostics and
 warned about (throttled); the node keeps running.
+
+Outputs per processed frame (all with the input image's header): ``~/detections``
+(vision_msgs/Detection3DArray, every frame, empty when nothing is found), ``~/<object_id>/pose``
+(the best-scoring instance of each object found; nothing for an object not found), ``~/poses``,
+``~/markers``, object frames on ``/tf``. Where vision_msgs or tf2_msgs cannot be imported, the
+outputs that need them are off (logged once, listed on /diagnostics as ``outputs_off``).
+
+Parameters: ``live`` ones (thresholds, rates, ``publish_tf``, ``tf_prefix``; see
+`config.live_parameter_names`) are validated against the whole configuration and applied to the
+running node and pipeline by the set-parameters callback; the others are read at configure and
+refused with a reason while the node is configured.
 """
 
 from __future__ import annotations
@@ -21,28 +32,44 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseArray, PoseWithCovarianceStamped
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.parameter import Parameter
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import Header
 from visualization_msgs.msg import MarkerArray
 
-from dvc_perception.config import NodeConfig, PipelineConfig, check_params_file
+from dvc_perception.config import (
+    FiducialConfig,
+    NodeConfig,
+    PipelineConfig,
+    check_params_file,
+    flatten_dataclass,
+    live_parameter_names,
+)
 from dvc_perception.errors import ConfigError, DvcError, InputError
 from dvc_perception.geometry.camera import CameraModel
 from dvc_perception.pipeline.overlay import draw_overlay
 from dvc_perception.pipeline.pipeline import FrameResult, Pipeline, check_frame
 from dvc_perception.ros import convert
-from dvc_perception.ros.diagnostics import FrameStats, build_diagnostics
+from dvc_perception.ros.convert import ObjectBox
+from dvc_perception.ros.diagnostics import (
+    FrameStats,
+    build_diagnostics,
+    model_file_value,
+    source_engine_values,
+)
 from dvc_perception.ros.matcher import StampMatcher
 from dvc_perception.ros.params import (
     declare_node_parameters,
+    proposed_node_config,
     read_node_config,
-    validate_parameter_change,
 )
-from dvc_perception.ros.qos import input_qos, output_qos
+from dvc_perception.ros.qos import input_qos, output_qos, tf_qos
 from dvc_perception.ros.worker import KeepLatestWorker
 
 NODE_NAME = "perception_node"
@@ -65,6 +92,10 @@ class FrameOutputs:
         depth_msg: 32FC1 depth, None without depth.
         depth_info: camera_info of the depth, None without depth.
         timings: node-side durations [ms]: ``convert_ms`` (+ ``publish_ms`` once published).
+        detections: vision_msgs/Detection3DArray of every pose (empty when none); None where
+            vision_msgs cannot be imported.
+        transforms: tf2_msgs/TFMessage of every pose; None when there is no pose, TF is off
+            (``publish_tf``, no tf2_msgs) or the image has no frame_id.
     """
 
     header: Header
@@ -78,6 +109,8 @@ class FrameOutputs:
     depth_msg: Image | None
     depth_info: CameraInfo | None
     timings: dict[str, float] = field(default_factory=dict)
+    detections: Any = None
+    transforms: Any = None
 
 
 class PerceptionNode(LifecycleNode):
@@ -109,7 +142,7 @@ class PerceptionNode(LifecycleNode):
         except ConfigError:
             self.destroy_node()
             raise
-        self.add_on_set_parameters_callback(lambda params: validate_parameter_change(self, params))
+        self.add_on_set_parameters_callback(self._on_set_parameters)
         self.config: NodeConfig | None = None
         self.pipeline: Pipeline | None = None
         self.stats = FrameStats()
@@ -124,6 +157,12 @@ class PerceptionNode(LifecycleNode):
         self._camera_cache: tuple[tuple[Any, ...], CameraModel] | None = None
         self._last_warn: dict[str, float] = {}
         self._problems_reported = 0
+        self._tf_pub: Any = None
+        self._boxes: dict[str, ObjectBox] = {}
+        self._engine_values: dict[str, str] = {}
+        self.message_types, self.outputs_off = optional_output_types()
+        for topic, reason in self.outputs_off.items():  # once per node: not a per-frame warning
+            self.get_logger().warning(f"{topic} is off: {reason}")
         if self.get_parameter("autostart").value:
             self._autostart()
 
@@ -143,6 +182,8 @@ class PerceptionNode(LifecycleNode):
             matcher: StampMatcher[tuple[Any, float], CameraInfo] = StampMatcher(
                 config.sync.mode, config.sync.tolerance_s, config.sync.queue_size
             )
+            boxes, notes = object_boxes(pipeline)
+            engine_values = pipeline_engine_values(pipeline, config.pipeline)
         except DvcError as err:
             self.startup_error = f"configure: {err}"
             self.get_logger().error(self.startup_error)
@@ -153,6 +194,9 @@ class PerceptionNode(LifecycleNode):
             self.get_logger().error(f"{self.startup_error}\n{traceback.format_exc()}")
             return TransitionCallbackReturn.FAILURE
         self.config, self.pipeline, self._matcher = config, pipeline, matcher
+        self._boxes, self._engine_values = boxes, engine_values
+        for note in notes:
+            self.get_logger().info(note)
         if config.torch_threads > 0:
             import torch
 
@@ -179,6 +223,12 @@ class PerceptionNode(LifecycleNode):
             "overlay": self.create_publisher(Image, "~/overlay", out),
             "diagnostics": self.create_publisher(DiagnosticArray, "/diagnostics", out),
         }
+        detection_type = self.message_types.get("detections")
+        if detection_type is not None:
+            self._pubs["detections"] = self.create_publisher(detection_type, "~/detections", out)
+        tf_type = self.message_types.get("tf")
+        if tf_type is not None:  # publish_tf is live: the publisher exists while active
+            self._tf_pub = self.create_publisher(tf_type, "/tf", tf_qos())
         if self.pipeline.depth_source is not None:
             self._pubs["depth"] = self.create_publisher(Image, "~/depth", out)
             self._pubs["depth_info"] = self.create_publisher(
@@ -235,8 +285,10 @@ class PerceptionNode(LifecycleNode):
         for sub in self._subs:
             self.destroy_subscription(sub)
         self._subs = []
-        for pub in [*self._pubs.values(), *self._pose_pubs.values()]:
-            self.destroy_publisher(pub)
+        tf_pub, self._tf_pub = self._tf_pub, None
+        for pub in [*self._pubs.values(), *self._pose_pubs.values(), tf_pub]:
+            if pub is not None:
+                self.destroy_publisher(pub)
         self._pubs, self._pose_pubs = {}, {}
         if self._timer is not None:
             self.destroy_timer(self._timer)
@@ -292,6 +344,76 @@ class PerceptionNode(LifecycleNode):
         self.stats.error("pipeline", f"{type(err).__name__}: {err}")
         self._warn("worker", f"frame failed unexpectedly: {type(err).__name__}: {err}")
 
+    def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
+        """Validate a parameter change against the whole configuration; apply live ones.
+
+        Unconfigured: any valid value is accepted (configure reads it). Configured: a change
+        of a parameter that is not live is refused with the reason; live ones are applied to
+        the running node and pipeline before the change is accepted (the next frames obey).
+        """
+        try:
+            proposed = proposed_node_config(self, params)
+        except ConfigError as err:
+            return SetParametersResult(successful=False, reason=str(err))
+        config = self.config
+        if config is None:
+            return SetParametersResult(successful=True)
+        running, wanted = flatten_dataclass(config), flatten_dataclass(proposed)
+        changed = sorted(name for name in running if running[name] != wanted[name])
+        live = set(live_parameter_names())
+        fixed = [name for name in changed if name not in live]
+        if fixed:
+            return SetParametersResult(successful=False, reason=(
+                f"{', '.join(fixed)}: read at configure, cannot change while the node is "
+                "configured (deactivate and clean up the node, set it, configure again)"))
+        try:
+            self._apply_live(proposed, changed)
+        except ConfigError as err:
+            return SetParametersResult(successful=False, reason=str(err))
+        if changed:
+            self.get_logger().info(
+                "applied: " + ", ".join(f"{name}={wanted[name]!r}" for name in changed))
+        return SetParametersResult(successful=True)
+
+    def _apply_live(self, config: NodeConfig, changed: list[str]) -> None:
+        """Make the running node use `config` (only live fields differ from `self.config`).
+
+        Raises:
+            ConfigError: a change this node's keypoint source cannot take while running
+                (checked before anything is changed).
+        """
+        pipeline = self.pipeline
+        source_values = {"pipeline.network.min_objectness": config.pipeline.network.min_objectness,
+                         "pipeline.network.min_detection_score":
+                         config.pipeline.network.min_detection_score}
+        source = pipeline.keypoint_source if pipeline is not None else None
+        for name in source_values:
+            attribute = name.rsplit(".", 1)[1]
+            if name in changed and _writable(source, attribute) is False:
+                raise ConfigError(
+                    f"{name}: the running keypoint source ({type(source).__name__}) cannot "
+                    "change it live; set it while the node is unconfigured"
+                )
+        if pipeline is not None:
+            pipeline.config = config.pipeline  # min_score, pnp: read per frame by the pipeline
+            for name, value in source_values.items():
+                attribute = name.rsplit(".", 1)[1]
+                if name in changed and _writable(source, attribute):
+                    setattr(source, attribute, value)
+        old, self.config = self.config, config
+        matcher = self._matcher
+        if matcher is not None and old is not None and old.sync != config.sync:
+            fresh: StampMatcher[tuple[Any, float], CameraInfo] = StampMatcher(
+                config.sync.mode, config.sync.tolerance_s, config.sync.queue_size
+            )
+            matcher.reset()  # images still waiting are counted as dropped
+            fresh.counters = matcher.counters  # /diagnostics counters keep counting
+            self._matcher = fresh
+        if "diagnostics_period_s" in changed and self._timer is not None:
+            self.destroy_timer(self._timer)
+            self._timer = self.create_timer(config.diagnostics_period_s,
+                                            self.publish_diagnostics)
+
     def _warn(self, kind: str, message: str) -> None:
         """A warning at most once per `warn_throttle_s` per kind."""
         period = self.config.warn_throttle_s if self.config is not None else 5.0
@@ -330,15 +452,16 @@ class PerceptionNode(LifecycleNode):
         """The `CameraModel` of `info` (cached while camera_info does not change)."""
         if self.config is None:
             raise InputError("camera_model: the node is not configured")
+        rectified = self.config.pipeline.input_rectified  # live: part of the key
         key = (
             tuple(info.k), tuple(info.d), tuple(info.p), info.width, info.height,
             info.distortion_model, info.binning_x, info.binning_y, info.roi.x_offset,
-            info.roi.y_offset, info.roi.width, info.roi.height,
+            info.roi.y_offset, info.roi.width, info.roi.height, rectified,
         )
         cached = self._camera_cache
         if cached is not None and cached[0] == key:
             return cached[1]
-        camera = convert.camera_info_to_camera_model(info, self.config.pipeline.input_rectified)
+        camera = convert.camera_info_to_camera_model(info, rectified)
         self._camera_cache = (key, camera)
         return camera
 
@@ -350,7 +473,8 @@ class PerceptionNode(LifecycleNode):
         Raises:
             _FrameRejected: (an `InputError` subclass) with the kind of bad input.
         """
-        if self.pipeline is None or self.config is None:
+        config = self.config  # one snapshot per frame: live changes apply from the next frame
+        if self.pipeline is None or config is None:
             raise _FrameRejected("pipeline", InputError("the node is not configured"))
         t0 = time.perf_counter()
         try:
@@ -379,9 +503,13 @@ class PerceptionNode(LifecycleNode):
         pose_msgs = {p.object_id: convert.object_pose_to_msg(p, header)  # the best instance
                      for p in result.poses if p.instance == 0}
         pose_array = convert.poses_to_pose_array(result.poses, header)
-        markers = convert.poses_to_marker_array(
-            result.poses, header, self.config.marker_axis_length_m
-        )
+        markers = convert.poses_to_marker_array(result.poses, header, config.marker_axis_length_m)
+        detections = transforms = None
+        if "detections" in self.message_types:
+            detections = convert.poses_to_detection_array(result.poses, header, self._boxes)
+        if ("tf" in self.message_types and config.publish_tf and result.poses
+                and header.frame_id.strip()):
+            transforms = convert.poses_to_tf_message(result.poses, header, config.tf_prefix)
         depth_msg = depth_info = None
         if result.depth is not None:
             depth_msg = convert.depth_to_image_msg(result.depth, header)
@@ -390,7 +518,7 @@ class PerceptionNode(LifecycleNode):
         timings = {"convert_ms": 1e3 * ((t1 - t0) + (t3 - t2)), "pipeline_ms": 1e3 * (t2 - t1)}
         return FrameOutputs(
             header, result, rgb, camera, info, pose_msgs, pose_array, markers, depth_msg,
-            depth_info, timings,
+            depth_info, timings, detections=detections, transforms=transforms,
         )
 
     def publish_outputs(self, outputs: FrameOutputs) -> None:
@@ -405,6 +533,15 @@ class PerceptionNode(LifecycleNode):
                 pub.publish(msg)
         pubs["poses"].publish(outputs.pose_array)
         pubs["markers"].publish(outputs.markers)
+        if outputs.detections is not None and "detections" in pubs:
+            pubs["detections"].publish(outputs.detections)  # every frame, empty included
+        tf_pub = self._tf_pub
+        if outputs.transforms is not None and tf_pub is not None:
+            tf_pub.publish(outputs.transforms)
+        elif (tf_pub is not None and outputs.result.poses and self.config is not None
+              and self.config.publish_tf and not outputs.header.frame_id.strip()):
+            self._warn("tf", "object frames not sent on /tf: the image's header.frame_id is "
+                       "empty (no parent frame); set the camera driver's frame_id")
         if outputs.depth_msg is not None and "depth" in pubs:
             pubs["depth"].publish(outputs.depth_msg)
             pubs["depth_info"].publish(outputs.depth_info)
@@ -435,7 +572,9 @@ class PerceptionNode(LifecycleNode):
         worker = self._worker
         values["dropped.worker"] = worker.dropped if worker is not None else 0
         values["backend"] = self.pipeline.backend if self.pipeline is not None else "none"
-        values["precision"] = "float64 (CPU)"
+        values.update(self._engine_values)
+        values["outputs_off"] = "; ".join(
+            f"{topic} ({reason})" for topic, reason in self.outputs_off.items()) or "none"
         return values
 
     def publish_diagnostics(self) -> None:
@@ -468,6 +607,125 @@ class _FrameRejected(InputError):
         super().__init__(f"{kind}: {error}")
         self.kind = kind
         self.error = error
+
+
+def _writable(obj: Any, attribute: str) -> bool | None:
+    """Whether `obj.attribute` can be assigned (None: `obj` has no such attribute).
+
+    False for a property without a setter (e.g. `TwoStageKeypointSource.min_detection_score`).
+    """
+    if obj is None or not hasattr(obj, attribute):
+        return None
+    prop = getattr(type(obj), attribute, None)
+    return not (isinstance(prop, property) and prop.fset is None)
+
+
+def optional_output_types() -> tuple[dict[str, type], dict[str, str]]:
+    """Message types of the outputs whose packages a robot may lack, and why any is off.
+
+    Returns:
+        (``{"detections": Detection3DArray, "tf": TFMessage}`` for the importable ones,
+        ``{topic: reason}`` for the others).
+    """
+    types: dict[str, type] = {}
+    off: dict[str, str] = {}
+    try:
+        from vision_msgs.msg import Detection3DArray
+
+        types["detections"] = Detection3DArray
+    except ImportError as err:
+        off["~/detections"] = (f"vision_msgs cannot be imported ({err}); install "
+                               "ros-$ROS_DISTRO-vision-msgs")
+    try:
+        from tf2_msgs.msg import TFMessage
+
+        types["tf"] = TFMessage
+    except ImportError as err:
+        off["/tf"] = f"tf2_msgs cannot be imported ({err}); install ros-$ROS_DISTRO-tf2-msgs"
+    return types, off
+
+
+def board_box(config: FiducialConfig) -> ObjectBox:
+    """The printed pattern of a calibration board as a box in the board frame (z = 0).
+
+    Chessboard: origin at the first inner corner, one square beyond the inner corners on every
+    side; ChArUco: origin at a pattern corner, ``cols x rows`` squares; ArUco grid: origin at
+    a pattern corner, markers and the gaps between them (`demo.boards` renders the same).
+    """
+    sq, m, gap = config.square_size_m, config.marker_size_m, config.marker_separation_m
+    if config.board_type == "chessboard":
+        lo, hi = (-sq, -sq), (config.cols * sq, config.rows * sq)
+    elif config.board_type == "charuco":
+        lo, hi = (0.0, 0.0), (config.cols * sq, config.rows * sq)
+    else:
+        lo, hi = (0.0, 0.0), (config.cols * m + (config.cols - 1) * gap,
+                              config.rows * m + (config.rows - 1) * gap)
+    corners = np.array([[lo[0], lo[1], 0.0], [hi[0], hi[1], 0.0]])
+    return ObjectBox.from_points(corners, f"{config.board_type} layout")
+
+
+def object_boxes(pipeline: Pipeline) -> tuple[dict[str, ObjectBox], list[str]]:
+    """The bounding box of every object the pipeline reports (for ``~/detections``).
+
+    Per object id, the first that exists: the board layout (fiducial source); the mesh of the
+    shipped object description ``config/objects/<id>.yaml`` (its vertices' box); the model's
+    3D keypoints (network sources; smaller than the object: keypoints lie on its surface); a
+    zero-size box at the object origin.
+
+    Returns:
+        (boxes by object id, one log line per object whose box is not from a mesh or board).
+    """
+    from dvc_perception.pipeline.fiducial import FiducialSource
+    from dvc_perception.render.objects import find_object_yaml, load_object
+
+    source = pipeline.keypoint_source
+    boxes: dict[str, ObjectBox] = {}
+    notes: list[str] = []
+    for object_id in pipeline.object_ids:
+        if isinstance(source, FiducialSource):
+            boxes[object_id] = board_box(source.config)
+            continue
+        try:
+            description = load_object(find_object_yaml(object_id))
+            vertices = description.mesh.vertices.detach().cpu().double().numpy()
+            boxes[object_id] = ObjectBox.from_points(vertices, str(description.mesh_path))
+            continue
+        except DvcError as err:
+            why = " ".join(str(err).split())
+        points = getattr(source, "points_obj", {}).get(object_id)
+        if points is not None:
+            boxes[object_id] = ObjectBox.from_points(points, "3D keypoints")
+            notes.append(f"~/detections: bbox of {object_id!r} from its 3D keypoints (no "
+                         f"object mesh: {why})")
+        else:
+            boxes[object_id] = ObjectBox(np.zeros(3), np.zeros(3), "unknown")
+            notes.append(f"~/detections: bbox of {object_id!r} has size 0 (no object mesh: "
+                         f"{why}; the source gives no 3D keypoints)")
+    return boxes, notes
+
+
+def pipeline_engine_values(pipeline: Pipeline, config: PipelineConfig) -> dict[str, str]:
+    """/diagnostics entries of what runs: engines (backend, device, precision) and models.
+
+    ``keypoints.*`` and ``depth.*`` come from the engine objects (``auto`` shows the backend it
+    resolved to); ``model.*`` name each model file in use with a short sha256; ``pnp`` is the
+    pose solver's (float64 on the CPU, whatever the network runs on).
+    """
+    values = source_engine_values("keypoints", pipeline.keypoint_source)
+    if pipeline.depth_source is not None:
+        values.update(source_engine_values("depth", pipeline.depth_source))
+    net = config.network
+    if config.keypoint_source == "network":
+        values["model.keypoints"] = model_file_value(net.model_path)
+        if net.detector_model_path:
+            values["model.detector"] = model_file_value(net.detector_model_path)
+    if config.depth_source == "network" and pipeline.depth_source is not None:
+        values["model.depth"] = model_file_value(net.depth_model_path)
+    values["pnp"] = "float64 on cpu"
+    values["precision"] = "; ".join(
+        f"{role} {values[role + '.precision']}" for role in ("keypoints", "depth")
+        if role + ".precision" in values) + "; pnp float64"
+    return values
 
 
 def _drop_total(matcher: StampMatcher[Any, Any]) -> int:

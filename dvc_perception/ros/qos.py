@@ -38,3 +38,13 @@ def output_qos() -> QoSProfile:
         reliability=ReliabilityPolicy.RELIABLE,
         durability=DurabilityPolicy.VOLATILE,
     )
+
+
+def tf_qos() -> QoSProfile:
+    """/tf: what tf2_ros's TransformBroadcaster uses (RELIABLE, VOLATILE, KEEP_LAST 100)."""
+    return QoSProfile(
+        history=HistoryPolicy.KEEP_LAST,
+        depth=100,
+        reliability=ReliabilityPolicy.RELIABLE,
+        durability=DurabilityPolicy.VOLATILE,
+    )

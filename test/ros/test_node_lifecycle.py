@@ -204,7 +204,7 @@ def test_process_frame_is_synchronous_and_keeps_the_header_compressed(ctx):
         assert not node.handle_frame(msg, _info(w=32), time.monotonic())
         assert node.diagnostics_values()["errors.size_mismatch"] == 1
         raw = rgb_to_image_msg(rgb, Header(frame_id="cam"))
-        raw.encoding = "yuv422"
+        raw.encoding = "16UC1"  # a depth encoding, not a colour image
         assert not node.handle_frame(raw, _info(), time.monotonic())
         assert node.diagnostics_values()["errors.image"] == 1
     finally:

@@ -1,0 +1,138 @@
+# Copyright 2026 dvc_perception authors. Licensed under the Apache License, Version 2.0.
+"""README "Running the node": its topic table equals what the node creates. The table is parsed;
+the node (real rclpy, private Context, a depth source plugged in so every output exists) is
+asked through the ROS graph for its publishers and subscriptions (names, types, reliability,
+durability) and through rclpy's own endpoint objects for history depth (DDS discovery does not
+carry it)."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rclpy
+from rclpy.context import Context
+from rclpy.parameter import Parameter
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, ReliabilityPolicy
+
+from dvc_perception.pipeline.pipeline import Pipeline, make_keypoint_source
+from dvc_perception.ros.perception_node import PerceptionNode
+
+pytest.importorskip("vision_msgs.msg", reason="vision_msgs is not built here")
+pytest.importorskip("tf2_msgs.msg", reason="tf2_msgs is not built here")
+
+pytestmark = pytest.mark.ros
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+#: What rclpy and the lifecycle machinery publish on every node (listed under the table).
+ROS_OWN = ("/rosout", "/parameter_events", "~/transition_event")
+_QOS = re.compile(r"^(reliable|best effort), (volatile|transient local), keep last (\d+)")
+
+
+class _Plane:
+    """A depth source (a plane at 2 m), so the node creates its depth outputs."""
+
+    backend = "test:plane"
+
+    def estimate(self, image_rgb: np.ndarray, K: np.ndarray) -> np.ndarray:
+        return np.full(image_rgb.shape[:2], 2.0, np.float32)
+
+
+def readme_topics() -> list[dict[str, str]]:
+    """The rows of the README's topic table (keys: the header cells)."""
+    text = README.read_text()
+    section = text[text.index("## Running the node"):]
+    section = section[:section.index("\n## ", 1)]
+    lines = [line.strip() for line in section.splitlines()]
+    start = next(i for i, line in enumerate(lines) if line.startswith("| topic | direction"))
+    header = [c.strip() for c in lines[start].strip("|").split("|")]
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert len(cells) == len(header), line
+        rows.append(dict(zip(header, cells)))
+    return rows
+
+
+def _name(cell: str, node_name: str, object_id: str = "") -> str:
+    topic = cell.strip("`").replace("<object_id>", object_id)
+    return f"/{node_name}/{topic[2:]}" if topic.startswith("~/") else "/" + topic.lstrip("/")
+
+
+@pytest.fixture
+def ctx() -> Iterator[Context]:
+    context = Context()
+    rclpy.init(context=context)
+    yield context
+    rclpy.shutdown(context=context)
+
+
+def _graph(node, query, expected: int) -> dict[str, list[str]]:
+    """`query(<node name>, "/")` as a dict, waiting (bounded) until `expected` entries exist."""
+    deadline = time.monotonic() + 10.0
+    while True:
+        found = dict(query(node.get_name(), "/"))
+        if len(found) >= expected or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("transport", ["raw", "compressed"])
+def test_readme_topic_table_matches_the_node(ctx, transport):
+    # a name of its own: a node of another test (same name, another participant) can linger in
+    # the DDS graph until its lease ends, and graph queries by name would find it
+    name = f"readme_{transport}_node"
+    node = PerceptionNode(
+        name, context=ctx,
+        pipeline_factory=lambda c: Pipeline(c, make_keypoint_source(c), _Plane()),
+        parameter_overrides=[Parameter("torch_threads", value=0),
+                             Parameter("image_transport", value=transport)],
+    )
+    try:
+        assert not node.startup_error, node.startup_error
+        rows = readme_topics()
+        [object_id] = node.pipeline.object_ids
+        outs = {_name(r["topic"], name, object_id): r for r in rows if r["direction"] == "out"}
+        ins = {_name(r["topic"], name): r for r in rows if r["direction"] == "in"}
+        ros_own = {_name(topic, name) for topic in ROS_OWN}
+        assert len(outs) + len(ins) == len(rows), "direction must be in or out"
+
+        published = _graph(node, node.get_publisher_names_and_types_by_node,
+                           len(outs) + len(ros_own))
+        mine = {topic: types for topic, types in published.items() if topic not in ros_own}
+        assert set(mine) == set(outs), published
+        own_pubs = {p.topic_name: p for p in node.publishers}
+        for topic, row in outs.items():
+            assert mine[topic] == [row["type"].strip("`")], topic
+            qos = _QOS.match(row["QoS"])
+            assert qos, f"{topic}: QoS cell {row['QoS']!r}"
+            [endpoint] = [e for e in node.get_publishers_info_by_topic(topic)
+                          if e.node_name == name]
+            reliability = {"reliable": ReliabilityPolicy.RELIABLE,
+                           "best effort": ReliabilityPolicy.BEST_EFFORT}[qos.group(1)]
+            durability = {"volatile": DurabilityPolicy.VOLATILE,
+                          "transient local": DurabilityPolicy.TRANSIENT_LOCAL}[qos.group(2)]
+            assert endpoint.qos_profile.reliability == reliability, topic
+            assert endpoint.qos_profile.durability == durability, topic
+            profile = own_pubs[topic].qos_profile
+            assert profile.history == HistoryPolicy.KEEP_LAST, topic
+            assert profile.depth == int(qos.group(3)), topic
+
+        expected_ins = {topic for topic, row in ins.items()
+                        if row["when"] in ("always", f"`image_transport: {transport}`")}
+        subscribed = _graph(node, node.get_subscriber_names_and_types_by_node, len(expected_ins))
+        assert set(subscribed) == expected_ins
+        for topic in expected_ins:
+            assert subscribed[topic] == [ins[topic]["type"].strip("`")], topic
+            [endpoint] = [e for e in node.get_subscriptions_info_by_topic(topic)
+                          if e.node_name == name]
+            assert endpoint.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT
+            assert ins[topic]["QoS"].startswith(("sensor data (best effort", "as `image`"))
+    finally:
+        node.destroy_node()
