@@ -335,8 +335,12 @@ class TwoStageKeypointSource(_ModelBackedSource):
 
     @property
     def min_detection_score(self) -> float:
-        """Detections with a lower centre score are not cropped."""
+        """Detections with a lower centre score are not cropped (settable while running)."""
         return self._detector.min_detection_score
+
+    @min_detection_score.setter
+    def min_detection_score(self, value: float) -> None:
+        self._detector.min_detection_score = float(value)
 
     def detect_boxes(self, image_rgb: np.ndarray) -> list[BoxDetection]:
         """Every detected instance: class index, score, box ``(x, y, w, h)`` in image px."""

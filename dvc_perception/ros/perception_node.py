@@ -612,7 +612,7 @@ class _FrameRejected(InputError):
 def _writable(obj: Any, attribute: str) -> bool | None:
     """Whether `obj.attribute` can be assigned (None: `obj` has no such attribute).
 
-    False for a property without a setter (e.g. `TwoStageKeypointSource.min_detection_score`).
+    False for a property without a setter.
     """
     if obj is None or not hasattr(obj, attribute):
         return None

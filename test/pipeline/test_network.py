@@ -330,3 +330,15 @@ def test_two_stage_source_checks_each_model(models, zoom_kp_model, detector_mode
         TwoStageKeypointSource(detector_model, depth_path)
     with pytest.raises(ModelSpecError, match="zoom crops"):  # trained on whole frames
         TwoStageKeypointSource(detector_model, kp_path)
+
+
+def test_two_stage_detection_threshold_changes_while_running(detector_model, zoom_kp_model):
+    from dvc_perception.pipeline.network import TwoStageKeypointSource
+
+    source = TwoStageKeypointSource(detector_model, zoom_kp_model, min_detection_score=0.0)
+    image = np.random.default_rng(0).integers(0, 255, (240, 320, 3), dtype=np.uint8)
+    everything = source.detect_boxes(image)
+    assert everything  # at threshold 0 the untrained detector fires somewhere
+    source.min_detection_score = 1.01  # what a live parameter change does
+    assert source.min_detection_score == pytest.approx(1.01)
+    assert source.detect_boxes(image) == []
