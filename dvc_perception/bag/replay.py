@@ -423,6 +423,10 @@ def _replay_frame(
         writer.write_message(f"{fqn}/{object_id}/pose", msg, record_ns)
     writer.write_message(f"{fqn}/poses", out.pose_array, record_ns)
     writer.write_message(f"{fqn}/markers", out.markers, record_ns)
+    if out.detections is not None:  # every frame, empty when nothing is found (as live)
+        writer.write_message(f"{fqn}/detections", out.detections, record_ns)
+    if out.transforms is not None:
+        writer.write_message("/tf", out.transforms, record_ns)
     if out.depth_msg is not None:
         writer.write_message(f"{fqn}/depth", out.depth_msg, record_ns)
         writer.write_message(f"{fqn}/depth/camera_info", out.depth_info, record_ns)

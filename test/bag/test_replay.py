@@ -91,6 +91,18 @@ def test_replay_one_output_per_frame_and_poses_match_ground_truth(tmp_path, stor
         assert np.degrees(Rotation.from_matrix(R_est @ R.T).magnitude()) < 2.0
         cov = np.reshape(msg.pose.covariance, (6, 6))
         assert np.all(np.linalg.eigvalsh(cov) > 0)
+    # the node's Detection3DArray and /tf outputs are in the bag too, one per frame, as live
+    from tf2_msgs.msg import TFMessage
+    from vision_msgs.msg import Detection3DArray
+
+    detections = _read(tmp_path / "out", "/perception_node/detections", Detection3DArray)
+    transforms = _read(tmp_path / "out", "/tf", TFMessage)
+    assert [d.header for d in detections] == headers
+    for det, msg in zip(detections, board):
+        assert [d.results[0].hypothesis.class_id for d in det.detections] == ["board"]
+        assert det.detections[0].results[0].pose == msg.pose
+    assert len(transforms) == len(poses)
+    assert all(tf.transforms[0].header == h for tf, h in zip(transforms, headers))
 
 
 def test_two_replays_decode_identically(tmp_path):
