@@ -261,7 +261,7 @@ class PipelineConfig:
         "fiducial", "fiducial (calibration board via OpenCV) or network", choices=KEYPOINT_SOURCES
     )
     depth_source: str = _f(
-        "none", "none (no ~/depth, ~/points) or network", choices=DEPTH_SOURCES
+        "none", "none (no ~/depth/image_raw, ~/points) or network", choices=DEPTH_SOURCES
     )
     input_rectified: bool = _f(
         False,
@@ -366,6 +366,15 @@ class NodeConfig:
     tf_prefix: str = _f(
         "", "prefix of the object frames on /tf (e.g. robot1/); empty: none", live=True
     )
+    output_frame: str = _f(
+        "", "frame the poses, covariances, detections, markers and object frames are expressed "
+        "in (e.g. base_link), from /tf and /tf_static at the image stamp; a frame without that "
+        "transform is dropped and counted (errors.output_frame); empty: the image's frame_id"
+    )
+    tf_timeout_s: float = _f(
+        0.2, "with output_frame: how long a frame waits for /tf to reach its stamp [s]",
+        range=(0.0, 10.0), live=True,
+    )
     sync: SyncConfig = field(default_factory=SyncConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
 
@@ -375,6 +384,11 @@ class NodeConfig:
             raise ConfigError(
                 "tf_prefix: expected empty or a TF frame prefix (letters, digits, _ . / -, not "
                 f"starting with '/'), got {self.tf_prefix!r}"
+            )
+        if not TF_PREFIX_PATTERN.match(self.output_frame) or self.output_frame.endswith("/"):
+            raise ConfigError(
+                "output_frame: expected empty or a TF frame name (letters, digits, _ . / -, not "
+                f"starting or ending with '/'), got {self.output_frame!r}"
             )
 
     @classmethod

@@ -1,17 +1,22 @@
 # Copyright 2026 dvc_perception authors. Licensed under the Apache License, Version 2.0.
 """Score a replayed bag against the ground truth in the input bag.
 
-Ground truth: ``/ground_truth/<object_id>/pose`` (PoseStamped) and, when present,
-``/camera/depth/ground_truth`` (32FC1), as written by `dvc-perception synth --bag` and `bop2bag`.
-Estimates: ``<node>/<object_id>/pose`` (PoseWithCovarianceStamped), ``<node>/depth``, and the
-replay's ``<node>/frame_timings`` / ``<node>/frame_errors``. Frames are matched by header stamp;
-when fewer than `DEFAULT_MIN_GT_MATCH` of the output frames (``<node>/poses`` and
+Ground truth: ``/ground_truth/<object_id>/pose`` (PoseStamped) and/or a depth topic
+(``/camera/depth/ground_truth`` by default; 32FC1 m or 16UC1 mm, REP 118), as written by
+`dvc-perception synth --bag` and `bop2bag`, or a real RGB-D recording's depth registered to the
+colour camera. A bag with depth and no pose ground truth is scored on depth alone (no objects).
+Estimates: ``<node>/<object_id>/pose`` (PoseWithCovarianceStamped), ``<node>/depth/image_raw``,
+and the replay's ``<node>/frame_timings`` / ``<node>/frame_errors``. Frames are matched by
+header stamp; when fewer than `DEFAULT_MIN_GT_MATCH` of the output frames (``<node>/poses`` and
 ``<node>/frame_errors`` messages) have a ground-truth stamp, the bags do not belong together and
 evaluation refuses (``min_gt_match`` lowers the bar).
 
 Per object: ADD, or ADD-S for objects with symmetries in their description YAML (Hinterstoisser
 et al. 2012), recall at 0.1 diameter with missed detections counted as failures, and rotation /
-translation error distributions of the detections. Depth: AbsRel, RMSE, delta < 1.25.
+translation error distributions of the detections. Depth, over the ground truth's valid pixels
+(finite, > 0) where the prediction is finite, pooled over frames: AbsRel, RMSE, delta < 1.25,
+AbsRel after per-frame median scaling (monocular models), and the density = scored pixels /
+ground-truth valid pixels, where output frames without a depth image count as predicting none.
 """
 
 from __future__ import annotations
@@ -81,6 +86,8 @@ class EvalResult:
     frames: int
     frames_with_errors: int
     objects: dict[str, ObjectEval]
+    #: abs_rel, rmse_m, delta_1_25, abs_rel_median_scaled, density, frames, pixels, ...; None
+    #: without depth ground truth or predictions
     depth: dict[str, float] | None
     depth_samples: list[tuple[int, np.ndarray, np.ndarray]]
     latency_ms: dict[str, list[float]]
@@ -112,10 +119,14 @@ def _stamp_ns(stamp: Any) -> int:
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
-def _image_to_depth(msg: Any) -> np.ndarray:
-    if msg.encoding != "32FC1":
-        raise BagError(f"depth image encoding {msg.encoding!r}; expected 32FC1 (REP 118)")
-    return np.frombuffer(bytes(msg.data), dtype=np.float32).reshape(msg.height, msg.width)
+def _image_to_depth(msg: Any, bag: str | Path, topic: str) -> np.ndarray:
+    from dvc_perception.errors import InputError
+    from dvc_perception.ros.convert import depth_image_msg_to_array
+
+    try:
+        return depth_image_msg_to_array(msg)
+    except InputError as err:
+        raise BagError(f"{bag}: {topic} at stamp {_stamp_ns(msg.header.stamp)} ns: {err}") from err
 
 
 def _object_model(object_id: str, data_root: str | Path | None) -> tuple[Any, float, bool] | None:
@@ -152,16 +163,20 @@ def evaluate_bag(
 
     Args:
         output_bag: the replay's output bag.
-        gt_bag: the input bag with ``/ground_truth/...`` topics.
+        gt_bag: the input bag with ``/ground_truth/...`` topics and/or `gt_depth_topic`.
         node_name: fully qualified node name the outputs were published under.
         data_root: root of object meshes referenced by ``${DVC_SHARED_DATA}`` in object YAMLs.
-        gt_depth_topic: ground-truth depth topic (32FC1) in `gt_bag`.
+        gt_depth_topic: ground-truth depth topic in `gt_bag` (32FC1 m or 16UC1 mm), registered
+            to the camera: the size and ``frame_id`` of the images the node saw.
         max_depth_samples: depth frames kept for the report's error maps.
         min_gt_match: fraction of the output frames that must have a ground-truth stamp.
 
     Raises:
-        BagError: unreadable bags, `gt_bag` has no ground-truth pose topics, `output_bag` has
-            no frames of `node_name`, or fewer than `min_gt_match` of them match ground truth.
+        BagError: unreadable bags, `gt_bag` has neither ground-truth pose topics nor
+            `gt_depth_topic`, only depth ground truth and `output_bag` no depth, `output_bag`
+            has no frames of `node_name`, or fewer than `min_gt_match` of them match ground
+            truth; depth ground truth that is not registered to the predicted depth (another
+            size or ``frame_id``) or not a depth encoding.
     """
     from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
     from sensor_msgs.msg import Image
@@ -169,7 +184,6 @@ def evaluate_bag(
     from dvc_perception.geometry.metrics import (
         add_error,
         adds_error,
-        depth_metrics,
         rotation_error_deg,
         translation_error,
     )
@@ -183,9 +197,9 @@ def evaluate_bag(
             if t.startswith(GROUND_TRUTH_PREFIX) and t.endswith("/pose")
             and info.msgtype == "geometry_msgs/msg/PoseStamped"
         )  # fmt: skip
-        if not pose_topics:
-            raise BagError(f"{gt_bag} has no {GROUND_TRUTH_PREFIX}<object_id>/pose topics to "
-                           "evaluate with")
+        if not pose_topics and gt_depth_topic not in gt_topics:
+            raise BagError(f"{gt_bag} has no {GROUND_TRUTH_PREFIX}<object_id>/pose topics and "
+                           f"no depth ground truth {gt_depth_topic} to evaluate with")
         gt_poses: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
         for topic in pose_topics:
             object_id = topic[len(GROUND_TRUTH_PREFIX) : -len("/pose")]
@@ -195,18 +209,22 @@ def evaluate_bag(
                 for msg in [deserialize(m, PoseStamped, bag=gt_bag)]
             }
         gt_depth: dict[int, np.ndarray] = {}
+        gt_depth_frames: dict[int, str] = {}
         if gt_depth_topic in gt_topics:
             for m in gt_reader.messages([gt_depth_topic]):
                 msg = deserialize(m, Image, bag=gt_bag)
-                gt_depth[_stamp_ns(msg.header.stamp)] = _image_to_depth(msg)
+                stamp = _stamp_ns(msg.header.stamp)
+                gt_depth[stamp] = _image_to_depth(msg, gt_bag, gt_depth_topic)
+                gt_depth_frames[stamp] = msg.header.frame_id
 
     with BagReader(output_bag) as out_reader:
         out_topics = out_reader.topics()
         frames = out_topics.get(f"{node}/poses")
         errors = out_topics.get(f"{node}/frame_errors")
         gt_stamps = {s for gts in gt_poses.values() for s in gts} | set(gt_depth)
-        matched = _check_gt_match(_output_frame_stamps(out_reader, node), gt_stamps,
-                                  min_gt_match, (output_bag, gt_bag))  # fmt: skip
+        out_stamps = _output_frame_stamps(out_reader, node)
+        matched = _check_gt_match(out_stamps, gt_stamps, min_gt_match,
+                                  (output_bag, gt_bag))  # fmt: skip
         est: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
         for object_id in gt_poses:
             topic = f"{node}/{object_id}/pose"
@@ -223,10 +241,25 @@ def evaluate_bag(
                 for kv in deserialize(m, DiagnosticArray, bag=output_bag).status[0].values:
                     latency.setdefault(kv.key, []).append(float(kv.value))
         depth_preds: dict[int, np.ndarray] = {}
-        if gt_depth and f"{node}/depth" in out_topics:
-            for m in out_reader.messages([f"{node}/depth"]):
+        depth_topic = f"{node}/depth/image_raw"
+        if gt_depth and depth_topic not in out_topics and f"{node}/depth" in out_topics:
+            raise BagError(f"{output_bag} has {node}/depth, the name before {depth_topic}: "
+                           "replay the input bag again to score depth")
+        if gt_depth and not gt_poses and depth_topic not in out_topics:
+            raise BagError(
+                f"{gt_bag} has only depth ground truth ({gt_depth_topic}) and {output_bag} has "
+                f"no {depth_topic} to score: replay with a depth source "
+                "(--param pipeline.depth_source:=network)"
+            )
+        if gt_depth and depth_topic in out_topics:
+            for m in out_reader.messages([depth_topic]):
                 msg = deserialize(m, Image, bag=output_bag)
-                depth_preds[_stamp_ns(msg.header.stamp)] = _image_to_depth(msg)
+                stamp = _stamp_ns(msg.header.stamp)
+                depth_preds[stamp] = _image_to_depth(msg, output_bag, depth_topic)
+                if stamp in gt_depth:
+                    _check_registered(gt_depth[stamp], gt_depth_frames[stamp],
+                                      depth_preds[stamp], msg.header.frame_id, stamp,
+                                      gt_depth_topic)  # fmt: skip
 
     objects: dict[str, ObjectEval] = {}
     for object_id, gts in gt_poses.items():
@@ -257,10 +290,13 @@ def evaluate_bag(
     samples: list[tuple[int, np.ndarray, np.ndarray]] = []
     common = sorted(set(depth_preds) & set(gt_depth))
     if common:
-        preds = np.stack([depth_preds[s] for s in common])
-        gts_d = np.stack([gt_depth[s] for s in common])
-        depth_summary = {k: float(v) for k, v in depth_metrics(preds, gts_d).items()}
-        depth_summary["frames"] = len(common)
+        # output frames with depth ground truth but no depth image (frame errors) predict no
+        # pixel: they lower the density, not the errors
+        unpredicted = (set(out_stamps) & set(gt_depth)) - set(depth_preds)
+        depth_summary = _depth_summary(
+            np.stack([depth_preds[s] for s in common]), np.stack([gt_depth[s] for s in common]),
+            [gt_depth[s] for s in sorted(unpredicted)],
+        )
         step = max(1, len(common) // max(1, max_depth_samples))
         samples = [(s, depth_preds[s], gt_depth[s]) for s in common[::step][:max_depth_samples]]
     n_frames = (frames.count if frames else 0) + (errors.count if errors else 0)
@@ -273,6 +309,43 @@ def evaluate_bag(
         latency_ms=latency,
         frames_matched_gt=matched,
     )
+
+
+def _depth_summary(
+    preds: np.ndarray, gts: np.ndarray, unpredicted_gts: list[np.ndarray]
+) -> dict[str, float]:
+    """Pooled depth metrics of (F, H, W) predictions against their ground truth [m].
+
+    `unpredicted_gts`: ground truth of output frames without a depth image (density only).
+    """
+    from dvc_perception.geometry.metrics import depth_metrics, median_scale_depth
+
+    m = depth_metrics(preds, gts)
+    scaled = depth_metrics(median_scale_depth(preds, gts), gts)
+    n_gt = m["n_gt"] + sum(int(np.sum(np.isfinite(g) & (g > 0))) for g in unpredicted_gts)
+    return {
+        "abs_rel": float(m["abs_rel"]),
+        "rmse_m": float(m["rmse"]),
+        "delta_1_25": float(m["delta_1_25"]),
+        "abs_rel_median_scaled": float(scaled["abs_rel"]),
+        "density": m["n"] / n_gt if n_gt else float("nan"),
+        "frames": len(preds),
+        "frames_without_depth": len(unpredicted_gts),
+        "pixels": int(m["n"]),
+        "pixels_gt": n_gt,
+    }
+
+
+def _check_registered(gt: np.ndarray, gt_frame: str, pred: np.ndarray, pred_frame: str,
+                      stamp: int, topic: str) -> None:  # fmt: skip
+    """Raise `BagError` unless ground truth and prediction share the image grid and frame."""
+    if gt.shape != pred.shape or (gt_frame and pred_frame and gt_frame != pred_frame):
+        raise BagError(
+            f"depth ground truth {topic} at stamp {stamp} ns is {gt.shape[1]}x{gt.shape[0]} "
+            f"in frame {gt_frame!r}, the predicted depth {pred.shape[1]}x{pred.shape[0]} in "
+            f"frame {pred_frame!r}: ground truth must be registered to the camera image (e.g. "
+            "a driver's aligned_depth_to_color topic)"
+        )
 
 
 def _output_frame_stamps(reader: BagReader, node: str) -> list[int]:
@@ -328,8 +401,9 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     if summary.get("depth"):
         d = summary["depth"]
         lines.append(
-            f"depth: AbsRel {d['abs_rel']:.4f}, RMSE {d['rmse']:.4f} m, "
-            f"delta<1.25 {100 * d['delta_1_25']:.1f} % over {d['frames']} frames"
+            f"depth: AbsRel {d['abs_rel']:.4f} (median-scaled {d['abs_rel_median_scaled']:.4f}), "
+            f"RMSE {d['rmse_m']:.4f} m, delta<1.25 {100 * d['delta_1_25']:.1f} %, density "
+            f"{100 * d['density']:.1f} % over {d['frames']} frames"
         )
     for stage, s in summary.get("latency_ms", {}).items():
         lines.append(f"latency {stage}: p50 {s['p50']:.1f} ms, p95 {s['p95']:.1f} ms")

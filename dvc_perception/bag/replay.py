@@ -284,12 +284,44 @@ def replay_bag(
         compressed = topics[image_topic].msgtype == COMPRESSED_IMAGE_TYPE
         with _replay_node(params_file, parameters, compressed) as node:
             index = _read_camera_infos(reader, camera_info_topic, node.config.sync, summary, log)
+            if node.tf_buffer is not None:  # output_frame: every /tf and /tf_static first
+                node.tf_buffer = _read_transforms(reader, log)
             copy = sorted(topics) if copy_inputs else []
             with AtomicBagWriter(output_bag, storage, overwrite=overwrite) as writer:
                 bar = _Progress(topics[image_topic].count, progress, on_frame)
                 _replay_images(reader, writer, node, index, summary, copy, bar)
     summary.wall_s = time.perf_counter() - t_start
     return summary
+
+
+def _read_transforms(reader: BagReader, log: Callable[[str], None] | None) -> Any:
+    """A `TransformBuffer` with every transform of the bag's /tf and /tf_static.
+
+    No cache limit: a frame then finds the samples on both sides of its stamp, as the live node
+    does by waiting. Messages that do not deserialize and unusable transforms are skipped.
+    """
+    from dvc_perception.ros.tf_buffer import TransformBuffer
+
+    buffer = TransformBuffer(cache_s=None)
+    topics = reader.topics()
+    found = [t for t in ("/tf_static", "/tf") if t in topics]
+    if found:
+        from tf2_msgs.msg import TFMessage
+
+        bad = 0
+        for k, m in enumerate(reader.messages(found)):
+            try:
+                msg = deserialize(m, TFMessage, k)
+            except BagError:
+                bad += 1
+                continue
+            bad += buffer.add_message(msg, static=m.topic == "/tf_static")
+        if bad and log is not None:
+            log(f"replay: skipped {bad} unusable transforms of {' and '.join(found)}")
+    elif log is not None:
+        log("replay: output_frame is set but the bag has no /tf or /tf_static: every frame "
+            "will be an error record")
+    return buffer
 
 
 def _read_camera_infos(
@@ -410,7 +442,7 @@ def _replay_frame(
                      f"no camera_info matches this image (sync.mode {mode})", summary)  # fmt: skip
         return
     try:
-        out = node.process_frame(image, info)
+        out = node.process_frame(image, info, tf_timeout_s=0.0)
     except DvcError as err:
         kind = getattr(err, "kind", type(err).__name__)
         _write_error(writer, fqn, image.header, record_ns, kind, str(err), summary)
@@ -428,7 +460,7 @@ def _replay_frame(
     if out.transforms is not None:
         writer.write_message("/tf", out.transforms, record_ns)
     if out.depth_msg is not None:
-        writer.write_message(f"{fqn}/depth", out.depth_msg, record_ns)
+        writer.write_message(f"{fqn}/depth/image_raw", out.depth_msg, record_ns)
         writer.write_message(f"{fqn}/depth/camera_info", out.depth_info, record_ns)
     _write_timings(writer, fqn, out.header, record_ns,
                    {**out.result.timings, **out.timings})  # fmt: skip

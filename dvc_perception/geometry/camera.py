@@ -403,6 +403,30 @@ class CameraModel:
                 raise ConfigError(f"{name}: expected a positive integer, got {value!r}")
         return self.scaled(width / self.width, height / self.height)
 
+    def binned(self, bx: int, by: int) -> CameraModel:
+        """The camera of the image binned by `bx` x `by` pixels (each output pixel one block).
+
+        Output pixel j covers input pixels ``bx j .. bx j + bx - 1``, whose centres average to
+        ``bx j + (bx - 1) / 2``; so a point at u maps to ``(u + 0.5) / bx - 0.5``: ``fx' = fx /
+        bx``, ``cx' = (cx + 0.5) / bx - 0.5`` (likewise for v), exact under the pixel-centre
+        convention. The size is ``width // bx`` x ``height // by`` (an incomplete block at the
+        right or bottom edge is dropped, as sensors and image_geometry do). Distortion acts on
+        normalised coordinates and does not change.
+
+        Raises:
+            ConfigError: a factor that is not a positive integer, or one larger than the image.
+        """
+        for name, b, n in (("bx", bx, self.width), ("by", by, self.height)):
+            if isinstance(b, bool) or not isinstance(b, (int, np.integer)) or not 0 < b <= n:
+                raise ConfigError(f"{name}: expected an integer in [1, {n}], got {b!r}")
+        K = self.K.clone()
+        K[0, :2] /= bx  # fx and skew
+        K[1, 1] /= by
+        K[0, 2] = (K[0, 2] + 0.5) / bx - 0.5
+        K[1, 2] = (K[1, 2] + 0.5) / by - 0.5
+        return CameraModel(K, self.D.clone(), self.width // int(bx), self.height // int(by),
+                           self.distortion_model)  # fmt: skip
+
     def cropped(self, x0: int, y0: int, width: int, height: int) -> CameraModel:
         """The camera of the sub-image ``image[y0:y0 + height, x0:x0 + width]``.
 

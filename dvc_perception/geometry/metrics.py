@@ -202,8 +202,9 @@ def depth_metrics(
 
     Returns:
         ``{"abs_rel": mean |pred - gt| / gt, "rmse": m, "delta_1_25": fraction of pixels with
-        max(pred / gt, gt / pred) < 1.25, "n": number of valid pixels}``; the three errors are
-        NaN when n == 0 (an empty frame is not an error).
+        max(pred / gt, gt / pred) < 1.25, "n": number of valid pixels, "n_gt": pixels where
+        `gt` is valid (and `valid` set), "density": n / n_gt}``; the three errors are NaN when
+        n == 0 (an empty frame is not an error), the density when n_gt == 0.
     """
     args = [pred, gt] + ([] if valid is None else [valid])
     tensors, _ = _prepare(*args)
@@ -212,18 +213,21 @@ def depth_metrics(
         raise ShapeError(
             f"pred: expected the shape of gt {tuple(gt.shape)}, got {tuple(pred.shape)}"
         )
-    ok = torch.isfinite(gt) & (gt > 0) & torch.isfinite(pred)
+    gt_ok = torch.isfinite(gt) & (gt > 0)
     if valid is not None:
         if tensors[2].shape != gt.shape:
             raise ShapeError(
                 f"valid: expected the shape of gt {tuple(gt.shape)}, got {tuple(tensors[2].shape)}"
             )
-        ok &= tensors[2] != 0
+        gt_ok &= tensors[2] != 0
+    ok = gt_ok & torch.isfinite(pred)
     p, g = pred[ok], gt[ok]
-    n = int(ok.sum())
+    n, n_gt = int(ok.sum()), int(gt_ok.sum())
+    nan = float("nan")
+    density = n / n_gt if n_gt else nan
     if n == 0:
-        nan = float("nan")
-        return {"abs_rel": nan, "rmse": nan, "delta_1_25": nan, "n": 0}
+        return {"abs_rel": nan, "rmse": nan, "delta_1_25": nan, "n": 0, "n_gt": n_gt,
+                "density": density}  # fmt: skip
     ratio = torch.maximum(p / g, g / p)
     ratio = torch.where(p > 0, ratio, torch.full_like(ratio, float("inf")))
     return {
@@ -231,7 +235,41 @@ def depth_metrics(
         "rmse": float(((p - g) ** 2).mean().sqrt()),
         "delta_1_25": float((ratio < 1.25).to(torch.float64).mean()),
         "n": n,
+        "n_gt": n_gt,
+        "density": density,
     }
+
+
+def median_scale_depth(pred: ArrayLike, gt: ArrayLike) -> ArrayLike:
+    """Each (H, W) frame of `pred` times median(gt) / median(pred) over its valid pixels.
+
+    The per-frame scale alignment used to score monocular depth, whose scale is unobservable
+    (Zhou et al., "Unsupervised learning of depth and ego-motion from video", CVPR 2017).
+    Valid pixels are those `depth_metrics` scores (gt finite and > 0, pred finite); medians
+    average the two middle values for an even count, as ``numpy.median`` does.
+
+    Args:
+        pred: (..., H, W) predicted depth, m.
+        gt: (..., H, W) reference depth, m; NaN, inf or <= 0 where unknown.
+
+    Returns:
+        (..., H, W) scaled prediction; a frame with no valid pixel or a prediction median
+        <= 0 is all NaN (left out of any metric).
+    """
+    (p, g), as_torch = _prepare(pred, gt)
+    if p.shape != g.shape or p.dim() < 2:
+        raise ShapeError(f"pred: expected (..., H, W) with the shape of gt {tuple(g.shape)}, "
+                         f"got {tuple(p.shape)}")  # fmt: skip
+    frames_p, frames_g = p.reshape(-1, *p.shape[-2:]), g.reshape(-1, *g.shape[-2:])
+    out = torch.full_like(frames_p, float("nan"))
+    for i, (fp, fg) in enumerate(zip(frames_p, frames_g)):  # per frame: quantile's size limit
+        ok = torch.isfinite(fg) & (fg > 0) & torch.isfinite(fp)
+        if not bool(ok.any()):
+            continue
+        median_p = torch.quantile(fp[ok], 0.5)
+        if float(median_p) > 0:
+            out[i] = fp * (torch.quantile(fg[ok], 0.5) / median_p)
+    return _finish(out.reshape(p.shape), as_torch)
 
 
 def recall_at(errors: ArrayLike, thresholds: Sequence[float] | ArrayLike) -> np.ndarray:

@@ -2,13 +2,14 @@
 """Conversions between ROS messages and the pipeline's numpy / dataclass types. No algorithms.
 
 Every function that reads a message validates it and raises `InputError` naming what was
-expected and what arrived (encoding, size, truncation, NaN or implausible intrinsics, binning,
-ROI).
+expected and what arrived (encoding, size, truncation, NaN or implausible intrinsics, an ROI
+outside the image).
 """
 
 from __future__ import annotations
 
 import array
+import dataclasses
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -193,41 +194,98 @@ MAX_FOCAL_PX = 1e6
 MAX_DISTORTION_COEFFICIENT = 1e3
 
 
+def camera_info_roi_and_binning(msg: CameraInfo) -> tuple[tuple[int, int, int, int], int, int]:
+    """The region of interest (x, y, width, height) in full-resolution px and the binning.
+
+    REP 104: ``width`` x ``height`` is the full (calibrated) resolution; an all-zero ROI, or
+    binning 0, means none; the image is the ROI downsampled by the binning.
+
+    Raises:
+        InputError: a zero size, an ROI that is partly zero, empty or not inside the full
+            resolution image, or binning larger than the ROI.
+    """
+    w, h = int(msg.width), int(msg.height)
+    if w <= 0 or h <= 0:
+        raise InputError(f"camera_info size {w}x{h}: expected a positive width and height")
+    r = msg.roi
+    roi = (int(r.x_offset), int(r.y_offset), int(r.width), int(r.height))
+    if roi == (0, 0, 0, 0):
+        roi = (0, 0, w, h)
+    x, y, rw, rh = roi
+    if rw <= 0 or rh <= 0 or x + rw > w or y + rh > h:
+        raise InputError(
+            f"camera_info ROI (x_offset {x}, y_offset {y}, {rw}x{rh}): expected all zeros "
+            f"(full image) or a non-empty region inside the {w}x{h} full-resolution image"
+        )
+    bx, by = max(1, int(msg.binning_x)), max(1, int(msg.binning_y))
+    if bx > rw or by > rh:
+        raise InputError(f"camera_info binning {bx}x{by} is larger than the {rw}x{rh} region "
+                         "it bins")  # fmt: skip
+    return roi, bx, by
+
+
+def camera_info_image_size(msg: CameraInfo) -> tuple[int, int]:
+    """(width, height) px of the image `msg` describes: the ROI size // binning (REP 104).
+
+    Raises:
+        InputError: as `camera_info_roi_and_binning`.
+    """
+    (_, _, rw, rh), bx, by = camera_info_roi_and_binning(msg)
+    return rw // bx, rh // by
+
+
+def camera_info_size_rule(msg: CameraInfo) -> str:
+    """How `msg` sets the image size, for error messages ("" without ROI and binning)."""
+    try:
+        roi, bx, by = camera_info_roi_and_binning(msg)
+    except InputError as err:
+        return f" ({err})"
+    if roi == (0, 0, int(msg.width), int(msg.height)) and (bx, by) == (1, 1):
+        return ""
+    w, h = roi[2] // bx, roi[3] // by
+    return (f" (camera_info: {msg.width}x{msg.height} full resolution, ROI x_offset {roi[0]} "
+            f"y_offset {roi[1]} {roi[2]}x{roi[3]}, binning {bx}x{by}: the image must be the "
+            f"ROI size // binning = {w}x{h} px, REP 104)")  # fmt: skip
+
+
 def camera_info_to_camera_model(msg: CameraInfo, rectified: bool) -> CameraModel:
     """sensor_msgs/CameraInfo -> `CameraModel` of the image it describes.
+
+    Binning and region of interest (REP 104) are applied exactly: K, P and D describe the full
+    resolution ``width`` x ``height``, and the image is the ROI (x_offset, y_offset, width,
+    height, in full-resolution px) binned by ``binning_x`` x ``binning_y``, so an image pixel
+    (i, j) covers full-resolution pixels ``x_offset + bx i .. x_offset + bx i + bx - 1``. A point
+    at full-resolution u is then at ``(u - x_offset + 0.5) / bx - 0.5`` (pixel centres at
+    integers): ``fx' = fx / bx``, ``cx' = (cx - x_offset + 0.5) / bx - 0.5``, likewise for v
+    (`CameraModel.cropped`, then `CameraModel.binned`). image_geometry's PinholeCameraModel
+    uses ``(cx - x_offset) / bx``, which leaves out the pixel-centre term and is (bx - 1) / (2
+    bx) px off (0.25 px at 2x2 binning). The distortion acts on normalised coordinates, before
+    K, and the ROI and binning are an affine map of pixel coordinates after it, so the reduced
+    model projects, undistorts and rectifies exactly as the full-resolution model followed by
+    that map. For rectified images the same map applies to P: image_proc rectifies an ROI image
+    by cropping its full-resolution rectification map at the raw ROI (``do_rectify`` is not
+    used).
 
     Args:
         msg: the camera_info.
         rectified: True for rectified images (``image_rect``): intrinsics from P[:3, :3], no
             distortion. False for raw images: K and D (plumb_bob or rational_polynomial).
 
-    Plausibility: fx, fy in (0, `MAX_FOCAL_PX`] px, the principal point at most one image size
-    outside the image (cx in [-width, 2 width], cy in [-height, 2 height] px), every distortion
-    coefficient finite with |d| <= `MAX_DISTORTION_COEFFICIENT`.
+    Plausibility (full resolution): fx, fy in (0, `MAX_FOCAL_PX`] px, the principal point at
+    most one image size outside the image (cx in [-width, 2 width], cy in [-height, 2 height]
+    px), every distortion coefficient finite with |d| <= `MAX_DISTORTION_COEFFICIENT`.
+
+    Returns:
+        The model of the image: ``camera_info_image_size(msg)`` px.
 
     Raises:
-        InputError: binning or a region of interest (unsupported), a distortion model other than
-            plumb_bob / rational_polynomial, a zero size, non-finite intrinsics or a last row
-            other than (0, 0, 1), or a value outside the plausible ranges above (naming the
-            field, e.g. ``K[0] (fx)``, and its value).
+        InputError: an ROI or binning as `camera_info_roi_and_binning` refuses, a distortion
+            model other than plumb_bob / rational_polynomial, a zero size, non-finite
+            intrinsics or a last row other than (0, 0, 1), or a value outside the plausible
+            ranges above (naming the field, e.g. ``K[0] (fx)``, and its value).
     """
     w, h = int(msg.width), int(msg.height)
-    if w <= 0 or h <= 0:
-        raise InputError(f"camera_info size {w}x{h}: expected a positive width and height")
-    if int(msg.binning_x) > 1 or int(msg.binning_y) > 1:
-        raise InputError(
-            f"camera_info binning {msg.binning_x}x{msg.binning_y} is not supported (expected 0 "
-            "or 1): publish full-resolution camera_info for the image"
-        )
-    roi = msg.roi
-    full = (int(roi.x_offset), int(roi.y_offset)) == (0, 0) and (
-        (int(roi.width), int(roi.height)) in ((0, 0), (w, h))
-    )
-    if not full:
-        raise InputError(
-            f"camera_info ROI (x {roi.x_offset}, y {roi.y_offset}, {roi.width}x{roi.height}) is "
-            "not supported: expected the full image"
-        )
+    (x0, y0, rw, rh), bx, by = camera_info_roi_and_binning(msg)
     if rectified:
         P = np.asarray(msg.p, dtype=np.float64).reshape(3, 4)
         K, D, model = P[:, :3].copy(), np.zeros(0), "none"
@@ -252,7 +310,10 @@ def camera_info_to_camera_model(msg: CameraInfo, rectified: bool) -> CameraModel
         )
     _check_intrinsics(K, source, columns, w, h)
     try:
-        return CameraModel.from_camera_info(K.ravel().tolist(), D.tolist(), w, h, model)
+        camera = CameraModel.from_camera_info(K.ravel().tolist(), D.tolist(), w, h, model)
+        if (x0, y0, rw, rh) != (0, 0, w, h):
+            camera = camera.cropped(x0, y0, rw, rh)
+        return camera.binned(bx, by) if (bx, by) != (1, 1) else camera
     except DvcError as err:
         raise InputError(f"camera_info: {err}") from err
 
@@ -331,6 +392,21 @@ def msg_to_pose(msg: Pose) -> tuple[np.ndarray, np.ndarray]:
     return R, t
 
 
+def pose_in_frame(pose: ObjectPose, R: np.ndarray, t: np.ndarray) -> ObjectPose:
+    """`pose` (object in the camera frame) expressed in another frame, ``T_frame_camera = (R, t)``.
+
+    ``R' = R R_obj``, ``t' = R t_obj + t``. The covariance's translation and left-perturbation
+    rotation angles (`ObjectPose.covariance`) are vectors in the camera frame, so both rotate:
+    ``cov' = B cov B^T`` with ``B = diag(R, R)`` (exact; the transform itself is taken as known).
+    Keypoints stay in image pixels.
+    """
+    R = np.asarray(R, np.float64)
+    B = np.zeros((6, 6))
+    B[:3, :3] = B[3:, 3:] = R
+    return dataclasses.replace(pose, R=R @ pose.R, t=R @ pose.t + np.asarray(t, np.float64),
+                               covariance=B @ pose.covariance @ B.T)  # fmt: skip
+
+
 def object_pose_to_msg(pose: ObjectPose, header: Header) -> PoseWithCovarianceStamped:
     """`ObjectPose` -> PoseWithCovarianceStamped; covariance (6, 6) ROS order, row-major 36."""
     msg = PoseWithCovarianceStamped()
@@ -396,13 +472,50 @@ def depth_to_image_msg(depth: np.ndarray, header: Header) -> Image:
     return msg
 
 
+#: Depth encodings `depth_image_msg_to_array` reads (REP 118): numpy dtype, metres per unit.
+DEPTH_ENCODINGS: dict[str, tuple[str, float]] = {"32FC1": ("f4", 1.0), "16UC1": ("u2", 1e-3)}
+
+
+def depth_image_msg_to_array(msg: Image) -> np.ndarray:
+    """sensor_msgs/Image depth (REP 118) -> (H, W) float32 m, NaN where there is no measurement.
+
+    ``32FC1`` is metres (NaN, +-inf: no usable depth, kept as NaN); ``16UC1`` is millimetres
+    with 0 = no measurement. ``is_bigendian`` is honoured and row padding skipped.
+
+    Raises:
+        InputError: another encoding, a zero size, a row step too small, truncated data.
+    """
+    if msg.encoding not in DEPTH_ENCODINGS:
+        raise InputError(f"depth image encoding {msg.encoding!r}: expected one of "
+                         f"{sorted(DEPTH_ENCODINGS)} (REP 118)")  # fmt: skip
+    kind, metres_per_unit = DEPTH_ENCODINGS[msg.encoding]
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    if h <= 0 or w <= 0:
+        raise InputError(f"depth image size {w}x{h}: expected a positive width and height")
+    row_bytes = w * int(kind[1])
+    if step < row_bytes:
+        raise InputError(f"depth image step {step} < width {w} x {kind[1]} bytes "
+                         f"({msg.encoding})")  # fmt: skip
+    data = np.frombuffer(msg.data, dtype=np.uint8)
+    if data.size < step * h:
+        raise InputError(f"depth image data truncated: {data.size} bytes, expected {step * h} "
+                         f"({h} rows x step {step})")  # fmt: skip
+    rows = data[: step * h].reshape(h, step)[:, :row_bytes].copy()
+    values = rows.view((">" if msg.is_bigendian else "<") + kind).astype(np.float32)
+    if msg.encoding == "16UC1":
+        values[values == 0] = np.nan
+    values[~np.isfinite(values)] = np.nan
+    return values * np.float32(metres_per_unit)
+
+
 def depth_camera_info(info: CameraInfo, header: Header) -> CameraInfo:
-    """camera_info of the published depth: the input's intrinsics (same resolution), `header`."""
+    """camera_info of the published depth: the input's, binning and ROI included, `header`."""
     out = CameraInfo()
     out.header = header
     out.height, out.width = info.height, info.width
     out.distortion_model = info.distortion_model
     out.d, out.k, out.r, out.p = list(info.d), info.k, info.r, info.p
+    out.binning_x, out.binning_y, out.roi = info.binning_x, info.binning_y, info.roi
     return out
 
 

@@ -17,7 +17,7 @@ import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
 #: Error and drop kinds reported on /diagnostics (always present, 0 when none happened).
-ERROR_KINDS = ("image", "camera_info", "size_mismatch", "pipeline", "publish")
+ERROR_KINDS = ("image", "camera_info", "size_mismatch", "pipeline", "output_frame", "publish")
 
 
 class FrameStats:

@@ -11,7 +11,9 @@ conversion + pipeline, synchronous, raises on bad input) followed by `publish_ou
 replay calls the same two methods without the thread. Bad frames are counted on /diagnostics and
 warned about (throttled); the node keeps running.
 
-Outputs per processed frame (all with the input image's header): ``~/detections``
+Outputs per processed frame (all with the input image's header; with ``output_frame`` the poses,
+detections, markers and object frames carry that frame_id, looked up on /tf + /tf_static at the
+image stamp by `TransformBuffer`): ``~/detections``
 (vision_msgs/Detection3DArray, every frame, empty when nothing is found), ``~/<object_id>/pose``
 (the best-scoring instance of each object found; nothing for an object not found), ``~/poses``,
 ``~/markers``, object frames on ``/tf``. Where vision_msgs or tf2_msgs cannot be imported, the
@@ -69,7 +71,8 @@ from dvc_perception.ros.params import (
     proposed_node_config,
     read_node_config,
 )
-from dvc_perception.ros.qos import input_qos, output_qos, tf_qos
+from dvc_perception.ros.qos import input_qos, output_qos, tf_qos, tf_static_listener_qos
+from dvc_perception.ros.tf_buffer import TransformBuffer
 from dvc_perception.ros.worker import KeepLatestWorker
 
 NODE_NAME = "perception_node"
@@ -80,7 +83,8 @@ class FrameOutputs:
     """Everything one frame publishes (built by `process_frame`, sent by `publish_outputs`).
 
     Attributes:
-        header: the input image's header (stamp, frame_id), copied to every output.
+        header: the input image's header (stamp, frame_id), copied to every output (the pose
+            outputs carry ``output_frame`` instead when it is set).
         result: the pipeline's result.
         image_rgb: (H, W, 3) uint8 input image (for ~/overlay).
         camera: the frame's camera model.
@@ -160,6 +164,8 @@ class PerceptionNode(LifecycleNode):
         self._tf_pub: Any = None
         self._boxes: dict[str, ObjectBox] = {}
         self._engine_values: dict[str, str] = {}
+        #: /tf + /tf_static with `output_frame` (filled by subscriptions, or by a bag replay)
+        self.tf_buffer: TransformBuffer | None = None
         self.message_types, self.outputs_off = optional_output_types()
         for topic, reason in self.outputs_off.items():  # once per node: not a per-frame warning
             self.get_logger().warning(f"{topic} is off: {reason}")
@@ -184,6 +190,9 @@ class PerceptionNode(LifecycleNode):
             )
             boxes, notes = object_boxes(pipeline)
             engine_values = pipeline_engine_values(pipeline, config.pipeline)
+            if config.output_frame and "tf" not in self.message_types:
+                raise ConfigError(f"output_frame {config.output_frame!r} needs /tf and "
+                                  f"/tf_static: {self.outputs_off['/tf']}")  # fmt: skip
         except DvcError as err:
             self.startup_error = f"configure: {err}"
             self.get_logger().error(self.startup_error)
@@ -195,6 +204,7 @@ class PerceptionNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         self.config, self.pipeline, self._matcher = config, pipeline, matcher
         self._boxes, self._engine_values = boxes, engine_values
+        self.tf_buffer = TransformBuffer() if config.output_frame else None
         for note in notes:
             self.get_logger().info(note)
         if config.torch_threads > 0:
@@ -230,7 +240,7 @@ class PerceptionNode(LifecycleNode):
         if tf_type is not None:  # publish_tf is live: the publisher exists while active
             self._tf_pub = self.create_publisher(tf_type, "/tf", tf_qos())
         if self.pipeline.depth_source is not None:
-            self._pubs["depth"] = self.create_publisher(Image, "~/depth", out)
+            self._pubs["depth"] = self.create_publisher(Image, "~/depth/image_raw", out)
             self._pubs["depth_info"] = self.create_publisher(
                 CameraInfo, "~/depth/camera_info", out
             )
@@ -254,6 +264,12 @@ class PerceptionNode(LifecycleNode):
             CameraInfo, "camera_info", self._on_camera_info, qos, qos_overriding_options=overrides
         )
         self._subs = [image_sub, info_sub]
+        if self.tf_buffer is not None and tf_type is not None:  # listen as tf2_ros does
+            self._subs += [
+                self.create_subscription(tf_type, "/tf", self._on_tf, tf_qos()),
+                self.create_subscription(tf_type, "/tf_static", self._on_tf_static,
+                                         tf_static_listener_qos()),
+            ]
         self._timer = self.create_timer(cfg.diagnostics_period_s, self.publish_diagnostics)
         self.get_logger().info("active")
         return TransitionCallbackReturn.SUCCESS
@@ -267,6 +283,7 @@ class PerceptionNode(LifecycleNode):
         """Forget the pipeline (a new configure re-reads the parameters)."""
         self._teardown()
         self.config, self.pipeline, self._matcher = None, None, None
+        self.tf_buffer = None
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -319,6 +336,19 @@ class PerceptionNode(LifecycleNode):
         pairs = matcher.add_camera_info(convert.stamp_to_ns(msg.header.stamp), msg)
         self._warn_on_sync_drops(matcher, before)
         self._submit(pairs)
+
+    def _on_tf(self, msg: Any) -> None:
+        self._add_transforms(msg, static=False)
+
+    def _on_tf_static(self, msg: Any) -> None:
+        self._add_transforms(msg, static=True)
+
+    def _add_transforms(self, msg: Any, static: bool) -> None:
+        buffer = self.tf_buffer
+        if buffer is not None and buffer.add_message(msg, static=static):
+            self._warn("tf_input", f"skipped transforms of {'/tf_static' if static else '/tf'} "
+                       "with an empty or repeated frame name, or a non-finite or zero rotation "
+                       "or translation")  # fmt: skip
 
     def _submit(self, pairs: list[tuple[tuple[Any, float], CameraInfo]]) -> None:
         worker = self._worker
@@ -465,13 +495,22 @@ class PerceptionNode(LifecycleNode):
         self._camera_cache = (key, camera)
         return camera
 
-    def process_frame(self, image_msg: Image | CompressedImage, info: CameraInfo) -> FrameOutputs:
+    def process_frame(self, image_msg: Image | CompressedImage, info: CameraInfo,
+                      tf_timeout_s: float | None = None) -> FrameOutputs:  # fmt: skip
         """Convert the messages, run the pipeline, build every output message (no publishing).
 
         Synchronous and thread-agnostic: the worker thread and a bag replay both call it.
 
+        Args:
+            image_msg: the image.
+            info: its camera_info.
+            tf_timeout_s: with ``output_frame``, how long to wait for /tf to reach the image
+                stamp; None: the ``tf_timeout_s`` parameter (a replay, whose buffer already
+                holds the whole bag, passes 0).
+
         Raises:
-            _FrameRejected: (an `InputError` subclass) with the kind of bad input.
+            _FrameRejected: (an `InputError` subclass) with the kind of bad input; kind
+                ``output_frame`` when the camera's transform at the stamp is unknown.
         """
         config = self.config  # one snapshot per frame: live changes apply from the next frame
         if self.pipeline is None or config is None:
@@ -490,8 +529,10 @@ class PerceptionNode(LifecycleNode):
             raise _FrameRejected("camera_info", err) from err
         try:
             check_frame(rgb, camera)
-        except DvcError as err:
-            raise _FrameRejected("size_mismatch", err) from err
+        except DvcError as err:  # name the ROI / binning rule when camera_info uses them
+            rule = convert.camera_info_size_rule(info)
+            error = InputError(f"{err}{rule}") if rule else err
+            raise _FrameRejected("size_mismatch", error) from err
         header = Header(stamp=image_msg.header.stamp, frame_id=image_msg.header.frame_id)
         stamp = convert.stamp_to_ns(header.stamp) * 1e-9
         t1 = time.perf_counter()
@@ -500,16 +541,25 @@ class PerceptionNode(LifecycleNode):
         except DvcError as err:
             raise _FrameRejected("pipeline", err) from err
         t2 = time.perf_counter()
-        pose_msgs = {p.object_id: convert.object_pose_to_msg(p, header)  # the best instance
-                     for p in result.poses if p.instance == 0}
-        pose_array = convert.poses_to_pose_array(result.poses, header)
-        markers = convert.poses_to_marker_array(result.poses, header, config.marker_axis_length_m)
+        poses, pose_header = result.poses, header
+        if config.output_frame and config.output_frame != header.frame_id:
+            timeout = config.tf_timeout_s if tf_timeout_s is None else tf_timeout_s
+            try:
+                R, t = self._camera_in_output_frame(header, config.output_frame, timeout)
+            except DvcError as err:
+                raise _FrameRejected("output_frame", err) from err
+            poses = [convert.pose_in_frame(p, R, t) for p in poses]
+            pose_header = Header(stamp=header.stamp, frame_id=config.output_frame)
+        pose_msgs = {p.object_id: convert.object_pose_to_msg(p, pose_header)  # the best instance
+                     for p in poses if p.instance == 0}
+        pose_array = convert.poses_to_pose_array(poses, pose_header)
+        markers = convert.poses_to_marker_array(poses, pose_header, config.marker_axis_length_m)
         detections = transforms = None
         if "detections" in self.message_types:
-            detections = convert.poses_to_detection_array(result.poses, header, self._boxes)
-        if ("tf" in self.message_types and config.publish_tf and result.poses
-                and header.frame_id.strip()):
-            transforms = convert.poses_to_tf_message(result.poses, header, config.tf_prefix)
+            detections = convert.poses_to_detection_array(poses, pose_header, self._boxes)
+        if ("tf" in self.message_types and config.publish_tf and poses
+                and pose_header.frame_id.strip()):
+            transforms = convert.poses_to_tf_message(poses, pose_header, config.tf_prefix)
         depth_msg = depth_info = None
         if result.depth is not None:
             depth_msg = convert.depth_to_image_msg(result.depth, header)
@@ -520,6 +570,23 @@ class PerceptionNode(LifecycleNode):
             header, result, rgb, camera, info, pose_msgs, pose_array, markers, depth_msg,
             depth_info, timings, detections=detections, transforms=transforms,
         )
+
+    def _camera_in_output_frame(self, header: Header, output_frame: str, timeout_s: float
+                                ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+        """``T_output_camera`` at the image stamp (R (3, 3), t (3,) m).
+
+        Raises:
+            InputError: the image has no frame_id, or the transform is unknown at the stamp
+                (`TransformUnavailable`, naming both frames).
+        """
+        buffer = self.tf_buffer
+        if buffer is None:
+            raise InputError("output_frame is set but the node has no TF buffer (not configured)")
+        if not header.frame_id.strip():
+            raise InputError(f"output_frame {output_frame!r}: the image's header.frame_id is "
+                             "empty, so the camera cannot be placed in TF")  # fmt: skip
+        return buffer.lookup(output_frame, header.frame_id, convert.stamp_to_ns(header.stamp),
+                             timeout_s)  # fmt: skip
 
     def publish_outputs(self, outputs: FrameOutputs) -> None:
         """Publish a frame's outputs (overlay and points only when someone subscribes)."""

@@ -48,3 +48,17 @@ def tf_qos() -> QoSProfile:
         reliability=ReliabilityPolicy.RELIABLE,
         durability=DurabilityPolicy.VOLATILE,
     )
+
+
+def tf_static_listener_qos() -> QoSProfile:
+    """/tf_static subscription: tf2_ros's static listener (RELIABLE, TRANSIENT_LOCAL, depth 100).
+
+    Transient local: the transforms latched by static broadcasters before the node started
+    arrive too.
+    """
+    return QoSProfile(
+        history=HistoryPolicy.KEEP_LAST,
+        depth=100,
+        reliability=ReliabilityPolicy.RELIABLE,
+        durability=DurabilityPolicy.TRANSIENT_LOCAL,
+    )

@@ -37,9 +37,10 @@ def _header(ns: int) -> Header:
 def _info(header: Header, w: int = W, h: int = H) -> CameraInfo:
     info = CameraInfo(header=header, width=w, height=h, distortion_model="plumb_bob")
     info.d = [0.0] * 5
-    info.k = K.ravel().tolist()
+    Kwh = np.diag([w / W, h / H, 1.0]) @ K  # the lens of K, at this size (a plausible model)
+    info.k = Kwh.ravel().tolist()
     info.r = np.eye(3).ravel().tolist()
-    info.p = np.hstack([K, np.zeros((3, 1))]).ravel().tolist()
+    info.p = np.hstack([Kwh, np.zeros((3, 1))]).ravel().tolist()
     return info
 
 

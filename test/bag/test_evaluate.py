@@ -58,7 +58,8 @@ def test_add_recall_errors_depth_and_latency(tmp_path):
             timing = DiagnosticStatus(values=[KeyValue(key="total_ms", value=str(10.0 + k))])
             w.write_message("/perception_node/frame_timings",
                             DiagnosticArray(header=headers[k], status=[timing]), k)
-            w.write_message("/perception_node/depth", _depth_msg(depth_pred, headers[k]), k)
+            w.write_message("/perception_node/depth/image_raw", _depth_msg(depth_pred, headers[k]),
+                            k)
             from geometry_msgs.msg import PoseArray
 
             w.write_message("/perception_node/poses", PoseArray(header=headers[k]), k)

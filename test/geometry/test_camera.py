@@ -179,6 +179,38 @@ def test_cropped_matches_sub_image() -> None:
     assert (cam_c.width, cam_c.height) == (w, h)
 
 
+@pytest.mark.parametrize(("bx", "by"), [(2, 2), (3, 2), (4, 1)])
+def test_binned_matches_block_averaged_image(bx: int, by: int) -> None:
+    """Binning = the mean of each bx x by block (what a sensor reads out), rows and columns
+    that do not fill a block dropped; the blobs' centroids land where the binned model says."""
+    cam = CameraModel(K_REAL, PLUMB_BOB, 643, 481, "plumb_bob")  # sizes not multiples of bx, by
+    pts_cam = np.array([[x, y, 2.0] for x in (-0.5, 0.0, 0.6) for y in (-0.4, 0.1, 0.5)])
+    uv = cam.project(torch.from_numpy(pts_cam)).numpy()
+    img = _blob_image(uv, 643, 481, sigma=8.0)
+    w, h = 643 // bx, 481 // by
+    binned_img = img[: h * by, : w * bx].reshape(h, by, w, bx).mean(axis=(1, 3))
+    cam_b = cam.binned(bx, by)
+    assert (cam_b.width, cam_b.height) == (w, h)
+    expected = cam_b.project(torch.from_numpy(pts_cam)).numpy()
+    found = _centroids(binned_img, expected, radius=24)  # 3 sigma of the least binned axis
+    np.testing.assert_allclose(found, expected, atol=0.02, rtol=0)
+    naive = uv / np.array([bx, by])  # image_geometry's (cx / b): (b - 1) / (2 b) px off
+    assert np.abs(found - naive).max() > 0.2
+    np.testing.assert_array_equal(cam_b.D, cam.D)
+    # binning then undistorting = undistorting at full resolution, then binning the pixels
+    ideal_b = cam_b.undistort_points(torch.from_numpy(expected)).numpy()
+    ideal = cam.undistort_points(torch.from_numpy(uv)).numpy()
+    np.testing.assert_allclose(ideal_b, (ideal + 0.5) / [bx, by] - 0.5, atol=1e-9, rtol=0)
+
+
+def test_binned_refuses_bad_factors() -> None:
+    cam = _models()[2]
+    for bx, by in ((0, 1), (2.0, 2), (1, 481), (True, 1)):
+        with pytest.raises(ConfigError, match="expected an integer in"):
+            cam.binned(bx, by)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(cam.binned(1, 1).K, cam.K)
+
+
 def test_scale_then_unscale_is_identity() -> None:
     cam = _models()[1]
     back = cam.scaled(0.5, 0.25).scaled(2.0, 4.0)

@@ -16,6 +16,7 @@ from dvc_perception.geometry.metrics import (
     add_error,
     adds_error,
     depth_metrics,
+    median_scale_depth,
     recall_at,
     reprojection_rms_px,
     rotation_error_deg,
@@ -141,6 +142,35 @@ def test_depth_metrics_match_numpy() -> None:
     assert sub["n"] == (ok & valid).sum()
     np.testing.assert_allclose(sub["rmse"], np.sqrt(np.mean((pred - gt)[ok & valid] ** 2)),
                                rtol=1e-5)
+
+
+def test_depth_density_counts_ground_truth_pixels_without_a_prediction() -> None:
+    gt = np.full((4, 5), 2.0)
+    gt[0] = np.nan  # 15 valid
+    pred = np.full((4, 5), 2.0)
+    pred[1, :3] = np.nan  # 3 of them not predicted
+    m = depth_metrics(pred, gt)
+    assert (m["n"], m["n_gt"], m["density"], m["abs_rel"]) == (12, 15, 12 / 15, 0.0)
+    assert np.isnan(depth_metrics(pred, np.zeros((4, 5)))["density"])
+
+
+def test_median_scale_depth_matches_numpy_per_frame() -> None:
+    rng = np.random.default_rng(3)
+    gt = rng.uniform(0.5, 4.0, size=(3, 6, 7))
+    pred = gt * rng.uniform(0.5, 2.0, size=(3, 1, 1)) * rng.uniform(0.9, 1.1, size=gt.shape)
+    gt[0, :2] = np.nan
+    pred[1, 3, :4] = np.inf
+    gt[2] = 0.0  # a frame with nothing to scale by
+    got = median_scale_depth(pred, gt)
+    for f in range(2):
+        ok = np.isfinite(gt[f]) & (gt[f] > 0) & np.isfinite(pred[f])  # even and odd counts
+        want = pred[f] * np.median(gt[f][ok]) / np.median(pred[f][ok])
+        np.testing.assert_allclose(got[f][ok], want[ok], rtol=1e-12)
+    assert np.isnan(got[2]).all()
+    t = median_scale_depth(torch.from_numpy(pred).float(), torch.from_numpy(gt).float())
+    assert isinstance(t, torch.Tensor) and t.dtype == torch.float32
+    with pytest.raises(ShapeError, match="pred"):
+        median_scale_depth(np.ones(4), np.ones(4))
 
 
 def test_depth_metrics_empty_and_bad_shapes() -> None:

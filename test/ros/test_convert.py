@@ -6,6 +6,7 @@ import array
 import cv2
 import numpy as np
 import pytest
+import torch
 from scipy.spatial.transform import Rotation
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
@@ -97,7 +98,7 @@ def test_camera_info_raw_and_rectified():
     "change, message",
     [
         ({"distortion_model": "equidistant"}, "equidistant"),
-        ({"binning_x": 2}, "binning"),
+        ({"binning_x": 641}, "binning 641x1 is larger than the 640x480 region"),
         ({"k": [0.0] * 9}, "fx, fy > 0"),
         ({"k": [float("nan")] + [0.0] * 7 + [1.0]}, "finite"),
         ({"width": 0}, "size"),
@@ -108,11 +109,87 @@ def test_camera_info_bad_values_are_input_errors(change, message):
         convert.camera_info_to_camera_model(_info(**change), rectified=False)
 
 
-def test_camera_info_roi_rejected():
-    info = _info()
-    info.roi.x_offset, info.roi.width, info.roi.height = 10, 100, 100
-    with pytest.raises(InputError, match="ROI"):
-        convert.camera_info_to_camera_model(info, rectified=False)
+def _points(n: int, seed: int) -> np.ndarray:
+    """(n, 3) m, camera frame, inside the 640x480 view of `_info()`."""
+    rng = np.random.default_rng(seed)
+    z = rng.uniform(0.4, 3.0, n)
+    return np.stack([rng.uniform(-0.5, 0.5, n) * z, rng.uniform(-0.4, 0.4, n) * z, z], -1)
+
+
+def _roi_info(x: int, y: int, w: int, h: int, bx: int, by: int, **kw) -> CameraInfo:
+    info = _info(**kw)
+    info.binning_x, info.binning_y = bx, by
+    info.roi.x_offset, info.roi.y_offset, info.roi.width, info.roi.height = x, y, w, h
+    info.roi.do_rectify = (w, h) != (0, 0)
+    return info
+
+
+#: (x_offset, y_offset, width, height, binning_x, binning_y), full-resolution px (REP 104)
+ROI_BINNING = [(0, 0, 0, 0, 2, 2), (0, 0, 0, 0, 0, 3), (100, 60, 301, 201, 1, 0),
+               (100, 60, 301, 201, 2, 2), (37, 11, 600, 455, 3, 4), (0, 0, 640, 480, 4, 2)]
+
+
+@pytest.mark.parametrize("roi_binning", ROI_BINNING, ids=str)
+@pytest.mark.parametrize("distortion", ["plumb_bob", "rational_polynomial", "none"])
+def test_camera_info_roi_and_binning_match_full_resolution_opencv(roi_binning, distortion):
+    """Reference: cv2.projectPoints with the full-resolution K, D, then the pixel moved into
+    the ROI and binned by hand: binned pixel i covers full pixels x_offset + b i .. + b - 1,
+    whose centres average to x_offset + b i + (b - 1) / 2."""
+    x0, y0, rw, rh, bx, by = roi_binning
+    d = {"plumb_bob": [0.1, -0.05, 0.001, 0.002, 0.01],
+         "rational_polynomial": [-0.26, -0.13, 0.0011, 0.0007, 0.02, 0.01, -0.03, -0.40],
+         "none": []}[distortion]
+    info = _roi_info(*roi_binning, distortion_model=distortion if d else "plumb_bob", d=d)
+    camera = convert.camera_info_to_camera_model(info, rectified=False)
+    rw, rh = (rw or 640), (rh or 480)
+    bx, by = max(bx, 1), max(by, 1)
+    assert (camera.width, camera.height) == (rw // bx, rh // by)
+    assert convert.camera_info_image_size(info) == (rw // bx, rh // by)
+    pts = _points(300, seed=len(d) + bx)
+    K = np.array(info.k).reshape(3, 3)
+    full, _ = cv2.projectPoints(pts, np.zeros(3), np.zeros(3), K, np.array(d))
+    full = full.reshape(-1, 2)
+    expected = (full - [x0, y0] - [(bx - 1) / 2, (by - 1) / 2]) / [bx, by]
+    got = camera.project(torch.from_numpy(pts)).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-9, rtol=0)
+    if d:  # undistortion: the full-resolution model's (OpenCV, converged), moved likewise
+        criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 1000, 1e-15)
+        ideal = cv2.undistortPointsIter(full.reshape(-1, 1, 2), K, np.array(d), None, K,
+                                        criteria).reshape(-1, 2)
+        ideal_roi = (ideal - [x0, y0] - [(bx - 1) / 2, (by - 1) / 2]) / [bx, by]
+        np.testing.assert_allclose(camera.undistort_points(torch.from_numpy(expected)).numpy(),
+                                   ideal_roi, atol=1e-7, rtol=0)
+    # rectified images: the same map applied to P, no distortion
+    rect = convert.camera_info_to_camera_model(info, rectified=True)
+    P = np.array(info.p).reshape(3, 4)
+    uvw = pts @ P[:, :3].T
+    expected_rect = (uvw[:, :2] / uvw[:, 2:] - [x0, y0] - [(bx - 1) / 2, (by - 1) / 2]) / [bx, by]
+    np.testing.assert_allclose(rect.project(torch.from_numpy(pts)).numpy(), expected_rect,
+                               atol=1e-9, rtol=0)
+
+
+@pytest.mark.parametrize(("roi", "message"), [
+    ((10, 0, 0, 0), "ROI .*x_offset 10.*: expected all zeros"),
+    ((600, 0, 100, 100), "inside the 640x480 full-resolution image"),
+    ((0, 400, 640, 81), "inside the 640x480"),
+    ((5, 5, 0, 10), "non-empty region"),
+])
+def test_camera_info_bad_roi_is_an_input_error(roi, message):
+    with pytest.raises(InputError, match=message):
+        convert.camera_info_to_camera_model(_roi_info(*roi, 1, 1), rectified=False)
+
+
+def test_camera_info_size_rule_names_roi_and_binning():
+    assert convert.camera_info_size_rule(_info()) == ""
+    rule = convert.camera_info_size_rule(_roi_info(100, 60, 301, 201, 2, 2))
+    assert "ROI x_offset 100 y_offset 60 301x201, binning 2x2" in rule and "150x100 px" in rule
+
+
+def test_depth_camera_info_keeps_roi_and_binning():
+    info = _roi_info(100, 60, 300, 200, 2, 2)
+    out = convert.depth_camera_info(info, Header(frame_id="cam"))
+    assert (out.binning_x, out.binning_y, out.roi) == (2, 2, info.roi)
+    assert (out.width, out.height, list(out.k)) == (640, 480, list(info.k))
 
 
 def test_quaternion_matches_scipy_including_near_pi():

@@ -275,6 +275,62 @@ def test_published_covariance_equals_the_pipelines(probe):
                                rtol=1e-6, atol=1e-15)
 
 
+def test_binned_roi_frame_gives_the_full_resolution_pose(probe, node_process):
+    """A 1280x960 distorted view of the board, and the same sensor read out with an ROI and 2x2
+    binning (block means of the ROI: 480x360) under camera_info with the full-resolution K, D
+    (REP 104): the two poses agree. image_geometry's convention (cx' = (cx - x_offset) / 2)
+    moves the binned board 0.21-0.24 mm sideways here, beyond the tolerance."""
+    from dvc_perception.demo.boards import board_texture
+    from dvc_perception.geometry.camera import CameraModel
+    from dvc_perception.render.planar import render_planar_texture
+
+    K = np.array([[1200.0, 0.0, 639.5], [0.0, 1200.0, 479.5], [0.0, 0.0, 1.0]])
+    D = np.array([-0.12, 0.05, 0.0008, -0.0006, 0.0])
+    R = Rotation.from_rotvec([0.25, -0.2, 0.1]).as_matrix()
+    centre = np.array([4.0, 2.5, 0.0]) * BOARD.square_size_m  # the board's middle
+    t = np.array([0.02, -0.01, 0.5]) - R @ centre
+    texture, A = board_texture(BOARD, 4000.0)
+    grey = render_planar_texture(texture, A, CameraModel(K, D, 1280, 960, "plumb_bob"), R, t,
+                                 supersample=2).astype(np.float64)
+    x0, y0, w, h, b = 160, 96, 960, 720, 2
+    binned = grey[y0:y0 + h, x0:x0 + w].reshape(h // b, b, w // b, b).mean(axis=(1, 3))
+
+    def mono(img: np.ndarray) -> Image:
+        return rgb_to_image_msg(np.repeat(img.round().astype(np.uint8)[:, :, None], 3, 2),
+                                Header(frame_id="c"), "mono8")
+
+    full_info = _info(K, D, 1280, 960, "c")
+    roi_info = _info(K, D, 1280, 960, "c")
+    roi_info.binning_x = roi_info.binning_y = b
+    roi_info.roi.x_offset, roi_info.roi.y_offset, roi_info.roi.width, roi_info.roi.height = (
+        x0, y0, w, h)
+    roi_info.roi.do_rectify = True
+    centres, normals = [], []
+    for image, info in ((mono(grey), full_info), (mono(binned), roi_info)):
+        _, pose = probe.frame(image, info)
+        assert pose is not None, (image.width, image.height)
+        t_est, q_est = _pose_of(pose.pose.pose)
+        R_est = Rotation.from_quat(q_est).as_matrix()
+        centres.append(R_est @ centre + t_est)
+        normals.append(R_est[:, 2])
+    c_full, c_binned = centres
+    np.testing.assert_allclose(c_full, R @ centre + t, atol=2e-4)  # the premise: 0.2 mm
+    assert np.abs(c_binned - c_full)[:2].max() < 8e-5, 1e3 * (c_binned - c_full)  # 0.08 mm
+    assert abs(c_binned[2] - c_full[2]) < 3e-4
+    assert np.degrees(np.arccos(min(1.0, normals[0] @ normals[1]))) < 0.2
+
+    # the full-resolution image under the binned camera_info: refused, with the rule
+    before = probe.latest_diagnostics()
+    probe.send(mono(grey), roi_info)
+    _, pose = probe.frame(mono(binned), roi_info)  # the next good frame is answered
+    assert pose is not None
+    assert probe.spin_until(lambda: int(probe.latest_diagnostics(1.0)["errors.size_mismatch"])
+                            > int(before["errors.size_mismatch"]), WAIT_S)
+    log = node_process.log_path.read_text()
+    assert "image is 1280x960 but its camera model is 480x360" in log
+    assert "binning 2x2: the image must be the ROI size // binning = 480x360 px" in log
+
+
 def test_bad_inputs_are_counted_and_the_node_keeps_running(probe, node_process):
     rgb = render_board_view(BOARD, K_SYN, np.eye(3), np.array([-0.1, -0.06, 0.6]), 640, 480)
     good_info = _info(K_SYN, np.zeros(5), 640, 480, "c")

@@ -64,7 +64,7 @@ def test_lifecycle_configure_activate_deactivate_cleanup(ctx):
         topics = {p.topic_name for p in [*node._pubs.values(), *node._pose_pubs.values()]}
         assert {"/perception_node/poses", "/perception_node/board/pose",
                 "/perception_node/markers", "/perception_node/overlay", "/diagnostics"} <= topics
-        assert "/perception_node/depth" not in topics  # no depth source: no depth topics
+        assert "/perception_node/depth/image_raw" not in topics  # no depth source: no depth topics
         assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
         assert node._worker is None and not node._subs and not node._pubs
         assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS  # and back again
@@ -284,7 +284,7 @@ def test_depth_outputs_with_a_plugged_depth_source(ctx):
         depth_msgs: list[Image] = []
         infos: list[CameraInfo] = []
         clouds: list[PointCloud2] = []
-        probe.create_subscription(Image, "/perception_node/depth", depth_msgs.append, 5)
+        probe.create_subscription(Image, "/perception_node/depth/image_raw", depth_msgs.append, 5)
         probe.create_subscription(CameraInfo, "/perception_node/depth/camera_info", infos.append,
                                   5)
         probe.create_subscription(PointCloud2, "/perception_node/points", clouds.append, 5)
@@ -302,6 +302,11 @@ def test_depth_outputs_with_a_plugged_depth_source(ctx):
         while not (depth_msgs and infos and clouds) and time.monotonic() < deadline:
             executor.spin_once(timeout_sec=0.05)
         assert depth_msgs and infos and clouds
+        published = {name for name, _ in node.get_topic_names_and_types()}
+        # image_transport's pairing: <ns>/image_raw next to <ns>/camera_info; the old name is gone
+        assert {"/perception_node/depth/image_raw",
+                "/perception_node/depth/camera_info"} <= published
+        assert "/perception_node/depth" not in published
         d = depth_msgs[0]
         assert d.encoding == "32FC1" and (d.width, d.height) == (64, 48)
         stamp = msg.header.stamp

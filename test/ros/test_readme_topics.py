@@ -136,3 +136,37 @@ def test_readme_topic_table_matches_the_node(ctx, transport):
             assert ins[topic]["QoS"].startswith(("sensor data (best effort", "as `image`"))
     finally:
         node.destroy_node()
+
+
+def test_readme_output_frame_inputs_match_the_node(ctx):
+    """The rows the node subscribes to only with `output_frame`: names, types, full QoS."""
+    name = "readme_output_frame_node"
+    node = PerceptionNode(
+        name, context=ctx,
+        parameter_overrides=[Parameter("torch_threads", value=0),
+                             Parameter("output_frame", value="base_link")],
+    )
+    try:
+        assert not node.startup_error, node.startup_error
+        rows = [r for r in readme_topics()
+                if r["direction"] == "in" and r["when"] == "`output_frame` is set"]
+        assert {r["topic"] for r in rows} == {"`/tf`", "`/tf_static`"}
+        expected = 2 + len(rows)  # image, camera_info and these
+        subscribed = _graph(node, node.get_subscriber_names_and_types_by_node, expected)
+        own_subs = {s.topic_name: s for s in node.subscriptions}
+        for row in rows:
+            topic = _name(row["topic"], name)
+            assert subscribed[topic] == [row["type"].strip("`")], topic
+            qos = _QOS.match(row["QoS"])
+            assert qos, f"{topic}: QoS cell {row['QoS']!r}"
+            [endpoint] = [e for e in node.get_subscriptions_info_by_topic(topic)
+                          if e.node_name == name]
+            reliability = {"reliable": ReliabilityPolicy.RELIABLE,
+                           "best effort": ReliabilityPolicy.BEST_EFFORT}[qos.group(1)]
+            durability = {"volatile": DurabilityPolicy.VOLATILE,
+                          "transient local": DurabilityPolicy.TRANSIENT_LOCAL}[qos.group(2)]
+            assert endpoint.qos_profile.reliability == reliability, topic
+            assert endpoint.qos_profile.durability == durability, topic
+            assert own_subs[topic].qos_profile.depth == int(qos.group(3)), topic
+    finally:
+        node.destroy_node()
