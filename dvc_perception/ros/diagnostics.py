@@ -37,7 +37,13 @@ class FrameStats:
         self.frames_processed = 0
         self.poses_published = 0
         self.errors: Counter[str] = Counter({k: 0 for k in ERROR_KINDS})
+        self.lost: Counter[str] = Counter({"image": 0, "camera_info": 0})
         self.last_error = ""
+
+    def middleware_lost(self, topic: str, count: int) -> None:
+        """The middleware reports `count` more messages of `topic` lost before any callback."""
+        with self._lock:
+            self.lost[topic] += count
 
     def image_received(self, now: float) -> None:
         """An image arrived at steady time `now` [s]."""
@@ -83,6 +89,8 @@ class FrameStats:
             }
             for kind, n in sorted(self.errors.items()):
                 out[f"errors.{kind}"] = n
+            for topic, n in sorted(self.lost.items()):
+                out[f"dropped.middleware_lost.{topic}"] = n
         return out
 
 

@@ -38,6 +38,7 @@ import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseArray, PoseWithCovarianceStamped
 from rcl_interfaces.msg import SetParametersResult
+from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos_overriding_options import QoSOverridingOptions
@@ -254,14 +255,16 @@ class PerceptionNode(LifecycleNode):
         if cfg.image_transport == "compressed":
             image_sub = self.create_subscription(
                 CompressedImage, "image/compressed", self._on_image, qos,
-                qos_overriding_options=overrides,
+                qos_overriding_options=overrides, event_callbacks=self._lost_events("image"),
             )
         else:
             image_sub = self.create_subscription(
-                Image, "image", self._on_image, qos, qos_overriding_options=overrides
+                Image, "image", self._on_image, qos, qos_overriding_options=overrides,
+                event_callbacks=self._lost_events("image"),
             )
         info_sub = self.create_subscription(
-            CameraInfo, "camera_info", self._on_camera_info, qos, qos_overriding_options=overrides
+            CameraInfo, "camera_info", self._on_camera_info, qos,
+            qos_overriding_options=overrides, event_callbacks=self._lost_events("camera_info"),
         )
         self._subs = [image_sub, info_sub]
         if self.tf_buffer is not None and tf_type is not None:  # listen as tf2_ros does
@@ -312,6 +315,20 @@ class PerceptionNode(LifecycleNode):
             self._timer = None
         if self._matcher is not None:
             self._matcher.reset()
+
+    def _lost_events(self, topic: str) -> SubscriptionEventCallbacks:
+        """Event callbacks counting messages the middleware lost before any callback saw them.
+
+        The RMW's message-lost event (Fast DDS, Cyclone DDS) reports samples dropped from the
+        reader's history (e.g. a depth-1 best-effort queue overrun while the node was busy);
+        they appear on /diagnostics as ``dropped.middleware_lost.<topic>``. Where the RMW has no
+        such event, rclpy leaves it unset and the counter stays 0 (``use_default_callbacks``
+        keeps rclpy's incompatible-QoS warnings).
+        """
+        def lost(info: Any) -> None:
+            self.stats.middleware_lost(topic, int(info.total_count_change))
+
+        return SubscriptionEventCallbacks(message_lost=lost)
 
     # ------------------------------------------------------------------ callbacks
     def _on_image(self, msg: Image | CompressedImage) -> None:

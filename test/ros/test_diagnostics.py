@@ -24,6 +24,10 @@ def test_rates_percentiles_and_counters():
     assert values["frames_received"] == 30 and values["poses_published"] == 30
     assert values["errors.image"] == 1 and values["last_error"] == "image: bad encoding"
     assert all(f"errors.{k}" in values for k in ERROR_KINDS)
+    assert values["dropped.middleware_lost.image"] == 0  # always reported
+    stats.middleware_lost("image", 3)  # what the message-lost event callback reports
+    stats.middleware_lost("image", 2)
+    assert stats.snapshot()["dropped.middleware_lost.image"] == 5
     # 10 s later nothing arrived: rates fall to 0
     assert stats.snapshot(now=200.0)["input_rate_hz"] == 0.0
 

@@ -385,6 +385,8 @@ def test_bad_inputs_are_counted_and_the_node_keeps_running(probe, node_process):
             break
     assert all(counts[k] >= v for k, v in expected.items()), (counts, after)
     assert float(after["latency_p50_ms"]) > 0.0
+    # the subscriptions listen to the middleware's message-lost event (none lost here)
+    assert int(after["dropped.middleware_lost.image"]) >= 0
     assert "fiducial:chessboard" in after["backend"]
     log = node_process.log_path.read_text()
     assert "frame skipped (image)" in log and "16UC1" in log
