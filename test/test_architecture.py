@@ -27,7 +27,11 @@ ALLOWED_UPWARD = {
     "cli": {"commands"},
 }
 #: Lower layers that must not import the per-frame pipeline either.
-BELOW_PIPELINE = ("geometry", "render", "models", "engines", "synth", "datasets")
+BELOW_PIPELINE = ("geometry", "render", "models", "engines", "synth", "datasets", "refine")
+#: Parts that may import only the listed parts of the package (besides themselves).
+ONLY_FROM = {
+    "refine": {"geometry", "render", "errors", "config_utils"},
+}
 
 
 def _part(module: str) -> str | None:
@@ -93,4 +97,6 @@ def test_imports_point_one_way(path):
             bad.append(f"line {line}: {module}")
         if own in BELOW_PIPELINE and target == "pipeline":
             bad.append(f"line {line}: {module} (below the pipeline)")
+        if own in ONLY_FROM and target not in ONLY_FROM[own]:
+            bad.append(f"line {line}: {module} ({own} may import only {sorted(ONLY_FROM[own])})")
     assert not bad, f"{rel} imports upward: {bad}"
