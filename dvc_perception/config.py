@@ -31,6 +31,14 @@ ROS_NAME_TOKEN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 BOARD_TYPES = ("chessboard", "aruco_grid", "charuco")
 KEYPOINT_SOURCES = ("fiducial", "network")
 DEPTH_SOURCES = ("none", "network")
+#: ``pipeline.refine.contour_source``: the sparse viewpoint model built at configure (fast per
+#: frame) or a contour rendered from the mesh at every correspondence iteration (slow).
+CONTOUR_SOURCES = ("model", "render")
+#: Segment scales of the refiner's full coarse-to-fine schedule, px (`RefineSettings.scales`);
+#: ``pipeline.refine.pyramid_levels`` keeps the finest N.
+REFINE_SCALES = (6, 4, 2, 1)
+#: The line standard-deviation floors that go with `REFINE_SCALES`, px.
+REFINE_MIN_SIGMA_PX = (15.0, 5.0, 3.5, 1.5)
 SYNC_MODES = ("exact", "approximate", "latest")
 IMAGE_TRANSPORTS = ("raw", "compressed")
 #: Inference backends (`engines.load.BACKENDS`); ``auto``: TensorRT when it and a CUDA device
@@ -254,6 +262,56 @@ def _unsupported_engine_choice(backend: str, precision: str, device: str) -> str
 
 
 @dataclass(frozen=True)
+class RefineConfig:
+    """Render-and-compare refinement of the PnP poses (`refine.refine_pose`).
+
+    Score of a refined pose: ``pnp_score * exp(-cost_weight * cost)``, cost the refiner's final
+    alignment cost (`RefineResult.cost`: ~0.2-0.3 for a well aligned outline, log 2 = 0.69
+    where the colours cannot tell object from background, more for a wrong pose), so at
+    ``cost_weight`` 1 a pose whose outline is no better than chance has its score halved.
+    """
+
+    enabled: bool = _f(
+        False,
+        "refine every PnP pose by aligning the object's mesh outline with the image (objects "
+        "with a mesh in config/objects/<id>.yaml; a board is not refined); the mesh and contour "
+        "models are loaded at configure",
+    )
+    contour_source: str = _f(
+        "model",
+        "model: contours from a sparse viewpoint model built per object at configure (a few "
+        "seconds each; fast per frame); render: rendered from the mesh at every step (slow)",
+        choices=CONTOUR_SOURCES,
+    )
+    pyramid_levels: int = _f(
+        4, "coarse-to-fine levels: the finest N of the segment scales 6, 4, 2, 1 px",
+        range=(1, len(REFINE_SCALES)), live=True,
+    )
+    iterations: int = _f(
+        2, "Gauss-Newton steps per pyramid level", range=(1, 50), live=True
+    )
+    passes: int = _f(
+        1, "runs of the whole coarse-to-fine schedule (each restarts the colour statistics)",
+        range=(1, 10), live=True,
+    )
+    num_points: int = _f(
+        200, "contour points (correspondence lines) per instance; with contour_source model at "
+        "most the count at configure", range=(8, 2000), live=True,
+    )
+    edge_weight: float = _f(
+        5.0, "weight of the image-edge term next to the colour-region term (0: region only)",
+        range=(0.0, 100.0), live=True,
+    )
+    cost_weight: float = _f(
+        1.0, "score of a refined pose = PnP score * exp(-cost_weight * alignment cost); 0: the "
+        "PnP score", range=(0.0, 100.0), live=True,
+    )
+
+    def __post_init__(self) -> None:
+        _check_range("pipeline.refine", self)
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     """The ROS-free per-frame pipeline (`Pipeline.from_config`)."""
 
@@ -276,6 +334,7 @@ class PipelineConfig:
     fiducial: FiducialConfig = field(default_factory=FiducialConfig)
     pnp: PnPConfig = field(default_factory=PnPConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
+    refine: RefineConfig = field(default_factory=RefineConfig)
 
     def __post_init__(self) -> None:
         _check_range("pipeline", self)

@@ -13,6 +13,11 @@ of the two-stage path: its detector is ``--detector`` (or
 ``pipeline.network.detector_model_path``), by default the shipped ``models/detector_*.onnx``
 that knows most of the keypoint model's objects; a zoom-crop model without any detector is an
 error, never a whole-image run.
+
+``--refine`` (the same as ``--param pipeline.refine.enabled:=true``) refines every network pose
+by render-and-compare against the image (`refine.refine_pose`, after PnP in the pipeline), with
+each object's mesh from ``config/objects/<id>.yaml``; the other ``pipeline.refine.*`` settings
+come from ``--param`` / ``--params`` as usual.
 """
 
 from __future__ import annotations
@@ -36,8 +41,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="detector ONNX model of the two-stage path (default, for a zoom-crop "
                              "keypoint model: the shipped models/detector_*.onnx knowing most of "
                              "its objects)")
+    parser.add_argument("--refine", action="store_true",
+                        help="refine every pose by aligning the object's mesh outline with the "
+                             "image after PnP (= --param pipeline.refine.enabled:=true; the "
+                             "pipeline.refine.* parameters tune it)")
     parser.add_argument("--data-root", default=None,
                         help="root for ${DVC_SHARED_DATA} meshes in object YAMLs")
+
+
+def with_refine(overrides: dict[str, object], refine: bool) -> dict[str, object]:
+    """`overrides` plus ``pipeline.refine.enabled: true`` when `refine` (``--refine``).
+
+    Raises:
+        ConfigError: ``--refine`` with ``--param pipeline.refine.enabled:=`` anything but true.
+    """
+    from dvc_perception.errors import ConfigError
+
+    if not refine:
+        return overrides
+    value = overrides.get("pipeline.refine.enabled", True)
+    if value is not True:
+        raise ConfigError(f"--refine contradicts --param pipeline.refine.enabled:={value!r}; "
+                          "give one of them")
+    return {**overrides, "pipeline.refine.enabled": True}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -55,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     from dvc_perception.errors import ModelSpecError
     from dvc_perception.files import atomic_write_text
 
-    overrides = parse_param_overrides(args.param)
+    overrides = with_refine(parse_param_overrides(args.param), args.refine)
     ids = bop_object_ids(args.dataset_dir)  # once: a sha256 of every mesh
     dataset_objects = set(ids.values())
     if overrides.get("pipeline.keypoint_source", "network") == "network":

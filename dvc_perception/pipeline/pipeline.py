@@ -19,11 +19,24 @@ to the network input, the engine runs, keypoints go back with `Letterbox.points_
 depth with `Letterbox.depth_to_source` (nearest, NaN in the padding); object ids and 3D keypoints
 come from the model metadata. A missing model fails at configure, naming the path. Any other
 source can be passed directly: ``Pipeline(config, source, depth_source)``.
+
+With ``pipeline.refine.enabled``, all poses of a frame are then refined in one batched
+`refine.refine_pose` call (render-and-compare on the frame's RGB, the frame's camera) with each
+object's mesh from ``config/objects/<id>.yaml`` (`render.objects`); the meshes, and with
+``refine.contour_source: model`` their contour models, are loaded once at construction.
+R, t and covariance become the refiner's, and the score becomes
+``pnp_score * exp(-refine.cost_weight * cost)`` (cost: `RefineResult.cost`, the final
+alignment cost), thresholded by ``min_score`` again, so a pose whose outline does not match the
+image loses its score. An instance the refiner reports unusable (no finite cost, fewer than its
+``min_lines`` lines fitted: behind the camera, outside the image) keeps its PnP pose, score and
+covariance. Objects without a mesh (a calibration board) are not refined
+(`Pipeline.refine_notes` says why).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
 from collections.abc import Mapping
@@ -34,10 +47,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from dvc_perception.config import ROS_NAME_TOKEN, PipelineConfig
+from dvc_perception.config import (
+    REFINE_MIN_SIGMA_PX,
+    REFINE_SCALES,
+    ROS_NAME_TOKEN,
+    PipelineConfig,
+    RefineConfig,
+)
 from dvc_perception.engines.preprocess import check_rgb_image
 from dvc_perception.errors import (
     ConfigError,
+    DvcError,
     EngineUnavailableError,
     InputError,
     ModelSpecError,
@@ -48,6 +68,12 @@ from dvc_perception.geometry.pnp import warm_up as warm_up_pnp
 from dvc_perception.geometry.synthetic import synthetic_pnp_problem
 from dvc_perception.pipeline.pose import estimate_poses
 from dvc_perception.pipeline.sources import DepthSource, KeypointDetection, KeypointSource
+from dvc_perception.refine import ContourModel, RefineSettings, build_contour_model, refine_pose
+from dvc_perception.render.mesh import Mesh
+
+#: What the refiner aligns per object: its mesh (``contour_source: render``) or its sparse
+#: contour model (``contour_source: model``).
+RefineModel = Mesh | ContourModel
 
 
 @dataclass(frozen=True)
@@ -58,13 +84,17 @@ class ObjectPose:
         object_id: the object's id (a ROS name token).
         R: (3, 3) float64 rotation, object frame to camera optical frame.
         t: (3,) float64 m, object origin in the camera optical frame.
-        score: in [0, 1], confidence-weighted fraction of keypoints that are PnP inliers.
+        score: in [0, 1], confidence-weighted fraction of keypoints that are PnP inliers; after
+            refinement times ``exp(-refine.cost_weight * refine_cost)``.
         covariance: (6, 6) float64, ROS order (tx, ty, tz [m], rx, ry, rz [rad], small angles of
-            a left perturbation ``R = exp([dθ]x) R_hat``), from the solver.
+            a left perturbation ``R = exp([dθ]x) R_hat``), from the solver (PnP's, or the
+            refiner's when the pose was refined).
         keypoints_2d: (N, 2) float64 px, the keypoints as found in the input image.
         n_inliers: number of RANSAC inliers among the N keypoints.
         instance: this pose's rank among the frame's poses of the same object id, by score
             (0: the best; several instances of one object each get their own pose).
+        refine_cost: the refiner's final alignment cost (`RefineResult.cost`); None when the
+            pose was not refined (refinement off, no mesh, or the refiner found it unusable).
     """
 
     object_id: str
@@ -75,6 +105,7 @@ class ObjectPose:
     keypoints_2d: np.ndarray
     n_inliers: int
     instance: int = 0
+    refine_cost: float | None = None
 
 
 @dataclass(frozen=True)
@@ -86,7 +117,8 @@ class FrameResult:
         poses: objects whose pose is valid and scored at least `min_score`.
         depth: (H, W) float32 m at the input resolution, NaN where unknown; None without a
             depth source.
-        timings: stage durations [ms] (``detect_ms``, ``pnp_ms``, ``depth_ms``, ``total_ms``).
+        timings: stage durations [ms] (``detect_ms``, ``pnp_ms``, ``refine_ms`` (0 with
+            refinement off), ``depth_ms``, ``total_ms``).
     """
 
     stamp: float
@@ -216,6 +248,55 @@ def make_depth_source(config: PipelineConfig) -> DepthSource | None:
         raise _engine_error(err, engine, f"depth model {path.name}") from err
 
 
+def refine_settings(config: RefineConfig) -> RefineSettings:
+    """The `RefineSettings` of ``pipeline.refine`` (the finest ``pyramid_levels`` scales)."""
+    n = config.pyramid_levels
+    return RefineSettings(scales=REFINE_SCALES[-n:], min_sigma_px=REFINE_MIN_SIGMA_PX[-n:],
+                          iterations=config.iterations, passes=config.passes,
+                          num_points=config.num_points, edge_weight=config.edge_weight)
+
+
+def load_refine_models(config: PipelineConfig, keypoint_source: KeypointSource
+                       ) -> tuple[dict[str, RefineModel], list[str]]:
+    """The refiner's model of every object of `keypoint_source` that has a mesh.
+
+    Each object id's description ``config/objects/<id>.yaml`` (`render.objects.find_object_yaml`)
+    gives the mesh; with ``refine.contour_source: model`` its sparse contour model is built
+    (`refine.build_contour_model`, ``refine.num_points`` points per view; seconds per object).
+    A fiducial board, and an object without a description or mesh, get none.
+
+    Returns:
+        (models by object id, one line per object that is not refined, saying why).
+
+    Raises:
+        MeshError: a description's mesh has no vertices or faces (the refiner cannot use it).
+    """
+    from dvc_perception.pipeline.fiducial import FiducialSource
+    from dvc_perception.refine.contour import mesh_arrays
+    from dvc_perception.render.objects import find_object_yaml, load_object
+
+    models: dict[str, RefineModel] = {}
+    notes: list[str] = []
+    for object_id in keypoint_source.object_ids:
+        if isinstance(keypoint_source, FiducialSource):
+            notes.append(f"pipeline.refine: {object_id!r} is a calibration board: not refined")
+            continue
+        try:
+            description = load_object(find_object_yaml(object_id))
+        except DvcError as err:  # reported, not hidden: the node logs the notes at configure
+            why = " ".join(str(err).split())
+            notes.append(f"pipeline.refine: {object_id!r} has no object mesh ({why}): not "
+                         "refined")
+            continue
+        mesh = description.mesh
+        if config.refine.contour_source == "model":
+            models[object_id] = build_contour_model(mesh, num_points=config.refine.num_points)
+        else:
+            mesh_arrays(mesh)  # an empty mesh fails here, not on the first frame
+            models[object_id] = mesh
+    return models, notes
+
+
 def rank_instances(poses: list[ObjectPose]) -> list[ObjectPose]:
     """The poses grouped by object id, best score first, ``instance`` = rank within the id.
 
@@ -250,6 +331,13 @@ class Pipeline:
         config: pipeline settings.
         keypoint_source: where keypoints come from (any `KeypointSource`).
         depth_source: optional depth estimator; None gives ``FrameResult.depth = None``.
+        refine_models: with ``refine.enabled``, the refiner's model (mesh or contour model) by
+            object id, to reuse models built before; None: `load_refine_models`. Objects
+            missing here are not refined. Ignored with refinement off.
+
+    ``refine.enabled`` and ``refine.contour_source`` are read here (models are built once);
+    the other ``refine`` settings, like ``min_score`` and ``pnp``, are read per frame from
+    `config`.
     """
 
     def __init__(
@@ -257,6 +345,7 @@ class Pipeline:
         config: PipelineConfig,
         keypoint_source: KeypointSource,
         depth_source: DepthSource | None = None,
+        refine_models: Mapping[str, RefineModel] | None = None,
     ) -> None:
         for object_id in keypoint_source.object_ids:
             if not ROS_NAME_TOKEN.match(object_id):
@@ -267,7 +356,21 @@ class Pipeline:
         self.config = config
         self.keypoint_source = keypoint_source
         self.depth_source = depth_source
+        #: Why an object is not refined, one line each (logged by the node at configure).
+        self.refine_notes: list[str] = []
+        self.refine_models: dict[str, RefineModel] = {}
+        if config.refine.enabled:
+            if refine_models is None:
+                self.refine_models, self.refine_notes = load_refine_models(
+                    config, keypoint_source)
+            else:
+                self.refine_models = dict(refine_models)
+                self.refine_notes = [f"pipeline.refine: {i!r} has no model given: not refined"
+                                     for i in keypoint_source.object_ids
+                                     if i not in self.refine_models]
+        self._refine_settings: tuple[RefineConfig, RefineSettings] | None = None
         self._warm_up_pose_path()
+        self._warm_up_refiner()
 
     def _warm_up_pose_path(self) -> None:
         """Run the per-frame pose code once (direct fit and RANSAC) on a synthetic detection.
@@ -281,6 +384,26 @@ class Pipeline:
             settings = dataclasses.replace(self.config.pnp, always_ransac=always_ransac)
             estimate_poses(problem.keypoints_px, problem.points_obj, problem.K,
                            problem.weights, settings)
+
+    def _warm_up_refiner(self) -> None:
+        """Refine one pose of every refiner model on a small synthetic frame (refinement on).
+
+        Loads the compiled kernels (numba, from its disk cache) so the first real frame does
+        not pay for them. The result is not used.
+        """
+        if not (self.config.refine.enabled and self.refine_models):
+            return
+        width, height = 160, 120
+        camera = CameraModel(np.array([[200.0, 0.0, 79.5], [0.0, 200.0, 59.5], [0.0, 0.0, 1.0]]),
+                             [], width, height)
+        image = np.full((height, width, 3), 60, np.uint8)
+        image[40:80, 60:100] = 200  # something to align with
+        models = list(self.refine_models.values())
+        radii = [m.radius_m if isinstance(m, ContourModel)
+                 else float(m.vertices.detach().double().norm(dim=1).max()) for m in models]
+        t = np.array([[0.0, 0.0, 5.0 * max(r, 1e-3)] for r in radii])
+        R = np.repeat(np.eye(3)[None], len(models), axis=0)
+        refine_pose(image, camera, models, R, t, self._current_refine_settings())
 
     @classmethod
     def from_config(cls, config: PipelineConfig | Mapping[str, Any] | str | Path) -> Pipeline:
@@ -327,8 +450,11 @@ class Pipeline:
         detections = self.keypoint_source.detect(image_rgb)
         t1 = time.perf_counter()
         poses = [pose for d in detections for pose in self._estimate_pose(d, camera)]
-        poses = rank_instances(poses)
         t2 = time.perf_counter()
+        if self.config.refine.enabled and self.refine_models:
+            poses = self._refine(poses, image_rgb, camera)
+        poses = rank_instances(poses)
+        t2r = time.perf_counter()
         depth = None
         if self.depth_source is not None:
             K = camera.K.detach().cpu().numpy()
@@ -339,10 +465,48 @@ class Pipeline:
         timings = {
             "detect_ms": 1e3 * (t1 - t0),
             "pnp_ms": 1e3 * (t2 - t1),
-            "depth_ms": 1e3 * (t3 - t2),
+            "refine_ms": 1e3 * (t2r - t2),
+            "depth_ms": 1e3 * (t3 - t2r),
             "total_ms": 1e3 * (t3 - t0),
         }
         return FrameResult(stamp=float(stamp), poses=poses, depth=depth, timings=timings)
+
+    def _current_refine_settings(self) -> RefineSettings:
+        """`refine_settings` of the current ``config.refine`` (rebuilt when it changes)."""
+        cached = self._refine_settings
+        if cached is None or cached[0] != self.config.refine:
+            cached = (self.config.refine, refine_settings(self.config.refine))
+            self._refine_settings = cached
+        return cached[1]
+
+    def _refine(self, poses: list[ObjectPose], image_rgb: np.ndarray, camera: CameraModel
+                ) -> list[ObjectPose]:
+        """The PnP poses after one batched `refine_pose` (the module docstring's rules)."""
+        chosen = [k for k, p in enumerate(poses) if p.object_id in self.refine_models]
+        if not chosen:
+            return poses
+        settings = self._current_refine_settings()
+        found = refine_pose(
+            image_rgb, camera, [self.refine_models[poses[k].object_id] for k in chosen],
+            np.stack([poses[k].R for k in chosen]), np.stack([poses[k].t for k in chosen]),
+            settings,
+        )  # fmt: skip
+        weight = self.config.refine.cost_weight
+        out = list(poses)
+        for b, k in enumerate(chosen):
+            cost = float(found.cost[b])
+            R = found.R[b].numpy()
+            t = found.t[b].numpy()
+            usable = (math.isfinite(cost) and int(found.num_lines[b]) >= settings.min_lines
+                      and bool(np.isfinite(R).all() and np.isfinite(t).all()))
+            if not usable:
+                continue  # the PnP pose, score and covariance stay
+            out[k] = dataclasses.replace(
+                poses[k], R=R.astype(np.float64), t=t.astype(np.float64),
+                covariance=found.covariance[b].numpy().astype(np.float64),
+                score=poses[k].score * math.exp(-weight * cost), refine_cost=cost,
+            )  # fmt: skip
+        return [p for p in out if p.score >= self.config.min_score]
 
     def _estimate_pose(self, det: KeypointDetection, camera: CameraModel) -> list[ObjectPose]:
         """Robust weighted PnP of one detection: [pose], or [] when invalid or below min_score."""

@@ -190,6 +190,7 @@ class PerceptionNode(LifecycleNode):
                 config.sync.mode, config.sync.tolerance_s, config.sync.queue_size
             )
             boxes, notes = object_boxes(pipeline)
+            notes += pipeline.refine_notes  # objects pipeline.refine leaves alone, and why
             engine_values = pipeline_engine_values(pipeline, config.pipeline)
             if config.output_frame and "tf" not in self.message_types:
                 raise ConfigError(f"output_frame {config.output_frame!r} needs /tf and "

@@ -120,6 +120,8 @@ def test_min_score_applies_to_the_next_frame_and_back(ctx, demo_frame):
     ("pipeline.network.engine_cache_dir", "/tmp/engines"),
     ("pipeline.keypoint_source", "network"),
     ("pipeline.fiducial.cols", 7),
+    ("pipeline.refine.enabled", True),
+    ("pipeline.refine.contour_source", "render"),
 ])
 def test_configure_time_parameter_is_refused_while_configured(ctx, name, value):
     node = _node(ctx)
@@ -276,13 +278,32 @@ def test_source_thresholds_apply_or_are_refused_by_what_the_source_allows(ctx):
         node.destroy_node()
 
 
+def test_refine_settings_apply_live(ctx):
+    node = _node(ctx)
+    try:
+        for name, value in (("pipeline.refine.iterations", 5),
+                            ("pipeline.refine.cost_weight", 0.5),
+                            ("pipeline.refine.pyramid_levels", 2)):
+            result = _set(node, name, value)
+            assert result.successful, result.reason
+        refine = node.pipeline.config.refine
+        assert (refine.iterations, refine.cost_weight, refine.pyramid_levels) == (5, 0.5, 2)
+        assert node.config.pipeline.refine == refine
+        result = _set(node, "pipeline.refine.iterations", 0)
+        assert not result.successful and "pipeline.refine.iterations" in result.reason
+    finally:
+        node.destroy_node()
+
+
 def test_descriptors_say_when_a_change_takes_effect():
     live = set(live_parameter_names())
     assert {"pipeline.min_score", "pipeline.network.min_objectness", "publish_tf", "tf_prefix",
-            "diagnostics_period_s", "warn_throttle_s"} <= live
+            "diagnostics_period_s", "warn_throttle_s", "pipeline.refine.iterations",
+            "pipeline.refine.pyramid_levels", "pipeline.refine.cost_weight"} <= live
     assert not live & {"pipeline.network.model_path", "pipeline.network.backend",
                        "pipeline.network.precision", "pipeline.network.device",
-                       "pipeline.keypoint_source", "image_transport", "reliable_inputs"}
+                       "pipeline.keypoint_source", "image_transport", "reliable_inputs",
+                       "pipeline.refine.enabled", "pipeline.refine.contour_source"}
     for name, d in parameter_descriptors().items():
         assert name in node_parameter_names()
         if name in live:
