@@ -22,7 +22,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 
     The parent directory is created. The caller writes the temporary path (by name: torch,
     onnx and csv writers alike); it is fsynced and renamed onto `path` when the block ends
-    without an exception, and deleted otherwise.
+    without an exception, and deleted otherwise. The file gets the permissions a plain
+    ``open(path, "w")`` would give (0666 less the umask), not mkstemp's private 0600.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -33,10 +34,28 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, target)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _umask() -> int:
+    """The process umask.
+
+    From /proc on Linux (no side effect), else by setting and restoring it (a brief window in
+    which another thread would create files with umask 0).
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:

@@ -28,3 +28,15 @@ def test_a_finished_write_replaces_the_file_and_creates_folders(tmp_path):
     atomic_write_bytes(tmp_path / "b.bin", b"\x00\x01")
     assert target.read_text() == "x" and (tmp_path / "b.bin").read_bytes() == b"\x00\x01"
     assert sorted(p.name for p in target.parent.iterdir()) == ["history.csv"]
+
+
+def test_a_finished_write_has_the_usual_permissions_not_mkstemps(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        path = atomic_write_bytes(tmp_path / "model.onnx", b"x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
