@@ -23,6 +23,7 @@ if [ "$STAGE" = all ] || [ "$STAGE" = detect ]; then
   $DDP train detect $DATA --input-size 320x240 --epochs "${DET_EPOCHS:-20}" --lr 2e-3 \
     --val-every 5 $COMMON --out runs/detector_lmo $(resume runs/detector_lmo)
   $CLI export runs/detector_lmo/best.pt --out models/detector_lmo.onnx
+  rm -f models/detector_lmo.pt  # ONNX only: the shipped binaries stay under 25 MB (no torch twin)
 fi
 if [ "$STAGE" = all ] || [ "$STAGE" = pose ]; then
   $DDP train pose --zoom-crops --input-size 128x128 $DATA --epochs "${POSE_EPOCHS:-30}" \

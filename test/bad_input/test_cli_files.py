@@ -94,7 +94,7 @@ CASES = {
         ["none", "not a folder"]),
     "train_data_not_shards": (
         lambda t: ["train", "pose", "--data", str(t), "--out", str(t / "run")],
-        ["no index.json", str(Path("/"))]),
+        ["index.json", "BOP scene folder", str(Path("/"))]),
     "train_toy_with_objects": (
         lambda t: ["train", "pose", "--toy", "4", "--objects",
                    str(_write(t / "o.yaml", _random_bytes())), "--out", str(t / "run")],

@@ -166,7 +166,7 @@ class _NodeThatRaises:
     def __init__(self, error: BaseException) -> None:
         self.error = error
 
-    def process_frame(self, image: Image, info: CameraInfo) -> None:
+    def process_frame(self, image: Image, info: CameraInfo, **_options: object) -> None:
         raise self.error
 
 

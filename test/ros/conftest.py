@@ -1,9 +1,45 @@
 # Copyright 2026 dvc_perception authors. Licensed under the Apache License, Version 2.0.
-"""Fixtures of the node tests: a rendered frame of the demo object for the shipped model."""
+"""Fixtures of the node tests: the node in its own process, a rendered demo-object frame."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
+
+
+def run_node_process(params_file: Path, log_path: Path) -> Iterator[subprocess.Popen]:
+    """`dvc-perception run --params-file` in its own process, output to `log_path` (yielded
+    once; on exit SIGINT, then kill after 10 s). The process gets ``log_path`` as an attribute.
+    """
+    log = open(log_path, "w+")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dvc_perception.cli", "run", "--params-file", str(params_file)],
+        stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ),
+    )
+    proc.log_path = log_path  # type: ignore[attr-defined]
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def node_runner():
+    """`run_node_process`, for module fixtures that start the node (``yield from``)."""
+    return run_node_process
 
 
 @pytest.fixture(scope="session")

@@ -5,10 +5,8 @@ the environment set in conftest.py (inherited by the node process); every wait i
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -51,7 +49,7 @@ def _params(tmp: Path) -> Path:
                 "worker_queue_size": 20,  # every bad frame must reach the handler
                 "diagnostics_period_s": 0.3,
                 "warn_throttle_s": 0.5,
-                "sync": {"mode": "exact", "queue_size": 10},
+                "sync": {"mode": "exact", "queue_size": 30},  # a burst of bad frames fits
                 "pipeline": {
                     "fiducial": {
                         "object_id": BOARD.object_id, "board_type": "chessboard",
@@ -123,24 +121,9 @@ class Probe:
 
 
 @pytest.fixture(scope="module")
-def node_process(tmp_path_factory) -> Iterator[subprocess.Popen]:
+def node_process(tmp_path_factory, node_runner) -> Iterator[subprocess.Popen]:
     tmp = tmp_path_factory.mktemp("node")
-    log = open(tmp / "node.log", "w+")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dvc_perception.cli", "run",
-         "--params-file", str(_params(tmp))],
-        stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ),
-    )
-    proc.log_path = tmp / "node.log"  # type: ignore[attr-defined]
-    yield proc
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-    log.close()
+    yield from node_runner(_params(tmp), tmp / "node.log")
 
 
 @pytest.fixture(scope="module")

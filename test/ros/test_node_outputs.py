@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -139,7 +138,7 @@ class Probe:
 
 
 @pytest.fixture(scope="module")
-def node_process(tmp_path_factory) -> Iterator[subprocess.Popen]:
+def node_process(tmp_path_factory, node_runner) -> Iterator[subprocess.Popen]:
     tmp = tmp_path_factory.mktemp("outputs")
     params = {"perception_node": {"ros__parameters": {
         "reliable_inputs": True, "worker_queue_size": 5, "diagnostics_period_s": 0.3,
@@ -148,22 +147,7 @@ def node_process(tmp_path_factory) -> Iterator[subprocess.Popen]:
                      "network": {"model_path": str(MODEL), "backend": "auto"}},
     }}}
     (tmp / "params.yaml").write_text(yaml.safe_dump(params))
-    log = open(tmp / "node.log", "w+")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dvc_perception.cli", "run", "--params-file",
-         str(tmp / "params.yaml")],
-        stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ),
-    )
-    proc.log_path = tmp / "node.log"  # type: ignore[attr-defined]
-    yield proc
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-    log.close()
+    yield from node_runner(tmp / "params.yaml", tmp / "node.log")
 
 
 @pytest.fixture(scope="module")
