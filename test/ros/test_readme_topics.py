@@ -17,7 +17,7 @@ import pytest
 import rclpy
 from rclpy.context import Context
 from rclpy.parameter import Parameter
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, ReliabilityPolicy
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from dvc_perception.pipeline.pipeline import Pipeline, make_keypoint_source
 from dvc_perception.ros.perception_node import PerceptionNode
@@ -83,6 +83,20 @@ def _graph(node, query, expected: int) -> dict[str, list[str]]:
         time.sleep(0.05)
 
 
+def _check_qos(topic: str, cell: str, seen: QoSProfile, own: QoSProfile) -> None:
+    """The README's QoS cell (reliability, durability, depth) against the endpoint as the
+    graph reports it (`seen`) and the node's own profile (`own`, for the depth)."""
+    qos = _QOS.match(cell)
+    assert qos, f"{topic}: QoS cell {cell!r}"
+    reliability = {"reliable": ReliabilityPolicy.RELIABLE,
+                   "best effort": ReliabilityPolicy.BEST_EFFORT}[qos.group(1)]
+    durability = {"volatile": DurabilityPolicy.VOLATILE,
+                  "transient local": DurabilityPolicy.TRANSIENT_LOCAL}[qos.group(2)]
+    assert seen.reliability == reliability, topic
+    assert seen.durability == durability, topic
+    assert own.depth == int(qos.group(3)), topic
+
+
 @pytest.mark.parametrize("transport", ["raw", "compressed"])
 def test_readme_topic_table_matches_the_node(ctx, transport):
     # a name of its own: a node of another test (same name, another participant) can linger in
@@ -110,19 +124,10 @@ def test_readme_topic_table_matches_the_node(ctx, transport):
         own_pubs = {p.topic_name: p for p in node.publishers}
         for topic, row in outs.items():
             assert mine[topic] == [row["type"].strip("`")], topic
-            qos = _QOS.match(row["QoS"])
-            assert qos, f"{topic}: QoS cell {row['QoS']!r}"
             [endpoint] = [e for e in node.get_publishers_info_by_topic(topic)
                           if e.node_name == name]
-            reliability = {"reliable": ReliabilityPolicy.RELIABLE,
-                           "best effort": ReliabilityPolicy.BEST_EFFORT}[qos.group(1)]
-            durability = {"volatile": DurabilityPolicy.VOLATILE,
-                          "transient local": DurabilityPolicy.TRANSIENT_LOCAL}[qos.group(2)]
-            assert endpoint.qos_profile.reliability == reliability, topic
-            assert endpoint.qos_profile.durability == durability, topic
-            profile = own_pubs[topic].qos_profile
-            assert profile.history == HistoryPolicy.KEEP_LAST, topic
-            assert profile.depth == int(qos.group(3)), topic
+            _check_qos(topic, row["QoS"], endpoint.qos_profile, own_pubs[topic].qos_profile)
+            assert own_pubs[topic].qos_profile.history == HistoryPolicy.KEEP_LAST, topic
 
         expected_ins = {topic for topic, row in ins.items()
                         if row["when"] in ("always", f"`image_transport: {transport}`")}
@@ -157,16 +162,8 @@ def test_readme_output_frame_inputs_match_the_node(ctx):
         for row in rows:
             topic = _name(row["topic"], name)
             assert subscribed[topic] == [row["type"].strip("`")], topic
-            qos = _QOS.match(row["QoS"])
-            assert qos, f"{topic}: QoS cell {row['QoS']!r}"
             [endpoint] = [e for e in node.get_subscriptions_info_by_topic(topic)
                           if e.node_name == name]
-            reliability = {"reliable": ReliabilityPolicy.RELIABLE,
-                           "best effort": ReliabilityPolicy.BEST_EFFORT}[qos.group(1)]
-            durability = {"volatile": DurabilityPolicy.VOLATILE,
-                          "transient local": DurabilityPolicy.TRANSIENT_LOCAL}[qos.group(2)]
-            assert endpoint.qos_profile.reliability == reliability, topic
-            assert endpoint.qos_profile.durability == durability, topic
-            assert own_subs[topic].qos_profile.depth == int(qos.group(3)), topic
+            _check_qos(topic, row["QoS"], endpoint.qos_profile, own_subs[topic].qos_profile)
     finally:
         node.destroy_node()
