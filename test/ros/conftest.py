@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import rclpy
+from rclpy.context import Context
 
 
 def run_node_process(params_file: Path, log_path: Path) -> Iterator[subprocess.Popen]:
@@ -61,3 +63,12 @@ def demo_object_frame():
     config = dataclasses.replace(SynthConfig.from_mapping(values), sequence=True)
     sampler = SceneSampler([load_object(find_object_yaml("demo_object"))], config, seed=7)
     return sampler.sample(0)
+
+
+@pytest.fixture
+def ctx() -> Iterator[Context]:
+    """A private rclpy context for nodes created in the test's own process."""
+    context = Context()
+    rclpy.init(context=context)
+    yield context
+    rclpy.shutdown(context=context)

@@ -5,12 +5,9 @@ reported on /diagnostics from the engine objects."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import rclpy
-from rclpy.context import Context
 from rclpy.parameter import Parameter
 
 from dvc_perception.config import NETWORK_BACKENDS, PRECISIONS, NetworkConfig, PipelineConfig
@@ -28,14 +25,6 @@ pytestmark = pytest.mark.ros
 MODELS = Path(__file__).resolve().parents[2] / "models"
 POSE = MODELS / "pose_demo_object.onnx"
 DEPTH = MODELS / "depth.onnx"
-
-
-@pytest.fixture
-def ctx() -> Iterator[Context]:
-    context = Context()
-    rclpy.init(context=context)
-    yield context
-    rclpy.shutdown(context=context)
 
 
 def test_choices_are_the_engines_own():

@@ -6,12 +6,10 @@ the node is configured and accepted while it is not; read-only ones are refused 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import rclpy
 from builtin_interfaces.msg import Time
 from rclpy.context import Context
 from rclpy.lifecycle import TransitionCallbackReturn
@@ -35,14 +33,6 @@ DEMO_MODEL = Path(__file__).resolve().parents[2] / "models" / "pose_demo_object.
 BOARD = FiducialConfig()  # the node's default board: 9 x 6 inner corners, 25 mm squares
 R_BOARD = Rotation.from_rotvec([0.15, -0.2, 0.05]).as_matrix()
 T_BOARD = np.array([-0.1, -0.06, 0.6])
-
-
-@pytest.fixture
-def ctx() -> Iterator[Context]:
-    context = Context()
-    rclpy.init(context=context)
-    yield context
-    rclpy.shutdown(context=context)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import array
 import threading
 import time
-from collections.abc import Iterator
 
 import cv2
 import numpy as np
@@ -27,14 +26,6 @@ from dvc_perception.ros.convert import rgb_to_image_msg
 from dvc_perception.ros.perception_node import PerceptionNode
 
 pytestmark = pytest.mark.ros
-
-
-@pytest.fixture
-def ctx() -> Iterator[Context]:
-    context = Context()
-    rclpy.init(context=context)
-    yield context
-    rclpy.shutdown(context=context)
 
 
 def _info(w: int = 64, h: int = 48) -> CameraInfo:

@@ -9,7 +9,6 @@ frame, composed with 4x4 matrices and scipy's Slerp here; a bag replay gives the
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -17,7 +16,6 @@ import rclpy
 import rclpy.executors
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import PoseWithCovarianceStamped, TransformStamped
-from rclpy.context import Context
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from scipy.spatial.transform import Rotation, Slerp
@@ -72,14 +70,6 @@ def _odom_from_camera(stamp_ns: int) -> np.ndarray:
     rot = Slerp([0.0, 1.0], Rotation.concatenate([r0, r1]))([s])[0]
     T_odom_base = _T(rot, (1 - s) * np.asarray(t0) + s * np.asarray(t1))
     return T_odom_base @ _T(*T_BASE_LINK_CAM) @ _T(*T_LINK_OPTICAL)
-
-
-@pytest.fixture
-def ctx() -> Iterator[Context]:
-    context = Context()
-    rclpy.init(context=context)
-    yield context
-    rclpy.shutdown(context=context)
 
 
 def _info() -> CameraInfo:

@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import rclpy
-from rclpy.context import Context
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
@@ -63,14 +60,6 @@ def readme_topics() -> list[dict[str, str]]:
 def _name(cell: str, node_name: str, object_id: str = "") -> str:
     topic = cell.strip("`").replace("<object_id>", object_id)
     return f"/{node_name}/{topic[2:]}" if topic.startswith("~/") else "/" + topic.lstrip("/")
-
-
-@pytest.fixture
-def ctx() -> Iterator[Context]:
-    context = Context()
-    rclpy.init(context=context)
-    yield context
-    rclpy.shutdown(context=context)
 
 
 def _graph(node, query, expected: int) -> dict[str, list[str]]:
