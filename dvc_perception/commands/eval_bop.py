@@ -145,8 +145,7 @@ def _detector_for(keypoint_model: Path, detector: str) -> str:
             shipped that knows any of its objects.
     """
     from dvc_perception.engines.export import read_model_metadata
-    from dvc_perception.errors import ConfigError, ModelSpecError
-    from dvc_perception.resources import find_share_file
+    from dvc_perception.errors import ModelSpecError
 
     if detector:
         if not Path(detector).is_file():
@@ -155,13 +154,8 @@ def _detector_for(keypoint_model: Path, detector: str) -> str:
     if read_model_metadata(keypoint_model).extra.get("input_kind") != "zoom_crop":
         return ""
     wanted = _model_objects(keypoint_model)
-    try:
-        shipped = sorted(find_share_file("models").glob("detector_*.onnx"))
-    except ConfigError:
-        shipped = []
-    scored = [(len(_model_objects(m) & wanted), m) for m in shipped]
-    count, best = max(scored, key=lambda s: s[0], default=(0, None))
-    if best is None or count == 0:
+    best, _ = _shipped_model_knowing("detector_*.onnx", wanted)
+    if best is None:
         raise ModelSpecError(
             f"{keypoint_model} is a zoom-crop keypoint model (the second stage of the two-stage "
             f"path) and no detector knows its objects {sorted(wanted)}: pass --detector "
@@ -176,20 +170,32 @@ def _best_shipped_model(dataset_objects: set[str], dataset_dir: str) -> str:
     Raises:
         ModelSpecError: no shipped model knows any of them (both sets named).
     """
-    from dvc_perception.errors import ConfigError, ModelSpecError
-    from dvc_perception.resources import find_share_file
+    from dvc_perception.errors import ModelSpecError
 
-    try:
-        models = sorted(find_share_file("models").glob("pose_*.onnx"))
-    except ConfigError:
-        models = []
-    scored = [(len(_model_objects(m) & dataset_objects), m) for m in models]
-    best = max(scored, key=lambda s: s[0], default=(0, None))
-    if best[1] is None or best[0] == 0:
+    best, models = _shipped_model_knowing("pose_*.onnx", dataset_objects)
+    if best is None:
         shipped = {m.name: sorted(_model_objects(m)) for m in models}
         raise ModelSpecError(
             f"no keypoint model for {dataset_dir}: its objects are {sorted(dataset_objects)}; "
             f"the shipped models know {shipped}; train one (`dvc-perception train pose`) and "
             "pass --model"
         )
-    return str(best[1])
+    return str(best)
+
+
+def _shipped_model_knowing(pattern: str, wanted: set[str]) -> tuple[Path | None, list[Path]]:
+    """The shipped ``models/<pattern>`` knowing most of `wanted`, and all that match.
+
+    Returns:
+        (the best model, None when none knows any of `wanted`; every match, sorted).
+    """
+    from dvc_perception.errors import ConfigError
+    from dvc_perception.resources import find_share_file
+
+    try:
+        models = sorted(find_share_file("models").glob(pattern))
+    except ConfigError:
+        models = []
+    scored = [(len(_model_objects(m) & wanted), m) for m in models]
+    count, best = max(scored, key=lambda s: s[0], default=(0, None))
+    return (best if count else None), models
