@@ -19,6 +19,7 @@ SUBCOMMANDS: tuple[tuple[str, str, str], ...] = (
     ("demo", "dvc_perception.commands.demo", "chessboard poses by the PnP layer next to OpenCV's"),
     ("run", "dvc_perception.commands.run", "start perception_node (no ROS install needed)"),
     ("bop2bag", "dvc_perception.commands.bop2bag", "convert a BOP-format scene into a rosbag2"),
+    ("rgbd2bag", "dvc_perception.commands.rgbd2bag", "convert an RGB-D sequence into a rosbag2"),
     ("replay", "dvc_perception.commands.replay", "replay a rosbag2 through the node's code"),
     ("eval", "dvc_perception.commands.evaluate", "score a replayed bag against ground truth"),
     ("eval-bop", "dvc_perception.commands.eval_bop", "bop2bag + replay + eval in one step"),

@@ -60,10 +60,10 @@ def bop_scene_to_bag(
     """
     from builtin_interfaces.msg import Time
     from geometry_msgs.msg import PoseArray, PoseStamped
-    from sensor_msgs.msg import CameraInfo, Image
+    from sensor_msgs.msg import Image
     from std_msgs.msg import Header
 
-    from dvc_perception.ros.convert import pose_to_msg
+    from dvc_perception.ros.convert import intrinsics_to_camera_info_msg, pose_to_msg
 
     if rate_hz <= 0:
         raise BagError(f"rate_hz must be > 0, got {rate_hz}")
@@ -89,12 +89,7 @@ def bop_scene_to_bag(
                 header=header, height=height, width=width, encoding="rgb8",
                 is_bigendian=0, step=3 * width, data=rgb.tobytes(),
             )  # fmt: skip
-            info = CameraInfo(header=header, height=height, width=width)
-            info.distortion_model = "plumb_bob"
-            info.d = [0.0] * 5
-            info.k = frame.K.reshape(-1).tolist()
-            info.r = np.eye(3).reshape(-1).tolist()
-            info.p = np.hstack([frame.K, np.zeros((3, 1))]).reshape(-1).tolist()
+            info = intrinsics_to_camera_info_msg(frame.K, width, height, header)
             writer.write_message(IMAGE_TOPIC, image, stamp_ns)
             writer.write_message(CAMERA_INFO_TOPIC, info, stamp_ns)
             array = PoseArray(header=header)

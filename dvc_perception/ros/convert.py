@@ -519,6 +519,24 @@ def depth_camera_info(info: CameraInfo, header: Header) -> CameraInfo:
     return out
 
 
+def intrinsics_to_camera_info_msg(
+    K: np.ndarray, width: int, height: int, header: Header
+) -> CameraInfo:
+    """Pinhole (3, 3) K [px] of a `width` x `height` image -> CameraInfo of a recorded camera.
+
+    ``plumb_bob`` with zero distortion, R = I, P = [K | 0] (a monocular camera whose images
+    are taken as rectified), no binning or region of interest.
+    """
+    K = np.asarray(K, dtype=np.float64).reshape(3, 3)
+    info = CameraInfo(header=header, height=int(height), width=int(width))
+    info.distortion_model = "plumb_bob"
+    info.d = [0.0] * 5
+    info.k = K.reshape(-1).tolist()
+    info.r = np.eye(3).reshape(-1).tolist()
+    info.p = np.hstack([K, np.zeros((3, 1))]).reshape(-1).tolist()
+    return info
+
+
 def depth_to_point_cloud(
     depth: np.ndarray, K: np.ndarray, header: Header, decimation: int
 ) -> PointCloud2:

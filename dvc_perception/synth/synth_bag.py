@@ -30,6 +30,10 @@ from dvc_perception.synth.scenes import SceneSampler, SynthFrame
 IMAGE_TOPIC = "/camera/image_raw"
 CAMERA_INFO_TOPIC = "/camera/camera_info"
 DEPTH_TOPIC = "/camera/depth/ground_truth"
+#: The camera optical frame in the world frame (PoseStamped, header.frame_id = the world frame),
+#: as odometry or a SLAM system gives it; written by `bag.rgbd` (`rgbd2bag`). Not under
+#: GROUND_TRUTH_PREFIX: it is an input of multi-view depth, not an object to score.
+CAMERA_POSE_TOPIC = "/camera/pose"
 GROUND_TRUTH_PREFIX = "/ground_truth/"
 POSES_TOPIC = GROUND_TRUTH_PREFIX + "poses"
 

@@ -1,0 +1,47 @@
+# Copyright 2026 dvc_perception authors. Licensed under the Apache License, Version 2.0.
+"""`dvc-perception rgbd2bag SEQ_DIR -o BAG`: an RGB-D sequence with camera poses as a rosbag2."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `rgbd2bag`."""
+    parser.add_argument("seq_dir", help="7-Scenes (frame-XXXXXX.color/depth/pose files) or TUM "
+                        "RGB-D (rgb.txt, depth.txt, groundtruth.txt) folder, e.g. "
+                        "../shared/data/rgbd_kitchen")  # fmt: skip
+    parser.add_argument("-o", "--output", required=True, help="output bag directory")
+    parser.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
+    parser.add_argument("--intrinsics", default=None, metavar="FILE",
+                        help="text file with the 3x3 K (required for TUM; default for 7-Scenes: "
+                        "the folder's camera-intrinsics.txt)")  # fmt: skip
+    parser.add_argument("--start", type=int, default=0, help="frames to skip at the beginning")
+    parser.add_argument("--stride", type=int, default=1, help="keep every N-th frame")
+    parser.add_argument("--max-frames", type=int, default=None, help="at most N frames")
+    parser.add_argument("--rate", type=float, default=None,
+                        help="7-Scenes stamping rate [Hz] (default 30; TUM has time stamps)")
+    parser.add_argument("--max-dt", type=float, default=None, help="TUM: largest colour-depth "
+                        "and colour-pose time difference [s] (default 0.02)")  # fmt: skip
+    parser.add_argument("--frame-id", default="camera_optical_frame",
+                        help="camera optical frame of the image, camera_info and depth")
+    parser.add_argument("--world-frame", default="world", help="frame_id of the camera poses")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing bag")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Convert and print a one-line summary."""
+    from dvc_perception.bag.rgbd import rgbd_sequence_to_bag
+
+    seq = rgbd_sequence_to_bag(
+        args.seq_dir, args.output, storage=args.storage, frame_id=args.frame_id,
+        world_frame=args.world_frame, intrinsics=args.intrinsics, start=args.start,
+        stride=args.stride, max_frames=args.max_frames, rate_hz=args.rate,
+        max_dt_s=args.max_dt, overwrite=args.overwrite, progress=not args.no_progress,
+    )  # fmt: skip
+    skipped = (f" ({seq.skipped} colour images without a depth image and a pose within the "
+               "time tolerance left out)" if seq.skipped else "")  # fmt: skip
+    print(f"wrote {len(seq.frames)} frames of {args.seq_dir} ({seq.layout} layout) to "
+          f"{args.output}{skipped}")
+    return 0
