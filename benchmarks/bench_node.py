@@ -12,7 +12,9 @@
 
 Fiducial modes render a board; network modes render a frame of the demo-object sample scene
 (`demo.samples`, 640x480) and run the shipped models (models/pose_demo_object.onnx,
-models/depth.onnx; network input 320x240) with ONNX Runtime on the CPU.
+models/depth.onnx; network input 320x240) with ONNX Runtime on the CPU. ``network_pose_tracking``
+adds refinement and tracking of the one object (``pipeline.tracking``, detection every 5
+frames; the same still frame is sent, so the track never fails).
 
 Usage: .venv/bin/python benchmarks/bench_node.py [--seconds 10] [--rate 60] [--mode chessboard]
 FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA and a private ROS_DOMAIN_ID are set if absent.
@@ -60,7 +62,10 @@ BOARDS = {
                 "marker_size_m": 0.03},
 }
 REPO = Path(__file__).resolve().parents[1]
-NETWORK_MODES = {"network_pose": "none", "network_pose_depth": "network"}  # -> depth_source
+NETWORK_MODES = {"network_pose": "none", "network_pose_depth": "network",
+                 "network_pose_tracking": "none"}  # -> depth_source
+#: network_pose_tracking: refinement on, tracking one object with detection every N frames.
+TRACKING = {"refine": {"enabled": True}, "tracking": {"enabled": True, "detect_every": 5}}
 MODES = (*BOARDS, *NETWORK_MODES)
 
 
@@ -73,6 +78,7 @@ def _pipeline_params(mode: str) -> dict:
         "depth_source": NETWORK_MODES[mode],
         "network": {"model_path": str(REPO / "models/pose_demo_object.onnx"),
                     "depth_model_path": str(REPO / "models/depth.onnx")},
+        **(TRACKING if mode == "network_pose_tracking" else {}),
     }
 
 

@@ -149,6 +149,43 @@ def _object_model(object_id: str, data_root: str | Path | None) -> tuple[Any, fl
     return pts, float(obj.diameter_m), obj.symmetric
 
 
+def _ground_truth_topics(reader: BagReader) -> list[str]:
+    """The bag's ``/ground_truth/<object_id>/pose`` (PoseStamped) topics, sorted."""
+    return sorted(
+        t for t, info in reader.topics().items()
+        if t.startswith(GROUND_TRUTH_PREFIX) and t.endswith("/pose")
+        and info.msgtype == "geometry_msgs/msg/PoseStamped"
+    )  # fmt: skip
+
+
+def _ground_truth_poses(reader: BagReader, topics: list[str], bag: str | Path
+                        ) -> dict[str, dict[int, tuple[np.ndarray, np.ndarray]]]:
+    """Object id -> header stamp [ns] -> (R (3, 3), t (3,) m) of the ground-truth `topics`."""
+    from geometry_msgs.msg import PoseStamped
+
+    from dvc_perception.ros.convert import msg_to_pose
+
+    return {
+        topic[len(GROUND_TRUTH_PREFIX) : -len("/pose")]: {
+            _stamp_ns(msg.header.stamp): msg_to_pose(msg.pose)
+            for m in reader.messages([topic])
+            for msg in [deserialize(m, PoseStamped, bag=bag)]
+        }
+        for topic in topics
+    }
+
+
+def read_ground_truth_poses(bag: str | Path
+                            ) -> dict[str, dict[int, tuple[np.ndarray, np.ndarray]]]:
+    """Object id -> stamp [ns] -> (R, t) of a bag's ``/ground_truth/<object_id>/pose`` topics.
+
+    Raises:
+        BagError: an unreadable bag or message.
+    """
+    with BagReader(bag) as reader:
+        return _ground_truth_poses(reader, _ground_truth_topics(reader), bag)
+
+
 def evaluate_bag(
     output_bag: str | Path,
     gt_bag: str | Path,
@@ -178,7 +215,7 @@ def evaluate_bag(
             truth; depth ground truth that is not registered to the predicted depth (another
             size or ``frame_id``) or not a depth encoding.
     """
-    from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
+    from geometry_msgs.msg import PoseWithCovarianceStamped
     from sensor_msgs.msg import Image
 
     from dvc_perception.geometry.metrics import (
@@ -192,22 +229,11 @@ def evaluate_bag(
     node = node_name.rstrip("/")
     with BagReader(gt_bag) as gt_reader:
         gt_topics = gt_reader.topics()
-        pose_topics = sorted(
-            t for t, info in gt_topics.items()
-            if t.startswith(GROUND_TRUTH_PREFIX) and t.endswith("/pose")
-            and info.msgtype == "geometry_msgs/msg/PoseStamped"
-        )  # fmt: skip
+        pose_topics = _ground_truth_topics(gt_reader)
         if not pose_topics and gt_depth_topic not in gt_topics:
             raise BagError(f"{gt_bag} has no {GROUND_TRUTH_PREFIX}<object_id>/pose topics and "
                            f"no depth ground truth {gt_depth_topic} to evaluate with")
-        gt_poses: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
-        for topic in pose_topics:
-            object_id = topic[len(GROUND_TRUTH_PREFIX) : -len("/pose")]
-            gt_poses[object_id] = {
-                _stamp_ns(msg.header.stamp): msg_to_pose(msg.pose)
-                for m in gt_reader.messages([topic])
-                for msg in [deserialize(m, PoseStamped, bag=gt_bag)]
-            }
+        gt_poses = _ground_truth_poses(gt_reader, pose_topics, gt_bag)
         gt_depth: dict[int, np.ndarray] = {}
         gt_depth_frames: dict[int, str] = {}
         if gt_depth_topic in gt_topics:

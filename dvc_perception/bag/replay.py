@@ -241,6 +241,7 @@ def replay_bag(
     progress: bool = True,
     on_frame: Callable[[int, int], None] | None = None,
     log: Callable[[str], None] | None = None,
+    initial_poses: Mapping[int, Sequence[Any]] | None = None,
 ) -> ReplaySummary:
     """Run every image of `input_bag` through the node's per-frame code into `output_bag`.
 
@@ -264,6 +265,9 @@ def replay_bag(
         progress: show a progress bar.
         on_frame: called as ``on_frame(done, total)`` after each frame.
         log: called with one-line notes: the topics chosen and why, skipped camera_info.
+        initial_poses: image stamp [ns] -> `pipeline.pose.InitialPose` list: each frame's
+            poses are refined from these instead of detected (``--init gt-perturbed``; a
+            frame missing here gets none); None: the node's keypoint source.
 
     Raises:
         BagError: unreadable, truncated or corrupt bag, missing topics, image stamps out of
@@ -289,7 +293,7 @@ def replay_bag(
             copy = sorted(topics) if copy_inputs else []
             with AtomicBagWriter(output_bag, storage, overwrite=overwrite) as writer:
                 bar = _Progress(topics[image_topic].count, progress, on_frame)
-                _replay_images(reader, writer, node, index, summary, copy, bar)
+                _replay_images(reader, writer, node, index, summary, copy, bar, initial_poses)
     summary.wall_s = time.perf_counter() - t_start
     return summary
 
@@ -370,6 +374,7 @@ class _Progress:
 def _replay_images(
     reader: BagReader, writer: AtomicBagWriter, node: Any, index: _CameraInfoIndex,
     summary: ReplaySummary, copy: Sequence[str], progress: _Progress,
+    initial_poses: Mapping[int, Sequence[Any]] | None = None,
 ) -> None:  # fmt: skip
     """Every image of ``summary.image_topic`` through the node; `copy` topics copied as is."""
     from sensor_msgs.msg import CompressedImage, Image
@@ -394,8 +399,10 @@ def _replay_images(
                              "carries the record time)", summary)  # fmt: skip
             else:
                 last_stamp = stamp = _check_order(image, m, last_stamp)
+                options = {} if initial_poses is None else {
+                    "initial_poses": list(initial_poses.get(stamp, []))}
                 _replay_frame(node, writer, fqn, image, index.find(stamp, m.timestamp_ns),
-                              m.timestamp_ns, summary)  # fmt: skip
+                              m.timestamp_ns, summary, options)  # fmt: skip
             progress.update(summary.frames_in)
     finally:
         progress.close()
@@ -431,9 +438,12 @@ def _messages(reader: BagReader, topics: Sequence[str]) -> Iterator[Any]:
 
 def _replay_frame(
     node: Any, writer: AtomicBagWriter, fqn: str, image: Any, info: Any, record_ns: int,
-    summary: ReplaySummary,
+    summary: ReplaySummary, options: Mapping[str, Any] | None = None,
 ) -> None:  # fmt: skip
-    """Process one image and write its outputs, or its error record."""
+    """Process one image and write its outputs, or its error record.
+
+    `options`: extra keyword arguments of ``node.process_frame`` (``initial_poses``).
+    """
     from dvc_perception.errors import DvcError
 
     if info is None:
@@ -442,7 +452,7 @@ def _replay_frame(
                      f"no camera_info matches this image (sync.mode {mode})", summary)  # fmt: skip
         return
     try:
-        out = node.process_frame(image, info, tf_timeout_s=0.0)
+        out = node.process_frame(image, info, tf_timeout_s=0.0, **(options or {}))
     except DvcError as err:
         kind = getattr(err, "kind", type(err).__name__)
         _write_error(writer, fqn, image.header, record_ns, kind, str(err), summary)

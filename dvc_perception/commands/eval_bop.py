@@ -18,12 +18,24 @@ error, never a whole-image run.
 by render-and-compare against the image (`refine.refine_pose`, after PnP in the pipeline), with
 each object's mesh from ``config/objects/<id>.yaml``; the other ``pipeline.refine.*`` settings
 come from ``--param`` / ``--params`` as usual.
+
+``--init gt-perturbed --perturb-deg D --perturb-frac F --seed S`` (with ``--refine``; an error
+without it) measures the refiner alone: every target's pose starts from the scene's ground
+truth perturbed by exactly D deg and F diameters (``models_info.json`` diameters; directions
+drawn per target in image-id then ``scene_gt.json`` order from one generator seeded by S, as
+``benchmarks/eval_refine_bop.py`` draws them) instead of the network's, and ``summary.json``
+gets ``init``: ADD(-S)@0.1d and median errors before and after refinement, the translation
+error split into image-plane and depth parts (`refine.evaluation`). Only published poses count
+after (``--param pipeline.min_score:=0.0`` counts every usable refinement, as the benchmark).
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
+
+from dvc_perception.commands.replay import add_refine_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,29 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="detector ONNX model of the two-stage path (default, for a zoom-crop "
                              "keypoint model: the shipped models/detector_*.onnx knowing most of "
                              "its objects)")
-    parser.add_argument("--refine", action="store_true",
-                        help="refine every pose by aligning the object's mesh outline with the "
-                             "image after PnP (= --param pipeline.refine.enabled:=true; the "
-                             "pipeline.refine.* parameters tune it)")
+    add_refine_arguments(parser)
     parser.add_argument("--data-root", default=None,
                         help="root for ${DVC_SHARED_DATA} meshes in object YAMLs")
-
-
-def with_refine(overrides: dict[str, object], refine: bool) -> dict[str, object]:
-    """`overrides` plus ``pipeline.refine.enabled: true`` when `refine` (``--refine``).
-
-    Raises:
-        ConfigError: ``--refine`` with ``--param pipeline.refine.enabled:=`` anything but true.
-    """
-    from dvc_perception.errors import ConfigError
-
-    if not refine:
-        return overrides
-    value = overrides.get("pipeline.refine.enabled", True)
-    if value is not True:
-        raise ConfigError(f"--refine contradicts --param pipeline.refine.enabled:={value!r}; "
-                          "give one of them")
-    return {**overrides, "pipeline.refine.enabled": True}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -76,12 +68,12 @@ def run(args: argparse.Namespace) -> int:
     from dvc_perception.bag.evaluate import evaluate_bag, format_summary
     from dvc_perception.bag.replay import replay_bag
     from dvc_perception.bag.report import write_report
-    from dvc_perception.commands.replay import parse_param_overrides
+    from dvc_perception.commands.replay import refine_options
     from dvc_perception.datasets.bop import bop_object_ids
     from dvc_perception.errors import ModelSpecError
     from dvc_perception.files import atomic_write_text
 
-    overrides = with_refine(parse_param_overrides(args.param), args.refine)
+    overrides, perturbation = refine_options(args)
     ids = bop_object_ids(args.dataset_dir)  # once: a sha256 of every mesh
     dataset_objects = set(ids.values())
     if overrides.get("pipeline.keypoint_source", "network") == "network":
@@ -107,17 +99,53 @@ def run(args: argparse.Namespace) -> int:
     for bag in (in_bag, out_bag):
         if bag.exists():
             shutil.rmtree(bag)
-    bop_scene_to_bag(args.dataset_dir, args.scene, in_bag, object_ids=ids)
-    replay_bag(in_bag, out_bag, params_file=args.params or None, parameters=overrides)
+    n_frames = bop_scene_to_bag(args.dataset_dir, args.scene, in_bag, object_ids=ids)
+    init = _perturbed_starts(args, ids, n_frames, perturbation)
+    replay_bag(in_bag, out_bag, params_file=args.params or None, parameters=overrides,
+               initial_poses=init[2] if init else None)
     result = evaluate_bag(out_bag, in_bag, data_root=args.data_root)
     index = write_report(result, out, gt_bag=in_bag)
     bop = bop_summary(result, args.dataset_dir, args.scene, object_ids=ids)
     summary = {**json.loads((out / "summary.json").read_text()), "bop": bop}
+    if init:
+        summary["init"] = _before_after(init, result, perturbation)
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, sort_keys=True))
     print(format_summary(result.summary()))
     print(format_bop_summary(bop))
+    if init:
+        from dvc_perception.refine.evaluation import format_before_after
+
+        print(f"refinement from the ground truth perturbed by {perturbation.describe()} "
+              "(after: the published poses; unpublished ones count as failures):")
+        print(format_before_after(summary["init"]["summary"]))
     print(f"summary: {out / 'summary.json'}\nreport: {index}")
     return 0
+
+
+def _perturbed_starts(args: argparse.Namespace, ids: dict[int, str], n_frames: int,
+                      perturbation: Any) -> tuple[Any, Any, Any] | None:
+    """(truth, starts, starts by bag stamp) of ``--init gt-perturbed``; None for network."""
+    if perturbation is None:
+        return None
+    from dvc_perception.bag.init_eval import bop_truth, starts_by_stamp
+    from dvc_perception.datasets.bop import bop_frame_stamp_ns
+    from dvc_perception.refine.evaluation import perturbed_starts
+
+    stamps = [bop_frame_stamp_ns(k, 10.0) for k in range(n_frames)]  # bop_scene_to_bag's rate
+    truth = bop_truth(args.dataset_dir, args.scene, ids, frame_keys=stamps)
+    starts = perturbed_starts(truth, perturbation.deg, perturbation.frac, perturbation.seed)
+    return truth, starts, starts_by_stamp(truth, starts)
+
+
+def _before_after(init: tuple[Any, Any, Any], result: Any, perturbation: Any) -> dict[str, Any]:
+    """The ``init`` section of summary.json: setup, rows and their before/after summary."""
+    from dvc_perception.bag.init_eval import before_after_rows
+    from dvc_perception.refine.evaluation import summarise_before_after
+
+    rows = before_after_rows(init[0], init[1], result)
+    return {"init": "gt-perturbed", "perturb_deg": perturbation.deg,
+            "perturb_frac": perturbation.frac, "seed": perturbation.seed,
+            "summary": summarise_before_after(rows), "rows": rows}
 
 
 def _model_objects(path: Path) -> set[str]:

@@ -1,9 +1,21 @@
 # Copyright 2026 dvc_perception authors. Licensed under the Apache License, Version 2.0.
-"""`dvc-perception replay IN_BAG -o OUT_BAG`: every frame through the node's code, none dropped."""
+"""`dvc-perception replay IN_BAG -o OUT_BAG`: every frame through the node's code, none dropped.
+
+``--refine`` (= ``--param pipeline.refine.enabled:=true``) refines every pose (render and
+compare).
+``--init gt-perturbed --perturb-deg D --perturb-frac F --seed S`` measures the refiner alone:
+each frame's poses start from the bag's ``/ground_truth/<id>/pose`` perturbed by exactly D deg
+and F diameters (`refine.evaluation.perturbed_starts`) instead of coming from the keypoint
+source; it needs ``--refine`` (an error otherwise: nothing would be measured) and objects the
+node's keypoint source knows (their meshes are loaded at configure). The output bag is then
+scored against the ground truth, before (the starts) and after refinement, with the
+translation error split into image-plane and depth parts (`bag.init_eval`).
+"""
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,6 +31,59 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
     parser.add_argument("--copy-inputs", action="store_true", help="copy input topics too")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    add_refine_arguments(parser)
+
+
+def add_refine_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--refine`` and ``--init`` with its perturbation (`replay`, `eval-bop`)."""
+    parser.add_argument("--refine", action="store_true",
+                        help="refine every pose by aligning the object's mesh outline with the "
+                             "image after PnP (= --param pipeline.refine.enabled:=true; the "
+                             "pipeline.refine.* parameters tune it)")
+    parser.add_argument("--init", choices=("network", "gt-perturbed"), default="network",
+                        help="where refinement starts: the keypoint source's poses (default) or "
+                             "the ground truth perturbed by --perturb-deg / --perturb-frac "
+                             "(measures the refiner alone; needs --refine)")
+    parser.add_argument("--perturb-deg", type=float, default=None,
+                        help="gt-perturbed: rotation perturbation [deg] (default 10)")
+    parser.add_argument("--perturb-frac", type=float, default=None,
+                        help="gt-perturbed: translation perturbation [object diameters] "
+                             "(default 0.1)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="gt-perturbed: seed of the perturbation directions (default 0)")
+
+
+def with_refine(overrides: dict[str, object], refine: bool) -> dict[str, object]:
+    """`overrides` plus ``pipeline.refine.enabled: true`` when `refine` (``--refine``).
+
+    Raises:
+        ConfigError: ``--refine`` with ``--param pipeline.refine.enabled:=`` anything but true.
+    """
+    from dvc_perception.errors import ConfigError
+
+    if not refine:
+        return overrides
+    value = overrides.get("pipeline.refine.enabled", True)
+    if value is not True:
+        raise ConfigError(f"--refine contradicts --param pipeline.refine.enabled:={value!r}; "
+                          "give one of them")
+    return {**overrides, "pipeline.refine.enabled": True}
+
+
+def refine_options(args: argparse.Namespace) -> tuple[dict[str, object], Any]:
+    """The parameter overrides (with ``--refine``) and the perturbation (None: ``--init network``).
+
+    Raises:
+        ConfigError: a bad ``--param``, or ``--init`` options that do not fit together
+            (`bag.init_eval.check_init`).
+    """
+    from dvc_perception.bag.init_eval import Perturbation, check_init
+
+    overrides = with_refine(parse_param_overrides(args.param), args.refine)
+    given = {k: v for k, v in (("deg", args.perturb_deg), ("frac", args.perturb_frac),
+                               ("seed", args.seed)) if v is not None}
+    check_init(args.init, Perturbation(**given) if given else None, overrides)
+    return overrides, Perturbation(**given) if args.init == "gt-perturbed" else None
 
 
 def parse_param_overrides(items: list[str]) -> dict[str, object]:
@@ -45,14 +110,22 @@ def run(args: argparse.Namespace) -> int:
     """Replay and print a summary (the topics chosen and skipped messages on stderr)."""
     import sys
 
+    from dvc_perception.bag.init_eval import bag_truth, starts_by_stamp
     from dvc_perception.bag.replay import replay_bag
+    from dvc_perception.refine.evaluation import perturbed_starts
 
+    overrides, perturbation = refine_options(args)
+    initial = None
+    if perturbation is not None:
+        truth = bag_truth(args.input_bag)
+        starts = perturbed_starts(truth, perturbation.deg, perturbation.frac, perturbation.seed)
+        initial = starts_by_stamp(truth, starts)
     s = replay_bag(
         args.input_bag, args.output, params_file=args.params or None,
-        parameters=parse_param_overrides(args.param), image_topic=args.image_topic,
+        parameters=overrides, image_topic=args.image_topic,
         camera_info_topic=args.camera_info_topic, storage=args.storage,
         copy_inputs=args.copy_inputs, overwrite=args.overwrite,
-        log=lambda line: print(line, file=sys.stderr),
+        log=lambda line: print(line, file=sys.stderr), initial_poses=initial,
     )  # fmt: skip
     print(f"replayed {s.frames_in} frames of {s.image_topic} ({s.frames_ok} processed, "
           f"{len(s.errors)} error records, {s.detections} detections) in {s.wall_s:.1f} s "
@@ -65,4 +138,19 @@ def run(args: argparse.Namespace) -> int:
               "deserialize and were skipped")  # fmt: skip
     for err in s.errors[:10]:
         print(f"  frame {err.stamp_ns} ns: {err.kind}: {err.message}")
+    if perturbation is not None:
+        _print_before_after(args.output, args.input_bag, truth, starts, perturbation)
     return 0
+
+
+def _print_before_after(output_bag: str, input_bag: str, truth: Any, starts: Any,
+                        perturbation: Any) -> None:
+    """Score the replay against the ground truth before and after refinement; print it."""
+    from dvc_perception.bag.evaluate import evaluate_bag
+    from dvc_perception.bag.init_eval import before_after_rows
+    from dvc_perception.refine.evaluation import format_before_after, summarise_before_after
+
+    rows = before_after_rows(truth, starts, evaluate_bag(output_bag, input_bag))
+    print(f"refinement from the ground truth perturbed by {perturbation.describe()} "
+          "(after: the published poses; unpublished ones count as failures):")
+    print(format_before_after(summarise_before_after(rows)))

@@ -31,6 +31,14 @@ image loses its score. An instance the refiner reports unusable (no finite cost,
 ``min_lines`` lines fitted: behind the camera, outside the image) keeps its PnP pose, score and
 covariance. Objects without a mesh (a calibration board) are not refined
 (`Pipeline.refine_notes` says why).
+
+``process(..., initial_poses=[InitialPose, ...])`` skips the keypoint source and refines the
+given poses instead (score ``initial score * exp(-refine.cost_weight * cost)``); an instance
+whose refinement is unusable is not reported (nothing was measured in this frame). With
+``pipeline.tracking.enabled`` (needs refinement) the pipeline keeps tracks between frames
+(`pipeline.tracking`): each track's last pose starts the next frame's refinement, the keypoint
+source runs every ``tracking.detect_every`` frames or when a track's cost passes
+``tracking.max_cost``, and tracks that end are reported in `FrameResult.lost`.
 """
 
 from __future__ import annotations
@@ -39,7 +47,7 @@ import dataclasses
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,8 +74,9 @@ from dvc_perception.errors import (
 from dvc_perception.geometry.camera import CameraModel
 from dvc_perception.geometry.pnp import warm_up as warm_up_pnp
 from dvc_perception.geometry.synthetic import synthetic_pnp_problem
-from dvc_perception.pipeline.pose import estimate_poses
+from dvc_perception.pipeline.pose import InitialPose, estimate_poses
 from dvc_perception.pipeline.sources import DepthSource, KeypointDetection, KeypointSource
+from dvc_perception.pipeline.tracking import LostTrack, Tracker
 from dvc_perception.refine import ContourModel, RefineSettings, build_contour_model, refine_pose
 from dvc_perception.render.mesh import Mesh
 
@@ -95,6 +104,8 @@ class ObjectPose:
             (0: the best; several instances of one object each get their own pose).
         refine_cost: the refiner's final alignment cost (`RefineResult.cost`); None when the
             pose was not refined (refinement off, no mesh, or the refiner found it unusable).
+        track_id: with ``pipeline.tracking``, the track this pose belongs to; None otherwise
+            (and for poses that start no track).
     """
 
     object_id: str
@@ -106,6 +117,7 @@ class ObjectPose:
     n_inliers: int
     instance: int = 0
     refine_cost: float | None = None
+    track_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -118,13 +130,17 @@ class FrameResult:
         depth: (H, W) float32 m at the input resolution, NaN where unknown; None without a
             depth source.
         timings: stage durations [ms] (``detect_ms``, ``pnp_ms``, ``refine_ms`` (0 with
-            refinement off), ``depth_ms``, ``total_ms``).
+            refinement off), ``depth_ms``, ``total_ms``; with tracking ``track_ms``, the
+            tracks' refinement; 0 for the stages that did not run).
+        lost: tracks that ended in this frame (``pipeline.tracking``); their poses are not in
+            `poses`.
     """
 
     stamp: float
     poses: list[ObjectPose]
     depth: np.ndarray | None
     timings: dict[str, float] = field(default_factory=dict)
+    lost: list[LostTrack] = field(default_factory=list)
 
 
 def _network_model_path(config: PipelineConfig, key: str, source: str) -> Path:
@@ -297,6 +313,13 @@ def load_refine_models(config: PipelineConfig, keypoint_source: KeypointSource
     return models, notes
 
 
+def model_radius_m(model: RefineModel) -> float:
+    """Largest distance of the model's surface from the object origin [m]."""
+    if isinstance(model, ContourModel):
+        return float(model.radius_m)
+    return float(model.vertices.detach().double().norm(dim=1).max())
+
+
 def rank_instances(poses: list[ObjectPose]) -> list[ObjectPose]:
     """The poses grouped by object id, best score first, ``instance`` = rank within the id.
 
@@ -369,6 +392,11 @@ class Pipeline:
                                      for i in keypoint_source.object_ids
                                      if i not in self.refine_models]
         self._refine_settings: tuple[RefineConfig, RefineSettings] | None = None
+        #: The tracks (``tracking.enabled``, read here); None without tracking.
+        self.tracker: Tracker | None = None
+        if config.tracking.enabled:
+            self.tracker = Tracker({i: 2.0 * model_radius_m(m)
+                                    for i, m in self.refine_models.items()})
         self._warm_up_pose_path()
         self._warm_up_refiner()
 
@@ -399,8 +427,7 @@ class Pipeline:
         image = np.full((height, width, 3), 60, np.uint8)
         image[40:80, 60:100] = 200  # something to align with
         models = list(self.refine_models.values())
-        radii = [m.radius_m if isinstance(m, ContourModel)
-                 else float(m.vertices.detach().double().norm(dim=1).max()) for m in models]
+        radii = [model_radius_m(m) for m in models]
         t = np.array([[0.0, 0.0, 5.0 * max(r, 1e-3)] for r in radii])
         R = np.repeat(np.eye(3)[None], len(models), axis=0)
         refine_pose(image, camera, models, R, t, self._current_refine_settings())
@@ -430,29 +457,39 @@ class Pipeline:
         depth = self.depth_source.backend if self.depth_source is not None else "none"
         return f"keypoints={self.keypoint_source.backend}; depth={depth}"
 
-    def process(self, image_rgb: np.ndarray, camera: CameraModel, stamp: float) -> FrameResult:
+    def process(self, image_rgb: np.ndarray, camera: CameraModel, stamp: float,
+                initial_poses: Sequence[InitialPose] | None = None) -> FrameResult:
         """Poses (and depth) of one frame.
 
         Args:
             image_rgb: (H, W, 3) uint8 RGB, as captured (distorted unless rectified).
             camera: the image's camera; its width and height must be W and H.
             stamp: the frame's time [s] (carried into the result).
+            initial_poses: None: poses from the keypoint source (and the tracks, with
+                tracking). Given: these poses refined against the frame instead, no keypoint
+                source, tracks untouched (unusable refinements are not reported).
 
         Returns:
             The frame's `FrameResult`.
 
         Raises:
             ShapeError: `image_rgb` is not (H, W, 3) uint8.
-            InputError: the image size differs from the camera's.
+            InputError: the image size differs from the camera's; an initial pose's object
+                has no refiner model.
+            ConfigError: `initial_poses` with ``pipeline.refine.enabled`` false.
         """
         t0 = time.perf_counter()
         w, h = check_frame(image_rgb, camera)
-        detections = self.keypoint_source.detect(image_rgb)
-        t1 = time.perf_counter()
-        poses = [pose for d in detections for pose in self._estimate_pose(d, camera)]
-        t2 = time.perf_counter()
-        if self.config.refine.enabled and self.refine_models:
-            poses = self._refine(poses, image_rgb, camera)
+        lost: list[LostTrack] = []
+        if initial_poses is not None:
+            poses = [p for p in self._refine_initial(initial_poses, image_rgb, camera)
+                     if p is not None and p.score >= self.config.min_score]
+            stages = {"detect_ms": 0.0, "pnp_ms": 0.0,
+                      "refine_ms": 1e3 * (time.perf_counter() - t0)}
+        elif self.tracker is not None:
+            poses, lost, stages = self._track(image_rgb, camera, stamp)
+        else:
+            poses, stages = self._detect(image_rgb, camera)
         poses = rank_instances(poses)
         t2r = time.perf_counter()
         depth = None
@@ -462,14 +499,42 @@ class Pipeline:
             if depth.shape != (h, w):
                 raise ShapeError(f"depth: expected shape ({h}, {w}), got {depth.shape}")
         t3 = time.perf_counter()
-        timings = {
-            "detect_ms": 1e3 * (t1 - t0),
-            "pnp_ms": 1e3 * (t2 - t1),
-            "refine_ms": 1e3 * (t2r - t2),
-            "depth_ms": 1e3 * (t3 - t2r),
-            "total_ms": 1e3 * (t3 - t0),
-        }
-        return FrameResult(stamp=float(stamp), poses=poses, depth=depth, timings=timings)
+        timings = {**stages, "depth_ms": 1e3 * (t3 - t2r), "total_ms": 1e3 * (t3 - t0)}
+        return FrameResult(stamp=float(stamp), poses=poses, depth=depth, timings=timings,
+                           lost=lost)
+
+    def _detect(self, image_rgb: np.ndarray, camera: CameraModel
+                ) -> tuple[list[ObjectPose], dict[str, float]]:
+        """Keypoint source -> PnP -> refinement (when on): the poses and the stage times [ms]."""
+        t0 = time.perf_counter()
+        detections = self.keypoint_source.detect(image_rgb)
+        t1 = time.perf_counter()
+        poses = [pose for d in detections for pose in self._estimate_pose(d, camera)]
+        t2 = time.perf_counter()
+        if self.config.refine.enabled and self.refine_models:
+            poses = self._refine(poses, image_rgb, camera)
+        t3 = time.perf_counter()
+        return poses, {"detect_ms": 1e3 * (t1 - t0), "pnp_ms": 1e3 * (t2 - t1),
+                       "refine_ms": 1e3 * (t3 - t2)}
+
+    def _track(self, image_rgb: np.ndarray, camera: CameraModel, stamp: float
+               ) -> tuple[list[ObjectPose], list[LostTrack], dict[str, float]]:
+        """One tracking step (`pipeline.tracking`): poses, lost tracks, stage times [ms]."""
+        tracker, settings = self.tracker, self.config.tracking
+        if tracker is None:
+            raise ConfigError("Pipeline._track: tracking is off")
+        min_score = self.config.min_score
+        tracker.begin_frame(stamp)
+        t0 = time.perf_counter()
+        followed = self._refine_initial(tracker.starts(), image_rgb, camera)
+        stages = {"detect_ms": 0.0, "pnp_ms": 0.0, "refine_ms": 0.0,
+                  "track_ms": 1e3 * (time.perf_counter() - t0)}
+        detected = None
+        if tracker.detection_due(followed, settings.detect_every, settings.max_cost, min_score):
+            detected, detect_stages = self._detect(image_rgb, camera)
+            stages.update(detect_stages)
+        poses, lost = tracker.update(followed, detected, settings.max_cost, min_score)
+        return poses, lost, stages
 
     def _current_refine_settings(self) -> RefineSettings:
         """`refine_settings` of the current ``config.refine`` (rebuilt when it changes)."""
@@ -485,28 +550,54 @@ class Pipeline:
         chosen = [k for k, p in enumerate(poses) if p.object_id in self.refine_models]
         if not chosen:
             return poses
-        settings = self._current_refine_settings()
-        found = refine_pose(
-            image_rgb, camera, [self.refine_models[poses[k].object_id] for k in chosen],
-            np.stack([poses[k].R for k in chosen]), np.stack([poses[k].t for k in chosen]),
-            settings,
-        )  # fmt: skip
-        weight = self.config.refine.cost_weight
+        refined = self._align([poses[k] for k in chosen], image_rgb, camera)
         out = list(poses)
-        for b, k in enumerate(chosen):
-            cost = float(found.cost[b])
-            R = found.R[b].numpy()
-            t = found.t[b].numpy()
-            usable = (math.isfinite(cost) and int(found.num_lines[b]) >= settings.min_lines
-                      and bool(np.isfinite(R).all() and np.isfinite(t).all()))
-            if not usable:
-                continue  # the PnP pose, score and covariance stay
-            out[k] = dataclasses.replace(
-                poses[k], R=R.astype(np.float64), t=t.astype(np.float64),
-                covariance=found.covariance[b].numpy().astype(np.float64),
-                score=poses[k].score * math.exp(-weight * cost), refine_cost=cost,
-            )  # fmt: skip
+        for k, pose in zip(chosen, refined):
+            if pose is not None:  # else the PnP pose, score and covariance stay
+                out[k] = pose
         return [p for p in out if p.score >= self.config.min_score]
+
+    def _refine_initial(self, starts: Sequence[InitialPose], image_rgb: np.ndarray,
+                        camera: CameraModel) -> list[ObjectPose | None]:
+        """Each of `starts` refined (None where unusable), no `min_score` applied.
+
+        Raises:
+            ConfigError: refinement is off.
+            InputError: an object of `starts` has no refiner model.
+        """
+        if not self.config.refine.enabled:
+            raise ConfigError("refining from initial poses needs pipeline.refine.enabled: true")
+        if missing := sorted({s.object_id for s in starts} - set(self.refine_models)):
+            raise InputError(f"initial poses of {missing}: no refiner model (objects with "
+                             f"one: {sorted(self.refine_models)})")
+        empty = np.zeros((0, 2))
+        return self._align([
+            ObjectPose(s.object_id, np.asarray(s.R, np.float64), np.asarray(s.t, np.float64),
+                       float(s.score), np.zeros((6, 6)), empty, 0, track_id=s.track_id)
+            for s in starts], image_rgb, camera)  # fmt: skip
+
+    def _align(self, poses: list[ObjectPose], image_rgb: np.ndarray, camera: CameraModel
+               ) -> list[ObjectPose | None]:
+        """`poses` after one batched `refine_pose`, None where the refinement is unusable.
+
+        R, t and covariance become the refiner's, ``refine_cost`` its cost, the score is
+        multiplied by ``exp(-refine.cost_weight * cost)``. Every object needs a refiner model.
+        """
+        if not poses:
+            return []
+        settings = self._current_refine_settings()
+        found = refine_pose(image_rgb, camera, [self.refine_models[p.object_id] for p in poses],
+                            np.stack([p.R for p in poses]), np.stack([p.t for p in poses]),
+                            settings)  # fmt: skip
+        usable = found.usable(settings.min_lines).numpy()
+        weight = self.config.refine.cost_weight
+        return [None if not usable[b] else dataclasses.replace(
+            pose, R=found.R[b].numpy().astype(np.float64),
+            t=found.t[b].numpy().astype(np.float64),
+            covariance=found.covariance[b].numpy().astype(np.float64),
+            score=pose.score * math.exp(-weight * float(found.cost[b])),
+            refine_cost=float(found.cost[b]),
+        ) for b, pose in enumerate(poses)]  # fmt: skip
 
     def _estimate_pose(self, det: KeypointDetection, camera: CameraModel) -> list[ObjectPose]:
         """Robust weighted PnP of one detection: [pose], or [] when invalid or below min_score."""

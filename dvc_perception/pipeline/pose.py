@@ -11,11 +11,32 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from dvc_perception.config import PnPConfig
 from dvc_perception.geometry.pnp import solve_pnp, solve_pnp_ransac
+
+
+@dataclass(frozen=True)
+class InitialPose:
+    """A pose to refine from instead of detecting (`Pipeline.process`'s ``initial_poses``).
+
+    Attributes:
+        object_id: the object's id (it needs a refiner model: a mesh).
+        R: (3, 3) float64 rotation, object frame to camera optical frame.
+        t: (3,) float64 m, object origin in the camera optical frame.
+        score: in [0, 1]; the refined pose's score is ``score * exp(-refine.cost_weight *
+            cost)`` (1: the alignment alone decides).
+        track_id: the track this pose continues (`pipeline.tracking`); None otherwise.
+    """
+
+    object_id: str
+    R: np.ndarray
+    t: np.ndarray
+    score: float = 1.0
+    track_id: int | None = None
 
 
 @dataclass(frozen=True)

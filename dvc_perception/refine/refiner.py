@@ -226,6 +226,16 @@ class RefineResult:
     covariance: Tensor
     num_lines: Tensor
 
+    def usable(self, min_lines: int) -> Tensor:
+        """(B,) bool: a finite cost and pose and at least `min_lines` lines fitted at the end.
+
+        The instances a caller may take as refined; the others kept their initial pose (behind
+        the camera, outside the image, too little outline visible).
+        """
+        finite = (torch.isfinite(self.R).flatten(1).all(dim=1)
+                  & torch.isfinite(self.t).all(dim=1))
+        return finite & torch.isfinite(self.cost) & (self.num_lines >= min_lines)
+
 
 @dataclass
 class _Outcome:

@@ -39,6 +39,12 @@ class FrameStats:
         self.errors: Counter[str] = Counter({k: 0 for k in ERROR_KINDS})
         self.lost: Counter[str] = Counter({"image": 0, "camera_info": 0})
         self.last_error = ""
+        self.tracks_lost = 0
+
+    def track_lost(self) -> None:
+        """A track ended (``pipeline.tracking``): its object's pose is no longer published."""
+        with self._lock:
+            self.tracks_lost += 1
 
     def middleware_lost(self, topic: str, count: int) -> None:
         """The middleware reports `count` more messages of `topic` lost before any callback."""
@@ -85,6 +91,7 @@ class FrameStats:
                 "frames_received": self.frames_received,
                 "frames_processed": self.frames_processed,
                 "poses_published": self.poses_published,
+                "tracking.lost": self.tracks_lost,
                 "last_error": self.last_error,
             }
             for kind, n in sorted(self.errors.items()):

@@ -30,7 +30,7 @@ from __future__ import annotations
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +58,7 @@ from dvc_perception.errors import ConfigError, DvcError, InputError
 from dvc_perception.geometry.camera import CameraModel
 from dvc_perception.pipeline.overlay import draw_overlay
 from dvc_perception.pipeline.pipeline import FrameResult, Pipeline, check_frame
+from dvc_perception.pipeline.pose import InitialPose
 from dvc_perception.ros import convert
 from dvc_perception.ros.convert import ObjectBox
 from dvc_perception.ros.diagnostics import (
@@ -491,6 +492,10 @@ class PerceptionNode(LifecycleNode):
             self._warn(rejected.kind, f"frame skipped ({rejected.kind}): {rejected.error}")
             return False
         self.publish_outputs(outputs)
+        for track in outputs.result.lost:  # not published: no stale pose as current
+            self.stats.track_lost()
+            self._warn("tracking", f"track {track.track_id} of {track.object_id} lost: "
+                       f"{track.reason}")
         now = time.monotonic()
         overhead = outputs.timings.get("convert_ms", 0.0) + outputs.timings.get("publish_ms", 0.0)
         self.stats.frame_done(received, now, overhead, len(outputs.result.poses))
@@ -514,7 +519,8 @@ class PerceptionNode(LifecycleNode):
         return camera
 
     def process_frame(self, image_msg: Image | CompressedImage, info: CameraInfo,
-                      tf_timeout_s: float | None = None) -> FrameOutputs:  # fmt: skip
+                      tf_timeout_s: float | None = None,
+                      initial_poses: Sequence[InitialPose] | None = None) -> FrameOutputs:
         """Convert the messages, run the pipeline, build every output message (no publishing).
 
         Synchronous and thread-agnostic: the worker thread and a bag replay both call it.
@@ -525,6 +531,8 @@ class PerceptionNode(LifecycleNode):
             tf_timeout_s: with ``output_frame``, how long to wait for /tf to reach the image
                 stamp; None: the ``tf_timeout_s`` parameter (a replay, whose buffer already
                 holds the whole bag, passes 0).
+            initial_poses: poses (camera frame) to refine instead of detecting
+                (`Pipeline.process`); a replay's ``--init gt-perturbed`` passes them.
 
         Raises:
             _FrameRejected: (an `InputError` subclass) with the kind of bad input; kind
@@ -555,7 +563,7 @@ class PerceptionNode(LifecycleNode):
         stamp = convert.stamp_to_ns(header.stamp) * 1e-9
         t1 = time.perf_counter()
         try:
-            result = self.pipeline.process(rgb, camera, stamp)
+            result = self.pipeline.process(rgb, camera, stamp, initial_poses)
         except DvcError as err:
             raise _FrameRejected("pipeline", err) from err
         t2 = time.perf_counter()
@@ -657,6 +665,8 @@ class PerceptionNode(LifecycleNode):
         worker = self._worker
         values["dropped.worker"] = worker.dropped if worker is not None else 0
         values["backend"] = self.pipeline.backend if self.pipeline is not None else "none"
+        tracker = getattr(self.pipeline, "tracker", None)  # None: no pipeline, no tracking
+        values["tracking.active"] = len(tracker.tracks) if tracker is not None else 0
         values.update(self._engine_values)
         values["outputs_off"] = "; ".join(
             f"{topic} ({reason})" for topic, reason in self.outputs_off.items()) or "none"

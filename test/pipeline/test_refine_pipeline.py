@@ -236,7 +236,7 @@ def test_refine_settings_follow_the_config():
 
 
 def test_eval_bop_refine_flag():
-    from dvc_perception.commands.eval_bop import with_refine
+    from dvc_perception.commands.replay import with_refine
 
     assert with_refine({"a": 1}, False) == {"a": 1}
     assert with_refine({"a": 1}, True) == {"a": 1, "pipeline.refine.enabled": True}

@@ -285,15 +285,42 @@ def test_refine_settings_apply_live(ctx):
         node.destroy_node()
 
 
+def test_tracking_settings_apply_live_and_enabled_is_read_at_configure(ctx):
+    node = _node(ctx, **{"pipeline.refine.enabled": True})
+    try:
+        assert node.pipeline.tracker is None
+        for name, value in (("pipeline.tracking.detect_every", 2),
+                            ("pipeline.tracking.max_cost", 0.4)):
+            result = _set(node, name, value)
+            assert result.successful, result.reason
+        tracking = node.pipeline.config.tracking
+        assert (tracking.detect_every, tracking.max_cost) == (2, 0.4)
+        result = _set(node, "pipeline.tracking.enabled", True)
+        assert not result.successful and "read at configure" in result.reason, result.reason
+        result = _set(node, "pipeline.tracking.detect_every", 0)
+        assert not result.successful and "pipeline.tracking.detect_every" in result.reason
+        node.trigger_deactivate()
+        node.trigger_cleanup()
+        assert _set(node, "pipeline.tracking.enabled", True).successful
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS, node.startup_error
+        assert node.pipeline.tracker is not None
+        result = _set(node, "pipeline.refine.enabled", False)  # configure-time, and tracking
+        assert not result.successful                            # needs it: refused either way
+    finally:
+        node.destroy_node()
+
+
 def test_descriptors_say_when_a_change_takes_effect():
     live = set(live_parameter_names())
     assert {"pipeline.min_score", "pipeline.network.min_objectness", "publish_tf", "tf_prefix",
             "diagnostics_period_s", "warn_throttle_s", "pipeline.refine.iterations",
-            "pipeline.refine.pyramid_levels", "pipeline.refine.cost_weight"} <= live
+            "pipeline.refine.pyramid_levels", "pipeline.refine.cost_weight",
+            "pipeline.tracking.detect_every", "pipeline.tracking.max_cost"} <= live
     assert not live & {"pipeline.network.model_path", "pipeline.network.backend",
                        "pipeline.network.precision", "pipeline.network.device",
                        "pipeline.keypoint_source", "image_transport", "reliable_inputs",
-                       "pipeline.refine.enabled", "pipeline.refine.contour_source"}
+                       "pipeline.refine.enabled", "pipeline.refine.contour_source",
+                       "pipeline.tracking.enabled"}
     for name, d in parameter_descriptors().items():
         assert name in node_parameter_names()
         if name in live:
