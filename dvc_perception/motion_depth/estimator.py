@@ -1,0 +1,244 @@
+# Copyright 2026 dvc_perception authors. Licensed under the Apache License, Version 2.0.
+"""Depth from motion for one frame at a time: the estimator the pipeline's depth slot runs.
+
+`MotionDepthEstimator.estimate(image, K, camera_to_world, stamp)` stores the frame, picks source
+frames (`keyframes`), refines the relative poses (`pose_refine`), sweeps (`sweep`) at the
+internal resolution (`internal_width`, aspect kept), and returns depth at the input resolution:
+each output pixel takes the depth of the internal pixel it falls in (nearest: no surface is
+invented across a depth edge), NaN where the confidence is below `min_confidence` or no source
+saw the pixel (REP 118). Without a source frame (first frame, static or purely rotating camera)
+the depth is all NaN and the status says why.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from dvc_perception.errors import ConfigError, InputError, check_shape
+from dvc_perception.motion_depth.keyframes import (
+    Frame,
+    KeyframeRule,
+    KeyframeWindow,
+    check_pose,
+    relative_pose,
+)
+from dvc_perception.motion_depth.pose_refine import PoseRefineSettings, features, refine_window
+from dvc_perception.motion_depth.sweep import SweepResult, SweepSettings, plane_sweep_depth
+
+#: `MotionDepthResult.status` values.
+STATUS_OK = "ok"
+STATUS_NO_MOTION = "no_motion"
+STATUS_FIRST_FRAME = "first_frame"
+
+
+@dataclass(frozen=True)
+class MotionDepthSettings:
+    """Everything the estimator needs (see each part's module)."""
+
+    internal_width: int = 320
+    min_confidence: float = 0.2
+    temporal_fusion: bool = True
+    match_sigma_px: float = 1.0
+    process_noise: float = 0.02
+    max_relative_std: float = 0.1
+    keyframes: KeyframeRule = field(default_factory=KeyframeRule)
+    sweep: SweepSettings = field(default_factory=SweepSettings)
+    pose_refine: PoseRefineSettings = field(default_factory=PoseRefineSettings)
+
+    def __post_init__(self) -> None:
+        if self.internal_width < 16:
+            raise ConfigError(f"internal_width: expected >= 16 px, got {self.internal_width}")
+        if not 0.0 <= self.min_confidence < 1.0:
+            raise ConfigError(f"min_confidence: expected in [0, 1), got {self.min_confidence}")
+        if self.match_sigma_px <= 0.0 or self.process_noise < 0.0 or self.max_relative_std <= 0:
+            raise ConfigError("expected match_sigma_px > 0, process_noise >= 0 and "
+                              f"max_relative_std > 0, got {self.match_sigma_px}, "
+                              f"{self.process_noise} and {self.max_relative_std}")
+
+
+@dataclass(frozen=True)
+class MotionDepthResult:
+    """Depth of one frame.
+
+    Attributes:
+        depth: (H, W) float32 m at the input resolution, NaN where unknown.
+        confidence: (H, W) float32 in [0, 1] (0 where unknown).
+        status: ``ok``, ``no_motion`` (no stored frame far enough: static or rotating camera) or
+            ``first_frame``.
+        sources: source frames used.
+        pose_refined: whether the window adjustment corrected the odometry's poses.
+        median_error_px: the adjustment's median reprojection error (internal px; NaN if not run).
+        timings: ms per stage (``features``, ``poses``, ``sweep``, ``total``).
+    """
+
+    depth: np.ndarray
+    confidence: np.ndarray
+    status: str
+    sources: int
+    pose_refined: bool
+    median_error_px: float
+    timings: dict[str, float]
+
+
+def internal_size(width: int, height: int, internal_width: int) -> tuple[int, int]:
+    """(w, h) of the internal images: `internal_width` wide (never upsampled), aspect kept."""
+    w = min(internal_width, width)
+    return w, max(1, round(height * w / width))
+
+
+def scale_intrinsics(K: np.ndarray, size: tuple[int, int], new_size: tuple[int, int]) -> np.ndarray:
+    """K of an image resized from `size` to `new_size` (w, h), pixel centres kept exact:
+    ``u' = s (u + 0.5) - 0.5`` (as `CameraModel.scaled`)."""
+    sx, sy = new_size[0] / size[0], new_size[1] / size[1]
+    S = np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5], [0.0, 0.0, 1.0]])
+    return S @ np.asarray(K, np.float64)
+
+
+@dataclass
+class _FusionState:
+    """The fused inverse depth (h, w) [1/m] and its variance of `frame` (NaN: unknown)."""
+
+    frame: Frame
+    inv_depth: np.ndarray
+    variance: np.ndarray
+
+
+class MotionDepthEstimator:
+    """Stateful: keeps the recent frames of one camera (oldest dropped by the keyframe rule)."""
+
+    def __init__(self, settings: MotionDepthSettings | None = None) -> None:
+        self.settings = settings or MotionDepthSettings()
+        self.window = KeyframeWindow(self.settings.keyframes)
+        self._size: tuple[int, int] | None = None
+        self._state: _FusionState | None = None
+
+    def reset(self) -> None:
+        """Forget the stored frames."""
+        self.window.reset()
+        self._size = None
+        self._state = None
+
+    def estimate(self, image_rgb: np.ndarray, K: np.ndarray, camera_to_world: np.ndarray,
+                 stamp: float) -> MotionDepthResult:
+        """Depth of `image_rgb` (H, W, 3) uint8 taken at `stamp` [s] by a camera with pinhole
+        intrinsics `K` (3, 3) [px] whose optical frame is at `camera_to_world` (4, 4) [m].
+
+        A new image size or a stamp not after the previous frame's (a bag played again) starts a
+        new window. Raises `InputError` / `ShapeError` for a bad image, K, pose or stamp.
+        """
+        t0 = time.perf_counter()
+        check_shape(image_rgb, "H,W,3", name="image")
+        K = np.asarray(K, np.float64)
+        check_shape(K, "3,3", name="K")
+        if not (np.all(np.isfinite(K)) and K[0, 0] > 0 and K[1, 1] > 0):
+            raise InputError("K: expected finite intrinsics with fx, fy > 0")
+        pose = check_pose(camera_to_world)
+        if not np.isfinite(stamp):
+            raise InputError(f"stamp: expected a finite time, got {stamp}")
+        H, W = image_rgb.shape[:2]
+        size = internal_size(W, H, self.settings.internal_width)
+        frames = self.window.frames
+        if self._size != (W, H) or (frames and stamp <= frames[-1].stamp):
+            self.reset()
+            self._size = (W, H)
+        grey = cv2.cvtColor(np.ascontiguousarray(image_rgb, np.uint8), cv2.COLOR_RGB2GRAY)
+        grey = cv2.resize(grey, size, interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+        ref = Frame(float(stamp), grey, pose)
+        self.window.add(ref)
+        sources = self.window.select_sources(ref)
+        nan = np.full((H, W), np.nan, np.float32)
+        if not sources:
+            status = STATUS_FIRST_FRAME if len(self.window.frames) == 1 else STATUS_NO_MOTION
+            return MotionDepthResult(nan, np.zeros((H, W), np.float32), status, 0, False,
+                                     float("nan"), {"total": 1e3 * (time.perf_counter() - t0)})
+        Ks = scale_intrinsics(K, (W, H), size)
+        t1 = time.perf_counter()
+        pr = self.settings.pose_refine
+        state = self._state if self._state is not None and any(
+            f is self._state.frame for f in self.window.frames) else None
+        adjusted = list(sources)
+        if state is not None and all(f is not state.frame for f in sources):
+            adjusted.append(state.frame)
+        for f in [ref, *adjusted]:
+            if f.features is None and pr.enabled:
+                f.features = features(f.grey, pr.max_features)
+        t2 = time.perf_counter()
+        odometry = [relative_pose(ref, f) for f in adjusted]
+        if pr.enabled:
+            refined = refine_window(ref.features, [f.features for f in adjusted], odometry, Ks,
+                                    pr)
+            poses, was_refined, err = refined.poses, refined.refined, refined.median_error_px
+        else:
+            poses, was_refined, err = odometry, False, float("nan")
+        t3 = time.perf_counter()
+        result = plane_sweep_depth(ref.grey, [f.grey for f in sources], poses[:len(sources)], Ks,
+                                   self.settings.sweep)
+        measured = (result.confidence >= self.settings.min_confidence) & (result.seen > 0)
+        if self.settings.temporal_fusion:
+            baseline = max(float(np.linalg.norm(T[:3, 3])) for T in poses[:len(sources)])
+            prior = None
+            if state is not None:
+                to_ref = np.linalg.inv(poses[[f is state.frame for f in adjusted].index(True)])
+                prior = self._predict(state, to_ref, Ks)
+            inv_depth, variance = self._fuse(result, measured, baseline, Ks, prior)
+            self._state = _FusionState(ref, inv_depth, variance)
+            rel_std = np.sqrt(variance) * np.where(inv_depth > 0, 1.0 / inv_depth, np.inf)
+            keep = np.isfinite(inv_depth) & (rel_std <= self.settings.max_relative_std)
+            depth_small = np.where(keep, 1.0 / inv_depth, np.nan).astype(np.float32)
+            conf_small = np.where(keep, 1.0 - rel_std / self.settings.max_relative_std, 0.0)
+        else:
+            depth_small = np.where(measured, result.depth, np.nan).astype(np.float32)
+            conf_small = np.where(measured, result.confidence, 0.0)
+        t4 = time.perf_counter()
+        depth = cv2.resize(depth_small, (W, H), interpolation=cv2.INTER_NEAREST)
+        confidence = cv2.resize(conf_small.astype(np.float32), (W, H),
+                                interpolation=cv2.INTER_NEAREST)
+        timings = {"features": 1e3 * (t2 - t1), "poses": 1e3 * (t3 - t2),
+                   "sweep": 1e3 * (t4 - t3), "total": 1e3 * (time.perf_counter() - t0)}
+        return MotionDepthResult(depth, confidence, STATUS_OK, len(sources), was_refined, err,
+                                 timings)
+
+    def _predict(self, state: _FusionState, to_ref: np.ndarray, K: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """The stored frame's fused inverse depth moved into the reference camera (`to_ref`:
+        stored camera -> reference camera), its variance grown by the process noise."""
+        from dvc_perception.motion_depth import _compiled
+
+        A = K @ to_ref[:3, :3] @ np.linalg.inv(K)
+        b = K @ to_ref[:3, 3]
+        inv_depth, variance = _compiled.forward_warp(state.inv_depth, state.variance, A, b)
+        variance = variance + (self.settings.process_noise * inv_depth) ** 2
+        return inv_depth, variance
+
+    def _fuse(self, result: SweepResult, measured: np.ndarray, baseline_m: float, K: np.ndarray,
+              prior: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:
+        """Inverse-variance fusion of this frame's measurement with the predicted prior.
+
+        The measurement's inverse-depth std is ``match_sigma_px / (f * baseline)`` (one pixel of
+        matching error at the longest baseline), at least half a plane step. Where the two
+        disagree by more than 3 combined stds the measurement replaces the prior (the scene
+        moved, or the prior was wrong); a pixel without a measurement keeps its prior.
+        """
+        settings = self.settings
+        f = 0.5 * (K[0, 0] + K[1, 1])
+        step = float(np.diff(settings.sweep.inverse_depths()[:2])[0])
+        sigma = max(settings.match_sigma_px / (f * max(baseline_m, 1e-6)), 0.5 * step)
+        meas = np.where(measured, 1.0 / result.depth, np.nan).astype(np.float32)
+        meas_var = np.where(measured, sigma * sigma, np.nan).astype(np.float32)
+        if prior is None:
+            return meas, meas_var
+        p, p_var = prior
+        both = measured & np.isfinite(p)
+        agree = both & ((meas - p) ** 2 <= 9.0 * (meas_var + p_var))
+        fused_var = np.where(agree, 1.0 / (1.0 / np.where(agree, meas_var, 1.0)
+                                           + 1.0 / np.where(agree, p_var, 1.0)), meas_var)
+        fused = np.where(agree, fused_var * (meas / np.where(agree, meas_var, 1.0)
+                                             + p / np.where(agree, p_var, 1.0)), meas)
+        only_prior = ~measured & np.isfinite(p)
+        fused = np.where(only_prior, p, fused).astype(np.float32)
+        fused_var = np.where(only_prior, p_var, fused_var).astype(np.float32)
+        return fused, fused_var

@@ -1,0 +1,103 @@
+# Copyright 2026 dvc_perception authors. Licensed under the Apache License, Version 2.0.
+"""Plane-sweep depth: ZNCC matching cost over inverse-depth planes, SGM, winner and confidence.
+
+For each fronto-parallel plane of the reference camera (inverse depths uniform between
+1/`max_depth_m` and 1/`min_depth_m`: uniform in disparity, so near and far get the same pixel
+resolution), each source image is warped into the reference view by the plane's homography and
+compared with the reference by zero-mean normalised cross-correlation over (2r+1)^2 windows
+(insensitive to the exposure changing between frames); the cost is 1 - ZNCC averaged over the
+sources that see the point. Semi-global matching (4 paths, P1 for a one-plane step, P2 for a
+jump, P2 lowered at image edges where depth may jump) fills texture-poor regions from their
+neighbours. The winner gets a parabola sub-plane offset; its confidence is ``1 - best / second
+best`` of the aggregated cost (second best away from the winner's neighbours): 0 ambiguous.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from dvc_perception.errors import ConfigError, ShapeError, check_shape
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    """Plane-sweep settings (m, px at the internal resolution)."""
+
+    min_depth_m: float = 0.3
+    max_depth_m: float = 6.0
+    planes: int = 64
+    window_radius: int = 3
+    p1: float = 0.05
+    p2: float = 0.6
+    p2_edge_gain: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.min_depth_m < self.max_depth_m:
+            raise ConfigError("sweep: expected 0 < min_depth_m < max_depth_m, got "
+                              f"{self.min_depth_m} and {self.max_depth_m}")
+        if self.planes < 3 or self.window_radius < 1:
+            raise ConfigError(f"sweep: expected planes >= 3 and window_radius >= 1, got "
+                              f"{self.planes} and {self.window_radius}")
+        if not 0.0 <= self.p1 < self.p2:
+            raise ConfigError(f"sweep: expected 0 <= p1 < p2, got {self.p1} and {self.p2}")
+
+    def inverse_depths(self) -> np.ndarray:
+        """(planes,) float32 inverse depths [1/m], far to near."""
+        return np.linspace(1.0 / self.max_depth_m, 1.0 / self.min_depth_m, self.planes,
+                           dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """Depth (h, w) float32 m and confidence (h, w) float32 in [0, 1] at the sweep resolution;
+    ``seen`` (h, w) the number of sources that saw each pixel at its depth."""
+
+    depth: np.ndarray
+    confidence: np.ndarray
+    seen: np.ndarray
+
+
+def plane_sweep_depth(ref: np.ndarray, sources: list[np.ndarray], relative: list[np.ndarray],
+                      K: np.ndarray, settings: SweepSettings) -> SweepResult:
+    """Depth of the reference image from source images with known relative poses.
+
+    Args:
+        ref: (h, w) float32 grey in [0, 1].
+        sources: (h, w) float32 grey images of the same camera.
+        relative: per source, (4, 4) transform reference camera -> source camera [m].
+        K: (3, 3) intrinsics at this resolution [px].
+    """
+    from dvc_perception.motion_depth import _compiled
+
+    check_shape(ref, "H,W", name="reference image")
+    if not sources or len(sources) != len(relative):
+        raise ShapeError(f"sweep: expected one pose per source and at least one source, got "
+                         f"{len(sources)} sources and {len(relative)} poses")
+    h, w = ref.shape
+    ref32 = np.ascontiguousarray(ref, np.float32)
+    inv = settings.inverse_depths()
+    r = settings.window_radius
+    mean, inv_std = _compiled.reference_stats(ref32, r)
+    cost_sum = np.zeros((len(inv), h, w), np.float32)
+    count = np.zeros((len(inv), h, w), np.float32)
+    K_inv = np.linalg.inv(K)
+    for src, T in zip(sources, relative):
+        if src.shape != ref.shape:
+            raise ShapeError(f"sweep: expected sources of shape {ref.shape}, got {src.shape}")
+        A = K @ T[:3, :3] @ K_inv
+        b = K @ T[:3, 3]
+        _compiled.sweep_zncc(ref32, mean, inv_std, np.ascontiguousarray(src, np.float32), A, b,
+                             inv, r, cost_sum, count)
+    cost = _compiled.mean_cost(cost_sum, count)  # (h, w, D)
+    grad = np.hypot(cv2.Sobel(ref32, cv2.CV_32F, 1, 0), cv2.Sobel(ref32, cv2.CV_32F, 0, 1))
+    p2 = np.maximum(settings.p2 / (1.0 + settings.p2_edge_gain * grad), 1.5 * settings.p1)
+    aggregated = _compiled.sgm(cost, np.float32(settings.p1), p2.astype(np.float32))
+    index, ratio = _compiled.winner_take_all(aggregated)
+    inv_depth = np.interp(index.ravel(), np.arange(len(inv)), inv).reshape(h, w)
+    seen = np.take_along_axis(count, np.clip(np.rint(index), 0, len(inv) - 1)
+                              .astype(np.int64)[None], 0)[0]  # sources at the winner
+    confidence = np.where(seen > 0, 1.0 - ratio, 0.0).astype(np.float32)
+    return SweepResult((1.0 / inv_depth).astype(np.float32), confidence, seen)
