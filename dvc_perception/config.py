@@ -16,6 +16,7 @@ frames; the others are read at configure and can change only while the node is u
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -30,7 +31,14 @@ ROS_NAME_TOKEN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 BOARD_TYPES = ("chessboard", "aruco_grid", "charuco")
 KEYPOINT_SOURCES = ("fiducial", "network")
-DEPTH_SOURCES = ("none", "network")
+DEPTH_SOURCES = ("none", "network", "multiview")
+#: ``pipeline.multiview.pose_type``: where the camera poses come from. nav_msgs/Odometry is not
+#: offered: nav_msgs is not among the ROS packages this project builds on (PyPI wheels).
+POSE_TYPES = ("pose_stamped", "tf")
+#: ``pipeline.multiview.fallback``: the depth of frames without usable motion.
+DEPTH_FALLBACKS = ("none", "network")
+#: ``pipeline.multiview.pose_topic``: a ROS topic name (relative, absolute or private).
+TOPIC_PATTERN = re.compile(r"^[~/]?[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*$")
 #: ``pipeline.refine.contour_source``: the sparse viewpoint model built at configure (fast per
 #: frame) or a contour rendered from the mesh at every correspondence iteration (slow).
 CONTOUR_SOURCES = ("model", "render")
@@ -77,6 +85,10 @@ def _check_range(section: str, obj: Any) -> None:
         if dataclasses.is_dataclass(value):
             continue
         expected_type = type(f.default)
+        if expected_type is tuple:  # a double array: any sequence of numbers, kept as a tuple
+            object.__setattr__(obj, f.name, _float_tuple(f"{section}.{f.name}", value,
+                                                         len(f.default)))
+            continue
         if expected_type is float and isinstance(value, int) and not isinstance(value, bool):
             object.__setattr__(obj, f.name, float(value))  # YAML writes 1 for 1.0: same value
             value = float(value)
@@ -96,6 +108,25 @@ def _check_range(section: str, obj: Any) -> None:
                 f"{section}.{f.name}: expected one of {list(f.metadata['choices'])}, "
                 f"got {value!r}"
             )
+
+
+def _float_tuple(name: str, value: Any, length: int) -> tuple[float, ...]:
+    """`value` as a tuple of `length` finite floats; ConfigError naming `name` otherwise.
+
+    Accepts a list, tuple or array of numbers (rclpy gives double arrays as ``array.array``).
+    """
+    try:
+        items = list(value)
+    except TypeError:
+        items = None
+    if items is None or len(items) != length or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in items
+    ):
+        raise ConfigError(f"{name}: expected a list of {length} numbers, got {value!r}")
+    numbers = tuple(float(v) for v in items)
+    if not all(math.isfinite(v) for v in numbers):
+        raise ConfigError(f"{name}: expected finite numbers, got {list(numbers)}")
+    return numbers
 
 
 @dataclass(frozen=True)
@@ -193,7 +224,10 @@ class NetworkConfig:
     """The keypoint/depth networks (`keypoint_source: network`, `depth_source: network`)."""
 
     model_path: str = _f("", "keypoint network ONNX file (metadata: objects, keypoints, input)")
-    depth_model_path: str = _f("", "depth network ONNX file (used when depth_source is network)")
+    depth_model_path: str = _f(
+        "", "depth network ONNX file (used when depth_source is network, and by "
+        "multiview.fallback network)"
+    )
     backend: str = _f(
         "onnxruntime",
         "inference backend; auto: tensorrt when TensorRT and a CUDA device exist, else "
@@ -342,6 +376,115 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
+class MultiviewConfig:
+    """Depth from the camera's own motion (``depth_source: multiview``, `motion_depth`).
+
+    The camera optical frame's pose at each image stamp comes from ``pose_topic``
+    (geometry_msgs/PoseStamped, interpolated between the two poses around the stamp: linear
+    translation, slerp rotation) or from TF (``pose_type: tf``), times ``camera_extrinsic``.
+    The estimator keeps a window of recent frames and sweeps planes between each frame and the
+    earlier frames its keyframe rule picks (`motion_depth.keyframes`). The estimator's settings
+    are live: a change starts a new window (the next frame has no depth yet).
+    """
+
+    pose_topic: str = _f(
+        "camera_pose",
+        "pose_type pose_stamped: geometry_msgs/PoseStamped topic of the camera (or of a body "
+        "carrying it, see camera_extrinsic) in a fixed world frame; relative: remap it (a "
+        "replay maps it to the bag's PoseStamped topic in the image's namespace)",
+    )
+    pose_type: str = _f(
+        "pose_stamped",
+        "pose_stamped (pose_topic) or tf (world_frame -> the image's frame_id on /tf and "
+        "/tf_static at the image stamp); nav_msgs/Odometry is not supported (nav_msgs is not "
+        "available to this package)",
+        choices=POSE_TYPES,
+    )
+    world_frame: str = _f(
+        "world", "pose_type tf: the fixed frame the camera moves in (a TF frame name)"
+    )
+    camera_extrinsic: tuple[float, ...] = _f(
+        (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0),
+        "the camera optical frame in the frame the poses are of: x y z [m] qx qy qz qw (unit "
+        "quaternion); identity: the poses are the optical frame's",
+    )
+    max_pose_gap_s: float = _f(
+        0.1,
+        "pose_type pose_stamped: the poses just before and after an image stamp may be at most "
+        "this far apart [s]; an image outside the poses' coverage or in a larger gap gets no "
+        "depth (depth.no_pose on /diagnostics); live nodes wait up to this long for a late pose",
+        range=(0.0, 10.0), live=True,
+    )
+    fallback: str = _f(
+        "none",
+        "depth of frames without usable motion (first frame, static or purely rotating camera, "
+        "no camera pose): none (no depth published for them) or network (the depth network of "
+        "pipeline.network.depth_model_path, which must be set)",
+        choices=DEPTH_FALLBACKS,
+    )
+    internal_width: int = _f(
+        320, "width the depth is computed at [px] (aspect kept, never upsampled); the output "
+        "has the input's size", range=(16, 4096), live=True,
+    )
+    min_confidence: float = _f(
+        0.2, "pixels whose match confidence (1 - best / second-best cost) is lower are NaN",
+        range=(0.0, 0.99), live=True,
+    )
+    min_depth_m: float = _f(0.3, "nearest depth hypothesis [m]", range=(0.01, 100.0), live=True)
+    max_depth_m: float = _f(
+        6.0, "farthest depth hypothesis [m] (more than min_depth_m)", range=(0.02, 1000.0),
+        live=True,
+    )
+    planes: int = _f(
+        64, "depth hypotheses, uniform in inverse depth from max_depth_m to min_depth_m",
+        range=(3, 512), live=True,
+    )
+    max_sources: int = _f(6, "earlier frames compared with each frame", range=(1, 16),
+                          live=True)  # fmt: skip
+    min_baseline_m: float = _f(
+        0.03, "an earlier frame is compared only when the camera moved at least this far from "
+        "it [m]; without one the frame's status is no_motion", range=(0.001, 0.25), live=True,
+    )
+    refine_poses: bool = _f(
+        True, "correct the window's relative poses with matched image features before the "
+        "sweep (absorbs pose noise of about a centimetre and a degree)", live=True,
+    )
+    temporal_fusion: bool = _f(
+        True, "fuse each frame's depth with the previous frames' (moved into this frame, "
+        "inverse-variance weighted); off: each frame's own sweep only", live=True,
+    )
+    max_relative_std: float = _f(
+        0.1, "temporal_fusion: pixels whose estimated depth std exceeds this fraction of their "
+        "depth are NaN (lower: sparser and more accurate)", range=(0.001, 10.0), live=True,
+    )
+
+    def __post_init__(self) -> None:
+        _check_range("pipeline.multiview", self)
+        if not TOPIC_PATTERN.match(self.pose_topic):
+            raise ConfigError(
+                "pipeline.multiview.pose_topic: expected a ROS topic name (relative, /absolute "
+                f"or ~/private; letters, digits, underscores, '/'), got {self.pose_topic!r}"
+            )
+        if (not self.world_frame or not TF_PREFIX_PATTERN.match(self.world_frame)
+                or self.world_frame.endswith("/")):
+            raise ConfigError(
+                "pipeline.multiview.world_frame: expected a TF frame name (letters, digits, "
+                f"_ . / -, not starting or ending with '/'), got {self.world_frame!r}"
+            )
+        if self.min_depth_m >= self.max_depth_m:
+            raise ConfigError(
+                f"pipeline.multiview.max_depth_m: expected more than min_depth_m "
+                f"({self.min_depth_m} m), got {self.max_depth_m} m"
+            )
+        norm = math.sqrt(sum(v * v for v in self.camera_extrinsic[3:]))
+        if abs(norm - 1.0) > 1e-3:
+            raise ConfigError(
+                "pipeline.multiview.camera_extrinsic: expected x y z qx qy qz qw with a unit "
+                f"quaternion, got {list(self.camera_extrinsic)} (quaternion norm {norm:.6g})"
+            )
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     """The ROS-free per-frame pipeline (`Pipeline.from_config`)."""
 
@@ -349,7 +492,9 @@ class PipelineConfig:
         "fiducial", "fiducial (calibration board via OpenCV) or network", choices=KEYPOINT_SOURCES
     )
     depth_source: str = _f(
-        "none", "none (no ~/depth/image_raw, ~/points) or network", choices=DEPTH_SOURCES
+        "none", "none (no ~/depth/image_raw, ~/points), network (the depth network: "
+        "pipeline.network.depth_model_path) or multiview (depth from the camera's own motion "
+        "and poses: pipeline.multiview)", choices=DEPTH_SOURCES,
     )
     input_rectified: bool = _f(
         False,
@@ -366,6 +511,7 @@ class PipelineConfig:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     refine: RefineConfig = field(default_factory=RefineConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    multiview: MultiviewConfig = field(default_factory=MultiviewConfig)
 
     def __post_init__(self) -> None:
         _check_range("pipeline", self)
@@ -465,7 +611,8 @@ class NodeConfig:
         "transform is dropped and counted (errors.output_frame); empty: the image's frame_id"
     )
     tf_timeout_s: float = _f(
-        0.2, "with output_frame: how long a frame waits for /tf to reach its stamp [s]",
+        0.2, "with output_frame (and pipeline.multiview.pose_type tf): how long a frame waits "
+        "for /tf to reach its stamp [s]",
         range=(0.0, 10.0), live=True,
     )
     sync: SyncConfig = field(default_factory=SyncConfig)

@@ -88,3 +88,58 @@ def tracking_scene():
     return types.SimpleNamespace(
         render=render, mesh=obj.mesh, camera=CameraModel(K, [], 640, 480), K=K,
         keypoints_obj=np.asarray(obj.keypoints, np.float64), diameter_m=obj.diameter_m)
+
+
+@pytest.fixture(scope="session")
+def planar_sequence():
+    """A camera sliding sideways in front of a textured fronto-parallel plane (exact geometry).
+
+    The plane is ``z = Z`` (1.5 m) in the world frame; a camera with identity rotation at
+    ``(x, 0, 0)`` sees at pixel (u, v) the plane point ``((u - cx) Z / fx + x, (v - cy) Z / fy)``,
+    whose colour is the texture sampled there (bilinear): each frame is an exact warp of one
+    texture, every pixel's depth is Z. 160x120 px, fx = fy = 200 px. Attributes: ``render(x,
+    size=(W, H))`` -> (H, W, 3) uint8 RGB; ``pose(x)`` -> (4, 4) camera-to-world; ``K``
+    (for the default size; `K_for(size)` otherwise), ``W``, ``H``, ``Z``; ``write_7scenes(root,
+    xs)`` writes a 7-Scenes folder (lossless PNG colour, depth Z in mm, poses) of frames at xs.
+    """
+    import types
+
+    import cv2
+    import numpy as np
+
+    W, H, Z, f = 160, 120, 1.5, 200.0
+    rng = np.random.default_rng(2026)
+    texture = cv2.GaussianBlur(rng.uniform(0, 255, (1200, 1600)).astype(np.float32), (0, 0), 2.0)
+    texture = cv2.normalize(texture, None, 10, 245, cv2.NORM_MINMAX)
+    texels_per_m = 400.0
+
+    def K_for(size: tuple[int, int]) -> np.ndarray:
+        w, h = size
+        return np.array([[f * w / W, 0.0, (w - 1) / 2], [0.0, f * w / W, (h - 1) / 2],
+                         [0.0, 0.0, 1.0]])
+
+    def render(x: float, size: tuple[int, int] = (W, H)) -> np.ndarray:
+        K = K_for(size)
+        u, v = np.meshgrid(np.arange(size[0]), np.arange(size[1]))
+        X = (u - K[0, 2]) * Z / K[0, 0] + x
+        Y = (v - K[1, 2]) * Z / K[1, 1]
+        grey = cv2.remap(texture, (X * texels_per_m + 800).astype(np.float32),
+                         (Y * texels_per_m + 600).astype(np.float32), cv2.INTER_LINEAR)
+        return np.repeat(np.clip(grey + 0.5, 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+
+    def pose(x: float) -> np.ndarray:
+        T = np.eye(4)
+        T[0, 3] = x
+        return T
+
+    def write_7scenes(root: Path, xs: list[float]) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        np.savetxt(root / "camera-intrinsics.txt", K_for((W, H)))
+        for k, x in enumerate(xs):
+            assert cv2.imwrite(str(root / f"frame-{k:06d}.color.png"), render(x)[:, :, ::-1])
+            assert cv2.imwrite(str(root / f"frame-{k:06d}.depth.png"),
+                               np.full((H, W), round(Z * 1000), np.uint16))
+            np.savetxt(root / f"frame-{k:06d}.pose.txt", pose(x), fmt="%.8f")
+
+    return types.SimpleNamespace(render=render, pose=pose, K=K_for((W, H)), K_for=K_for, W=W,
+                                 H=H, Z=Z, write_7scenes=write_7scenes)

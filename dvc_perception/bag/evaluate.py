@@ -275,7 +275,8 @@ def evaluate_bag(
             raise BagError(
                 f"{gt_bag} has only depth ground truth ({gt_depth_topic}) and {output_bag} has "
                 f"no {depth_topic} to score: replay with a depth source "
-                "(--param pipeline.depth_source:=network)"
+                "(--param pipeline.depth_source:=network, or multiview, which publishes no "
+                "depth for frames without camera motion or a camera pose)"
             )
         if gt_depth and depth_topic in out_topics:
             for m in out_reader.messages([depth_topic]):

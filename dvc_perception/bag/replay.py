@@ -10,6 +10,12 @@ excluded when comparing replays. Outputs carry the input stamps and are written 
 
 Image <-> camera_info pairing follows the node's ``sync.mode``: ``exact`` and ``approximate``
 compare header stamps, ``latest`` takes the last camera_info recorded before the image.
+
+With ``pipeline.depth_source: multiview`` every camera pose of the bag is read first (poses
+may be recorded after their image), from the pose topic `choose_pose_topic` picks (the bag's
+PoseStamped topic in the image's namespace: ``/camera/image_raw`` -> ``/camera/pose``), or
+every /tf and /tf_static with ``pose_type: tf``; each frame's depth is then computed
+synchronously, and `ReplaySummary.depth_status` counts the outcomes.
 """
 
 from __future__ import annotations
@@ -35,6 +41,9 @@ from dvc_perception.errors import BagError, ConfigError
 COMPRESSED_IMAGE_TYPE = "sensor_msgs/msg/CompressedImage"
 IMAGE_TYPES = (IMAGE_TYPE, COMPRESSED_IMAGE_TYPE)
 CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
+POSE_STAMPED_TYPE = "geometry_msgs/msg/PoseStamped"
+#: Object pose ground truth of synthetic bags: never a camera pose topic.
+_GROUND_TRUTH_PREFIX = "/ground_truth/"
 #: Colour and mono sensor_msgs/Image encodings (REP 104 names, lower case), besides those the
 #: node converts (`dvc_perception.ros.convert.IMAGE_ENCODINGS`) and ``bayer_*``; depth (32FC1,
 #: 16UC1) and the other generic ``<bits><type>C<n>`` encodings are never auto-picked.
@@ -74,6 +83,10 @@ class ReplaySummary:
     pipeline_ms: list[float] = field(default_factory=list)
     image_topic_reason: str = ""
     bad_camera_info: int = 0
+    pose_topic: str = ""
+    depth_status: dict[str, int] = field(default_factory=dict)
+    depth_fallback: int = 0
+    depth_notes: list[str] = field(default_factory=list)
 
     @property
     def bad_images(self) -> int:
@@ -199,6 +212,47 @@ def detect_camera_topics(
     return image_topic, camera_info_topic
 
 
+def choose_pose_topic(
+    topics: Mapping[str, TopicInfo], image_topic: str, node_pose_topic: str = "",
+    pose_topic: str = "",
+) -> str:  # fmt: skip
+    """The camera pose topic (geometry_msgs/PoseStamped) of a bag, for multiview depth.
+
+    The given `pose_topic` is checked; else the node's ``pipeline.multiview.pose_topic``
+    (`node_pose_topic`) where the bag has it (absolute, or relative in the image's namespace
+    or the root); else the bag's PoseStamped topics outside ``/ground_truth/``: the one in the
+    image's namespace (``/camera/image_raw`` -> ``/camera/pose``), or the only one.
+
+    Raises:
+        BagError: the given topic is missing or not PoseStamped; none or several candidates.
+    """
+    if pose_topic:
+        if pose_topic not in topics:
+            raise BagError(f"pose topic {pose_topic} is not in the bag; it has {sorted(topics)}")
+        if topics[pose_topic].msgtype != POSE_STAMPED_TYPE:
+            raise BagError(f"pose topic {pose_topic} has type {topics[pose_topic].msgtype}; "
+                           f"expected {POSE_STAMPED_TYPE}")
+        return pose_topic
+    namespace = image_topic.rsplit("/", 1)[0]
+    poses = [t for t in find_topics_by_type(dict(topics), POSE_STAMPED_TYPE)
+             if not t.startswith(_GROUND_TRUTH_PREFIX)]
+    name = node_pose_topic.lstrip("~/")
+    for candidate in ((node_pose_topic,) if node_pose_topic.startswith("/") else (
+            f"{namespace}/{name}", f"/{name}")):  # fmt: skip
+        if candidate in poses:
+            return candidate
+    same_ns = [t for t in poses if t.rsplit("/", 1)[0] == namespace]
+    pick = same_ns if len(same_ns) == 1 else poses
+    if len(pick) != 1:
+        raise BagError(
+            f"cannot find the camera pose topic for {image_topic} (pipeline.depth_source "
+            f"multiview needs the camera's poses): geometry_msgs/PoseStamped candidates "
+            f"{pick or 'none'} (all topics: {sorted(topics)}); pass --pose-topic, or use "
+            "--param pipeline.multiview.pose_type:=tf with a bag that has /tf"
+        )
+    return pick[0]
+
+
 class _CameraInfoIndex:
     """Camera_info messages by header stamp and by record time, for the node's sync modes."""
 
@@ -242,6 +296,7 @@ def replay_bag(
     on_frame: Callable[[int, int], None] | None = None,
     log: Callable[[str], None] | None = None,
     initial_poses: Mapping[int, Sequence[Any]] | None = None,
+    pose_topic: str = "",
 ) -> ReplaySummary:
     """Run every image of `input_bag` through the node's per-frame code into `output_bag`.
 
@@ -268,10 +323,13 @@ def replay_bag(
         initial_poses: image stamp [ns] -> `pipeline.pose.InitialPose` list: each frame's
             poses are refined from these instead of detected (``--init gt-perturbed``; a
             frame missing here gets none); None: the node's keypoint source.
+        pose_topic: ``depth_source: multiview``: the camera pose topic (PoseStamped);
+            chosen by `choose_pose_topic` when empty.
 
     Raises:
         BagError: unreadable, truncated or corrupt bag, missing topics, image stamps out of
-            order, an output bag that cannot be written.
+            order, an output bag that cannot be written; multiview depth without a camera
+            pose topic (unless ``multiview.fallback`` is ``network``).
         ConfigError: invalid parameters.
     """
     t_start = time.perf_counter()
@@ -288,8 +346,11 @@ def replay_bag(
         compressed = topics[image_topic].msgtype == COMPRESSED_IMAGE_TYPE
         with _replay_node(params_file, parameters, compressed) as node:
             index = _read_camera_infos(reader, camera_info_topic, node.config.sync, summary, log)
-            if node.tf_buffer is not None:  # output_frame: every /tf and /tf_static first
+            if node.tf_buffer is not None:  # output_frame, multiview from tf: all of TF first
                 node.tf_buffer = _read_transforms(reader, log)
+            if node.pose_buffer is not None:  # multiview: every camera pose first
+                node.pose_buffer = _read_camera_poses(reader, node, image_topic, pose_topic,
+                                                      summary, log)  # fmt: skip
             copy = sorted(topics) if copy_inputs else []
             with AtomicBagWriter(output_bag, storage, overwrite=overwrite) as writer:
                 bar = _Progress(topics[image_topic].count, progress, on_frame)
@@ -323,8 +384,51 @@ def _read_transforms(reader: BagReader, log: Callable[[str], None] | None) -> An
         if bad and log is not None:
             log(f"replay: skipped {bad} unusable transforms of {' and '.join(found)}")
     elif log is not None:
-        log("replay: output_frame is set but the bag has no /tf or /tf_static: every frame "
-            "will be an error record")
+        log("replay: output_frame or pipeline.multiview.pose_type tf is set but the bag has "
+            "no /tf or /tf_static: every frame will lack the transform")
+    return buffer
+
+
+def _read_camera_poses(
+    reader: BagReader, node: Any, image_topic: str, pose_topic: str, summary: ReplaySummary,
+    log: Callable[[str], None] | None,
+) -> Any:  # fmt: skip
+    """A `CameraPoseBuffer` with every camera pose of the bag (no age limit).
+
+    Poses that do not deserialize or are not rigid transforms (NaN, a zero quaternion) are
+    skipped and counted in the log; a frame between usable poses interpolates as live.
+
+    Raises:
+        BagError: no camera pose topic (`choose_pose_topic`), unless the node falls back to
+            the depth network, which then gives every frame's depth.
+    """
+    from geometry_msgs.msg import PoseStamped
+
+    from dvc_perception.errors import DvcError
+    from dvc_perception.pipeline.multiview import CameraPoseBuffer
+    from dvc_perception.ros.convert import pose_msg_to_matrix
+
+    buffer = CameraPoseBuffer(max_age_s=None)
+    mv = node.config.pipeline.multiview
+    try:
+        topic = choose_pose_topic(reader.topics(), image_topic, mv.pose_topic, pose_topic)
+    except BagError as err:
+        if mv.fallback != "network" or pose_topic:
+            raise
+        if log is not None:
+            log(f"replay: {err}; every frame's depth comes from the fallback network")
+        return buffer
+    summary.pose_topic = topic
+    bad: list[str] = []
+    for k, m in enumerate(reader.messages([topic])):
+        try:
+            msg = deserialize(m, PoseStamped, k)
+            buffer.add(_stamp_ns(msg.header.stamp), pose_msg_to_matrix(msg.pose))
+        except DvcError as err:
+            bad.append(str(err))
+    if log is not None:
+        log(f"replay: camera poses from {topic}: {len(buffer)} usable"
+            + (f", {len(bad)} skipped (first: {bad[0]})" if bad else ""))
     return buffer
 
 
@@ -476,6 +580,13 @@ def _replay_frame(
                    {**out.result.timings, **out.timings})  # fmt: skip
     summary.frames_ok += 1
     summary.detections += len(out.pose_msgs)
+    status = out.result.depth_status
+    if status != "none":
+        summary.depth_status[status] = summary.depth_status.get(status, 0) + 1
+        summary.depth_fallback += int(out.result.depth_fallback)
+        if out.depth_note and len(summary.depth_notes) < MAX_LOGGED:
+            summary.depth_notes.append(f"frame {_stamp_ns(out.header.stamp)} ns: {status}: "
+                                       f"{out.depth_note}")  # fmt: skip
     summary.pipeline_ms.append(float(out.timings.get("pipeline_ms", 0.0)))
 
 
@@ -511,6 +622,28 @@ def _stamp_ns(stamp: Any) -> int:
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
+def _parameter(name: str, value: Any) -> Any:
+    """The rclpy Parameter of an override.
+
+    A list of numbers for a double-array parameter becomes floats (YAML writes 1 for 1.0, as
+    the config dataclasses accept).
+
+    Raises:
+        ConfigError: a value rclpy cannot type (a list mixing types).
+    """
+    from rclpy.parameter import Parameter
+
+    from dvc_perception.ros.params import parameter_defaults
+
+    if isinstance(parameter_defaults().get(name), tuple) and isinstance(value, list) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        value = [float(v) for v in value]
+    try:
+        return Parameter(name, value=value)
+    except TypeError as err:
+        raise ConfigError(f"--param {name}: {err}") from err
+
+
 class _replay_node:  # noqa: N801 - a context manager used like a function
     """A configured (not activated) PerceptionNode in a private rclpy context."""
 
@@ -527,7 +660,6 @@ class _replay_node:  # noqa: N801 - a context manager used like a function
     def __enter__(self) -> Any:
         import rclpy
         from rclpy.context import Context
-        from rclpy.parameter import Parameter
 
         from dvc_perception.config import check_parameter_names, check_params_file
         from dvc_perception.resources import find_share_file
@@ -545,7 +677,7 @@ class _replay_node:  # noqa: N801 - a context manager used like a function
         try:
             self.node = PerceptionNode(
                 context=self.context,
-                parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()],
+                parameter_overrides=[_parameter(k, v) for k, v in overrides.items()],
             )
             from rclpy.lifecycle import TransitionCallbackReturn
 

@@ -28,6 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="parameter override, repeatable (e.g. sync.mode:=exact)")
     parser.add_argument("--image-topic", default="", help="auto-detected when omitted")
     parser.add_argument("--camera-info-topic", default="", help="auto-detected when omitted")
+    parser.add_argument("--pose-topic", default="",
+                        help="pipeline.depth_source multiview: the camera pose topic "
+                             "(geometry_msgs/PoseStamped); auto-detected when omitted (the "
+                             "PoseStamped topic in the image's namespace)")
     parser.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
     parser.add_argument("--copy-inputs", action="store_true", help="copy input topics too")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
@@ -126,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
         camera_info_topic=args.camera_info_topic, storage=args.storage,
         copy_inputs=args.copy_inputs, overwrite=args.overwrite,
         log=lambda line: print(line, file=sys.stderr), initial_poses=initial,
+        pose_topic=args.pose_topic,
     )  # fmt: skip
     print(f"replayed {s.frames_in} frames of {s.image_topic} ({s.frames_ok} processed, "
           f"{len(s.errors)} error records, {s.detections} detections) in {s.wall_s:.1f} s "
@@ -138,6 +143,13 @@ def run(args: argparse.Namespace) -> int:
               "deserialize and were skipped")  # fmt: skip
     for err in s.errors[:10]:
         print(f"  frame {err.stamp_ns} ns: {err.kind}: {err.message}")
+    if s.depth_status:
+        counts = ", ".join(f"{n} {status}" for status, n in sorted(s.depth_status.items()))
+        fallback = f"; {s.depth_fallback} from the fallback network" if s.depth_fallback else ""
+        poses = f" (camera poses from {s.pose_topic})" if s.pose_topic else ""
+        print(f"  depth{poses}: {counts}{fallback}")
+        for note in s.depth_notes:
+            print(f"    {note}")
     if perturbation is not None:
         _print_before_after(args.output, args.input_bag, truth, starts, perturbation)
     return 0

@@ -226,44 +226,66 @@ def _path_step(cost_px, prev, cur, P1, P2):
         cur[d] = cost_px[d] + best - mn
 
 
+@_jit
+def _path(cost, out, P2s, P1, y, x, dy, dx):
+    """Aggregate one SGM path starting at (y, x), stepping (dy, dx) until it leaves the image."""
+    H, W, D = cost.shape
+    prev = np.empty(D, np.float32)
+    cur = np.empty(D, np.float32)
+    for d in range(D):
+        prev[d] = cost[y, x, d]
+        out[y, x, d] += prev[d]
+    y += dy
+    x += dx
+    while 0 <= y < H and 0 <= x < W:
+        _path_step(cost[y, x], prev, cur, P1, P2s[y, x])
+        for d in range(D):
+            prev[d] = cur[d]
+            out[y, x, d] += cur[d]
+        y += dy
+        x += dx
+
+
 @_jit(parallel=True)
-def sgm(cost, P1, P2s):
-    """Semi-global aggregation of `cost` (H, W, D) along 4 paths (left, right, up, down).
+def sgm(cost, P1, P2s, diagonals):
+    """Semi-global aggregation of `cost` (H, W, D) along 4 paths (left, right, up, down), or 8
+    with `diagonals`.
 
     P1 penalises a change of one plane between neighbours, P2s (H, W) a larger jump (lowered at
-    image edges by the caller). Returns the summed path costs (H, W, D).
+    image edges by the caller). Returns the summed path costs (H, W, D). Paths of one direction
+    never share a pixel, so each direction's paths run in parallel.
     """
     H, W, D = cost.shape
     out = np.zeros((H, W, D), np.float32)
-    # Horizontal paths write disjoint rows per thread; vertical ones disjoint columns.
     for y in numba.prange(H):
-        for direction in (1, -1):
-            prev = np.empty(D, np.float32)
-            cur = np.empty(D, np.float32)
-            x = 0 if direction == 1 else W - 1
-            for d in range(D):
-                prev[d] = cost[y, x, d]
-                out[y, x, d] += prev[d]
-            for i in range(1, W):
-                x = i if direction == 1 else W - 1 - i
-                _path_step(cost[y, x], prev, cur, P1, P2s[y, x])
-                for d in range(D):
-                    prev[d] = cur[d]
-                    out[y, x, d] += cur[d]
+        _path(cost, out, P2s, P1, y, 0, 0, 1)
+        _path(cost, out, P2s, P1, y, W - 1, 0, -1)
     for x in numba.prange(W):
-        for direction in (1, -1):
-            prev = np.empty(D, np.float32)
-            cur = np.empty(D, np.float32)
-            y = 0 if direction == 1 else H - 1
-            for d in range(D):
-                prev[d] = cost[y, x, d]
-                out[y, x, d] += prev[d]
-            for i in range(1, H):
-                y = i if direction == 1 else H - 1 - i
-                _path_step(cost[y, x], prev, cur, P1, P2s[y, x])
-                for d in range(D):
-                    prev[d] = cur[d]
-                    out[y, x, d] += cur[d]
+        _path(cost, out, P2s, P1, 0, x, 1, 0)
+        _path(cost, out, P2s, P1, H - 1, x, -1, 0)
+    if diagonals:
+        n = H + W - 1
+        # Each diagonal starts on the top row or the left/right column (or bottom for upward).
+        for k in numba.prange(n):
+            if k < W:
+                _path(cost, out, P2s, P1, 0, k, 1, 1)
+            else:
+                _path(cost, out, P2s, P1, k - W + 1, 0, 1, 1)
+        for k in numba.prange(n):
+            if k < W:
+                _path(cost, out, P2s, P1, H - 1, W - 1 - k, -1, -1)
+            else:
+                _path(cost, out, P2s, P1, H - 1 - (k - W + 1), W - 1, -1, -1)
+        for k in numba.prange(n):
+            if k < W:
+                _path(cost, out, P2s, P1, 0, W - 1 - k, 1, -1)
+            else:
+                _path(cost, out, P2s, P1, k - W + 1, W - 1, 1, -1)
+        for k in numba.prange(n):
+            if k < W:
+                _path(cost, out, P2s, P1, H - 1, k, -1, 1)
+            else:
+                _path(cost, out, P2s, P1, H - 1 - (k - W + 1), 0, -1, 1)
     return out
 
 

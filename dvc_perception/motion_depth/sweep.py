@@ -33,6 +33,8 @@ class SweepSettings:
     p1: float = 0.05
     p2: float = 0.6
     p2_edge_gain: float = 10.0
+    speckle_px: int = 200
+    sgm_paths: int = 4
 
     def __post_init__(self) -> None:
         if not 0.0 < self.min_depth_m < self.max_depth_m:
@@ -41,6 +43,8 @@ class SweepSettings:
         if self.planes < 3 or self.window_radius < 1:
             raise ConfigError(f"sweep: expected planes >= 3 and window_radius >= 1, got "
                               f"{self.planes} and {self.window_radius}")
+        if self.sgm_paths not in (4, 8):
+            raise ConfigError(f"sweep.sgm_paths: expected 4 or 8, got {self.sgm_paths}")
         if not 0.0 <= self.p1 < self.p2:
             raise ConfigError(f"sweep: expected 0 <= p1 < p2, got {self.p1} and {self.p2}")
 
@@ -94,10 +98,23 @@ def plane_sweep_depth(ref: np.ndarray, sources: list[np.ndarray], relative: list
     cost = _compiled.mean_cost(cost_sum, count)  # (h, w, D)
     grad = np.hypot(cv2.Sobel(ref32, cv2.CV_32F, 1, 0), cv2.Sobel(ref32, cv2.CV_32F, 0, 1))
     p2 = np.maximum(settings.p2 / (1.0 + settings.p2_edge_gain * grad), 1.5 * settings.p1)
-    aggregated = _compiled.sgm(cost, np.float32(settings.p1), p2.astype(np.float32))
+    aggregated = _compiled.sgm(cost, np.float32(settings.p1), p2.astype(np.float32),
+                               settings.sgm_paths == 8)
     index, ratio = _compiled.winner_take_all(aggregated)
     inv_depth = np.interp(index.ravel(), np.arange(len(inv)), inv).reshape(h, w)
     seen = np.take_along_axis(count, np.clip(np.rint(index), 0, len(inv) - 1)
                               .astype(np.int64)[None], 0)[0]  # sources at the winner
     confidence = np.where(seen > 0, 1.0 - ratio, 0.0).astype(np.float32)
+    if settings.speckle_px > 0:
+        confidence[remove_speckles(index, seen > 0, settings.speckle_px)] = 0.0
     return SweepResult((1.0 / inv_depth).astype(np.float32), confidence, seen)
+
+
+def remove_speckles(index: np.ndarray, valid: np.ndarray, max_size: int) -> np.ndarray:
+    """Mask (h, w) of pixels in connected regions of fewer than `max_size` pixels whose
+    neighbours differ by at most one plane (`index` (h, w) in planes): small islands of
+    depth that nothing around them supports, typically wrong matches in texture-poor areas."""
+    fixed = np.where(valid, np.rint(index * 16.0), -16).astype(np.int16)
+    filtered = fixed.copy()
+    cv2.filterSpeckles(filtered, -16, max_size, 16)
+    return valid & (filtered == -16) & (fixed != -16)

@@ -20,6 +20,13 @@ depth with `Letterbox.depth_to_source` (nearest, NaN in the padding); object ids
 come from the model metadata. A missing model fails at configure, naming the path. Any other
 source can be passed directly: ``Pipeline(config, source, depth_source)``.
 
+``depth_source: multiview`` (`pipeline.multiview`) computes depth from the camera's own motion:
+``process(..., camera_to_world=T)`` gives each frame's camera pose, the `MultiviewDepth` source
+keeps a window of recent frames, and `FrameResult.depth_status` says why a frame has no depth
+(``first_frame``, ``no_motion``, ``no_pose``, ``bad_pose``; ``fallback: network`` gives such a
+frame the depth network's depth instead). ``process(..., with_depth=False)`` leaves the depth out
+(status ``deferred``) for a caller that runs `estimate_depth` on another thread (the node).
+
 With ``pipeline.refine.enabled``, all poses of a frame are then refined in one batched
 `refine.refine_pose` call (render-and-compare on the frame's RGB, the frame's camera) with each
 object's mesh from ``config/objects/<id>.yaml`` (`render.objects`); the meshes, and with
@@ -74,6 +81,7 @@ from dvc_perception.errors import (
 from dvc_perception.geometry.camera import CameraModel
 from dvc_perception.geometry.pnp import warm_up as warm_up_pnp
 from dvc_perception.geometry.synthetic import synthetic_pnp_problem
+from dvc_perception.pipeline.multiview import DEPTH_OK, DepthEstimate, MultiviewDepth
 from dvc_perception.pipeline.pose import InitialPose, estimate_poses
 from dvc_perception.pipeline.sources import DepthSource, KeypointDetection, KeypointSource
 from dvc_perception.pipeline.tracking import LostTrack, Tracker
@@ -128,12 +136,15 @@ class FrameResult:
         stamp: the frame's time [s], as given to `Pipeline.process`.
         poses: objects whose pose is valid and scored at least `min_score`.
         depth: (H, W) float32 m at the input resolution, NaN where unknown; None without a
-            depth source.
+            depth source, or when the depth source has none for this frame (`depth_status`).
         timings: stage durations [ms] (``detect_ms``, ``pnp_ms``, ``refine_ms`` (0 with
             refinement off), ``depth_ms``, ``total_ms``; with tracking ``track_ms``, the
             tracks' refinement; 0 for the stages that did not run).
         lost: tracks that ended in this frame (``pipeline.tracking``); their poses are not in
             `poses`.
+        depth_status: ``none`` (no depth source), ``deferred`` (``with_depth=False``), ``ok``,
+            or why a multiview frame has no depth of its own (`pipeline.multiview`).
+        depth_fallback: the depth is the fallback network's (``multiview.fallback: network``).
     """
 
     stamp: float
@@ -141,6 +152,8 @@ class FrameResult:
     depth: np.ndarray | None
     timings: dict[str, float] = field(default_factory=dict)
     lost: list[LostTrack] = field(default_factory=list)
+    depth_status: str = "none"
+    depth_fallback: bool = False
 
 
 def _network_model_path(config: PipelineConfig, key: str, source: str) -> Path:
@@ -241,11 +254,15 @@ def make_keypoint_source(config: PipelineConfig) -> KeypointSource:
         raise _engine_error(err, engine, f"keypoint model {path.name}") from err
 
 
-def make_depth_source(config: PipelineConfig) -> DepthSource | None:
+def make_depth_source(config: PipelineConfig) -> DepthSource | MultiviewDepth | None:
     """The depth source named by `config.depth_source` (None for ``none``).
 
+    ``multiview`` is a `MultiviewDepth` (with the depth network as its fallback when
+    ``multiview.fallback`` is ``network``).
+
     Raises:
-        ConfigError: ``network`` with an empty ``network.depth_model_path``.
+        ConfigError: ``network`` (or the ``network`` fallback) with an empty
+            ``network.depth_model_path``.
         ModelSpecError: the depth model is missing or does not describe itself (path named).
         EngineUnavailableError: the network backend cannot run here.
         ConfigError: the backend / precision / device choice does not suit the model (named).
@@ -253,9 +270,19 @@ def make_depth_source(config: PipelineConfig) -> DepthSource | None:
     if config.depth_source == "none":
         no_depth: DepthSource | None = None
         return no_depth
+    if config.depth_source == "multiview":
+        fallback = None
+        if config.multiview.fallback == "network":
+            fallback = _network_depth_source(config, "multiview.fallback")
+        return MultiviewDepth(config.multiview, fallback)
+    return _network_depth_source(config, "depth_source")
+
+
+def _network_depth_source(config: PipelineConfig, option: str) -> DepthSource:
+    """The depth network of ``network.depth_model_path`` (`option`: what asked for it)."""
     from dvc_perception.pipeline.network import NetworkDepthSource
 
-    path = _network_model_path(config, "depth_model_path", "depth_source")
+    path = _network_model_path(config, "depth_model_path", option)
     engine = EngineSettings.from_config(config)
     try:
         return NetworkDepthSource(path, engine.backend, precision=engine.precision,
@@ -367,7 +394,7 @@ class Pipeline:
         self,
         config: PipelineConfig,
         keypoint_source: KeypointSource,
-        depth_source: DepthSource | None = None,
+        depth_source: DepthSource | MultiviewDepth | None = None,
         refine_models: Mapping[str, RefineModel] | None = None,
     ) -> None:
         for object_id in keypoint_source.object_ids:
@@ -458,7 +485,9 @@ class Pipeline:
         return f"keypoints={self.keypoint_source.backend}; depth={depth}"
 
     def process(self, image_rgb: np.ndarray, camera: CameraModel, stamp: float,
-                initial_poses: Sequence[InitialPose] | None = None) -> FrameResult:
+                initial_poses: Sequence[InitialPose] | None = None,
+                camera_to_world: np.ndarray | None = None,
+                with_depth: bool = True) -> FrameResult:
         """Poses (and depth) of one frame.
 
         Args:
@@ -468,6 +497,11 @@ class Pipeline:
             initial_poses: None: poses from the keypoint source (and the tracks, with
                 tracking). Given: these poses refined against the frame instead, no keypoint
                 source, tracks untouched (unusable refinements are not reported).
+            camera_to_world: ``depth_source: multiview``: (4, 4) the camera optical frame's
+                pose in a fixed world frame at `stamp` [m]; None: no pose (no depth, status
+                ``no_pose``). Ignored by the other depth sources.
+            with_depth: False: no depth in this call (status ``deferred``; the caller runs
+                `estimate_depth`).
 
         Returns:
             The frame's `FrameResult`.
@@ -492,16 +526,51 @@ class Pipeline:
             poses, stages = self._detect(image_rgb, camera)
         poses = rank_instances(poses)
         t2r = time.perf_counter()
-        depth = None
+        found = DepthEstimate(None, "none")
         if self.depth_source is not None:
-            K = camera.K.detach().cpu().numpy()
-            depth = np.asarray(self.depth_source.estimate(image_rgb, K), dtype=np.float32)
-            if depth.shape != (h, w):
-                raise ShapeError(f"depth: expected shape ({h}, {w}), got {depth.shape}")
+            found = (self.estimate_depth(image_rgb, camera, stamp, camera_to_world)
+                     if with_depth else DepthEstimate(None, "deferred"))  # fmt: skip
         t3 = time.perf_counter()
         timings = {**stages, "depth_ms": 1e3 * (t3 - t2r), "total_ms": 1e3 * (t3 - t0)}
-        return FrameResult(stamp=float(stamp), poses=poses, depth=depth, timings=timings,
-                           lost=lost)
+        return FrameResult(stamp=float(stamp), poses=poses, depth=found.depth, timings=timings,
+                           lost=lost, depth_status=found.status,
+                           depth_fallback=found.fallback)  # fmt: skip
+
+    def estimate_depth(self, image_rgb: np.ndarray, camera: CameraModel, stamp: float,
+                       camera_to_world: np.ndarray | None = None) -> DepthEstimate:
+        """The depth source's depth of one frame (what `process` runs with `with_depth`).
+
+        Thread-safe against `process(..., with_depth=False)` on another thread (the two touch
+        different sources); calls of this method must come from one thread at a time.
+
+        Args:
+            image_rgb: (H, W, 3) uint8 RGB.
+            camera: the image's camera (its pinhole K is used).
+            stamp: the frame's time [s].
+            camera_to_world: see `process`.
+
+        Returns:
+            The depth (None: no depth source, or none for this frame) and its status.
+
+        Raises:
+            ShapeError: `image_rgb` is not (H, W, 3) uint8, or the source's depth does not have
+                the image's size.
+            InputError: the image size differs from the camera's.
+        """
+        t0 = time.perf_counter()
+        w, h = check_frame(image_rgb, camera)
+        source = self.depth_source
+        if source is None:
+            return DepthEstimate(None, "none")
+        K = camera.K.detach().cpu().numpy()
+        if isinstance(source, MultiviewDepth):
+            found = source.estimate(image_rgb, K, stamp, camera_to_world, self.config.multiview)
+        else:
+            found = DepthEstimate(np.asarray(source.estimate(image_rgb, K), dtype=np.float32),
+                                  DEPTH_OK)  # fmt: skip
+        if found.depth is not None and found.depth.shape != (h, w):
+            raise ShapeError(f"depth: expected shape ({h}, {w}), got {found.depth.shape}")
+        return dataclasses.replace(found, ms=1e3 * (time.perf_counter() - t0))
 
     def _detect(self, image_rgb: np.ndarray, camera: CameraModel
                 ) -> tuple[list[ObjectPose], dict[str, float]]:

@@ -392,6 +392,18 @@ def msg_to_pose(msg: Pose) -> tuple[np.ndarray, np.ndarray]:
     return R, t
 
 
+def pose_msg_to_matrix(msg: Pose) -> np.ndarray:
+    """geometry_msgs/Pose -> (4, 4) float64 transform (the quaternion normalised).
+
+    Raises:
+        InputError: a zero or non-finite quaternion or position (`msg_to_pose`).
+    """
+    R, t = msg_to_pose(msg)
+    T = np.eye(4)
+    T[:3, :3], T[:3, 3] = R, t
+    return T
+
+
 def pose_in_frame(pose: ObjectPose, R: np.ndarray, t: np.ndarray) -> ObjectPose:
     """`pose` (object in the camera frame) expressed in another frame, ``T_frame_camera = (R, t)``.
 

@@ -18,6 +18,9 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
 #: Error and drop kinds reported on /diagnostics (always present, 0 when none happened).
 ERROR_KINDS = ("image", "camera_info", "size_mismatch", "pipeline", "output_frame", "publish")
+#: Depth outcomes of ``depth_source: multiview`` (`pipeline.multiview.DEPTH_STATUSES`, plus
+#: ``busy``: the frame came while the depth of an earlier one was running and got none).
+DEPTH_COUNTS = ("ok", "first_frame", "no_motion", "no_pose", "bad_pose", "busy")
 
 
 class FrameStats:
@@ -40,6 +43,51 @@ class FrameStats:
         self.lost: Counter[str] = Counter({"image": 0, "camera_info": 0})
         self.last_error = ""
         self.tracks_lost = 0
+        self.depth: Counter[str] = Counter({k: 0 for k in DEPTH_COUNTS})
+        self.depth_fallback = 0
+        self._depth_ms: deque[float] = deque(maxlen=window)
+        self.camera_poses = 0
+        self.camera_poses_rejected = 0
+        self.last_depth_note = ""
+
+    def depth_done(self, status: str, fallback: bool, ms: float, note: str = "") -> None:
+        """A frame's multiview depth ended with `status` in `ms` [ms] (`note`: why not ok)."""
+        with self._lock:
+            self.depth[status] += 1
+            self.depth_fallback += int(fallback)
+            self._depth_ms.append(ms)
+            if note:
+                self.last_depth_note = f"{status}: {note}"
+
+    def depth_busy(self) -> None:
+        """A frame got no depth: the depth of an earlier frame was still running."""
+        with self._lock:
+            self.depth["busy"] += 1
+
+    def camera_pose(self, accepted: bool, note: str = "") -> None:
+        """A camera pose message arrived (`accepted`: usable, else rejected: NaN, ...)."""
+        with self._lock:
+            self.camera_poses += 1
+            if not accepted:
+                self.camera_poses_rejected += 1
+                self.last_depth_note = f"camera pose rejected: {note}"
+
+    def depth_snapshot(self) -> dict[str, float | int | str]:
+        """Multiview depth values of /diagnostics.
+
+        ``depth.<status>`` counts, ``depth.fallback``, ``depth_p50_ms``, the camera poses
+        received and rejected, and the last reason a frame had no depth.
+        """
+        with self._lock:
+            ms = np.asarray(self._depth_ms, dtype=np.float64)
+            out: dict[str, float | int | str] = {
+                f"depth.{k}": n for k, n in sorted(self.depth.items())}
+            out["depth.fallback"] = self.depth_fallback
+            out["depth_p50_ms"] = float(np.percentile(ms, 50)) if ms.size else float("nan")
+            out["camera_poses.received"] = self.camera_poses
+            out["camera_poses.rejected"] = self.camera_poses_rejected
+            out["depth.last_problem"] = self.last_depth_note
+        return out
 
     def track_lost(self) -> None:
         """A track ended (``pipeline.tracking``): its object's pose is no longer published."""

@@ -38,6 +38,7 @@ _TYPES = {
     int: ParameterType.PARAMETER_INTEGER,
     float: ParameterType.PARAMETER_DOUBLE,
     str: ParameterType.PARAMETER_STRING,
+    tuple: ParameterType.PARAMETER_DOUBLE_ARRAY,  # a fixed-length list of floats
 }
 
 
@@ -103,6 +104,7 @@ def declare_node_parameters(node: Node) -> None:
 def _expected(d: ParameterDescriptor) -> str:
     """What a parameter takes, in words (type, range)."""
     names = {v: k.__name__ for k, v in _TYPES.items()}
+    names[ParameterType.PARAMETER_DOUBLE_ARRAY] = "list of floats"
     text = f"expected a {names.get(d.type, 'value')}"
     for r in [*d.floating_point_range, *d.integer_range]:
         text += f" in [{r.from_value}, {r.to_value}]"

@@ -19,6 +19,16 @@ image stamp by `TransformBuffer`): ``~/detections``
 ``~/markers``, object frames on ``/tf``. Where vision_msgs or tf2_msgs cannot be imported, the
 outputs that need them are off (logged once, listed on /diagnostics as ``outputs_off``).
 
+Depth from motion (``pipeline.depth_source: multiview``): camera poses arrive on
+``pipeline.multiview.pose_topic`` (PoseStamped, kept in a `CameraPoseBuffer`) or from /tf
+(``pose_type: tf``). The depth runs on a second worker thread so that it never holds up the
+poses: each frame's poses are published as soon as they are found, and the frame goes on to the
+depth thread when it is idle (else it gets no depth: ``depth.busy``); the depth thread looks up
+the camera pose at the image stamp (waiting up to ``max_pose_gap_s`` for a late one), runs
+`Pipeline.estimate_depth` and publishes ~/depth/image_raw, ~/depth/camera_info and ~/points.
+A replay computes every frame's depth in `process_frame`, synchronously. Outcomes per frame
+(``depth.ok``, ``depth.no_motion``, ``depth.no_pose``, ...) are counted on /diagnostics.
+
 Parameters: ``live`` ones (thresholds, rates, ``publish_tf``, ``tf_prefix``; see
 `config.live_parameter_names`) are validated against the whole configuration and applied to the
 running node and pipeline by the set-parameters callback; the others are read at configure and
@@ -36,7 +46,7 @@ from typing import Any
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray
-from geometry_msgs.msg import PoseArray, PoseWithCovarianceStamped
+from geometry_msgs.msg import PoseArray, PoseStamped, PoseWithCovarianceStamped
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
@@ -56,6 +66,12 @@ from dvc_perception.config import (
 )
 from dvc_perception.errors import ConfigError, DvcError, InputError
 from dvc_perception.geometry.camera import CameraModel
+from dvc_perception.pipeline.multiview import (
+    DEPTH_STATUS_NOTES,
+    CameraPoseBuffer,
+    MultiviewDepth,
+    pose_from_xyz_quaternion,
+)
 from dvc_perception.pipeline.overlay import draw_overlay
 from dvc_perception.pipeline.pipeline import FrameResult, Pipeline, check_frame
 from dvc_perception.pipeline.pose import InitialPose
@@ -97,6 +113,8 @@ class FrameOutputs:
         markers: axis markers, namespace per object id.
         depth_msg: 32FC1 depth, None without depth.
         depth_info: camera_info of the depth, None without depth.
+        depth_note: why a multiview frame has no depth of its own ("" when it has, or with
+            another depth source): the camera pose's problem, or no motion.
         timings: node-side durations [ms]: ``convert_ms`` (+ ``publish_ms`` once published).
         detections: vision_msgs/Detection3DArray of every pose (empty when none); None where
             vision_msgs cannot be imported.
@@ -117,6 +135,7 @@ class FrameOutputs:
     timings: dict[str, float] = field(default_factory=dict)
     detections: Any = None
     transforms: Any = None
+    depth_note: str = ""
 
 
 class PerceptionNode(LifecycleNode):
@@ -156,6 +175,8 @@ class PerceptionNode(LifecycleNode):
         self.startup_unexpected = False  # the start-up error was not a typed DvcError
         self._matcher: StampMatcher[tuple[Any, float], CameraInfo] | None = None
         self._worker: KeepLatestWorker[tuple[Any, CameraInfo, float]] | None = None
+        #: ``depth_source: multiview``: the depth thread (frames while it is busy get none)
+        self._depth_worker: KeepLatestWorker[FrameOutputs] | None = None
         self._subs: list[Any] = []
         self._pubs: dict[str, Any] = {}
         self._pose_pubs: dict[str, Any] = {}
@@ -166,8 +187,13 @@ class PerceptionNode(LifecycleNode):
         self._tf_pub: Any = None
         self._boxes: dict[str, ObjectBox] = {}
         self._engine_values: dict[str, str] = {}
-        #: /tf + /tf_static with `output_frame` (filled by subscriptions, or by a bag replay)
+        #: /tf + /tf_static with `output_frame` or ``multiview.pose_type: tf`` (filled by
+        #: subscriptions, or by a bag replay)
         self.tf_buffer: TransformBuffer | None = None
+        #: ``multiview.pose_type: pose_stamped``: the camera poses (filled by the pose
+        #: subscription, or by a bag replay)
+        self.pose_buffer: CameraPoseBuffer | None = None
+        self._extrinsic = np.eye(4)  # T_pose_camera of multiview.camera_extrinsic
         self.message_types, self.outputs_off = optional_output_types()
         for topic, reason in self.outputs_off.items():  # once per node: not a per-frame warning
             self.get_logger().warning(f"{topic} is off: {reason}")
@@ -196,6 +222,11 @@ class PerceptionNode(LifecycleNode):
             if config.output_frame and "tf" not in self.message_types:
                 raise ConfigError(f"output_frame {config.output_frame!r} needs /tf and "
                                   f"/tf_static: {self.outputs_off['/tf']}")  # fmt: skip
+            pose_from = _multiview_pose_from(config.pipeline)
+            if pose_from == "tf" and "tf" not in self.message_types:
+                raise ConfigError("pipeline.multiview.pose_type tf needs /tf and /tf_static: "
+                                  f"{self.outputs_off['/tf']}")
+            extrinsic = pose_from_xyz_quaternion(config.pipeline.multiview.camera_extrinsic)
         except DvcError as err:
             self.startup_error = f"configure: {err}"
             self.get_logger().error(self.startup_error)
@@ -207,7 +238,9 @@ class PerceptionNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         self.config, self.pipeline, self._matcher = config, pipeline, matcher
         self._boxes, self._engine_values = boxes, engine_values
-        self.tf_buffer = TransformBuffer() if config.output_frame else None
+        self.tf_buffer = TransformBuffer() if config.output_frame or pose_from == "tf" else None
+        self.pose_buffer = CameraPoseBuffer() if pose_from == "pose_stamped" else None
+        self._extrinsic = extrinsic
         for note in notes:
             self.get_logger().info(note)
         if config.torch_threads > 0:
@@ -269,6 +302,18 @@ class PerceptionNode(LifecycleNode):
             qos_overriding_options=overrides, event_callbacks=self._lost_events("camera_info"),
         )
         self._subs = [image_sub, info_sub]
+        if self.pose_buffer is not None:
+            self._subs.append(self.create_subscription(
+                PoseStamped, cfg.pipeline.multiview.pose_topic, self._on_camera_pose, qos,
+                qos_overriding_options=overrides,
+                event_callbacks=self._lost_events("camera_pose"),
+            ))  # fmt: skip
+        if isinstance(self.pipeline.depth_source, MultiviewDepth):
+            self._depth_worker = KeepLatestWorker(
+                self._work_depth, maxsize=1, on_error=self._on_worker_error,
+                name="dvc-perception-depth",
+            )  # fmt: skip
+            self._depth_worker.start()
         if self.tf_buffer is not None and tf_type is not None:  # listen as tf2_ros does
             self._subs += [
                 self.create_subscription(tf_type, "/tf", self._on_tf, tf_qos()),
@@ -289,6 +334,7 @@ class PerceptionNode(LifecycleNode):
         self._teardown()
         self.config, self.pipeline, self._matcher = None, None, None
         self.tf_buffer = None
+        self.pose_buffer = None
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -297,9 +343,14 @@ class PerceptionNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def stop_worker(self, timeout_s: float = 2.0) -> bool:
-        """Stop the worker thread; True when it ended within `timeout_s`."""
+        """Stop the worker threads (frames, depth); True when they ended within `timeout_s`."""
         worker, self._worker = self._worker, None
-        return True if worker is None else worker.stop(timeout_s)
+        depth_worker, self._depth_worker = self._depth_worker, None
+        deadline = time.monotonic() + timeout_s
+        stopped = True if worker is None else worker.stop(timeout_s)
+        if depth_worker is not None:
+            stopped = depth_worker.stop(max(0.0, deadline - time.monotonic())) and stopped
+        return stopped
 
     def _teardown(self) -> None:
         if not self.stop_worker(2.0):
@@ -362,6 +413,18 @@ class PerceptionNode(LifecycleNode):
     def _on_tf_static(self, msg: Any) -> None:
         self._add_transforms(msg, static=True)
 
+    def _on_camera_pose(self, msg: PoseStamped) -> None:
+        buffer = self.pose_buffer
+        if buffer is None:
+            return
+        try:
+            buffer.add(convert.stamp_to_ns(msg.header.stamp), convert.pose_msg_to_matrix(msg.pose))
+        except DvcError as err:
+            self.stats.camera_pose(False, str(err))
+            self._warn("camera_pose", f"camera pose skipped: {err}")
+            return
+        self.stats.camera_pose(True)
+
     def _add_transforms(self, msg: Any, static: bool) -> None:
         buffer = self.tf_buffer
         if buffer is not None and buffer.add_message(msg, static=static):
@@ -388,6 +451,9 @@ class PerceptionNode(LifecycleNode):
     def _work(self, item: tuple[Any, CameraInfo, float]) -> None:
         image_msg, info, received = item
         self.handle_frame(image_msg, info, received)
+
+    def _work_depth(self, outputs: FrameOutputs) -> None:
+        self.handle_depth(outputs)
 
     def _on_worker_error(self, err: BaseException) -> None:
         self.stats.error("pipeline", f"{type(err).__name__}: {err}")
@@ -485,13 +551,16 @@ class PerceptionNode(LifecycleNode):
         Returns:
             True when published, False when the frame was rejected (counted on /diagnostics).
         """
+        depth_worker = self._depth_worker  # multiview: the depth runs after, on its thread
         try:
-            outputs = self.process_frame(image_msg, info)
+            outputs = self.process_frame(image_msg, info, with_depth=depth_worker is None)
         except _FrameRejected as rejected:
             self.stats.error(rejected.kind, str(rejected.error))
             self._warn(rejected.kind, f"frame skipped ({rejected.kind}): {rejected.error}")
             return False
         self.publish_outputs(outputs)
+        if depth_worker is not None and not depth_worker.submit_if_idle(outputs):
+            self.stats.depth_busy()
         for track in outputs.result.lost:  # not published: no stale pose as current
             self.stats.track_lost()
             self._warn("tracking", f"track {track.track_id} of {track.object_id} lost: "
@@ -500,6 +569,74 @@ class PerceptionNode(LifecycleNode):
         overhead = outputs.timings.get("convert_ms", 0.0) + outputs.timings.get("publish_ms", 0.0)
         self.stats.frame_done(received, now, overhead, len(outputs.result.poses))
         return True
+
+    def handle_depth(self, outputs: FrameOutputs) -> bool:
+        """The multiview depth of a frame whose poses are out (the depth thread's handler).
+
+        Looks up the camera pose at the image stamp (waiting up to ``max_pose_gap_s`` for a
+        late pose; ``tf_timeout_s`` with ``pose_type: tf``), runs `Pipeline.estimate_depth`,
+        counts the outcome and publishes the depth outputs when there is depth.
+
+        Returns:
+            True when depth was published.
+        """
+        config, pipeline = self.config, self.pipeline
+        if config is None or pipeline is None:
+            return False
+        mv = config.pipeline.multiview
+        timeout = config.tf_timeout_s if mv.pose_type == "tf" else mv.max_pose_gap_s
+        header = outputs.header
+        camera_to_world, why = self.camera_pose_at(header, timeout)
+        try:
+            found = pipeline.estimate_depth(outputs.image_rgb, outputs.camera,
+                                            convert.stamp_to_ns(header.stamp) * 1e-9,
+                                            camera_to_world)  # fmt: skip
+        except DvcError as err:
+            self.stats.error("pipeline", f"depth: {err}")
+            self._warn("depth", f"no depth for the frame: {err}")
+            return False
+        note = why or found.detail
+        self.stats.depth_done(found.status, found.fallback, found.ms, note)
+        if found.status in ("no_pose", "bad_pose"):  # no_motion: a robot standing still
+            self._warn(f"depth_{found.status}", f"no depth from motion ({found.status}): {note}")
+        if found.depth is None:
+            return False
+        self._publish_depth(found.depth, convert.depth_to_image_msg(found.depth, header),
+                            convert.depth_camera_info(outputs.camera_info, header),
+                            outputs.camera, header)  # fmt: skip
+        return True
+
+    def camera_pose_at(self, header: Header, timeout_s: float) -> tuple[np.ndarray | None, str]:
+        """The camera optical frame's pose (4, 4) in the world frame at the image stamp.
+
+        ``pipeline.multiview``: the pose topic's or TF's pose times ``camera_extrinsic``; None
+        and the reason when there is none.
+
+        Args:
+            header: the image's header (stamp; frame_id for ``pose_type: tf``).
+            timeout_s: how long to wait for a pose after the stamp.
+        """
+        config = self.config
+        if config is None:
+            return None, "the node is not configured"
+        mv = config.pipeline.multiview
+        stamp_ns = convert.stamp_to_ns(header.stamp)
+        try:
+            if mv.pose_type == "tf":
+                if self.tf_buffer is None or not header.frame_id.strip():
+                    return None, ("the image's header.frame_id is empty: the camera cannot be "
+                                  "looked up in TF")
+                R, t = self.tf_buffer.lookup(mv.world_frame, header.frame_id, stamp_ns,
+                                             timeout_s)  # fmt: skip
+                T = np.eye(4)
+                T[:3, :3], T[:3, 3] = R, t
+            else:
+                if self.pose_buffer is None:
+                    return None, "no camera pose buffer (pose_type is not pose_stamped)"
+                T = self.pose_buffer.lookup(stamp_ns, mv.max_pose_gap_s, timeout_s)
+        except InputError as err:  # PoseUnavailable, TransformUnavailable: no pose, and why
+            return None, str(err)
+        return T @ self._extrinsic, ""
 
     def camera_model(self, info: CameraInfo) -> CameraModel:
         """The `CameraModel` of `info` (cached while camera_info does not change)."""
@@ -520,7 +657,8 @@ class PerceptionNode(LifecycleNode):
 
     def process_frame(self, image_msg: Image | CompressedImage, info: CameraInfo,
                       tf_timeout_s: float | None = None,
-                      initial_poses: Sequence[InitialPose] | None = None) -> FrameOutputs:
+                      initial_poses: Sequence[InitialPose] | None = None,
+                      with_depth: bool = True) -> FrameOutputs:
         """Convert the messages, run the pipeline, build every output message (no publishing).
 
         Synchronous and thread-agnostic: the worker thread and a bag replay both call it.
@@ -533,6 +671,9 @@ class PerceptionNode(LifecycleNode):
                 holds the whole bag, passes 0).
             initial_poses: poses (camera frame) to refine instead of detecting
                 (`Pipeline.process`); a replay's ``--init gt-perturbed`` passes them.
+            with_depth: False: no depth here (the live node's depth thread computes it);
+                with ``depth_source: multiview`` the camera pose at the stamp is looked up
+                (waiting `tf_timeout_s`; None: no wait for a pose) and passed on.
 
         Raises:
             _FrameRejected: (an `InputError` subclass) with the kind of bad input; kind
@@ -561,9 +702,14 @@ class PerceptionNode(LifecycleNode):
             raise _FrameRejected("size_mismatch", error) from err
         header = Header(stamp=image_msg.header.stamp, frame_id=image_msg.header.frame_id)
         stamp = convert.stamp_to_ns(header.stamp) * 1e-9
+        camera_to_world, depth_note = None, ""
+        if with_depth and isinstance(self.pipeline.depth_source, MultiviewDepth):
+            camera_to_world, depth_note = self.camera_pose_at(header, tf_timeout_s or 0.0)
         t1 = time.perf_counter()
         try:
-            result = self.pipeline.process(rgb, camera, stamp, initial_poses)
+            result = self.pipeline.process(rgb, camera, stamp, initial_poses,
+                                           camera_to_world=camera_to_world,
+                                           with_depth=with_depth)  # fmt: skip
         except DvcError as err:
             raise _FrameRejected("pipeline", err) from err
         t2 = time.perf_counter()
@@ -592,9 +738,14 @@ class PerceptionNode(LifecycleNode):
             depth_info = convert.depth_camera_info(info, header)
         t3 = time.perf_counter()
         timings = {"convert_ms": 1e3 * ((t1 - t0) + (t3 - t2)), "pipeline_ms": 1e3 * (t2 - t1)}
+        if result.depth_status in ("ok", "none", "deferred", "first_frame"):
+            depth_note = ""
+        elif not depth_note:
+            depth_note = DEPTH_STATUS_NOTES.get(result.depth_status, result.depth_status)
         return FrameOutputs(
             header, result, rgb, camera, info, pose_msgs, pose_array, markers, depth_msg,
             depth_info, timings, detections=detections, transforms=transforms,
+            depth_note=depth_note,
         )
 
     def _camera_in_output_frame(self, header: Header, output_frame: str, timeout_s: float
@@ -635,16 +786,9 @@ class PerceptionNode(LifecycleNode):
               and self.config.publish_tf and not outputs.header.frame_id.strip()):
             self._warn("tf", "object frames not sent on /tf: the image's header.frame_id is "
                        "empty (no parent frame); set the camera driver's frame_id")
-        if outputs.depth_msg is not None and "depth" in pubs:
-            pubs["depth"].publish(outputs.depth_msg)
-            pubs["depth_info"].publish(outputs.depth_info)
-            if pubs["points"].get_subscription_count() > 0 and self.config is not None:
-                K = outputs.camera.K.detach().cpu().numpy()
-                pubs["points"].publish(
-                    convert.depth_to_point_cloud(
-                        outputs.result.depth, K, outputs.header, self.config.points_decimation
-                    )
-                )
+        if outputs.depth_msg is not None and outputs.result.depth is not None:
+            self._publish_depth(outputs.result.depth, outputs.depth_msg, outputs.depth_info,
+                                outputs.camera, outputs.header)  # fmt: skip
         if pubs["overlay"].get_subscription_count() > 0 and self.config is not None:
             drawn = draw_overlay(
                 outputs.image_rgb, outputs.result.poses, outputs.camera,
@@ -652,6 +796,19 @@ class PerceptionNode(LifecycleNode):
             )
             pubs["overlay"].publish(convert.rgb_to_image_msg(drawn, outputs.header))
         outputs.timings["publish_ms"] = 1e3 * (time.perf_counter() - t0)
+
+    def _publish_depth(self, depth: np.ndarray, depth_msg: Image, depth_info: CameraInfo | None,
+                       camera: CameraModel, header: Header) -> None:  # fmt: skip
+        """~/depth/image_raw, ~/depth/camera_info and (when subscribed) ~/points."""
+        pubs = self._pubs
+        if "depth" not in pubs:
+            return
+        pubs["depth"].publish(depth_msg)
+        pubs["depth_info"].publish(depth_info)
+        if pubs["points"].get_subscription_count() > 0 and self.config is not None:
+            K = camera.K.detach().cpu().numpy()
+            pubs["points"].publish(convert.depth_to_point_cloud(
+                depth, K, header, self.config.points_decimation))
 
     def diagnostics_values(self) -> dict[str, float | int | str]:
         """Everything /diagnostics reports, as a flat mapping."""
@@ -667,6 +824,8 @@ class PerceptionNode(LifecycleNode):
         values["backend"] = self.pipeline.backend if self.pipeline is not None else "none"
         tracker = getattr(self.pipeline, "tracker", None)  # None: no pipeline, no tracking
         values["tracking.active"] = len(tracker.tracks) if tracker is not None else 0
+        if self.pipeline is not None and isinstance(self.pipeline.depth_source, MultiviewDepth):
+            values.update(self.stats.depth_snapshot())
         values.update(self._engine_values)
         values["outputs_off"] = "; ".join(
             f"{topic} ({reason})" for topic, reason in self.outputs_off.items()) or "none"
@@ -814,13 +973,20 @@ def pipeline_engine_values(pipeline: Pipeline, config: PipelineConfig) -> dict[s
         values["model.keypoints"] = model_file_value(net.model_path)
         if net.detector_model_path:
             values["model.detector"] = model_file_value(net.detector_model_path)
-    if config.depth_source == "network" and pipeline.depth_source is not None:
+    depth_network = config.depth_source == "network" or (
+        config.depth_source == "multiview" and config.multiview.fallback == "network")
+    if depth_network and pipeline.depth_source is not None:
         values["model.depth"] = model_file_value(net.depth_model_path)
     values["pnp"] = "float64 on cpu"
     values["precision"] = "; ".join(
         f"{role} {values[role + '.precision']}" for role in ("keypoints", "depth")
         if role + ".precision" in values) + "; pnp float64"
     return values
+
+
+def _multiview_pose_from(config: PipelineConfig) -> str:
+    """Where multiview depth takes camera poses from: ``pose_stamped``, ``tf``, or "" (none)."""
+    return config.multiview.pose_type if config.depth_source == "multiview" else ""
 
 
 def _drop_total(matcher: StampMatcher[Any, Any]) -> int:

@@ -48,6 +48,8 @@ class KeepLatestWorker(Generic[T]):
         self.dropped = 0
         self.processed = 0
         self.failed = 0
+        self.skipped = 0
+        self._in_progress = False
 
     @property
     def running(self) -> bool:
@@ -74,6 +76,20 @@ class KeepLatestWorker(Generic[T]):
             self._cond.notify()
         return kept_all
 
+    def submit_if_idle(self, item: T) -> bool:
+        """Queue `item` only when nothing is waiting or in progress.
+
+        For a slow handler whose inputs are worth nothing late: otherwise the item is counted
+        in `skipped` and False returned.
+        """
+        with self._cond:
+            if self._queue or self._in_progress:
+                self.skipped += 1
+                return False
+            self._queue.append(item)
+            self._cond.notify()
+        return True
+
     def stop(self, timeout_s: float = 2.0) -> bool:
         """Stop after the item in progress; waiting items are dropped (and counted).
 
@@ -99,6 +115,7 @@ class KeepLatestWorker(Generic[T]):
                 if self._stopping:
                     return
                 item = self._queue.popleft()
+                self._in_progress = True
             try:
                 self._handler(item)
                 self.processed += 1
@@ -106,3 +123,6 @@ class KeepLatestWorker(Generic[T]):
                 self.failed += 1
                 if self._on_error is not None:
                     self._on_error(err)
+            finally:
+                with self._cond:
+                    self._in_progress = False

@@ -17,6 +17,7 @@ _PY = {
     ParameterType.PARAMETER_INTEGER: int,
     ParameterType.PARAMETER_DOUBLE: float,
     ParameterType.PARAMETER_STRING: str,
+    ParameterType.PARAMETER_DOUBLE_ARRAY: tuple,
 }
 
 
@@ -25,6 +26,8 @@ def _flatten(mapping: dict, prefix: str = "") -> dict:
     for k, v in mapping.items():
         if isinstance(v, dict):
             out.update(_flatten(v, f"{prefix}{k}."))
+        elif isinstance(v, list):  # a double array: the dataclasses hold a tuple
+            out[f"{prefix}{k}"] = tuple(v)
         else:
             out[f"{prefix}{k}"] = v
     return out

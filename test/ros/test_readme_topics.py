@@ -143,7 +143,7 @@ def test_readme_output_frame_inputs_match_the_node(ctx):
     try:
         assert not node.startup_error, node.startup_error
         rows = [r for r in readme_topics()
-                if r["direction"] == "in" and r["when"] == "`output_frame` is set"]
+                if r["direction"] == "in" and r["when"].startswith("`output_frame` is set")]
         assert {r["topic"] for r in rows} == {"`/tf`", "`/tf_static`"}
         expected = 2 + len(rows)  # image, camera_info and these
         subscribed = _graph(node, node.get_subscriber_names_and_types_by_node, expected)
@@ -154,5 +154,28 @@ def test_readme_output_frame_inputs_match_the_node(ctx):
             [endpoint] = [e for e in node.get_subscriptions_info_by_topic(topic)
                           if e.node_name == name]
             _check_qos(topic, row["QoS"], endpoint.qos_profile, own_subs[topic].qos_profile)
+    finally:
+        node.destroy_node()
+
+
+def test_readme_multiview_pose_input_matches_the_node(ctx):
+    """The row the node subscribes to only with multiview depth from a pose topic."""
+    name = "readme_multiview_node"
+    node = PerceptionNode(
+        name, context=ctx,
+        parameter_overrides=[Parameter("torch_threads", value=0),
+                             Parameter("pipeline.depth_source", value="multiview")],
+    )
+    try:
+        assert not node.startup_error, node.startup_error
+        [row] = [r for r in readme_topics()
+                 if r["direction"] == "in" and "pose_type: pose_stamped" in r["when"]]
+        topic = _name(row["topic"], name)
+        subscribed = _graph(node, node.get_subscriber_names_and_types_by_node, 3)
+        assert subscribed[topic] == [row["type"].strip("`")]
+        assert row["QoS"] == "as `image`"
+        [endpoint] = [e for e in node.get_subscriptions_info_by_topic(topic)
+                      if e.node_name == name]
+        assert endpoint.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT
     finally:
         node.destroy_node()
