@@ -27,10 +27,12 @@ ALLOWED_UPWARD = {
     "cli": {"commands"},
 }
 #: Lower layers that must not import the per-frame pipeline either.
-BELOW_PIPELINE = ("geometry", "render", "models", "engines", "synth", "datasets", "refine")
+BELOW_PIPELINE = ("geometry", "render", "models", "engines", "synth", "datasets", "refine",
+                  "motion_depth")
 #: Parts that may import only the listed parts of the package (besides themselves).
 ONLY_FROM = {
     "refine": {"geometry", "render", "errors", "config_utils"},
+    "motion_depth": {"errors"},
 }
 
 

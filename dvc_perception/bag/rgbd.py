@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from dvc_perception.bag.io import AtomicBagWriter
 from dvc_perception.datasets.rgbd import RgbdSequence, iter_rgbd_images, read_rgbd_sequence
 from dvc_perception.errors import ConfigError
@@ -46,6 +48,9 @@ def rgbd_sequence_to_bag(
     max_dt_s: float | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    perturb_m: float = 0.0,
+    perturb_deg: float = 0.0,
+    seed: int = 0,
 ) -> RgbdSequence:
     """Write the bag; returns the sequence as read (its `frames` are the frames written).
 
@@ -64,6 +69,10 @@ def rgbd_sequence_to_bag(
             7-Scenes.
         overwrite: replace an existing bag at `out` (only once the new one is complete).
         progress: show a progress bar (stderr).
+        perturb_m, perturb_deg: written camera poses are perturbed, each frame independently,
+            by exactly this translation [m] and rotation [deg] about the camera centre
+            (`refine.evaluation.perturb_pose`, random unit directions from one generator seeded
+            by `seed`), to measure how depth from motion copes with noisy odometry; 0: exact.
 
     Raises:
         ConfigError: an empty frame id, a bad selection, rate or tolerance.
@@ -91,6 +100,10 @@ def rgbd_sequence_to_bag(
     with AtomicBagWriter(out, storage, overwrite=overwrite) as writer, tqdm(
         total=len(sequence.frames), desc="rgbd2bag", unit="frame", disable=not progress
     ) as bar:
+        if perturb_m < 0 or perturb_deg < 0:
+            raise ConfigError(f"perturbations: expected >= 0, got {perturb_m} m and "
+                              f"{perturb_deg} deg")
+        rng = np.random.default_rng(seed)
         for frame, rgb, depth_m in iter_rgbd_images(sequence):
             ns = frame.stamp_ns
             stamp = Time(sec=ns // 10**9, nanosec=ns % 10**9)
@@ -101,6 +114,12 @@ def rgbd_sequence_to_bag(
                 sequence.K, width, height, header), ns)  # fmt: skip
             writer.write_message(DEPTH_TOPIC, depth_to_image_msg(depth_m, header), ns)
             T = frame.T_world_cam
+            if perturb_m > 0 or perturb_deg > 0:
+                from dvc_perception.refine.evaluation import perturb_pose
+
+                R, t = perturb_pose(T[:3, :3], T[:3, 3], 1.0, perturb_deg, perturb_m, rng)
+                T = np.eye(4)
+                T[:3, :3], T[:3, 3] = R, t
             pose = PoseStamped(header=Header(stamp=stamp, frame_id=world_frame),
                                pose=pose_to_msg(T[:3, :3], T[:3, 3]))  # fmt: skip
             writer.write_message(CAMERA_POSE_TOPIC, pose, ns)

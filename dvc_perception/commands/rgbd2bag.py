@@ -26,6 +26,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frame-id", default="camera_optical_frame",
                         help="camera optical frame of the image, camera_info and depth")
     parser.add_argument("--world-frame", default="world", help="frame_id of the camera poses")
+    parser.add_argument("--perturb-m", type=float, default=0.0, metavar="M",
+                        help="perturb every written camera pose by exactly M metres (random "
+                        "direction per frame; to test noisy odometry)")  # fmt: skip
+    parser.add_argument("--perturb-deg", type=float, default=0.0, metavar="D",
+                        help="perturb every written camera pose by exactly D degrees about its "
+                        "centre (random axis per frame)")  # fmt: skip
+    parser.add_argument("--seed", type=int, default=0, help="seed of the perturbations")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing bag")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -39,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
         world_frame=args.world_frame, intrinsics=args.intrinsics, start=args.start,
         stride=args.stride, max_frames=args.max_frames, rate_hz=args.rate,
         max_dt_s=args.max_dt, overwrite=args.overwrite, progress=not args.no_progress,
+        perturb_m=args.perturb_m, perturb_deg=args.perturb_deg, seed=args.seed,
     )  # fmt: skip
     skipped = (f" ({seq.skipped} colour images without a depth image and a pose within the "
                "time tolerance left out)" if seq.skipped else "")  # fmt: skip

@@ -76,8 +76,9 @@ class ObjectAnnotation:
         R: (3, 3) object-in-camera rotation.
         t: (3,) m object-in-camera translation.
         mask: (H, W) bool visible-pixel mask of this instance, or None.
-        keypoints_visible: (K,) bool visibility of the 3D keypoints, or None (then: in image
-            and on the visible mask).
+        keypoints_visible: (K,) bool visibility of the 3D keypoints under this pose, or None
+            (then: in image and on the visible mask; also when a symmetric object's targets use
+            another of its symmetric poses, see `PoseDataset`).
     """
 
     object_id: str
@@ -448,6 +449,11 @@ class PoseDataset(_EpochFrames):
         # a symmetric object's pose is taken as its canonical equivalent, so the keypoint
         # targets (and the pose loss) never depend on which of the look-alike poses was drawn
         R, t = canonical_pose(ann.R, ann.t, self._symmetries[j])
+        # an annotation's keypoint visibility is that of the keypoints under the drawn pose;
+        # under a symmetric equivalent keypoint k lands elsewhere, so it is taken from the mask
+        drawn = np.allclose(R, ann.R, rtol=0.0, atol=1e-12) and np.allclose(
+            t, ann.t, rtol=0.0, atol=1e-12)
+        kp_visible = ann.keypoints_visible if drawn else None
         cam = self.objects[j].keypoints_obj @ R.T + t
         uv = (cam @ K.T)[:, :2] / np.maximum(cam[:, 2:], 1e-6)
         inside = (
@@ -467,8 +473,8 @@ class PoseDataset(_EpochFrames):
         else:
             full = None
             obj_present = True
-        if ann.keypoints_visible is not None:
-            vis = np.asarray(ann.keypoints_visible, bool) & inside
+        if kp_visible is not None:
+            vis = np.asarray(kp_visible, bool) & inside
         elif full is not None:
             ui = np.clip(np.rint(uv[:, 0]), 0, out_w - 1).astype(int)
             vi = np.clip(np.rint(uv[:, 1]), 0, out_h - 1).astype(int)

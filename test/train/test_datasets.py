@@ -176,3 +176,59 @@ def test_photometric_noise_is_zero_mean_with_the_drawn_std():
         assert abs(float(np.corrcoef(flat[:-1], flat[1:])[0, 1])) < 0.03
     assert 0.0 <= min(stds) and max(stds) <= 0.05 * 1.03
     assert max(stds) - min(stds) > 0.01  # the std is drawn per image
+
+
+def _half_turn_object():
+    """An object with a 180 deg symmetry about its z axis and keypoints in its x-y plane."""
+    from dvc_perception.train.datasets import ObjectInfo
+
+    kp = np.array([[0.04, 0.0, 0.0], [0.04, 0.02, 0.0], [0.03, -0.02, 0.0], [-0.01, 0.03, 0.0],
+                   [-0.04, 0.0, 0.0], [-0.03, -0.02, 0.0]])
+    half_turn = np.diag([-1.0, -1.0, 1.0, 1.0]).reshape(-1).tolist()
+    return ObjectInfo("half_turn", kp, 0.1, True, kp.copy(),
+                      symmetries={"discrete": [half_turn], "continuous": []})
+
+
+def _projection(points_obj, R, t, K):
+    cam = points_obj @ R.T + t
+    return (cam @ K.T)[:, :2] / cam[:, 2:]
+
+
+def test_symmetric_targets_take_keypoint_visibility_from_the_canonical_pose():
+    from dvc_perception.train.datasets import Frame, ObjectAnnotation
+
+    obj = _half_turn_object()
+    K = np.array([[200.0, 0.0, 31.5], [0.0, 200.0, 31.5], [0.0, 0.0, 1.0]])
+    t = np.array([0.0, 0.0, 0.5])
+    mask = np.zeros((64, 64), bool)
+    mask[16:48, 8:32] = True  # the object's visible pixels: its right half is occluded
+    half_turn = np.diag([-1.0, -1.0, 1.0])
+    for R, canonical in ((np.eye(3), True), (half_turn, False)):
+        # the annotation as the renderer writes it: keypoints of the drawn pose on the mask
+        uv = np.rint(_projection(obj.keypoints_obj, R, t, K)).astype(int)
+        drawn_visible = mask[uv[:, 1], uv[:, 0]]
+        frame = Frame(np.zeros((64, 64, 3), np.uint8), K, objects=(
+            ObjectAnnotation("half_turn", R, t, mask=mask, keypoints_visible=drawn_visible),))
+        item = PoseDataset(ListFrameSource([frame]), [obj], 64, 64)[0]  # identity letterbox
+        # the targets use the canonical pose (the identity rotation here) in both cases
+        uv_canon = _projection(obj.keypoints_obj, np.eye(3), t, K)
+        np.testing.assert_allclose(item["keypoints"][0].numpy(), uv_canon, atol=1e-4)
+        ui, vi = np.rint(uv_canon).astype(int).T
+        expected = mask[vi, ui]  # keypoint k is visible where the canonical keypoint k lands
+        assert 0 < expected.sum() < len(expected)
+        if not canonical:  # the drawn keypoints' flags are those of the mirrored points
+            assert np.array_equal(drawn_visible, ~expected)
+        np.testing.assert_array_equal(item["kp_visible"][0].numpy() > 0.5, expected)
+
+
+def test_keypoint_visibility_annotations_are_kept_under_the_drawn_pose():
+    from dvc_perception.train.datasets import Frame, ObjectAnnotation
+
+    obj = _half_turn_object()
+    K = np.array([[200.0, 0.0, 31.5], [0.0, 200.0, 31.5], [0.0, 0.0, 1.0]])
+    mask = np.ones((64, 64), bool)
+    flags = np.array([True, False, True, False, True, False])  # not what the mask says
+    frame = Frame(np.zeros((64, 64, 3), np.uint8), K, objects=(ObjectAnnotation(
+        "half_turn", np.eye(3), np.array([0.0, 0.0, 0.5]), mask=mask, keypoints_visible=flags),))
+    item = PoseDataset(ListFrameSource([frame]), [obj], 64, 64)[0]
+    np.testing.assert_array_equal(item["kp_visible"][0].numpy() > 0.5, flags)
