@@ -1,0 +1,167 @@
+# Copyright 2026 dvc_perception authors. Licensed under the Apache License, Version 2.0.
+"""`MotionDepthEstimator`: temporal fusion on the rendered scene, and bad input."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from dvc_perception.errors import InputError, ShapeError
+from dvc_perception.motion_depth.estimator import (
+    STATUS_FIRST_FRAME,
+    STATUS_NO_MOTION,
+    STATUS_OK,
+    MotionDepthEstimator,
+    MotionDepthSettings,
+)
+from dvc_perception.motion_depth.keyframes import KeyframeRule
+from dvc_perception.motion_depth.pose_refine import PoseRefineSettings
+from dvc_perception.motion_depth.sweep import SweepSettings
+
+
+def _settings(width: int, fusion: bool, max_sources: int = 3, max_relative_std: float = 0.1
+              ) -> MotionDepthSettings:
+    # Exact poses: refinement off keeps the two runs compared here identical but for fusion.
+    return MotionDepthSettings(
+        internal_width=width, temporal_fusion=fusion, max_relative_std=max_relative_std,
+        keyframes=KeyframeRule(min_baseline_m=0.12, max_sources=max_sources),
+        sweep=SweepSettings(min_depth_m=0.8, max_depth_m=5.0, planes=48),
+        pose_refine=PoseRefineSettings(enabled=False))
+
+
+def test_temporal_fusion_lowers_the_error_of_a_static_scene(rendered_scene):
+    scene = rendered_scene
+    n = 14
+    frames = [scene.render(scene.pose(k)) for k in range(n)]
+    # Sensor noise (6 grey levels, new each frame) makes each frame's matching error partly
+    # independent: fusing frames averages it down.
+    images = [scene.rgb8(colour, noise=6.0, seed=k) for k, (colour, _) in enumerate(frames)]
+
+    def run(fusion: bool) -> list[np.ndarray]:
+        estimator = MotionDepthEstimator(_settings(scene.W, fusion))
+        return [estimator.estimate(images[k], scene.K, scene.pose(k), 1.0 + 0.1 * k).depth
+                for k in range(n)]
+
+    single, fused = run(False), run(True)
+    errors, errors_fused = [], []
+    for k in range(8, n):  # once five or more frames have been fused
+        depth_true = frames[k][1]
+        density, density_fused = np.isfinite(single[k]).mean(), np.isfinite(fused[k]).mean()
+        assert density_fused >= 0.95 * density and density > 0.8  # comparable density
+        both = np.isfinite(single[k]) & np.isfinite(fused[k])
+        error = np.abs(1.0 / single[k][both] - 1.0 / depth_true[both])
+        error_fused = np.abs(1.0 / fused[k][both] - 1.0 / depth_true[both])
+        assert np.median(error_fused) < np.median(error), k
+        errors.append(error)
+        errors_fused.append(error_fused)
+    assert np.median(np.concatenate(errors_fused)) < 0.9 * np.median(np.concatenate(errors))
+
+
+def test_a_changed_scene_replaces_the_fused_depth(rendered_scene):
+    """The box disappears at frame 7 (the wall behind it, 1.7 m farther, shows): where the
+    prior from the earlier frames disagrees with the new measurement, the measurement replaces
+    it, while unchanged pixels keep being averaged."""
+    scene = rendered_scene
+    n, change = 11, 7
+    frames = [scene.render(scene.pose(k), box=k < change) for k in range(n)]
+    images = [scene.rgb8(colour, noise=2.0, seed=k) for k, (colour, _) in enumerate(frames)]
+
+    def run(fusion: bool) -> list[np.ndarray]:
+        # One source, 3 frames back (12.4 cm); max_relative_std 0.3: a single measurement of
+        # the wall at 3.2 m (std 1 px / (f b) = 0.058 /m, 18 % of its inverse depth) is shown.
+        estimator = MotionDepthEstimator(_settings(scene.W, fusion, max_sources=1,
+                                                   max_relative_std=0.3))
+        return [estimator.estimate(images[k], scene.K, scene.pose(k), 1.0 + 0.1 * k).depth
+                for k in range(n)]
+
+    single, fused = run(False), run(True)
+    k = change + 3  # the first frame whose source shows the new scene too
+    depth_true = frames[k][1]
+    depth_before = scene.render(scene.pose(k), box=True)[1]
+    changed = np.abs(depth_before - depth_true) > 0.1 * depth_true
+    assert changed.sum() > 1000
+    measured = changed & np.isfinite(single[k])
+    assert measured.sum() > 0.8 * changed.sum()
+    assert np.median(np.abs(single[k][measured] - depth_true[measured])
+                     / depth_true[measured]) < 0.05
+    # Replaced: the fused depth is this frame's measurement, not a mean with the old 1.5 m.
+    same = np.isclose(fused[k], single[k], rtol=1e-5)
+    assert same[measured].mean() > 0.9
+    # Elsewhere the prior agrees, and the fused depth is a weighted mean: it differs.
+    kept = ~changed & np.isfinite(single[k]) & np.isfinite(fused[k])
+    assert kept.sum() > 5000 and same[kept].mean() < 0.5
+
+
+# --- bad input -------------------------------------------------------------------------------
+
+def _first_frames(scene, estimator: MotionDepthEstimator, ks: list[int]) -> list[str]:
+    return [estimator.estimate(scene.rgb8(scene.render(scene.pose(k))[0]), scene.K,
+                               scene.pose(k), 1.0 + 0.1 * k).status for k in ks]
+
+
+def test_a_new_image_size_starts_a_new_window(rendered_scene):
+    scene = rendered_scene
+    estimator = MotionDepthEstimator(_settings(scene.W, fusion=True))
+    assert _first_frames(scene, estimator, [0, 1, 2, 3]) == [STATUS_FIRST_FRAME] + \
+        [STATUS_NO_MOTION] * 2 + [STATUS_OK]
+    small = cv2.resize(scene.rgb8(scene.render(scene.pose(4))[0]), (128, 96),
+                       interpolation=cv2.INTER_AREA)
+    K_small = scene.K.copy()
+    K_small[:2] *= 0.8
+    K_small[:2, 2] += 0.5 * 0.8 - 0.5  # pixel centres kept: u' = 0.8 (u + 0.5) - 0.5
+    r = estimator.estimate(small, K_small, scene.pose(4), 1.4)
+    assert r.status == STATUS_FIRST_FRAME and r.depth.shape == (96, 128)
+    assert np.isnan(r.depth).all() and len(estimator.window.frames) == 1
+
+
+def test_a_camera_without_baseline_gives_no_motion_and_no_depth(rendered_scene):
+    scene = rendered_scene
+    estimator = MotionDepthEstimator(_settings(scene.W, fusion=True))
+    image = scene.rgb8(scene.render(scene.pose(0))[0])
+    statuses = []
+    for k in range(4):  # still, then turning in place by 2 deg per frame
+        T = scene.pose(0)
+        T[:3, :3] = cv2.Rodrigues(np.radians([0.0, 2.0 * max(k - 1, 0), 0.0]))[0]
+        r = estimator.estimate(image, scene.K, T, 1.0 + 0.1 * k)
+        statuses.append(r.status)
+        assert r.depth.shape == (scene.H, scene.W) and np.isnan(r.depth).all()
+        assert not r.confidence.any() and r.sources == 0 and not r.pose_refined
+    assert statuses == [STATUS_FIRST_FRAME] + [STATUS_NO_MOTION] * 3
+
+
+def test_bad_pose_stamp_intrinsics_and_image_raise_and_are_skipped(rendered_scene):
+    scene = rendered_scene
+    estimator = MotionDepthEstimator(_settings(scene.W, fusion=True))
+    image = scene.rgb8(scene.render(scene.pose(0))[0])
+    estimator.estimate(image, scene.K, scene.pose(0), 1.0)
+    nan_pose = scene.pose(1)
+    nan_pose[1, 3] = np.nan
+    bad_K = []
+    for edit in ((0, 0, np.nan), (0, 0, 0.0), (1, 1, -140.0), (0, 2, np.inf)):
+        K = scene.K.copy()
+        K[edit[0], edit[1]] = edit[2]
+        bad_K.append(K)
+    calls = [
+        ((image, scene.K, nan_pose, 1.1), InputError, "finite"),
+        ((image, scene.K, scene.pose(1)[:3], 1.1), ShapeError, r"camera pose: expected shape"),
+        ((image, scene.K, scene.pose(1), float("nan")), InputError, "stamp: expected a finite"),
+        ((image, scene.K, scene.pose(1), float("inf")), InputError, "stamp: expected a finite"),
+        ((image, scene.K[:2], scene.pose(1), 1.1), ShapeError, r"K: expected shape \(3,3\)"),
+        ((image[..., 0], scene.K, scene.pose(1), 1.1), ShapeError, r"image: expected shape"),
+    ] + [((image, K, scene.pose(1), 1.1), InputError, "K: expected finite") for K in bad_K]
+    for args, error, message in calls:
+        with pytest.raises(error, match=message):
+            estimator.estimate(*args)
+    # Each bad frame was refused before it was stored: the window is the first frame alone.
+    assert [f.stamp for f in estimator.window.frames] == [1.0]
+
+
+def test_a_stamp_going_back_starts_a_new_window(rendered_scene):
+    scene = rendered_scene
+    estimator = MotionDepthEstimator(_settings(scene.W, fusion=True))
+    assert _first_frames(scene, estimator, [0, 1, 2, 3])[-1] == STATUS_OK
+    image = scene.rgb8(scene.render(scene.pose(4))[0])
+    r = estimator.estimate(image, scene.K, scene.pose(4), 1.2)  # a bag played again
+    assert r.status == STATUS_FIRST_FRAME and np.isnan(r.depth).all()
+    assert [f.stamp for f in estimator.window.frames] == [1.2]

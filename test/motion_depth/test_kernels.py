@@ -1,0 +1,244 @@
+# Copyright 2026 dvc_perception authors. Licensed under the Apache License, Version 2.0.
+"""The compiled kernels of `motion_depth._compiled` against independent numpy and OpenCV code."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from numpy.lib.stride_tricks import sliding_window_view
+
+from dvc_perception.motion_depth import _compiled
+
+
+def _smooth_image(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    img = cv2.GaussianBlur(rng.uniform(0, 1, (h, w)).astype(np.float32), (0, 0), 1.5)
+    return cv2.normalize(img, None, 0.1, 0.9, cv2.NORM_MINMAX)
+
+
+def _pose(rotvec_deg: tuple[float, float, float], t: tuple[float, float, float]) -> np.ndarray:
+    T = np.eye(4)
+    T[:3, :3] = cv2.Rodrigues(np.radians(rotvec_deg))[0]
+    T[:3, 3] = t
+    return T
+
+
+K = np.array([[60.0, 0.0, 31.5], [0.0, 60.0, 23.5], [0.0, 0.0, 1.0]])  # 64x48 px
+
+
+def test_reference_stats_match_clipped_box_filters():
+    ref = _smooth_image(np.random.default_rng(0), 48, 64)
+    r = 3
+    mean, inv_std = _compiled.reference_stats(ref, r)
+    # Windows clipped to the image: sums with zero padding over the count of pixels inside.
+    box = dict(ddepth=-1, ksize=(2 * r + 1,) * 2, normalize=False, borderType=cv2.BORDER_CONSTANT)
+    n = cv2.boxFilter(np.ones_like(ref), **box)
+    m = cv2.boxFilter(ref, **box) / n
+    var = cv2.boxFilter(ref * ref, **box) / n - m * m
+    np.testing.assert_allclose(mean, m, atol=1e-5)
+    np.testing.assert_allclose(inv_std, 1.0 / np.sqrt(var), rtol=2e-3)
+    flat_mean, flat_inv_std = _compiled.reference_stats(np.full((8, 9), 0.5, np.float32), r)
+    np.testing.assert_allclose(flat_mean, 0.5, atol=1e-6)
+    assert np.all(flat_inv_std == 0.0)  # no texture: no ZNCC
+
+
+def test_sweep_zncc_matches_a_warp_perspective_zncc_at_each_plane():
+    rng = np.random.default_rng(1)
+    h, w, r = 48, 64, 3
+    T = _pose((0.8, -1.5, 0.4), (0.06, -0.01, 0.02))  # reference camera -> source camera
+    ref = _smooth_image(rng, h, w)
+    # The source sees a plane at 1/w = 1.6 m; the sweep is tried there and at other planes.
+    w_true = 1.0 / 1.6
+    inv_depths = np.array([0.3, w_true, 0.9], np.float32)
+
+    def homography(inv_depth: float) -> np.ndarray:
+        # Plane-induced homography reference pixel -> source pixel of the fronto-parallel
+        # plane n = (0, 0, 1), distance 1/w: H = K (R + t n^T w) K^-1 (Hartley & Zisserman).
+        n = np.array([0.0, 0.0, 1.0])
+        return K @ (T[:3, :3] + np.outer(T[:3, 3], n) * inv_depth) @ np.linalg.inv(K)
+
+    src = cv2.warpPerspective(ref, homography(w_true), (w, h),  # src(H p) = ref(p)
+                              flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    src = (src + rng.normal(0, 0.01, src.shape)).astype(np.float32)
+    mean, inv_std = _compiled.reference_stats(ref, r)
+    cost_sum = np.zeros((3, h, w), np.float32)
+    count = np.zeros((3, h, w), np.float32)
+    A = K @ T[:3, :3] @ np.linalg.inv(K)
+    b = K @ T[:3, 3]
+    _compiled.sweep_zncc(ref, mean, inv_std, src, A, b, inv_depths, r, cost_sum, count)
+
+    u, v = np.meshgrid(np.arange(w), np.arange(h))
+    pix = np.stack([u, v, np.ones_like(u)], axis=-1).astype(np.float64)
+    for d, inv_depth in enumerate(inv_depths):
+        H = homography(float(inv_depth))
+        q = pix @ H.T
+        q = q[..., :2] / q[..., 2:]
+        inside = (q[..., 0] >= 0) & (q[..., 0] <= w - 1) & (q[..., 1] >= 0) & (q[..., 1] <= h - 1)
+        np.testing.assert_array_equal(count[d], inside.astype(np.float32))
+        warped = cv2.warpPerspective(src, H, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                     borderMode=cv2.BORDER_REPLICATE)
+        win_ref = sliding_window_view(ref.astype(np.float64), (2 * r + 1,) * 2)
+        win_src = sliding_window_view(warped.astype(np.float64), (2 * r + 1,) * 2)
+        a = win_ref - win_ref.mean(axis=(-1, -2), keepdims=True)
+        c = win_src - win_src.mean(axis=(-1, -2), keepdims=True)
+        zncc = (a * c).mean(axis=(-1, -2)) / (a.std(axis=(-1, -2)) * c.std(axis=(-1, -2)))
+        expected = np.clip(1.0 - zncc, 0.0, 2.0)
+        # Interior pixels: the whole window inside both images (no clipped windows, no clamped
+        # samples, where the two borders are handled differently).
+        full = cv2.erode(inside.astype(np.uint8), np.ones((2 * r + 1,) * 2, np.uint8),
+                         borderType=cv2.BORDER_CONSTANT, borderValue=0)[r:h - r, r:w - r]
+        assert full.sum() > 500
+        got = cost_sum[d, r:h - r, r:w - r]
+        # OpenCV quantises sample positions to 1/32 px: a warped value is off by up to
+        # |gradient| / 64 (~1e-3 here), the ZNCC of a window by about that over its std (~0.1).
+        np.testing.assert_allclose(got[full > 0], expected[full > 0], atol=0.02)
+        assert np.median(np.abs(got - expected)[full > 0]) < 2e-3
+    # The true plane is the best one almost everywhere.
+    interior = count.min(axis=0) > 0
+    best = np.argmin(np.where(interior, cost_sum, np.inf), axis=0)
+    assert np.mean(best[interior] == 1) > 0.95
+
+
+def _sgm_reference(cost: np.ndarray, p1: float, p2s: np.ndarray, diagonals: bool) -> np.ndarray:
+    """Semi-global matching (Hirschmueller 2008) in plain Python: for each direction r,
+    L_r(p, d) = C(p, d) + min(L_r(p-r, d), L_r(p-r, d+-1) + P1, min_k L_r(p-r, k) + P2(p))
+    - min_k L_r(p-r, k), L_r = C where p - r is outside; the sum over directions."""
+    h, w, n = cost.shape
+    directions = [(0, 1), (0, -1), (1, 0), (-1, 0)]
+    if diagonals:
+        directions += [(1, 1), (-1, -1), (1, -1), (-1, 1)]
+    total = np.zeros((h, w, n))
+    for dy, dx in directions:
+        L = np.zeros((h, w, n))
+        # Visit pixels so that the predecessor p - r always comes first.
+        for y, x in sorted(np.ndindex(h, w), key=lambda p: (dy * p[0], dx * p[1])):
+            py, px = y - dy, x - dx
+            if not (0 <= py < h and 0 <= px < w):
+                L[y, x] = cost[y, x]
+                continue
+            prev = L[py, px]
+            lowest = prev.min()
+            for d in range(n):
+                options = [prev[d], lowest + p2s[y, x]]
+                if d > 0:
+                    options.append(prev[d - 1] + p1)
+                if d + 1 < n:
+                    options.append(prev[d + 1] + p1)
+                L[y, x, d] = cost[y, x, d] + min(options) - lowest
+        total += L
+    return total
+
+
+@pytest.mark.parametrize("diagonals", [False, True])
+def test_sgm_matches_a_plain_python_recurrence(diagonals):
+    rng = np.random.default_rng(2)
+    cost = rng.uniform(0.0, 2.0, (5, 7, 6)).astype(np.float32)
+    p2s = rng.uniform(0.2, 1.0, (5, 7)).astype(np.float32)
+    got = _compiled.sgm(cost, np.float32(0.1), p2s, diagonals)
+    np.testing.assert_allclose(got, _sgm_reference(cost, 0.1, p2s, diagonals), rtol=1e-5,
+                               atol=1e-5)
+
+
+def test_sgm_of_one_pixel_and_one_row_is_the_cost_per_path():
+    cost = np.random.default_rng(3).uniform(0, 1, (1, 1, 4)).astype(np.float32)
+    got = _compiled.sgm(cost, np.float32(0.1), np.ones((1, 1), np.float32), True)
+    np.testing.assert_allclose(got, 8 * cost, rtol=1e-6)  # every path starts (and ends) there
+    row = np.random.default_rng(4).uniform(0, 1, (1, 6, 5)).astype(np.float32)
+    p2s = np.full((1, 6), 0.5, np.float32)
+    np.testing.assert_allclose(_compiled.sgm(row, np.float32(0.05), p2s, False),
+                               _sgm_reference(row, 0.05, p2s, False), rtol=1e-5, atol=1e-6)
+
+
+def test_winner_take_all_matches_a_numpy_parabola_fit():
+    rng = np.random.default_rng(5)
+    h, w, n = 6, 7, 9
+    agg = rng.uniform(0.5, 3.0, (h, w, n)).astype(np.float32)
+    agg[0, 0] = np.linspace(1.0, 2.0, n)  # minimum on the first plane: no neighbour to fit
+    agg[0, 1] = np.linspace(2.0, 1.0, n)  # on the last plane
+    agg[0, 2] = 1.5  # flat: ambiguous
+    agg[0, 3] = (np.arange(n) - 3.3) ** 2 + 1.0  # an exact parabola, vertex at plane 3.3
+    idx, ratio = _compiled.winner_take_all(agg)
+    for y in range(h):
+        for x in range(w):
+            c = agg[y, x].astype(np.float64)
+            k = int(np.argmin(c))
+            expected = float(k)
+            if 0 < k < n - 1:
+                a2, a1, _ = np.polyfit([-1.0, 0.0, 1.0], c[k - 1:k + 2], 2)
+                if a2 > 0:
+                    expected = k - a1 / (2 * a2)
+            assert idx[y, x] == pytest.approx(expected, abs=1e-4), (y, x)
+            far = [c[d] for d in range(n) if abs(d - k) > 1]
+            assert ratio[y, x] == pytest.approx(c[k] / min(far), rel=1e-5), (y, x)
+    assert idx[0, 3] == pytest.approx(3.3, abs=1e-4)
+    assert (idx[0, 0], idx[0, 1], idx[0, 2]) == (0.0, n - 1.0, 0.0)
+    assert ratio[0, 2] == 1.0
+
+
+def test_mean_cost_averages_over_the_sources_that_saw_a_point():
+    rng = np.random.default_rng(6)
+    cost_sum = rng.uniform(0, 4, (5, 3, 4)).astype(np.float32)
+    count = rng.integers(0, 3, (5, 3, 4)).astype(np.float32)
+    got = _compiled.mean_cost(cost_sum, count)
+    expected = np.where(count > 0, cost_sum / np.maximum(count, 1), 1.0).transpose(1, 2, 0)
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def _warp_reference(inv_depth: np.ndarray, T: np.ndarray) -> np.ndarray:
+    """Points of a camera at `inv_depth` moved by T into another camera, projected, rounded to
+    the nearest pixel, nearest point kept: the new inverse depth (H, W), NaN where none."""
+    h, w = inv_depth.shape
+    ys, xs = np.nonzero(inv_depth > 0)  # NaN and non-positive: unknown
+    wv = inv_depth[ys, xs].astype(np.float64)
+    X = np.stack([xs, ys, np.ones_like(xs)], axis=1) @ np.linalg.inv(K).T / wv[:, None]
+    Xn = X @ T[:3, :3].T + T[:3, 3]
+    front = Xn[:, 2] > 1e-6 / wv
+    uvw = Xn[front] @ K.T
+    u = np.floor(uvw[:, 0] / uvw[:, 2] + 0.5).astype(int)
+    v = np.floor(uvw[:, 1] / uvw[:, 2] + 0.5).astype(int)
+    w_new = 1.0 / Xn[front, 2]
+    inside = (u >= 0) & (u < w) & (v >= 0) & (v < h)
+    out = np.full((h, w), np.nan)
+    order = np.argsort(w_new[inside])  # far first: nearer points overwrite
+    out[v[inside][order], u[inside][order]] = w_new[inside][order]
+    return out
+
+
+@pytest.mark.parametrize("T", [_pose((1.0, -2.0, 0.5), (0.05, 0.02, -0.08)),
+                               _pose((0.0, 0.0, 0.0), (0.03, -0.01, 0.10))],
+                         ids=["rotation+translation", "translation"])
+def test_forward_warp_matches_projecting_the_points(T):
+    rng = np.random.default_rng(7)
+    inv_depth = (0.3 + 0.8 * _smooth_image(rng, 48, 64)).astype(np.float32)
+    inv_depth[10:20, 30:45] += 0.6  # a nearer patch: it occludes what is behind it
+    inv_depth[rng.uniform(size=inv_depth.shape) < 0.05] = np.nan
+    inv_depth[0, :3] = [0.0, -0.5, np.nan]  # unknown: never splatted
+    variance = rng.uniform(1e-4, 1e-3, inv_depth.shape).astype(np.float32)
+    A = K @ T[:3, :3] @ np.linalg.inv(K)
+    b = K @ T[:3, 3]
+    got, got_var = _compiled.forward_warp(inv_depth, variance, A, b)
+    finite = inv_depth
+    expected = _warp_reference(finite, T)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
+    np.testing.assert_allclose(got[~np.isnan(got)], expected[~np.isnan(expected)], rtol=1e-5)
+    assert np.isnan(got).mean() < 0.3
+    if np.allclose(T[:3, :3], np.eye(3)):
+        # Variance by first-order propagation: var_new = var (d w_new / d w)^2, the derivative
+        # by central differences of the projection, each landing pixel traced to its source.
+        ys, xs = np.nonzero(finite > 0)
+        eps = 1e-4
+        wv = finite[ys, xs].astype(np.float64)
+        ray = np.stack([xs, ys, np.ones_like(xs)], axis=1) @ np.linalg.inv(K).T
+
+        def w_new(wx: np.ndarray) -> np.ndarray:
+            return 1.0 / (ray[:, 2] / wx + T[2, 3])
+
+        gain = (w_new(wv + eps) - w_new(wv - eps)) / (2 * eps)
+        uvw = (ray / wv[:, None] + T[:3, 3]) @ K.T
+        u = np.floor(uvw[:, 0] / uvw[:, 2] + 0.5).astype(int)
+        v = np.floor(uvw[:, 1] / uvw[:, 2] + 0.5).astype(int)
+        inside = (u >= 0) & (u < 64) & (v >= 0) & (v < 48)
+        landed = inside & np.isclose(got[v.clip(0, 47), u.clip(0, 63)], w_new(wv), rtol=1e-6)
+        assert landed.sum() > 1000
+        np.testing.assert_allclose(got_var[v[landed], u[landed]],
+                                   variance[ys, xs][landed] * gain[landed] ** 2, rtol=1e-3)
