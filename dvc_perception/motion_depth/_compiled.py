@@ -324,18 +324,21 @@ def winner_take_all(agg):
 
 
 @_jit
-def forward_warp(inv_depth, variance, A, b):
+def forward_warp(inv_depth, variance, age, A, b):
     """Move an inverse-depth map into another camera: z-buffered nearest splat.
 
-    `inv_depth`, `variance` (h, w) of camera P (NaN: unknown); a pixel (x, y) of P with inverse
-    depth w maps to the new camera at ``q = A [x, y, 1] + b w`` (A = K R K^-1, b = K t, (R, t)
-    taking P's points into the new camera), its new inverse depth being ``w / q_z``. The
-    variance scales by ``(w_new / w)^2`` squared (the relative error is kept). Returns the new
-    inverse depth and variance (h, w), NaN where nothing landed; the nearest point wins.
+    `inv_depth`, `variance`, `age` (h, w) of camera P (inverse depth NaN or <= 0: unknown); a
+    pixel (x, y) of P with inverse depth w maps to the new camera at ``q = A [x, y, 1] + b w``
+    (A = K R K^-1, b = K t, (R, t) taking P's points into the new camera), its new inverse
+    depth being ``w / q_z``. The variance is propagated to first order, ``(w_new / w)^4``
+    (d w_new / d w = (w_new / w)^2: exact for a pure translation, approximate with rotation);
+    the age is carried unchanged. Returns the new inverse depth, variance and age (h, w), NaN
+    (age -1) where nothing landed; the nearest point wins.
     """
     H, W = inv_depth.shape
     out = np.full((H, W), np.nan, np.float32)
     out_var = np.full((H, W), np.nan, np.float32)
+    out_age = np.full((H, W), -1, np.int32)
     for y in range(H):
         for x in range(W):
             w = inv_depth[y, x]
@@ -355,4 +358,5 @@ def forward_warp(inv_depth, variance, A, b):
                 ratio = w_new / w
                 out[v, u] = w_new
                 out_var[v, u] = variance[y, x] * ratio * ratio * ratio * ratio
-    return out, out_var
+                out_age[v, u] = age[y, x]
+    return out, out_var, out_age

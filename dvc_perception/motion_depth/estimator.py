@@ -45,6 +45,7 @@ class MotionDepthSettings:
     match_sigma_px: float = 1.0
     process_noise: float = 0.02
     max_relative_std: float = 0.1
+    max_unmeasured_frames: int = 5
     keyframes: KeyframeRule = field(default_factory=KeyframeRule)
     sweep: SweepSettings = field(default_factory=SweepSettings)
     pose_refine: PoseRefineSettings = field(default_factory=PoseRefineSettings)
@@ -54,6 +55,9 @@ class MotionDepthSettings:
             raise ConfigError(f"internal_width: expected >= 16 px, got {self.internal_width}")
         if not 0.0 <= self.min_confidence < 1.0:
             raise ConfigError(f"min_confidence: expected in [0, 1), got {self.min_confidence}")
+        if self.max_unmeasured_frames < 0:
+            raise ConfigError("max_unmeasured_frames: expected >= 0, got "
+                              f"{self.max_unmeasured_frames}")
         if self.match_sigma_px <= 0.0 or self.process_noise < 0.0 or self.max_relative_std <= 0:
             raise ConfigError("expected match_sigma_px > 0, process_noise >= 0 and "
                               f"max_relative_std > 0, got {self.match_sigma_px}, "
@@ -100,11 +104,13 @@ def scale_intrinsics(K: np.ndarray, size: tuple[int, int], new_size: tuple[int, 
 
 @dataclass
 class _FusionState:
-    """The fused inverse depth (h, w) [1/m] and its variance of `frame` (NaN: unknown)."""
+    """The fused inverse depth (h, w) [1/m] and its variance of `frame` (NaN: unknown), and
+    the frames since each pixel was last measured (`age`, int32)."""
 
     frame: Frame
     inv_depth: np.ndarray
     variance: np.ndarray
+    age: np.ndarray
 
 
 class MotionDepthEstimator:
@@ -184,8 +190,8 @@ class MotionDepthEstimator:
             if state is not None:
                 to_ref = np.linalg.inv(poses[[f is state.frame for f in adjusted].index(True)])
                 prior = self._predict(state, to_ref, Ks)
-            inv_depth, variance = self._fuse(result, measured, baseline, Ks, prior)
-            self._state = _FusionState(ref, inv_depth, variance)
+            inv_depth, variance, age = self._fuse(result, measured, baseline, Ks, prior)
+            self._state = _FusionState(ref, inv_depth, variance, age)
             rel_std = np.sqrt(variance) * np.where(inv_depth > 0, 1.0 / inv_depth, np.inf)
             keep = np.isfinite(inv_depth) & (rel_std <= self.settings.max_relative_std)
             depth_small = np.where(keep, 1.0 / inv_depth, np.nan).astype(np.float32)
@@ -203,25 +209,30 @@ class MotionDepthEstimator:
                                  timings)
 
     def _predict(self, state: _FusionState, to_ref: np.ndarray, K: np.ndarray
-                 ) -> tuple[np.ndarray, np.ndarray]:
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The stored frame's fused inverse depth moved into the reference camera (`to_ref`:
-        stored camera -> reference camera), its variance grown by the process noise."""
+        stored camera -> reference camera), its variance grown by the process noise, its age
+        (frames since measured) carried along."""
         from dvc_perception.motion_depth import _compiled
 
         A = K @ to_ref[:3, :3] @ np.linalg.inv(K)
         b = K @ to_ref[:3, 3]
-        inv_depth, variance = _compiled.forward_warp(state.inv_depth, state.variance, A, b)
+        inv_depth, variance, age = _compiled.forward_warp(state.inv_depth, state.variance,
+                                                          state.age, A, b)
         variance = variance + (self.settings.process_noise * inv_depth) ** 2
-        return inv_depth, variance
+        return inv_depth, variance, age
 
     def _fuse(self, result: SweepResult, measured: np.ndarray, baseline_m: float, K: np.ndarray,
-              prior: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:
+              prior: tuple[np.ndarray, np.ndarray, np.ndarray] | None
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Inverse-variance fusion of this frame's measurement with the predicted prior.
 
         The measurement's inverse-depth std is ``match_sigma_px / (f * baseline)`` (one pixel of
         matching error at the longest baseline), at least half a plane step. Where the two
         disagree by more than 3 combined stds the measurement replaces the prior (the scene
-        moved, or the prior was wrong); a pixel without a measurement keeps its prior.
+        moved, or the prior was wrong); a pixel without a measurement keeps its prior for at most
+        `max_unmeasured_frames` frames (then it is unknown: something may have moved there).
+        Returns inverse depth, variance and age (frames since measured; 0: measured now).
         """
         settings = self.settings
         f = 0.5 * (K[0, 0] + K[1, 1])
@@ -229,16 +240,18 @@ class MotionDepthEstimator:
         sigma = max(settings.match_sigma_px / (f * max(baseline_m, 1e-6)), 0.5 * step)
         meas = np.where(measured, 1.0 / result.depth, np.nan).astype(np.float32)
         meas_var = np.where(measured, sigma * sigma, np.nan).astype(np.float32)
+        age = np.where(measured, 0, -1).astype(np.int32)
         if prior is None:
-            return meas, meas_var
-        p, p_var = prior
+            return meas, meas_var, age
+        p, p_var, p_age = prior
         both = measured & np.isfinite(p)
         agree = both & ((meas - p) ** 2 <= 9.0 * (meas_var + p_var))
         fused_var = np.where(agree, 1.0 / (1.0 / np.where(agree, meas_var, 1.0)
                                            + 1.0 / np.where(agree, p_var, 1.0)), meas_var)
         fused = np.where(agree, fused_var * (meas / np.where(agree, meas_var, 1.0)
                                              + p / np.where(agree, p_var, 1.0)), meas)
-        only_prior = ~measured & np.isfinite(p)
+        only_prior = ~measured & np.isfinite(p) & (p_age < settings.max_unmeasured_frames)
         fused = np.where(only_prior, p, fused).astype(np.float32)
         fused_var = np.where(only_prior, p_var, fused_var).astype(np.float32)
-        return fused, fused_var
+        age = np.where(only_prior, p_age + 1, age).astype(np.int32)
+        return fused, fused_var, age

@@ -48,6 +48,9 @@ class KeyframeRule:
         if not 0.0 < self.max_rotation_deg <= 90.0:
             raise ConfigError("keyframes.max_rotation_deg: expected in (0, 90], got "
                               f"{self.max_rotation_deg}")
+        if self.jump_ratio <= 1.0 or self.jump_min_m <= 0.0:
+            raise ConfigError("keyframes: expected jump_ratio > 1 and jump_min_m > 0, got "
+                              f"{self.jump_ratio} and {self.jump_min_m}")
         if self.max_sources < 1 or self.max_frames < 2 or self.max_age_s <= 0.0:
             raise ConfigError("keyframes: expected max_sources >= 1, max_frames >= 2 and "
                               f"max_age_s > 0, got {self.max_sources}, {self.max_frames}, "

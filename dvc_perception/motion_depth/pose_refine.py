@@ -23,6 +23,12 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from dvc_perception.errors import ConfigError
+
+
+#: Gauss-Newton iterations that move only the inverse depths, from the odometry's poses.
+_DEPTH_ONLY_ITERATIONS = 5
+
 
 @dataclass(frozen=True)
 class PoseRefineSettings:
@@ -38,6 +44,18 @@ class PoseRefineSettings:
     prior_huber: float = 2.0
     iterations: int = 15
     min_matches: int = 20
+
+    def __post_init__(self) -> None:
+        if self.iterations <= _DEPTH_ONLY_ITERATIONS:
+            raise ConfigError(f"pose_refine.iterations: expected > {_DEPTH_ONLY_ITERATIONS} (the "
+                              f"first {_DEPTH_ONLY_ITERATIONS} move only the depths), got "
+                              f"{self.iterations}")
+        positive = ("max_features", "ransac_px", "rotation_sigma_deg", "translation_sigma_m",
+                    "huber_px", "prior_huber")
+        bad = [n for n in positive if not getattr(self, n) > 0]
+        if bad or not 0.0 < self.ratio < 1.0 or self.min_matches < 1:
+            raise ConfigError(f"pose_refine: expected positive {', '.join(positive)}, ratio in "
+                              f"(0, 1) and min_matches >= 1 (bad: {bad or 'ratio/min_matches'})")
 
 
 @dataclass(frozen=True)
@@ -198,7 +216,7 @@ class _Problem:
                 for k in range(6):
                     Hpl[6 * j + k] += np.bincount(pts, hpl[:, k], minlength=P)
             Hll *= 1.0 + 1e-2
-            if it < 5:  # depths alone first, from the odometry's poses
+            if it < _DEPTH_ONLY_ITERATIONS:  # depths alone first, from the odometry's poses
                 dp = np.zeros(6 * S)
                 dl = -gl / Hll
             else:
@@ -218,7 +236,7 @@ class _Problem:
                 self.R[j] = _so3_exp(dp[6 * j:6 * j + 3]) @ self.R[j]
                 self.t[j] = self.t[j] + dp[6 * j + 3:6 * j + 6]
             self.rho = np.clip(self.rho + dl, 1e-3, 1e3)
-            if it >= 5 and np.abs(dp).max() < 1e-7:
+            if it >= _DEPTH_ONLY_ITERATIONS and np.abs(dp).max() < 1e-7:
                 break
 
     def poses(self) -> list[np.ndarray]:

@@ -216,7 +216,10 @@ def test_forward_warp_matches_projecting_the_points(T):
     variance = rng.uniform(1e-4, 1e-3, inv_depth.shape).astype(np.float32)
     A = K @ T[:3, :3] @ np.linalg.inv(K)
     b = K @ T[:3, 3]
-    got, got_var = _compiled.forward_warp(inv_depth, variance, A, b)
+    age = rng.integers(0, 9, inv_depth.shape).astype(np.int32)
+    got, got_var, got_age = _compiled.forward_warp(inv_depth, variance, age, A, b)
+    # the age travels with its point: every landed pixel carries an age that was given
+    assert np.all(got_age[~np.isnan(got)] >= 0) and np.all(got_age[np.isnan(got)] == -1)
     finite = inv_depth
     expected = _warp_reference(finite, T)
     np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
