@@ -69,10 +69,11 @@ def rgbd_sequence_to_bag(
             7-Scenes.
         overwrite: replace an existing bag at `out` (only once the new one is complete).
         progress: show a progress bar (stderr).
-        perturb_m, perturb_deg: written camera poses are perturbed, each frame independently,
-            by exactly this translation [m] and rotation [deg] about the camera centre
-            (`refine.evaluation.perturb_pose`, random unit directions from one generator seeded
-            by `seed`), to measure how depth from motion copes with noisy odometry; 0: exact.
+        perturb_m: each written camera pose is moved by exactly this much [m] in a random
+            direction (per frame; `refine.evaluation.perturb_pose`), to measure how depth from
+            motion copes with noisy odometry; 0: exact.
+        perturb_deg: likewise, rotated by exactly this much [deg] about its centre.
+        seed: seed of the one generator drawing the perturbations' directions.
 
     Raises:
         ConfigError: an empty frame id, a bad selection, rate or tolerance.

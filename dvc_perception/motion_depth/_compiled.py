@@ -91,8 +91,11 @@ def reference_stats(ref, radius):
 
 @_jit
 def _warp_plane(src, A, b, w, warped, valid):
-    """`src` sampled (bilinear) where plane `w` maps each reference pixel; `valid` False where
-    the point is behind the source camera or outside its image (clamped samples there)."""
+    """Sample `src` (bilinear) where plane `w` maps each reference pixel, into `warped`.
+
+    `valid` is False where the point is behind the source camera or outside its image
+    (clamped samples there).
+    """
     H, W = warped.shape
     for y in range(H):
         for x in range(W):
@@ -193,8 +196,10 @@ def sweep_zncc(ref, ref_mean, ref_inv_std, src, A, b, inv_depths, radius, cost_s
 
 @_jit(parallel=True)
 def mean_cost(cost_sum, cost_count):
-    """Cost per source that saw the point, (H, W, D) from sums and counts (D, H, W); 1 (no
-    information) where no source saw it."""
+    """Cost per source that saw the point, (H, W, D), from sums and counts (D, H, W).
+
+    1 (no information) where no source saw it.
+    """
     D, H, W = cost_sum.shape
     out = np.empty((H, W, D), np.float32)
     for y in numba.prange(H):
@@ -207,8 +212,10 @@ def mean_cost(cost_sum, cost_count):
 
 @_jit
 def _path_step(cost_px, prev, cur, P1, P2):
-    """One SGM recurrence step: cur[d] = C[d] + min(prev[d], prev[d+-1] + P1, min prev + P2)
-    - min prev, for one pixel's costs `cost_px` (D,)."""
+    """One SGM recurrence step for one pixel's costs `cost_px` (D,), into `cur`.
+
+    ``cur[d] = C[d] + min(prev[d], prev[d+-1] + P1, min prev + P2) - min prev``.
+    """
     D = cost_px.shape[0]
     mn = prev[0]
     for d in range(1, D):
@@ -248,8 +255,7 @@ def _path(cost, out, P2s, P1, y, x, dy, dx):
 
 @_jit(parallel=True)
 def sgm(cost, P1, P2s, diagonals):
-    """Semi-global aggregation of `cost` (H, W, D) along 4 paths (left, right, up, down), or 8
-    with `diagonals`.
+    """Semi-global aggregation of `cost` (H, W, D) along 4 paths, or 8 with `diagonals`.
 
     P1 penalises a change of one plane between neighbours, P2s (H, W) a larger jump (lowered at
     image edges by the caller). Returns the summed path costs (H, W, D). Paths of one direction
@@ -291,8 +297,7 @@ def sgm(cost, P1, P2s, diagonals):
 
 @_jit(parallel=True)
 def winner_take_all(agg):
-    """Best plane (H, W) float32 with parabola sub-plane offset, and the uniqueness ratio, of
-    `agg` (H, W, D).
+    """Best plane (H, W) float32 of `agg` (H, W, D), parabola-refined, and uniqueness ratio.
 
     The ratio is best / second best outside the winner's +-1 neighbours (1: ambiguous).
     """

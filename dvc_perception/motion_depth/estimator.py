@@ -94,9 +94,12 @@ def internal_size(width: int, height: int, internal_width: int) -> tuple[int, in
     return w, max(1, round(height * w / width))
 
 
-def scale_intrinsics(K: np.ndarray, size: tuple[int, int], new_size: tuple[int, int]) -> np.ndarray:
-    """K of an image resized from `size` to `new_size` (w, h), pixel centres kept exact:
-    ``u' = s (u + 0.5) - 0.5`` (as `CameraModel.scaled`)."""
+def scale_intrinsics(K: np.ndarray, size: tuple[int, int],
+                     new_size: tuple[int, int]) -> np.ndarray:
+    """K of an image resized from `size` to `new_size` (w, h).
+
+    Pixel centres are kept exact: ``u' = s (u + 0.5) - 0.5`` (as `CameraModel.scaled`).
+    """
     sx, sy = new_size[0] / size[0], new_size[1] / size[1]
     S = np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5], [0.0, 0.0, 1.0]])
     return S @ np.asarray(K, np.float64)
@@ -104,8 +107,10 @@ def scale_intrinsics(K: np.ndarray, size: tuple[int, int], new_size: tuple[int, 
 
 @dataclass
 class _FusionState:
-    """The fused inverse depth (h, w) [1/m] and its variance of `frame` (NaN: unknown), and
-    the frames since each pixel was last measured (`age`, int32)."""
+    """The fused inverse depth (h, w) [1/m] of `frame` and its variance (NaN: unknown).
+
+    `age` (h, w) int32: frames since each pixel was last measured.
+    """
 
     frame: Frame
     inv_depth: np.ndarray
@@ -130,8 +135,10 @@ class MotionDepthEstimator:
 
     def estimate(self, image_rgb: np.ndarray, K: np.ndarray, camera_to_world: np.ndarray,
                  stamp: float) -> MotionDepthResult:
-        """Depth of `image_rgb` (H, W, 3) uint8 taken at `stamp` [s] by a camera with pinhole
-        intrinsics `K` (3, 3) [px] whose optical frame is at `camera_to_world` (4, 4) [m].
+        """Depth of `image_rgb` (H, W, 3) uint8, taken at `stamp` [s].
+
+        The camera has pinhole intrinsics `K` (3, 3) [px]; its optical frame is at
+        `camera_to_world` (4, 4) [m].
 
         A new image size or a stamp not after the previous frame's (a bag played again) starts a
         new window. Raises `InputError` / `ShapeError` for a bad image, K, pose or stamp.
@@ -210,9 +217,11 @@ class MotionDepthEstimator:
 
     def _predict(self, state: _FusionState, to_ref: np.ndarray, K: np.ndarray
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The stored frame's fused inverse depth moved into the reference camera (`to_ref`:
-        stored camera -> reference camera), its variance grown by the process noise, its age
-        (frames since measured) carried along."""
+        """The stored frame's fused inverse depth moved into the reference camera.
+
+        `to_ref`: stored camera -> reference camera. The variance grows by the process noise;
+        the age (frames since measured) is carried along.
+        """
         from dvc_perception.motion_depth import _compiled
 
         A = K @ to_ref[:3, :3] @ np.linalg.inv(K)

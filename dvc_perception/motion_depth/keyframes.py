@@ -44,7 +44,8 @@ class KeyframeRule:
             raise ConfigError("keyframes: expected 0 < min_baseline_m < max_baseline_m, got "
                               f"{self.min_baseline_m} and {self.max_baseline_m}")
         if self.baseline_growth < 1.0:
-            raise ConfigError(f"keyframes.baseline_growth: expected >= 1, got {self.baseline_growth}")
+            raise ConfigError("keyframes.baseline_growth: expected >= 1, got "
+                              f"{self.baseline_growth}")
         if not 0.0 < self.max_rotation_deg <= 90.0:
             raise ConfigError("keyframes.max_rotation_deg: expected in (0, 90], got "
                               f"{self.max_rotation_deg}")

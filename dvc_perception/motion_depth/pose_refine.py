@@ -25,7 +25,6 @@ import numpy as np
 
 from dvc_perception.errors import ConfigError
 
-
 #: Gauss-Newton iterations that move only the inverse depths, from the odometry's poses.
 _DEPTH_ONLY_ITERATIONS = 5
 
@@ -79,7 +78,7 @@ _SIFT: dict[int, cv2.SIFT] = {}
 
 
 def features(grey: np.ndarray, max_features: int) -> tuple[np.ndarray, np.ndarray]:
-    """SIFT keypoints (M, 2) float64 px and descriptors (M, 128) float32 of `grey` (h, w) [0, 1]."""
+    """SIFT keypoints (M, 2) float64 px and descriptors (M, 128) float32 of `grey` (h, w)."""
     sift = _SIFT.setdefault(max_features, cv2.SIFT_create(max_features))
     img = np.clip(grey * 255.0 + 0.5, 0, 255).astype(np.uint8)
     kps, desc = sift.detectAndCompute(img, None)
@@ -90,14 +89,17 @@ def features(grey: np.ndarray, max_features: int) -> tuple[np.ndarray, np.ndarra
 
 def match(ref_feat: tuple[np.ndarray, np.ndarray], src_feat: tuple[np.ndarray, np.ndarray],
           settings: PoseRefineSettings) -> tuple[np.ndarray, np.ndarray]:
-    """Reference feature indices (M,) and source pixels (M, 2) of the matches that pass the
-    ratio test and a RANSAC fundamental-matrix check (`ransac_px`)."""
+    """Reference feature indices (M,) and source pixels (M, 2) of the accepted matches.
+
+    A match passes the ratio test and a RANSAC fundamental-matrix check (`ransac_px`).
+    """
     (_, d_ref), (p_src, d_src) = ref_feat, src_feat
     empty = (np.zeros(0, np.int64), np.zeros((0, 2)))
     if len(d_ref) < 2 or len(d_src) < 2:
         return empty
     pairs = cv2.BFMatcher(cv2.NORM_L2).knnMatch(d_ref, d_src, k=2)
-    good = [m for m, n in (p for p in pairs if len(p) == 2) if m.distance < settings.ratio * n.distance]
+    good = [m for m, n in (p for p in pairs if len(p) == 2)
+            if m.distance < settings.ratio * n.distance]
     if len(good) < 8:
         return empty
     qi = np.array([m.queryIdx for m in good], np.int64)
@@ -130,9 +132,11 @@ def refine_window(ref_feat: tuple[np.ndarray, np.ndarray],
     """Relative poses (reference -> source, (4, 4) m) refined by the window adjustment.
 
     Args:
-        ref_feat, src_feats: `features` of the reference frame and of each source.
+        ref_feat: `features` of the reference frame.
+        src_feats: `features` of each source frame.
         odometry: the odometry's relative pose per source, reference -> source camera.
         K: (3, 3) intrinsics of the images the features were found in [px].
+        settings: the adjustment's settings.
     """
     unchanged = PoseRefineResult([T.copy() for T in odometry], [0] * len(odometry), float("nan"),
                                  False)

@@ -56,8 +56,10 @@ class SweepSettings:
 
 @dataclass(frozen=True)
 class SweepResult:
-    """Depth (h, w) float32 m and confidence (h, w) float32 in [0, 1] at the sweep resolution;
-    ``seen`` (h, w) the number of sources that saw each pixel at its depth."""
+    """Depth (h, w) float32 m and confidence (h, w) float32 in [0, 1] of a sweep.
+
+    ``seen`` (h, w): the number of sources that saw each pixel at its depth.
+    """
 
     depth: np.ndarray
     confidence: np.ndarray
@@ -73,6 +75,7 @@ def plane_sweep_depth(ref: np.ndarray, sources: list[np.ndarray], relative: list
         sources: (h, w) float32 grey images of the same camera.
         relative: per source, (4, 4) transform reference camera -> source camera [m].
         K: (3, 3) intrinsics at this resolution [px].
+        settings: the sweep's settings.
     """
     from dvc_perception.motion_depth import _compiled
 
@@ -111,9 +114,11 @@ def plane_sweep_depth(ref: np.ndarray, sources: list[np.ndarray], relative: list
 
 
 def remove_speckles(index: np.ndarray, valid: np.ndarray, max_size: int) -> np.ndarray:
-    """Mask (h, w) of pixels in connected regions of fewer than `max_size` pixels whose
-    neighbours differ by at most one plane (`index` (h, w) in planes): small islands of
-    depth that nothing around them supports, typically wrong matches in texture-poor areas."""
+    """Mask (h, w) of pixels in small islands of depth that nothing around them supports.
+
+    An island is a connected region of fewer than `max_size` pixels whose neighbours differ by
+    at most one plane (`index` (h, w) in planes); typically wrong matches in texture-poor areas.
+    """
     fixed = np.where(valid, np.rint(index * 16.0), -16).astype(np.int16)
     filtered = fixed.copy()
     cv2.filterSpeckles(filtered, -16, max_size, 16)
