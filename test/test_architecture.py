@@ -32,7 +32,7 @@ BELOW_PIPELINE = ("geometry", "render", "models", "engines", "synth", "datasets"
 #: Parts that may import only the listed parts of the package (besides themselves).
 ONLY_FROM = {
     "refine": {"geometry", "render", "errors", "config_utils"},
-    "motion_depth": {"errors"},
+    "motion_depth": {"errors", "geometry"},
 }
 
 

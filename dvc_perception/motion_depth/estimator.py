@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 
 from dvc_perception.errors import ConfigError, InputError, check_shape
+from dvc_perception.geometry.camera import CameraModel
 from dvc_perception.motion_depth.keyframes import (
     Frame,
     KeyframeRule,
@@ -94,17 +95,6 @@ def internal_size(width: int, height: int, internal_width: int) -> tuple[int, in
     return w, max(1, round(height * w / width))
 
 
-def scale_intrinsics(K: np.ndarray, size: tuple[int, int],
-                     new_size: tuple[int, int]) -> np.ndarray:
-    """K of an image resized from `size` to `new_size` (w, h).
-
-    Pixel centres are kept exact: ``u' = s (u + 0.5) - 0.5`` (as `CameraModel.scaled`).
-    """
-    sx, sy = new_size[0] / size[0], new_size[1] / size[1]
-    S = np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5], [0.0, 0.0, 1.0]])
-    return S @ np.asarray(K, np.float64)
-
-
 @dataclass
 class _FusionState:
     """The fused inverse depth (h, w) [1/m] of `frame` and its variance (NaN: unknown).
@@ -168,7 +158,7 @@ class MotionDepthEstimator:
             status = STATUS_FIRST_FRAME if len(self.window.frames) == 1 else STATUS_NO_MOTION
             return MotionDepthResult(nan, np.zeros((H, W), np.float32), status, 0, False,
                                      float("nan"), {"total": 1e3 * (time.perf_counter() - t0)})
-        Ks = scale_intrinsics(K, (W, H), size)
+        Ks = CameraModel(K, np.zeros(0), W, H).resized(*size).K.numpy()  # exact pixel centres
         t1 = time.perf_counter()
         pr = self.settings.pose_refine
         state = self._state if self._state is not None and any(
