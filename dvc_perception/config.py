@@ -439,8 +439,10 @@ class MultiviewConfig:
         64, "depth hypotheses, uniform in inverse depth from max_depth_m to min_depth_m",
         range=(3, 512), live=True,
     )
-    max_sources: int = _f(6, "earlier frames compared with each frame", range=(1, 16),
-                          live=True)  # fmt: skip
+    max_sources: int = _f(
+        6, "earlier frames matched with each frame to adjust the poses (the sweep uses 3 of "
+        "them, spread from the shortest to the longest baseline)", range=(1, 16), live=True,
+    )
     min_baseline_m: float = _f(
         0.03, "an earlier frame is compared only when the camera moved at least this far from "
         "it [m]; without one the frame's status is no_motion", range=(0.001, 0.25), live=True,

@@ -47,6 +47,7 @@ class MotionDepthSettings:
     process_noise: float = 0.02
     max_relative_std: float = 0.1
     max_unmeasured_frames: int = 5
+    max_sweep_sources: int = 3
     keyframes: KeyframeRule = field(default_factory=KeyframeRule)
     sweep: SweepSettings = field(default_factory=SweepSettings)
     pose_refine: PoseRefineSettings = field(default_factory=PoseRefineSettings)
@@ -106,6 +107,13 @@ class _FusionState:
     inv_depth: np.ndarray
     variance: np.ndarray
     age: np.ndarray
+
+
+def _spread(n: int, k: int) -> list[int]:
+    """Indices of `k` of `n` sources (nearest baseline first) spread evenly, both ends kept."""
+    if n <= k:
+        return list(range(n))
+    return sorted({round(i * (n - 1) / (k - 1)) for i in range(k)}) if k > 1 else [n - 1]
 
 
 class MotionDepthEstimator:
@@ -178,8 +186,9 @@ class MotionDepthEstimator:
         else:
             poses, was_refined, err = odometry, False, float("nan")
         t3 = time.perf_counter()
-        result = plane_sweep_depth(ref.grey, [f.grey for f in sources], poses[:len(sources)], Ks,
-                                   self.settings.sweep)
+        swept = _spread(len(sources), self.settings.max_sweep_sources)
+        result = plane_sweep_depth(ref.grey, [sources[i].grey for i in swept],
+                                   [poses[i] for i in swept], Ks, self.settings.sweep)
         measured = (result.confidence >= self.settings.min_confidence) & (result.seen > 0)
         if self.settings.temporal_fusion:
             baseline = max(float(np.linalg.norm(T[:3, 3])) for T in poses[:len(sources)])

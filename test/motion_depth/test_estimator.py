@@ -165,3 +165,16 @@ def test_a_stamp_going_back_starts_a_new_window(rendered_scene):
     r = estimator.estimate(image, scene.K, scene.pose(4), 1.2)  # a bag played again
     assert r.status == STATUS_FIRST_FRAME and np.isnan(r.depth).all()
     assert [f.stamp for f in estimator.window.frames] == [1.2]
+
+
+def test_the_sweep_takes_sources_spread_over_the_baselines():
+    from dvc_perception.motion_depth.estimator import _spread
+
+    assert _spread(6, 3) == [0, 2, 5]  # shortest, middle, longest baseline
+    assert _spread(2, 3) == [0, 1]
+    assert _spread(5, 1) == [4]
+    for n in range(1, 10):
+        for k in range(1, 5):
+            picked = _spread(n, k)
+            assert len(picked) == min(n, k) and picked == sorted(set(picked))
+            assert picked[-1] == n - 1  # the longest baseline is always swept
