@@ -33,6 +33,7 @@ import numpy as np
 
 from dvc_perception.datasets.bop import bop_frame_stamp_ns
 from dvc_perception.errors import ConfigError, InputError
+from dvc_perception.geometry.se3 import check_rigid_transform
 
 #: Depth PNG units per metre of each layout.
 DEPTH_UNITS_PER_M = {"7scenes": 1000.0, "tum": 5000.0}
@@ -219,23 +220,11 @@ def read_pose_file(path: Path) -> np.ndarray:
 def check_pose(T_world_cam: np.ndarray, source: str) -> None:
     """Raise `InputError` naming `source` unless `T_world_cam` (4, 4) is a rigid transform.
 
-    Finite entries, last row ``0 0 0 1``, rotation orthonormal with determinant +1 to within
-    `ROTATION_TOL` (pose files print a rotation to a few digits: their matrices are rotations
-    only to round-off; the quaternion written to the bag is exactly one).
+    `se3.check_rigid_transform` to within `ROTATION_TOL` (pose files print a rotation to a few
+    digits: their matrices are rotations only to round-off; the quaternion written to the bag
+    is exactly one).
     """
-    if not np.all(np.isfinite(T_world_cam)):
-        raise InputError(f"pose {source}: expected finite numbers, got {T_world_cam.tolist()}")
-    R = T_world_cam[:3, :3]
-    off = float(np.abs(R @ R.T - np.eye(3)).max())
-    det = float(np.linalg.det(R))
-    if not np.allclose(T_world_cam[3], [0.0, 0.0, 0.0, 1.0], atol=1e-9, rtol=0.0):
-        raise InputError(f"pose {source}: expected the last row 0 0 0 1 of a rigid transform, "
-                         f"got {T_world_cam[3].tolist()}")
-    if off > ROTATION_TOL or abs(det - 1.0) > ROTATION_TOL:
-        raise InputError(
-            f"pose {source}: the rotation part is not a rotation (|R R^T - I| = {off:.3g}, det R "
-            f"= {det:.6g}; expected orthonormal with det +1 to within {ROTATION_TOL:g})"
-        )
+    check_rigid_transform(T_world_cam, f"pose {source}", ROTATION_TOL)
 
 
 def _read_matrix(path: Path, shape: tuple[int, int], what: str) -> np.ndarray:

@@ -23,21 +23,10 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
-from typing import Any
 
-import numba
 import numpy as np
 
-
-def _jit(fn: Callable[..., Any], **extra: Any) -> Any:
-    """Numba's njit, caching on disk where a location is writable (never failing without one)."""
-    options = {"nogil": True, "error_model": "numpy", **extra}  # x/0 -> inf/nan, no raise
-    try:
-        return numba.njit(cache=True, **options)(fn)
-    except RuntimeError:  # "cannot cache function ...: no locator available"
-        return numba.njit(cache=False, **options)(fn)
-
+from dvc_perception.geometry.numba_jit import jit
 
 # Indices into the float64 settings vector `cfg` (built from pnp.py's constants, so that the
 # machine code cached on disk never holds stale constants).
@@ -59,7 +48,7 @@ _TINY_DIAG = 1e-30  # added to the LM diagonal (float64)
 
 # Reassociation lets LLVM vectorise the sums over points (results change at round-off level);
 # no finite-math assumption: NaN and inf must propagate as in the torch path.
-_jit_sums = functools.partial(_jit, fastmath={"reassoc", "contract"})
+_jit_sums = functools.partial(jit, fastmath={"reassoc", "contract"})
 
 
 @_jit_sums
@@ -80,7 +69,7 @@ def _weighted_dot1(c, a, b):
     return h
 
 
-@_jit
+@jit
 def _lu_solve(A, b):
     """Solve A x = b by LU with partial pivoting; A (n,n) destroyed, b (n,) becomes x.
 
@@ -115,7 +104,7 @@ def _lu_solve(A, b):
     return ok
 
 
-@_jit
+@jit
 def _cholesky(A, L):
     """Lower Cholesky factor L of A (n,n); False if A is not (numerically) positive definite."""
     n = A.shape[0]
@@ -137,7 +126,7 @@ def _cholesky(A, L):
     return True
 
 
-@_jit
+@jit
 def _cholesky_solve(L, b):
     """Solve L L^T x = b in place (b (n,) becomes x)."""
     n = L.shape[0]
@@ -153,7 +142,7 @@ def _cholesky_solve(L, b):
         b[i] = s / L[i, i]
 
 
-@_jit
+@jit
 def _eigh3(C, lam, V):
     """Symmetric 3x3 eigen-decomposition by cyclic Jacobi; C destroyed, lam (3,), V columns."""
     for i in range(3):
@@ -196,7 +185,7 @@ def _eigh3(C, lam, V):
         lam[i] = C[i, i]
 
 
-@_jit
+@jit
 def _matmul3(A, B, out):
     """Write A @ B (3x3) into out (which must not alias A or B)."""
     for i in range(3):
@@ -208,7 +197,7 @@ def _matmul3(A, B, out):
 # SO(3)
 
 
-@_jit
+@jit
 def _rotvec_to_matrix(rx, ry, rz, out):
     """Rodrigues (as so3.rotvec_to_matrix, series below theta^2 = 1e-4) into out (3,3)."""
     th2 = rx * rx + ry * ry + rz * rz
@@ -231,7 +220,7 @@ def _rotvec_to_matrix(rx, ry, rz, out):
     out[2, 1] = a * rx + b * ry * rz
 
 
-@_jit
+@jit
 def _exp_so3(wx, wy, wz, out):
     """exp([w]x) for LM steps (as pnp._exp_so3: theta floored by 1e-300 under the root)."""
     th = math.sqrt(wx * wx + wy * wy + wz * wz + 1e-300)
@@ -250,7 +239,7 @@ def _exp_so3(wx, wy, wz, out):
     out[2, 1] = s * wx + h * wy * wz
 
 
-@_jit
+@jit
 def _matrix_to_rotvec(R, out):
     """Logarithm map as so3.matrix_to_rotvec (Shepperd quaternion, then its rotation vector)."""
     m00, m01, m02 = R[0, 0], R[0, 1], R[0, 2]
@@ -295,7 +284,7 @@ def _matrix_to_rotvec(R, out):
     out[0], out[1], out[2] = x * scale, y * scale, z * scale
 
 
-@_jit
+@jit
 def _left_jacobian_inverse(phi, J):
     """Inverse left Jacobian of SO(3) at phi (3,) into J (3,3) (as pnp._left_jacobian_inverse)."""
     th2 = phi[0] * phi[0] + phi[1] * phi[1] + phi[2] * phi[2]
@@ -322,7 +311,7 @@ def _left_jacobian_inverse(phi, J):
 # Object frame and closed-form start (EPnP)
 
 
-@_jit
+@jit
 def _object_frame(X, w, n_pos, cfg, c0, axes, sigma, C, lam, V):
     """Weighted principal axes of X (N,3): c0, axes (columns, det +1, canonical signs), sigma.
 
@@ -386,7 +375,7 @@ def _object_frame(X, w, n_pos, cfg, c0, axes, sigma, C, lam, V):
     return planar, degenerate
 
 
-@_jit
+@jit
 def _polar_rotation(D, R):
     """Rotation near D (3,3) into R: 4 Newton polar iterations, then Gram-Schmidt."""
     fro = 0.0
@@ -422,7 +411,7 @@ def _polar_rotation(D, R):
     R[2, 2] = a0 * b1 - a1 * b0
 
 
-@_jit
+@jit
 def _epnp(X, obs, K, w, c0, axes, sigma, planar, R, t, alpha, G, M, L):
     """EPnP start into R (3,3), t (3,), as pnp._epnp; planar: 3 control points.
 
@@ -537,7 +526,7 @@ def _epnp(X, obs, K, w, c0, axes, sigma, planar, R, t, alpha, G, M, L):
         t[i] = ctrl[0, i] * beta - (R[i, 0] * c0[0] + R[i, 1] * c0[1] + R[i, 2] * c0[2])
 
 
-@_jit
+@jit
 def _mirror_start(R, t, c0, axes, R2, t2):
     """The other pose of the planar ambiguity (as pnp._mirror_start) into R2, t2."""
     n0 = R[0, 0] * axes[0, 2] + R[0, 1] * axes[1, 2] + R[0, 2] * axes[2, 2]
@@ -648,7 +637,7 @@ def _normal_equations(R, t, X, obs, K, w, huber, Hg, S, second, J):
     return 0.5 * cost
 
 
-@_jit
+@jit
 def _second_order(J, huber, S):
     """Second-order part S (6,6) of the exact Hessian from the per-point rows of J."""
     for a in range(6):
@@ -673,14 +662,14 @@ def _second_order(J, huber, S):
                 S[3 + b, 3 + a] += y
 
 
-@_jit
+@jit
 def _lm_workspace(N):
     """Scratch arrays of _levenberg_marquardt for N points (allocated once per batch)."""
     return (np.empty((6, 6)), np.empty((7, 7)), np.empty((6, 6)), np.empty((6, 6)),
             np.empty(6), np.empty((3, 3)), np.empty((3, 3)), np.empty(3), np.empty((J_ROWS, N)))
 
 
-@_jit
+@jit
 def _levenberg_marquardt(R, t, X, obs, K, w, huber, max_iterations, tol, cfg, Hg, work):
     """LM / Newton from (R, t) (updated in place), as pnp._levenberg_marquardt for one sample.
 
@@ -734,7 +723,7 @@ def _levenberg_marquardt(R, t, X, obs, K, w, huber, max_iterations, tol, cfg, Hg
     return cost, converged
 
 
-@_jit
+@jit
 def _covariance(Hg, n_pos, cov):
     """Covariance (6,6) = (J^T W J)^-1 sigma^2 into cov (Jacobi-scaled Cholesky); ok flag."""
     d = np.empty(6)
@@ -762,7 +751,7 @@ def _covariance(Hg, n_pos, cov):
     return True
 
 
-@_jit
+@jit
 def _residuals_one(R, t, X, obs, K, out):
     """Reprojection errors (N,) px at (R, t); inf where the depth is <= 0 or non-finite."""
     for i in range(X.shape[0]):
@@ -780,7 +769,7 @@ def _residuals_one(R, t, X, obs, K, out):
 # Batched forward
 
 
-@_jit
+@jit
 def solve_batch(x2d, X, K, w, init, huber, max_iterations, tol, multi_start, cfg):
     """Batched PnP forward (as pnp's torch path) in float64.
 
@@ -930,7 +919,7 @@ def solve_batch(x2d, X, K, w, init, huber, max_iterations, tol, multi_start, cfg
     return R_out, t_out, rv_out, cost_out, conv_out, valid_out, cov_out, res_out
 
 
-@_jit
+@jit
 def residuals_batch(R, t, x2d, X, K, valid):
     """Reprojection errors (B,N) px at poses R (B,3,3), t (B,3).
 
@@ -951,7 +940,7 @@ def residuals_batch(R, t, x2d, X, K, valid):
 # Implicit backward
 
 
-@_jit
+@jit
 def backward_batch(x2d, X, K, w, R, t, rvec, valid, huber, gR, gt, grv):
     """Vector-Jacobian product of the implicit solution (as pnp._ImplicitPnP).
 
@@ -1038,7 +1027,7 @@ def backward_batch(x2d, X, K, w, R, t, rvec, valid, huber, gR, gt, grv):
     return g_x2d, g_X, g_K, g_w
 
 
-@_jit
+@jit
 def _point_gradients(R, t, X, obs, K, w, huber, v10, v11, v12, v20, v21, v22,
                      g_obs, g_X, g_K, g_w):
     """Accumulate the gradient of L = v . g(xi = 0) over the points.
@@ -1131,7 +1120,7 @@ def _point_gradients(R, t, X, obs, K, w, huber, v10, v11, v12, v20, v21, v22,
 # RANSAC
 
 
-@_jit
+@jit
 def ransac_prepare(x2d, X, w):
     """Usable points (B,N) (weight > 0, finite values) and copies with the others zeroed.
 
@@ -1159,7 +1148,7 @@ def ransac_prepare(x2d, X, w):
     return usable, xz, Xz, wz
 
 
-@_jit
+@jit
 def _msac_errors(R, t, X, obs, K, err, depth):
     """Errors (N,) px and depths (N,) m as ransac._reprojection_error (|z| floored by 1e-12)."""
     for i in range(X.shape[0]):
@@ -1175,7 +1164,7 @@ def _msac_errors(R, t, X, obs, K, err, depth):
         depth[i] = P2
 
 
-@_jit
+@jit
 def ransac_select(xz, Xz, K, wz, usable, idx, threshold, huber, max_iterations, tol,
                   hyp_iterations, hyp_tol, cfg):
     """Hypotheses, MSAC scoring and local optimisation of pnp.solve_pnp_ransac.

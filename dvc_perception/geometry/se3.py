@@ -6,9 +6,12 @@ Batched over leading dimensions, differentiable, float32 and float64.
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 from torch import Tensor
 
-from dvc_perception.errors import check_shape
+from dvc_perception.errors import InputError, check_shape
 
 
 def _check_pose(R: Tensor, t: Tensor, name: str) -> None:
@@ -65,3 +68,30 @@ def invert_pose(R: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
     R_inv = R.transpose(-1, -2)
     t_inv = -(R_inv @ t.unsqueeze(-1)).squeeze(-1)
     return R_inv, t_inv
+
+
+def check_rigid_transform(T: Any, name: str, tol: float = 1e-3) -> np.ndarray:
+    """`T` as a (4, 4) float64 rigid transform, or a typed error naming `name`.
+
+    Finite entries, last row ``0 0 0 1``, rotation block orthonormal with determinant +1 to
+    within `tol` (pose files print rotations to a few digits: rotations only to round-off).
+
+    Raises:
+        ShapeError: not (4, 4).
+        InputError: NaN/inf, another last row, or a rotation block that is not a rotation.
+    """
+    M = np.asarray(T, dtype=np.float64)
+    check_shape(M, "4,4", name=name)
+    if not np.all(np.isfinite(M)):
+        raise InputError(f"{name}: expected finite numbers, got {M.tolist()}")
+    if not np.allclose(M[3], [0.0, 0.0, 0.0, 1.0], atol=1e-9, rtol=0.0):
+        raise InputError(f"{name}: expected the last row 0 0 0 1 of a rigid transform, got "
+                         f"{M[3].tolist()}")
+    R = M[:3, :3]
+    off = float(np.abs(R @ R.T - np.eye(3)).max())
+    det = float(np.linalg.det(R))
+    if off > tol or abs(det - 1.0) > tol:
+        raise InputError(f"{name}: expected a rotation in the upper-left 3x3 block, which is "
+                         f"not a rotation (|R R^T - I| = {off:.3g}, det R = {det:.6g}; "
+                         f"orthonormal with det +1 to within {tol:g})")
+    return M

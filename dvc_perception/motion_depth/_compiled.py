@@ -13,28 +13,13 @@ plane z = 1/w); a reference pixel p maps into a source image at ``q = A p~ + b w
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import numba
 import numpy as np
 
-
-def _jit(fn: Callable[..., Any] | None = None, **extra: Any) -> Any:
-    """Numba's njit, caching on disk where a location is writable (never failing without one).
-
-    ``@_jit`` or ``@_jit(parallel=True)``.
-    """
-    if fn is None:
-        return lambda f: _jit(f, **extra)
-    options = {"nogil": True, "error_model": "numpy", **extra}
-    try:
-        return numba.njit(cache=True, **options)(fn)
-    except RuntimeError:  # "cannot cache function ...: no locator available"
-        return numba.njit(cache=False, **options)(fn)
+from dvc_perception.geometry.numba_jit import jit
 
 
-@_jit
+@jit
 def _box_sum(img, radius, out):
     """Sum of `img` (H, W) over (2r+1)^2 windows clipped to the image, into `out` (H, W)."""
     H, W = img.shape
@@ -61,7 +46,7 @@ def _box_sum(img, radius, out):
             out[y, x] = acc
 
 
-@_jit
+@jit
 def window_counts(H, W, radius):
     """Pixels in each clipped (2r+1)^2 window, (H, W) float32."""
     ones = np.ones((H, W), np.float32)
@@ -70,7 +55,7 @@ def window_counts(H, W, radius):
     return out
 
 
-@_jit
+@jit
 def reference_stats(ref, radius):
     """Window mean (H, W) and 1/std (H, W, 0 where flat) of the reference image."""
     H, W = ref.shape
@@ -89,7 +74,7 @@ def reference_stats(ref, radius):
     return mean, inv_std
 
 
-@_jit
+@jit
 def _warp_plane(src, A, b, w, warped, valid):
     """Sample `src` (bilinear) where plane `w` maps each reference pixel, into `warped`.
 
@@ -120,7 +105,7 @@ def _warp_plane(src, A, b, w, warped, valid):
             warped[y, x] = top + fy * (bot - top)
 
 
-@_jit(parallel=True)
+@jit(parallel=True)
 def sweep_zncc(ref, ref_mean, ref_inv_std, src, A, b, inv_depths, radius, cost_sum, cost_count):
     """Add 1 - ZNCC of `ref` with `src` warped by each plane to `cost_sum` (D, H, W).
 
@@ -194,7 +179,7 @@ def sweep_zncc(ref, ref_mean, ref_inv_std, src, A, b, inv_depths, radius, cost_s
                 cost_count[d, y, x] += 1.0
 
 
-@_jit(parallel=True)
+@jit(parallel=True)
 def mean_cost(cost_sum, cost_count):
     """Cost per source that saw the point, (H, W, D), from sums and counts (D, H, W).
 
@@ -210,7 +195,7 @@ def mean_cost(cost_sum, cost_count):
     return out
 
 
-@_jit
+@jit
 def _path_step(cost_px, prev, cur, P1, P2):
     """One SGM recurrence step for one pixel's costs `cost_px` (D,), into `cur`.
 
@@ -233,7 +218,7 @@ def _path_step(cost_px, prev, cur, P1, P2):
         cur[d] = cost_px[d] + best - mn
 
 
-@_jit
+@jit
 def _path(cost, out, P2s, P1, y, x, dy, dx):
     """Aggregate one SGM path starting at (y, x), stepping (dy, dx) until it leaves the image."""
     H, W, D = cost.shape
@@ -253,7 +238,7 @@ def _path(cost, out, P2s, P1, y, x, dy, dx):
         x += dx
 
 
-@_jit(parallel=True)
+@jit(parallel=True)
 def sgm(cost, P1, P2s, diagonals):
     """Semi-global aggregation of `cost` (H, W, D) along 4 paths, or 8 with `diagonals`.
 
@@ -295,7 +280,7 @@ def sgm(cost, P1, P2s, diagonals):
     return out
 
 
-@_jit(parallel=True)
+@jit(parallel=True)
 def winner_take_all(agg):
     """Best plane (H, W) float32 of `agg` (H, W, D), parabola-refined, and uniqueness ratio.
 
@@ -328,7 +313,7 @@ def winner_take_all(agg):
     return idx, ratio
 
 
-@_jit
+@jit
 def forward_warp(inv_depth, variance, age, A, b):
     """Move an inverse-depth map into another camera: z-buffered nearest splat.
 

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dvc_perception.errors import ConfigError, InputError, ShapeError, check_shape
+from dvc_perception.errors import ConfigError, InputError, ShapeError
+from dvc_perception.geometry.se3 import check_rigid_transform
 
 
 @dataclass(frozen=True)
@@ -77,24 +78,14 @@ class Frame:
 
 
 def check_pose(camera_to_world: np.ndarray, *, name: str = "camera pose") -> np.ndarray:
-    """`camera_to_world` as a (4, 4) float64 rigid transform.
+    """`camera_to_world` as a (4, 4) float64 rigid transform (`se3.check_rigid_transform`).
 
     Raises:
         ShapeError: not (4, 4).
         InputError: NaN/inf, a last row other than [0, 0, 0, 1], or a rotation part that is not
             a rotation (to 1e-3).
     """
-    T = np.asarray(camera_to_world, dtype=np.float64)
-    check_shape(T, "4,4", name=name)
-    if not np.all(np.isfinite(T)):
-        raise InputError(f"{name}: expected finite values, got NaN or inf")
-    if not np.allclose(T[3], [0.0, 0.0, 0.0, 1.0], atol=1e-9):
-        raise InputError(f"{name}: expected a last row [0, 0, 0, 1], got {T[3].tolist()}")
-    R = T[:3, :3]
-    if (np.abs(R.T @ R - np.eye(3)).max() > 1e-3) or abs(np.linalg.det(R) - 1.0) > 1e-3:
-        raise InputError(f"{name}: expected a rotation (orthonormal, det +1) in the upper-left "
-                         "3x3 block")
-    return T
+    return check_rigid_transform(camera_to_world, name)
 
 
 class KeyframeWindow:

@@ -33,9 +33,9 @@ import cv2
 import numpy as np
 
 from dvc_perception.config import MultiviewConfig
-from dvc_perception.errors import InputError, check_shape
+from dvc_perception.errors import InputError
 from dvc_perception.motion_depth.estimator import MotionDepthEstimator, MotionDepthSettings
-from dvc_perception.motion_depth.keyframes import KeyframeRule
+from dvc_perception.motion_depth.keyframes import KeyframeRule, check_pose
 from dvc_perception.motion_depth.pose_refine import PoseRefineSettings
 from dvc_perception.motion_depth.sweep import SweepSettings
 from dvc_perception.pipeline.sources import DepthSource
@@ -97,27 +97,6 @@ def pose_from_xyz_quaternion(values: tuple[float, ...] | np.ndarray) -> np.ndarr
     return T
 
 
-def check_rigid(T: np.ndarray, name: str = "camera pose") -> np.ndarray:
-    """`T` as a (4, 4) float64 rigid transform.
-
-    Raises:
-        ShapeError: not (4, 4).
-        InputError: NaN/inf, a last row other than [0, 0, 0, 1], or a rotation block that is
-            not a rotation to 1e-3 (orthonormal, det +1).
-    """
-    T = np.asarray(T, np.float64)
-    check_shape(T, "4,4", name=name)
-    if not np.all(np.isfinite(T)):
-        raise InputError(f"{name}: expected finite values, got NaN or inf")
-    if not np.allclose(T[3], [0.0, 0.0, 0.0, 1.0], atol=1e-9):
-        raise InputError(f"{name}: expected a last row [0, 0, 0, 1], got {T[3].tolist()}")
-    R = T[:3, :3]
-    if np.abs(R.T @ R - np.eye(3)).max() > 1e-3 or abs(np.linalg.det(R) - 1.0) > 1e-3:
-        raise InputError(f"{name}: expected a rotation (orthonormal, det +1) in the upper-left "
-                         "3x3 block")
-    return T
-
-
 def interpolate_pose(T0: np.ndarray, T1: np.ndarray, s: float) -> np.ndarray:
     """The pose (4, 4) a fraction `s` in [0, 1] of the way from `T0` to `T1`.
 
@@ -165,9 +144,9 @@ class CameraPoseBuffer:
         """Add the pose (4, 4) [m] at `stamp_ns` (a pose at a stamp already held replaces it).
 
         Raises:
-            InputError: not a rigid transform (`check_rigid`): the caller counts and skips it.
+            InputError: not a rigid transform (`check_pose`): the caller counts and skips it.
         """
-        T = check_rigid(T_world_pose, name=f"pose at {stamp_ns} ns").copy()
+        T = check_pose(T_world_pose, name=f"pose at {stamp_ns} ns").copy()
         with self._changed:
             i = bisect.bisect_left(self._stamps, stamp_ns)
             if i < len(self._stamps) and self._stamps[i] == stamp_ns:
@@ -292,7 +271,7 @@ class MultiviewDepth:
         status, detail, depth = DEPTH_NO_POSE, DEPTH_STATUS_NOTES[DEPTH_NO_POSE], None
         if camera_to_world is not None:
             try:
-                pose = check_rigid(camera_to_world)
+                pose = check_pose(camera_to_world)
             except InputError as err:
                 status, detail = DEPTH_BAD_POSE, str(err)
             else:

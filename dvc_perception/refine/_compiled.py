@@ -15,27 +15,16 @@ the signed position x along a line is ``x = n . (p - c)`` px, negative inside th
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Any
 
-import numba
 import numpy as np
 
-
-def _jit(fn: Callable[..., Any], **extra: Any) -> Any:
-    """Numba's njit, caching on disk where a location is writable (never failing without one)."""
-    options = {"nogil": True, "error_model": "numpy", **extra}
-    try:
-        return numba.njit(cache=True, **options)(fn)
-    except RuntimeError:  # "cannot cache function ...: no locator available"
-        return numba.njit(cache=False, **options)(fn)
-
+from dvc_perception.geometry.numba_jit import jit
 
 # ------------------------------------------------------------------------------------------
 # Contour extraction from a hard render
 
 
-@_jit
+@jit
 def boundary_pixels(mask):
     """Row-major indices (M,) int64 of mask pixels with a 4-neighbour outside the mask.
 
@@ -53,7 +42,7 @@ def boundary_pixels(mask):
     return out[:m]
 
 
-@_jit
+@jit
 def _march(mask, x, y, nx, ny, sign, inside, max_dist):
     """Whole pixels stepped from (x, y) along sign * n while the mask equals `inside`.
 
@@ -74,7 +63,7 @@ def _march(mask, x, y, nx, ny, sign, inside, max_dist):
     return d
 
 
-@_jit
+@jit
 def extract_contour(mask, face_buf, px, z, faces, K, R, t, n_points, radius, max_dist,
                     points_obj, normals_obj, inner_m, outer_m):
     """Sample up to `n_points` silhouette points of a render and lift them to the object frame.
@@ -170,7 +159,7 @@ def extract_contour(mask, face_buf, px, z, faces, K, R, t, n_points, radius, max
 # Correspondence lines
 
 
-@_jit
+@jit
 def project_lines(points_obj, normals_obj, inner_m, outer_m, R, t, K, width, height,
                   centres, normals, inner_px, outer_px, valid):
     """Line centres (projected contour points), 2D normals and inner / outer lengths in px.
@@ -205,13 +194,13 @@ def project_lines(points_obj, normals_obj, inner_m, outer_m, R, t, K, width, hei
         valid[i] = True
 
 
-@_jit
+@jit
 def _bin(image, yy, xx, shift, bins):
     return (((image[yy, xx, 0] >> shift) * bins + (image[yy, xx, 1] >> shift)) * bins
             + (image[yy, xx, 2] >> shift))
 
 
-@_jit
+@jit
 def line_samples(image, centres, normals, inner_px, outer_px, valid, offset_px, length_px,
                  shift, bins, fg_bins, fg_n, bg_bins, bg_n, hist_f, hist_b):
     """Colour bins of the pixels along each valid line, inside and outside the contour.
@@ -251,7 +240,7 @@ def line_samples(image, centres, normals, inner_px, outer_px, valid, offset_px, 
                     hist_b[b] += 1.0
 
 
-@_jit
+@jit
 def _sample(image, table, shift, bins, u, v, colour):
     """Bilinear foreground posterior at (u, v) px (0.5 outside the image).
 
@@ -284,7 +273,7 @@ def _sample(image, table, shift, bins, u, v, colour):
     return acc
 
 
-@_jit
+@jit
 def _local_table(i, centres, valid, radius, fg_bins, fg_n, bg_bins, bg_n, global_f,
                  global_b, kappa, hf, hb, table):
     """Foreground posterior per bin (table) from the lines within `radius` px of line i.
@@ -319,7 +308,7 @@ def _local_table(i, centres, valid, radius, fg_bins, fg_n, bg_bins, bg_n, global
         table[b] = pf / (pf + pb) if pf + pb > 0.0 else 0.5
 
 
-@_jit
+@jit
 def line_distributions(image, table, shift, bins, centres, normals, valid, scale, F, D,
                        amplitude, slope, min_p, radius, fg_bins, fg_n, bg_bins, bg_n,
                        global_f, global_b, kappa, edge_weight, mean_px, var_px, nll, ok):
@@ -423,7 +412,7 @@ def line_distributions(image, table, shift, bins, centres, normals, valid, scale
 # Gauss-Newton normal equations
 
 
-@_jit
+@jit
 def normal_equations(points_obj, R, t, K, centres, normals, mean_px, var_px, ok, huber,
                      H, g, J):
     """Normal equations of ``sum_i w_i (d_i - mean_i)^2 / var_i`` at the pose (R, t).

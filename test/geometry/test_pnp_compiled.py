@@ -375,7 +375,7 @@ def test_jit_without_a_cache_location_still_compiles(monkeypatch):
     import numba
     from numba.core import caching
 
-    from dvc_perception.geometry import pnp_compiled
+    from dvc_perception.geometry.numba_jit import jit
 
     impl = getattr(caching, "CacheImpl", None) or caching._CacheImpl  # numba >= 0.60 / older
     monkeypatch.setattr(impl, "_locator_classes", [])
@@ -385,4 +385,5 @@ def test_jit_without_a_cache_location_still_compiles(monkeypatch):
 
     with pytest.raises(RuntimeError):  # what numba does without a writable location
         numba.njit(cache=True)(twice)
-    assert pnp_compiled._jit(twice)(3) == 6
+    assert jit(twice)(3) == 6
+    assert jit(parallel=False)(twice)(4) == 8  # the decorator-with-options form
