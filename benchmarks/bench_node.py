@@ -42,13 +42,13 @@ os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(100, 199)))
 import rclpy  # noqa: E402
 from builtin_interfaces.msg import Time  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
-from geometry_msgs.msg import PoseArray  # noqa: E402
+from geometry_msgs.msg import PoseArray, PoseStamped  # noqa: E402
 from rclpy.context import Context  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data  # noqa: E402
 from scipy.spatial.transform import Rotation  # noqa: E402
-from sensor_msgs.msg import CameraInfo  # noqa: E402
+from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
 from dvc_perception.config import FiducialConfig  # noqa: E402
@@ -63,7 +63,11 @@ BOARDS = {
 }
 REPO = Path(__file__).resolve().parents[1]
 NETWORK_MODES = {"network_pose": "none", "network_pose_depth": "network",
-                 "network_pose_tracking": "none"}  # -> depth_source
+                 "network_pose_tracking": "none",
+                 "network_pose_multiview": "multiview"}  # -> depth_source
+#: network_pose_multiview: depth from motion on its own worker; the driver publishes a camera
+#: pose per frame moving 1 cm per frame (the image is static: the sweep's cost is the same).
+MULTIVIEW_STEP_M = 0.01
 #: network_pose_tracking: refinement on, tracking one object with detection every N frames.
 TRACKING = {"refine": {"enabled": True}, "tracking": {"enabled": True, "detect_every": 5}}
 MODES = (*BOARDS, *NETWORK_MODES)
@@ -151,7 +155,7 @@ def bench_overhead(mode: str, frames: int) -> dict[str, tuple[float, float]]:
 
 
 def bench_end_to_end(mode: str, seconds: float, rate: float) -> dict[str, float]:
-    """Cross-process latency and sustained rate."""
+    """Cross-process latency and sustained rate (and, with multiview depth, its counts)."""
     rgb, info = _frame(mode)
     params = {"perception_node": {"ros__parameters": {
         "diagnostics_period_s": 0.5, "pipeline": _pipeline_params(mode)}}}
@@ -162,7 +166,7 @@ def bench_end_to_end(mode: str, seconds: float, rate: float) -> dict[str, float]
             [sys.executable, "-m", "dvc_perception.ros.perception_node", "--ros-args",
              "--params-file", str(path), "--log-level", "warn"], env=dict(os.environ))
         try:
-            return _drive(rgb, info, seconds, rate)
+            return _drive(rgb, info, seconds, rate, NETWORK_MODES.get(mode) == "multiview")
         finally:
             proc.send_signal(signal.SIGINT)
             try:
@@ -171,7 +175,7 @@ def bench_end_to_end(mode: str, seconds: float, rate: float) -> dict[str, float]
                 proc.kill()
 
 
-def _drive(rgb, info, seconds: float, rate: float) -> dict[str, float]:
+def _drive(rgb, info, seconds: float, rate: float, camera_pose: bool) -> dict[str, float]:
     ctx = Context()
     rclpy.init(context=ctx)
     node = rclpy.create_node("bench_driver", context=ctx)
@@ -195,6 +199,10 @@ def _drive(rgb, info, seconds: float, rate: float) -> dict[str, float]:
     info_pub = node.create_publisher(CameraInfo, "camera_info", qos_profile_sensor_data)
     node.create_subscription(PoseArray, "/perception_node/poses", on_poses, reliable)
     node.create_subscription(DiagnosticArray, "/diagnostics", diags.append, reliable)
+    pose_pub = node.create_publisher(PoseStamped, "camera_pose", reliable) if camera_pose else None
+    depth_frames: list[float] = []
+    node.create_subscription(Image, "/perception_node/depth/image_raw",
+                             lambda _msg: depth_frames.append(time.monotonic()), reliable)
     try:
         deadline = time.monotonic() + 60.0
         while time.monotonic() < deadline and not (
@@ -205,6 +213,7 @@ def _drive(rgb, info, seconds: float, rate: float) -> dict[str, float]:
         for _phase, duration in (("warmup", 2.0), ("measure", seconds)):
             latency_ms.clear()
             received.clear()
+            depth_frames.clear()
             t_start = time.monotonic()
             n = 0
             while time.monotonic() - t_start < duration:
@@ -214,6 +223,11 @@ def _drive(rgb, info, seconds: float, rate: float) -> dict[str, float]:
                 msg = rgb_to_image_msg(rgb, Header(stamp=stamp, frame_id="camera_optical"))
                 info.header.stamp = stamp
                 sent[stamp_ns] = time.monotonic()
+                if pose_pub is not None:
+                    pose = PoseStamped(header=Header(stamp=stamp, frame_id="world"))
+                    pose.pose.position.x = MULTIVIEW_STEP_M * n
+                    pose.pose.orientation.w = 1.0
+                    pose_pub.publish(pose)
                 info_pub.publish(info)
                 image_pub.publish(msg)
                 next_t = t_start + n / rate
@@ -225,6 +239,7 @@ def _drive(rgb, info, seconds: float, rate: float) -> dict[str, float]:
                 executor.spin_once(timeout_sec=0.02)
         sent_rate = n / (t_end - t_start)
         in_window = [t for t in received if t_start <= t <= t_end]
+        depth_in_window = [t for t in depth_frames if t_start <= t <= t_end]
         values = {kv.key: kv.value for kv in diags[-1].status[0].values} if diags else {}
         p50, p95 = _pct(latency_ms) if latency_ms else (float("nan"), float("nan"))
         return {
@@ -235,6 +250,7 @@ def _drive(rgb, info, seconds: float, rate: float) -> dict[str, float]:
             "node_p50_ms": float(values.get("latency_p50_ms", "nan")),
             "node_p95_ms": float(values.get("latency_p95_ms", "nan")),
             "dropped_worker": float(values.get("dropped.worker", "nan")),
+            "depth_fps": len(depth_in_window) / (t_end - t_start),
             "frames": float(len(latency_ms)),
         }
     finally:
@@ -256,14 +272,17 @@ def main() -> int:
     args = parser.parse_args()
     rows = []
     for mode in args.mode or MODES:
-        o = bench_overhead(mode, args.frames)
+        # in process there is no camera pose topic: multiview's overhead row is not measured
+        o = (bench_overhead(mode, args.frames) if NETWORK_MODES.get(mode) != "multiview" else
+             dict.fromkeys(("convert_ms", "publish_ms", "overhead_ms", "pipeline_ms"),
+                           (float("nan"), float("nan"))))
         lat = bench_end_to_end(mode, args.seconds, args.latency_rate)
         sat = bench_end_to_end(mode, args.seconds, args.rate)
         rows.append((mode, o, lat, sat))
     print("| mode (640x480) | conversion ms p50/p95 | publish ms p50/p95 | node overhead ms "
           "p50/p95 | pipeline ms p50/p95 | e2e latency ms p50/p95 | node latency ms p50/p95 | "
-          "sustained frames/s (sent Hz) |")
-    print("|---|---|---|---|---|---|---|---|")
+          "sustained frames/s (sent Hz) | depth frames/s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for board, o, e, sat in rows:
         print(f"| {board} | {o['convert_ms'][0]:.2f} / {o['convert_ms'][1]:.2f} "
               f"| {o['publish_ms'][0]:.2f} / {o['publish_ms'][1]:.2f} "
@@ -271,7 +290,7 @@ def main() -> int:
               f"| {o['pipeline_ms'][0]:.1f} / {o['pipeline_ms'][1]:.1f} "
               f"| {e['e2e_p50_ms']:.1f} / {e['e2e_p95_ms']:.1f} "
               f"| {e['node_p50_ms']:.1f} / {e['node_p95_ms']:.1f} "
-              f"| {sat['sustained_fps']:.1f} ({sat['sent_hz']:.0f}) |")
+              f"| {sat['sustained_fps']:.1f} ({sat['sent_hz']:.0f}) | {sat['depth_fps']:.1f} |")
     print(f"\nlatency run at {args.latency_rate:g} Hz, throughput run at {args.rate:g} Hz, "
           f"{args.seconds:g} s each; in-process overhead over {args.frames} frames")
     return 0
