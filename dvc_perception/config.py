@@ -353,6 +353,7 @@ class TrackingConfig:
     runs every ``detect_every`` frames (every frame while nothing is tracked) and on any frame
     where a track's alignment cost exceeds ``max_cost``, which re-initialises the track or,
     without a detection of its object, ends it (reported lost, its pose no longer published).
+    A track's colour histograms persist across frames, updated at ``colour_learning_rate``.
     """
 
     enabled: bool = _f(
@@ -369,6 +370,10 @@ class TrackingConfig:
         "detection of its object, or lost (0.2-0.35: well aligned on clean renders, 0.4-0.8 "
         "on cluttered real images; log 2 = 0.69: colours no better than chance)",
         range=(0.0, 10.0), live=True,
+    )
+    colour_learning_rate: float = _f(
+        0.2, "weight of each frame's colour histograms in a track's running ones (SRT3D: 0.2); "
+        "a re-initialised track starts new ones", range=(0.01, 1.0), live=True,
     )
 
     def __post_init__(self) -> None:

@@ -45,7 +45,9 @@ whose refinement is unusable is not reported (nothing was measured in this frame
 ``pipeline.tracking.enabled`` (needs refinement) the pipeline keeps tracks between frames
 (`pipeline.tracking`): each track's last pose starts the next frame's refinement, the keypoint
 source runs every ``tracking.detect_every`` frames or when a track's cost passes
-``tracking.max_cost``, and tracks that end are reported in `FrameResult.lost`.
+``tracking.max_cost``, and tracks that end are reported in `FrameResult.lost`. Each track keeps
+its colour histograms across frames (`refine.ColourStatistics`, updated at
+``tracking.colour_learning_rate`` per frame); a detection that re-initialises a track drops them.
 """
 
 from __future__ import annotations
@@ -85,7 +87,13 @@ from dvc_perception.pipeline.multiview import DEPTH_OK, DepthEstimate, Multiview
 from dvc_perception.pipeline.pose import InitialPose, estimate_poses
 from dvc_perception.pipeline.sources import DepthSource, KeypointDetection, KeypointSource
 from dvc_perception.pipeline.tracking import LostTrack, Tracker
-from dvc_perception.refine import ContourModel, RefineSettings, build_contour_model, refine_pose
+from dvc_perception.refine import (
+    ColourStatistics,
+    ContourModel,
+    RefineSettings,
+    build_contour_model,
+    refine_pose,
+)
 from dvc_perception.render.mesh import Mesh
 
 #: What the refiner aligns per object: its mesh (``contour_source: render``) or its sparse
@@ -516,8 +524,8 @@ class Pipeline:
         w, h = check_frame(image_rgb, camera)
         lost: list[LostTrack] = []
         if initial_poses is not None:
-            poses = [p for p in self._refine_initial(initial_poses, image_rgb, camera)
-                     if p is not None and p.score >= self.config.min_score]
+            refined, _ = self._refine_initial(initial_poses, image_rgb, camera)
+            poses = [p for p in refined if p is not None and p.score >= self.config.min_score]
             stages = {"detect_ms": 0.0, "pnp_ms": 0.0,
                       "refine_ms": 1e3 * (time.perf_counter() - t0)}
         elif self.tracker is not None:
@@ -595,21 +603,28 @@ class Pipeline:
         min_score = self.config.min_score
         tracker.begin_frame(stamp)
         t0 = time.perf_counter()
-        followed = self._refine_initial(tracker.starts(), image_rgb, camera)
+        followed, colours = self._refine_initial(tracker.starts(), image_rgb, camera,
+                                                 tracker.colour_priors())
         stages = {"detect_ms": 0.0, "pnp_ms": 0.0, "refine_ms": 0.0,
                   "track_ms": 1e3 * (time.perf_counter() - t0)}
         detected = None
         if tracker.detection_due(followed, settings.detect_every, settings.max_cost, min_score):
             detected, detect_stages = self._detect(image_rgb, camera)
             stages.update(detect_stages)
-        poses, lost = tracker.update(followed, detected, settings.max_cost, min_score)
+        poses, lost = tracker.update(followed, detected, settings.max_cost, min_score, colours)
         return poses, lost, stages
 
     def _current_refine_settings(self) -> RefineSettings:
-        """`refine_settings` of the current ``config.refine`` (rebuilt when it changes)."""
+        """`refine_settings` of ``config.refine`` and ``tracking.colour_learning_rate``.
+
+        Rebuilt when either changes.
+        """
+        key = (self.config.refine, self.config.tracking.colour_learning_rate)
         cached = self._refine_settings
-        if cached is None or cached[0] != self.config.refine:
-            cached = (self.config.refine, refine_settings(self.config.refine))
+        if cached is None or cached[0] != key:
+            settings = dataclasses.replace(refine_settings(self.config.refine),
+                                           colour_learning_rate=key[1])
+            cached = (key, settings)
             self._refine_settings = cached
         return cached[1]
 
@@ -619,7 +634,7 @@ class Pipeline:
         chosen = [k for k, p in enumerate(poses) if p.object_id in self.refine_models]
         if not chosen:
             return poses
-        refined = self._align([poses[k] for k in chosen], image_rgb, camera)
+        refined, _ = self._align([poses[k] for k in chosen], image_rgb, camera)
         out = list(poses)
         for k, pose in zip(chosen, refined):
             if pose is not None:  # else the PnP pose, score and covariance stay
@@ -627,8 +642,12 @@ class Pipeline:
         return [p for p in out if p.score >= self.config.min_score]
 
     def _refine_initial(self, starts: Sequence[InitialPose], image_rgb: np.ndarray,
-                        camera: CameraModel) -> list[ObjectPose | None]:
-        """Each of `starts` refined (None where unusable), no `min_score` applied.
+                        camera: CameraModel,
+                        colour_priors: Sequence[ColourStatistics | None] | None = None
+                        ) -> tuple[list[ObjectPose | None], tuple[ColourStatistics | None, ...]]:
+        """Each of `starts` refined (None where unusable, no `min_score`), and its colours.
+
+        The colours: each refinement's final colour statistics (`_align`).
 
         Raises:
             ConfigError: refinement is off.
@@ -643,21 +662,25 @@ class Pipeline:
         return self._align([
             ObjectPose(s.object_id, np.asarray(s.R, np.float64), np.asarray(s.t, np.float64),
                        float(s.score), np.zeros((6, 6)), empty, 0, track_id=s.track_id)
-            for s in starts], image_rgb, camera)  # fmt: skip
+            for s in starts], image_rgb, camera, colour_priors)  # fmt: skip
 
-    def _align(self, poses: list[ObjectPose], image_rgb: np.ndarray, camera: CameraModel
-               ) -> list[ObjectPose | None]:
-        """`poses` after one batched `refine_pose`, None where the refinement is unusable.
+    def _align(self, poses: list[ObjectPose], image_rgb: np.ndarray, camera: CameraModel,
+               colour_priors: Sequence[ColourStatistics | None] | None = None
+               ) -> tuple[list[ObjectPose | None], tuple[ColourStatistics | None, ...]]:
+        """`poses` after one batched `refine_pose` (None: unusable), and their colours.
+
+        The colours: the refiner's final colour statistics per pose (`RefineResult.colours`).
 
         R, t and covariance become the refiner's, ``refine_cost`` its cost, the score is
         multiplied by ``exp(-refine.cost_weight * cost)``. Every object needs a refiner model.
+        `colour_priors`: `refine_pose`'s, one per pose (None: none).
         """
         if not poses:
-            return []
+            return [], ()
         settings = self._current_refine_settings()
         found = refine_pose(image_rgb, camera, [self.refine_models[p.object_id] for p in poses],
                             np.stack([p.R for p in poses]), np.stack([p.t for p in poses]),
-                            settings)  # fmt: skip
+                            settings, colour_priors)  # fmt: skip
         usable = found.usable(settings.min_lines).numpy()
         weight = self.config.refine.cost_weight
         return [None if not usable[b] else dataclasses.replace(
@@ -666,7 +689,7 @@ class Pipeline:
             covariance=found.covariance[b].numpy().astype(np.float64),
             score=pose.score * math.exp(-weight * float(found.cost[b])),
             refine_cost=float(found.cost[b]),
-        ) for b, pose in enumerate(poses)]  # fmt: skip
+        ) for b, pose in enumerate(poses)], found.colours  # fmt: skip
 
     def _estimate_pose(self, det: KeypointDetection, camera: CameraModel) -> list[ObjectPose]:
         """Robust weighted PnP of one detection: [pose], or [] when invalid or below min_score."""

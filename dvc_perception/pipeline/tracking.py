@@ -18,6 +18,14 @@
    reported for this frame but start nothing (a lost track's object may be found again later,
    under a new track id).
 
+Each track keeps its colour statistics (`refine.ColourStatistics`: foreground / background
+histograms) across frames, as SRT3D does: `Tracker.colour_priors` gives them to the next
+frame's refinement, which uses them and blends that frame's histograms in at
+``colour_learning_rate``; `Tracker.update` stores the result for a track that followed and kept
+its own pose. A track re-initialised by a detection, or a new one, starts without (the
+detection's pose may be off, and the old histograms belong to a pose that failed); a lost or
+reset track's are dropped with it.
+
 A lost track is reported once (`LostTrack`, in `FrameResult.lost`) and its pose never again:
 no stale pose is reported as current. Stamps going backwards (a bag played again) reset the
 tracks. Two tracks on one object are not merged.
@@ -34,6 +42,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from dvc_perception.pipeline.pose import InitialPose
+from dvc_perception.refine.region import ColourStatistics
 
 if TYPE_CHECKING:
     from dvc_perception.pipeline.pipeline import ObjectPose
@@ -64,6 +73,7 @@ class _Track:
     object_id: str
     R: np.ndarray
     t: np.ndarray
+    colours: ColourStatistics | None = None
 
 
 def follows(pose: ObjectPose | None, max_cost: float, min_score: float) -> bool:
@@ -112,6 +122,10 @@ class Tracker:
         """Each track's last pose, to refine in the new frame (score 1: alignment decides)."""
         return [InitialPose(k.object_id, k.R, k.t, 1.0, k.track_id) for k in self.tracks]
 
+    def colour_priors(self) -> list[ColourStatistics | None]:
+        """Each track's colour statistics (None: none yet), in the order of `starts`."""
+        return [k.colours for k in self.tracks]
+
     def detection_due(self, followed: Sequence[ObjectPose | None], detect_every: int,
                       max_cost: float, min_score: float) -> bool:
         """Whether the keypoint source runs on this frame.
@@ -127,7 +141,9 @@ class Tracker:
                 or not all(follows(p, max_cost, min_score) for p in followed))
 
     def update(self, followed: Sequence[ObjectPose | None], detected: Sequence[ObjectPose] | None,
-               max_cost: float, min_score: float) -> tuple[list[ObjectPose], list[LostTrack]]:
+               max_cost: float, min_score: float,
+               colours: Sequence[ColourStatistics | None] | None = None
+               ) -> tuple[list[ObjectPose], list[LostTrack]]:
         """The frame's poses and lost tracks; the tracks move on to this frame's poses.
 
         Args:
@@ -135,18 +151,26 @@ class Tracker:
             detected: the keypoint source's refined poses, None when it did not run.
             max_cost: ``pipeline.tracking.max_cost``.
             min_score: ``pipeline.min_score``.
+            colours: the final colour statistics of each of `followed`'s refinements
+                (`refine.RefineResult.colours`); kept by the tracks that follow with their own
+                pose. None: none (every track's are dropped).
 
         Raises:
-            ValueError: `followed` does not have one entry per track.
+            ValueError: `followed` (or `colours`) does not have one entry per track.
         """
         if len(followed) != len(self.tracks):
             raise ValueError(f"Tracker.update: expected {len(self.tracks)} followed poses (one "
                              f"per track), got {len(followed)}")
+        if colours is None:
+            colours = [None] * len(self.tracks)
+        if len(colours) != len(self.tracks):
+            raise ValueError(f"Tracker.update: expected {len(self.tracks)} colour statistics "
+                             f"(one per track), got {len(colours)}")
         pending = list(detected or [])
         poses: list[ObjectPose] = []
         lost: list[LostTrack] = []
         tracks: list[_Track] = []
-        for track, pose in zip(self.tracks, followed):
+        for track, pose, colour in zip(self.tracks, followed, colours):
             ok = follows(pose, max_cost, min_score)
             where = pose.t if ok and pose is not None else track.t
             match = self._take_nearest(track.object_id, where, pending)
@@ -154,6 +178,7 @@ class Tracker:
                 chosen: ObjectPose | None = pose
             elif match is not None and _trackable(match, max_cost):
                 chosen = dataclasses.replace(match, track_id=track.track_id)
+                colour = None  # re-initialised: new statistics from the detection's pose on
             else:
                 if match is not None:
                     pending.append(match)  # reported below, untracked
@@ -161,7 +186,7 @@ class Tracker:
                                       why_not_following(pose, max_cost, min_score)))
                 continue
             poses.append(chosen)
-            tracks.append(_Track(track.track_id, track.object_id, chosen.R, chosen.t))
+            tracks.append(_Track(track.track_id, track.object_id, chosen.R, chosen.t, colour))
         for det in pending:
             if _trackable(det, max_cost) and det.object_id in self.gates_m:
                 track_id = self._new_id()

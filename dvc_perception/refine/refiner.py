@@ -11,7 +11,8 @@ over segment scales (the pyramid: a segment of s pixels is one "pixel" of level 
    `contour.ContourModel`): N 3D points on the silhouette's rim with outward normals;
 2. correspondence lines through the projected points along their normals; foreground and
    background colour histograms from the inner and outer parts of the lines (`region`),
-   blended into the running ones at ``histogram_rate``;
+   blended into the running ones at ``histogram_rate`` (or, with an instance's prior colour
+   statistics from earlier frames, the prior held fixed; see below);
 3. per line, the distribution of the contour location under the smoothed step model, and its
    mean and variance (a Gaussian, the variance floored at ``min_sigma_px``);
 4. ``iterations`` Gauss-Newton steps on se(3) of ``sum_i (n_i . (pi(K (R X_i + t)) - c_i) -
@@ -22,6 +23,16 @@ The pose perturbation is PnP's: ``R <- exp([w]x) R``, ``t <- t + dt``, x = (dt, 
 (translation x, y, z in m, then rotation about the camera's x, y, z axes in rad), so the
 covariance, the inverse of the final (undamped) normal matrix, is in the order of
 `geometry.pnp.PnPResult.covariance`.
+
+Colour statistics across frames (SRT3D's tracking, IJCV 2022: histograms kept per object and
+updated once per frame with learning rates 0.2): given an instance's prior
+`region.ColourStatistics` (the ones a previous frame's `RefineResult.colours` returned), every
+correspondence iteration of the frame uses the prior histograms as they are (not re-estimated
+from the possibly-off initial pose), and at the returned pose this frame's histograms are
+blended in, ``h = (1 - colour_learning_rate) h_prior + colour_learning_rate h_frame``,
+foreground and background alike; the cost and covariance use the blended ones, and
+`RefineResult.colours` returns them. Without a prior the histograms start from this frame
+alone (as before priors existed: bit-identical results).
 
 Images are undistorted first when the camera has lens distortion. Instances are refined one at
 a time (no mutual occlusion is modelled).
@@ -50,7 +61,9 @@ from dvc_perception.refine.contour import (
 )
 from dvc_perception.refine.region import (
     ColourModel,
+    ColourStatistics,
     CorrespondenceLines,
+    blend_histograms,
     histogram_shift,
     line_statistics,
     project_lines,
@@ -92,7 +105,10 @@ class RefineSettings:
             global pair per instance.
         local_prior: pseudo-samples of the instance's global histograms added to each local one.
         histogram_rate: weight of the new histograms at each correspondence iteration after the
-            first, in (0, 1] (1: re-estimate from the current pose only).
+            first, in (0, 1] (1: re-estimate from the current pose only); without a prior only.
+        colour_learning_rate: with an instance's prior colour statistics, the weight of this
+            frame's histograms (at the returned pose) blended into the prior ones, in (0, 1]
+            (SRT3D: 0.2 for foreground and background).
         min_posterior: pixel posteriors are clamped to [min_posterior, 1 - min_posterior].
         min_continuous_segments: lines whose inside or outside stretch is shorter than this many
             segments are not fitted (the step model needs both sides).
@@ -127,6 +143,7 @@ class RefineSettings:
     local_radius_px: float = 0.0
     local_prior: float = 50.0
     histogram_rate: float = 0.5
+    colour_learning_rate: float = 0.2
     min_posterior: float = 0.02
     min_continuous_segments: float = 0.0
     damping_translation: float = 3.0e5
@@ -165,9 +182,10 @@ class RefineSettings:
             raise ConfigError(f"refine.histogram_bins: expected at most 64, got "
                               f"{self.histogram_bins}")
         histogram_shift(self.histogram_bins)
-        if not 0 < self.histogram_rate <= 1:
-            raise ConfigError(f"refine.histogram_rate: expected a value in (0, 1], got "
-                              f"{self.histogram_rate}")
+        for name in ("histogram_rate", "colour_learning_rate"):
+            value = getattr(self, name)
+            if not 0 < value <= 1:
+                raise ConfigError(f"refine.{name}: expected a value in (0, 1], got {value}")
         if not 0 <= self.min_posterior < 0.5:
             raise ConfigError(f"refine.min_posterior: expected a value in [0, 0.5), got "
                               f"{self.min_posterior}")
@@ -216,6 +234,9 @@ class RefineResult:
             as independent, so it is optimistic.
             Zero where the pose could not be refined.
         num_lines: (B,) int64 lines fitted at the final pose.
+        colours: B final colour statistics (`region.ColourStatistics`), the ones the cost was
+            evaluated with, to pass as the next frame's prior (None for an instance whose lines
+            never sampled both foreground and background).
     """
 
     R: Tensor
@@ -225,6 +246,7 @@ class RefineResult:
     converged: Tensor
     covariance: Tensor
     num_lines: Tensor
+    colours: tuple[ColourStatistics | None, ...] = ()
 
     def usable(self, min_lines: int) -> Tensor:
         """(B,) bool: a finite cost and pose and at least `min_lines` lines fitted at the end.
@@ -246,6 +268,7 @@ class _Outcome:
     converged: bool
     covariance: np.ndarray
     num_lines: int
+    colours: ColourStatistics | None
 
 
 # ------------------------------------------------------------------------------------------
@@ -317,6 +340,43 @@ def _checked_models(mesh: ObjectModel | Sequence[ObjectModel], batch: int
     return models
 
 
+def _checked_colour_priors(priors: Sequence[ColourStatistics | None] | None, batch: int,
+                           bins_per_channel: int) -> list[ColourStatistics | None]:
+    """One prior (or None) per instance, as sum-1 float64 histograms.
+
+    Raises:
+        ShapeError: not `batch` priors, or histograms not of length ``bins_per_channel^3``.
+        InputError: not `ColourStatistics`, or negative, non-finite or all-zero histograms.
+    """
+    if priors is None:
+        return [None] * batch
+    priors = list(priors)
+    if len(priors) != batch:
+        raise ShapeError(f"colour_priors: expected {batch} entries (one per pose, None for "
+                         f"none), got {len(priors)}")
+    nb = bins_per_channel ** 3
+    out: list[ColourStatistics | None] = []
+    for b, prior in enumerate(priors):
+        if prior is None:
+            out.append(None)
+            continue
+        if not isinstance(prior, ColourStatistics):
+            raise InputError(f"colour_priors[{b}]: expected ColourStatistics or None, got "
+                             f"{type(prior).__name__}")
+        hists = []
+        for name in ("foreground", "background"):
+            h = np.asarray(getattr(prior, name), dtype=np.float64)
+            if h.shape != (nb,):
+                raise ShapeError(f"colour_priors[{b}].{name}: expected shape ({nb},) "
+                                 f"(histogram_bins^3), got {h.shape}")
+            if not (np.isfinite(h).all() and (h >= 0).all() and h.sum() > 0):
+                raise InputError(f"colour_priors[{b}].{name}: expected finite counts >= 0 "
+                                 f"with a positive sum")
+            hists.append(h / h.sum())  # documented: counts or frequencies, used as frequencies
+        out.append(ColourStatistics(hists[0], hists[1]))
+    return out
+
+
 def undistort_image(image: np.ndarray, camera: CameraModel) -> np.ndarray:
     """The ideal pinhole image with the same K (bilinear), (H, W, 3) uint8.
 
@@ -344,7 +404,8 @@ def undistort_image(image: np.ndarray, camera: CameraModel) -> np.ndarray:
 
 def refine_pose(image: np.ndarray | Tensor, camera: CameraModel,
                 mesh: ObjectModel | Sequence[ObjectModel], R0: np.ndarray | Tensor,
-                t0: np.ndarray | Tensor, settings: RefineSettings = RefineSettings()  # noqa: B008
+                t0: np.ndarray | Tensor, settings: RefineSettings = RefineSettings(),  # noqa: B008
+                colour_priors: Sequence[ColourStatistics | None] | None = None
                 ) -> RefineResult:
     """Refine B object poses so that their projected outlines match the image.
 
@@ -358,6 +419,10 @@ def refine_pose(image: np.ndarray | Tensor, camera: CameraModel,
             `ROTATION_TOLERANCE` of a rotation, whose nearest rotation (SVD) is used.
         t0: (B, 3) or (3,) initial translations, m.
         settings: `RefineSettings`.
+        colour_priors: None, or one entry per pose: None (histograms from this frame alone) or
+            the instance's `region.ColourStatistics` from earlier frames (e.g. the previous
+            frame's `RefineResult.colours`; counts or frequencies, normalised to sum 1), used
+            and updated as the module docstring says.
 
     Returns:
         `RefineResult` (torch float64, CPU). An instance that cannot be refined (behind the
@@ -365,18 +430,20 @@ def refine_pose(image: np.ndarray | Tensor, camera: CameraModel,
         ``converged = False`` (``cost = inf`` where no line could be evaluated).
 
     Raises:
-        ShapeError: image, pose or model count of the wrong shape.
-        InputError: non-uint8 image, non-finite pose, R0 not a rotation.
+        ShapeError: image, pose, model or prior count of the wrong shape.
+        InputError: non-uint8 image, non-finite pose, R0 not a rotation, an invalid prior.
         MeshError: an empty mesh.
         EngineUnavailableError: numba is not installed.
     """
     img = _checked_image(image, camera)
     R, t = _checked_poses(R0, t0)
     models = _checked_models(mesh, R.shape[0])
+    priors = _checked_colour_priors(colour_priors, R.shape[0], settings.histogram_bins)
     kernels()
     img = undistort_image(img, camera)
     K = np.ascontiguousarray(camera.K.numpy())
-    outcomes = [_refine_one(img, K, m, R[b], t[b], settings) for b, m in enumerate(models)]
+    outcomes = [_refine_one(img, K, m, R[b], t[b], settings, priors[b])
+                for b, m in enumerate(models)]
     return RefineResult(
         R=torch.from_numpy(np.stack([o.R for o in outcomes])),
         t=torch.from_numpy(np.stack([o.t for o in outcomes])),
@@ -385,6 +452,7 @@ def refine_pose(image: np.ndarray | Tensor, camera: CameraModel,
         converged=torch.tensor([o.converged for o in outcomes], dtype=torch.bool),
         covariance=torch.from_numpy(np.stack([o.covariance for o in outcomes])),
         num_lines=torch.tensor([o.num_lines for o in outcomes], dtype=torch.int64),
+        colours=tuple(o.colours for o in outcomes),
     )
 
 
@@ -413,20 +481,42 @@ def exp_so3(w: np.ndarray) -> np.ndarray:
 
 
 class _Histograms:
-    """Running foreground / background colour frequencies of one instance."""
+    """Running foreground / background colour frequencies of one instance.
 
-    def __init__(self, settings: RefineSettings) -> None:
+    Without a prior, each `update` blends the new histograms in at ``histogram_rate``. With
+    one, the prior is used unchanged until the final update, which blends this frame's
+    histograms into it at ``colour_learning_rate`` (the module docstring).
+    """
+
+    def __init__(self, settings: RefineSettings, prior: ColourStatistics | None = None
+                 ) -> None:
         self.settings = settings
-        self.fg: np.ndarray | None = None
-        self.bg: np.ndarray | None = None
+        self.prior = prior
+        self.fg: np.ndarray | None = None if prior is None else prior.foreground
+        self.bg: np.ndarray | None = None if prior is None else prior.background
 
-    def update(self, image: np.ndarray, lines: CorrespondenceLines) -> ColourModel:
-        """Blend in the colours along `lines` and return the colour model for them."""
+    def statistics(self) -> ColourStatistics | None:
+        """The current histograms (None before any were sampled)."""
+        if self.fg is None or self.bg is None:
+            return None
+        return ColourStatistics(self.fg, self.bg)
+
+    def update(self, image: np.ndarray, lines: CorrespondenceLines, final: bool = False
+               ) -> ColourModel:
+        """Blend in the colours along `lines` and return the colour model for them.
+
+        `final`: the update at the returned pose (the only one that changes a prior).
+        """
         s = self.settings
         samples = sample_lines(image, lines, s.histogram_bins, s.histogram_offset_px,
                                s.histogram_length_px)
         hf, hb = samples.fg_counts, samples.bg_counts
-        if hf.sum() > 0 and hb.sum() > 0:
+        if self.prior is not None:
+            if final and hf.sum() > 0 and hb.sum() > 0:
+                a = s.colour_learning_rate
+                self.fg = blend_histograms(self.prior.foreground, hf, a)
+                self.bg = blend_histograms(self.prior.background, hb, a)
+        elif hf.sum() > 0 and hb.sum() > 0:
             hf, hb = hf / hf.sum(), hb / hb.sum()
             if self.fg is None or self.bg is None:
                 self.fg, self.bg = hf, hb
@@ -451,11 +541,12 @@ def _fit_mask(lines: CorrespondenceLines, scale: int, settings: RefineSettings
 
 
 def _refine_one(image: np.ndarray, K: np.ndarray, model: ObjectModel, R: np.ndarray,
-                t: np.ndarray, settings: RefineSettings) -> _Outcome:
+                t: np.ndarray, settings: RefineSettings, colour_prior: ColourStatistics | None
+                ) -> _Outcome:
     ker = kernels()
     H_img, W_img = image.shape[:2]
     s = settings
-    hist = _Histograms(s)
+    hist = _Histograms(s, colour_prior)
     damping = np.array([s.damping_translation] * 3 + [s.damping_rotation] * 3)
     ray = t / max(float(np.linalg.norm(t)), 1e-12)
     prior = (np.outer(ray, ray) / (s.depth_prior * float(np.linalg.norm(t))) ** 2
@@ -472,7 +563,7 @@ def _refine_one(image: np.ndarray, K: np.ndarray, model: ObjectModel, R: np.ndar
                 for level, scale in enumerate(s.scales)]
     for p, level, scale in schedule:
         if p > 0 and level == 0:  # a new pass: colour statistics from the improved pose only
-            hist = _Histograms(s)
+            hist = _Histograms(s, colour_prior)  # (a prior is kept: it is not this frame's)
         contour = _contour_at(model, R, t, K, s)
         lines = project_lines(contour, R, t, K, W_img, H_img)
         colours = hist.update(image, lines)
@@ -520,7 +611,7 @@ def _final_outcome(image: np.ndarray, K: np.ndarray, model: ObjectModel, R: np.n
     H_img, W_img = image.shape[:2]
     contour = _contour_at(model, R, t, K, s)
     lines = project_lines(contour, R, t, K, W_img, H_img)
-    colours = hist.update(image, lines)
+    colours = hist.update(image, lines, final=True)
     scale = s.scales[-1]
     fit = _fit_mask(lines, scale, s)
     stats = line_statistics(image, colours, fit, scale, s.function_length,
@@ -537,7 +628,7 @@ def _final_outcome(image: np.ndarray, K: np.ndarray, model: ObjectModel, R: np.n
     cov = _covariance(Hm) if used >= 6 else np.zeros((6, 6))
     return _Outcome(R=R, t=t, cost=cost, iterations=iterations,
                     converged=bool(converged and used >= s.min_lines),
-                    covariance=cov, num_lines=int(used))
+                    covariance=cov, num_lines=int(used), colours=hist.statistics())
 
 
 def _covariance(H: np.ndarray) -> np.ndarray:

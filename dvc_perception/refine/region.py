@@ -186,6 +186,36 @@ class ColourModel:
         return posterior_table(self.foreground, self.background, prior_count=1e-3)
 
 
+@dataclass(frozen=True)
+class ColourStatistics:
+    """An instance's foreground / background colour histograms, carried from frame to frame.
+
+    What `refiner.refine_pose` takes as a prior per instance and returns per instance (the
+    SRT3D tracker's persistent colour histograms: Stoiber et al., IJCV 2022).
+
+    Attributes:
+        foreground: (B^3,) float64 foreground colour frequencies (sum 1), B bins per channel.
+        background: (B^3,) float64 background colour frequencies (sum 1).
+    """
+
+    foreground: np.ndarray
+    background: np.ndarray
+
+
+def blend_histograms(prior: np.ndarray, counts: np.ndarray, rate: float) -> np.ndarray:
+    """``(1 - rate) * prior + rate * counts / counts.sum()``: a running histogram's update.
+
+    Args:
+        prior: (B^3,) frequencies (sum 1).
+        counts: (B^3,) new counts (sum > 0).
+        rate: learning rate in (0, 1].
+
+    Returns:
+        (B^3,) float64 frequencies (sum 1).
+    """
+    return (1.0 - rate) * prior + rate * (counts / counts.sum())
+
+
 def line_statistics(image: np.ndarray, colours: ColourModel, lines: CorrespondenceLines,
                     scale: int, function_length: int, distribution_length: int,
                     amplitude: float, slope: float, min_posterior: float,

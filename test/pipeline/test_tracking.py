@@ -10,6 +10,8 @@ object is not in the image; it counts its calls.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
@@ -17,9 +19,10 @@ from scipy.spatial.transform import Rotation
 from dvc_perception.config import PipelineConfig
 from dvc_perception.errors import ConfigError
 from dvc_perception.geometry.metrics import add_error
-from dvc_perception.pipeline.pipeline import ObjectPose, Pipeline
+from dvc_perception.pipeline.pipeline import ObjectPose, Pipeline, refine_settings
 from dvc_perception.pipeline.sources import KeypointDetection
 from dvc_perception.pipeline.tracking import Tracker
+from dvc_perception.refine import ColourStatistics, refine_pose
 
 pytest.importorskip("numba")
 
@@ -73,6 +76,40 @@ def test_tracker_detection_outside_the_gate_starts_a_new_track_and_stamps_back_r
     assert sorted((p.object_id, p.track_id) for p in poses) == [("a", 2), ("b", 1)]
     tracker.begin_frame(0.5)  # a bag played again
     assert tracker.starts() == [] and tracker.frames_since_detection is None
+
+
+def _colours(k: int) -> ColourStatistics:
+    return ColourStatistics(np.full(8, float(k)), np.full(8, float(k) + 0.5))
+
+
+def test_tracker_keeps_colours_while_following_and_drops_them_on_reinitialisation():
+    tracker = Tracker({"a": 0.1, "b": 0.1})
+    tracker.begin_frame(0.0)
+    tracker.update([], [_pose(0.0, 0.3), _pose(0.05, 0.3, "b")], 0.6, 0.5)
+    assert tracker.colour_priors() == [None, None]  # new tracks: none yet
+    c1, c2, c3 = _colours(1), _colours(2), _colours(3)
+    tracker.begin_frame(1.0)
+    tracker.update([_pose(0.0, 0.3, track_id=0), _pose(0.05, 0.3, "b", 1)], None, 0.6, 0.5,
+                   [c1, c2])
+    assert tracker.colour_priors() == [c1, c2]  # both followed: kept, in starts' order
+    tracker.begin_frame(2.0)  # "a" fails and is re-initialised; "b" is corrected by a better
+    poses, lost = tracker.update(  # detection: both restart; a worse detection is absorbed
+        [_pose(0.0, 0.9, track_id=0), _pose(0.05, 0.3, "b", 1)],
+        [_pose(0.01, 0.3), _pose(0.06, 0.2, "b")], 0.6, 0.5, [c3, c3])
+    assert [p.track_id for p in poses] == [0, 1] and not lost
+    assert tracker.colour_priors() == [None, None]
+    tracker.begin_frame(3.0)
+    tracker.update([_pose(0.01, 0.3, track_id=0), _pose(0.06, 0.3, "b", 1)],
+                   [_pose(0.011, 0.35), _pose(0.061, 0.35, "b")], 0.6, 0.5, [c1, c2])
+    assert tracker.colour_priors() == [c1, c2]  # followed through a detection frame: kept
+    tracker.begin_frame(4.0)  # "a" lost, "b" followed without statistics (refiner had none)
+    poses, lost = tracker.update([None, _pose(0.06, 0.3, "b", 1)], [], 0.6, 0.5, [c3, None])
+    assert [x.track_id for x in lost] == [0] and tracker.colour_priors() == [None]
+    with pytest.raises(ValueError, match="colour statistics"):
+        tracker.update([_pose(0.06, 0.3, "b", 1)], None, 0.6, 0.5, [c1, c2])
+    tracker.update([_pose(0.06, 0.3, "b", 1)], None, 0.6, 0.5, [c1])
+    tracker.begin_frame(0.5)  # stamps back: reset, statistics go with the tracks
+    assert tracker.colour_priors() == []
 
 
 def test_tracking_needs_refinement():
@@ -137,6 +174,35 @@ def test_tracker_follows_a_moving_object_detecting_every_fifth_frame(tracking_sc
     assert source.calls == 3  # frames 0, 5, 10: the tracks never failed
     assert track_ids == {0}
     assert max(errors) < 0.1 * tracking_scene.diameter_m, errors
+
+
+def test_pipeline_passes_each_tracks_colours_to_the_next_refinement(tracking_scene):
+    pipeline, source = _pipeline(tracking_scene, 5)
+    rate = pipeline.config.tracking.colour_learning_rate
+    settings = dataclasses.replace(refine_settings(pipeline.config.refine),
+                                   colour_learning_rate=rate)
+    mesh, cam = tracking_scene.mesh, tracking_scene.camera
+    previous = None
+    for k in range(3):
+        source.truth = R, t = _path(k)
+        image = tracking_scene.render(R, t, seed=k)
+        start = pipeline.tracker.starts()
+        prior = pipeline.tracker.colour_priors()
+        (pose,) = pipeline.process(image, cam, 0.1 * k).poses
+        (stored,) = pipeline.tracker.colour_priors()
+        if k == 0:  # detected: the new track has no statistics yet
+            assert start == [] and stored is None
+            continue
+        # the same refinement by hand, with the prior the tracker held
+        want = refine_pose(image, cam, mesh, start[0].R, start[0].t, settings,
+                           colour_priors=prior)
+        np.testing.assert_array_equal(pose.R, want.R[0].numpy())
+        np.testing.assert_array_equal(stored.foreground, want.colours[0].foreground)
+        assert (prior[0] is None) == (k == 1)
+        if previous is not None:  # blended into the previous frame's at the learning rate
+            assert np.abs(stored.foreground - previous.foreground).max() > 0
+            assert (stored.foreground >= (1 - rate) * previous.foreground - 1e-15).all()
+        previous = stored
 
 
 def test_track_is_lost_when_the_object_is_replaced_by_background(tracking_scene):

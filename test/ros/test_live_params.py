@@ -290,11 +290,16 @@ def test_tracking_settings_apply_live_and_enabled_is_read_at_configure(ctx):
     try:
         assert node.pipeline.tracker is None
         for name, value in (("pipeline.tracking.detect_every", 2),
-                            ("pipeline.tracking.max_cost", 0.4)):
+                            ("pipeline.tracking.max_cost", 0.4),
+                            ("pipeline.tracking.colour_learning_rate", 0.35)):
             result = _set(node, name, value)
             assert result.successful, result.reason
         tracking = node.pipeline.config.tracking
-        assert (tracking.detect_every, tracking.max_cost) == (2, 0.4)
+        assert (tracking.detect_every, tracking.max_cost, tracking.colour_learning_rate) == (
+            2, 0.4, 0.35)
+        assert node.pipeline._current_refine_settings().colour_learning_rate == 0.35
+        result = _set(node, "pipeline.tracking.colour_learning_rate", 0.0)
+        assert not result.successful and "colour_learning_rate" in result.reason
         result = _set(node, "pipeline.tracking.enabled", True)
         assert not result.successful and "read at configure" in result.reason, result.reason
         result = _set(node, "pipeline.tracking.detect_every", 0)
@@ -315,7 +320,8 @@ def test_descriptors_say_when_a_change_takes_effect():
     assert {"pipeline.min_score", "pipeline.network.min_objectness", "publish_tf", "tf_prefix",
             "diagnostics_period_s", "warn_throttle_s", "pipeline.refine.iterations",
             "pipeline.refine.pyramid_levels", "pipeline.refine.cost_weight",
-            "pipeline.tracking.detect_every", "pipeline.tracking.max_cost"} <= live
+            "pipeline.tracking.detect_every", "pipeline.tracking.max_cost",
+            "pipeline.tracking.colour_learning_rate"} <= live
     assert not live & {"pipeline.network.model_path", "pipeline.network.backend",
                        "pipeline.network.precision", "pipeline.network.device",
                        "pipeline.keypoint_source", "image_transport", "reliable_inputs",
