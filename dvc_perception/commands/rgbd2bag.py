@@ -8,7 +8,7 @@ import argparse
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `rgbd2bag`."""
-    parser.add_argument("seq_dir", help="7-Scenes (frame-XXXXXX.color/depth/pose files) or TUM "
+    parser.add_argument("seq_dir", help="7-Scenes (frame-NNNNNN.color/depth/pose files) or TUM "
                         "RGB-D (rgb.txt, depth.txt, groundtruth.txt) folder, e.g. "
                         "../shared/data/rgbd_kitchen")  # fmt: skip
     parser.add_argument("-o", "--output", required=True, help="output bag directory")

@@ -1,9 +1,9 @@
 # Copyright 2026 dvc_perception authors. Licensed under the Apache License, Version 2.0.
 """RGB-D sequences with camera poses: the 7-Scenes layout and the TUM RGB-D layout.
 
-7-Scenes (Shotton et al. 2013; also andyzeng's tsdf-fusion): ``frame-XXXXXX.color.jpg`` (or
-``.color.png``), ``frame-XXXXXX.depth.png`` (uint16 mm, 0 = no measurement; the raw dataset
-also marks invalid pixels 65535), ``frame-XXXXXX.pose.txt`` (4x4 camera-to-world, metres) and
+7-Scenes (Shotton et al. 2013; also andyzeng's tsdf-fusion), N a digit:
+``frame-NNNNNN.color.jpg`` (or ``.color.png``), ``frame-NNNNNN.depth.png`` (uint16 mm, 0 = no measurement; the raw dataset
+also marks invalid pixels 65535), ``frame-NNNNNN.pose.txt`` (4x4 camera-to-world, metres) and
 ``camera-intrinsics.txt`` (3x3 K). It has no time stamps: frame number ``n`` is stamped
 ``1 s + n / rate_hz`` (`bop_frame_stamp_ns`, as `bop2bag` stamps), so a stride keeps the true
 time between the frames kept.
@@ -55,7 +55,7 @@ class RgbdFrame:
     """One frame of a sequence: where its images are, its stamp and the camera pose.
 
     Attributes:
-        number: 7-Scenes frame number (``frame-XXXXXX``); TUM: index in rgb.txt (time order).
+        number: 7-Scenes frame number (``frame-NNNNNN``); TUM: index in rgb.txt (time order).
         stamp_ns: header stamp [ns] of every message of the frame.
         color_path: colour image (8-bit, any format OpenCV reads).
         depth_path: depth PNG (uint16, registered to the colour image).
@@ -139,7 +139,7 @@ def read_rgbd_sequence(
         return _read_tum(root, intrinsics, (start, stride, max_frames),
                          DEFAULT_MAX_DT_S if max_dt_s is None else max_dt_s)
     if max_dt_s is not None:
-        raise ConfigError(f"{root} is a 7-Scenes sequence (frame-XXXXXX files): it has no "
+        raise ConfigError(f"{root} is a 7-Scenes sequence (frame-NNNNNN files): it has no "
                           "time stamps to associate, a time tolerance does not apply")
     return _read_7scenes(root, intrinsics, (start, stride, max_frames),
                          DEFAULT_RATE_HZ if rate_hz is None else rate_hz)
@@ -165,7 +165,7 @@ def _read_7scenes(root: Path, intrinsics: str | Path | None,
             entry[kind] = path
     if not files:
         raise InputError(
-            f"{root} is not an RGB-D sequence: expected frame-XXXXXX.color.jpg|color.png, "
+            f"{root} is not an RGB-D sequence: expected frame-NNNNNN.color.jpg|color.png, "
             ".depth.png and .pose.txt files with camera-intrinsics.txt (7-Scenes), or rgb.txt, "
             "depth.txt and groundtruth.txt (TUM RGB-D)"
         )

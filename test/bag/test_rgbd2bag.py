@@ -339,7 +339,7 @@ def test_frames_outside_the_selection_are_not_read(tmp_path):
     ({"start": -1}, "start >= 0"),
     ({"max_frames": 0}, "max_frames >= 1"),
     ({"rate_hz": 0.0}, "rate_hz must be a finite number > 0"),
-    ({"max_dt_s": 0.02}, "7-Scenes sequence (frame-XXXXXX files): it has no time stamps"),
+    ({"max_dt_s": 0.02}, "7-Scenes sequence (frame-NNNNNN files): it has no time stamps"),
     ({"frame_id": " "}, "frame_id must name a TF frame"),
     ({"world_frame": ""}, "world_frame must name a TF frame"),
 ])
