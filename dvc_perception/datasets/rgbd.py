@@ -2,9 +2,9 @@
 """RGB-D sequences with camera poses: the 7-Scenes layout and the TUM RGB-D layout.
 
 7-Scenes (Shotton et al. 2013; also andyzeng's tsdf-fusion), N a digit:
-``frame-NNNNNN.color.jpg`` (or ``.color.png``), ``frame-NNNNNN.depth.png`` (uint16 mm, 0 = no measurement; the raw dataset
-also marks invalid pixels 65535), ``frame-NNNNNN.pose.txt`` (4x4 camera-to-world, metres) and
-``camera-intrinsics.txt`` (3x3 K). It has no time stamps: frame number ``n`` is stamped
+``frame-NNNNNN.color.jpg`` (or ``.color.png``), ``frame-NNNNNN.depth.png`` (uint16 mm, 0 = no
+measurement; the raw dataset also marks invalid pixels 65535), ``frame-NNNNNN.pose.txt`` (4x4
+camera-to-world, metres) and ``camera-intrinsics.txt`` (3x3 K). It has no time stamps: frame number ``n`` is stamped
 ``1 s + n / rate_hz`` (`bop_frame_stamp_ns`, as `bop2bag` stamps), so a stride keeps the true
 time between the frames kept.
 
