@@ -4,9 +4,9 @@
 7-Scenes (Shotton et al. 2013; also andyzeng's tsdf-fusion), N a digit:
 ``frame-NNNNNN.color.jpg`` (or ``.color.png``), ``frame-NNNNNN.depth.png`` (uint16 mm, 0 = no
 measurement; the raw dataset also marks invalid pixels 65535), ``frame-NNNNNN.pose.txt`` (4x4
-camera-to-world, metres) and ``camera-intrinsics.txt`` (3x3 K). It has no time stamps: frame number ``n`` is stamped
-``1 s + n / rate_hz`` (`bop_frame_stamp_ns`, as `bop2bag` stamps), so a stride keeps the true
-time between the frames kept.
+camera-to-world, metres) and ``camera-intrinsics.txt`` (3x3 K). It has no time stamps: frame
+number ``n`` is stamped ``1 s + n / rate_hz`` (`bop_frame_stamp_ns`, as `bop2bag` stamps), so a
+stride keeps the true time between the frames kept.
 
 TUM RGB-D (Sturm et al. 2012): ``rgb.txt`` and ``depth.txt`` (``timestamp path`` lines),
 ``groundtruth.txt`` (``timestamp tx ty tz qx qy qz qw``, the colour camera's optical frame in
