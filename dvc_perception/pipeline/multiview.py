@@ -31,9 +31,11 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import torch
 
 from dvc_perception.config import MultiviewConfig
 from dvc_perception.errors import InputError
+from dvc_perception.geometry.so3 import quaternion_to_matrix
 from dvc_perception.motion_depth.estimator import MotionDepthEstimator, MotionDepthSettings
 from dvc_perception.motion_depth.keyframes import KeyframeRule, check_pose
 from dvc_perception.motion_depth.pose_refine import PoseRefineSettings
@@ -88,11 +90,8 @@ def pose_from_xyz_quaternion(values: tuple[float, ...] | np.ndarray) -> np.ndarr
     if v.shape != (7,) or not np.all(np.isfinite(v)) or np.linalg.norm(v[3:]) == 0.0:
         raise InputError(f"pose: expected 7 finite numbers x y z qx qy qz qw with a non-zero "
                          f"quaternion, got {v.tolist()}")
-    x, y, z, w = v[3:] / np.linalg.norm(v[3:])
     T = np.eye(4)
-    T[:3, :3] = [[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-                 [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-                 [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]]
+    T[:3, :3] = quaternion_to_matrix(torch.as_tensor(v[3:])).numpy()
     T[:3, 3] = v[:3]
     return T
 

@@ -23,8 +23,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
 from dvc_perception.errors import InputError
+from dvc_perception.geometry.so3 import quaternion_to_matrix
 
 #: How long dynamic samples are kept, behind the newest one of their link (tf2's default).
 DEFAULT_CACHE_S = 10.0
@@ -35,13 +37,8 @@ class TransformUnavailable(InputError):
 
 
 def quaternion_xyzw_to_matrix(q: np.ndarray) -> np.ndarray:
-    """(4,) quaternion (x, y, z, w), normalised here -> (3, 3) rotation."""
-    x, y, z, w = np.asarray(q, np.float64) / np.linalg.norm(q)
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-    ])
+    """(4,) quaternion (x, y, z, w), normalised here -> (3, 3) rotation (`so3`'s, in numpy)."""
+    return quaternion_to_matrix(torch.as_tensor(np.asarray(q, np.float64))).numpy()
 
 
 def slerp_xyzw(q0: np.ndarray, q1: np.ndarray, s: float) -> np.ndarray:
