@@ -310,7 +310,7 @@ class PerceptionNode(LifecycleNode):
             ))  # fmt: skip
         if isinstance(self.pipeline.depth_source, MultiviewDepth):
             self._depth_worker = KeepLatestWorker(
-                self._work_depth, maxsize=1, on_error=self._on_worker_error,
+                self.handle_depth, maxsize=1, on_error=self._on_worker_error,
                 name="dvc-perception-depth",
             )  # fmt: skip
             self._depth_worker.start()
@@ -451,9 +451,6 @@ class PerceptionNode(LifecycleNode):
     def _work(self, item: tuple[Any, CameraInfo, float]) -> None:
         image_msg, info, received = item
         self.handle_frame(image_msg, info, received)
-
-    def _work_depth(self, outputs: FrameOutputs) -> None:
-        self.handle_depth(outputs)
 
     def _on_worker_error(self, err: BaseException) -> None:
         self.stats.error("pipeline", f"{type(err).__name__}: {err}")
