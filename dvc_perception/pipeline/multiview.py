@@ -7,9 +7,9 @@
   frames (`motion_depth.MotionDepthEstimator`) and reports why a frame has no depth
   (`DepthEstimate.status`). With ``fallback: network`` such a frame gets the depth network's.
 - `CameraPoseBuffer`: stamped camera poses (a PoseStamped topic), thread-safe, looked up at an
-  image stamp: linear interpolation of the translation and slerp of the rotation between the
-  two poses around the stamp, never extrapolated, refused across a gap wider than
-  ``max_pose_gap_s``.
+  image stamp (`geometry.stamped.StampedTransforms`): linear interpolation of the translation
+  and slerp of the rotation between the two poses around the stamp, never extrapolated, refused
+  across a gap wider than ``max_pose_gap_s``.
 
 Depth statuses (`FrameResult.depth_status`, ``depth.<status>`` on /diagnostics): ``ok``;
 ``first_frame`` and ``no_motion`` (no earlier frame far enough: the first frame of a window, a
@@ -23,7 +23,6 @@ ROS-free: the node converts messages and calls these.
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 import threading
 import time
@@ -36,6 +35,14 @@ import torch
 from dvc_perception.config import MultiviewConfig
 from dvc_perception.errors import InputError
 from dvc_perception.geometry.so3 import quaternion_to_matrix
+from dvc_perception.geometry.stamped import (
+    AFTER,
+    BEFORE,
+    EMPTY,
+    SampleUnavailable,
+    StampedTransforms,
+    wait_for_sample,
+)
 from dvc_perception.motion_depth.estimator import MotionDepthEstimator, MotionDepthSettings
 from dvc_perception.motion_depth.keyframes import KeyframeRule, check_pose
 from dvc_perception.motion_depth.pose_refine import PoseRefineSettings
@@ -96,20 +103,6 @@ def pose_from_xyz_quaternion(values: tuple[float, ...] | np.ndarray) -> np.ndarr
     return T
 
 
-def interpolate_pose(T0: np.ndarray, T1: np.ndarray, s: float) -> np.ndarray:
-    """The pose (4, 4) a fraction `s` in [0, 1] of the way from `T0` to `T1`.
-
-    Translation linear, rotation along the geodesic (slerp: ``R0 exp(s log(R0^T R1))``).
-    """
-    R0, R1 = T0[:3, :3], T1[:3, :3]
-    rvec, _ = cv2.Rodrigues(R0.T @ R1)
-    dR, _ = cv2.Rodrigues(s * rvec)
-    T = np.eye(4)
-    T[:3, :3] = R0 @ dR
-    T[:3, 3] = (1.0 - s) * T0[:3, 3] + s * T1[:3, 3]
-    return T
-
-
 class PoseUnavailable(InputError):
     """No camera pose at an image stamp.
 
@@ -124,20 +117,20 @@ class _NotYet(PoseUnavailable):
 class CameraPoseBuffer:
     """Stamped poses of one moving frame in a fixed world frame, looked up at a stamp.
 
+    Thread-safe; the poses are a `geometry.stamped.StampedTransforms`.
+
     Args:
         max_age_s: poses older than this behind the newest one are dropped [s]; None keeps
             every pose (a bag replay, which loads all of them first).
     """
 
     def __init__(self, max_age_s: float | None = DEFAULT_POSE_CACHE_S) -> None:
-        self._max_age_ns = None if max_age_s is None else int(max_age_s * 1e9)
-        self._stamps: list[int] = []
-        self._poses: list[np.ndarray] = []
+        self._poses = StampedTransforms(None if max_age_s is None else int(max_age_s * 1e9))
         self._changed = threading.Condition()
 
     def __len__(self) -> int:
         with self._changed:
-            return len(self._stamps)
+            return len(self._poses)
 
     def add(self, stamp_ns: int, T_world_pose: np.ndarray) -> None:
         """Add the pose (4, 4) [m] at `stamp_ns` (a pose at a stamp already held replaces it).
@@ -145,22 +138,15 @@ class CameraPoseBuffer:
         Raises:
             InputError: not a rigid transform (`check_pose`): the caller counts and skips it.
         """
-        T = check_pose(T_world_pose, name=f"pose at {stamp_ns} ns").copy()
+        T = check_pose(T_world_pose, name=f"pose at {stamp_ns} ns")
         with self._changed:
-            i = bisect.bisect_left(self._stamps, stamp_ns)
-            if i < len(self._stamps) and self._stamps[i] == stamp_ns:
-                self._poses[i] = T
-            else:
-                self._stamps.insert(i, stamp_ns)
-                self._poses.insert(i, T)
-            if self._max_age_ns is not None:
-                keep = bisect.bisect_left(self._stamps, self._stamps[-1] - self._max_age_ns)
-                if keep:
-                    del self._stamps[:keep], self._poses[:keep]
+            self._poses.insert(stamp_ns, T[:3, :3], T[:3, 3])
             self._changed.notify_all()
 
     def lookup(self, stamp_ns: int, max_gap_s: float, timeout_s: float = 0.0) -> np.ndarray:
         """The pose (4, 4) at `stamp_ns`, interpolated between the poses around it.
+
+        Translation linear, rotation along the geodesic (slerp), never extrapolated.
 
         Args:
             stamp_ns: the image stamp [ns].
@@ -171,38 +157,31 @@ class CameraPoseBuffer:
         Raises:
             PoseUnavailable: naming the stamp and the poses' coverage.
         """
-        deadline = time.monotonic() + timeout_s
-        with self._changed:
-            while True:
-                try:
-                    return self._lookup(stamp_ns, int(round(max_gap_s * 1e9)))
-                except _NotYet as err:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0 or not self._changed.wait(remaining):
-                        raise PoseUnavailable(f"{err} (waited {timeout_s:g} s)") from None
+        max_gap_ns = int(round(max_gap_s * 1e9))
+        return wait_for_sample(self._changed, lambda: self._lookup(stamp_ns, max_gap_ns),
+                               timeout_s, retry_on=_NotYet, give_up=PoseUnavailable)
 
     def _lookup(self, stamp_ns: int, max_gap_ns: int) -> np.ndarray:
-        stamps = self._stamps
-        if not stamps:
-            raise _NotYet(f"no camera pose at {stamp_ns} ns: no pose received")
-        i = bisect.bisect_left(stamps, stamp_ns)
-        if i < len(stamps) and stamps[i] == stamp_ns:
-            return self._poses[i].copy()
-        span = f"poses from {stamps[0]} to {stamps[-1]} ns"
-        if i == len(stamps):
-            raise _NotYet(f"no camera pose at {stamp_ns} ns: {span}; the stamp is "
-                          f"{(stamp_ns - stamps[-1]) / 1e6:.1f} ms after the newest")
-        if i == 0:
-            raise PoseUnavailable(f"no camera pose at {stamp_ns} ns: {span}; the stamp is "
-                                  f"{(stamps[0] - stamp_ns) / 1e6:.1f} ms before the oldest")
-        gap = stamps[i] - stamps[i - 1]
-        if gap > max_gap_ns:
+        try:
+            R, t = self._poses.lookup(stamp_ns, max_gap_ns)
+        except SampleUnavailable as err:
+            head = f"no camera pose at {stamp_ns} ns: "
+            span = f"poses from {err.oldest_ns} to {err.newest_ns} ns"
+            if err.reason == EMPTY:
+                raise _NotYet(f"{head}no pose received") from None
+            if err.reason == AFTER:
+                raise _NotYet(f"{head}{span}; the stamp is {err.outside_ms:.1f} ms after the "
+                              "newest") from None
+            if err.reason == BEFORE:
+                raise PoseUnavailable(f"{head}{span}; the stamp is {err.outside_ms:.1f} ms "
+                                      "before the oldest") from None
             raise PoseUnavailable(
-                f"no camera pose at {stamp_ns} ns: the poses around it are {gap / 1e9:.3f} s "
-                f"apart, more than pipeline.multiview.max_pose_gap_s ({max_gap_ns / 1e9:g} s)"
-            )
-        s = (stamp_ns - stamps[i - 1]) / gap
-        return interpolate_pose(self._poses[i - 1], self._poses[i], s)
+                f"{head}the poses around it are {err.gap_ns / 1e9:.3f} s apart, more than "
+                f"pipeline.multiview.max_pose_gap_s ({max_gap_ns / 1e9:g} s)"
+            ) from None
+        T = np.eye(4)
+        T[:3, :3], T[:3, 3] = R, t
+        return T
 
 
 @dataclass(frozen=True)

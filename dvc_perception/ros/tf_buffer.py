@@ -5,9 +5,9 @@ What tf2's ``BufferCore::lookupTransform(target, source, time)`` does, for the n
 ``output_frame``, where tf2_ros is not a PyPI wheel: the frames form a tree (each child has one
 parent); a lookup walks from both frames up to their closest common ancestor and composes the
 links. A dynamic link (/tf) is interpolated at the stamp between its two nearest samples (slerp of
-the rotation, linear translation), as tf2 does, and never extrapolated: a stamp before its oldest
-or after its newest sample is an error (`lookup` can wait for newer samples). A static link
-(/tf_static) holds at every stamp. There is no "latest" lookup.
+the rotation, linear translation: `geometry.stamped.StampedTransforms`), as tf2 does, and never
+extrapolated: a stamp before its oldest or after its newest sample is an error (`lookup` can wait
+for newer samples). A static link (/tf_static) holds at every stamp. There is no "latest" lookup.
 
 Transforms are ``T_parent_child``: a point in the child frame is ``R @ p + t`` in the parent.
 Quaternions are ROS order (x, y, z, w). The buffer is thread-safe: subscription callbacks add,
@@ -16,17 +16,19 @@ the node's worker thread looks up.
 
 from __future__ import annotations
 
-import bisect
 import threading
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 from dvc_perception.errors import InputError
-from dvc_perception.geometry.so3 import quaternion_to_matrix
+from dvc_perception.geometry.stamped import (
+    AFTER,
+    SampleUnavailable,
+    StampedTransforms,
+    wait_for_sample,
+)
 
 #: How long dynamic samples are kept, behind the newest one of their link (tf2's default).
 DEFAULT_CACHE_S = 10.0
@@ -36,32 +38,13 @@ class TransformUnavailable(InputError):
     """No transform between two frames at a stamp: frames not connected, or no data there."""
 
 
-def quaternion_xyzw_to_matrix(q: np.ndarray) -> np.ndarray:
-    """(4,) quaternion (x, y, z, w), normalised here -> (3, 3) rotation (`so3`'s, in numpy)."""
-    return quaternion_to_matrix(torch.as_tensor(np.asarray(q, np.float64))).numpy()
-
-
-def slerp_xyzw(q0: np.ndarray, q1: np.ndarray, s: float) -> np.ndarray:
-    """Spherical linear interpolation of unit quaternions (the shorter arc), s in [0, 1]."""
-    dot = float(q0 @ q1)
-    if dot < 0.0:  # q and -q are one rotation: take the shorter way
-        q1, dot = -q1, -dot
-    if dot > 1.0 - 1e-12:
-        q = q0 + s * (q1 - q0)
-        return q / np.linalg.norm(q)
-    theta = np.arccos(min(dot, 1.0))
-    return (np.sin((1 - s) * theta) * q0 + np.sin(s * theta) * q1) / np.sin(theta)
-
-
 @dataclass
 class _Link:
-    """The samples of one parent -> child link, sorted by stamp [ns]."""
+    """The samples of one parent -> child link (a static link holds one, valid at every stamp)."""
 
     parent: str
     static: bool
-    stamps: list[int] = field(default_factory=list)
-    quaternions: list[np.ndarray] = field(default_factory=list)
-    translations: list[np.ndarray] = field(default_factory=list)
+    samples: StampedTransforms
 
 
 class TransformBuffer:
@@ -95,22 +78,12 @@ class TransformBuffer:
             raise InputError(f"transform {parent!r} -> {child!r} at {stamp_ns} ns: expected a "
                              f"finite non-zero quaternion and translation, got {q.tolist()}, "
                              f"{t.tolist()}")  # fmt: skip
-        q = q / norm
         with self._changed:
             link = self._links.get(child)
             if link is None or link.parent != parent or link.static != static or static:
-                link = self._links[child] = _Link(parent, static)
-            i = bisect.bisect_left(link.stamps, stamp_ns)
-            if i < len(link.stamps) and link.stamps[i] == stamp_ns:  # same stamp: replace
-                link.quaternions[i], link.translations[i] = q, t
-            else:
-                link.stamps.insert(i, stamp_ns)
-                link.quaternions.insert(i, q)
-                link.translations.insert(i, t)
-            if self._cache_ns is not None and not static:
-                keep = bisect.bisect_left(link.stamps, link.stamps[-1] - self._cache_ns)
-                if keep:
-                    del link.stamps[:keep], link.quaternions[:keep], link.translations[:keep]
+                samples = StampedTransforms(None if static else self._cache_ns)
+                link = self._links[child] = _Link(parent, static, samples)
+            link.samples.insert_quaternion(stamp_ns, q, t)  # same stamp: replaced
             self._changed.notify_all()
 
     def add_message(self, msg: Any, *, static: bool) -> int:
@@ -141,15 +114,8 @@ class TransformBuffer:
             TransformUnavailable: naming the frames: not connected (or unknown), or a dynamic
                 link without samples around `stamp_ns` (extrapolation).
         """
-        deadline = time.monotonic() + timeout_s
-        with self._changed:
-            while True:
-                try:
-                    return self._lookup(target, source, stamp_ns)
-                except _Future as err:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0 or not self._changed.wait(remaining):
-                        raise TransformUnavailable(f"{err} (waited {timeout_s:g} s)") from None
+        return wait_for_sample(self._changed, lambda: self._lookup(target, source, stamp_ns),
+                               timeout_s, retry_on=_Future, give_up=TransformUnavailable)
 
     # ------------------------------------------------------------------ internals
     def _chain(self, frame: str) -> list[str]:
@@ -192,24 +158,20 @@ class TransformBuffer:
     def _sample(self, child: str, stamp_ns: int, asked: tuple[str, str]
                 ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
         link = self._links[child]
-        stamps = link.stamps
+        samples = link.samples
         if link.static:
-            return quaternion_xyzw_to_matrix(link.quaternions[0]), link.translations[0]
-        i = bisect.bisect_left(stamps, stamp_ns)
-        if i < len(stamps) and stamps[i] == stamp_ns:
-            return quaternion_xyzw_to_matrix(link.quaternions[i]), link.translations[i]
-        what = (f"no transform from {asked[1]!r} to {asked[0]!r} at {stamp_ns} ns: link "
-                f"{link.parent!r} -> {child!r} has samples from {stamps[0]} to {stamps[-1]} ns")
-        if i == len(stamps):
-            raise _Future(f"{what}; the stamp is {(stamp_ns - stamps[-1]) / 1e6:.1f} ms after "
-                          "the newest (extrapolation into the future)")  # fmt: skip
-        if i == 0:
-            raise TransformUnavailable(f"{what}; the stamp is {(stamps[0] - stamp_ns) / 1e6:.1f} "
-                                       "ms before the oldest (extrapolation into the past)")
-        s = (stamp_ns - stamps[i - 1]) / (stamps[i] - stamps[i - 1])
-        q = slerp_xyzw(link.quaternions[i - 1], link.quaternions[i], s)
-        t = (1 - s) * link.translations[i - 1] + s * link.translations[i]
-        return quaternion_xyzw_to_matrix(q), t
+            return samples.lookup(samples.newest_ns)
+        try:
+            return samples.lookup(stamp_ns)
+        except SampleUnavailable as err:
+            what = (f"no transform from {asked[1]!r} to {asked[0]!r} at {stamp_ns} ns: link "
+                    f"{link.parent!r} -> {child!r} has samples from {err.oldest_ns} to "
+                    f"{err.newest_ns} ns")  # fmt: skip
+            if err.reason == AFTER:
+                raise _Future(f"{what}; the stamp is {err.outside_ms:.1f} ms after the newest "
+                              "(extrapolation into the future)") from None
+            raise TransformUnavailable(f"{what}; the stamp is {err.outside_ms:.1f} ms before the "
+                                       "oldest (extrapolation into the past)") from None
 
 
 class _Future(TransformUnavailable):
