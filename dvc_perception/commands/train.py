@@ -84,6 +84,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--crop-scale", type=float,
                         help="with --zoom-crops: crop side in units of the box's longer side "
                              "(default 1.5, as the two-stage source's crop_scale)")
+    parser.add_argument("--dense-coordinates", action="store_true",
+                        help="pose: add the dense object-coordinate head (2D-3D correspondences "
+                             "at every mask cell, CDPN / GDR-Net style); the pipeline then "
+                             "solves PnP on them instead of the keypoints")
+    parser.add_argument("--coordinate-weight", type=float,
+                        help="weight of the dense-coordinate loss (with --dense-coordinates)")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int, help="samples per step per process")
     parser.add_argument("--lr", type=float, help="peak AdamW learning rate")
@@ -136,6 +142,8 @@ _MODE_ONLY: dict[str, tuple[str, Any]] = {
     "--pose-warmup-epochs": ("pose", lambda a: a.pose_warmup_epochs is not None),
     "--zoom-crops": ("pose", lambda a: a.zoom_crops),
     "--crop-scale": ("pose", lambda a: a.crop_scale is not None),
+    "--dense-coordinates": ("pose", lambda a: a.dense_coordinates),
+    "--coordinate-weight": ("pose", lambda a: a.coordinate_weight is not None),
 }
 
 
@@ -160,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
     }), progress=not args.no_progress)
     pose_cfg = PoseLossConfig(
         **_given(args, {"pose_weight": "pose", "pose_warmup_epochs": "pose_warmup_epochs",
-                        "keypoint_weight": "keypoint"}),
+                        "keypoint_weight": "keypoint", "coordinate_weight": "coordinates"}),
         use_pose_loss=not args.no_pose_loss,
     )
     depth_cfg = DepthLossConfig(**_given(args, {"silog_lambda": "silog_lambda"}))
@@ -183,6 +191,7 @@ def run(args: argparse.Namespace) -> int:
         objects=tuple(args.objects or ["demo_object"]), input_width=args.input_size[0],
         input_height=args.input_size[1], augment=None if args.no_augment else AugmentConfig(),
         crop=args.crop, zoom=zoom,
+        keypoint_net={"dense_coordinates": True} if args.dense_coordinates else {},
         train=train_cfg, pose_loss=pose_cfg, depth_loss=depth_cfg, resume=args.resume,
         init_checkpoint=args.init,
         init_encoder=args.init_encoder,

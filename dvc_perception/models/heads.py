@@ -13,6 +13,7 @@ coordinate ``s*j + (s - 1)/2`` (1.5 at stride 4).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -96,3 +97,34 @@ def pool_confidence(conf_logits: Tensor, prob: Tensor) -> Tensor:
     b, c, h, w = (int(n) for n in conf_logits.shape)
     check_shape(prob, f"{b},{c},{h * w}", name="prob")
     return torch.sigmoid((conf_logits.reshape(b, c, h * w) * prob).sum(dim=-1))
+
+
+def dense_correspondences(
+    coordinates: np.ndarray, mask_prob: np.ndarray, stride: int, *, min_prob: float = 0.5,
+    max_points: int = 256,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """2D-3D correspondences of one object from a dense object-coordinate output.
+
+    Args:
+        coordinates: (3, h, w) object-frame points [m], one per heatmap cell.
+        mask_prob: (h, w) the object's mask probability.
+        stride: input pixels per cell.
+        min_prob: cells below this mask probability are left out.
+        max_points: at most this many cells, taken evenly (in row-major order) from those kept.
+
+    Returns:
+        (x2d (N, 2) px cell centres in the network input, x3d (N, 3) m, weights (N,) mask
+        probabilities), float64; N = 0 when no cell passes.
+    """
+    check_shape(coordinates, "3,H,W", name="coordinates")
+    h, w = int(coordinates.shape[1]), int(coordinates.shape[2])
+    check_shape(mask_prob, f"{h},{w}", name="mask_prob")
+    prob = np.asarray(mask_prob, np.float64).reshape(-1)
+    points = np.asarray(coordinates, np.float64).reshape(3, -1).T
+    keep = np.flatnonzero((prob >= min_prob) & np.all(np.isfinite(points), axis=1))
+    if keep.size > max_points:
+        keep = keep[np.linspace(0, keep.size - 1, max_points).round().astype(np.int64)]
+    us = heatmap_cell_centres(w, stride, dtype=torch.float64).numpy()
+    vs = heatmap_cell_centres(h, stride, dtype=torch.float64).numpy()
+    x2d = np.stack([us[keep % w], vs[keep // w]], axis=-1)
+    return x2d, points[keep], prob[keep]

@@ -10,7 +10,10 @@ inside the graph. Outputs at stride 4 (80x60 cells for 320x240):
   around each heatmap's peak; pixel centres at integer coordinates: cell j covers input pixel
   centre 4*j + 1.5),
 - ``weights`` (B, O, K) in (0, 1): per-keypoint confidence (the PnP weights),
-- ``mask_logits`` (B, O, H/4, W/4): object mask, and ``objectness`` (B, O) = max mask prob.
+- ``mask_logits`` (B, O, H/4, W/4): object mask, and ``objectness`` (B, O) = max mask prob,
+- ``coordinates`` (B, O, 3, H/4, W/4) m, only with ``dense_coordinates``: for each stride-4 cell,
+  the object-frame point of object o seen at the cell's centre (dense 2D-3D correspondences in
+  the manner of CDPN / GDR-Net; meaningful where the mask is on), else None.
 
 `x2d[:, o]` and `weights[:, o]` go straight into `solve_pnp` with object o's 3D keypoints and
 the intrinsics of the network input image. Architecture: plain conv/BN/ReLU encoder to stride 16,
@@ -52,6 +55,10 @@ class KeypointNetConfig:
         decoder_channels: channels of the stride-8 and stride-4 decoder maps.
         softargmax_window: side [heatmap cells] of the local soft-argmax window around each
             heatmap's peak (odd), or 0 for a soft-argmax over the whole heatmap.
+        dense_coordinates: add the dense object-coordinate head (``coordinates`` output).
+        coordinate_scales_m: per object, the length [m] one unit of the coordinate head's raw
+            output stands for (the object's radius: raw outputs stay near [-1, 1]); needed with
+            `dense_coordinates`, one per object.
     """
 
     object_ids: tuple[str, ...] = ("demo",)
@@ -62,6 +69,8 @@ class KeypointNetConfig:
     blocks: tuple[int, int, int, int] = (0, 1, 1, 2)
     decoder_channels: tuple[int, int] = (64, 48)
     softargmax_window: int = 7
+    dense_coordinates: bool = False
+    coordinate_scales_m: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.object_ids or len(set(self.object_ids)) != len(self.object_ids):
@@ -77,6 +86,11 @@ class KeypointNetConfig:
         win = self.softargmax_window
         if win < 0 or (win and win % 2 == 0):
             raise ConfigError(f"softargmax_window: expected 0 or odd, got {win}")
+        scales = self.coordinate_scales_m
+        if self.dense_coordinates and (len(scales) != len(self.object_ids) or not all(
+                s > 0 for s in scales)):
+            raise ConfigError(f"coordinate_scales_m: expected {len(self.object_ids)} positive "
+                              f"lengths [m] (one per object), got {scales}")
 
     @property
     def num_objects(self) -> int:
@@ -92,6 +106,7 @@ class KeypointNetOutput(NamedTuple):
     weights: Tensor
     mask_logits: Tensor
     objectness: Tensor
+    coordinates: Tensor | None = None
 
 
 class KeypointNet(nn.Module):
@@ -115,6 +130,11 @@ class KeypointNet(nn.Module):
         nn.init.zeros_(self.heatmap_head.weight)
         nn.init.zeros_(self.heatmap_head.bias)
         nn.init.constant_(self.mask_head.bias, -2.0)
+        if config.dense_coordinates:
+            self.coordinate_head = nn.Conv2d(d4, 3 * config.num_objects, 1)
+            scales = torch.tensor(config.coordinate_scales_m, dtype=torch.float32)
+            self.register_buffer("coordinate_scales", scales.repeat_interleave(3).view(
+                1, -1, 1, 1), persistent=False)  # (1, 3 O, 1, 1): x, y, z of object 0, ...
 
     def forward(self, image: Tensor) -> KeypointNetOutput:
         """Predict heatmaps, keypoints, weights and masks.
@@ -144,12 +164,16 @@ class KeypointNet(nn.Module):
         weights = pool_confidence(self.confidence_head(x), prob)
         mask_logits = self.mask_head(x)
         objectness = torch.sigmoid(mask_logits).reshape(b, o, h * w).amax(dim=-1)
+        coordinates = None
+        if cfg.dense_coordinates:
+            coordinates = (self.coordinate_head(x) * self.coordinate_scales).reshape(b, o, 3, h, w)
         return KeypointNetOutput(
             heatmap_logits=heat.reshape(b, o, k, h, w),
             x2d=xy.reshape(b, o, k, 2),
             weights=weights.reshape(b, o, k),
             mask_logits=mask_logits,
             objectness=objectness,
+            coordinates=coordinates,
         )
 
 
@@ -157,17 +181,22 @@ class KeypointNetForExport(nn.Module):
     """What the exported ONNX graph computes: image -> (x2d, weights, objectness, mask).
 
     Output names (in order): ``x2d`` (B, O, K, 2) px input image, ``weights`` (B, O, K),
-    ``objectness`` (B, O), ``mask`` (B, O, H/4, W/4) probabilities. The soft-argmax is inside the
-    graph, so a pipeline only runs the engine and calls `solve_pnp`.
+    ``objectness`` (B, O), ``mask`` (B, O, H/4, W/4) probabilities, and with dense coordinates
+    ``coordinates`` (B, O, 3, H/4, W/4) m. The soft-argmax is inside the graph, so a pipeline
+    only runs the engine and calls `solve_pnp`.
     """
 
-    output_names = ("x2d", "weights", "objectness", "mask")
+    #: the outputs of every keypoint graph; a dense-coordinate graph adds ``coordinates``
+    output_names: tuple[str, ...] = ("x2d", "weights", "objectness", "mask")
 
     def __init__(self, net: KeypointNet) -> None:
         super().__init__()
         self.net = net
+        if net.config.dense_coordinates:
+            self.output_names = (*type(self).output_names, "coordinates")
 
-    def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Run: image (B, 3, H, W) RGB in [0, 1] -> (x2d, weights, objectness, mask)."""
+    def forward(self, image: Tensor) -> tuple[Tensor, ...]:
+        """Run: image (B, 3, H, W) RGB in [0, 1] -> the outputs named in `output_names`."""
         out = self.net(image)
-        return out.x2d, out.weights, out.objectness, torch.sigmoid(out.mask_logits)
+        found = (out.x2d, out.weights, out.objectness, torch.sigmoid(out.mask_logits))
+        return found if out.coordinates is None else found + (out.coordinates,)

@@ -35,6 +35,9 @@ from dvc_perception.pipeline.sources import KeypointDetection
 
 #: Outputs the keypoint source reads (see `train.checkpoints.export_metadata`).
 KEYPOINT_OUTPUTS: tuple[str, ...] = ("x2d", "weights", "objectness")
+#: Outputs the two-stage source reads from a dense-coordinate model (metadata
+#: ``correspondences: dense_coordinates``) instead of the keypoints.
+DENSE_OUTPUTS: tuple[str, ...] = ("mask", "coordinates")
 #: Outputs the two-stage source reads from the detector (`models.detector_net`).
 DETECTOR_OUTPUTS: tuple[str, ...] = ("centre_prob", "size", "offset")
 #: Output the depth source reads.
@@ -91,13 +94,17 @@ class _NetworkModel:
             )
         self.input_name = spec.name
         self.input_dtype = np.dtype(spec.dtype)
+        self.require_outputs(outputs)
+        self.mean = tuple(float(m) for m in self.metadata.mean)
+        self.std = tuple(float(v) for v in self.metadata.std)
+        self._letterboxes: dict[tuple[int, int], Letterbox] = {}
+
+    def require_outputs(self, outputs: Sequence[str]) -> None:
+        """ModelSpecError naming the `outputs` the engine lacks."""
         names = [s.name for s in self.engine.outputs]
         missing = [n for n in outputs if n not in names]
         if missing:
             raise ModelSpecError(f"{self.path}: outputs {missing} missing; it has {names}")
-        self.mean = tuple(float(m) for m in self.metadata.mean)
-        self.std = tuple(float(v) for v in self.metadata.std)
-        self._letterboxes: dict[tuple[int, int], Letterbox] = {}
 
     @property
     def description(self) -> str:
@@ -277,7 +284,11 @@ class TwoStageKeypointSource(_ModelBackedSource):
     trained on, ``train pose --zoom-crops``), and the keypoint model predicts that class's
     keypoints in the crop;
     they go back to image pixels by the crop's inverse map. Confidences are the keypoint
-    weights times the detection score, so the pose score reflects both stages.
+    weights times the detection score, so the pose score reflects both stages. A model whose
+    metadata says ``correspondences: dense_coordinates`` (``train pose --dense-coordinates``)
+    gives dense 2D-3D correspondences instead: every crop cell whose mask probability reaches
+    0.5 (at most 256, evenly taken; `models.heads.dense_correspondences`), its centre paired
+    with the predicted object-frame point, confidence = mask probability x detection score.
 
     Args:
         detector_path: exported detector ONNX model.
@@ -308,8 +319,11 @@ class TwoStageKeypointSource(_ModelBackedSource):
                                          min_detection_score=min_detection_score,
                                          max_per_class=max_per_class, precision=precision,
                                          device=device, cache_dir=cache_dir)
-        self._model = _NetworkModel(keypoint_path, "keypoints", KEYPOINT_OUTPUTS, backend,
-                                    precision, device, cache_dir)
+        self._model = _NetworkModel(keypoint_path, "keypoints", (), backend, precision, device,
+                                    cache_dir)
+        #: dense object coordinates (True) or keypoints (False), as the metadata says
+        self.dense = self._model.metadata.extra.get("correspondences") == "dense_coordinates"
+        self._model.require_outputs(DENSE_OUTPUTS if self.dense else KEYPOINT_OUTPUTS)
         classes = self._detector.object_ids
         known = tuple(self._model.metadata.object_ids)
         unknown = [c for c in classes if c not in known]
@@ -360,14 +374,47 @@ class TwoStageKeypointSource(_ModelBackedSource):
             object_id = self.object_ids[box.class_index]
             crop = ZoomCrop.from_box(box.box_xywh, (width, height), size, scale=self.crop_scale)
             out = self._model.run_on(crop, image_rgb)
-            x2d, weights, _ = _keypoint_outputs(out, self._model, len(self._model.metadata
-                                                                      .object_ids))
             o = self._slot[object_id]
-            det = _object_keypoints(x2d[0, o], weights[0, o], object_id, self.points_obj, crop,
-                                    self._model, score=box.score)
+            if self.dense:
+                det = _dense_detection(out, o, object_id, crop, self._model, box.score)
+            else:
+                x2d, weights, _ = _keypoint_outputs(out, self._model, len(self._model.metadata
+                                                                          .object_ids))
+                det = _object_keypoints(x2d[0, o], weights[0, o], object_id, self.points_obj,
+                                        crop, self._model, score=box.score)
             if det is not None:
                 detections.append(det)
         return detections
+
+
+#: fewest dense correspondences a detection needs (PnP needs 4; a few more for RANSAC)
+MIN_DENSE_POINTS = 6
+
+
+def _dense_detection(out: Mapping[str, np.ndarray], slot: int, object_id: str, crop: ZoomCrop,
+                     model: _NetworkModel, score: float) -> KeypointDetection | None:
+    """Dense correspondences of object `slot` in one crop's outputs -> a detection in source px.
+
+    Returns:
+        The detection, or None with fewer than `MIN_DENSE_POINTS` mask cells.
+
+    Raises:
+        ModelSpecError: ``mask`` / ``coordinates`` outputs that do not fit each other.
+    """
+    from dvc_perception.models.heads import dense_correspondences
+
+    mask = np.asarray(out["mask"], dtype=np.float64)
+    coords = np.asarray(out["coordinates"], dtype=np.float64)
+    if (mask.ndim != 4 or coords.ndim != 5 or coords.shape[2] != 3
+            or coords.shape[:2] + coords.shape[3:] != mask.shape or not slot < mask.shape[1]):
+        raise ModelSpecError(f"{model.path}: outputs mask {mask.shape} and coordinates "
+                             f"{coords.shape} do not fit (B, O, h, w) and (B, O, 3, h, w)")
+    stride = model.metadata.input_size[0] // mask.shape[3]
+    x2d, x3d, prob = dense_correspondences(coords[0, slot], mask[0, slot], stride)
+    if x2d.shape[0] < MIN_DENSE_POINTS:
+        return None
+    return KeypointDetection(object_id=object_id, keypoints_px=crop.points_to_source(x2d),
+                             points_obj=x3d, confidence=np.clip(prob * score, 0.0, 1.0))
 
 
 def _keypoint_outputs(out: Mapping[str, np.ndarray], model: _NetworkModel, n_obj: int

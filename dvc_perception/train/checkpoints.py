@@ -158,7 +158,15 @@ def export_metadata(ckpt: Mapping[str, Any], *, command: Sequence[str]) -> dict[
                 "objectness": "(B, O) max of the object mask probability",
                 "mask": "(B, O, H/4, W/4) object mask probability",
             },
+            # what the pose comes from: the K keypoints, or dense object coordinates at every
+            # mask cell (`train pose --dense-coordinates`; checkpoints before it: keypoints)
+            "correspondences": "dense_coordinates" if cfg.get("dense_coordinates") else
+                               "keypoints",
         })
+        if cfg.get("dense_coordinates"):
+            doc["outputs"]["coordinates"] = (
+                "(B, O, 3, H/4, W/4) m: the object-frame point of object o seen at each cell's "
+                "centre (input px 4 j + 1.5); meaningful where mask >= 0.5")
     elif kind == "detector":
         doc.update({
             "task": "detector",
@@ -219,7 +227,7 @@ def export_checkpoint(
     example = torch.zeros(1, 3, int(cfg["input_height"]), int(cfg["input_width"]))
     if ckpt["model_kind"] == "keypoint":
         module: nn.Module = KeypointNetForExport(model)  # type: ignore[arg-type]
-        outputs: Sequence[str] = KEYPOINT_OUTPUTS
+        outputs: Sequence[str] = module.output_names  # type: ignore[assignment]
     elif ckpt["model_kind"] == "detector":
         module, outputs = DetectorNetForExport(model), DETECTOR_OUTPUTS  # type: ignore[arg-type]
     else:

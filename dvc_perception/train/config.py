@@ -77,6 +77,8 @@ class PoseLossConfig:
         sigma_cells: heatmap target standard deviation [heatmap cells].
         pose_clamp_px: per-keypoint pose-loss error beyond which it grows only logarithmically.
         pose_weight_floor: PnP weights are the detached confidences, floored here.
+        coordinates: weight of the dense object-coordinate L1 (in object radii), for networks
+            with the dense-coordinate head.
     """
 
     heatmap: float = 1.0
@@ -89,6 +91,7 @@ class PoseLossConfig:
     sigma_cells: float = 1.0
     pose_clamp_px: float = 20.0
     pose_weight_floor: float = 0.05
+    coordinates: float = 3.0
 
 
 @dataclass(frozen=True)

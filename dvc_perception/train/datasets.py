@@ -36,6 +36,7 @@ from dvc_perception.engines.preprocess import (
 )
 from dvc_perception.errors import ConfigError, ShapeError, check_shape
 from dvc_perception.geometry.symmetry import canonical_pose, transforms_from_plain
+from dvc_perception.models.heads import heatmap_cell_centres
 from dvc_perception.models.keypoint_net import HEATMAP_STRIDE
 from dvc_perception.render.objects import ObjectDescription, sample_surface
 
@@ -376,6 +377,8 @@ class _InstanceTargets(NamedTuple):
     mask: np.ndarray | None  # (H/4, W/4) covered fraction, None without a mask annotation
     mask_px: int  # visible pixels at the input size (0 without a mask)
     present: bool
+    coordinates: np.ndarray | None = None  # (3, H/4, W/4) m object frame, dense targets only
+    coordinates_valid: np.ndarray | None = None  # (H/4, W/4) bool
 
 
 class PoseDataset(_EpochFrames):
@@ -402,11 +405,18 @@ class PoseDataset(_EpochFrames):
             instances of the sampled object are not targets). A frame without a usable instance
             present in its crop gives the letterboxed item the default mode gives. Not with
             `crop`. None: the letterboxed frame.
+        coordinates: also give dense object-coordinate targets (needs frames with depth and
+            masks): for every stride-4 cell whose centre falls on an instance's visible mask,
+            the object-frame point seen there (the depth back-projected through the cell
+            centre's source pixel, moved into the object frame by the instance's pose; the
+            canonical pose of a symmetric object, as the keypoints).
 
     Items (dict of tensors): ``image`` (3, H, W) float32 RGB [0, 1]; ``K`` (3, 3) float64 of the
     input image; ``keypoints`` (O, K, 2) float32 px; ``kp_in_image`` (O, K) bool;
     ``kp_visible`` (O, K) float32; ``present`` (O,) bool; ``R`` (O, 3, 3) float64; ``t`` (O, 3)
-    float64 m; ``mask`` (O, H/4, W/4) float32 covered fraction; ``index`` () long.
+    float64 m; ``mask`` (O, H/4, W/4) float32 covered fraction; ``index`` () long; with
+    `coordinates` also ``coordinates`` (O, 3, H/4, W/4) float32 m and ``coordinates_valid``
+    (O, H/4, W/4) bool.
     """
 
     def __init__(
@@ -421,6 +431,7 @@ class PoseDataset(_EpochFrames):
         min_mask_px: int = 40,
         crop: tuple[int, int] | None = None,
         zoom: ZoomSampling | None = None,
+        coordinates: bool = False,
     ) -> None:
         if not objects:
             raise ConfigError("PoseDataset: no objects")
@@ -439,6 +450,7 @@ class PoseDataset(_EpochFrames):
         self.min_mask_px = int(min_mask_px)
         self.crop = _check_crop(crop, self.width, self.height)
         self.zoom = zoom
+        self.coordinates = bool(coordinates)
         self.epoch = 0
         self._index = {o.object_id: i for i, o in enumerate(self.objects)}
         self._symmetries = [transforms_from_plain(o.symmetries) for o in self.objects]
@@ -481,8 +493,11 @@ class PoseDataset(_EpochFrames):
             vis = inside & (full[vi, ui] > 0)
         else:
             vis = inside
+        coords = valid = None
+        if self.coordinates:
+            coords, valid = _coordinate_targets(frame, ann, R, t, affine, out_w, out_h)
         return _InstanceTargets(R, t, uv, inside, vis, mask, mask_px,
-                                obj_present and int(inside.sum()) >= 4)
+                                obj_present and int(inside.sum()) >= 4, coords, valid)
 
     def _zoom_input(self, frame: Frame, rng: np.random.Generator
                     ) -> tuple[np.ndarray, int, _InstanceTargets] | None:
@@ -542,6 +557,8 @@ class PoseDataset(_EpochFrames):
         R = np.tile(np.eye(3), (o, 1, 1))
         t = np.tile(np.array([0.0, 0.0, 1.0]), (o, 1))
         masks = np.zeros((o, h, w), np.float32)
+        coords = np.zeros((o, 3, h, w), np.float32) if self.coordinates else None
+        coords_valid = np.zeros((o, h, w), bool) if self.coordinates else None
         chosen: dict[int, _InstanceTargets] = {}
         for ann in frame.objects:
             j = self._index.get(ann.object_id)
@@ -549,7 +566,8 @@ class PoseDataset(_EpochFrames):
                 continue
             if zoomed is None:  # the letterboxed frame: the last instance of an object wins
                 chosen[j] = self._targets(ann, j, frame, K, affine, out_w, out_h)
-                self._store(chosen[j], j, keypoints, in_image, visible, present, R, t, masks)
+                self._store(chosen[j], j, keypoints, in_image, visible, present, R, t, masks,
+                            coords, coords_valid)
                 continue
             if j == zoomed[1]:  # other instances of the sampled object are no targets
                 continue
@@ -560,8 +578,9 @@ class PoseDataset(_EpochFrames):
         if zoomed is not None:
             chosen[zoomed[1]] = zoomed[2]
             for j, targets in chosen.items():
-                self._store(targets, j, keypoints, in_image, visible, present, R, t, masks)
-        return {
+                self._store(targets, j, keypoints, in_image, visible, present, R, t, masks,
+                            coords, coords_valid)
+        item = {
             "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
             "K": torch.from_numpy(K),
             "keypoints": torch.from_numpy(keypoints),
@@ -573,11 +592,16 @@ class PoseDataset(_EpochFrames):
             "mask": torch.from_numpy(masks),
             "index": torch.tensor(int(index)),
         }
+        if coords is not None and coords_valid is not None:
+            item["coordinates"] = torch.from_numpy(coords)
+            item["coordinates_valid"] = torch.from_numpy(coords_valid)
+        return item
 
     @staticmethod
     def _store(targets: _InstanceTargets, j: int, keypoints: np.ndarray, in_image: np.ndarray,
                visible: np.ndarray, present: np.ndarray, R: np.ndarray, t: np.ndarray,
-               masks: np.ndarray) -> None:
+               masks: np.ndarray, coords: np.ndarray | None = None,
+               coords_valid: np.ndarray | None = None) -> None:
         """Write one instance's targets into slot `j` (a missing mask leaves the slot's)."""
         R[j], t[j] = targets.R, targets.t
         keypoints[j], in_image[j] = targets.uv, targets.inside
@@ -585,6 +609,61 @@ class PoseDataset(_EpochFrames):
             masks[j] = targets.mask
         visible[j] = targets.visible
         present[j] = targets.present
+        if coords is not None and targets.coordinates is not None:
+            coords[j] = targets.coordinates
+        if coords_valid is not None and targets.coordinates_valid is not None:
+            coords_valid[j] = targets.coordinates_valid
+
+
+def _coordinate_targets(frame: Frame, ann: ObjectAnnotation, R: np.ndarray, t: np.ndarray,
+                        affine: np.ndarray, out_w: int, out_h: int
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """Dense object-coordinate targets of one instance at the stride-4 cell centres.
+
+    Each cell centre (input px ``4 j + 1.5``) is mapped back through `affine` to its source
+    position (u, v). Where the nearest source pixel is on the instance's visible mask with
+    finite depth, the depth there is interpolated (inverse depth, bilinear, when the four
+    neighbouring pixels are all on the mask: exact on planes; else the nearest pixel's), and
+    the point ``d K^-1 (u, v, 1)`` is moved into the object frame: ``R^T (X - t)``.
+
+    Returns:
+        (coordinates (3, H/4, W/4) float32 m, valid (H/4, W/4) bool); all invalid without a
+        mask or depth.
+    """
+    h, w = out_h // HEATMAP_STRIDE, out_w // HEATMAP_STRIDE
+    coords = np.zeros((3, h, w), np.float32)
+    if ann.mask is None or frame.depth is None:
+        return coords, np.zeros((h, w), bool)
+    centres = heatmap_cell_centres(w, HEATMAP_STRIDE).numpy().astype(np.float64)
+    rows = heatmap_cell_centres(h, HEATMAP_STRIDE).numpy().astype(np.float64)
+    uu, vv = np.meshgrid(centres, rows)
+    inv = np.linalg.inv(np.vstack([affine, [0.0, 0.0, 1.0]]))
+    src = np.stack([uu, vv, np.ones_like(uu)], -1) @ inv.T  # (h, w, 3) source px, homogeneous
+    src_h, src_w = frame.depth.shape
+    mask = np.asarray(ann.mask, bool)
+    depth_map = np.asarray(frame.depth, np.float64)
+    on = mask & np.isfinite(depth_map) & (depth_map > 0)
+    inv_depth = np.where(on, 1.0 / np.where(on, depth_map, 1.0), 0.0)
+
+    def sample(ui: np.ndarray, vi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        inside = (ui >= 0) & (ui < src_w) & (vi >= 0) & (vi < src_h)
+        ui, vi = np.clip(ui, 0, src_w - 1), np.clip(vi, 0, src_h - 1)
+        return inside & on[vi, ui], inv_depth[vi, ui]
+
+    valid, idepth = sample(np.rint(src[..., 0]).astype(np.int64),
+                           np.rint(src[..., 1]).astype(np.int64))
+    u0, v0 = np.floor(src[..., 0]).astype(np.int64), np.floor(src[..., 1]).astype(np.int64)
+    fu, fv = src[..., 0] - u0, src[..., 1] - v0
+    corners = [sample(u0 + du, v0 + dv) for dv in (0, 1) for du in (0, 1)]
+    all_on = np.logical_and.reduce([c[0] for c in corners])
+    bilinear = ((1 - fu) * (1 - fv) * corners[0][1] + fu * (1 - fv) * corners[1][1]
+                + (1 - fu) * fv * corners[2][1] + fu * fv * corners[3][1])
+    idepth = np.where(all_on, bilinear, idepth)
+    depth = np.where(valid, 1.0 / np.where(valid, idepth, 1.0), 0.0)
+    rays = src @ np.linalg.inv(np.asarray(frame.K, np.float64)).T  # (h, w, 3), z = 1
+    obj = (rays * depth[..., None] - np.asarray(t, np.float64)) @ np.asarray(R, np.float64)
+    coords[:] = np.where(valid[None], obj.transpose(2, 0, 1), 0.0)  # R^T (X - t)
+    return coords, valid
 
 
 class DepthDataset(_EpochFrames):

@@ -126,6 +126,28 @@ def mask_loss(mask_logits: Tensor, mask_target: Tensor) -> Tensor:
     return F.binary_cross_entropy_with_logits(mask_logits, mask_target.to(mask_logits.dtype))
 
 
+def coordinate_loss(pred: Tensor, target: Tensor, valid: Tensor, scales: Tensor) -> Tensor:
+    """Mean L1 error of dense object coordinates, in units of each object's scale.
+
+    Args:
+        pred: (B, O, 3, h, w) predicted object-frame points [m].
+        target: (B, O, 3, h, w) ground truth [m].
+        valid: (B, O, h, w) bool, the cells to supervise.
+        scales: (O,) m per unit (the objects' radii): errors of small and large objects weigh
+            alike.
+
+    Returns:
+        () mean over valid cells of sum_xyz |pred - target| / scale (0 when none is valid).
+    """
+    check_shape(target, ",".join(str(int(n)) for n in pred.shape), name="target")
+    b, o, _, h, w = (int(n) for n in pred.shape)
+    check_shape(valid, f"{b},{o},{h},{w}", name="valid")
+    if not bool(valid.any()):
+        return pred.sum() * 0.0
+    err = (pred - target.to(pred.dtype)).abs().sum(dim=2) / scales.to(pred).view(1, o, 1, 1)
+    return err[valid].mean()
+
+
 #: Depth [m] below which the pose loss clamps a projected point (wild poses stay finite).
 PROJECTION_MIN_DEPTH_M = 1e-3
 

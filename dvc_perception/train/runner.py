@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from dvc_perception.errors import ConfigError, InputError, ModelSpecError
@@ -125,7 +126,8 @@ class RunSpec:
             raise ConfigError("zoom crops and crop exclude each other: give one")
 
 
-def open_frame_source(path: str | os.PathLike[str], mode: str) -> FrameSource:
+def open_frame_source(path: str | os.PathLike[str], mode: str, *, with_depth: bool = False
+                      ) -> FrameSource:
     """The frames of a training data directory: synthetic shards or a real BOP scene.
 
     Args:
@@ -134,6 +136,8 @@ def open_frame_source(path: str | os.PathLike[str], mode: str) -> FrameSource:
             `train.bop_frames.BopFrameSource`).
         mode: "pose" and "detect" keep RGB and instance masks (shards: in memory), "depth" RGB
             and depth.
+        with_depth: "pose" also keeps depth (the dense-coordinate targets need it; shards hold
+            it as float16 in memory, 0.6 MB per 640x480 frame).
 
     Raises:
         ConfigError: the directory holds no frames, a BOP scene has no known object, or
@@ -145,9 +149,12 @@ def open_frame_source(path: str | os.PathLike[str], mode: str) -> FrameSource:
     p = Path(path)
     if (p / "index.json").is_file():
         keep = ("rgb", "depth") if mode == "depth" else ("rgb", "instance_ids")
+        if with_depth and mode == "pose":
+            return ShardFrameSource(p, keep=(*keep, "depth"), depth_dtype=np.float16)
         return ShardFrameSource(p, keep=keep)
     if is_bop_scene_dir(p):
-        return BopFrameSource(p, with_depth=mode == "depth", with_masks=mode != "depth")
+        return BopFrameSource(p, with_depth=mode == "depth" or with_depth,
+                              with_masks=mode != "depth")
     raise InputError(f"training data {p}: expected a synthetic shard directory (index.json, "
                      f"from `dvc-perception synth --out`) or a BOP scene folder "
                      f"(scene_gt.json, scene_camera.json and rgb/, e.g. lmo/test/000002)")
@@ -165,8 +172,9 @@ def _frame_sources(spec: RunSpec) -> tuple[FrameSource, FrameSource, dict[str, A
                                              height=spec.input_height, seed=spec.split_seed + 1))
         return train_src, val_src, {"kind": "toy", "frames": spec.toy_frames, "val_frames": n_val,
                                     "seed": spec.split_seed}
-    first = open_frame_source(str(spec.data_dir), spec.mode)
-    extra = [open_frame_source(d, spec.mode) for d in spec.extra_data_dirs]
+    depth = bool(spec.keypoint_net.get("dense_coordinates", False))
+    first = open_frame_source(str(spec.data_dir), spec.mode, with_depth=depth)
+    extra = [open_frame_source(d, spec.mode, with_depth=depth) for d in spec.extra_data_dirs]
     full: FrameSource = ConcatFrameSource([first, *extra]) if extra else first
     # the top-level keys describe `data_dir`, the extra_* lists the extra directories;
     # "objects" are those of every training directory (detect checks --objects against them)
@@ -184,7 +192,7 @@ def _frame_sources(spec: RunSpec) -> tuple[FrameSource, FrameSource, dict[str, A
         data["extra_bop"] = [_bop_provenance(e) if isinstance(e, BopFrameSource) else None
                              for e in extra]
     if spec.val_data_dir is not None:
-        val_src = open_frame_source(spec.val_data_dir, spec.mode)
+        val_src = open_frame_source(spec.val_data_dir, spec.mode, with_depth=depth)
         data.update({"val_dir": str(spec.val_data_dir), "val_kind": _data_kind(val_src),
                      "val_frames": len(val_src), "val_seed": _data_seed(val_src)})
         return full, val_src, data
@@ -222,8 +230,10 @@ def build_keypoint_net(spec: RunSpec, objects: list[ObjectInfo]) -> KeypointNet:
     n_kp = {int(o.keypoints_obj.shape[0]) for o in objects}
     if len(n_kp) != 1:
         raise ConfigError(f"all objects need the same keypoint count, got {sorted(n_kp)}")
+    dense = bool(spec.keypoint_net.get("dense_coordinates", False))
     cfg = KeypointNetConfig(**{
         **{k: tuple(v) if isinstance(v, list) else v for k, v in spec.keypoint_net.items()},
+        **({"coordinate_scales_m": tuple(0.5 * o.diameter_m for o in objects)} if dense else {}),
         "object_ids": tuple(o.object_id for o in objects),
         "num_keypoints": n_kp.pop(),
         "input_width": spec.input_width,
@@ -307,11 +317,13 @@ def run_training(spec: RunSpec, *, provenance: Mapping[str, Any] | None = None) 
             objects = load_object_infos(spec.objects)
         model: torch.nn.Module = build_keypoint_net(spec, objects)
         task: Any = PoseTask(objects, spec.pose_loss)
+        dense = bool(spec.keypoint_net.get("dense_coordinates", False))
         train_set: Any = PoseDataset(train_src, objects, spec.input_width, spec.input_height,
                                      augment=spec.augment, seed=spec.train.seed, crop=spec.crop,
-                                     zoom=spec.zoom)
+                                     zoom=spec.zoom, coordinates=dense)
         val_set: Any = PoseDataset(val_src, objects, spec.input_width, spec.input_height,
-                                   zoom=spec.zoom.exact() if spec.zoom is not None else None)
+                                   zoom=spec.zoom.exact() if spec.zoom is not None else None,
+                                   coordinates=dense)
         extra = {"model_kind": "keypoint",
                  "model_config": dataclasses.asdict(model.config),  # type: ignore[arg-type]
                  "objects": [object_info_to_mapping(o) for o in objects],

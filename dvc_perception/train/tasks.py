@@ -66,6 +66,7 @@ class PoseTask:
         self.objects = tuple(objects)
         self.config = config
         self.keypoints_obj = _stack_keypoints(self.objects)  # (O, K, 3)
+        self.radii_m = torch.tensor([0.5 * o.diameter_m for o in self.objects])  # (O,)
 
     def loss(
         self, model: nn.Module, batch: Mapping[str, Tensor], epoch: int
@@ -84,6 +85,11 @@ class PoseTask:
         total = total + cfg.mask * l_mask
         parts = {"heatmap": float(l_hm.detach()), "keypoint_px": float(l_kp.detach()),
                  "confidence": float(l_conf.detach()), "mask": float(l_mask.detach())}
+        if getattr(out, "coordinates", None) is not None and "coordinates" in batch:
+            l_xyz = L.coordinate_loss(out.coordinates, batch["coordinates"],
+                                      batch["coordinates_valid"], self.radii_m)
+            total = total + cfg.coordinates * l_xyz
+            parts["coordinates"] = float(l_xyz.detach())
         if cfg.use_pose_loss and epoch >= cfg.pose_warmup_epochs:
             l_pose, n_ok = self.pose_loss(out.x2d, out.weights, batch)
             total = total + cfg.pose * l_pose
@@ -134,7 +140,7 @@ class PoseTask:
             rotation_error_deg,
             translation_error,
         )
-        add_ok, rot, trans, kp_err, ious = [], [], [], [], []
+        add_ok, rot, trans, kp_err, ious, xyz_err = [], [], [], [], [], []
         was_training = model.training
         model.eval()
         device = model_device(model)
@@ -142,6 +148,13 @@ class PoseTask:
             raw = model(batch["image"].to(device))  # any object with these three fields
             out = SimpleNamespace(x2d=raw.x2d.float().cpu(), weights=raw.weights.float().cpu(),
                                   mask_logits=raw.mask_logits.float().cpu())
+            dense = getattr(raw, "coordinates", None)
+            if dense is not None:
+                dense = dense.float().cpu()
+                if "coordinates" in batch and bool(batch["coordinates_valid"].any()):
+                    cv = batch["coordinates_valid"]
+                    e = (dense - batch["coordinates"]).norm(dim=2)[cv]
+                    xyz_err.append(e.double())
             present = batch["present"]
             valid = batch["kp_in_image"] & present.unsqueeze(-1)
             err = (out.x2d.double() - batch["keypoints"].double()).norm(dim=-1)
@@ -157,9 +170,13 @@ class PoseTask:
             obj_idx = torch.arange(o).unsqueeze(0).expand(b, -1)[present]
             kp3d = self.keypoints_obj.unsqueeze(0).expand(b, -1, -1, -1)[present]
             K = batch["K"].double().unsqueeze(1).expand(-1, o, -1, -1)[present]
-            R_est, t_est, ok = solve_pose_like_pipeline(
-                out.x2d[present].double(), kp3d, K, out.weights[present].double(),
-                self.ransac_threshold_px)
+            if dense is None:
+                R_est, t_est, ok = solve_pose_like_pipeline(
+                    out.x2d[present].double(), kp3d, K, out.weights[present].double(),
+                    self.ransac_threshold_px)
+            else:
+                R_est, t_est, ok = self._dense_poses(dense, torch.sigmoid(out.mask_logits),
+                                                     batch["K"], present)
             R_gt, t_gt = batch["R"][present].double(), batch["t"][present].double()
             for n in range(int(obj_idx.shape[0])):
                 info = self.objects[int(obj_idx[n])]
@@ -186,7 +203,41 @@ class PoseTask:
             "val_kp_err_px_median": float(kp.median()) if kp.numel() else nan,
             "val_mask_iou": float(iou.mean()) if iou.numel() else nan,
             "val_instances": float(len(add_ok)),
+            **({"val_coord_err_mm_median": 1e3 * float(torch.cat(xyz_err).median())}
+               if xyz_err else {}),
         }
+
+    def _dense_poses(self, coordinates: Tensor, mask_prob: Tensor, K: Tensor, present: Tensor
+                     ) -> tuple[Tensor, Tensor, Tensor]:
+        """Poses of the present objects from the dense coordinates, as the pipeline solves them.
+
+        Args:
+            coordinates: (B, O, 3, h, w) m.
+            mask_prob: (B, O, h, w).
+            K: (B, 3, 3) intrinsics of the input.
+            present: (B, O) bool.
+
+        Returns:
+            (R (N, 3, 3), t (N, 3), ok (N,)) for the N present objects in row-major order.
+        """
+        from dvc_perception.models.heads import dense_correspondences
+
+        Rs, ts, oks = [], [], []
+        for bi, oi in torch.nonzero(present).tolist():
+            x2d, x3d, w = dense_correspondences(coordinates[bi, oi].numpy(),
+                                                mask_prob[bi, oi].numpy(), HEATMAP_STRIDE)
+            if x2d.shape[0] < 6:
+                Rs.append(torch.eye(3, dtype=torch.float64))
+                ts.append(torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64))
+                oks.append(False)
+                continue
+            R, t, ok = solve_pose_like_pipeline(
+                torch.from_numpy(x2d)[None], torch.from_numpy(x3d)[None],
+                K[bi].double()[None], torch.from_numpy(w)[None], self.ransac_threshold_px)
+            Rs.append(R[0])
+            ts.append(t[0])
+            oks.append(bool(ok[0]))
+        return torch.stack(Rs), torch.stack(ts), torch.tensor(oks, dtype=torch.bool)
 
 
 def solve_pose_like_pipeline(

@@ -320,6 +320,74 @@ def test_two_stage_source_crops_every_detection_and_maps_keypoints_back(zoom_kp_
         assert ranks == list(range(len(ranks)))
 
 
+@pytest.fixture(scope="module")
+def dense_zoom_model(tmp_path_factory):
+    """An untrained dense-coordinate model on zoom crops whose masks are on everywhere."""
+    torch.manual_seed(2)
+    cfg = KeypointNetConfig(object_ids=OBJECT_IDS, num_keypoints=NUM_KEYPOINTS, input_width=96,
+                            input_height=96, decoder_channels=(16, 16), dense_coordinates=True,
+                            coordinate_scales_m=(0.075, 0.1), **SMALL)
+    net = KeypointNet(cfg)
+    with torch.no_grad():
+        net.mask_head.bias.fill_(3.0)
+    rng = np.random.default_rng(0)
+    objects = [{"object_id": o, "keypoints_obj": rng.uniform(-0.05, 0.05, (NUM_KEYPOINTS, 3))
+                .tolist(), "diameter_m": 0.15, "symmetries": None} for o in OBJECT_IDS]
+    ckpt = {"model_kind": "keypoint", "model_config": dataclasses.asdict(cfg),
+            "objects": objects, "provenance": _provenance(), "input_kind": "zoom_crop",
+            "crop_scale": 1.5}
+    module = KeypointNetForExport(net)
+    assert module.output_names == (*KEYPOINT_OUTPUTS, "coordinates")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
+        return export_onnx(module, (torch.zeros(1, 3, 96, 96),),
+                           tmp_path_factory.mktemp("dense") / "dense_zoom.onnx",
+                           input_names=[INPUT_NAME], output_names=list(module.output_names),
+                           metadata=export_metadata(ckpt, command=["pytest"]))
+
+
+def test_two_stage_source_reads_dense_coordinates(dense_zoom_model, detector_model):
+    import onnxruntime as ort
+
+    from dvc_perception.engines.preprocess import Letterbox, ZoomCrop
+    from dvc_perception.pipeline.detection import boxes_to_source, decode_detections
+    from dvc_perception.pipeline.network import TwoStageKeypointSource
+
+    meta = read_model_metadata(dense_zoom_model)
+    assert meta.extra["correspondences"] == "dense_coordinates"
+    assert "coordinates" in meta.extra["outputs"]
+    source = TwoStageKeypointSource(detector_model, dense_zoom_model, min_detection_score=0.2,
+                                    max_per_class=2)
+    assert source.dense
+    image = _image(640, 480, seed=5)
+    det = ort.InferenceSession(str(detector_model), providers=["CPUExecutionProvider"])
+    box = Letterbox(640, 480, *read_model_metadata(detector_model).input_size)
+    out = det.run(None, {det.get_inputs()[0].name: box.network_input(image)})
+    boxes = boxes_to_source(decode_detections(out[0][0], out[1][0], out[2][0], min_score=0.2,
+                                              max_per_class=2), box)
+    assert boxes, "the test detector must fire"
+    net = ort.InferenceSession(str(dense_zoom_model), providers=["CPUExecutionProvider"])
+    names = [o.name for o in net.get_outputs()]
+    found = source.detect(image)
+    assert len(found) == len(boxes)
+    for d, b in zip(found, boxes):
+        crop = ZoomCrop.from_box(b.box_xywh, (640, 480), (96, 96), scale=1.5)
+        res = dict(zip(names, net.run(None, {net.get_inputs()[0].name:
+                                             crop.network_input(image)})))
+        o = b.class_index
+        # reference decode: every cell (all masks are on: 24 x 24 = 576 > 256), 256 taken
+        # evenly in row-major order, its centre 4 j + 1.5 back to the image by the crop map
+        idx = np.linspace(0, 575, 256).round().astype(int)
+        uv_in = np.stack([4 * (idx % 24) + 1.5, 4 * (idx // 24) + 1.5], -1)
+        assert d.object_id == OBJECT_IDS[o]
+        np.testing.assert_allclose(d.keypoints_px, crop.points_to_source(uv_in), atol=1e-9)
+        np.testing.assert_allclose(
+            d.points_obj, res["coordinates"][0, o].reshape(3, -1).T[idx], atol=1e-6)
+        np.testing.assert_allclose(
+            d.confidence, np.clip(res["mask"][0, o].reshape(-1)[idx] * b.score, 0, 1),
+            atol=1e-6)
+
+
 def test_two_stage_source_checks_each_model(models, zoom_kp_model, detector_model):
     from dvc_perception.pipeline.network import TwoStageKeypointSource
 
