@@ -346,6 +346,36 @@ class RefineConfig:
 
 
 @dataclass(frozen=True)
+class SearchConfig:
+    """Pose search in every detector box with the object's mesh alone (`refine.search`).
+
+    Replaces the keypoint network's PnP in the two-stage path: each box of the detector is
+    searched by refining ``num_rotations`` starts spread over all rotations, each placed to fill
+    the box, and the refined pose of lowest alignment cost is reported, scored ``detection
+    score * exp(-refine.cost_weight * cost)``. Needs ``pipeline.refine.enabled`` (its settings
+    and meshes are used) and a detector (``network.detector_model_path``). About 5 ms per start
+    per box on one CPU core: for acquisition with tracking, not for every frame.
+    """
+
+    enabled: bool = _f(
+        False,
+        "search each detector box's pose with the mesh (needs pipeline.refine.enabled and a "
+        "detector) instead of PnP on the keypoint network's output",
+    )
+    num_rotations: int = _f(
+        200, "starting rotations per box, spread uniformly over all rotations (seeded: the same "
+        "starts every frame)", range=(1, 5000), live=True,
+    )
+    prescreen_k: int = _f(
+        0, "0: refine every start fully; k: a coarse fit of every start, then the k best "
+        "refined fully (faster)", range=(0, 5000), live=True,
+    )
+
+    def __post_init__(self) -> None:
+        _check_range("pipeline.search", self)
+
+
+@dataclass(frozen=True)
 class TrackingConfig:
     """Tracking by refinement (`pipeline.tracking`); needs ``pipeline.refine.enabled``.
 
@@ -517,6 +547,7 @@ class PipelineConfig:
     pnp: PnPConfig = field(default_factory=PnPConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     refine: RefineConfig = field(default_factory=RefineConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     multiview: MultiviewConfig = field(default_factory=MultiviewConfig)
 
@@ -525,6 +556,9 @@ class PipelineConfig:
         if self.tracking.enabled and not self.refine.enabled:
             raise ConfigError("pipeline.tracking.enabled: true needs pipeline.refine.enabled: "
                               "true (tracks follow objects by refinement)")
+        if self.search.enabled and not self.refine.enabled:
+            raise ConfigError("pipeline.search.enabled: true needs pipeline.refine.enabled: true "
+                              "(the search refines starts with the object meshes)")
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> PipelineConfig:

@@ -48,6 +48,12 @@ source runs every ``tracking.detect_every`` frames or when a track's cost passes
 ``tracking.max_cost``, and tracks that end are reported in `FrameResult.lost`. Each track keeps
 its colour histograms across frames (`refine.ColourStatistics`, updated at
 ``tracking.colour_learning_rate`` per frame); a detection that re-initialises a track drops them.
+
+With ``pipeline.search.enabled`` (needs refinement and the two-stage source's detector) the
+keypoint network is not run: each detector box is searched with the object's mesh
+(`refine.search.search_pose`: ``search.num_rotations`` starts over all rotations, each fitted to
+the box and refined, the lowest-cost pose kept), score ``detection score * exp(-cost_weight *
+cost)``. With tracking, this is the detection that starts and re-initialises tracks.
 """
 
 from __future__ import annotations
@@ -110,7 +116,8 @@ class ObjectPose:
         R: (3, 3) float64 rotation, object frame to camera optical frame.
         t: (3,) float64 m, object origin in the camera optical frame.
         score: in [0, 1], confidence-weighted fraction of keypoints that are PnP inliers; after
-            refinement times ``exp(-refine.cost_weight * refine_cost)``.
+            refinement times ``exp(-refine.cost_weight * refine_cost)``; from the pose search
+            (``pipeline.search``): the detection score times that factor.
         covariance: (6, 6) float64, ROS order (tx, ty, tz [m], rx, ry, rz [rad], small angles of
             a left perturbation ``R = exp([dθ]x) R_hat``), from the solver (PnP's, or the
             refiner's when the pose was refined).
@@ -427,6 +434,8 @@ class Pipeline:
                                      for i in keypoint_source.object_ids
                                      if i not in self.refine_models]
         self._refine_settings: tuple[RefineConfig, RefineSettings] | None = None
+        if config.search.enabled:
+            self._check_search_ready()
         #: The tracks (``tracking.enabled``, read here); None without tracking.
         self.tracker: Tracker | None = None
         if config.tracking.enabled:
@@ -434,6 +443,16 @@ class Pipeline:
                                     for i, m in self.refine_models.items()})
         self._warm_up_pose_path()
         self._warm_up_refiner()
+
+    def _check_search_ready(self) -> None:
+        """ConfigError unless ``pipeline.search`` can run: a detector and every class's mesh."""
+        if not callable(getattr(self.keypoint_source, "detect_boxes", None)):
+            raise ConfigError(f"pipeline.search.enabled: true needs a detector (the two-stage "
+                              f"network source, network.detector_model_path); "
+                              f"{self.keypoint_source.backend} gives no boxes")
+        if missing := [i for i in self.keypoint_source.object_ids if i not in self.refine_models]:
+            raise ConfigError(f"pipeline.search.enabled: true needs a mesh of every detector "
+                              f"class; none for {missing} ({'; '.join(self.refine_notes)})")
 
     def _warm_up_pose_path(self) -> None:
         """Run the per-frame pose code once (direct fit and RANSAC) on a synthetic detection.
@@ -583,6 +602,8 @@ class Pipeline:
     def _detect(self, image_rgb: np.ndarray, camera: CameraModel
                 ) -> tuple[list[ObjectPose], dict[str, float]]:
         """Keypoint source -> PnP -> refinement (when on): the poses and the stage times [ms]."""
+        if self.config.search.enabled:
+            return self._search(image_rgb, camera)
         t0 = time.perf_counter()
         detections = self.keypoint_source.detect(image_rgb)
         t1 = time.perf_counter()
@@ -593,6 +614,33 @@ class Pipeline:
         t3 = time.perf_counter()
         return poses, {"detect_ms": 1e3 * (t1 - t0), "pnp_ms": 1e3 * (t2 - t1),
                        "refine_ms": 1e3 * (t3 - t2)}
+
+    def _search(self, image_rgb: np.ndarray, camera: CameraModel
+                ) -> tuple[list[ObjectPose], dict[str, float]]:
+        """Detector boxes -> `refine.search.search_pose` per box: the poses and stage times."""
+        from dvc_perception.refine.search import SearchSettings, search_pose
+
+        t0 = time.perf_counter()
+        boxes = self.keypoint_source.detect_boxes(image_rgb)  # type: ignore[attr-defined]
+        t1 = time.perf_counter()
+        cfg = self.config.search
+        settings = SearchSettings(num_rotations=cfg.num_rotations, prescreen_k=cfg.prescreen_k)
+        refine = self._current_refine_settings()
+        weight = self.config.refine.cost_weight
+        poses = []
+        for box in boxes:
+            object_id = self.keypoint_source.object_ids[box.class_index]
+            found = search_pose(image_rgb, camera, self.refine_models[object_id], box.box_xywh,
+                                settings, refine)
+            if not math.isfinite(found.cost):
+                continue
+            pose = ObjectPose(object_id, found.R, found.t,
+                              float(box.score) * math.exp(-weight * found.cost),
+                              found.covariance, np.zeros((0, 2)), 0, refine_cost=found.cost)
+            if pose.score >= self.config.min_score:
+                poses.append(pose)
+        return poses, {"detect_ms": 1e3 * (t1 - t0), "pnp_ms": 0.0,
+                       "refine_ms": 1e3 * (time.perf_counter() - t1)}
 
     def _track(self, image_rgb: np.ndarray, camera: CameraModel, stamp: float
                ) -> tuple[list[ObjectPose], list[LostTrack], dict[str, float]]:

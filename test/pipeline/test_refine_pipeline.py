@@ -264,3 +264,56 @@ def test_network_pipeline_with_refinement_improves_the_shipped_demo_model(demo_o
         errors.append(float(add_error(pose.R, pose.t, R_TRUE, T_TRUE, points))
                       / demo_object.diameter_m)
     assert errors[1] <= errors[0] and errors[1] < 0.03, errors
+
+
+class BoxesOnly:
+    """A detector-like source: fixed boxes of its one class; its keypoints must not be used."""
+
+    backend = "test:boxes"
+
+    def __init__(self, object_id: str, boxes: list) -> None:
+        self.object_ids = (object_id,)
+        self.boxes = boxes
+
+    def detect_boxes(self, image_rgb: np.ndarray) -> list:
+        return list(self.boxes)
+
+    def detect(self, image_rgb: np.ndarray) -> list[KeypointDetection]:
+        raise AssertionError("pipeline.search must not run the keypoint stage")
+
+
+@pytest.mark.slow
+def test_search_finds_the_pose_in_a_detector_box(model_pipeline, demo_object, frame, camera):
+    from dvc_perception.config import SearchConfig
+    from dvc_perception.pipeline.detection import BoxDetection
+
+    mesh = demo_object.mesh.to(dtype=torch.float64)
+    mask = render(mesh, (torch.from_numpy(R_TRUE), torch.from_numpy(T_TRUE)),
+                  torch.from_numpy(K), WIDTH, HEIGHT, shade=False).mask.numpy()
+    ys, xs = np.nonzero(mask)
+    box = (float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1),
+           float(ys.max() - ys.min() + 1))
+    config = dataclasses.replace(model_pipeline.config,
+                                 search=SearchConfig(enabled=True, num_rotations=400))
+    pipe = Pipeline(config, BoxesOnly("demo_object", [BoxDetection(0, 0.8, box)]),
+                    refine_models=model_pipeline.refine_models)
+    result = pipe.process(frame, camera, 0.0)
+    assert len(result.poses) == 1
+    pose = result.poses[0]
+    assert _add(pose, demo_object) < 0.1
+    assert pose.refine_cost is not None
+    assert pose.score == pytest.approx(0.8 * math.exp(-pose.refine_cost))
+    assert result.timings["pnp_ms"] == 0.0
+
+
+def test_search_needs_refinement_a_detector_and_meshes(model_pipeline, demo_object):
+    from dvc_perception.config import SearchConfig
+
+    with pytest.raises(ConfigError, match="needs pipeline.refine.enabled"):
+        PipelineConfig(search=SearchConfig(enabled=True))
+    config = dataclasses.replace(model_pipeline.config, search=SearchConfig(enabled=True))
+    source = ProjectedKeypoints("demo_object", _points(demo_object), R_TRUE, T_TRUE)
+    with pytest.raises(ConfigError, match="needs a detector"):
+        Pipeline(config, source, refine_models=model_pipeline.refine_models)
+    with pytest.raises(ConfigError, match="mesh of every detector class"):
+        Pipeline(config, BoxesOnly("no_mesh_object", []), refine_models={})
