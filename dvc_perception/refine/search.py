@@ -22,9 +22,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from dvc_perception.errors import ConfigError, ShapeError
 from dvc_perception.geometry.camera import CameraModel
+from dvc_perception.geometry.so3 import quaternion_to_matrix
 from dvc_perception.refine.contour import ContourModel, mesh_arrays
 from dvc_perception.refine.refiner import ObjectModel, RefineSettings, refine_pose
 
@@ -80,7 +82,7 @@ def rotation_samples(n: int, seed: int = 0) -> np.ndarray:
     """(n, 3, 3) rotations spread evenly over SO(3).
 
     The Super-Fibonacci spiral (Alexa, "Super-Fibonacci Spirals: Fast, Low-Discrepancy Sampling
-    of SO(3)", CVPR 2022): quaternion i = (r sin a, r cos a, R sin b, R cos b) with
+    of SO(3)", CVPR 2022): quaternion i (x, y, z, w) = (r sin a, r cos a, R sin b, R cos b) with
     ``s = i + 1/2``, ``r = sqrt(s / n)``, ``R = sqrt(1 - s / n)``, ``a = 2 pi s / sqrt(2)``,
     ``b = 2 pi s / 1.5337511687552043``; far more even than random draws for the same n (no
     gaps a start cannot converge across). `seed` > 0 turns the whole set by one random rotation
@@ -91,21 +93,11 @@ def rotation_samples(n: int, seed: int = 0) -> np.ndarray:
     s = np.arange(n, dtype=np.float64) + 0.5
     r, r_c = np.sqrt(s / n), np.sqrt(1.0 - s / n)
     a, b = 2.0 * np.pi * s / np.sqrt(2.0), 2.0 * np.pi * s / 1.5337511687552043
-    x, y, z, w = r * np.sin(a), r * np.cos(a), r_c * np.sin(b), r_c * np.cos(b)
-    R = np.stack([
-        np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)], -1),
-        np.stack([2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)], -1),
-        np.stack([2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], -1),
-    ], axis=1)
+    q = np.stack([r * np.sin(a), r * np.cos(a), r_c * np.sin(b), r_c * np.cos(b)], axis=-1)
+    R = quaternion_to_matrix(torch.from_numpy(q)).numpy()
     if seed:
-        q = np.random.default_rng(seed).normal(size=4)
-        w0, x0, y0, z0 = q / np.linalg.norm(q)
-        turn = np.array([
-            [1 - 2 * (y0 * y0 + z0 * z0), 2 * (x0 * y0 - z0 * w0), 2 * (x0 * z0 + y0 * w0)],
-            [2 * (x0 * y0 + z0 * w0), 1 - 2 * (x0 * x0 + z0 * z0), 2 * (y0 * z0 - x0 * w0)],
-            [2 * (x0 * z0 - y0 * w0), 2 * (y0 * z0 + x0 * w0), 1 - 2 * (x0 * x0 + y0 * y0)],
-        ])
-        R = turn @ R
+        turn = np.random.default_rng(seed).normal(size=4)
+        R = quaternion_to_matrix(torch.from_numpy(turn)).numpy() @ R
     return R
 
 
