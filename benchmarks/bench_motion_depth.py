@@ -3,6 +3,7 @@
 
     .venv/bin/python benchmarks/bench_motion_depth.py [--frames 30] [--warm-up 5]
         [--internal-width 320] [--threads 0] [--no-refine] [--data DIR] [--json FILE]
+        [--kernels]
 
 On the real 7-Scenes kitchen sequence (``../shared/data/rgbd_kitchen``, 640x480, its
 KinectFusion poses; skipped with a message where the folder is absent), the node's estimator
@@ -15,6 +16,12 @@ fusion), ``total`` (the whole `estimate`, including the colour -> grey resize an
 upsampling to 640x480). Median and 90th percentile in ms. A sanity line gives AbsRel and density
 against the sensor depth over the timed frames (not the issue's evaluation, which goes through
 rgbd2bag + replay + eval). The CPU may be shared: the load average before and after is printed.
+
+``--kernels`` also times the plane sweep's compiled kernels on one reference frame with 3 sources
+(the sweep's median in the sequence; sequence frames 100 and 96, 90, 80 before it, the given
+poses), median of 10 runs: ``stats`` (reference window statistics), ``cost`` (warp + ZNCC of
+every source over every plane, averaged), ``sgm_winner`` (4 paths + winner), ``seen``, and the
+whole `sweep.plane_sweep_depth` (adds the P2 map and the speckle filter).
 """
 
 from __future__ import annotations
@@ -33,7 +40,9 @@ import numpy as np
 
 from dvc_perception.config import MultiviewConfig
 from dvc_perception.datasets.rgbd import iter_rgbd_images, read_rgbd_sequence
-from dvc_perception.motion_depth.estimator import STATUS_OK, MotionDepthEstimator
+from dvc_perception.geometry.camera import CameraModel
+from dvc_perception.motion_depth.estimator import STATUS_OK, MotionDepthEstimator, internal_size
+from dvc_perception.motion_depth.sweep import plane_sweep_depth
 from dvc_perception.pipeline.multiview import motion_depth_settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,6 +98,60 @@ def run(data: Path, frames: int, warm_up: int, internal_width: int, refine: bool
             "planes": settings.sweep.planes, "max_sources": settings.keyframes.max_sources}
 
 
+def time_kernels(data: Path, internal_width: int, runs: int = 10) -> dict[str, float]:
+    """Median ms of each plane-sweep kernel on one frame with 3 sources (module docstring)."""
+    from dvc_perception.motion_depth import _compiled
+
+    settings = motion_depth_settings(MultiviewConfig(internal_width=internal_width)).sweep
+    sequence = read_rgbd_sequence(data)
+    wanted = {100: "ref", 96: 0, 90: 1, 80: 2}
+    greys: dict[object, np.ndarray] = {}
+    poses: dict[object, np.ndarray] = {}
+    for i, (frame, rgb, _) in enumerate(iter_rgbd_images(sequence)):
+        if i in wanted:
+            h, w = rgb.shape[:2]
+            grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+            grey = cv2.resize(grey, internal_size(w, h, internal_width),
+                              interpolation=cv2.INTER_AREA)
+            greys[wanted[i]] = grey.astype(np.float32) / 255.0
+            poses[wanted[i]] = frame.T_world_cam
+        if len(greys) == len(wanted):
+            break
+    ref = greys.pop("ref")
+    K = CameraModel(sequence.K, np.zeros(0), w, h).resized(ref.shape[1], ref.shape[0]).K.numpy()
+    relative = [np.linalg.inv(poses[k]) @ poses["ref"] for k in range(3)]
+    sources = [greys[k] for k in range(3)]
+    # the kernels' inputs, as `plane_sweep_depth` makes them
+    inv = settings.inverse_depths()
+    r = settings.window_radius
+    srcs = np.stack(sources)
+    A = np.stack([K @ T[:3, :3] @ np.linalg.inv(K) for T in relative])
+    b = np.stack([K @ T[:3, 3] for T in relative])
+    mean, inv_std = _compiled.reference_stats(ref, r)
+    cost = np.empty((ref.shape[0], len(inv), ref.shape[1]), np.float32)
+    _compiled.sweep_cost(ref, mean, inv_std, srcs, A, b, inv, r, cost)
+    p2 = np.full(ref.shape, settings.p2, np.float32)
+    idx, _ = _compiled.sgm_winner(cost, np.float32(settings.p1), p2, False)
+    steps = {
+        "stats": lambda: _compiled.reference_stats(ref, r),
+        "cost": lambda: _compiled.sweep_cost(ref, mean, inv_std, srcs, A, b, inv, r,
+                                             np.empty_like(cost)),
+        "sgm_winner": lambda: _compiled.sgm_winner(cost, np.float32(settings.p1), p2, False),
+        "seen": lambda: _compiled.seen_at(idx, A, b, inv),
+        "plane_sweep_depth": lambda: plane_sweep_depth(ref, sources, relative, K, settings),
+    }
+    out = {}
+    for name, step in steps.items():
+        step()
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            step()
+            times.append(1e3 * (time.perf_counter() - t0))
+        out[name] = statistics.median(times)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
@@ -99,6 +162,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="numba threads (0: default)")
     parser.add_argument("--no-refine", action="store_true", help="pose refinement off")
     parser.add_argument("--json", type=Path, default=None, help="write the result here")
+    parser.add_argument("--kernels", action="store_true",
+                        help="also time the sweep's kernels on one frame")
     args = parser.parse_args()
     if not args.data.is_dir():
         print(f"skipped: {args.data} is absent (the shared data exists on dev and CI machines "
@@ -142,6 +207,11 @@ def main() -> None:
           f"{'met' if total <= TARGET_MS else 'not met'} ({total:.0f} ms median total)")
     print(f"sanity: AbsRel {np.mean(result['abs_rel']):.3f}, density "
           f"{np.mean(result['density']):.2f} of the sensor's valid pixels (timed frames)")
+    if args.kernels:
+        kernels = time_kernels(args.data, args.internal_width)
+        result["kernels_ms"] = kernels
+        print("sweep kernels, one frame, 3 sources (median ms): "
+              + ", ".join(f"{k} {v:.1f}" for k, v in kernels.items()))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({

@@ -75,241 +75,447 @@ def reference_stats(ref, radius):
 
 
 @jit
-def _warp_plane(src, A, b, w, warped, valid):
-    """Sample `src` (bilinear) where plane `w` maps each reference pixel, into `warped`.
+def _project(A, b, s, w, x, y):
+    """Where plane `w` maps reference pixel (x, y) in source `s`: (in front, u, v) [px].
 
-    `valid` is False where the point is behind the source camera or outside its image
-    (clamped samples there).
+    The one projection of the sweep (`sweep_cost` and `seen_at` agree exactly); u, v are 0
+    where the point is not in front of the source camera (qz <= 1e-6).
     """
-    H, W = warped.shape
+    qz = A[s, 2, 0] * x + (A[s, 2, 1] * y + A[s, 2, 2] + b[s, 2] * w)
+    front = qz > 1e-6
+    inv_qz = 1.0 / (qz if front else 1.0)
+    u = (A[s, 0, 0] * x + (A[s, 0, 1] * y + A[s, 0, 2] + b[s, 0] * w)) * inv_qz
+    v = (A[s, 1, 0] * x + (A[s, 1, 1] * y + A[s, 1, 2] + b[s, 1] * w)) * inv_qz
+    return front, u if front else 0.0, v if front else 0.0
+
+
+@jit
+def _warp_row_sums(srcs_flat, H, W, A, b, s, w, y, ref, radius, xs, index, fx, fy, front, valid,
+                   slot, warped, sum1, sum2, sum12):
+    """Warp reference row `y` from source `s` by plane `w`; its horizontal window sums.
+
+    Samples source `s` of the (S, H, W) float32 sources `srcs_flat` (flat) bilinearly where the
+    plane maps each pixel of the row, into `warped` (W,): 0 where the point is behind the source
+    camera, the clamped sample where it is outside the image; ``valid[s, slot]`` (W,) is True
+    where it is inside. `sum1`, `sum2`, `sum12` (W,) receive the sums of the samples, their
+    squares and their products with ``ref[y]`` (`ref` (H, W)) over the row's (2r+1) windows
+    clipped to the image (running sums). `xs` (W,) float64 column numbers; `index`, `fx`, `fy`,
+    `front` (W,) scratch. The projection is a loop of its own, vectorised; the gather is
+    scalar (vector gathers are no faster here). No array views: each would cost an atomic
+    reference count per call.
+    """
+    wm = W - 1.0
+    hm = H - 1.0
+    for x in range(W):
+        f, u, v = _project(A, b, s, w, xs[x], y)
+        valid[s, slot, x] = f & (u >= 0.0) & (v >= 0.0) & (u <= wm) & (v <= hm)
+        front[x] = f
+        u = min(max(u, 0.0), wm)
+        v = min(max(v, 0.0), hm)
+        x0 = min(np.int32(u), np.int32(W - 2))
+        y0 = min(np.int32(v), np.int32(H - 2))
+        fx[x] = np.float32(u - x0)
+        fy[x] = np.float32(v - y0)
+        index[x] = y0 * W + x0
+    base = np.uint64(s * H * W)
+    step = np.uint64(W)
+    one = np.uint64(1)
+    k = 2 * radius + 1
+    a1 = np.float32(0.0)
+    a2 = np.float32(0.0)
+    a12 = np.float32(0.0)
+    for x in range(W + radius):  # x enters the window of column x - r, x - k leaves it
+        if x < W:
+            i = base + np.uint64(index[x])
+            s00 = srcs_flat[i]
+            s01 = srcs_flat[i + one]
+            s10 = srcs_flat[i + step]
+            s11 = srcs_flat[i + step + one]
+            top = s00 + fx[x] * (s01 - s00)
+            bot = s10 + fx[x] * (s11 - s10)
+            val = top + fy[x] * (bot - top) if front[x] else np.float32(0.0)
+            warped[x] = val
+            a1 += val
+            a2 += val * val
+            a12 += val * ref[y, x]
+        if x >= k:
+            old = warped[x - k]
+            a1 -= old
+            a2 -= old * old
+            a12 -= old * ref[y, x - k]
+        if x >= radius:
+            sum1[x - radius] = a1
+            sum2[x - radius] = a2
+            sum12[x - radius] = a12
+
+
+@jit(parallel=True)
+def sweep_cost(ref, ref_mean, ref_inv_std, srcs, A, b, inv_depths, radius, cost):
+    """Mean over the sources of 1 - ZNCC of `ref` with each source warped by each plane.
+
+    Args:
+        ref: (H, W) float32 reference image.
+        ref_mean: (H, W) its window means (`reference_stats`).
+        ref_inv_std: (H, W) its window 1/std (`reference_stats`).
+        srcs: (S, H, W) float32 source images.
+        A: (S, 3, 3) per source, ``q = A p~ + b w`` (module docstring).
+        b: (S, 3) per source.
+        inv_depths: (D,) plane inverse depths [1/m].
+        radius: ZNCC window radius r [px].
+        cost: (H, D, W) float32, receives the cost (allocated by the caller: numpy asks for
+            huge pages, numba's allocator does not, and 4 KiB page faults on a fresh 20 MB
+            volume per frame cost ~10 ms in a virtual machine).
+
+    The cost in [0, 2] is the mean over the sources that see the
+    (plane, pixel) of 1 - ZNCC over (2r+1)^2 windows clipped to the image; a source whose plane
+    point is behind it or outside its image is skipped there; 1 (no information) where no
+    source sees it or either window is flat. Runs per plane (in parallel), row by row: each
+    source's warped row's horizontal window sums (running sums) enter a ring of the last 2r+1
+    rows'; the vertical window sums are running sums over the ring.
+    """
+    S, H, W = srcs.shape
+    D = inv_depths.shape[0]
+    k = 2 * radius + 1
+    inv_n = np.float32(1.0) / window_counts(H, W, radius)
+    zero = np.float32(0.0)
+    one = np.float32(1.0)
+    two = np.float32(2.0)
+    xs = np.arange(W).astype(np.float64)
+    srcs_flat = srcs.ravel()
+    for d in numba.prange(D):
+        w = inv_depths[d]
+        index = np.empty(W, np.int32)
+        fx = np.empty(W, np.float32)
+        fy = np.empty(W, np.float32)
+        front = np.empty(W, np.bool_)
+        warped = np.empty(W, np.float32)
+        h1 = np.zeros((S, k, W), np.float32)
+        h2 = np.zeros((S, k, W), np.float32)
+        h12 = np.zeros((S, k, W), np.float32)
+        valid = np.zeros((S, k, W), np.bool_)
+        s1 = np.zeros((S, W), np.float32)
+        s2 = np.zeros((S, W), np.float32)
+        s12 = np.zeros((S, W), np.float32)
+        n1 = np.empty(W, np.float32)
+        n2 = np.empty(W, np.float32)
+        n12 = np.empty(W, np.float32)
+        acc = np.empty(W, np.float32)
+        cnt = np.empty(W, np.float32)
+        for yy in range(H + radius):  # yy: the row entering the windows
+            slot = yy % k  # the slot of row yy - k, which leaves the windows
+            for s in range(S):
+                if yy >= H:
+                    for x in range(W):
+                        s1[s, x] -= h1[s, slot, x]
+                        s2[s, x] -= h2[s, slot, x]
+                        s12[s, x] -= h12[s, slot, x]
+                    continue
+                _warp_row_sums(srcs_flat, H, W, A, b, s, w, yy, ref, radius, xs, index, fx, fy,
+                               front, valid, slot, warped, n1, n2, n12)
+                for x in range(W):  # the ring starts zeroed: nothing leaves before row k
+                    s1[s, x] += n1[x] - h1[s, slot, x]
+                    s2[s, x] += n2[x] - h2[s, slot, x]
+                    s12[s, x] += n12[x] - h12[s, slot, x]
+                    h1[s, slot, x] = n1[x]
+                    h2[s, slot, x] = n2[x]
+                    h12[s, slot, x] = n12[x]
+            y = yy - radius  # the output row: window rows y - r .. y + r are summed
+            if y < 0:
+                continue
+            vslot = y % k
+            for x in range(W):
+                acc[x] = zero
+                cnt[x] = zero
+            for s in range(S):
+                for x in range(W):
+                    m = s1[s, x] * inv_n[y, x]
+                    var = s2[s, x] * inv_n[y, x] - m * m
+                    cov = s12[s, x] * inv_n[y, x] - m * ref_mean[y, x]
+                    c = one
+                    if var > 1e-6 and ref_inv_std[y, x] > 0.0:
+                        c = one - cov * ref_inv_std[y, x] / np.sqrt(var)
+                    c = min(max(c, zero), two)
+                    ok = valid[s, vslot, x]
+                    acc[x] += c if ok else zero
+                    cnt[x] += one if ok else zero
+            for x in range(W):
+                cost[y, d, x] = acc[x] / cnt[x] if cnt[x] > 0.0 else one
+
+
+@jit
+def seen_at(index, A, b, inv_depths):
+    """Sources (H, W) float32 that see each pixel's plane ``rint(index)`` (H, W) [planes].
+
+    The same test as `sweep_cost`: in front of the source camera and inside its image. Serial:
+    ~1 ms at 320x240, less than a parallel loop costs to start on a busy machine.
+    """
+    H, W = index.shape
+    D = inv_depths.shape[0]
+    seen = np.zeros((H, W), np.float32)
     for y in range(H):
         for x in range(W):
-            qz = A[2, 0] * x + A[2, 1] * y + A[2, 2] + b[2] * w
-            if qz <= 1e-6:
-                warped[y, x] = 0.0
-                valid[y, x] = False
-                continue
-            u = (A[0, 0] * x + A[0, 1] * y + A[0, 2] + b[0] * w) / qz
-            v = (A[1, 0] * x + A[1, 1] * y + A[1, 2] + b[1] * w) / qz
-            inside = u >= 0.0 and v >= 0.0 and u <= W - 1.0 and v <= H - 1.0
-            valid[y, x] = inside
-            if not inside:
-                u = min(max(u, 0.0), W - 1.0)
-                v = min(max(v, 0.0), H - 1.0)
-            x0 = min(int(u), W - 2)
-            y0 = min(int(v), H - 2)
-            fx = np.float32(u - x0)
-            fy = np.float32(v - y0)
-            top = src[y0, x0] + fx * (src[y0, x0 + 1] - src[y0, x0])
-            bot = src[y0 + 1, x0] + fx * (src[y0 + 1, x0 + 1] - src[y0 + 1, x0])
-            warped[y, x] = top + fy * (bot - top)
-
-
-@jit(parallel=True)
-def sweep_zncc(ref, ref_mean, ref_inv_std, src, A, b, inv_depths, radius, cost_sum, cost_count):
-    """Add 1 - ZNCC of `ref` with `src` warped by each plane to `cost_sum` (D, H, W).
-
-    `cost_count` (D, H, W) counts the sources that saw each (plane, pixel): a pixel whose plane
-    point falls behind the source camera or outside its image is skipped for that source. ZNCC is
-    over (2r+1)^2 windows clipped to the image; a flat window (no texture) costs 1 (no
-    information). Window sums are running sums: horizontal per row, then vertical.
-    """
-    H, W = ref.shape
-    D = inv_depths.shape[0]
-    n = window_counts(H, W, radius)
-    for d in numba.prange(D):
-        warped = np.empty((H, W), np.float32)
-        valid = np.empty((H, W), np.bool_)
-        _warp_plane(src, A, b, inv_depths[d], warped, valid)
-        h1 = np.empty((H, W), np.float32)
-        h2 = np.empty((H, W), np.float32)
-        h12 = np.empty((H, W), np.float32)
-        for y in range(H):
-            a1 = np.float32(0.0)
-            a2 = np.float32(0.0)
-            a12 = np.float32(0.0)
-            for x in range(min(radius, W)):
-                a1 += warped[y, x]
-                a2 += warped[y, x] * warped[y, x]
-                a12 += warped[y, x] * ref[y, x]
-            for x in range(W):
-                if x + radius < W:
-                    v = warped[y, x + radius]
-                    a1 += v
-                    a2 += v * v
-                    a12 += v * ref[y, x + radius]
-                if x - radius - 1 >= 0:
-                    v = warped[y, x - radius - 1]
-                    a1 -= v
-                    a2 -= v * v
-                    a12 -= v * ref[y, x - radius - 1]
-                h1[y, x] = a1
-                h2[y, x] = a2
-                h12[y, x] = a12
-        s1 = np.zeros(W, np.float32)
-        s2 = np.zeros(W, np.float32)
-        s12 = np.zeros(W, np.float32)
-        for y in range(min(radius, H)):
-            for x in range(W):
-                s1[x] += h1[y, x]
-                s2[x] += h2[y, x]
-                s12[x] += h12[y, x]
-        for y in range(H):
-            if y + radius < H:
-                for x in range(W):
-                    s1[x] += h1[y + radius, x]
-                    s2[x] += h2[y + radius, x]
-                    s12[x] += h12[y + radius, x]
-            if y - radius - 1 >= 0:
-                for x in range(W):
-                    s1[x] -= h1[y - radius - 1, x]
-                    s2[x] -= h2[y - radius - 1, x]
-                    s12[x] -= h12[y - radius - 1, x]
-            for x in range(W):
-                if not valid[y, x]:
-                    continue
-                inv_n = 1.0 / n[y, x]
-                m = s1[x] * inv_n
-                var = s2[x] * inv_n - m * m
-                c = 1.0
-                if var > 1e-6 and ref_inv_std[y, x] > 0.0:
-                    cov = s12[x] * inv_n - m * ref_mean[y, x]
-                    c = 1.0 - cov * ref_inv_std[y, x] / np.sqrt(var)
-                cost_sum[d, y, x] += min(max(c, 0.0), 2.0)
-                cost_count[d, y, x] += 1.0
-
-
-@jit(parallel=True)
-def mean_cost(cost_sum, cost_count):
-    """Cost per source that saw the point, (H, W, D), from sums and counts (D, H, W).
-
-    1 (no information) where no source saw it.
-    """
-    D, H, W = cost_sum.shape
-    out = np.empty((H, W, D), np.float32)
-    for y in numba.prange(H):
-        for x in range(W):
-            for d in range(D):
-                c = cost_count[d, y, x]
-                out[y, x, d] = cost_sum[d, y, x] / c if c > 0 else 1.0
-    return out
+            d = min(max(int(np.rint(index[y, x])), 0), D - 1)
+            for s in range(A.shape[0]):
+                f, u, v = _project(A, b, s, inv_depths[d], np.float64(x), y)
+                if f and u >= 0.0 and v >= 0.0 and u <= W - 1.0 and v <= H - 1.0:
+                    seen[y, x] += 1.0
+    return seen
 
 
 @jit
-def _path_step(cost_px, prev, cur, P1, P2):
-    """One SGM recurrence step for one pixel's costs `cost_px` (D,), into `cur`.
-
-    ``cur[d] = C[d] + min(prev[d], prev[d+-1] + P1, min prev + P2) - min prev``.
-    """
-    D = cost_px.shape[0]
-    mn = prev[0]
-    for d in range(1, D):
-        if prev[d] < mn:
-            mn = prev[d]
-    jump = mn + P2
-    for d in range(D):
-        best = prev[d]
-        if d > 0 and prev[d - 1] + P1 < best:
-            best = prev[d - 1] + P1
-        if d + 1 < D and prev[d + 1] + P1 < best:
-            best = prev[d + 1] + P1
-        if jump < best:
-            best = jump
-        cur[d] = cost_px[d] + best - mn
+def _row_min(a, x, lo, hi):
+    """``min(a[x, lo:hi])`` of `a` (W, n) float32."""
+    mn = a[x, lo]
+    for d in range(lo + 1, hi):
+        mn = min(mn, a[x, d])
+    return mn
 
 
 @jit
-def _path(cost, out, P2s, P1, y, x, dy, dx):
-    """Aggregate one SGM path starting at (y, x), stepping (dy, dx) until it leaves the image."""
-    H, W, D = cost.shape
-    prev = np.empty(D, np.float32)
-    cur = np.empty(D, np.float32)
+def _path_start(cost, x, cur):
+    """A path starting at column x of `cost` (W, >= D); returns its minimum.
+
+    ``cur[x, 1:D + 1] = cost[x, :D]`` (`cur` (W, D + 2), see `_path_step`).
+    """
+    D = cur.shape[1] - 2
     for d in range(D):
-        prev[d] = cost[y, x, d]
-        out[y, x, d] += prev[d]
-    y += dy
-    x += dx
-    while 0 <= y < H and 0 <= x < W:
-        _path_step(cost[y, x], prev, cur, P1, P2s[y, x])
+        cur[x, d + 1] = cost[x, d]
+    return _row_min(cur, x, 1, D + 1)
+
+
+@jit
+def _path_step(cost, x, prev, xp, prev_mn, cur, P1, P2):
+    """One SGM step into column x of `cost` (W, >= D) from ``prev[xp]``; returns its min.
+
+    ``cur[x, d] = C[d] + min(prev[d], prev[d+-1] + P1, min prev + P2) - min prev``. `prev`,
+    `cur` (W, D + 2) (may be one array) hold plane d at d + 1 and +inf at 0 and D + 1: no
+    special ends, whole vectors.
+    """
+    D = cur.shape[1] - 2
+    jump = prev_mn + P2
+    for d in range(D):
+        best = min(min(prev[xp, d + 1], prev[xp, d] + P1), min(prev[xp, d + 2] + P1, jump))
+        cur[x, d + 1] = cost[x, d] + best - prev_mn
+    return _row_min(cur, x, 1, D + 1)
+
+
+@jit
+def _horizontal_row(cost, P1, P2s, y, agg):
+    """Both horizontal SGM paths of row `y` of `cost` (H, D, W), summed into ``agg[y]``.
+
+    Per pixel over the planes, on the row transposed to (W, D).
+    """
+    _, D, W = cost.shape
+    # Rows of D + 16 floats: a power-of-two stride (D = 64: 256 B) would map the column
+    # writes of the transposition to a few cache sets.
+    ct = np.empty((W, D + 16), np.float32)
+    for x in range(W):
         for d in range(D):
-            prev[d] = cur[d]
-            out[y, x, d] += cur[d]
-        y += dy
-        x += dx
+            ct[x, d] = cost[y, d, x]
+    right = np.empty((W, D + 2), np.float32)
+    left = np.empty((W, D + 2), np.float32)
+    for x in range(W):
+        right[x, 0] = right[x, D + 1] = left[x, 0] = left[x, D + 1] = np.inf
+    mn_r = _path_start(ct, 0, right)
+    mn_l = _path_start(ct, W - 1, left)
+    for i in range(1, W):  # the two directions interleaved: two independent chains
+        mn_r = _path_step(ct, i, right, i - 1, mn_r, right, P1, P2s[y, i])
+        x = W - 1 - i
+        mn_l = _path_step(ct, x, left, x + 1, mn_l, left, P1, P2s[y, x])
+    for d in range(D):
+        for x in range(W):
+            agg[y, d, x] = right[x, d + 1] + left[x, d + 1]
+
+
+@jit
+def _row_paths(cost, P1, P2s, y, shift, first, prev, prev_mn, cur, cur_mn, x0, x1):
+    """The SGM paths into row `y` of `cost` (H, D, W), columns [x0, x1), vectorised over x.
+
+    They come from the row before (the row after, going up).
+    `shift` (-1, 0, 1): the path's step in x; `prev` (D, W), `prev_mn` (W,): the previous row's
+    path costs and their minima; `cur`, `cur_mn` receive this row's. A path starts (its cost
+    alone) on the `first` row and where x - shift is outside the image. Unsigned column
+    indices: no negative-index wrap-around in the loops, which then vectorise.
+    """
+    _, D, W = cost.shape
+    lo = x1  # the columns [lo, hi) continue a path
+    hi = x1
+    if not first:
+        lo = min(max(x0, shift), x1)
+        hi = max(min(x1, W + shift), lo)
+    u0 = np.uint64(x0)
+    ulo = np.uint64(lo)
+    uhi = np.uint64(hi)
+    back = np.uint64(-shift)  # xp = x - shift, modulo 2^64
+    for i in range(x1 - x0):
+        cur_mn[u0 + np.uint64(i)] = np.inf
+    for d in range(D):
+        for i in range(lo - x0):
+            x = u0 + np.uint64(i)
+            cur[d, x] = cost[y, d, x]
+        for i in range(x1 - hi):
+            x = uhi + np.uint64(i)
+            cur[d, x] = cost[y, d, x]
+        dm = max(d - 1, 0)  # at the ends prev[d] + P1 >= prev[d] stands in for the neighbour
+        dp = min(d + 1, D - 1)
+        for i in range(hi - lo):
+            x = ulo + np.uint64(i)
+            xp = x + back
+            m = prev_mn[xp]
+            best = min(min(prev[d, xp], prev[dm, xp] + P1), min(prev[dp, xp] + P1, m + P2s[y, x]))
+            cur[d, x] = cost[y, d, x] + best - m
+        for i in range(x1 - x0):
+            x = u0 + np.uint64(i)
+            cur_mn[x] = min(cur_mn[x], cur[d, x])
+
+
+@jit
+def _winner_row(total, x0, x1, y, idx, ratio):
+    """Winner of the aggregated costs `total` (D, W) of row `y`, columns [x0, x1).
+
+    Into `idx`, `ratio` (H, W); vectorised over the columns. See `winner_take_all`.
+    """
+    D = total.shape[0]
+    n = x1 - x0
+    u0 = np.uint64(x0)
+    best = np.empty(n, np.float32)
+    second = np.full(n, np.inf, np.float32)
+    k = np.zeros(n, np.int64)
+    for i in range(n):
+        best[i] = total[0, u0 + np.uint64(i)]
+    for d in range(1, D):  # the first minimum
+        for i in range(n):
+            c = total[d, u0 + np.uint64(i)]
+            k[i] = d if c < best[i] else k[i]
+            best[i] = min(best[i], c)
+    for d in range(D):  # the best outside the winner's neighbours
+        for i in range(n):
+            c = total[d, u0 + np.uint64(i)]
+            if abs(d - k[i]) > 1:
+                second[i] = min(second[i], c)
+    for i in range(n):
+        x = u0 + np.uint64(i)
+        kk = k[i]
+        b = best[i]
+        off = 0.0
+        if 0 < kk < D - 1:
+            den = total[kk - 1, x] - 2.0 * b + total[kk + 1, x]
+            if den > 1e-9:
+                off = 0.5 * (total[kk - 1, x] - total[kk + 1, x]) / den
+        idx[y, x] = kk + off
+        s = second[i]
+        ratio[y, x] = b / s if s < np.inf and s > 0 else 1.0
+
+
+@jit
+def _vertical_chunk(cost, P1, P2s, agg, diagonals, x0, x1, winner, idx, ratio):
+    """The downward, then the upward SGM paths of the columns [x0, x1) of `cost` (H, D, W).
+
+    Vertical paths, with `diagonals` also diagonal ones; added to `agg` (H, D, W). With
+    `winner`, the upward pass takes the winner of each row it finishes into `idx`, `ratio`
+    (H, W) instead of adding.
+    """
+    H, D, W = cost.shape
+    nd = 3 if diagonals else 1
+    prev = np.empty((nd, D, W), np.float32)
+    cur = np.empty((nd, D, W), np.float32)
+    prev_mn = np.empty((nd, W), np.float32)
+    cur_mn = np.empty((nd, W), np.float32)
+    total = np.empty((D, W), np.float32)
+    u0 = np.uint64(x0)
+    for direction in range(2):
+        down = direction == 0
+        last = winner and not down
+        for i in range(H):
+            y = i if down else H - 1 - i
+            for j in range(nd):
+                shift = 0 if j == 0 else (1 if j == 1 else -1)  # the path's step in x
+                _row_paths(cost, P1, P2s, y, shift, i == 0, prev[j], prev_mn[j], cur[j],
+                           cur_mn[j], x0, x1)
+            for d in range(D):
+                for ii in range(x1 - x0):
+                    x = u0 + np.uint64(ii)
+                    t = agg[y, d, x] + cur[0, d, x]
+                    for j in range(1, nd):
+                        t += cur[j, d, x]
+                    if last:
+                        total[d, x] = t
+                    else:
+                        agg[y, d, x] = t
+            if last:
+                _winner_row(total, x0, x1, y, idx, ratio)
+            prev, cur = cur, prev
+            prev_mn, cur_mn = cur_mn, prev_mn
 
 
 @jit(parallel=True)
-def sgm(cost, P1, P2s, diagonals):
-    """Semi-global aggregation of `cost` (H, W, D) along 4 paths, or 8 with `diagonals`.
+def _sgm_parallel(cost, P1, P2s, diagonals, winner, chunks, agg, idx, ratio):
+    """The parallel loops of the SGM.
+
+    Rows for the horizontal paths, `chunks` chunks of columns for the vertical ones (one chunk
+    with diagonals: their paths cross the chunks). Best one chunk per thread: a chunk walks its
+    part of every row of the volume, and narrow chunks touch every memory page of it once per
+    chunk (page walks are slow in a virtual machine: 10 chunks of 32 columns took 1.6 times as
+    long as one of 320 on one thread).
+    """
+    H, D, W = cost.shape
+    for y in numba.prange(H):
+        _horizontal_row(cost, P1, P2s, y, agg)
+    chunk = W if diagonals else -(-W // (16 * max(chunks, 1))) * 16  # whole vectors
+    n_chunks = (W + chunk - 1) // chunk
+    for c in numba.prange(n_chunks):
+        _vertical_chunk(cost, P1, P2s, agg, diagonals, c * chunk, min(W, (c + 1) * chunk),
+                        winner, idx, ratio)
+
+
+def _sgm(cost: np.ndarray, P1: np.float32, P2s: np.ndarray, diagonals: bool, winner: bool,
+         chunks: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The summed path costs (H, D, W) (`winner` False) or the winner and ratio (`winner`).
+
+    The volume is allocated here, by numpy (see `sweep_cost`'s `cost`).
+    """
+    H, D, W = cost.shape
+    agg = np.empty((H, D, W), np.float32)
+    idx = np.zeros((H, W), np.float32)
+    ratio = np.ones((H, W), np.float32)
+    chunks = numba.get_num_threads() if chunks is None else chunks
+    _sgm_parallel(cost, P1, P2s, diagonals, winner, chunks, agg, idx, ratio)
+    return agg, idx, ratio
+
+
+def sgm(cost: np.ndarray, P1: np.float32, P2s: np.ndarray, diagonals: bool,
+        chunks: int | None = None) -> np.ndarray:
+    """Semi-global aggregation of `cost` (H, D, W) along 4 paths, or 8 with `diagonals`.
 
     P1 penalises a change of one plane between neighbours, P2s (H, W) a larger jump (lowered at
-    image edges by the caller). Returns the summed path costs (H, W, D). Paths of one direction
-    never share a pixel, so each direction's paths run in parallel.
+    image edges by the caller). Returns the summed path costs (H, D, W). `chunks`: column
+    chunks of the vertical paths (default: numba's thread count).
     """
-    H, W, D = cost.shape
-    out = np.zeros((H, W, D), np.float32)
-    for y in numba.prange(H):
-        _path(cost, out, P2s, P1, y, 0, 0, 1)
-        _path(cost, out, P2s, P1, y, W - 1, 0, -1)
-    for x in numba.prange(W):
-        _path(cost, out, P2s, P1, 0, x, 1, 0)
-        _path(cost, out, P2s, P1, H - 1, x, -1, 0)
-    if diagonals:
-        n = H + W - 1
-        # Each diagonal starts on the top row or the left/right column (or bottom for upward).
-        for k in numba.prange(n):
-            if k < W:
-                _path(cost, out, P2s, P1, 0, k, 1, 1)
-            else:
-                _path(cost, out, P2s, P1, k - W + 1, 0, 1, 1)
-        for k in numba.prange(n):
-            if k < W:
-                _path(cost, out, P2s, P1, H - 1, W - 1 - k, -1, -1)
-            else:
-                _path(cost, out, P2s, P1, H - 1 - (k - W + 1), W - 1, -1, -1)
-        for k in numba.prange(n):
-            if k < W:
-                _path(cost, out, P2s, P1, 0, W - 1 - k, 1, -1)
-            else:
-                _path(cost, out, P2s, P1, k - W + 1, W - 1, 1, -1)
-        for k in numba.prange(n):
-            if k < W:
-                _path(cost, out, P2s, P1, H - 1, k, -1, 1)
-            else:
-                _path(cost, out, P2s, P1, H - 1 - (k - W + 1), 0, -1, 1)
-    return out
+    return _sgm(cost, P1, P2s, diagonals, False, chunks)[0]
+
+
+def sgm_winner(cost: np.ndarray, P1: np.float32, P2s: np.ndarray, diagonals: bool,
+               chunks: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """`winner_take_all` of `sgm`, fused into the SGM's last (upward) pass.
+
+    That pass takes the winners of each row it finishes instead of writing the row back.
+    Returns the winner (H, W) float32 [planes] and the uniqueness ratio (H, W) float32.
+    """
+    _, idx, ratio = _sgm(cost, P1, P2s, diagonals, True, chunks)
+    return idx, ratio
 
 
 @jit(parallel=True)
 def winner_take_all(agg):
-    """Best plane (H, W) float32 of `agg` (H, W, D), parabola-refined, and uniqueness ratio.
+    """Best plane (H, W) float32 of `agg` (H, D, W), parabola-refined, and uniqueness ratio.
 
     The ratio is best / second best outside the winner's +-1 neighbours (1: ambiguous).
     """
-    H, W, D = agg.shape
+    H, D, W = agg.shape
     idx = np.empty((H, W), np.float32)
     ratio = np.ones((H, W), np.float32)
     for y in numba.prange(H):
-        for x in range(W):
-            c = agg[y, x]
-            k = 0
-            best = c[0]
-            for d in range(1, D):
-                if c[d] < best:
-                    best = c[d]
-                    k = d
-            second = np.inf
-            for d in range(D):
-                if abs(d - k) > 1 and c[d] < second:
-                    second = c[d]
-            off = 0.0
-            if 0 < k < D - 1:
-                den = c[k - 1] - 2.0 * best + c[k + 1]
-                if den > 1e-9:
-                    off = 0.5 * (c[k - 1] - c[k + 1]) / den
-            idx[y, x] = k + off
-            if second < np.inf and second > 0:
-                ratio[y, x] = best / second
+        _winner_row(agg[y], 0, W, y, idx, ratio)
     return idx, ratio
 
 

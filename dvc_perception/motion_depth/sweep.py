@@ -88,25 +88,21 @@ def plane_sweep_depth(ref: np.ndarray, sources: list[np.ndarray], relative: list
     inv = settings.inverse_depths()
     r = settings.window_radius
     mean, inv_std = _compiled.reference_stats(ref32, r)
-    cost_sum = np.zeros((len(inv), h, w), np.float32)
-    count = np.zeros((len(inv), h, w), np.float32)
     K_inv = np.linalg.inv(K)
-    for src, T in zip(sources, relative):
+    for src in sources:
         if src.shape != ref.shape:
             raise ShapeError(f"sweep: expected sources of shape {ref.shape}, got {src.shape}")
-        A = K @ T[:3, :3] @ K_inv
-        b = K @ T[:3, 3]
-        _compiled.sweep_zncc(ref32, mean, inv_std, np.ascontiguousarray(src, np.float32), A, b,
-                             inv, r, cost_sum, count)
-    cost = _compiled.mean_cost(cost_sum, count)  # (h, w, D)
+    srcs = np.stack([np.asarray(src, np.float32) for src in sources])  # (S, h, w)
+    A = np.stack([K @ T[:3, :3] @ K_inv for T in relative])  # (S, 3, 3)
+    b = np.stack([K @ T[:3, 3] for T in relative])  # (S, 3)
+    cost = np.empty((h, len(inv), w), np.float32)  # allocated by numpy: see sweep_cost
+    _compiled.sweep_cost(ref32, mean, inv_std, srcs, A, b, inv, r, cost)
     grad = np.hypot(cv2.Sobel(ref32, cv2.CV_32F, 1, 0), cv2.Sobel(ref32, cv2.CV_32F, 0, 1))
     p2 = np.maximum(settings.p2 / (1.0 + settings.p2_edge_gain * grad), 1.5 * settings.p1)
-    aggregated = _compiled.sgm(cost, np.float32(settings.p1), p2.astype(np.float32),
-                               settings.sgm_paths == 8)
-    index, ratio = _compiled.winner_take_all(aggregated)
+    index, ratio = _compiled.sgm_winner(cost, np.float32(settings.p1), p2.astype(np.float32),
+                                        settings.sgm_paths == 8)
     inv_depth = np.interp(index.ravel(), np.arange(len(inv)), inv).reshape(h, w)
-    seen = np.take_along_axis(count, np.clip(np.rint(index), 0, len(inv) - 1)
-                              .astype(np.int64)[None], 0)[0]  # sources at the winner
+    seen = _compiled.seen_at(index, A, b, inv)  # sources at the winner
     confidence = np.where(seen > 0, 1.0 - ratio, 0.0).astype(np.float32)
     if settings.speckle_px > 0:
         confidence[remove_speckles(index, seen > 0, settings.speckle_px)] = 0.0

@@ -42,61 +42,83 @@ def test_reference_stats_match_clipped_box_filters():
     assert np.all(flat_inv_std == 0.0)  # no texture: no ZNCC
 
 
-def test_sweep_zncc_matches_a_warp_perspective_zncc_at_each_plane():
+def test_sweep_cost_matches_a_warp_perspective_zncc_at_each_plane():
     rng = np.random.default_rng(1)
     h, w, r = 48, 64, 3
-    T = _pose((0.8, -1.5, 0.4), (0.06, -0.01, 0.02))  # reference camera -> source camera
+    # reference camera -> source cameras; the second moves far enough that some of the
+    # reference's points leave its image but not the first's
+    poses = [_pose((0.8, -1.5, 0.4), (0.06, -0.01, 0.02)),
+             _pose((-0.5, 1.0, -0.3), (-0.5, 0.04, 0.02))]
     ref = _smooth_image(rng, h, w)
-    # The source sees a plane at 1/w = 1.6 m; the sweep is tried there and at other planes.
+    # The sources see a plane at 1/w = 1.6 m; the sweep is tried there and at other planes.
     w_true = 1.0 / 1.6
     inv_depths = np.array([0.3, w_true, 0.9], np.float32)
 
-    def homography(inv_depth: float) -> np.ndarray:
+    def homography(T: np.ndarray, inv_depth: float) -> np.ndarray:
         # Plane-induced homography reference pixel -> source pixel of the fronto-parallel
         # plane n = (0, 0, 1), distance 1/w: H = K (R + t n^T w) K^-1 (Hartley & Zisserman).
         n = np.array([0.0, 0.0, 1.0])
         return K @ (T[:3, :3] + np.outer(T[:3, 3], n) * inv_depth) @ np.linalg.inv(K)
 
-    src = cv2.warpPerspective(ref, homography(w_true), (w, h),  # src(H p) = ref(p)
-                              flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-    src = (src + rng.normal(0, 0.01, src.shape)).astype(np.float32)
+    srcs = []
+    for T in poses:
+        src = cv2.warpPerspective(ref, homography(T, w_true), (w, h),  # src(H p) = ref(p)
+                                  flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+        srcs.append((src + rng.normal(0, 0.01, src.shape)).astype(np.float32))
     mean, inv_std = _compiled.reference_stats(ref, r)
-    cost_sum = np.zeros((3, h, w), np.float32)
-    count = np.zeros((3, h, w), np.float32)
-    A = K @ T[:3, :3] @ np.linalg.inv(K)
-    b = K @ T[:3, 3]
-    _compiled.sweep_zncc(ref, mean, inv_std, src, A, b, inv_depths, r, cost_sum, count)
+    A = np.stack([K @ T[:3, :3] @ np.linalg.inv(K) for T in poses])
+    b = np.stack([K @ T[:3, 3] for T in poses])
+    cost = np.full((h, len(inv_depths), w), np.nan, np.float32)
+    _compiled.sweep_cost(ref, mean, inv_std, np.stack(srcs), A, b, inv_depths, r, cost)
 
     u, v = np.meshgrid(np.arange(w), np.arange(h))
     pix = np.stack([u, v, np.ones_like(u)], axis=-1).astype(np.float64)
+    win_ref = sliding_window_view(ref.astype(np.float64), (2 * r + 1,) * 2)
+    a = win_ref - win_ref.mean(axis=(-1, -2), keepdims=True)
     for d, inv_depth in enumerate(inv_depths):
-        H = homography(float(inv_depth))
-        q = pix @ H.T
-        q = q[..., :2] / q[..., 2:]
-        inside = (q[..., 0] >= 0) & (q[..., 0] <= w - 1) & (q[..., 1] >= 0) & (q[..., 1] <= h - 1)
-        np.testing.assert_array_equal(count[d], inside.astype(np.float32))
-        warped = cv2.warpPerspective(src, H, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                                     borderMode=cv2.BORDER_REPLICATE)
-        win_ref = sliding_window_view(ref.astype(np.float64), (2 * r + 1,) * 2)
-        win_src = sliding_window_view(warped.astype(np.float64), (2 * r + 1,) * 2)
-        a = win_ref - win_ref.mean(axis=(-1, -2), keepdims=True)
-        c = win_src - win_src.mean(axis=(-1, -2), keepdims=True)
-        zncc = (a * c).mean(axis=(-1, -2)) / (a.std(axis=(-1, -2)) * c.std(axis=(-1, -2)))
-        expected = np.clip(1.0 - zncc, 0.0, 2.0)
-        # Interior pixels: the whole window inside both images (no clipped windows, no clamped
-        # samples, where the two borders are handled differently).
-        full = cv2.erode(inside.astype(np.uint8), np.ones((2 * r + 1,) * 2, np.uint8),
-                         borderType=cv2.BORDER_CONSTANT, borderValue=0)[r:h - r, r:w - r]
-        assert full.sum() > 500
-        got = cost_sum[d, r:h - r, r:w - r]
+        insides, fulls, expected = [], [], []
+        for T, src in zip(poses, srcs):
+            H = homography(T, float(inv_depth))
+            q = pix @ H.T
+            q = q[..., :2] / q[..., 2:]
+            inside = ((q[..., 0] >= 0) & (q[..., 0] <= w - 1) & (q[..., 1] >= 0)
+                      & (q[..., 1] <= h - 1))
+            warped = cv2.warpPerspective(src, H, (w, h),
+                                         flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                         borderMode=cv2.BORDER_REPLICATE)
+            win_src = sliding_window_view(warped.astype(np.float64), (2 * r + 1,) * 2)
+            c = win_src - win_src.mean(axis=(-1, -2), keepdims=True)
+            zncc = (a * c).mean(axis=(-1, -2)) / (a.std(axis=(-1, -2)) * c.std(axis=(-1, -2)))
+            # Interior pixels: the whole window inside both images (no clipped windows, no
+            # clamped samples, where the two borders are handled differently).
+            full = cv2.erode(inside.astype(np.uint8), np.ones((2 * r + 1,) * 2, np.uint8),
+                             borderType=cv2.BORDER_CONSTANT, borderValue=0)[r:h - r, r:w - r]
+            insides.append(inside[r:h - r, r:w - r])
+            fulls.append(full > 0)
+            expected.append(np.clip(1.0 - zncc, 0.0, 2.0))
+        # The sources that see a pixel at this plane: those its point projects inside.
+        seen = _compiled.seen_at(np.full((h, w), d, np.float32), A, b, inv_depths)
+        np.testing.assert_array_equal(seen[r:h - r, r:w - r], np.sum(insides, axis=0))
+        got = cost[r:h - r, d, r:w - r]
+        # Both sources see the pixel with their whole windows: the mean of their costs.
+        both = fulls[0] & fulls[1]
+        # One of them only: its cost alone (the other's point is outside its image).
+        only = [fulls[i] & ~insides[1 - i] for i in range(2)]
+        assert both.sum() > 300 and only[0].sum() > 100
         # OpenCV quantises sample positions to 1/32 px: a warped value is off by up to
         # |gradient| / 64 (~1e-3 here), the ZNCC of a window by about that over its std (~0.1).
-        np.testing.assert_allclose(got[full > 0], expected[full > 0], atol=0.02)
-        assert np.median(np.abs(got - expected)[full > 0]) < 2e-3
+        for mask, want in [(both, 0.5 * (expected[0] + expected[1])), (only[0], expected[0]),
+                           (only[1], expected[1])]:
+            if mask.any():
+                np.testing.assert_allclose(got[mask], want[mask], atol=0.02)
+                assert np.median(np.abs(got - want)[mask]) < 2e-3
+        # No source sees it: no information.
+        assert np.all(got[~insides[0] & ~insides[1]] == 1.0)
     # The true plane is the best one almost everywhere.
-    interior = count.min(axis=0) > 0
-    best = np.argmin(np.where(interior, cost_sum, np.inf), axis=0)
-    assert np.mean(best[interior] == 1) > 0.95
+    seen_all = np.min([_compiled.seen_at(np.full((h, w), d, np.float32), A, b, inv_depths)
+                       for d in range(len(inv_depths))], axis=0) == 2
+    best = np.argmin(cost, axis=1)
+    assert np.mean(best[seen_all] == 1) > 0.95
 
 
 def _sgm_reference(cost: np.ndarray, p1: float, p2s: np.ndarray, diagonals: bool) -> np.ndarray:
@@ -129,24 +151,32 @@ def _sgm_reference(cost: np.ndarray, p1: float, p2s: np.ndarray, diagonals: bool
     return total
 
 
+def _planes_mid(cost: np.ndarray) -> np.ndarray:
+    """(h, w, n) -> the kernels' layout (h, n, w)."""
+    return np.ascontiguousarray(cost.transpose(0, 2, 1))
+
+
 @pytest.mark.parametrize("diagonals", [False, True])
-def test_sgm_matches_a_plain_python_recurrence(diagonals):
+@pytest.mark.parametrize(("shape", "chunks"), [((5, 7, 6), 1), ((3, 70, 5), 1), ((3, 70, 5), 3)],
+                         ids=["small", "one-chunk", "three-chunks"])
+def test_sgm_matches_a_plain_python_recurrence(diagonals, shape, chunks):
     rng = np.random.default_rng(2)
-    cost = rng.uniform(0.0, 2.0, (5, 7, 6)).astype(np.float32)
-    p2s = rng.uniform(0.2, 1.0, (5, 7)).astype(np.float32)
-    got = _compiled.sgm(cost, np.float32(0.1), p2s, diagonals)
-    np.testing.assert_allclose(got, _sgm_reference(cost, 0.1, p2s, diagonals), rtol=1e-5,
-                               atol=1e-5)
+    cost = rng.uniform(0.0, 2.0, shape).astype(np.float32)
+    p2s = rng.uniform(0.2, 1.0, shape[:2]).astype(np.float32)
+    got = _compiled.sgm(_planes_mid(cost), np.float32(0.1), p2s, diagonals, chunks)
+    np.testing.assert_allclose(got.transpose(0, 2, 1), _sgm_reference(cost, 0.1, p2s, diagonals),
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_sgm_of_one_pixel_and_one_row_is_the_cost_per_path():
     cost = np.random.default_rng(3).uniform(0, 1, (1, 1, 4)).astype(np.float32)
-    got = _compiled.sgm(cost, np.float32(0.1), np.ones((1, 1), np.float32), True)
-    np.testing.assert_allclose(got, 8 * cost, rtol=1e-6)  # every path starts (and ends) there
+    got = _compiled.sgm(_planes_mid(cost), np.float32(0.1), np.ones((1, 1), np.float32), True)
+    np.testing.assert_allclose(got, 8 * _planes_mid(cost), rtol=1e-6)  # every path starts there
     row = np.random.default_rng(4).uniform(0, 1, (1, 6, 5)).astype(np.float32)
     p2s = np.full((1, 6), 0.5, np.float32)
-    np.testing.assert_allclose(_compiled.sgm(row, np.float32(0.05), p2s, False),
-                               _sgm_reference(row, 0.05, p2s, False), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(_compiled.sgm(_planes_mid(row), np.float32(0.05), p2s, False),
+                               _planes_mid(_sgm_reference(row, 0.05, p2s, False)), rtol=1e-5,
+                               atol=1e-6)
 
 
 def test_winner_take_all_matches_a_numpy_parabola_fit():
@@ -157,7 +187,7 @@ def test_winner_take_all_matches_a_numpy_parabola_fit():
     agg[0, 1] = np.linspace(2.0, 1.0, n)  # on the last plane
     agg[0, 2] = 1.5  # flat: ambiguous
     agg[0, 3] = (np.arange(n) - 3.3) ** 2 + 1.0  # an exact parabola, vertex at plane 3.3
-    idx, ratio = _compiled.winner_take_all(agg)
+    idx, ratio = _compiled.winner_take_all(_planes_mid(agg))
     for y in range(h):
         for x in range(w):
             c = agg[y, x].astype(np.float64)
@@ -175,13 +205,17 @@ def test_winner_take_all_matches_a_numpy_parabola_fit():
     assert ratio[0, 2] == 1.0
 
 
-def test_mean_cost_averages_over_the_sources_that_saw_a_point():
+@pytest.mark.parametrize("diagonals", [False, True])
+def test_sgm_winner_is_the_winner_of_the_aggregated_costs(diagonals):
+    # The fused kernel against the two kernels checked above (several column chunks).
     rng = np.random.default_rng(6)
-    cost_sum = rng.uniform(0, 4, (5, 3, 4)).astype(np.float32)
-    count = rng.integers(0, 3, (5, 3, 4)).astype(np.float32)
-    got = _compiled.mean_cost(cost_sum, count)
-    expected = np.where(count > 0, cost_sum / np.maximum(count, 1), 1.0).transpose(1, 2, 0)
-    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    cost = rng.uniform(0.0, 2.0, (9, 8, 150)).astype(np.float32)  # (h, n, w)
+    p2s = rng.uniform(0.2, 1.0, (9, 150)).astype(np.float32)
+    idx, ratio = _compiled.sgm_winner(cost, np.float32(0.1), p2s, diagonals, chunks=4)
+    want_idx, want_ratio = _compiled.winner_take_all(
+        _compiled.sgm(cost, np.float32(0.1), p2s, diagonals, chunks=1))
+    np.testing.assert_array_equal(idx, want_idx)
+    np.testing.assert_array_equal(ratio, want_ratio)
 
 
 def _warp_reference(inv_depth: np.ndarray, T: np.ndarray) -> np.ndarray:
