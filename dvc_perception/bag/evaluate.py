@@ -5,9 +5,10 @@ Ground truth: ``/ground_truth/<object_id>/pose`` (PoseStamped) and/or a depth to
 (``/camera/depth/ground_truth`` by default; 32FC1 m or 16UC1 mm, REP 118), as written by
 `dvc-perception synth --bag` and `bop2bag`, or a real RGB-D recording's depth registered to the
 colour camera. A bag with depth and no pose ground truth is scored on depth alone (no objects).
-Estimates: ``<node>/<object_id>/pose`` (PoseWithCovarianceStamped), ``<node>/depth/image_raw``,
-and the replay's ``<node>/frame_timings`` / ``<node>/frame_errors``. Frames are matched by
-header stamp; when fewer than `DEFAULT_MIN_GT_MATCH` of the output frames (``<node>/poses`` and
+Estimates: ``<node>/<object_id>/pose`` (PoseWithCovarianceStamped), ``<node>/depth/image_raw``
+(with multiview depth also ``<node>/depth/confidence``, 32FC1 in [0, 1]), and the replay's
+``<node>/frame_timings`` / ``<node>/frame_errors``. Frames are matched by header stamp; when
+fewer than `DEFAULT_MIN_GT_MATCH` of the output frames (``<node>/poses`` and
 ``<node>/frame_errors`` messages) have a ground-truth stamp, the bags do not belong together and
 evaluation refuses (``min_gt_match`` lowers the bar).
 
@@ -16,7 +17,8 @@ et al. 2012), recall at 0.1 diameter with missed detections counted as failures,
 translation error distributions of the detections. Depth, over the ground truth's valid pixels
 (finite, > 0) where the prediction is finite, pooled over frames: AbsRel, RMSE, delta < 1.25,
 AbsRel after per-frame median scaling (monocular models), and the density = scored pixels /
-ground-truth valid pixels, where output frames without a depth image count as predicting none.
+ground-truth valid pixels, where output frames without a depth image count as predicting none;
+with a confidence topic also the mean confidence of the scored frames' predicted pixels.
 """
 
 from __future__ import annotations
@@ -86,10 +88,12 @@ class EvalResult:
     frames: int
     frames_with_errors: int
     objects: dict[str, ObjectEval]
-    #: abs_rel, rmse_m, delta_1_25, abs_rel_median_scaled, density, frames, pixels, ...; None
-    #: without depth ground truth or predictions
+    #: abs_rel, rmse_m, delta_1_25, abs_rel_median_scaled, density, frames, pixels, ...
+    #: (mean_confidence with a confidence topic); None without depth ground truth or predictions
     depth: dict[str, float] | None
-    depth_samples: list[tuple[int, np.ndarray, np.ndarray]]
+    #: (stamp ns, predicted (H, W) m, ground truth (H, W) m, confidence (H, W) in [0, 1] or
+    #: None without a confidence topic) of a few frames, for the report
+    depth_samples: list[tuple[int, np.ndarray, np.ndarray, np.ndarray | None]]
     latency_ms: dict[str, list[float]]
     frames_matched_gt: int = 0
 
@@ -267,7 +271,9 @@ def evaluate_bag(
                 for kv in deserialize(m, DiagnosticArray, bag=output_bag).status[0].values:
                     latency.setdefault(kv.key, []).append(float(kv.value))
         depth_preds: dict[int, np.ndarray] = {}
+        confidences: dict[int, np.ndarray] = {}
         depth_topic = f"{node}/depth/image_raw"
+        confidence_topic = f"{node}/depth/confidence"
         if gt_depth and depth_topic not in out_topics and f"{node}/depth" in out_topics:
             raise BagError(f"{output_bag} has {node}/depth, the name before {depth_topic}: "
                            "replay the input bag again to score depth")
@@ -287,6 +293,17 @@ def evaluate_bag(
                     _check_registered(gt_depth[stamp], gt_depth_frames[stamp],
                                       depth_preds[stamp], msg.header.frame_id, stamp,
                                       gt_depth_topic)  # fmt: skip
+        if gt_depth and confidence_topic in out_topics:
+            for m in out_reader.messages([confidence_topic]):
+                msg = deserialize(m, Image, bag=output_bag)
+                stamp = _stamp_ns(msg.header.stamp)
+                conf = _image_to_depth(msg, output_bag, confidence_topic)
+                pred = depth_preds.get(stamp)
+                if pred is not None and conf.shape != pred.shape:
+                    raise BagError(f"{output_bag}: {confidence_topic} at stamp {stamp} ns is "
+                                   f"{conf.shape[1]}x{conf.shape[0]}, the depth "
+                                   f"{pred.shape[1]}x{pred.shape[0]}")  # fmt: skip
+                confidences[stamp] = conf
 
     objects: dict[str, ObjectEval] = {}
     for object_id, gts in gt_poses.items():
@@ -314,7 +331,7 @@ def evaluate_bag(
         objects[object_id] = ev
 
     depth_summary = None
-    samples: list[tuple[int, np.ndarray, np.ndarray]] = []
+    samples: list[tuple[int, np.ndarray, np.ndarray, np.ndarray | None]] = []
     common = sorted(set(depth_preds) & set(gt_depth))
     if common:
         # output frames with depth ground truth but no depth image (frame errors) predict no
@@ -324,8 +341,14 @@ def evaluate_bag(
             np.stack([depth_preds[s] for s in common]), np.stack([gt_depth[s] for s in common]),
             [gt_depth[s] for s in sorted(unpredicted)],
         )
+        scored = [confidences[s][np.isfinite(depth_preds[s])] for s in common if s in confidences]
+        values = np.concatenate(scored) if scored else np.empty(0, np.float32)
+        values = values[np.isfinite(values)]
+        if values.size:
+            depth_summary["mean_confidence"] = float(values.mean())
         step = max(1, len(common) // max(1, max_depth_samples))
-        samples = [(s, depth_preds[s], gt_depth[s]) for s in common[::step][:max_depth_samples]]
+        samples = [(s, depth_preds[s], gt_depth[s], confidences.get(s))
+                   for s in common[::step][:max_depth_samples]]
     n_frames = (frames.count if frames else 0) + (errors.count if errors else 0)
     return EvalResult(
         frames=n_frames,
@@ -431,6 +454,7 @@ def format_summary(summary: Mapping[str, Any]) -> str:
             f"depth: AbsRel {d['abs_rel']:.4f} (median-scaled {d['abs_rel_median_scaled']:.4f}), "
             f"RMSE {d['rmse_m']:.4f} m, delta<1.25 {100 * d['delta_1_25']:.1f} %, density "
             f"{100 * d['density']:.1f} % over {d['frames']} frames"
+            + (f", mean confidence {d['mean_confidence']:.3f}" if "mean_confidence" in d else "")
         )
     for stage, s in summary.get("latency_ms", {}).items():
         lines.append(f"latency {stage}: p50 {s['p50']:.1f} ms, p95 {s['p95']:.1f} ms")

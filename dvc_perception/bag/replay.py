@@ -15,7 +15,8 @@ With ``pipeline.depth_source: multiview`` every camera pose of the bag is read f
 may be recorded after their image), from the pose topic `choose_pose_topic` picks (the bag's
 PoseStamped topic in the image's namespace: ``/camera/image_raw`` -> ``/camera/pose``), or
 every /tf and /tf_static with ``pose_type: tf``; each frame's depth is then computed
-synchronously, and `ReplaySummary.depth_status` counts the outcomes.
+synchronously, and `ReplaySummary.depth_status` counts the outcomes; a frame with depth also gets
+its confidence on ``<node>/depth/confidence`` (32FC1 in [0, 1], as the live node publishes it).
 """
 
 from __future__ import annotations
@@ -575,6 +576,8 @@ def _replay_frame(
         writer.write_message("/tf", out.transforms, record_ns)
     if out.depth_msg is not None:
         writer.write_message(f"{fqn}/depth/image_raw", out.depth_msg, record_ns)
+        if out.confidence_msg is not None:
+            writer.write_message(f"{fqn}/depth/confidence", out.confidence_msg, record_ns)
         writer.write_message(f"{fqn}/depth/camera_info", out.depth_info, record_ns)
     _write_timings(writer, fqn, out.header, record_ns,
                    {**out.result.timings, **out.timings})  # fmt: skip

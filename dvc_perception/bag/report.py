@@ -2,7 +2,8 @@
 """The evaluation report: ``summary.json``, PNG figures and an ``index.html`` that shows them.
 
 Figures: estimated (green) and ground-truth (red) poses drawn on input frames as projected
-bounding boxes and axes, error histograms per object, depth error maps, and latency.
+bounding boxes and axes, error histograms per object, depth error maps (with the depth's
+confidence when the replay wrote one: multiview depth), and latency.
 """
 
 from __future__ import annotations
@@ -122,9 +123,10 @@ def write_report(
             cv2.imwrite(str(out / name), img[:, :, ::-1])
             figures.append((name, f"stamp {s} ns: estimate green, ground truth red"))
 
-    # depth error maps
-    for k, (s, pred, gt) in enumerate(result.depth_samples):
-        fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    # depth error maps (and the multiview depth's confidence when the bag has it)
+    for k, (s, pred, gt, confidence) in enumerate(result.depth_samples):
+        panels_n = 3 if confidence is None else 4
+        fig, axes = plt.subplots(1, panels_n, figsize=(13 * panels_n / 3, 3.4))
         vmax = float(np.nanpercentile(gt, 99)) if np.isfinite(gt).any() else 1.0
         panels = ((axes[0], pred, "predicted [m]"), (axes[1], gt, "ground truth [m]"))
         for ax, img, title in panels:
@@ -136,13 +138,18 @@ def write_report(
         im = axes[2].imshow(rel, vmin=0, vmax=0.25, cmap="magma")
         axes[2].set_title("|pred - gt| / gt")
         fig.colorbar(im, ax=axes[2])
+        if confidence is not None:
+            im = axes[3].imshow(confidence, vmin=0, vmax=1, cmap="viridis")
+            axes[3].set_title("confidence")
+            fig.colorbar(im, ax=axes[3])
         for ax in axes:
             ax.set_axis_off()
         fig.tight_layout()
         name = f"depth_{k:02d}.png"
         fig.savefig(out / name, dpi=70)
         plt.close(fig)
-        figures.append((name, f"depth at stamp {s} ns"))
+        figures.append((name, f"depth at stamp {s} ns"
+                        + ("" if confidence is None else " (with its confidence, 0..1)")))
 
     # latency
     if result.latency_ms:

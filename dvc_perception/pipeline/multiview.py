@@ -15,8 +15,9 @@ Depth statuses (`FrameResult.depth_status`, ``depth.<status>`` on /diagnostics):
 ``first_frame`` and ``no_motion`` (no earlier frame far enough: the first frame of a window, a
 static or purely rotating camera); ``no_pose`` (no camera pose at the stamp); ``bad_pose`` (a
 camera pose that is not a rigid transform: NaN, not a rotation). Only ``ok`` frames carry the
-estimator's depth; the others carry none (``FrameResult.depth`` None: nothing is published for
-them) unless the fallback gives the network's.
+estimator's depth and its per-pixel confidence (`DepthEstimate.confidence`); the others carry
+none (``FrameResult.depth`` None: nothing is published for them) unless the fallback gives the
+network's (which has no confidence).
 
 ROS-free: the node converts messages and calls these.
 """
@@ -194,6 +195,8 @@ class DepthEstimate:
         fallback: the depth is the fallback network's (status not ``ok``).
         detail: why the status is not ``ok`` (the pose's problem), "" otherwise.
         ms: time taken [ms].
+        confidence: (H, W) float32 in [0, 1] of the multiview depth, NaN where the depth is;
+            None when the source gives none (no depth, a depth network, the fallback).
     """
 
     depth: np.ndarray | None
@@ -201,6 +204,7 @@ class DepthEstimate:
     fallback: bool = False
     detail: str = ""
     ms: float = 0.0
+    confidence: np.ndarray | None = None
 
 
 class MultiviewDepth:
@@ -247,6 +251,7 @@ class MultiviewDepth:
         """
         t0 = time.perf_counter()
         status, detail, depth = DEPTH_NO_POSE, DEPTH_STATUS_NOTES[DEPTH_NO_POSE], None
+        confidence = None
         if camera_to_world is not None:
             try:
                 pose = check_pose(camera_to_world)
@@ -261,12 +266,24 @@ class MultiviewDepth:
                     result = self._estimator.estimate(image_rgb, K, pose, stamp)
                 status = result.status
                 detail = DEPTH_STATUS_NOTES.get(status, "")
-                depth = result.depth if status == DEPTH_OK else None
+                if status == DEPTH_OK:
+                    depth = result.depth
+                    confidence = _depth_confidence(result.confidence, depth)
         fallback = False
         if depth is None and self.fallback is not None:
             depth = np.asarray(self.fallback.estimate(image_rgb, K), np.float32)
             fallback = True
-        return DepthEstimate(depth, status, fallback, detail, 1e3 * (time.perf_counter() - t0))
+        return DepthEstimate(depth, status, fallback, detail, 1e3 * (time.perf_counter() - t0),
+                             confidence)
+
+
+def _depth_confidence(confidence: np.ndarray, depth: np.ndarray) -> np.ndarray:
+    """The estimator's confidence (H, W) -> float32 in [0, 1], NaN where `depth` is not finite.
+
+    The estimator gives 0 where it has no depth; NaN marks those pixels as the depth does.
+    """
+    conf = np.clip(np.asarray(confidence, np.float32), 0.0, 1.0)
+    return np.where(np.isfinite(depth), conf, np.float32(np.nan)).astype(np.float32)
 
 
 def _warm_up(settings: MotionDepthSettings) -> None:

@@ -160,6 +160,8 @@ class FrameResult:
         depth_status: ``none`` (no depth source), ``deferred`` (``with_depth=False``), ``ok``,
             or why a multiview frame has no depth of its own (`pipeline.multiview`).
         depth_fallback: the depth is the fallback network's (``multiview.fallback: network``).
+        depth_confidence: (H, W) float32 in [0, 1] of a multiview depth, NaN where `depth` is;
+            None without one (no depth, a depth network, the fallback's depth).
     """
 
     stamp: float
@@ -169,6 +171,7 @@ class FrameResult:
     lost: list[LostTrack] = field(default_factory=list)
     depth_status: str = "none"
     depth_fallback: bool = False
+    depth_confidence: np.ndarray | None = None
 
 
 def _network_model_path(config: PipelineConfig, key: str, source: str) -> Path:
@@ -561,7 +564,8 @@ class Pipeline:
         timings = {**stages, "depth_ms": 1e3 * (t3 - t2r), "total_ms": 1e3 * (t3 - t0)}
         return FrameResult(stamp=float(stamp), poses=poses, depth=found.depth, timings=timings,
                            lost=lost, depth_status=found.status,
-                           depth_fallback=found.fallback)  # fmt: skip
+                           depth_fallback=found.fallback,
+                           depth_confidence=found.confidence)  # fmt: skip
 
     def estimate_depth(self, image_rgb: np.ndarray, camera: CameraModel, stamp: float,
                        camera_to_world: np.ndarray | None = None) -> DepthEstimate:
@@ -577,11 +581,12 @@ class Pipeline:
             camera_to_world: see `process`.
 
         Returns:
-            The depth (None: no depth source, or none for this frame) and its status.
+            The depth (None: no depth source, or none for this frame), its status and, from
+            multiview depth, its confidence.
 
         Raises:
-            ShapeError: `image_rgb` is not (H, W, 3) uint8, or the source's depth does not have
-                the image's size.
+            ShapeError: `image_rgb` is not (H, W, 3) uint8, or the source's depth (or its
+                confidence) does not have the image's size.
             InputError: the image size differs from the camera's.
         """
         t0 = time.perf_counter()
@@ -597,6 +602,9 @@ class Pipeline:
                                   DEPTH_OK)  # fmt: skip
         if found.depth is not None and found.depth.shape != (h, w):
             raise ShapeError(f"depth: expected shape ({h}, {w}), got {found.depth.shape}")
+        if found.confidence is not None and found.confidence.shape != (h, w):
+            raise ShapeError(f"depth confidence: expected shape ({h}, {w}), got "
+                             f"{found.confidence.shape}")
         return dataclasses.replace(found, ms=1e3 * (time.perf_counter() - t0))
 
     def _detect(self, image_rgb: np.ndarray, camera: CameraModel

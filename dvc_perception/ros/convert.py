@@ -472,7 +472,10 @@ def poses_to_marker_array(
 
 
 def depth_to_image_msg(depth: np.ndarray, header: Header) -> Image:
-    """(H, W) float32 m, NaN unknown -> sensor_msgs/Image 32FC1 (REP 118)."""
+    """(H, W) float32 m, NaN unknown -> sensor_msgs/Image 32FC1 (REP 118).
+
+    Any single-channel float image goes the same way (the depth's confidence, NaN included).
+    """
     d = np.ascontiguousarray(depth, dtype=np.float32)
     msg = Image()
     msg.header = header

@@ -25,7 +25,8 @@ Depth from motion (``pipeline.depth_source: multiview``): camera poses arrive on
 poses: each frame's poses are published as soon as they are found, and the frame goes on to the
 depth thread when it is idle (else it gets no depth: ``depth.busy``); the depth thread looks up
 the camera pose at the image stamp (waiting up to ``max_pose_gap_s`` for a late one), runs
-`Pipeline.estimate_depth` and publishes ~/depth/image_raw, ~/depth/camera_info and ~/points.
+`Pipeline.estimate_depth` and publishes ~/depth/image_raw, ~/depth/confidence (32FC1 in [0, 1],
+NaN where the depth is), ~/depth/camera_info and ~/points.
 A replay computes every frame's depth in `process_frame`, synchronously. Outcomes per frame
 (``depth.ok``, ``depth.no_motion``, ``depth.no_pose``, ...) are counted on /diagnostics.
 
@@ -113,6 +114,8 @@ class FrameOutputs:
         markers: axis markers, namespace per object id.
         depth_msg: 32FC1 depth, None without depth.
         depth_info: camera_info of the depth, None without depth.
+        confidence_msg: 32FC1 confidence of the multiview depth in [0, 1] (NaN where the depth
+            is), the depth's header; None without depth or from another depth source.
         depth_note: why a multiview frame has no depth of its own ("" when it has, or with
             another depth source): the camera pose's problem, or no motion.
         timings: node-side durations [ms]: ``convert_ms`` (+ ``publish_ms`` once published).
@@ -136,6 +139,7 @@ class FrameOutputs:
     detections: Any = None
     transforms: Any = None
     depth_note: str = ""
+    confidence_msg: Image | None = None
 
 
 class PerceptionNode(LifecycleNode):
@@ -281,6 +285,10 @@ class PerceptionNode(LifecycleNode):
                 CameraInfo, "~/depth/camera_info", out
             )
             self._pubs["points"] = self.create_publisher(PointCloud2, "~/points", out)
+        if isinstance(self.pipeline.depth_source, MultiviewDepth):
+            self._pubs["depth_confidence"] = self.create_publisher(
+                Image, "~/depth/confidence", out
+            )
         self._worker = KeepLatestWorker(
             self._work, maxsize=cfg.worker_queue_size, on_error=self._on_worker_error
         )
@@ -598,9 +606,12 @@ class PerceptionNode(LifecycleNode):
             self._warn(f"depth_{found.status}", f"no depth from motion ({found.status}): {note}")
         if found.depth is None:
             return False
+        confidence_msg = None
+        if found.confidence is not None:
+            confidence_msg = convert.depth_to_image_msg(found.confidence, header)
         self._publish_depth(found.depth, convert.depth_to_image_msg(found.depth, header),
                             convert.depth_camera_info(outputs.camera_info, header),
-                            outputs.camera, header)  # fmt: skip
+                            outputs.camera, header, confidence_msg)  # fmt: skip
         return True
 
     def camera_pose_at(self, header: Header, timeout_s: float) -> tuple[np.ndarray | None, str]:
@@ -729,10 +740,12 @@ class PerceptionNode(LifecycleNode):
         if ("tf" in self.message_types and config.publish_tf and poses
                 and pose_header.frame_id.strip()):
             transforms = convert.poses_to_tf_message(poses, pose_header, config.tf_prefix)
-        depth_msg = depth_info = None
+        depth_msg = depth_info = confidence_msg = None
         if result.depth is not None:
             depth_msg = convert.depth_to_image_msg(result.depth, header)
             depth_info = convert.depth_camera_info(info, header)
+            if result.depth_confidence is not None:
+                confidence_msg = convert.depth_to_image_msg(result.depth_confidence, header)
         t3 = time.perf_counter()
         timings = {"convert_ms": 1e3 * ((t1 - t0) + (t3 - t2)), "pipeline_ms": 1e3 * (t2 - t1)}
         if result.depth_status in ("ok", "none", "deferred", "first_frame"):
@@ -742,7 +755,7 @@ class PerceptionNode(LifecycleNode):
         return FrameOutputs(
             header, result, rgb, camera, info, pose_msgs, pose_array, markers, depth_msg,
             depth_info, timings, detections=detections, transforms=transforms,
-            depth_note=depth_note,
+            depth_note=depth_note, confidence_msg=confidence_msg,
         )
 
     def _camera_in_output_frame(self, header: Header, output_frame: str, timeout_s: float
@@ -785,7 +798,8 @@ class PerceptionNode(LifecycleNode):
                        "empty (no parent frame); set the camera driver's frame_id")
         if outputs.depth_msg is not None and outputs.result.depth is not None:
             self._publish_depth(outputs.result.depth, outputs.depth_msg, outputs.depth_info,
-                                outputs.camera, outputs.header)  # fmt: skip
+                                outputs.camera, outputs.header,
+                                outputs.confidence_msg)  # fmt: skip
         if pubs["overlay"].get_subscription_count() > 0 and self.config is not None:
             drawn = draw_overlay(
                 outputs.image_rgb, outputs.result.poses, outputs.camera,
@@ -795,12 +809,18 @@ class PerceptionNode(LifecycleNode):
         outputs.timings["publish_ms"] = 1e3 * (time.perf_counter() - t0)
 
     def _publish_depth(self, depth: np.ndarray, depth_msg: Image, depth_info: CameraInfo | None,
-                       camera: CameraModel, header: Header) -> None:  # fmt: skip
-        """~/depth/image_raw, ~/depth/camera_info and (when subscribed) ~/points."""
+                       camera: CameraModel, header: Header,
+                       confidence_msg: Image | None = None) -> None:  # fmt: skip
+        """~/depth/image_raw, ~/depth/camera_info and (when subscribed) ~/points.
+
+        With `confidence_msg` (multiview depth) also ~/depth/confidence, the depth's header.
+        """
         pubs = self._pubs
         if "depth" not in pubs:
             return
         pubs["depth"].publish(depth_msg)
+        if confidence_msg is not None and "depth_confidence" in pubs:
+            pubs["depth_confidence"].publish(confidence_msg)
         pubs["depth_info"].publish(depth_info)
         if pubs["points"].get_subscription_count() > 0 and self.config is not None:
             K = camera.K.detach().cpu().numpy()

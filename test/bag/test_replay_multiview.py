@@ -66,6 +66,16 @@ def _depth_medians(out: Path) -> list[float]:
                 for msg in [deserialize(m, Image)]]
 
 
+def _depth_and_confidence(out: Path) -> list[tuple[Image, Image]]:
+    """The output bag's depth images and their confidence images, matched by stamp."""
+    with BagReader(out) as reader:
+        got = {topic: [deserialize(m, Image) for m in reader.messages([topic])]
+               for topic in (f"{NODE}/depth/image_raw", f"{NODE}/depth/confidence")}
+    depth, confidence = got.values()
+    assert [m.header for m in confidence] == [m.header for m in depth]
+    return list(zip(depth, confidence))
+
+
 def test_replay_and_eval_on_the_command_line(sliding_bag, tmp_path, capsys, planar_sequence):
     out = tmp_path / "out"
     params = [a for name, value in PARAMS.items() for a in ("--param", f"{name}:={value}")]
@@ -79,11 +89,26 @@ def test_replay_and_eval_on_the_command_line(sliding_bag, tmp_path, capsys, plan
     medians = _depth_medians(out)
     assert len(medians) == FRAMES - 2  # the first two frames have no baseline yet
     assert abs(np.median(medians) / planar_sequence.Z - 1.0) < 0.03, medians
+    # every depth image has its confidence: same header and size, in [0, 1] where the depth is
+    # finite, NaN where it is not
+    pairs = _depth_and_confidence(out)
+    assert len(pairs) == FRAMES - 2
+    for d, c in pairs:
+        assert (c.encoding, c.width, c.height) == ("32FC1", d.width, d.height)
+        depth, confidence = np.frombuffer(d.data, np.float32), np.frombuffer(c.data, np.float32)
+        known = np.isfinite(depth)
+        assert np.all((confidence[known] >= 0.0) & (confidence[known] <= 1.0))
+        assert np.isnan(confidence[~known]).all()
     assert main(["eval", str(out), "--gt", str(sliding_bag)]) == 0
-    depth = json.loads((tmp_path / "out_report" / "summary.json").read_text())["depth"]
+    report = tmp_path / "out_report"
+    depth = json.loads((report / "summary.json").read_text())["depth"]
     assert depth["abs_rel"] < 0.05 and depth["delta_1_25"] > 0.95
     # 2 of 8 frames predict nothing; the others nearly every pixel
     assert 0.65 < depth["density"] <= 0.75
+    assert 0.0 < depth["mean_confidence"] <= 1.0
+    # the depth figures gain the confidence panel
+    assert (report / "depth_00.png").is_file()
+    assert "with its confidence" in (report / "index.html").read_text()
 
 
 def test_replay_without_a_camera_pose_topic_is_refused(sliding_bag, tmp_path):
@@ -107,6 +132,7 @@ def test_a_static_camera_has_no_motion(planar_sequence, tmp_path):
     assert "a static, slow or purely rotating camera" in s.depth_notes[0]
     with BagReader(tmp_path / "out") as reader:
         assert f"{NODE}/depth/image_raw" not in reader.topics()
+        assert f"{NODE}/depth/confidence" not in reader.topics()
     with pytest.raises(BagError, match="no /perception_node/depth/image_raw to score.*without "
                                        "camera motion"):
         evaluate_bag(tmp_path / "out", tmp_path / "bag")

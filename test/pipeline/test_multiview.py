@@ -26,7 +26,7 @@ from dvc_perception.pipeline.multiview import (
     motion_depth_settings,
     pose_from_xyz_quaternion,
 )
-from dvc_perception.pipeline.pipeline import Pipeline
+from dvc_perception.pipeline.pipeline import Pipeline, make_keypoint_source
 
 STEP_M = 0.04
 #: Sweep settings for the 1.5 m plane at 160x120 (inverse-depth planes 0.037 /m apart: one
@@ -51,6 +51,17 @@ def _pipeline(**multiview) -> Pipeline:
 def _camera(seq, size=None) -> CameraModel:
     size = size or (seq.W, seq.H)
     return CameraModel(seq.K_for(size), [], *size)
+
+
+def _check_confidence(confidence, depth) -> None:
+    """The depth's confidence: its shape, float32, in [0, 1] where the depth is finite, NaN
+    where it is not."""
+    assert confidence is not None
+    assert confidence.shape == depth.shape and confidence.dtype == np.float32
+    known = np.isfinite(depth)
+    assert np.all((confidence[known] >= 0.0) & (confidence[known] <= 1.0))
+    assert np.isnan(confidence[~known]).all()
+    assert known.any() and confidence[known].mean() > 0.0
 
 
 def test_motion_depth_settings_maps_every_knob():
@@ -174,8 +185,11 @@ def test_plane_depth_from_a_sliding_camera(planar_sequence):
         assert r.poses == [] and r.timings["depth_ms"] > 0.0
         if r.depth is not None:
             assert r.depth.shape == (seq.H, seq.W) and r.depth.dtype == np.float32
+            _check_confidence(r.depth_confidence, r.depth)
             medians.append(float(np.nanmedian(r.depth)))
             density.append(float(np.isfinite(r.depth).mean()))
+        else:
+            assert r.depth_confidence is None
     # frame 1 is 4 cm from frame 0, under min_baseline_m 5 cm: no source yet
     assert statuses[:2] == ["first_frame", "no_motion"] and set(statuses[2:]) == {"ok"}
     errors = [abs(m / seq.Z - 1.0) for m in medians]
@@ -193,7 +207,8 @@ def test_static_camera_no_pose_and_bad_pose_give_no_depth(planar_sequence):
     found = [pipeline.process(image, camera, 1.0 + k / 30, camera_to_world=seq.pose(0.0))
              for k in range(4)]
     assert [r.depth_status for r in found] == ["first_frame"] + ["no_motion"] * 3
-    assert all(r.depth is None and not r.depth_fallback for r in found)
+    assert all(r.depth is None and r.depth_confidence is None and not r.depth_fallback
+               for r in found)
     r = pipeline.process(image, camera, 2.0)  # no camera_to_world
     assert (r.depth_status, r.depth) == ("no_pose", None)
     nan = seq.pose(0.1)
@@ -235,6 +250,7 @@ def test_deferred_depth_and_a_live_settings_change(planar_sequence):
         assert (r.depth_status, r.depth) == ("deferred", None)
         found = pipeline.estimate_depth(seq.render(x), camera, 1.0 + k / 30, seq.pose(x))
     assert found.status == "ok" and found.ms > 0.0
+    _check_confidence(found.confidence, found.depth)
     # a live change of an estimator setting (the node assigns pipeline.config) starts anew
     pipeline.config = dataclasses.replace(
         pipeline.config, multiview=dataclasses.replace(pipeline.config.multiview, planes=40))
@@ -257,8 +273,25 @@ def test_network_fallback_fills_frames_without_motion(planar_sequence):
     for r, status in ((first, "first_frame"), (no_pose, "no_pose")):
         assert (r.depth_status, r.depth_fallback) == (status, True)
         assert r.depth.shape == (seq.H, seq.W) and np.isfinite(r.depth).any()
+        assert r.depth_confidence is None  # the network gives no confidence
     for k in (1, 2):
         x = 2 * STEP_M * k
         r = pipeline.process(seq.render(x), camera, 1.1 + k / 30, camera_to_world=seq.pose(x))
     assert (r.depth_status, r.depth_fallback) == ("ok", False)
     assert abs(np.nanmedian(r.depth) / seq.Z - 1.0) < _depth_tolerance(seq, 0.08)
+    _check_confidence(r.depth_confidence, r.depth)
+
+
+def test_a_single_image_depth_source_has_no_confidence(planar_sequence):
+    class Plane:
+        backend = "test:plane"
+
+        def estimate(self, image_rgb, K):
+            return np.full(image_rgb.shape[:2], 2.0, np.float32)
+
+    seq = planar_sequence
+    config = PipelineConfig.from_mapping({})
+    pipeline = Pipeline(config, make_keypoint_source(config), Plane())
+    r = pipeline.process(seq.render(0.0), _camera(seq), 1.0)
+    assert r.depth_status == "ok" and r.depth.shape == (seq.H, seq.W)
+    assert r.depth_confidence is None

@@ -1,7 +1,7 @@
 # Copyright 2026 dvc_perception authors. Licensed under the Apache License, Version 2.0.
 """perception_node with ``pipeline.depth_source: multiview`` on real topics (real rclpy, private
-Context): image, camera_info and the body's PoseStamped in; ~/poses for every frame, depth from
-the depth thread when it is free, the outcomes counted on /diagnostics.
+Context): image, camera_info and the body's PoseStamped in; ~/poses for every frame, depth and its
+confidence from the depth thread when it is free, the outcomes counted on /diagnostics.
 
 The frames are `planar_sequence` (a textured plane at 1.5 m, the camera sliding 4 cm per frame
 at 30 Hz); the poses are a body's (``camera_extrinsic``: the camera optical frame 0.1 m ahead
@@ -70,11 +70,14 @@ def test_depth_runs_beside_the_poses(ctx, planar_sequence):
     try:
         assert not node.startup_error, node.startup_error
         assert "/camera_pose" in {s.topic_name for s in node._subs}
-        got: dict[str, list[tuple[float, object]]] = {"poses": [], "depth": [], "diag": []}
+        got: dict[str, list[tuple[float, object]]] = {"poses": [], "depth": [], "diag": [],
+                                                      "confidence": []}
         probe.create_subscription(PoseArray, "/perception_node/poses",
                                   lambda m: got["poses"].append((time.monotonic(), m)), 50)
         probe.create_subscription(Image, "/perception_node/depth/image_raw",
                                   lambda m: got["depth"].append((time.monotonic(), m)), 50)
+        probe.create_subscription(Image, "/perception_node/depth/confidence",
+                                  lambda m: got["confidence"].append((time.monotonic(), m)), 50)
         probe.create_subscription(DiagnosticArray, "/diagnostics",
                                   lambda m: got["diag"].append((time.monotonic(), m)), 50)
         image_pub = probe.create_publisher(Image, "image", 50)
@@ -84,7 +87,8 @@ def test_depth_runs_beside_the_poses(ctx, planar_sequence):
             executor.add_node(n)
         deadline = time.monotonic() + 10.0
         while min(p.get_subscription_count() for p in (image_pub, info_pub, pose_pub)) == 0 or (
-                node._pubs["depth"].get_subscription_count() == 0):
+                node._pubs["depth"].get_subscription_count() == 0
+                or node._pubs["depth_confidence"].get_subscription_count() == 0):
             assert time.monotonic() < deadline, "topics not discovered"
             executor.spin_once(timeout_sec=0.05)
 
@@ -116,6 +120,10 @@ def test_depth_runs_beside_the_poses(ctx, planar_sequence):
             executor.spin_once(timeout_sec=0.05)
         for _ in range(20):  # the last depth message may still be on its way
             executor.spin_once(timeout_sec=0.02)
+        deadline = time.monotonic() + 5.0
+        while len(got["confidence"]) < node.diagnostics_values()["depth.ok"]:
+            assert time.monotonic() < deadline, (len(got["confidence"]), len(got["depth"]))
+            executor.spin_once(timeout_sec=0.05)
 
         values = node.diagnostics_values()
         # every frame's poses were published, in order, whatever the depth thread was doing
@@ -137,6 +145,18 @@ def test_depth_runs_beside_the_poses(ctx, planar_sequence):
             # test/pipeline/test_multiview.py)
             assert abs(np.nanmedian(depth) / seq.Z - 1.0) < 0.25 / (seq.K[0, 0] * 0.08 / seq.Z)
             assert np.isfinite(depth).mean() > 0.8
+        # each depth came with its confidence: same header and size, in [0, 1] where the depth
+        # is finite, NaN where it is not
+        assert len(got["confidence"]) == len(got["depth"]), values
+        for (_, d), (_, c) in zip(got["depth"], got["confidence"]):
+            assert c.header == d.header
+            assert (c.encoding, c.width, c.height, c.step) == ("32FC1", d.width, d.height, d.step)
+            depth = np.frombuffer(d.data, np.float32)
+            confidence = np.frombuffer(c.data, np.float32)
+            known = np.isfinite(depth)
+            assert np.all((confidence[known] >= 0.0) & (confidence[known] <= 1.0))
+            assert np.isnan(confidence[~known]).all()
+            assert confidence[known].mean() > 0.0
         # poses kept flowing while depth ran: a later frame's poses came out before the
         # depth of an earlier frame
         first_depth_time, first_depth = got["depth"][0]
@@ -170,6 +190,8 @@ def test_nan_camera_poses_are_counted_and_a_frame_without_a_pose_gets_none(ctx, 
         outputs = node.process_frame(rgb_to_image_msg(seq.render(0.0), header), info,
                                      with_depth=False)
         assert outputs.result.depth_status == "deferred"
+        assert outputs.depth_msg is None and outputs.confidence_msg is None
+        assert "depth_confidence" in node._pubs
         assert not node.handle_depth(outputs)  # the depth thread's work: no pose, no depth
         values = node.diagnostics_values()
         assert (values["camera_poses.received"], values["camera_poses.rejected"]) == (1, 1)

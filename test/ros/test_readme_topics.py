@@ -1,9 +1,10 @@
 # Copyright 2026 dvc_perception authors. Licensed under the Apache License, Version 2.0.
 """README "Running the node": its topic table equals what the node creates. The table is parsed;
-the node (real rclpy, private Context, a depth source plugged in so every output exists) is
-asked through the ROS graph for its publishers and subscriptions (names, types, reliability,
-durability) and through rclpy's own endpoint objects for history depth (DDS discovery does not
-carry it)."""
+the node (real rclpy, private Context, a depth source plugged in so every output exists, but
+the rows of `pipeline.depth_source: multiview`, checked on a multiview node; the plugged-in
+source must not create them) is asked through the ROS graph for its publishers and subscriptions
+(names, types, reliability, durability) and through rclpy's own endpoint objects for history
+depth (DDS discovery does not carry it)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 #: What rclpy and the lifecycle machinery publish on every node (listed under the table).
 ROS_OWN = ("/rosout", "/parameter_events", "~/transition_event")
 _QOS = re.compile(r"^(reliable|best effort), (volatile|transient local), keep last (\d+)")
+#: The "when" of the outputs only multiview depth has (a single-image depth source has none).
+MULTIVIEW = "`pipeline.depth_source: multiview`"
 
 
 class _Plane:
@@ -101,10 +104,14 @@ def test_readme_topic_table_matches_the_node(ctx, transport):
         assert not node.startup_error, node.startup_error
         rows = readme_topics()
         [object_id] = node.pipeline.object_ids
-        outs = {_name(r["topic"], name, object_id): r for r in rows if r["direction"] == "out"}
+        outs = {_name(r["topic"], name, object_id): r for r in rows
+                if r["direction"] == "out" and not r["when"].startswith(MULTIVIEW)}
+        multiview_outs = [r for r in rows
+                          if r["direction"] == "out" and r["when"].startswith(MULTIVIEW)]
         ins = {_name(r["topic"], name): r for r in rows if r["direction"] == "in"}
         ros_own = {_name(topic, name) for topic in ROS_OWN}
-        assert len(outs) + len(ins) == len(rows), "direction must be in or out"
+        assert len(outs) + len(multiview_outs) + len(ins) == len(rows), \
+            "direction must be in or out"
 
         published = _graph(node, node.get_publisher_names_and_types_by_node,
                            len(outs) + len(ros_own))
@@ -159,7 +166,8 @@ def test_readme_output_frame_inputs_match_the_node(ctx):
 
 
 def test_readme_multiview_pose_input_matches_the_node(ctx):
-    """The row the node subscribes to only with multiview depth from a pose topic."""
+    """The rows of multiview depth: the pose topic it subscribes (from a pose topic) and the
+    depth confidence it publishes."""
     name = "readme_multiview_node"
     node = PerceptionNode(
         name, context=ctx,
@@ -177,5 +185,22 @@ def test_readme_multiview_pose_input_matches_the_node(ctx):
         [endpoint] = [e for e in node.get_subscriptions_info_by_topic(topic)
                       if e.node_name == name]
         assert endpoint.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT
+
+        outs = [r for r in readme_topics()
+                if r["direction"] == "out" and r["when"].startswith(MULTIVIEW)]
+        assert [r["topic"] for r in outs] == ["`~/depth/confidence`"]
+        own_pubs = {p.topic_name: p for p in node.publishers}
+        for row in outs:
+            topic = _name(row["topic"], name)
+            deadline = time.monotonic() + 10.0
+            while topic not in (published := dict(node.get_publisher_names_and_types_by_node(
+                    name, "/"))) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert published.get(topic) == [row["type"].strip("`")], (topic, published)
+            [endpoint] = [e for e in node.get_publishers_info_by_topic(topic)
+                          if e.node_name == name]
+            _check_qos(topic, row["QoS"], endpoint.qos_profile, own_pubs[topic].qos_profile)
+            depth = _name("`~/depth/image_raw`", name)
+            assert own_pubs[topic].qos_profile == own_pubs[depth].qos_profile
     finally:
         node.destroy_node()
