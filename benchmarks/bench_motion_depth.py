@@ -9,13 +9,14 @@ On the real 7-Scenes kitchen sequence (``../shared/data/rgbd_kitchen``, 640x480,
 KinectFusion poses; skipped with a message where the folder is absent), the node's estimator
 settings (`pipeline.multiview` defaults: 320x240 internal, 64 planes, up to 6 sources, pose
 refinement and temporal fusion on). Frames are fed in order; the first `--warm-up` frames with
-depth are not timed (they load the compiled kernels and OpenCV's SIFT). The estimator's own
-stage timings per frame: ``features`` (SIFT of the new frame; stored frames keep theirs),
-``poses`` (window bundle adjustment), ``sweep`` (plane-sweep ZNCC + SGM + winner + speckles +
-fusion), ``total`` (the whole `estimate`, including the colour -> grey resize and the nearest
-upsampling to 640x480). Median and 90th percentile in ms. A sanity line gives AbsRel and density
-against the sensor depth over the timed frames (not the issue's evaluation, which goes through
-rgbd2bag + replay + eval). The CPU may be shared: the load average before and after is printed.
+depth are not timed (they load the compiled kernels and OpenCV's SIFT). The estimator's own stage
+timings per frame: ``features`` (SIFT of the new frame; stored frames keep theirs), ``poses`` (its
+SIFT matches into the source frames + the window bundle adjustment), ``sweep`` (plane-sweep ZNCC +
+SGM + winner + speckles + fusion), ``total`` (the whole `estimate`, including the colour -> grey
+resize and the nearest upsampling to 640x480). Median and 90th percentile in ms. A sanity line
+gives AbsRel and density against the sensor depth over the timed frames (not the issue's
+evaluation, which goes through rgbd2bag + replay + eval).
+The CPU may be shared: the load average before and after is printed.
 
 ``--kernels`` also times the plane sweep's compiled kernels on one reference frame with 3 sources
 (the sweep's median in the sequence; sequence frames 100 and 96, 90, 80 before it, the given

@@ -176,7 +176,7 @@ class MotionDepthEstimator:
             adjusted.append(state.frame)
         for f in [ref, *adjusted]:
             if f.features is None and pr.enabled:
-                f.features = features(f.grey, pr.max_features)
+                f.features = features(f.grey, pr.max_features, pr.octave_layers)
         t2 = time.perf_counter()
         odometry = [relative_pose(ref, f) for f in adjusted]
         if pr.enabled:

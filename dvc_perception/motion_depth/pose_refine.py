@@ -31,10 +31,16 @@ _DEPTH_ONLY_ITERATIONS = 5
 
 @dataclass(frozen=True)
 class PoseRefineSettings:
-    """Settings of the window bundle adjustment (px at the internal resolution, m, deg)."""
+    """Settings of the window bundle adjustment (px at the internal resolution, m, deg).
+
+    `max_features` and `octave_layers` are SIFT's (OpenCV's ``nfeatures``, ``nOctaveLayers``);
+    2 octave layers describe a frame ~20 % faster but cost accuracy on the 7-Scenes kitchen
+    (AbsRel +0.004, delta < 1.25 -1.1 points; benchmarks/RESULTS.md, issue 22).
+    """
 
     enabled: bool = True
     max_features: int = 1500
+    octave_layers: int = 3
     ratio: float = 0.75
     ransac_px: float = 1.0
     rotation_sigma_deg: float = 2.0
@@ -52,9 +58,10 @@ class PoseRefineSettings:
         positive = ("max_features", "ransac_px", "rotation_sigma_deg", "translation_sigma_m",
                     "huber_px", "prior_huber")
         bad = [n for n in positive if not getattr(self, n) > 0]
-        if bad or not 0.0 < self.ratio < 1.0 or self.min_matches < 1:
+        if bad or not 0.0 < self.ratio < 1.0 or self.min_matches < 1 or self.octave_layers < 1:
             raise ConfigError(f"pose_refine: expected positive {', '.join(positive)}, ratio in "
-                              f"(0, 1) and min_matches >= 1 (bad: {bad or 'ratio/min_matches'})")
+                              f"(0, 1), min_matches >= 1 and octave_layers >= 1 (bad: "
+                              f"{bad or 'ratio/min_matches/octave_layers'})")
 
 
 @dataclass(frozen=True)
@@ -74,12 +81,22 @@ class PoseRefineResult:
     refined: bool
 
 
-_SIFT: dict[int, cv2.SIFT] = {}
+_SIFT: dict[tuple[int, int], cv2.SIFT] = {}
 
 
-def features(grey: np.ndarray, max_features: int) -> tuple[np.ndarray, np.ndarray]:
-    """SIFT keypoints (M, 2) float64 px and descriptors (M, 128) float32 of `grey` (h, w)."""
-    sift = _SIFT.setdefault(max_features, cv2.SIFT_create(max_features))
+def features(grey: np.ndarray, max_features: int, octave_layers: int = 3
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """SIFT keypoints (M, 2) float64 px and descriptors (M, 128) float32 of `grey` (h, w).
+
+    Args:
+        grey: (h, w) float32 image in [0, 1].
+        max_features: at most this many keypoints (the strongest).
+        octave_layers: SIFT's scale levels per octave (OpenCV's ``nOctaveLayers``).
+    """
+    key = (max_features, octave_layers)
+    if key not in _SIFT:
+        _SIFT[key] = cv2.SIFT_create(max_features, octave_layers)
+    sift = _SIFT[key]
     img = np.clip(grey * 255.0 + 0.5, 0, 255).astype(np.uint8)
     kps, desc = sift.detectAndCompute(img, None)
     if desc is None or not kps:
@@ -91,39 +108,74 @@ def match(ref_feat: tuple[np.ndarray, np.ndarray], src_feat: tuple[np.ndarray, n
           settings: PoseRefineSettings) -> tuple[np.ndarray, np.ndarray]:
     """Reference feature indices (M,) and source pixels (M, 2) of the accepted matches.
 
-    A match passes the ratio test and a RANSAC fundamental-matrix check (`ransac_px`).
+    A match passes the ratio test and a RANSAC fundamental-matrix check (`ransac_px`). The two
+    nearest source descriptors (L2) of each reference feature come from one float32 matrix
+    product: SIFT descriptors are integers with squared norms below 2**24, so the squared
+    distances are exact, as OpenCV's brute-force matcher's are (without its per-match objects).
+    The product is OpenCV's single-threaded one: a threaded BLAS waits for its threads when the
+    CPU is shared, which costs more than the product on these sizes.
     """
-    (_, d_ref), (p_src, d_src) = ref_feat, src_feat
+    (p_ref, d_ref), (p_src, d_src) = ref_feat, src_feat
     empty = (np.zeros(0, np.int64), np.zeros((0, 2)))
     if len(d_ref) < 2 or len(d_src) < 2:
         return empty
-    pairs = cv2.BFMatcher(cv2.NORM_L2).knnMatch(d_ref, d_src, k=2)
-    good = [m for m, n in (p for p in pairs if len(p) == 2)
-            if m.distance < settings.ratio * n.distance]
-    if len(good) < 8:
+    d_ref = np.asarray(d_ref, np.float32)
+    d_src = np.asarray(d_src, np.float32)
+    d2 = (np.einsum("ij,ij->i", d_ref, d_ref)[:, None] + np.einsum("ij,ij->i", d_src, d_src)
+          - 2.0 * cv2.gemm(d_ref, d_src, 1.0, None, 0.0, flags=cv2.GEMM_2_T))
+    rows = np.arange(len(d2))
+    best = np.argmin(d2, axis=1)
+    first = d2[rows, best]
+    d2[rows, best] = np.inf
+    second = d2.min(axis=1)
+    dist1 = np.sqrt(np.maximum(first, 0.0), dtype=np.float32).astype(np.float64)
+    dist2 = np.sqrt(np.maximum(second, 0.0), dtype=np.float32).astype(np.float64)
+    qi = np.flatnonzero(dist1 < settings.ratio * dist2)
+    if len(qi) < 8:
         return empty
-    qi = np.array([m.queryIdx for m in good], np.int64)
-    uv = p_src[[m.trainIdx for m in good]]
-    _, inliers = cv2.findFundamentalMat(ref_feat[0][qi], uv, cv2.FM_RANSAC, settings.ransac_px,
-                                        0.999)
+    uv = p_src[best[qi]]
+    _, inliers = cv2.findFundamentalMat(p_ref[qi], uv, cv2.FM_RANSAC, settings.ransac_px, 0.999)
     if inliers is None:
         return empty
     keep = inliers.ravel().astype(bool)
     return qi[keep], uv[keep]
 
 
-def _huber_weight(normalised: np.ndarray, k: float) -> float:
-    """IRLS weight of a Huber loss at the deviation `normalised` (in sigmas): 1 within `k`."""
-    n = float(np.linalg.norm(normalised))
-    return 1.0 if n <= k else k / n
+def _huber_weight(normalised: np.ndarray, k: float) -> np.ndarray:
+    """IRLS weights of a Huber loss at the deviations `normalised` (S, 3) in sigmas.
+
+    One weight per row (its norm): 1 within `k`.
+    """
+    n = np.linalg.norm(normalised, axis=1)
+    return np.where(n <= k, 1.0, k / np.maximum(n, 1e-300))
+
+
+def _skew(w: np.ndarray) -> np.ndarray:
+    """(S, 3, 3) cross-product matrices of the rows of `w` (S, 3)."""
+    out = np.zeros((len(w), 3, 3))
+    out[:, 0, 1], out[:, 0, 2], out[:, 1, 2] = -w[:, 2], w[:, 1], -w[:, 0]
+    out[:, 1, 0], out[:, 2, 0], out[:, 2, 1] = w[:, 2], -w[:, 1], w[:, 0]
+    return out
 
 
 def _so3_exp(w: np.ndarray) -> np.ndarray:
-    return cv2.Rodrigues(np.asarray(w, np.float64).reshape(3, 1))[0]
+    """Rotation matrices (S, 3, 3) of the rotation vectors `w` (S, 3) [rad] (Rodrigues)."""
+    theta = np.linalg.norm(w, axis=1)
+    a = np.sinc(theta / np.pi)  # sin(theta) / theta
+    b = 0.5 * np.sinc(theta / (2.0 * np.pi)) ** 2  # (1 - cos(theta)) / theta**2, no cancellation
+    W = _skew(w)
+    return np.eye(3) + a[:, None, None] * W + b[:, None, None] * (W @ W)
 
 
 def _so3_log(R: np.ndarray) -> np.ndarray:
-    return cv2.Rodrigues(R)[0].ravel()
+    """Rotation vectors (S, 3) [rad] of the rotation matrices `R` (S, 3, 3)."""
+    v = np.stack([R[:, 2, 1] - R[:, 1, 2], R[:, 0, 2] - R[:, 2, 0], R[:, 1, 0] - R[:, 0, 1]], 1)
+    n = np.linalg.norm(v, axis=1)  # 2 sin(theta)
+    theta = np.arctan2(0.5 * n, 0.5 * (np.trace(R, axis1=1, axis2=2) - 1.0))
+    out = v * np.where(n > 1e-12, theta / np.maximum(n, 1e-300), 0.5)[:, None]
+    for k in np.flatnonzero(theta > np.pi - 1e-3):  # near a half turn: v is no direction
+        out[k] = cv2.Rodrigues(R[k])[0].ravel()
+    return out
 
 
 def refine_window(ref_feat: tuple[np.ndarray, np.ndarray],
@@ -157,90 +209,101 @@ def refine_window(ref_feat: tuple[np.ndarray, np.ndarray],
 
 
 class _Problem:
-    """The window adjustment's state: poses (R, t) per source and inverse depths per point."""
+    """The window adjustment's state: poses (R, t) per source and inverse depths per point.
+
+    The observations of all sources are stacked (source by source), so that each Gauss-Newton
+    iteration assembles the normal equations with a few array operations, not per source.
+    """
 
     def __init__(self, K: np.ndarray, bearings: np.ndarray,
                  obs: list[tuple[np.ndarray, np.ndarray]], odometry: list[np.ndarray],
                  settings: PoseRefineSettings) -> None:
         self.K = K
-        self.bearings = bearings
-        self.obs = obs
         self.odometry = odometry
         self.s = settings
-        self.R = [T[:3, :3].copy() for T in odometry]
-        self.t = [T[:3, 3].copy() for T in odometry]
-        self.rho = np.full(len(bearings), 0.5)  # 1/m; first refined alone (poses held)
+        S, P = len(obs), len(bearings)
+        counts = [len(q) for q, _ in obs]
+        self.bounds = np.r_[0, np.cumsum(counts)].astype(np.int64)
+        self.pts = np.concatenate([q for q, _ in obs]).astype(np.int64)
+        self.uv = np.concatenate([uv for _, uv in obs]).reshape(-1, 2)
+        self.src = np.repeat(np.arange(S), counts)
+        self.bearings = bearings[self.pts]  # (N, 3), one per observation
+        # flat index into the (6 S, P) pose-depth block of each observation's 6 pose entries
+        self.hpl_index = ((6 * self.src)[:, None] + np.arange(6)) * P + self.pts[:, None]
+        self.R = np.stack([T[:3, :3] for T in odometry]).astype(np.float64)
+        self.t = np.stack([T[:3, 3] for T in odometry]).astype(np.float64)
+        self.rho = np.full(P, 0.5)  # 1/m; first refined alone (poses held)
 
-    def _project(self, j: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        pts, uv = self.obs[j]
-        Y = self.bearings[pts] @ self.R[j].T
-        X = Y / self.rho[pts, None] + self.t[j]
+    def _project(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Rotated bearings Y, points X in the source cameras, residuals r (px), 1 / rho."""
+        Y = np.einsum("njk,nk->nj", self.R[self.src], self.bearings)
+        inv_rho = 1.0 / self.rho[self.pts]
+        X = Y * inv_rho[:, None] + self.t[self.src]
         K = self.K
         z = np.maximum(X[:, 2], 1e-9)
-        r = np.c_[K[0, 0] * X[:, 0] / z + K[0, 2] - uv[:, 0],
-                  K[1, 1] * X[:, 1] / z + K[1, 2] - uv[:, 1]]
-        return Y, X, r, pts
+        r = np.stack([K[0, 0] * X[:, 0] / z + K[0, 2] - self.uv[:, 0],
+                      K[1, 1] * X[:, 1] / z + K[1, 2] - self.uv[:, 1]], axis=1)
+        return Y, X, r, inv_rho
 
     def solve(self) -> None:
-        S, P = len(self.obs), len(self.rho)
+        S, P = len(self.R), len(self.rho)
         sig_r = np.radians(self.s.rotation_sigma_deg)
         sig_t = self.s.translation_sigma_m
         prior = np.r_[np.full(3, 1 / sig_r**2), np.full(3, 1 / sig_t**2)]
+        odo_R = np.stack([T[:3, :3] for T in self.odometry])
+        odo_t = np.stack([T[:3, 3] for T in self.odometry])
+        fx, fy = self.K[0, 0], self.K[1, 1]
         for it in range(self.s.iterations):
-            Hpp = np.zeros((6 * S, 6 * S))
-            gp = np.zeros(6 * S)
-            Hll = np.full(P, 1e-6)
-            gl = np.zeros(P)
-            Hpl = np.zeros((6 * S, P))
-            for j in range(S):
-                Y, X, r, pts = self._project(j)
-                if len(pts) == 0:
-                    continue
-                z = X[:, 2]
-                e = np.linalg.norm(r, axis=1)
-                w = np.where(e < self.s.huber_px, 1.0, self.s.huber_px / np.maximum(e, 1e-12))
-                w[z <= 1e-3] = 0.0
-                fx, fy = self.K[0, 0], self.K[1, 1]
-                Jx = np.zeros((len(pts), 2, 3))
-                Jx[:, 0, 0] = fx / z
-                Jx[:, 0, 2] = -fx * X[:, 0] / z**2
-                Jx[:, 1, 1] = fy / z
-                Jx[:, 1, 2] = -fy * X[:, 1] / z**2
-                inv_rho = (1.0 / self.rho[pts])[:, None]
-                # d X / d w (left perturbation R <- exp(w) R) = -[Y / rho]x; row a: -(a x Y) / rho
-                Jw = -np.cross(Jx, Y[:, None, :]) * inv_rho[:, None]
-                Jp = np.concatenate([Jw, Jx], axis=2)  # (n, 2, 6): rotation, translation
-                Jl = np.einsum("nab,nb->na", Jx, -Y * inv_rho**2)  # d r / d rho
-                sl = slice(6 * j, 6 * j + 6)
-                Hpp[sl, sl] += np.einsum("n,nai,naj->ij", w, Jp, Jp)
-                gp[sl] += np.einsum("n,nai,na->i", w, Jp, r)
-                Hll += np.bincount(pts, w * np.einsum("na,na->n", Jl, Jl), minlength=P)
-                gl += np.bincount(pts, w * np.einsum("na,na->n", Jl, r), minlength=P)
-                hpl = w[:, None] * np.einsum("nai,na->ni", Jp, Jl)
-                for k in range(6):
-                    Hpl[6 * j + k] += np.bincount(pts, hpl[:, k], minlength=P)
+            depth_only = it < _DEPTH_ONLY_ITERATIONS  # depths alone first, odometry's poses
+            Y, X, r, inv_rho = self._project()
+            z = X[:, 2]
+            e = np.linalg.norm(r, axis=1)
+            w = np.where(e < self.s.huber_px, 1.0, self.s.huber_px / np.maximum(e, 1e-12))
+            w[z <= 1e-3] = 0.0
+            Jx = np.zeros((len(z), 2, 3))
+            Jx[:, 0, 0] = fx / z
+            Jx[:, 0, 2] = -fx * X[:, 0] / z**2
+            Jx[:, 1, 1] = fy / z
+            Jx[:, 1, 2] = -fy * X[:, 1] / z**2
+            Jl = np.einsum("nab,nb->na", Jx, -Y * (inv_rho**2)[:, None])  # d r / d rho
+            Hll = 1e-6 + np.bincount(self.pts, w * np.einsum("na,na->n", Jl, Jl), minlength=P)
+            gl = np.bincount(self.pts, w * np.einsum("na,na->n", Jl, r), minlength=P)
             Hll *= 1.0 + 1e-2
-            if it < _DEPTH_ONLY_ITERATIONS:  # depths alone first, from the odometry's poses
+            if depth_only:
                 dp = np.zeros(6 * S)
                 dl = -gl / Hll
             else:
+                # d X / d w (left perturbation R <- exp(w) R) = -[Y / rho]x; row a: -(a x Y) / rho
+                Jw = -np.cross(Jx, Y[:, None, :]) * inv_rho[:, None, None]
+                Jp = np.concatenate([Jw, Jx], axis=2)  # (N, 2, 6): rotation, translation
+                wJp = w[:, None, None] * Jp
+                Hpp = np.zeros((6 * S, 6 * S))
+                gp = np.zeros(6 * S)
                 for j in range(S):
-                    sl = slice(6 * j, 6 * j + 6)
-                    dev = np.r_[_so3_log(self.R[j] @ self.odometry[j][:3, :3].T),
-                                self.t[j] - self.odometry[j][:3, 3]]
-                    weight = np.r_[np.full(3, _huber_weight(dev[:3] / sig_r, self.s.prior_huber)),
-                                   np.full(3, _huber_weight(dev[3:] / sig_t, self.s.prior_huber))]
-                    Hpp[sl, sl] += np.diag(prior * weight)
-                    gp[sl] += prior * weight * dev
+                    a, b = self.bounds[j], self.bounds[j + 1]
+                    A = wJp[a:b].reshape(-1, 6)
+                    Hpp[6 * j:6 * j + 6, 6 * j:6 * j + 6] = A.T @ Jp[a:b].reshape(-1, 6)
+                    gp[6 * j:6 * j + 6] = A.T @ r[a:b].ravel()
+                dev = np.concatenate([_so3_log(self.R @ odo_R.transpose(0, 2, 1)),
+                                      self.t - odo_t], axis=1)  # (S, 6)
+                weight = prior * np.repeat(
+                    np.stack([_huber_weight(dev[:, :3] / sig_r, self.s.prior_huber),
+                              _huber_weight(dev[:, 3:] / sig_t, self.s.prior_huber)], 1), 3, 1)
+                Hpp[np.diag_indices(6 * S)] += weight.ravel()
+                gp += (weight * dev).ravel()
+                hpl = np.einsum("nai,na->ni", wJp, Jl)
+                Hpl = np.bincount(self.hpl_index.ravel(), hpl.ravel(),
+                                  minlength=6 * S * P).reshape(6 * S, P)
                 Hpp *= 1.0 + 1e-2
-                schur = Hpp - (Hpl / Hll) @ Hpl.T
-                dp = -np.linalg.solve(schur, gp - Hpl @ (gl / Hll))
-                dl = -(gl + Hpl.T @ dp) / Hll
-            for j in range(S):
-                self.R[j] = _so3_exp(dp[6 * j:6 * j + 3]) @ self.R[j]
-                self.t[j] = self.t[j] + dp[6 * j + 3:6 * j + 6]
+                # Hpl diag(1 / Hll) Hpl^T and the products with Hpl single-threaded (see `match`)
+                schur = Hpp - cv2.mulTransposed(Hpl / np.sqrt(Hll), False)
+                dp = -np.linalg.solve(schur, gp - np.einsum("ip,p->i", Hpl, gl / Hll))
+                dl = -(gl + np.einsum("ip,i->p", Hpl, dp)) / Hll
+                step = dp.reshape(S, 6)
+                self.R = _so3_exp(step[:, :3]) @ self.R
+                self.t = self.t + step[:, 3:]
             self.rho = np.clip(self.rho + dl, 1e-3, 1e3)
-            if it >= _DEPTH_ONLY_ITERATIONS and np.abs(dp).max() < 1e-7:
+            if not depth_only and np.abs(dp).max() < 1e-7:
                 break
 
     def poses(self) -> list[np.ndarray]:
@@ -253,6 +316,5 @@ class _Problem:
         return out
 
     def median_error(self) -> float:
-        errs = [np.linalg.norm(self._project(j)[2], axis=1) for j in range(len(self.obs))]
-        flat = np.concatenate(errs) if errs else np.zeros(0)
+        flat = np.linalg.norm(self._project()[2], axis=1)
         return float(np.median(flat)) if len(flat) else float("nan")

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import cv2
 import numpy as np
 import pytest
@@ -178,3 +180,34 @@ def test_the_sweep_takes_sources_spread_over_the_baselines():
             picked = _spread(n, k)
             assert len(picked) == min(n, k) and picked == sorted(set(picked))
             assert picked[-1] == n - 1  # the longest baseline is always swept
+
+
+def test_each_frame_is_described_once(rendered_scene, monkeypatch):
+    """SIFT runs once per frame: a frame used again as a source keeps the features it got as
+    the reference (or when first used), and those equal a fresh description of its image."""
+    from dvc_perception.motion_depth import estimator as estimator_module
+    from dvc_perception.motion_depth.pose_refine import features
+
+    scene = rendered_scene
+    described: list[int] = []
+
+    def counting(grey, max_features, octave_layers=3):
+        described.append(id(grey))
+        return features(grey, max_features, octave_layers)
+
+    monkeypatch.setattr(estimator_module, "features", counting)
+    settings = dataclasses.replace(_settings(scene.W, fusion=True),
+                                   pose_refine=PoseRefineSettings())
+    estimator = MotionDepthEstimator(settings)
+    refined = 0
+    for k in range(8):
+        r = estimator.estimate(scene.rgb8(scene.render(scene.pose(k))[0]), scene.K,
+                               scene.pose(k), 1.0 + 0.1 * k)
+        refined += r.pose_refined
+    assert refined == 5  # frames 3..7 have sources, each adjusted
+    assert len(described) == len(set(described)) == 8  # frames 0-2 first as sources
+    for frame in estimator.window.frames:
+        fresh = features(frame.grey, settings.pose_refine.max_features,
+                         settings.pose_refine.octave_layers)
+        np.testing.assert_array_equal(frame.features[0], fresh[0])
+        np.testing.assert_array_equal(frame.features[1], fresh[1])

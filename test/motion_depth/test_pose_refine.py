@@ -8,7 +8,14 @@ import numpy as np
 
 from dvc_perception.motion_depth.estimator import MotionDepthEstimator, MotionDepthSettings
 from dvc_perception.motion_depth.keyframes import KeyframeRule
-from dvc_perception.motion_depth.pose_refine import PoseRefineSettings, features, refine_window
+from dvc_perception.motion_depth.pose_refine import (
+    PoseRefineSettings,
+    _so3_exp,
+    _so3_log,
+    features,
+    match,
+    refine_window,
+)
 from dvc_perception.motion_depth.sweep import SweepSettings
 
 
@@ -114,3 +121,38 @@ def test_estimator_depth_is_closer_to_the_truth_with_refinement(rendered_scene):
     assert abs_rel < abs_rel0
     # Up to scale (which only the odometry gives), refined depth is several times better.
     assert aligned < 0.5 * aligned0
+
+
+def test_match_finds_what_opencvs_brute_force_matcher_finds(rendered_scene):
+    """The matrix-product nearest neighbours give OpenCV's knnMatch + ratio test, exactly."""
+    scene = rendered_scene
+    settings = PoseRefineSettings()
+    ref = features(scene.grey(scene.render(scene.pose(4.0))[0]), settings.max_features)
+    for k in (2.0, 6.0, 7.0):
+        src = features(scene.grey(scene.render(scene.pose(k))[0]), settings.max_features)
+        pairs = cv2.BFMatcher(cv2.NORM_L2).knnMatch(ref[1], src[1], k=2)
+        good = [m for m, n in pairs if m.distance < settings.ratio * n.distance]
+        qi = np.array([m.queryIdx for m in good])
+        uv = src[0][[m.trainIdx for m in good]]
+        _, inliers = cv2.findFundamentalMat(ref[0][qi], uv, cv2.FM_RANSAC, settings.ransac_px,
+                                            0.999)
+        keep = inliers.ravel().astype(bool)
+        found_qi, found_uv = match(ref, src, settings)
+        assert len(found_qi) >= 100
+        np.testing.assert_array_equal(found_qi, qi[keep])
+        np.testing.assert_array_equal(found_uv, uv[keep])
+
+
+def test_so3_exp_and_log_agree_with_rodrigues():
+    rng = np.random.default_rng(3)
+    axes = rng.normal(size=(8, 3))
+    axes /= np.linalg.norm(axes, axis=1, keepdims=True)
+    for angle in (0.0, 1e-9, 1e-5, 1e-2, 0.5, 2.0, 3.1, np.pi - 1e-5):
+        w = angle * axes
+        R = _so3_exp(w)
+        expected = np.stack([cv2.Rodrigues(v.reshape(3, 1))[0] for v in w])
+        np.testing.assert_allclose(R, expected, atol=1e-14)
+        # The log inverts the exp, more precisely than cv2.Rodrigues for tiny angles (near a
+        # half turn, where the vector is ill-conditioned, it is cv2.Rodrigues's).
+        if angle < 3.14:
+            np.testing.assert_allclose(_so3_log(R), w, atol=1e-13)
