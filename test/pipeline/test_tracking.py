@@ -235,3 +235,52 @@ def test_track_is_lost_when_the_object_leaves_the_image(tracking_scene):
     out = [k for k, u in enumerate(centre_u) if u > 640 + 60]  # the whole object is out
     assert reported[:3] == [1, 1, 1] and out and all(reported[k] == 0 for k in out)
     assert len(lost) == 1 and lost[0] <= out[0], (lost, out)
+
+
+class BoxOfTruth:
+    """A detector stand-in: the box of the object's projected vertices at the true pose."""
+
+    backend = "test:box-of-truth"
+    object_ids = ("demo_object",)
+
+    def __init__(self, scene) -> None:
+        self.scene = scene
+        self.truth: tuple[np.ndarray, np.ndarray] | None = None  # set per frame by the test
+        self.calls = 0
+
+    def detect_boxes(self, image_rgb: np.ndarray) -> list:
+        from dvc_perception.pipeline.detection import BoxDetection
+
+        self.calls += 1
+        R, t = self.truth
+        uv = (self.scene.mesh.vertices.double().numpy() @ R.T + t) @ self.scene.K.T
+        uv = uv[:, :2] / uv[:, 2:]
+        x0, y0 = np.floor(uv.min(axis=0) + 0.5)
+        x1, y1 = np.floor(uv.max(axis=0) + 0.5)
+        return [BoxDetection(0, 0.9, (float(x0), float(y0), float(x1 - x0 + 1),
+                                      float(y1 - y0 + 1)))]
+
+    def detect(self, image_rgb: np.ndarray) -> list[KeypointDetection]:
+        raise AssertionError("with pipeline.search the keypoint stage must not run")
+
+
+@pytest.mark.slow
+def test_search_acquires_and_tracking_follows(tracking_scene):
+    """Search from the box on detection frames (0 and 3), tracking in between (the mesh only)."""
+    config = PipelineConfig.from_mapping({
+        "refine": {"enabled": True}, "search": {"enabled": True, "num_rotations": 400},
+        "tracking": {"enabled": True, "detect_every": 3},
+    })
+    source = BoxOfTruth(tracking_scene)
+    pipeline = Pipeline(config, source, refine_models={"demo_object": tracking_scene.mesh})
+    pts = tracking_scene.mesh.vertices.double().numpy()
+    errors = []
+    for k in range(5):
+        source.truth = R, t = _path(k)
+        result = pipeline.process(tracking_scene.render(R, t, seed=k), tracking_scene.camera,
+                                  0.1 * k)
+        (pose,) = result.poses
+        assert pose.track_id == 0 and not result.lost
+        errors.append(float(add_error(pose.R, pose.t, R, t, pts)))
+    assert source.calls == 2  # frames 0 and 3
+    assert max(errors) < 0.1 * tracking_scene.diameter_m, errors
