@@ -96,7 +96,8 @@ class Frame:
     Attributes:
         image: (H, W, 3) uint8 RGB.
         K: (3, 3) float64 pinhole intrinsics px (the image is undistorted).
-        depth: (H, W) float32 m, NaN where unknown, or None.
+        depth: (H, W) float32 m (float16 from shards opened for dense pose targets), NaN
+            where unknown, or None.
         objects: the annotated object instances.
     """
 
