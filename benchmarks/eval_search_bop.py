@@ -11,7 +11,7 @@ number with the shipped detector is ``eval-bop ... --refine --param
 pipeline.search.enabled:=true``.
 
     .venv/bin/python benchmarks/eval_search_bop.py ../shared/data/lmo test/000002 \\
-        [--num-rotations 200] [--prescreen-k 0] [--cache-dir DIR] [--json OUT.json]
+        [--num-rotations 200] [--seed 0] [--cache-dir DIR] [--json OUT.json]
 """
 
 from __future__ import annotations
@@ -81,21 +81,19 @@ def main() -> None:
     parser.add_argument("dataset")
     parser.add_argument("scene")
     parser.add_argument("--num-rotations", type=int, default=SearchSettings.num_rotations)
-    parser.add_argument("--prescreen-k", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0, help="turns the set of rotations")
     parser.add_argument("--cache-dir", help="keep the sparse viewpoint models here (npz)")
     parser.add_argument("--json", help="write rows and summary here")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    settings = SearchSettings(num_rotations=args.num_rotations, prescreen_k=args.prescreen_k,
-                              seed=args.seed)
+    settings = SearchSettings(num_rotations=args.num_rotations, seed=args.seed)
     result = evaluate(args.dataset, args.scene, settings, RefineSettings(), args.cache_dir)
     result["settings"] = vars(args)
     result["load_average"] = os.getloadavg()
     s = result["summary"]
     per = ", ".join(f"{k}: {100 * v:.0f} %" for k, v in s["add_01d_per_object"].items())
     print(f"{args.scene}: {s['targets']} targets from their true visible boxes, "
-          f"{args.num_rotations} rotations, prescreen {args.prescreen_k}")
+          f"{args.num_rotations} rotations, rotation set {args.seed}")
     print(f"ADD(-S)@0.1d macro {100 * s['add_01d_macro']:.1f} %, micro "
           f"{100 * s['add_01d_micro']:.1f} %; median {s['s_median']:.2f} s per target")
     print(f"per object: {per}")

@@ -366,11 +366,6 @@ class SearchConfig:
         200, "starting rotations per box, spread uniformly over all rotations (seeded: the same "
         "starts every frame)", range=(1, 5000), live=True,
     )
-    prescreen_k: int = _f(
-        0, "0: refine every start fully; k: a coarse fit of every start, then the k best "
-        "refined fully (faster)", range=(0, 5000), live=True,
-    )
-
     def __post_init__(self) -> None:
         _check_range("pipeline.search", self)
 

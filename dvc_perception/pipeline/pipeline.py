@@ -632,7 +632,7 @@ class Pipeline:
         boxes = self.keypoint_source.detect_boxes(image_rgb)  # type: ignore[attr-defined]
         t1 = time.perf_counter()
         cfg = self.config.search
-        settings = SearchSettings(num_rotations=cfg.num_rotations, prescreen_k=cfg.prescreen_k)
+        settings = SearchSettings(num_rotations=cfg.num_rotations)
         refine = self._current_refine_settings()
         weight = self.config.refine.cost_weight
         poses = []

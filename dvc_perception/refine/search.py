@@ -7,8 +7,7 @@ its projected outline fills the box (`translation_from_box`), refines every star
 (`refiner.refine_pose`, the region-based contour fit), keeps the refined pose of lowest
 alignment cost and fits it once more from there. Rotations the box cannot tell apart are told
 apart by the colours along the outline, which the refiner's cost measures; no network is
-trained for this stage. With ``prescreen_k > 0`` every start first gets a short coarse fit and
-only the `prescreen_k` best are refined fully (faster, less thorough).
+trained for this stage.
 
 Cost grows linearly with the starts: about 5 ms per start per instance at 640x480 on one CPU
 core, so a search is for acquiring an object (detection), not for every frame: tracking
@@ -17,7 +16,6 @@ core, so a search is for acquiring an object (detection), not for every frame: t
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -38,23 +36,14 @@ class SearchSettings:
     Attributes:
         num_rotations: starting rotations, spread evenly over SO(3) (>= 1).
         seed: 0, or a seed that turns the whole set of rotations (`rotation_samples`).
-        prescreen_k: 0 refines every start fully; k > 0 fits every start with `prescreen`
-            (coarse scales only) and refines the k lowest-cost ones fully.
-        prescreen_scales: the coarse schedule of the prescreen [px per segment].
     """
 
     num_rotations: int = 200
     seed: int = 0
-    prescreen_k: int = 0
-    prescreen_scales: tuple[int, ...] = (6, 4)
 
     def __post_init__(self) -> None:
-        if self.num_rotations < 1 or self.prescreen_k < 0:
-            raise ConfigError(f"search: expected num_rotations >= 1 and prescreen_k >= 0, got "
-                              f"{self.num_rotations}, {self.prescreen_k}")
-        if not self.prescreen_scales or min(self.prescreen_scales) < 1:
-            raise ConfigError(f"search.prescreen_scales: expected px >= 1, got "
-                              f"{self.prescreen_scales}")
+        if self.num_rotations < 1:
+            raise ConfigError(f"search: expected num_rotations >= 1, got {self.num_rotations}")
 
 
 @dataclass(frozen=True)
@@ -166,16 +155,6 @@ def search_pose(image: np.ndarray, camera: CameraModel, model: ObjectModel,
         starts_R.append(np.asarray(R, np.float64))
         starts_t.append(np.asarray(t, np.float64))
     R0, t0 = np.stack(starts_R), np.stack(starts_t)
-    if settings.prescreen_k and settings.prescreen_k < R0.shape[0]:
-        n = len(settings.prescreen_scales)
-        coarse = dataclasses.replace(refine, scales=settings.prescreen_scales,
-                                     min_sigma_px=refine.min_sigma_px[:n]
-                                     if len(refine.min_sigma_px) >= n
-                                     else (refine.min_sigma_px[0],) * n)
-        first = refine_pose(image, camera, model, R0, t0, coarse)
-        cost = np.where(first.usable(coarse.min_lines).numpy(), first.cost.numpy(), np.inf)
-        keep = np.argsort(cost, kind="stable")[: settings.prescreen_k]
-        R0, t0 = first.R.numpy()[keep], first.t.numpy()[keep]
     found = refine_pose(image, camera, model, R0, t0, refine)
     cost = np.where(found.usable(refine.min_lines).numpy(), found.cost.numpy(), np.inf)
     best = int(np.argmin(cost))

@@ -16,7 +16,7 @@ from dvc_perception.refine.search import (
     translation_from_box,
 )
 
-from .conftest import K, iou, make_frame, silhouette
+from .conftest import K, make_frame, silhouette
 
 
 def _box_of(mask: np.ndarray) -> tuple[float, float, float, float]:
@@ -87,8 +87,7 @@ def test_search_finds_the_pose_from_the_box_alone(demo_object, demo_model):
     assert max(errors) < 0.1, errors
 
 
-@pytest.mark.slow
-def test_extra_starts_and_prescreen(demo_object, demo_model):
+def test_extra_starts_are_tried(demo_object, demo_model):
     frame = make_frame(demo_object.mesh, 1, occluder=False)
     box = _box_of(frame.mask)
     # one start at the truth among a few poor ones: it wins
@@ -98,15 +97,8 @@ def test_extra_starts_and_prescreen(demo_object, demo_model):
     d = demo_object.diameter_m
     points = demo_object.mesh.vertices.numpy()
     assert float(add_error(found.R, found.t, frame.R, frame.t, points)) < 0.05 * d
-    # the prescreen refines only the k best of the coarse fits fully: less thorough (here it
-    # ends about 25 deg off, at an outline that still matches the object's)
-    quick = search_pose(frame.image, frame.camera, demo_model, box,
-                        SearchSettings(num_rotations=400, prescreen_k=40))
-    assert quick.num_starts == 400 and np.isfinite(quick.cost)
-    assert iou(silhouette(demo_object.mesh, quick.R, quick.t), frame.mask) > 0.8
 
 
 def test_settings_are_checked():
-    for bad in ({"num_rotations": 0}, {"prescreen_k": -1}, {"prescreen_scales": ()}):
-        with pytest.raises(ConfigError):
-            SearchSettings(**bad)
+    with pytest.raises(ConfigError):
+        SearchSettings(num_rotations=0)
