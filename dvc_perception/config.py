@@ -353,7 +353,7 @@ class SearchConfig:
     searched by refining ``num_rotations`` starts spread over all rotations, each placed to fill
     the box, and the refined pose of lowest alignment cost is reported, scored ``detection
     score * exp(-refine.cost_weight * cost)``. Needs ``pipeline.refine.enabled`` (its settings
-    and meshes are used) and a detector (``network.detector_model_path``). About 5 ms per start
+    and meshes are used) and a detector (``network.detector_model_path``). About 4 ms per start
     per box on one CPU core: for acquisition with tracking, not for every frame.
     """
 

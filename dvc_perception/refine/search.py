@@ -9,7 +9,7 @@ alignment cost and fits it once more from there. Rotations the box cannot tell a
 apart by the colours along the outline, which the refiner's cost measures; no network is
 trained for this stage.
 
-Cost grows linearly with the starts: about 5 ms per start per instance at 640x480 on one CPU
+Cost grows linearly with the starts: about 4 ms per start per instance at 640x480 on one CPU
 core, so a search is for acquiring an object (detection), not for every frame: tracking
 (`pipeline.tracking`) carries the pose on from there.
 """
