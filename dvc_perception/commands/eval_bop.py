@@ -17,7 +17,9 @@ error, never a whole-image run.
 ``--refine`` (the same as ``--param pipeline.refine.enabled:=true``) refines every network pose
 by render-and-compare against the image (`refine.refine_pose`, after PnP in the pipeline), with
 each object's mesh from ``config/objects/<id>.yaml``; the other ``pipeline.refine.*`` settings
-come from ``--param`` / ``--params`` as usual.
+come from ``--param`` / ``--params`` as usual. ``--search`` (``pipeline.search.enabled`` and
+refinement on) finds each detector box's pose with the mesh alone (`refine.search`) instead of
+the keypoint network: about 0.8 s per box.
 
 ``--init gt-perturbed --perturb-deg D --perturb-frac F --seed S`` (with ``--refine``; an error
 without it) measures the refiner alone: every target's pose starts from the scene's ground

@@ -39,11 +39,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_refine_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--refine`` and ``--init`` with its perturbation (`replay`, `eval-bop`)."""
+    """``--refine``, ``--search`` and ``--init`` with its perturbation (`replay`, `eval-bop`)."""
     parser.add_argument("--refine", action="store_true",
                         help="refine every pose by aligning the object's mesh outline with the "
                              "image after PnP (= --param pipeline.refine.enabled:=true; the "
                              "pipeline.refine.* parameters tune it)")
+    parser.add_argument("--search", action="store_true",
+                        help="find each detector box's pose with the object's mesh alone instead "
+                             "of the keypoint network (= --param pipeline.search.enabled:=true, "
+                             "with --refine; pipeline.search.num_rotations tunes it)")
     parser.add_argument("--init", choices=("network", "gt-perturbed"), default="network",
                         help="where refinement starts: the keypoint source's poses (default) or "
                              "the ground truth perturbed by --perturb-deg / --perturb-frac "
@@ -57,21 +61,32 @@ def add_refine_arguments(parser: argparse.ArgumentParser) -> None:
                         help="gt-perturbed: seed of the perturbation directions (default 0)")
 
 
-def with_refine(overrides: dict[str, object], refine: bool) -> dict[str, object]:
+def with_refine(overrides: dict[str, object], refine: bool, search: bool = False
+                ) -> dict[str, object]:
     """`overrides` plus ``pipeline.refine.enabled: true`` when `refine` (``--refine``).
 
+    With `search` (``--search``) also ``pipeline.search.enabled: true`` (and refinement, which
+    the search needs).
+
     Raises:
-        ConfigError: ``--refine`` with ``--param pipeline.refine.enabled:=`` anything but true.
+        ConfigError: a flag and a ``--param`` of its parameter that says anything but true.
     """
+    out = dict(overrides)
+    if refine or search:
+        _force_true(out, "pipeline.refine.enabled", "--refine" if refine else "--search")
+    if search:
+        _force_true(out, "pipeline.search.enabled", "--search")
+    return out
+
+
+def _force_true(overrides: dict[str, object], key: str, flag: str) -> None:
+    """Set ``overrides[key] = True`` for `flag`; ConfigError if a ``--param`` says otherwise."""
     from dvc_perception.errors import ConfigError
 
-    if not refine:
-        return overrides
-    value = overrides.get("pipeline.refine.enabled", True)
+    value = overrides.get(key, True)
     if value is not True:
-        raise ConfigError(f"--refine contradicts --param pipeline.refine.enabled:={value!r}; "
-                          "give one of them")
-    return {**overrides, "pipeline.refine.enabled": True}
+        raise ConfigError(f"{flag} contradicts --param {key}:={value!r}; give one of them")
+    overrides[key] = True
 
 
 def refine_options(args: argparse.Namespace) -> tuple[dict[str, object], Any]:
@@ -83,7 +98,7 @@ def refine_options(args: argparse.Namespace) -> tuple[dict[str, object], Any]:
     """
     from dvc_perception.bag.init_eval import Perturbation, check_init
 
-    overrides = with_refine(parse_param_overrides(args.param), args.refine)
+    overrides = with_refine(parse_param_overrides(args.param), args.refine, args.search)
     given = {k: v for k, v in (("deg", args.perturb_deg), ("frac", args.perturb_frac),
                                ("seed", args.seed)) if v is not None}
     check_init(args.init, Perturbation(**given) if given else None, overrides)

@@ -242,6 +242,13 @@ def test_eval_bop_refine_flag():
     assert with_refine({"a": 1}, True) == {"a": 1, "pipeline.refine.enabled": True}
     with pytest.raises(ConfigError, match="--refine contradicts"):
         with_refine({"pipeline.refine.enabled": False}, True)
+    both = {"a": 1, "pipeline.refine.enabled": True, "pipeline.search.enabled": True}
+    assert with_refine({"a": 1}, False, search=True) == both
+    assert with_refine({"a": 1}, True, search=True) == both
+    with pytest.raises(ConfigError, match="--search contradicts --param pipeline.search"):
+        with_refine({"pipeline.search.enabled": False}, False, search=True)
+    with pytest.raises(ConfigError, match="--search contradicts --param pipeline.refine"):
+        with_refine({"pipeline.refine.enabled": False}, False, search=True)
 
 
 def test_network_pipeline_with_refinement_improves_the_shipped_demo_model(demo_object, frame,
