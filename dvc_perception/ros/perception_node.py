@@ -166,6 +166,9 @@ class PerceptionNode(LifecycleNode):
     ) -> None:
         super().__init__(node_name, **node_kwargs)
         self._pipeline_factory = pipeline_factory or Pipeline.from_config
+        self._worker: KeepLatestWorker[tuple[Any, CameraInfo, float]] | None = None
+        #: ``depth_source: multiview``: the depth thread (frames while it is busy get none)
+        self._depth_worker: KeepLatestWorker[FrameOutputs] | None = None
         try:
             declare_node_parameters(self)
         except ConfigError:
@@ -178,9 +181,6 @@ class PerceptionNode(LifecycleNode):
         self.startup_error: str = ""
         self.startup_unexpected = False  # the start-up error was not a typed DvcError
         self._matcher: StampMatcher[tuple[Any, float], CameraInfo] | None = None
-        self._worker: KeepLatestWorker[tuple[Any, CameraInfo, float]] | None = None
-        #: ``depth_source: multiview``: the depth thread (frames while it is busy get none)
-        self._depth_worker: KeepLatestWorker[FrameOutputs] | None = None
         self._subs: list[Any] = []
         self._pubs: dict[str, Any] = {}
         self._pose_pubs: dict[str, Any] = {}
@@ -349,6 +349,19 @@ class PerceptionNode(LifecycleNode):
         """Stop everything."""
         self._teardown()
         return TransitionCallbackReturn.SUCCESS
+
+    def destroy_node(self) -> None:
+        """Stop the worker threads, then destroy the node and its lifecycle state machine.
+
+        rclpy's `LifecycleNode.destroy_node` leaves the state machine, which holds the node's
+        handle, to the garbage collector: the node's DDS participant (its sockets and threads)
+        then lives on until some later collection, in whichever thread runs it. Destroying it
+        here ends the participant with the node.
+        """
+        if not self.stop_worker(2.0):
+            self.get_logger().warning("worker did not stop within 2 s (a frame is still running)")
+        super().destroy_node()
+        self._state_machine.destroy_when_not_in_use()
 
     def stop_worker(self, timeout_s: float = 2.0) -> bool:
         """Stop the worker threads (frames, depth); True when they ended within `timeout_s`."""

@@ -72,3 +72,4 @@ def ctx() -> Iterator[Context]:
     rclpy.init(context=context)
     yield context
     rclpy.shutdown(context=context)
+    context.destroy()

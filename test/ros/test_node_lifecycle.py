@@ -5,6 +5,8 @@ synchronous per-frame handler (what a bag replay calls), compressed input, confi
 from __future__ import annotations
 
 import array
+import os
+import sys
 import threading
 import time
 
@@ -88,6 +90,29 @@ def test_deactivate_stops_a_busy_worker_within_2s(ctx):
     finally:
         release.set()
         node.destroy_node()
+
+
+def _sockets() -> int:
+    """Sockets this process holds (a DDS participant holds several)."""
+    fds = os.listdir("/proc/self/fd")
+    return sum(os.readlink(f"/proc/self/fd/{fd}").startswith("socket:") for fd in fds
+               if os.path.exists(f"/proc/self/fd/{fd}"))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts sockets in /proc")
+def test_destroy_node_ends_its_dds_participant(ctx):
+    # rclpy's LifecycleNode leaves its state machine (holding the node) to the garbage
+    # collector; until a collection ran, the participant's sockets and threads lived on.
+    before = _sockets()
+    node = _node(ctx)
+    node.trigger_configure()
+    node.trigger_activate()
+    assert _sockets() > before
+    node.destroy_node()
+    assert not node._worker and _sockets() == before
+    with pytest.raises(ConfigError):  # a node that fails in its constructor, too
+        _node(ctx, **{"pipeline.min_score": 2.0})
+    assert _sockets() == before
 
 
 def test_autostart_reaches_active(ctx):
