@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import random
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,29 @@ os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(100, 199)))
 
 REPO = Path(__file__).resolve().parent.parent
+
+#: pytest-timeout's limit (pyproject.toml) interrupts a test through the interpreter; a test stuck
+#: in native code that holds the GIL (a DDS participant torn down in the wrong place) never sees
+#: it. This watchdog thread needs no GIL: it prints every thread's stack and ends the run.
+HARD_TIMEOUT_S = 900
+
+
+_watchdog_stream = None
+
+
+def pytest_configure(config):
+    global _watchdog_stream
+    # The terminal's stderr as pytest found it (its output capture redirects fd 2 later).
+    _watchdog_stream = os.fdopen(os.dup(sys.__stderr__.fileno()), "w")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    faulthandler.dump_traceback_later(HARD_TIMEOUT_S, exit=True, file=_watchdog_stream)
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
 
 
 def _shared_data() -> Path | None:
