@@ -489,6 +489,13 @@ class MultiviewConfig:
         0.1, "temporal_fusion: pixels whose estimated depth std exceeds this fraction of their "
         "depth are NaN (lower: sparser and more accurate)", range=(0.001, 10.0), live=True,
     )
+    refiner_model: str = _f(
+        "", "ONNX file of the learned depth refiner (tools/train_depth_refiner.py) run on the "
+        "classical depth before upsampling: denser; its confidence (probability of being "
+        "within about 10 %) replaces the classical one, pixels under 0.5 are NaN; empty: "
+        "classical only",
+        live=True,
+    )
 
     def __post_init__(self) -> None:
         _check_range("pipeline.multiview", self)

@@ -8,12 +8,18 @@ each output pixel takes the depth of the internal pixel it falls in (nearest: no
 invented across a depth edge), NaN where the confidence is below `min_confidence` or no source
 saw the pixel (REP 118). Without a source frame (first frame, static or purely rotating camera)
 the depth is all NaN and the status says why.
+
+With `MotionDepthSettings.refiner_model` set, the learned refiner (`learned_refiner`, an ONNX
+model run through the engines layer) densifies the fused classical depth at the internal
+resolution before the upsampling; its confidence then replaces the classical one (NaN below
+`refiner_min_confidence`). Empty (the default): classical only.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -29,6 +35,9 @@ from dvc_perception.motion_depth.keyframes import (
 )
 from dvc_perception.motion_depth.pose_refine import PoseRefineSettings, features, refine_window
 from dvc_perception.motion_depth.sweep import SweepResult, SweepSettings, plane_sweep_depth
+
+if TYPE_CHECKING:
+    from dvc_perception.motion_depth.learned_refiner import DepthRefiner
 
 #: `MotionDepthResult.status` values.
 STATUS_OK = "ok"
@@ -51,12 +60,20 @@ class MotionDepthSettings:
     keyframes: KeyframeRule = field(default_factory=KeyframeRule)
     sweep: SweepSettings = field(default_factory=SweepSettings)
     pose_refine: PoseRefineSettings = field(default_factory=PoseRefineSettings)
+    #: ONNX file of the learned depth refiner (`learned_refiner`); empty: classical only.
+    refiner_model: str = ""
+    #: With a refiner: pixels whose refined confidence (the probability that the depth is
+    #: within about 10 %) is lower are NaN.
+    refiner_min_confidence: float = 0.5
 
     def __post_init__(self) -> None:
         if self.internal_width < 16:
             raise ConfigError(f"internal_width: expected >= 16 px, got {self.internal_width}")
         if not 0.0 <= self.min_confidence < 1.0:
             raise ConfigError(f"min_confidence: expected in [0, 1), got {self.min_confidence}")
+        if not 0.0 <= self.refiner_min_confidence < 1.0:
+            raise ConfigError("refiner_min_confidence: expected in [0, 1), got "
+                              f"{self.refiner_min_confidence}")
         if self.max_unmeasured_frames < 0:
             raise ConfigError("max_unmeasured_frames: expected >= 0, got "
                               f"{self.max_unmeasured_frames}")
@@ -78,7 +95,8 @@ class MotionDepthResult:
         sources: source frames used.
         pose_refined: whether the window adjustment corrected the odometry's poses.
         median_error_px: the adjustment's median reprojection error (internal px; NaN if not run).
-        timings: ms per stage (``features``, ``poses``, ``sweep``, ``total``).
+        timings: ms per stage (``features``, ``poses``, ``sweep``, ``refiner`` when a refiner
+            runs, ``total``).
     """
 
     depth: np.ndarray
@@ -120,7 +138,13 @@ class MotionDepthEstimator:
     """Stateful: keeps the recent frames of one camera (oldest dropped by the keyframe rule)."""
 
     def __init__(self, settings: MotionDepthSettings | None = None) -> None:
+        """Raises `ConfigError` naming the file when `refiner_model` cannot be loaded."""
         self.settings = settings or MotionDepthSettings()
+        self.refiner: DepthRefiner | None = None
+        if self.settings.refiner_model:
+            from dvc_perception.motion_depth.learned_refiner import DepthRefiner
+
+            self.refiner = DepthRefiner(self.settings.refiner_model)
         self.window = KeyframeWindow(self.settings.keyframes)
         self._size: tuple[int, int] | None = None
         self._state: _FusionState | None = None
@@ -206,13 +230,41 @@ class MotionDepthEstimator:
             depth_small = np.where(measured, result.depth, np.nan).astype(np.float32)
             conf_small = np.where(measured, result.confidence, 0.0)
         t4 = time.perf_counter()
+        timings = {"features": 1e3 * (t2 - t1), "poses": 1e3 * (t3 - t2),
+                   "sweep": 1e3 * (t4 - t3)}
+        if self.refiner is not None:
+            depth_small, conf_small = self._refine(ref.grey, result, measured)
+            timings["refiner"] = 1e3 * (time.perf_counter() - t4)
         depth = cv2.resize(depth_small, (W, H), interpolation=cv2.INTER_NEAREST)
         confidence = cv2.resize(conf_small.astype(np.float32), (W, H),
                                 interpolation=cv2.INTER_NEAREST)
-        timings = {"features": 1e3 * (t2 - t1), "poses": 1e3 * (t3 - t2),
-                   "sweep": 1e3 * (t4 - t3), "total": 1e3 * (time.perf_counter() - t0)}
+        timings["total"] = 1e3 * (time.perf_counter() - t0)
         return MotionDepthResult(depth, confidence, STATUS_OK, len(sources), was_refined, err,
                                  timings)
+
+    def _refine(self, grey: np.ndarray, result: SweepResult, measured: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """The refined (depth (h, w) m, NaN below `refiner_min_confidence`; confidence).
+
+        Its input is the fused inverse depth of every pixel the fusion knows (input confidence
+        `learned_refiner.fused_confidence`, not cut at `max_relative_std`), or without temporal
+        fusion this frame's measured sweep depth and confidence.
+        """
+        from dvc_perception.motion_depth.learned_refiner import fused_confidence
+
+        assert self.refiner is not None
+        if self.settings.temporal_fusion and self._state is not None:
+            inv = self._state.inv_depth
+            with np.errstate(divide="ignore", invalid="ignore"):
+                depth_in = np.where(inv > 0, 1.0 / inv, np.nan).astype(np.float32)
+            conf_in = fused_confidence(inv, self._state.variance)
+        else:
+            depth_in = np.where(measured, result.depth, np.nan).astype(np.float32)
+            conf_in = np.where(measured, result.confidence, 0.0).astype(np.float32)
+        depth, confidence = self.refiner.refine(grey, depth_in, conf_in)
+        keep = np.isfinite(depth) & (confidence >= self.settings.refiner_min_confidence)
+        return (np.where(keep, depth, np.nan).astype(np.float32),
+                np.where(keep, confidence, 0.0).astype(np.float32))
 
     def _predict(self, state: _FusionState, to_ref: np.ndarray, K: np.ndarray
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

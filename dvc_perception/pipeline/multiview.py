@@ -85,6 +85,7 @@ def motion_depth_settings(config: MultiviewConfig) -> MotionDepthSettings:
         sweep=dataclasses.replace(SweepSettings(), min_depth_m=config.min_depth_m,
                                   max_depth_m=config.max_depth_m, planes=config.planes),
         pose_refine=dataclasses.replace(PoseRefineSettings(), enabled=config.refine_poses),
+        refiner_model=config.refiner_model,
     )
 
 

@@ -6,4 +6,5 @@
 - `shards`: ``write_shards`` / ``load_shards`` (compressed npz shards + index).
 - `synth_bag`: ``write_bag`` (rosbag2 via `rosbags`) of sampled frames with ground truth.
 - `demo_object`: the shipped demo object's mesh and texture.
+- `rooms`: synthetic camera sequences in textured rooms (the depth refiner's training data).
 """
