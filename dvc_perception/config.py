@@ -493,8 +493,7 @@ class MultiviewConfig:
         "", "ONNX file of the learned depth refiner (tools/train_depth_refiner.py) run on the "
         "classical depth before upsampling: denser; its confidence (probability of being "
         "within about 10 %) replaces the classical one, pixels under 0.5 are NaN; empty: "
-        "classical only",
-        live=True,
+        "classical only (read at configure: a missing or wrong file fails the configure)",
     )
 
     def __post_init__(self) -> None:

@@ -262,8 +262,8 @@ class MultiviewDepth:
                 with self._lock:
                     settings = motion_depth_settings(config)
                     if settings != self._settings:  # live change: a new window
-                        self._settings = settings
                         self._estimator = MotionDepthEstimator(settings)
+                        self._settings = settings
                     result = self._estimator.estimate(image_rgb, K, pose, stamp)
                 status = result.status
                 detail = DEPTH_STATUS_NOTES.get(status, "")

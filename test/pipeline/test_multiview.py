@@ -67,9 +67,10 @@ def _check_confidence(confidence, depth) -> None:
 def test_motion_depth_settings_maps_every_knob():
     config = MultiviewConfig(internal_width=200, min_confidence=0.35, min_depth_m=0.4,
                              max_depth_m=9.0, planes=33, max_sources=2, min_baseline_m=0.05,
-                             refine_poses=False)
+                             refine_poses=False, refiner_model="refiner.onnx")
     s = motion_depth_settings(config)
     assert (s.internal_width, s.min_confidence) == (200, 0.35)
+    assert s.refiner_model == "refiner.onnx"
     assert (s.sweep.min_depth_m, s.sweep.max_depth_m, s.sweep.planes) == (0.4, 9.0, 33)
     assert (s.keyframes.max_sources, s.keyframes.min_baseline_m) == (2, 0.05)
     assert s.pose_refine.enabled is False
@@ -95,6 +96,12 @@ def test_network_fallback_needs_the_depth_model():
     with pytest.raises(ConfigError, match="pipeline.multiview.fallback 'network' needs "
                                           "pipeline.network.depth_model_path"):
         _pipeline(fallback="network")
+
+
+def test_a_missing_refiner_model_fails_the_pipeline_naming_the_file(tmp_path: Path):
+    missing = tmp_path / "no_refiner.onnx"
+    with pytest.raises(ConfigError, match="no_refiner.onnx"):
+        _pipeline(refiner_model=str(missing))
 
 
 def test_extrinsic_quaternion_is_read_in_ros_order():
