@@ -19,7 +19,8 @@
    the confidence against |log error| < 0.1. Adam, cosine learning rate; a checkpoint
    ``<out>/last.pt`` after each epoch (loaded with `safe_load.load_torch_file`): a restart
    resumes. Stops after `--epochs` or when `--minutes` of training have passed.
-3. Export: ONNX opset 17 for 320x240 inputs with metadata (`learned_refiner.export_refiner`).
+3. Export: ONNX opset 17 for 320x240 inputs with metadata
+   (`pipeline.depth_refiner.export_refiner`).
 
 Torch runs on one thread. Never trained on real frames.
 """
@@ -235,7 +236,8 @@ def main() -> int:
 
     torch.set_num_threads(1)
     from dvc_perception.files import atomic_path
-    from dvc_perception.motion_depth.learned_refiner import build_net, export_refiner
+    from dvc_perception.models.depth_refiner import build_net
+    from dvc_perception.pipeline.depth_refiner import export_refiner
     from dvc_perception.safe_load import load_torch_file
     from dvc_perception.train.records import git_commit
 

@@ -9,17 +9,18 @@ invented across a depth edge), NaN where the confidence is below `min_confidence
 saw the pixel (REP 118). Without a source frame (first frame, static or purely rotating camera)
 the depth is all NaN and the status says why.
 
-With `MotionDepthSettings.refiner_model` set, the learned refiner (`learned_refiner`, an ONNX
-model run through the engines layer) densifies the fused classical depth at the internal
-resolution before the upsampling; its confidence then replaces the classical one (NaN below
-`refiner_min_confidence`). Empty (the default): classical only.
+Given a learned refiner (an object with `DepthRefiner.refine`'s signature: the pipeline passes
+`pipeline.depth_refiner.DepthRefiner`, an ONNX model through the engines layer), the estimator
+densifies the fused classical depth with it at the internal resolution before the upsampling;
+its confidence then replaces the classical one (NaN below `refiner_min_confidence`). Without one
+(the default): classical only.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -36,8 +37,18 @@ from dvc_perception.motion_depth.keyframes import (
 from dvc_perception.motion_depth.pose_refine import PoseRefineSettings, features, refine_window
 from dvc_perception.motion_depth.sweep import SweepResult, SweepSettings, plane_sweep_depth
 
-if TYPE_CHECKING:
-    from dvc_perception.motion_depth.learned_refiner import DepthRefiner
+
+class Refiner(Protocol):
+    """A learned depth refiner (`pipeline.depth_refiner.DepthRefiner`)."""
+
+    def refine(self, grey: np.ndarray, depth: np.ndarray, confidence: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """Refined (depth [m], confidence in [0, 1]), both (h, w) float32.
+
+        From grey (h, w) in [0, 1], the classical depth (h, w) [m] (NaN unknown) and its
+        confidence (h, w).
+        """
+        ...
 
 #: `MotionDepthResult.status` values.
 STATUS_OK = "ok"
@@ -60,8 +71,6 @@ class MotionDepthSettings:
     keyframes: KeyframeRule = field(default_factory=KeyframeRule)
     sweep: SweepSettings = field(default_factory=SweepSettings)
     pose_refine: PoseRefineSettings = field(default_factory=PoseRefineSettings)
-    #: ONNX file of the learned depth refiner (`learned_refiner`); empty: classical only.
-    refiner_model: str = ""
     #: With a refiner: pixels whose refined confidence (the probability that the depth is
     #: within about 10 %) is lower are NaN.
     refiner_min_confidence: float = 0.5
@@ -137,14 +146,11 @@ def _spread(n: int, k: int) -> list[int]:
 class MotionDepthEstimator:
     """Stateful: keeps the recent frames of one camera (oldest dropped by the keyframe rule)."""
 
-    def __init__(self, settings: MotionDepthSettings | None = None) -> None:
-        """Raises `ConfigError` naming the file when `refiner_model` cannot be loaded."""
+    def __init__(self, settings: MotionDepthSettings | None = None,
+                 refiner: Refiner | None = None) -> None:
+        """`refiner`: the learned refiner run on the fused depth; None: classical only."""
         self.settings = settings or MotionDepthSettings()
-        self.refiner: DepthRefiner | None = None
-        if self.settings.refiner_model:
-            from dvc_perception.motion_depth.learned_refiner import DepthRefiner
-
-            self.refiner = DepthRefiner(self.settings.refiner_model)
+        self.refiner = refiner
         self.window = KeyframeWindow(self.settings.keyframes)
         self._size: tuple[int, int] | None = None
         self._state: _FusionState | None = None

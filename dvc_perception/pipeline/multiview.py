@@ -85,7 +85,6 @@ def motion_depth_settings(config: MultiviewConfig) -> MotionDepthSettings:
         sweep=dataclasses.replace(SweepSettings(), min_depth_m=config.min_depth_m,
                                   max_depth_m=config.max_depth_m, planes=config.planes),
         pose_refine=dataclasses.replace(PoseRefineSettings(), enabled=config.refine_poses),
-        refiner_model=config.refiner_model,
     )
 
 
@@ -223,7 +222,13 @@ class MultiviewDepth:
                  warm_up: bool = True) -> None:
         self.fallback = fallback
         self._settings = motion_depth_settings(config)
-        self._estimator = MotionDepthEstimator(self._settings)
+        #: ``refiner_model`` (read at construction): the learned refiner, None: classical only
+        self._refiner = None
+        if config.refiner_model:
+            from dvc_perception.pipeline.depth_refiner import DepthRefiner
+
+            self._refiner = DepthRefiner(config.refiner_model)
+        self._estimator = MotionDepthEstimator(self._settings, self._refiner)
         self._lock = threading.Lock()
         self.backend = "multiview:plane-sweep" + (
             f" (fallback {fallback.backend})" if fallback is not None else "")
@@ -262,7 +267,7 @@ class MultiviewDepth:
                 with self._lock:
                     settings = motion_depth_settings(config)
                     if settings != self._settings:  # live change: a new window
-                        self._estimator = MotionDepthEstimator(settings)
+                        self._estimator = MotionDepthEstimator(settings, self._refiner)
                         self._settings = settings
                     result = self._estimator.estimate(image_rgb, K, pose, stamp)
                 status = result.status

@@ -11,20 +11,17 @@ import pytest
 import torch
 
 from dvc_perception.errors import ConfigError
+from dvc_perception.models.depth_refiner import build_net
 from dvc_perception.motion_depth.estimator import (
     STATUS_OK,
     MotionDepthEstimator,
     MotionDepthSettings,
 )
 from dvc_perception.motion_depth.keyframes import KeyframeRule
-from dvc_perception.motion_depth.learned_refiner import (
-    DepthRefiner,
-    build_net,
-    classical_inputs,
-    export_refiner,
-)
+from dvc_perception.motion_depth.learned_refiner import classical_inputs
 from dvc_perception.motion_depth.pose_refine import PoseRefineSettings
 from dvc_perception.motion_depth.sweep import SweepSettings
+from dvc_perception.pipeline.depth_refiner import DepthRefiner, export_refiner
 
 PROVENANCE = {"git_commit": "test", "command": "pytest", "date": "2026-12-06", "data_seed": 0}
 
@@ -103,15 +100,15 @@ def test_onnx_round_trip_equals_torch(tiny_model):
 def test_the_estimator_runs_the_refiner(rendered_scene, tiny_model):
     scene = rendered_scene
 
-    def settings(model: str) -> MotionDepthSettings:
+    def settings() -> MotionDepthSettings:
         return MotionDepthSettings(
-            internal_width=scene.W, refiner_min_confidence=0.5, refiner_model=model,
+            internal_width=scene.W, refiner_min_confidence=0.5,
             keyframes=KeyframeRule(min_baseline_m=0.12, max_sources=3),
             sweep=SweepSettings(min_depth_m=0.8, max_depth_m=5.0, planes=32),
             pose_refine=PoseRefineSettings(enabled=False))
 
-    classical = MotionDepthEstimator(settings(""))
-    refined = MotionDepthEstimator(settings(tiny_model[0]))
+    classical = MotionDepthEstimator(settings())
+    refined = MotionDepthEstimator(settings(), DepthRefiner(tiny_model[0]))
     assert classical.refiner is None and refined.refiner is not None
     for k in range(5):
         image = scene.rgb8(scene.render(scene.pose(k))[0], noise=2.0, seed=k)
@@ -128,8 +125,8 @@ def test_the_estimator_runs_the_refiner(rendered_scene, tiny_model):
 def test_a_missing_or_bad_model_is_a_config_error(tmp_path):
     missing = tmp_path / "nothing.onnx"
     with pytest.raises(ConfigError, match="nothing.onnx"):
-        MotionDepthEstimator(MotionDepthSettings(refiner_model=str(missing)))
+        DepthRefiner(str(missing))
     garbage = tmp_path / "garbage.onnx"
     garbage.write_bytes(b"not an onnx model")
     with pytest.raises(ConfigError, match="garbage.onnx"):
-        MotionDepthEstimator(MotionDepthSettings(refiner_model=str(garbage)))
+        DepthRefiner(str(garbage))

@@ -67,10 +67,9 @@ def _check_confidence(confidence, depth) -> None:
 def test_motion_depth_settings_maps_every_knob():
     config = MultiviewConfig(internal_width=200, min_confidence=0.35, min_depth_m=0.4,
                              max_depth_m=9.0, planes=33, max_sources=2, min_baseline_m=0.05,
-                             refine_poses=False, refiner_model="refiner.onnx")
+                             refine_poses=False)
     s = motion_depth_settings(config)
     assert (s.internal_width, s.min_confidence) == (200, 0.35)
-    assert s.refiner_model == "refiner.onnx"
     assert (s.sweep.min_depth_m, s.sweep.max_depth_m, s.sweep.planes) == (0.4, 9.0, 33)
     assert (s.keyframes.max_sources, s.keyframes.min_baseline_m) == (2, 0.05)
     assert s.pose_refine.enabled is False
