@@ -22,6 +22,9 @@ from dvc_perception.motion_depth.learned_refiner import (
     classical_inputs,
 )
 
+#: The node parameter that names the model file (in error messages).
+PARAMETER = "pipeline.multiview.refiner_model"
+
 
 class _ExportWrapper:
     """Builds the torch module whose forward is `export_forward` (for `torch.onnx.export`)."""
@@ -85,7 +88,7 @@ class DepthRefiner:
 
         self.path = Path(path).expanduser()
         if not self.path.is_file():
-            raise ConfigError(f"pipeline.multiview.refiner_model: model file {str(self.path)!r} does not exist")
+            raise ConfigError(f"{PARAMETER}: model file {str(self.path)!r} does not exist")
         try:
             meta = read_model_metadata(self.path)
             if meta.task != TASK:
@@ -95,7 +98,7 @@ class DepthRefiner:
                                                "inter_op_num_threads": 1,
                                                "allow_spinning": False})
         except (ModelSpecError, EngineUnavailableError) as err:
-            raise ConfigError(f"pipeline.multiview.refiner_model: cannot use {str(self.path)!r}: {err}") from err
+            raise ConfigError(f"{PARAMETER}: cannot use {str(self.path)!r}: {err}") from err
         self.width, self.height = meta.input_size
 
     def refine(self, grey: np.ndarray, depth: np.ndarray, confidence: np.ndarray
