@@ -10,7 +10,7 @@
    1 deg per frame (seeded; the classical bundle adjustment then has something to absorb), run
    through the classical `MotionDepthEstimator` (default settings). Per frame with depth: grey,
    the fused classical depth and its input confidence (`learned_refiner.fused_confidence`), the
-   true depth -> ``<out>/data/seq_XXXX.npz``. The last 4 sequences are held out for validation.
+   true depth -> ``<out>/data/seq_<i:04d>.npz``. The last 4 sequences are held out for validation.
 2. Training: random 128x160 crops of whole-frame inputs (the median is the whole frame's, as at
    inference), random flips, random holes cut in the classical depth (the real classical depth
    is sparser than on these renders). Loss: L1 of the normalised log depth over pixels with
@@ -46,7 +46,7 @@ VAL_SEQUENCES = 4
 
 
 def generate(out: Path, sequences: int, frames: int) -> None:
-    """Write ``out/data/seq_XXXX.npz`` for each sequence not written yet."""
+    """Write ``out/data/seq_<i:04d>.npz`` for each sequence not written yet."""
     from dvc_perception.files import atomic_path
     from dvc_perception.motion_depth.estimator import STATUS_OK, MotionDepthEstimator
     from dvc_perception.motion_depth.learned_refiner import fused_confidence
@@ -173,11 +173,16 @@ def loss_fn(pred, confidence, target, shift=None, gamma: float = 0.8):
 
 
 def evaluate(net, val: list[dict]) -> dict[str, float]:
-    """AbsRel / delta<1.25 / density of classical and refined depth over the val frames."""
+    """AbsRel / delta<1.25 / density of classical and refined depth over the val frames.
+
+    Pooled over the frames' ground-truth pixels (`geometry.metrics.depth_metrics`).
+    """
     import torch
 
-    acc = {"classical": [[], [], 0], "refined": [[], [], 0], "refined_c50": [[], [], 0]}
-    n_truth = 0
+    from dvc_perception.geometry.metrics import depth_metrics
+
+    preds: dict[str, list[np.ndarray]] = {"classical": [], "refined": [], "refined_c50": []}
+    truths = []
     net.eval()
     with torch.no_grad():
         for seq in val:
@@ -185,26 +190,19 @@ def evaluate(net, val: list[dict]) -> dict[str, float]:
                 x, median = _inputs_for_eval(seq, k)
                 if not math.isfinite(median):
                     continue
-                truth = seq["truth"][k]
-                gt = np.isfinite(truth) & (truth > 0)
-                n_truth += gt.sum()
+                truths.append(seq["truth"][k])
                 pred, conf = net(torch.from_numpy(x[None]), every_iteration=False)
                 refined = np.exp(pred[0, -1].numpy() + median)
-                conf = conf[0, 0].numpy()
-                classical = seq["depth"][k]
-                known = x[2] > 0
-                for name, d, m in (("classical", classical, known), ("refined", refined, gt),
-                                   ("refined_c50", refined, conf >= 0.5)):
-                    m = m & gt
-                    acc[name][0].append(np.abs(d[m] - truth[m]) / truth[m])
-                    acc[name][1].append(np.maximum(d[m] / truth[m], truth[m] / d[m]) < 1.25)
-                    acc[name][2] += m.sum()
+                preds["classical"].append(np.where(x[2] > 0, seq["depth"][k], np.nan))
+                preds["refined"].append(refined)
+                preds["refined_c50"].append(np.where(conf[0, 0].numpy() >= 0.5, refined, np.nan))
     net.train()
     out = {}
-    for name, (e, q, n) in acc.items():
-        out[f"{name}_abs_rel"] = float(np.concatenate(e).mean())
-        out[f"{name}_delta_1_25"] = float(np.concatenate(q).mean())
-        out[f"{name}_density"] = float(n / max(n_truth, 1))
+    for name, frames in preds.items():
+        m = depth_metrics(np.stack(frames), np.stack(truths))
+        out[f"{name}_abs_rel"] = m["abs_rel"]
+        out[f"{name}_delta_1_25"] = m["delta_1_25"]
+        out[f"{name}_density"] = m["density"]
     return out
 
 
