@@ -239,7 +239,7 @@ class MotionDepthEstimator:
         timings = {"features": 1e3 * (t2 - t1), "poses": 1e3 * (t3 - t2),
                    "sweep": 1e3 * (t4 - t3)}
         if self.refiner is not None:
-            depth_small, conf_small = self._refine(ref.grey, result, measured)
+            depth_small, conf_small = self._refine(ref.grey, depth_small, conf_small)
             timings["refiner"] = 1e3 * (time.perf_counter() - t4)
         depth = cv2.resize(depth_small, (W, H), interpolation=cv2.INTER_NEAREST)
         confidence = cv2.resize(conf_small.astype(np.float32), (W, H),
@@ -248,13 +248,13 @@ class MotionDepthEstimator:
         return MotionDepthResult(depth, confidence, STATUS_OK, len(sources), was_refined, err,
                                  timings)
 
-    def _refine(self, grey: np.ndarray, result: SweepResult, measured: np.ndarray
+    def _refine(self, grey: np.ndarray, depth_small: np.ndarray, conf_small: np.ndarray
                 ) -> tuple[np.ndarray, np.ndarray]:
         """The refined (depth (h, w) m, NaN below `refiner_min_confidence`; confidence).
 
         Its input is the fused inverse depth of every pixel the fusion knows (input confidence
         `learned_refiner.fused_confidence`, not cut at `max_relative_std`), or without temporal
-        fusion this frame's measured sweep depth and confidence.
+        fusion the classical output (`depth_small`, `conf_small`: this frame's measured sweep).
         """
         from dvc_perception.motion_depth.learned_refiner import fused_confidence
 
@@ -265,8 +265,7 @@ class MotionDepthEstimator:
                 depth_in = np.where(inv > 0, 1.0 / inv, np.nan).astype(np.float32)
             conf_in = fused_confidence(inv, self._state.variance)
         else:
-            depth_in = np.where(measured, result.depth, np.nan).astype(np.float32)
-            conf_in = np.where(measured, result.confidence, 0.0).astype(np.float32)
+            depth_in, conf_in = depth_small, conf_small.astype(np.float32)
         depth, confidence = self.refiner.refine(grey, depth_in, conf_in)
         keep = np.isfinite(depth) & (confidence >= self.settings.refiner_min_confidence)
         return (np.where(keep, depth, np.nan).astype(np.float32),
