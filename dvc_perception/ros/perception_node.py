@@ -358,10 +358,13 @@ class PerceptionNode(LifecycleNode):
         then lives on until some later collection, in whichever thread runs it. Destroying it
         here ends the participant with the node.
         """
-        if not self.stop_worker(2.0):
-            self.get_logger().warning("worker did not stop within 2 s (a frame is still running)")
+        self._stop_worker_or_warn()
         super().destroy_node()
         self._state_machine.destroy_when_not_in_use()
+
+    def _stop_worker_or_warn(self) -> None:
+        if not self.stop_worker(2.0):
+            self.get_logger().warning("worker did not stop within 2 s (a frame is still running)")
 
     def stop_worker(self, timeout_s: float = 2.0) -> bool:
         """Stop the worker threads (frames, depth); True when they ended within `timeout_s`."""
@@ -374,8 +377,7 @@ class PerceptionNode(LifecycleNode):
         return stopped
 
     def _teardown(self) -> None:
-        if not self.stop_worker(2.0):
-            self.get_logger().warning("worker did not stop within 2 s (a frame is still running)")
+        self._stop_worker_or_warn()
         for sub in self._subs:
             self.destroy_subscription(sub)
         self._subs = []
