@@ -477,6 +477,12 @@ class MultiviewConfig:
         0.03, "an earlier frame is compared only when the camera moved at least this far from "
         "it [m]; without one the frame's status is no_motion", range=(0.001, 0.25), live=True,
     )
+    min_parallax_px: float = _f(
+        3.0, "refine_poses: an earlier frame is swept only when its matched features moved at "
+        "least this far beyond what the rotation explains (median, px at internal_width): "
+        "odometry noise is not taken for a baseline; without one the status is no_motion",
+        range=(0.0, 100.0), live=True,
+    )
     refine_poses: bool = _f(
         True, "correct the window's relative poses with matched image features before the "
         "sweep (absorbs pose noise of about a centimetre and a degree)", live=True,

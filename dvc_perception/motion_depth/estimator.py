@@ -6,8 +6,10 @@ frames (`keyframes`), refines the relative poses (`pose_refine`), sweeps (`sweep
 internal resolution (`internal_width`, aspect kept), and returns depth at the input resolution:
 each output pixel takes the depth of the internal pixel it falls in (nearest: no surface is
 invented across a depth edge), NaN where the confidence is below `min_confidence` or no source
-saw the pixel (REP 118). Without a source frame (first frame, static or purely rotating camera)
-the depth is all NaN and the status says why.
+saw the pixel (REP 118). Without a source frame (first frame, static or purely rotating camera:
+no stored frame far enough by the odometry, or none whose matched features show
+`min_parallax_px` of parallax after the adjustment) the depth is all NaN and the status says
+why.
 
 Given a learned refiner (an object with `DepthRefiner.refine`'s signature: the pipeline passes
 `pipeline.depth_refiner.DepthRefiner`, an ONNX model through the engines layer), the estimator
@@ -68,6 +70,9 @@ class MotionDepthSettings:
     max_relative_std: float = 0.1
     max_unmeasured_frames: int = 5
     max_sweep_sources: int = 3
+    #: A source whose matches moved less than this (median, internal px) beyond what the
+    #: rotation explains shows no measurable translation (see `_sources_that_moved`).
+    min_parallax_px: float = 3.0
     keyframes: KeyframeRule = field(default_factory=KeyframeRule)
     sweep: SweepSettings = field(default_factory=SweepSettings)
     pose_refine: PoseRefineSettings = field(default_factory=PoseRefineSettings)
@@ -83,6 +88,8 @@ class MotionDepthSettings:
         if not 0.0 <= self.refiner_min_confidence < 1.0:
             raise ConfigError("refiner_min_confidence: expected in [0, 1), got "
                               f"{self.refiner_min_confidence}")
+        if not self.min_parallax_px >= 0.0:
+            raise ConfigError(f"min_parallax_px: expected >= 0, got {self.min_parallax_px}")
         if self.max_unmeasured_frames < 0:
             raise ConfigError("max_unmeasured_frames: expected >= 0, got "
                               f"{self.max_unmeasured_frames}")
@@ -99,9 +106,9 @@ class MotionDepthResult:
     Attributes:
         depth: (H, W) float32 m at the input resolution, NaN where unknown.
         confidence: (H, W) float32 in [0, 1] (0 where unknown).
-        status: ``ok``, ``no_motion`` (no stored frame far enough: static or rotating camera) or
-            ``first_frame``.
-        sources: source frames used.
+        status: ``ok``, ``no_motion`` (no stored frame far enough, or none whose matches show
+            `min_parallax_px` of parallax: a static or rotating camera) or ``first_frame``.
+        sources: source frames used (those with parallax, `_sources_that_moved`).
         pose_refined: whether the window adjustment corrected the odometry's poses.
         median_error_px: the adjustment's median reprojection error (internal px; NaN if not run).
         timings: ms per stage (``features``, ``poses``, ``sweep``, ``refiner`` when a refiner
@@ -141,6 +148,18 @@ def _spread(n: int, k: int) -> list[int]:
     if n <= k:
         return list(range(n))
     return sorted({round(i * (n - 1) / (k - 1)) for i in range(k)}) if k > 1 else [n - 1]
+
+
+def _sources_that_moved(parallax_px: list[float], min_px: float) -> list[int]:
+    """Indices of the sources whose parallax is at least `min_px` (NaN: not measured, kept).
+
+    Odometry can claim a baseline the camera did not travel (noise on a slow or turning camera);
+    a sweep over it turns matching noise into depth at a made-up scale. A source is kept only
+    where the window adjustment saw its matches move at least `min_px` (median) beyond what the
+    rotation explains: at 1 px of matching noise the median pixel's depth is then known to about
+    a third before fusion.
+    """
+    return [i for i, p in enumerate(parallax_px) if not p < min_px]
 
 
 class MotionDepthEstimator:
@@ -213,15 +232,21 @@ class MotionDepthEstimator:
             refined = refine_window(ref.features, [f.features for f in adjusted], odometry, Ks,
                                     pr)
             poses, was_refined, err = refined.poses, refined.refined, refined.median_error_px
+            parallax = refined.parallax_px
         else:
             poses, was_refined, err = odometry, False, float("nan")
+            parallax = [float("nan")] * len(poses)
+        moved = _sources_that_moved(parallax[:len(sources)], self.settings.min_parallax_px)
+        if not moved:
+            return MotionDepthResult(nan, np.zeros((H, W), np.float32), STATUS_NO_MOTION, 0,
+                                     was_refined, err, {"total": 1e3 * (time.perf_counter() - t0)})
         t3 = time.perf_counter()
-        swept = _spread(len(sources), self.settings.max_sweep_sources)
+        swept = [moved[i] for i in _spread(len(moved), self.settings.max_sweep_sources)]
         result = plane_sweep_depth(ref.grey, [sources[i].grey for i in swept],
                                    [poses[i] for i in swept], Ks, self.settings.sweep)
         measured = (result.confidence >= self.settings.min_confidence) & (result.seen > 0)
         if self.settings.temporal_fusion:
-            baseline = max(float(np.linalg.norm(T[:3, 3])) for T in poses[:len(sources)])
+            baseline = max(float(np.linalg.norm(poses[i][:3, 3])) for i in moved)
             prior = None
             if state is not None:
                 to_ref = np.linalg.inv(poses[[f is state.frame for f in adjusted].index(True)])
@@ -245,7 +270,7 @@ class MotionDepthEstimator:
         confidence = cv2.resize(conf_small.astype(np.float32), (W, H),
                                 interpolation=cv2.INTER_NEAREST)
         timings["total"] = 1e3 * (time.perf_counter() - t0)
-        return MotionDepthResult(depth, confidence, STATUS_OK, len(sources), was_refined, err,
+        return MotionDepthResult(depth, confidence, STATUS_OK, len(moved), was_refined, err,
                                  timings)
 
     def _refine(self, grey: np.ndarray, depth_small: np.ndarray, conf_small: np.ndarray

@@ -73,12 +73,16 @@ class PoseRefineResult:
         matches: matched features per source (after the RANSAC check).
         median_error_px: median reprojection error after the adjustment (NaN: not run).
         refined: False when too few matches left the odometry's poses unchanged.
+        parallax_px: per source, the median distance of its matches from where the refined
+            rotation alone puts them (a point at infinity), px; what the translation moved them.
+            NaN where the source has no matches or the adjustment did not run.
     """
 
     poses: list[np.ndarray]
     matches: list[int]
     median_error_px: float
     refined: bool
+    parallax_px: list[float]
 
 
 _SIFT: dict[tuple[int, int], cv2.SIFT] = {}
@@ -190,14 +194,15 @@ def refine_window(ref_feat: tuple[np.ndarray, np.ndarray],
         K: (3, 3) intrinsics of the images the features were found in [px].
         settings: the adjustment's settings.
     """
+    no_parallax = [float("nan")] * len(odometry)
     unchanged = PoseRefineResult([T.copy() for T in odometry], [0] * len(odometry), float("nan"),
-                                 False)
+                                 False, no_parallax)
     if not settings.enabled or not odometry:
         return unchanged
     obs = [match(ref_feat, f, settings) for f in src_feats]
     counts = [len(q) for q, _ in obs]
     if sum(counts) < settings.min_matches:
-        return PoseRefineResult(unchanged.poses, counts, float("nan"), False)
+        return PoseRefineResult(unchanged.poses, counts, float("nan"), False, no_parallax)
     used = np.unique(np.concatenate([q for q, _ in obs]))
     index = np.full(len(ref_feat[0]), -1, np.int64)
     index[used] = np.arange(len(used))
@@ -205,7 +210,8 @@ def refine_window(ref_feat: tuple[np.ndarray, np.ndarray],
     bearings = np.c_[pix, np.ones(len(pix))] @ np.linalg.inv(K).T  # (P, 3), z = 1
     problem = _Problem(K, bearings, [(index[q], uv) for q, uv in obs], odometry, settings)
     problem.solve()
-    return PoseRefineResult(problem.poses(), counts, problem.median_error(), True)
+    return PoseRefineResult(problem.poses(), counts, problem.median_error(), True,
+                            problem.parallax())
 
 
 class _Problem:
@@ -314,6 +320,14 @@ class _Problem:
             T[:3, 3] = t
             out.append(T)
         return out
+
+    def parallax(self) -> list[float]:
+        """Per source, the median px distance of its matches from their rotation-only image."""
+        Y = np.einsum("njk,nk->nj", self.R[self.src], self.bearings) @ self.K.T
+        at_infinity = Y[:, :2] / np.maximum(Y[:, 2:], 1e-9)
+        d = np.linalg.norm(self.uv - at_infinity, axis=1)
+        return [float(np.median(d[a:b])) if b > a else float("nan")
+                for a, b in zip(self.bounds[:-1], self.bounds[1:])]
 
     def median_error(self) -> float:
         flat = np.linalg.norm(self._project()[2], axis=1)

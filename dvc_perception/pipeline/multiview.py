@@ -61,8 +61,9 @@ DEPTH_STATUSES = (DEPTH_OK, DEPTH_FIRST_FRAME, DEPTH_NO_MOTION, DEPTH_NO_POSE, D
 #: details a bad pose's problem itself).
 DEPTH_STATUS_NOTES = {
     DEPTH_FIRST_FRAME: "the first frame of a window (start, new image size, stamp going back)",
-    DEPTH_NO_MOTION: "no earlier frame far enough from this one (min_baseline_m): a static, "
-                     "slow or purely rotating camera",
+    DEPTH_NO_MOTION: "no earlier frame far enough from this one (min_baseline_m) or with "
+                     "parallax in the images (min_parallax_px): a static, slow or purely "
+                     "rotating camera",
     DEPTH_NO_POSE: "no camera pose for this frame",
     DEPTH_BAD_POSE: "the camera pose is not a rigid transform (NaN/inf, or not a rotation)",
 }
@@ -80,6 +81,7 @@ def motion_depth_settings(config: MultiviewConfig) -> MotionDepthSettings:
         min_confidence=config.min_confidence,
         temporal_fusion=config.temporal_fusion,
         max_relative_std=config.max_relative_std,
+        min_parallax_px=config.min_parallax_px,
         keyframes=dataclasses.replace(KeyframeRule(), min_baseline_m=config.min_baseline_m,
                                       max_sources=config.max_sources),
         sweep=dataclasses.replace(SweepSettings(), min_depth_m=config.min_depth_m,

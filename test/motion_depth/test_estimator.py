@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from dvc_perception.errors import InputError, ShapeError
+from dvc_perception.errors import ConfigError, InputError, ShapeError
 from dvc_perception.motion_depth.estimator import (
     STATUS_FIRST_FRAME,
     STATUS_NO_MOTION,
@@ -130,6 +130,41 @@ def test_a_camera_without_baseline_gives_no_motion_and_no_depth(rendered_scene):
         assert r.depth.shape == (scene.H, scene.W) and np.isnan(r.depth).all()
         assert not r.confidence.any() and r.sources == 0 and not r.pose_refined
     assert statuses == [STATUS_FIRST_FRAME] + [STATUS_NO_MOTION] * 3
+
+
+def test_odometry_noise_on_a_turning_camera_is_not_taken_for_a_baseline(rendered_scene):
+    """The camera only turns (0.5 deg per frame) while its odometry wanders 8 cm per frame
+    sideways: the odometry rule finds sources, the matches show no parallax, so no depth; the
+    same frames swept without the parallax rule give depth at a made-up scale."""
+    scene = rendered_scene
+
+    def run(min_parallax_px: float) -> list:
+        estimator = MotionDepthEstimator(dataclasses.replace(
+            _settings(scene.W, fusion=True), min_parallax_px=min_parallax_px,
+            keyframes=KeyframeRule(min_baseline_m=0.05, max_sources=3),
+            pose_refine=PoseRefineSettings()))
+        out = []
+        for k in range(5):
+            truth = scene.pose(0)
+            truth[:3, :3] = cv2.Rodrigues(np.radians([0.0, 0.5 * k, 0.0]))[0]
+            odometry = truth.copy()
+            odometry[0, 3] += 0.08 * k
+            image = scene.rgb8(scene.render(truth)[0])
+            out.append(estimator.estimate(image, scene.K, odometry, 1.0 + 0.1 * k))
+        return out
+
+    guarded, unguarded = run(MotionDepthSettings().min_parallax_px), run(0.0)
+    assert [r.status for r in unguarded[1:]] == [STATUS_OK] * 4  # the odometry's baselines
+    assert any(np.isfinite(r.depth).any() for r in unguarded)  # depth from no parallax
+    assert [r.status for r in guarded] == [STATUS_FIRST_FRAME] + [STATUS_NO_MOTION] * 4
+    for r in guarded[1:]:
+        assert np.isnan(r.depth).all() and not r.confidence.any() and r.sources == 0
+        assert r.pose_refined  # the adjustment ran: it is what measured the parallax
+
+
+def test_min_parallax_px_is_checked():
+    with pytest.raises(ConfigError, match="min_parallax_px"):
+        MotionDepthSettings(min_parallax_px=-1.0)
 
 
 def test_bad_pose_stamp_intrinsics_and_image_raise_and_are_skipped(rendered_scene):
