@@ -113,6 +113,7 @@ class MotionDepthResult:
         median_error_px: the adjustment's median reprojection error (internal px; NaN if not run).
         timings: ms per stage (``features``, ``poses``, ``sweep``, ``refiner`` when a refiner
             runs, ``total``).
+        note: why there is no depth where the status alone does not say it (empty otherwise).
     """
 
     depth: np.ndarray
@@ -122,6 +123,7 @@ class MotionDepthResult:
     pose_refined: bool
     median_error_px: float
     timings: dict[str, float]
+    note: str = ""
 
 
 def internal_size(width: int, height: int, internal_width: int) -> tuple[int, int]:
@@ -238,8 +240,15 @@ class MotionDepthEstimator:
             parallax = [float("nan")] * len(poses)
         moved = _sources_that_moved(parallax[:len(sources)], self.settings.min_parallax_px)
         if not moved:
+            nearest_cm = 100.0 * float(np.linalg.norm(odometry[0][:3, 3]))
+            note = (f"the odometry moved the camera {nearest_cm:.1f} cm or more from "
+                    f"{len(sources)} earlier frame(s), but their matched features show at most "
+                    f"{np.nanmax(parallax[:len(sources)]):.1f} px of parallax "
+                    f"(min_parallax_px {self.settings.min_parallax_px:g}): odometry noise or a "
+                    "turning camera, not a baseline")
             return MotionDepthResult(nan, np.zeros((H, W), np.float32), STATUS_NO_MOTION, 0,
-                                     was_refined, err, {"total": 1e3 * (time.perf_counter() - t0)})
+                                     was_refined, err, {"total": 1e3 * (time.perf_counter() - t0)},
+                                     note)
         t3 = time.perf_counter()
         swept = [moved[i] for i in _spread(len(moved), self.settings.max_sweep_sources)]
         result = plane_sweep_depth(ref.grey, [sources[i].grey for i in swept],

@@ -273,7 +273,7 @@ class MultiviewDepth:
                         self._settings = settings
                     result = self._estimator.estimate(image_rgb, K, pose, stamp)
                 status = result.status
-                detail = DEPTH_STATUS_NOTES.get(status, "")
+                detail = result.note or DEPTH_STATUS_NOTES.get(status, "")
                 if status == DEPTH_OK:
                     depth = result.depth
                     confidence = _depth_confidence(result.confidence, depth)

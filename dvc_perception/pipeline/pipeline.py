@@ -162,6 +162,8 @@ class FrameResult:
         depth_fallback: the depth is the fallback network's (``multiview.fallback: network``).
         depth_confidence: (H, W) float32 in [0, 1] of a multiview depth, NaN where `depth` is;
             None without one (no depth, a depth network, the fallback's depth).
+        depth_detail: why a multiview frame has no depth of its own, in words
+            (`DepthEstimate.detail`); "" otherwise.
     """
 
     stamp: float
@@ -172,6 +174,7 @@ class FrameResult:
     depth_status: str = "none"
     depth_fallback: bool = False
     depth_confidence: np.ndarray | None = None
+    depth_detail: str = ""
 
 
 def _network_model_path(config: PipelineConfig, key: str, source: str) -> Path:
@@ -565,7 +568,8 @@ class Pipeline:
         return FrameResult(stamp=float(stamp), poses=poses, depth=found.depth, timings=timings,
                            lost=lost, depth_status=found.status,
                            depth_fallback=found.fallback,
-                           depth_confidence=found.confidence)  # fmt: skip
+                           depth_confidence=found.confidence,
+                           depth_detail=found.detail)  # fmt: skip
 
     def estimate_depth(self, image_rgb: np.ndarray, camera: CameraModel, stamp: float,
                        camera_to_world: np.ndarray | None = None) -> DepthEstimate:

@@ -766,7 +766,8 @@ class PerceptionNode(LifecycleNode):
         if result.depth_status in ("ok", "none", "deferred", "first_frame"):
             depth_note = ""
         elif not depth_note:
-            depth_note = DEPTH_STATUS_NOTES.get(result.depth_status, result.depth_status)
+            depth_note = result.depth_detail or DEPTH_STATUS_NOTES.get(result.depth_status,
+                                                                       result.depth_status)
         return FrameOutputs(
             header, result, rgb, camera, info, pose_msgs, pose_array, markers, depth_msg,
             depth_info, timings, detections=detections, transforms=transforms,

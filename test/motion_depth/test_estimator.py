@@ -160,6 +160,7 @@ def test_odometry_noise_on_a_turning_camera_is_not_taken_for_a_baseline(rendered
     for r in guarded[1:]:
         assert np.isnan(r.depth).all() and not r.confidence.any() and r.sources == 0
         assert r.pose_refined  # the adjustment ran: it is what measured the parallax
+        assert "parallax" in r.note and "min_parallax_px 3" in r.note
 
 
 def test_min_parallax_px_is_checked():

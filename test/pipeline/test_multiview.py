@@ -67,12 +67,12 @@ def _check_confidence(confidence, depth) -> None:
 def test_motion_depth_settings_maps_every_knob():
     config = MultiviewConfig(internal_width=200, min_confidence=0.35, min_depth_m=0.4,
                              max_depth_m=9.0, planes=33, max_sources=2, min_baseline_m=0.05,
-                             refine_poses=False)
+                             min_parallax_px=5.0, refine_poses=False)
     s = motion_depth_settings(config)
     assert (s.internal_width, s.min_confidence) == (200, 0.35)
     assert (s.sweep.min_depth_m, s.sweep.max_depth_m, s.sweep.planes) == (0.4, 9.0, 33)
     assert (s.keyframes.max_sources, s.keyframes.min_baseline_m) == (2, 0.05)
-    assert s.pose_refine.enabled is False
+    assert s.pose_refine.enabled is False and s.min_parallax_px == 5.0
 
 
 @pytest.mark.parametrize("values, expected", [
@@ -225,6 +225,20 @@ def test_static_camera_no_pose_and_bad_pose_give_no_depth(planar_sequence):
     scaled[3, 3] = 1.0
     assert pipeline.process(image, camera, 2.2, camera_to_world=scaled).depth_status == \
         "bad_pose"
+
+
+def test_odometry_that_moves_while_the_image_stands_still_gives_no_depth(planar_sequence):
+    """The odometry slides 4 cm per frame but the image does not change: sources by the
+    odometry's rule, no parallax in the images: no_motion, and the detail says so."""
+    seq = planar_sequence
+    pipeline = _pipeline()
+    camera, image = _camera(seq), seq.render(0.0)
+    found = [pipeline.process(image, camera, 1.0 + k / 30, camera_to_world=seq.pose(STEP_M * k))
+             for k in range(4)]
+    assert [r.depth_status for r in found] == ["first_frame"] + ["no_motion"] * 3
+    assert all(r.depth is None for r in found)
+    assert "parallax" in found[-1].depth_detail and "min_parallax_px" in found[-1].depth_detail
+    assert "8.0 cm" in found[-1].depth_detail  # the nearest source 5 cm or more away: frame 1
 
 
 def test_a_new_image_size_starts_a_new_window(planar_sequence):
