@@ -90,7 +90,9 @@ def test_parallax_is_how_far_the_translation_moves_the_points(rendered_scene):
     assert result.refined and min(result.matches) >= 100
 
     uv = ref_feat[0]
-    z = ref_depth[np.rint(uv[:, 1]).astype(int), np.rint(uv[:, 0]).astype(int)]
+    rows = np.clip(np.rint(uv[:, 1]).astype(int), 0, scene.H - 1)
+    cols = np.clip(np.rint(uv[:, 0]).astype(int), 0, scene.W - 1)
+    z = ref_depth[rows, cols]  # the true depth at each reference feature
     X = (np.c_[uv, np.ones(len(uv))] @ np.linalg.inv(scene.K).T) * z[:, None]
     for T, found in zip(truth, result.parallax_px[:4]):
         full = (X @ T[:3, :3].T + T[:3, 3]) @ scene.K.T
