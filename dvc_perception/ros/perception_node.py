@@ -68,7 +68,6 @@ from dvc_perception.config import (
 from dvc_perception.errors import ConfigError, DvcError, InputError
 from dvc_perception.geometry.camera import CameraModel
 from dvc_perception.pipeline.multiview import (
-    DEPTH_STATUS_NOTES,
     CameraPoseBuffer,
     MultiviewDepth,
     pose_from_xyz_quaternion,
@@ -766,8 +765,8 @@ class PerceptionNode(LifecycleNode):
         if result.depth_status in ("ok", "none", "deferred", "first_frame"):
             depth_note = ""
         elif not depth_note:
-            depth_note = result.depth_detail or DEPTH_STATUS_NOTES.get(result.depth_status,
-                                                                       result.depth_status)
+            # MultiviewDepth already words every status (DEPTH_STATUS_NOTES when nothing finer)
+            depth_note = result.depth_detail or result.depth_status
         return FrameOutputs(
             header, result, rgb, camera, info, pose_msgs, pose_array, markers, depth_msg,
             depth_info, timings, detections=detections, transforms=transforms,
