@@ -6,12 +6,18 @@ a frame becomes a source when its camera centre is at least `min_baseline_m` fro
 camera's, at least `baseline_growth` times farther than the previous source's (so the sources
 spread over short and long baselines: short ones match reliably, long ones resolve depth), at
 most `max_baseline_m` away, and seen from within `max_rotation_deg` of the reference's viewing
-direction (enough overlap); at most `max_sources` are taken. Frames older than `max_age_s` are
-dropped. A pose that jumps (the camera centre moves more than `jump_ratio` times the median step
-of the stored frames and more than `jump_min_m`: an odometry glitch or a dropped stretch of
-frames) starts a new window: depth is not computed across a pose the images cannot confirm. No
-frame far enough away (a static or purely rotating camera) gives no sources: the
-caller reports "no motion".
+direction (enough overlap); at most `max_sources` are taken. The baselines of this choice are
+measured between smoothed camera centres (`smoothed_centres`: a constant-velocity line through
+each frame's `position_smoothing` stored neighbours on each side), not each frame's own: with
+noisy odometry the first frame whose own centre is far enough tends to be one whose noise
+lengthened its baseline, and the adjustment, whose scale comes from the odometry, then measures
+every depth too far (selection bias). The chosen frames keep their own poses.
+
+Frames older than `max_age_s` are dropped. A pose that jumps (the camera centre moves more
+than `jump_ratio` times the median step of the stored frames and more than `jump_min_m`: an
+odometry glitch or a dropped stretch of frames) starts a new window: depth is not computed
+across a pose the images cannot confirm. No frame far enough away (a static or purely rotating
+camera) gives no sources: the caller reports "no motion".
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ class KeyframeRule:
     max_age_s: float = 5.0
     jump_ratio: float = 4.0
     jump_min_m: float = 0.015
+    position_smoothing: int = 1
 
     def __post_init__(self) -> None:
         if not 0.0 < self.min_baseline_m < self.max_baseline_m:
@@ -53,6 +60,9 @@ class KeyframeRule:
         if self.jump_ratio <= 1.0 or self.jump_min_m <= 0.0:
             raise ConfigError("keyframes: expected jump_ratio > 1 and jump_min_m > 0, got "
                               f"{self.jump_ratio} and {self.jump_min_m}")
+        if self.position_smoothing < 0:
+            raise ConfigError("keyframes.position_smoothing: expected >= 0 frames, got "
+                              f"{self.position_smoothing}")
         if self.max_sources < 1 or self.max_frames < 2 or self.max_age_s <= 0.0:
             raise ConfigError("keyframes: expected max_sources >= 1, max_frames >= 2 and "
                               f"max_age_s > 0, got {self.max_sources}, {self.max_frames}, "
@@ -127,15 +137,17 @@ class KeyframeWindow:
     def select_sources(self, ref: Frame) -> list[Frame]:
         """Source frames for `ref` by the module's rule, nearest baseline first."""
         rule = self.rule
-        c_ref = ref.camera_to_world[:3, 3]
+        frames = list(self.frames)
+        centres = smoothed_centres(frames, rule.position_smoothing)
+        c_ref = next((c for f, c in zip(frames, centres) if f is ref), ref.camera_to_world[:3, 3])
         z_ref = ref.camera_to_world[:3, 2]
         cos_max = math.cos(math.radians(rule.max_rotation_deg))
         chosen: list[Frame] = []
         last = 0.0
-        for frame in reversed(self.frames):
+        for frame, centre in zip(reversed(frames), centres[::-1]):
             if frame is ref or frame.stamp >= ref.stamp:
                 continue
-            baseline = float(np.linalg.norm(frame.camera_to_world[:3, 3] - c_ref))
+            baseline = float(np.linalg.norm(centre - c_ref))
             if baseline > rule.max_baseline_m:
                 break
             if baseline < rule.min_baseline_m or baseline < rule.baseline_growth * last:
@@ -147,6 +159,29 @@ class KeyframeWindow:
             if len(chosen) == rule.max_sources:
                 break
         return chosen
+
+
+def smoothed_centres(frames: list[Frame], half_width: int) -> np.ndarray:
+    """(N, 3) camera centres [m] of `frames` (oldest first), each from a constant-velocity fit.
+
+    Frame i's centre is the least-squares line over time through the ``2 * half_width + 1``
+    consecutive frames around it (centred where the list allows, shifted at its ends), evaluated
+    at frame i's stamp: a camera at constant velocity keeps its exact centres, while independent
+    per-frame noise shrinks (to 1/3 of its variance inside the list for `half_width` 1). 0, or
+    fewer than 3 frames: the frames' own centres.
+    """
+    c = np.array([f.camera_to_world[:3, 3] for f in frames], np.float64).reshape(-1, 3)
+    n, span = len(frames), 2 * half_width + 1
+    if half_width == 0 or n < 3:
+        return c
+    span = min(span, n)
+    t = np.array([f.stamp for f in frames], np.float64)
+    lo = np.clip(np.arange(n) - half_width, 0, n - span)
+    idx = lo[:, None] + np.arange(span)[None, :]  # (N, span) each frame's neighbours
+    ts, cs = t[idx], c[idx]  # (N, span), (N, span, 3)
+    dt = ts - ts.mean(axis=1, keepdims=True)
+    velocity = np.einsum("ns,nsk->nk", dt, cs) / np.sum(dt * dt, axis=1)[:, None]
+    return cs.mean(axis=1) + velocity * (t - ts.mean(axis=1))[:, None]
 
 
 def relative_pose(ref: Frame, src: Frame) -> np.ndarray:
