@@ -15,7 +15,8 @@ SIFT matches into the source frames + the window bundle adjustment), ``sweep`` (
 SGM + winner + speckles + fusion), ``total`` (the whole `estimate`, including the colour -> grey
 resize and the nearest upsampling to 640x480). Median and 90th percentile in ms. A sanity line
 gives AbsRel and density against the sensor depth over the timed frames (not the issue's
-evaluation, which goes through rgbd2bag + replay + eval).
+evaluation, which goes through rgbd2bag + replay + eval) and the minor page faults per frame
+(``estimator.keep_freed_memory``).
 The CPU may be shared: the load average before and after is printed.
 
 ``--kernels`` also times the plane sweep's compiled kernels on one reference frame with 3 sources
@@ -31,6 +32,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import time
 from pathlib import Path
@@ -42,7 +44,12 @@ import numpy as np
 from dvc_perception.config import MultiviewConfig
 from dvc_perception.datasets.rgbd import iter_rgbd_images, read_rgbd_sequence
 from dvc_perception.geometry.camera import CameraModel
-from dvc_perception.motion_depth.estimator import STATUS_OK, MotionDepthEstimator, internal_size
+from dvc_perception.motion_depth.estimator import (
+    STATUS_OK,
+    MotionDepthEstimator,
+    internal_size,
+    keep_freed_memory,
+)
 from dvc_perception.motion_depth.sweep import plane_sweep_depth
 from dvc_perception.pipeline.multiview import motion_depth_settings
 
@@ -71,9 +78,10 @@ def run(data: Path, frames: int, warm_up: int, internal_width: int, refine: bool
     sequence = read_rgbd_sequence(data)
     estimator = MotionDepthEstimator(settings)
     timings: dict[str, list[float]] = {s: [] for s in STAGES}
-    sources, refined, abs_rel, density = [], [], [], []
+    sources, refined, abs_rel, density, faults = [], [], [], [], []
     with_depth = 0
     for frame, rgb, depth_true in iter_rgbd_images(sequence):
+        faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         r = estimator.estimate(rgb, sequence.K, frame.T_world_cam, frame.stamp_ns * 1e-9)
         if r.status != STATUS_OK:
             continue
@@ -82,6 +90,7 @@ def run(data: Path, frames: int, warm_up: int, internal_width: int, refine: bool
             continue
         for s in STAGES:
             timings[s].append(r.timings[s])
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before)
         sources.append(r.sources)
         refined.append(r.pose_refined)
         valid = np.isfinite(depth_true) & (depth_true > 0)
@@ -95,7 +104,8 @@ def run(data: Path, frames: int, warm_up: int, internal_width: int, refine: bool
     h, w = rgb.shape[:2]
     internal = (min(internal_width, w), round(h * min(internal_width, w) / w))
     return {"timings_ms": timings, "sources": sources, "pose_refined": refined,
-            "abs_rel": abs_rel, "density": density, "image": (w, h), "internal": internal,
+            "abs_rel": abs_rel, "density": density, "page_faults": faults, "image": (w, h),
+            "internal": internal,
             "planes": settings.sweep.planes, "max_sources": settings.keyframes.max_sources}
 
 
@@ -207,7 +217,9 @@ def main() -> None:
     print(f"target (issue 22): <= {TARGET_MS:.0f} ms per keyframe at 320x240: "
           f"{'met' if total <= TARGET_MS else 'not met'} ({total:.0f} ms median total)")
     print(f"sanity: AbsRel {np.mean(result['abs_rel']):.3f}, density "
-          f"{np.mean(result['density']):.2f} of the sensor's valid pixels (timed frames)")
+          f"{np.mean(result['density']):.2f} of the sensor's valid pixels (timed frames); "
+          f"{statistics.median(result['page_faults']):.0f} page faults per frame (median; "
+          f"malloc keeps freed memory: {keep_freed_memory()})")
     if args.kernels:
         kernels = time_kernels(args.data, args.internal_width)
         result["kernels_ms"] = kernels

@@ -263,47 +263,66 @@ def seen_at(index, A, b, inv_depths):
 
 
 @jit
-def _row_min(a, x, lo, hi):
-    """``min(a[x, lo:hi])`` of `a` (W, n) float32."""
-    mn = a[x, lo]
-    for d in range(lo + 1, hi):
-        mn = min(mn, a[x, d])
-    return mn
+def _min_of(a, lo, hi):
+    """``min(a[lo:hi])`` of `a` (n,) float32, hi > lo, in four independent chains.
+
+    A scalar minimum waits for the one before it; one chain over 64 planes was the critical
+    path of the horizontal SGM steps (numba does not vectorise a minimum reduction). The
+    minimum is exact in any order.
+    """
+    m0 = a[lo]
+    m1 = m0
+    m2 = m0
+    m3 = m0
+    i = lo
+    while i + 4 <= hi:
+        m0 = min(m0, a[i])
+        m1 = min(m1, a[i + 1])
+        m2 = min(m2, a[i + 2])
+        m3 = min(m3, a[i + 3])
+        i += 4
+    while i < hi:
+        m0 = min(m0, a[i])
+        i += 1
+    return min(min(m0, m1), min(m2, m3))
 
 
 @jit
-def _path_start(cost, x, cur):
-    """A path starting at column x of `cost` (W, >= D); returns its minimum.
+def _path_step(cost, x, prev, prev_mn, cur, P1, P2):
+    """One SGM step into column x of `cost` (W, >= D) from `prev`; returns the min of `cur`.
 
-    ``cur[x, 1:D + 1] = cost[x, :D]`` (`cur` (W, D + 2), see `_path_step`).
+    ``cur[d] = C[d] + min(prev[d], prev[d+-1] + P1, min prev + P2) - min prev``. `prev`, `cur`
+    (D + 2,) are distinct buffers holding plane d at d + 1 and +inf at 0 and D + 1: no
+    special ends, whole vectors (unsigned indices: no wrap-around test, the loop vectorises).
     """
-    D = cur.shape[1] - 2
-    for d in range(D):
-        cur[x, d + 1] = cost[x, d]
-    return _row_min(cur, x, 1, D + 1)
-
-
-@jit
-def _path_step(cost, x, prev, xp, prev_mn, cur, P1, P2):
-    """One SGM step into column x of `cost` (W, >= D) from ``prev[xp]``; returns its min.
-
-    ``cur[x, d] = C[d] + min(prev[d], prev[d+-1] + P1, min prev + P2) - min prev``. `prev`,
-    `cur` (W, D + 2) (may be one array) hold plane d at d + 1 and +inf at 0 and D + 1: no
-    special ends, whole vectors.
-    """
-    D = cur.shape[1] - 2
+    D = cur.shape[0] - 2
     jump = prev_mn + P2
-    for d in range(D):
-        best = min(min(prev[xp, d + 1], prev[xp, d] + P1), min(prev[xp, d + 2] + P1, jump))
-        cur[x, d + 1] = cost[x, d] + best - prev_mn
-    return _row_min(cur, x, 1, D + 1)
+    ux = np.uint64(x)
+    one = np.uint64(1)
+    two = np.uint64(2)
+    for i in range(D):
+        d = np.uint64(i)
+        best = min(min(prev[d + one], prev[d] + P1), min(prev[d + two] + P1, jump))
+        cur[d + one] = cost[ux, d] + best - prev_mn
+    return _min_of(cur, 1, D + 1)
+
+
+@jit
+def _put_row(dst, x, src, add):
+    """``dst[x, 1:D + 1] = src[1:D + 1]`` (``+=`` with `add`); `dst` (W, D + 2), `src` (D + 2,)."""
+    ux = np.uint64(x)
+    one = np.uint64(1)
+    for i in range(src.shape[0] - 2):
+        d = np.uint64(i) + one
+        dst[ux, d] = dst[ux, d] + src[d] if add else src[d]
 
 
 @jit
 def _horizontal_row(cost, P1, P2s, y, agg):
     """Both horizontal SGM paths of row `y` of `cost` (H, D, W), summed into ``agg[y]``.
 
-    Per pixel over the planes, on the row transposed to (W, D).
+    Per pixel over the planes, on the row transposed to (W, D): the rightward path's costs,
+    then the leftward path's added to them (``agg = right + left``).
     """
     _, D, W = cost.shape
     # Rows of D + 16 floats: a power-of-two stride (D = 64: 256 B) would map the column
@@ -312,19 +331,24 @@ def _horizontal_row(cost, P1, P2s, y, agg):
     for x in range(W):
         for d in range(D):
             ct[x, d] = cost[y, d, x]
-    right = np.empty((W, D + 2), np.float32)
-    left = np.empty((W, D + 2), np.float32)
-    for x in range(W):
-        right[x, 0] = right[x, D + 1] = left[x, 0] = left[x, D + 1] = np.inf
-    mn_r = _path_start(ct, 0, right)
-    mn_l = _path_start(ct, W - 1, left)
-    for i in range(1, W):  # the two directions interleaved: two independent chains
-        mn_r = _path_step(ct, i, right, i - 1, mn_r, right, P1, P2s[y, i])
-        x = W - 1 - i
-        mn_l = _path_step(ct, x, left, x + 1, mn_l, left, P1, P2s[y, x])
+    paths = np.empty((W, D + 2), np.float32)
+    prev = np.full(D + 2, np.inf, np.float32)
+    cur = np.full(D + 2, np.inf, np.float32)
+    for direction in range(2):
+        left = direction == 1
+        x = W - 1 if left else 0
+        for d in range(D):  # a path starts with its cost alone
+            prev[d + 1] = ct[x, d]
+        mn = _min_of(prev, 1, D + 1)
+        _put_row(paths, x, prev, left)
+        for i in range(1, W):
+            x = W - 1 - i if left else i
+            mn = _path_step(ct, x, prev, mn, cur, P1, P2s[y, x])
+            _put_row(paths, x, cur, left)
+            prev, cur = cur, prev
     for d in range(D):
         for x in range(W):
-            agg[y, d, x] = right[x, d + 1] + left[x, d + 1]
+            agg[y, d, x] = paths[x, d + 1]
 
 
 @jit

@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import dataclasses
+import platform
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -247,3 +250,16 @@ def test_each_frame_is_described_once(rendered_scene, monkeypatch):
                          settings.pose_refine.octave_layers)
         np.testing.assert_array_equal(frame.features[0], fresh[0])
         np.testing.assert_array_equal(frame.features[1], fresh[1])
+
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
+                    reason="keep_freed_memory sets glibc's malloc (Linux with glibc only)")
+def test_keep_freed_memory_is_taken_by_glibc_once():
+    """glibc accepts both settings (mallopt returns 1), and the estimator asks for them. The
+    page faults they save are measured by benchmarks/bench_motion_depth.py (per frame)."""
+    code = ("from dvc_perception.motion_depth import estimator as e\n"
+            "assert e._KEPT is None\n"
+            "e.MotionDepthEstimator()\n"
+            "assert e._KEPT is True and e.keep_freed_memory() is True\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
