@@ -63,7 +63,8 @@ def procedural_texture(rng: np.random.Generator, size: int = 128) -> np.ndarray:
 
 
 def clutter_texture(rng: np.random.Generator, size: int = 512,
-                    radius_range: tuple[float, float] = (1 / 80, 1 / 4)) -> np.ndarray:
+                    radius_range: tuple[float, float] = (1 / 80, 1 / 4),
+                    saturation: float = 1.0) -> np.ndarray:
     """(size, size, 3) uint8 "dead leaves" clutter: overlapping shapes covering a texture.
 
     A `procedural_texture` background under filled ellipses, rotated rectangles and thick
@@ -71,7 +72,9 @@ def clutter_texture(rng: np.random.Generator, size: int = 512,
     many small, some large, the scale mix of natural images that dead-leaves models
     reproduce), colours of random grey level and saturation, as many as cover the texture
     about 1-2 times over. A plane textured with it looks like the busy desk or shelf behind
-    real objects rather than a smooth wall.
+    real objects rather than a smooth wall. `saturation` < 1 scales every pixel's colour
+    towards its grey level (``grey + saturation * (rgb - grey)``, grey the channel mean): the
+    greys, whites and muted colours of most real rooms; 1 leaves the texture as drawn.
     """
     r_min, r_max = size * radius_range[0], size * radius_range[1]
     mean_r2 = (r_max**2 - r_min**2) / (2.0 * np.log(r_max / r_min))  # E[r^2], log-uniform r
@@ -98,12 +101,16 @@ def clutter_texture(rng: np.random.Generator, size: int = 512,
             p0, p1 = np.int32([cx, cy] - d), np.int32([cx, cy] + d)
             cv2.line(img, (int(p0[0]), int(p0[1])), (int(p1[0]), int(p1[1])), colour,
                      max(1, int(r * rng.uniform(0.1, 0.3))))
+    if saturation != 1.0:
+        rgb = img.astype(np.float32)
+        grey = rgb.mean(axis=2, keepdims=True)
+        img = np.clip(grey + np.float32(saturation) * (rgb - grey) + 0.5, 0, 255).astype(np.uint8)
     return img
 
 
 def plane_mesh(
     rng: np.random.Generator, half: float, device: torch.device, cells: int = 1,
-    clutter: bool = False,
+    clutter: bool = False, clutter_saturation: float = 1.0,
 ) -> Mesh:
     """A textured square of half-size `half` [m] in its z = 0 plane, normal +z.
 
@@ -111,7 +118,8 @@ def plane_mesh(
     finely divided plane loses only its cells behind the camera (a moving camera needs that).
     `clutter`: a `clutter_texture` instead of a `procedural_texture`: for a divided plane (a back
     plane several metres across, of which the view sees a part) 1024 px with shapes of 1/300 to
-    1/12 of it (about 2-40 cm), else 256 px with shapes of 1/80 to 1/4.
+    1/12 of it (about 2-40 cm), else 256 px with shapes of 1/80 to 1/4; its colours scaled
+    towards grey by `clutter_saturation` (`clutter_texture`'s `saturation`).
     """
     g = np.linspace(0.0, 1.0, cells + 1)
     gu, gv = np.meshgrid(g, g)
@@ -127,16 +135,17 @@ def plane_mesh(
         np.asarray(faces),
         normals=np.tile([0.0, 0.0, 1.0], (len(v), 1)),
         uv=uv,
-        texture=(_plane_clutter(rng, cells) if clutter else procedural_texture(rng)),
+        texture=(_plane_clutter(rng, cells, clutter_saturation) if clutter
+                 else procedural_texture(rng)),
         name="plane",
     )
     return mesh.to(device)
 
 
-def _plane_clutter(rng: np.random.Generator, cells: int) -> np.ndarray:
+def _plane_clutter(rng: np.random.Generator, cells: int, saturation: float) -> np.ndarray:
     if cells > 1:
-        return clutter_texture(rng, 1024, (1 / 300, 1 / 12))
-    return clutter_texture(rng, 256)
+        return clutter_texture(rng, 1024, (1 / 300, 1 / 12), saturation)
+    return clutter_texture(rng, 256, saturation=saturation)
 
 
 def plane_pose(centre: np.ndarray, normal: np.ndarray, rng: np.random.Generator) -> np.ndarray:

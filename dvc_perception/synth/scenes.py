@@ -103,6 +103,9 @@ class SynthConfig:
     - ``clutter_texture_probability``: each plane (back and extra) gets a dead-leaves
       `procedural.clutter_texture` (the busy background of a real desk) instead of a smooth
       `procedural_texture` with this probability; drawn only when > 0.
+    - ``clutter_saturation``: each clutter texture's colours are scaled towards grey by a
+      factor drawn from this range (`procedural.clutter_texture`'s ``saturation``), unless it
+      is (1, 1): lower values give the greys, whites and muted colours of real rooms.
     - ``object_cluster_spread``: 0 places objects independently over the image; > 0 draws one
       cluster centre per frame (uniform inside the margin) and each object's image position
       around it, Gaussian with this standard deviation as a fraction of the image width,
@@ -154,6 +157,7 @@ class SynthConfig:
     motion_blur_probability: float = 0.0  # linear kernel, MOTION_BLUR_PX long
     shot_noise: tuple[float, float] = (0.0, 0.0)  # noise std k * sqrt(img), img in [0, 1]
     clutter_texture_probability: float = 0.0  # per plane: dead-leaves clutter texture
+    clutter_saturation: tuple[float, float] = (1.0, 1.0)  # clutter colours towards grey
     object_cluster_spread: float = 0.0  # object positions around one centre [image widths]
 
     def __post_init__(self) -> None:
@@ -208,7 +212,7 @@ class SynthConfig:
             raise ConfigError(
                 f"synth.lights_per_frame: expected integers 1 <= min <= max, got {lights!r}"
             )
-        for name in ("specular", "shininess", "gamma", "shot_noise"):
+        for name in ("specular", "shininess", "gamma", "shot_noise", "clutter_saturation"):
             pair = getattr(self, name)
             if (
                 not isinstance(pair, tuple) or len(pair) != 2
@@ -230,6 +234,10 @@ class SynthConfig:
             p = getattr(self, name)
             if not (isinstance(p, (int, float)) and 0.0 <= p <= 1.0):
                 raise ConfigError(f"synth.{name}: expected a probability in [0, 1], got {p!r}")
+        lo, hi = self.clutter_saturation
+        if not 0.0 <= lo <= hi <= 1.0:
+            raise ConfigError(
+                f"synth.clutter_saturation: expected 0 <= low <= high <= 1, got ({lo}, {hi})")
         w = self.white_balance
         if not (isinstance(w, (int, float)) and 0.0 <= w < 1.0):
             raise ConfigError(f"synth.white_balance: expected 0 <= w < 1, got {w!r}")
@@ -462,7 +470,7 @@ class SceneSampler:
         # Corners lie half * sqrt(2) from the centre: keep them at least 0.1 * depth in front.
         half = min(half, 0.9 * depth / max(np.sqrt(2.0) * np.sin(tilt), 1e-6))
         back_plane = len(meshes)
-        meshes.append(plane_mesh(rng, half, self.device, cells=8, clutter=self._clutter(rng)))
+        meshes.append(plane_mesh(rng, half, self.device, cells=8, **self._clutter(rng)))
         poses.append(plane_pose(np.array([0.0, 0.0, depth]), normal, rng))
         kinds.append(-2)
         for _ in range(int(rng.integers(cfg.extra_planes[0], cfg.extra_planes[1] + 1))):
@@ -475,7 +483,7 @@ class SceneSampler:
             if n[2] > -0.3:
                 n[2] = -0.3
             half_extra = min(rng.uniform(0.1, 0.4), 0.25 * z * cfg.width / cfg.fx)
-            meshes.append(plane_mesh(rng, half_extra, self.device, clutter=self._clutter(rng)))
+            meshes.append(plane_mesh(rng, half_extra, self.device, **self._clutter(rng)))
             poses.append(plane_pose(z * (K_inv @ uv1), n / np.linalg.norm(n), rng))
             kinds.append(-2)
         light_dir = rng.normal(size=3)
@@ -568,10 +576,17 @@ class SceneSampler:
             T = poses[slot]
             T[:3, 3] = scale[k] * (T[:3, 3] - offset) + offset
 
-    def _clutter(self, rng: np.random.Generator) -> bool:
-        """Whether the next plane gets a clutter texture (no draw when the probability is 0)."""
+    def _clutter(self, rng: np.random.Generator) -> dict[str, bool | float]:
+        """`plane_mesh`'s clutter arguments for the next plane.
+
+        Whether it gets a clutter texture (no draw when the probability is 0) and that
+        texture's saturation (drawn unless the range is (1, 1)).
+        """
         p = self.config.clutter_texture_probability
-        return bool(p > 0 and rng.random() < p)
+        clutter = bool(p > 0 and rng.random() < p)
+        lo, hi = self.config.clutter_saturation
+        saturation = float(rng.uniform(lo, hi)) if clutter and (lo, hi) != (1.0, 1.0) else 1.0
+        return {"clutter": clutter, "clutter_saturation": saturation}
 
     def _object_pose(self, rng: np.random.Generator, K_inv: np.ndarray,
                      cluster: np.ndarray | None = None) -> np.ndarray:

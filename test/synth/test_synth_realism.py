@@ -266,6 +266,8 @@ def test_sensor_effects() -> None:
         ("shot_noise", (0.02, 0.01), "shot_noise"),
         ("clutter_texture_probability", 1.5, "clutter_texture_probability"),
         ("object_cluster_spread", -0.1, "object_cluster_spread"),
+        ("clutter_saturation", (0.6, 0.2), "clutter_saturation"),
+        ("clutter_saturation", (0.0, 1.5), "clutter_saturation"),
     ],
 )
 def test_realism_config_validation(field: str, value: object, message: str) -> None:
@@ -277,9 +279,11 @@ def test_realism_config_from_mapping() -> None:
     cfg = SynthConfig.from_mapping(
         {"lights_per_frame": [1, 3], "specular": [0.0, 0.3], "shininess": [5, 40],
          "objects_on_plane": True, "shadow_probability": 0.5, "white_balance": 0.1,
-         "gamma": [0.8, 1.2], "motion_blur_probability": 0.2, "shot_noise": [0.0, 0.02]}
+         "gamma": [0.8, 1.2], "motion_blur_probability": 0.2, "shot_noise": [0.0, 0.02],
+         "clutter_saturation": [0.0, 0.6]}
     )  # fmt: skip
     assert cfg.lights_per_frame == (1, 3) and cfg.gamma == (0.8, 1.2) and cfg.objects_on_plane
+    assert cfg.clutter_saturation == (0.0, 0.6)
     with pytest.raises(ConfigError, match="shininess"):
         Lighting(shininess=0.5)
 
@@ -307,6 +311,33 @@ def test_clutter_textures_are_busier_and_reproducible() -> None:
     off = _sampler_with(clutter_texture_probability=0.0)
     assert np.mean([_edge_density(on.sample(i).rgb) for i in range(4)]) > np.mean(
         [_edge_density(off.sample(i).rgb) for i in range(4)])
+
+
+def _chroma(img: np.ndarray) -> float:
+    """Mean distance [0-255] of the pixels' RGB from their grey level (a saturation measure)."""
+    rgb = img.astype(np.float64)
+    return float(np.abs(rgb - rgb.mean(axis=2, keepdims=True)).mean())
+
+
+def test_clutter_saturation_moves_the_colours_towards_grey() -> None:
+    from dvc_perception.synth.procedural import clutter_texture
+
+    full = clutter_texture(np.random.default_rng(4), 128)
+    np.testing.assert_array_equal(clutter_texture(np.random.default_rng(4), 128, saturation=1.0),
+                                  full)  # 1: the texture as drawn (same draws)
+    grey = clutter_texture(np.random.default_rng(4), 128, saturation=0.0)
+    assert _chroma(grey) < 0.6  # rounding only
+    np.testing.assert_allclose(grey.astype(float).mean(axis=2), full.astype(float).mean(axis=2),
+                               atol=1.0)  # the grey levels (and so the edges) stay
+    half = clutter_texture(np.random.default_rng(4), 128, saturation=0.5)
+    assert _chroma(half) == pytest.approx(0.5 * _chroma(full), abs=0.5)
+    # in frames: the cluttered planes' colours, with the range (0, 0.3), are less saturated
+    muted = _sampler_with(clutter_texture_probability=1.0, clutter_saturation=(0.0, 0.3))
+    vivid = _sampler_with(clutter_texture_probability=1.0)
+    def background_chroma(sampler: SceneSampler) -> float:
+        frames = [sampler.sample(i) for i in range(4)]
+        return float(np.mean([_chroma(f.rgb[f.instance_ids == -1][:, None, :]) for f in frames]))
+    assert background_chroma(muted) < 0.6 * background_chroma(vivid)
 
 
 def _sampler_with(**fields) -> SceneSampler:
