@@ -42,6 +42,7 @@ from dvc_perception.render.objects import ObjectDescription
 from dvc_perception.render.raster import Lighting, rasterize, render
 from dvc_perception.render.raster_numba import numba_available
 from dvc_perception.synth.procedural import (
+    clutter_texture,
     distractor_mesh,
     plane_mesh,
     plane_pose,
@@ -106,6 +107,12 @@ class SynthConfig:
     - ``clutter_saturation``: each clutter texture's colours are scaled towards grey by a
       factor drawn from this range (`procedural.clutter_texture`'s ``saturation``), unless it
       is (1, 1): lower values give the greys, whites and muted colours of real rooms.
+    - ``background_clutter_probability``: per frame, every background pixel (planes and empty
+      space, instance id -1; not objects, not distractors) is replaced, before the camera
+      effects, by a dead-leaves clutter image drawn in image space at the frame's size (shapes
+      of 1/250 to 1/12 of its larger side, about 2.5-53 px at 640x480; saturation from
+      ``clutter_saturation``): busy, sharp clutter right behind every object at the objects'
+      own scale, where clutter textures on the 3D planes are mostly far away and small.
     - ``object_cluster_spread``: 0 places objects independently over the image; > 0 draws one
       cluster centre per frame (uniform inside the margin) and each object's image position
       around it, Gaussian with this standard deviation as a fraction of the image width,
@@ -158,6 +165,7 @@ class SynthConfig:
     shot_noise: tuple[float, float] = (0.0, 0.0)  # noise std k * sqrt(img), img in [0, 1]
     clutter_texture_probability: float = 0.0  # per plane: dead-leaves clutter texture
     clutter_saturation: tuple[float, float] = (1.0, 1.0)  # clutter colours towards grey
+    background_clutter_probability: float = 0.0  # per frame: image-space clutter background
     object_cluster_spread: float = 0.0  # object positions around one centre [image widths]
 
     def __post_init__(self) -> None:
@@ -230,7 +238,7 @@ class SynthConfig:
                 f"synth.objects_on_plane: expected true or false, got {self.objects_on_plane!r}"
             )
         for name in ("shadow_probability", "motion_blur_probability",
-                     "clutter_texture_probability"):
+                     "clutter_texture_probability", "background_clutter_probability"):
             p = getattr(self, name)
             if not (isinstance(p, (int, float)) and 0.0 <= p <= 1.0):
                 raise ConfigError(f"synth.{name}: expected a probability in [0, 1], got {p!r}")
@@ -576,6 +584,21 @@ class SceneSampler:
             T = poses[slot]
             T[:3, 3] = scale[k] * (T[:3, 3] - offset) + offset
 
+    def _background_clutter(self, color: np.ndarray, background: np.ndarray,
+                            rng: np.random.Generator) -> np.ndarray:
+        """`color` (H, W, 3) float [0, 1] with its `background` (H, W) bool pixels replaced.
+
+        The replacement is a clutter image (``background_clutter_probability`` in
+        `SynthConfig`).
+        """
+        lo, hi = self.config.clutter_saturation
+        saturation = float(rng.uniform(lo, hi)) if (lo, hi) != (1.0, 1.0) else 1.0
+        h, w = background.shape
+        side = max(h, w)
+        texture = clutter_texture(rng, side, (1 / 250, 1 / 12), saturation)[:h, :w]
+        return np.where(background[..., None], texture.astype(np.float32) / np.float32(255.0),
+                        color)
+
     def _clutter(self, rng: np.random.Generator) -> dict[str, bool | float]:
         """`plane_mesh`'s clutter arguments for the next plane.
 
@@ -715,6 +738,9 @@ class SceneSampler:
                 color, res.depth.cpu().numpy(), [scene.meshes[s] for s in casters],
                 T_cam[casters], cfg.K, scene.lighting, backend=self.render_backend,
             )  # fmt: skip
+        p = cfg.background_clutter_probability
+        if p > 0 and rng.random() < p:
+            color = self._background_clutter(color, instance_ids == -1, rng)
         rgb = _camera_effects(color, rng, cfg)
         return SynthFrame(
             index=index,

@@ -267,6 +267,7 @@ def test_sensor_effects() -> None:
         ("clutter_texture_probability", 1.5, "clutter_texture_probability"),
         ("object_cluster_spread", -0.1, "object_cluster_spread"),
         ("clutter_saturation", (0.6, 0.2), "clutter_saturation"),
+        ("background_clutter_probability", 1.2, "background_clutter_probability"),
         ("clutter_saturation", (0.0, 1.5), "clutter_saturation"),
     ],
 )
@@ -338,6 +339,22 @@ def test_clutter_saturation_moves_the_colours_towards_grey() -> None:
         frames = [sampler.sample(i) for i in range(4)]
         return float(np.mean([_chroma(f.rgb[f.instance_ids == -1][:, None, :]) for f in frames]))
     assert background_chroma(muted) < 0.6 * background_chroma(vivid)
+
+
+def test_background_clutter_replaces_the_background_only() -> None:
+    on = _sampler_with(background_clutter_probability=1.0, clutter_saturation=(0.0, 0.6))
+    off = _sampler_with(background_clutter_probability=0.0)
+    for i in range(3):
+        a, b = on.sample(i), off.sample(i)
+        np.testing.assert_array_equal(a.instance_ids, b.instance_ids)  # the same scene
+        np.testing.assert_array_equal(a.depth, b.depth)
+        background = a.instance_ids == -1
+        assert background.any() and (~background).any()
+        # objects and distractors untouched (no camera effects in CLEAN)
+        np.testing.assert_array_equal(a.rgb[~background], b.rgb[~background])
+        assert np.abs(a.rgb[background].astype(int) - b.rgb[background]).mean() > 10
+    busy = np.mean([_edge_density(on.sample(i).rgb) for i in range(3)])
+    assert busy > 2 * np.mean([_edge_density(off.sample(i).rgb) for i in range(3)])
 
 
 def _sampler_with(**fields) -> SceneSampler:
