@@ -112,7 +112,10 @@ class SynthConfig:
       effects, by a dead-leaves clutter image drawn in image space at the frame's size (shapes
       of 1/250 to 1/12 of its larger side, about 2.5-53 px at 640x480; saturation from
       ``clutter_saturation``): busy, sharp clutter right behind every object at the objects'
-      own scale, where clutter textures on the 3D planes are mostly far away and small.
+      own scale, where clutter textures on the 3D planes are mostly far away and small. It is
+      painted on the image, not on a surface: the depth map still holds the planes, and a
+      ``sequence`` would flicker, so it is refused with ``sequence`` (for detection and pose
+      training only).
     - ``object_cluster_spread``: 0 places objects independently over the image; > 0 draws one
       cluster centre per frame (uniform inside the margin) and each object's image position
       around it, Gaussian with this standard deviation as a fraction of the image width,
@@ -242,6 +245,9 @@ class SynthConfig:
             p = getattr(self, name)
             if not (isinstance(p, (int, float)) and 0.0 <= p <= 1.0):
                 raise ConfigError(f"synth.{name}: expected a probability in [0, 1], got {p!r}")
+        if self.sequence and self.background_clutter_probability > 0:
+            raise ConfigError("synth.background_clutter_probability: expected 0 with sequence: "
+                              "the clutter is painted on each image, not on a 3D surface")
         lo, hi = self.clutter_saturation
         if not 0.0 <= lo <= hi <= 1.0:
             raise ConfigError(

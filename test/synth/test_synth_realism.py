@@ -341,6 +341,11 @@ def test_clutter_saturation_moves_the_colours_towards_grey() -> None:
     assert background_chroma(muted) < 0.6 * background_chroma(vivid)
 
 
+def test_background_clutter_is_refused_for_sequences() -> None:
+    with pytest.raises(ConfigError, match="background_clutter_probability: expected 0 with seq"):
+        SynthConfig(sequence=True, background_clutter_probability=0.5)
+
+
 def test_background_clutter_replaces_the_background_only() -> None:
     on = _sampler_with(background_clutter_probability=1.0, clutter_saturation=(0.0, 0.6))
     off = _sampler_with(background_clutter_probability=0.0)
