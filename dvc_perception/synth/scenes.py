@@ -597,11 +597,9 @@ class SceneSampler:
         The replacement is a clutter image (``background_clutter_probability`` in
         `SynthConfig`).
         """
-        lo, hi = self.config.clutter_saturation
-        saturation = float(rng.uniform(lo, hi)) if (lo, hi) != (1.0, 1.0) else 1.0
         h, w = background.shape
-        side = max(h, w)
-        texture = clutter_texture(rng, side, (1 / 250, 1 / 12), saturation)[:h, :w]
+        texture = clutter_texture(rng, max(h, w), (1 / 250, 1 / 12),
+                                  self._clutter_saturation(rng))[:h, :w]
         return np.where(background[..., None], texture.astype(np.float32) / np.float32(255.0),
                         color)
 
@@ -613,9 +611,16 @@ class SceneSampler:
         """
         p = self.config.clutter_texture_probability
         clutter = bool(p > 0 and rng.random() < p)
-        lo, hi = self.config.clutter_saturation
-        saturation = float(rng.uniform(lo, hi)) if clutter and (lo, hi) != (1.0, 1.0) else 1.0
+        saturation = self._clutter_saturation(rng) if clutter else 1.0
         return {"clutter": clutter, "clutter_saturation": saturation}
+
+    def _clutter_saturation(self, rng: np.random.Generator) -> float:
+        """One clutter texture's saturation factor from ``clutter_saturation``.
+
+        1 without a draw when the range is (1, 1).
+        """
+        lo, hi = self.config.clutter_saturation
+        return float(rng.uniform(lo, hi)) if (lo, hi) != (1.0, 1.0) else 1.0
 
     def _object_pose(self, rng: np.random.Generator, K_inv: np.ndarray,
                      cluster: np.ndarray | None = None) -> np.ndarray:
