@@ -4,8 +4,12 @@
 # (benchmarks/eval_detector_bop.py). The same frames, epochs and seeds for every variant, so
 # rows differ by the synthesis alone. Usage: tools/ablate_synthesis.sh VARIANT
 # (benchmarks/synth_ablation/VARIANT.yaml). Resumable: existing data and runs are reused.
+# ABL_SEED=N (default 1) draws the frames from seeds 29+2N and 30+2N instead of 31 and 32 and
+# names the row VARIANT_sN: the same variant on other frames, for the seed-to-seed spread.
 source "$(dirname "$0")/train_env.sh"  # cd to the repo; PY, CLI, DDP, resume
-V=$1; CFG=benchmarks/synth_ablation/$V.yaml; OUT=out/ablation/$V
+SEED=${ABL_SEED:-1}; CFG=benchmarks/synth_ablation/$1.yaml
+V=$1; [ "$SEED" = 1 ] || V=${1}_s$SEED
+OUT=out/ablation/$V
 OBJECTS="lmo_obj_01 lmo_obj_05 lmo_obj_06 lmo_obj_08 lmo_obj_09 lmo_obj_10 lmo_obj_11 lmo_obj_12"
 FRAMES=${ABL_FRAMES:-1500}; EPOCHS=${ABL_EPOCHS:-15}
 mkdir -p "$OUT"
@@ -14,7 +18,8 @@ synth() {  # synth OUT SEED FRAMES
     --config "$CFG" --out "$1" --no-progress
 }
 start=$(date +%s)
-synth "data/ablation/$V/a" 31 $((FRAMES / 2)) & synth "data/ablation/$V/b" 32 $((FRAMES / 2)) & wait
+synth "data/ablation/$V/a" $((29 + 2 * SEED)) $((FRAMES / 2)) &
+synth "data/ablation/$V/b" $((30 + 2 * SEED)) $((FRAMES / 2)) & wait
 synth_s=$(( $(date +%s) - start ))
 $DDP train detect --data "data/ablation/$V/a" "data/ablation/$V/b" --val-fraction 0.05 \
   --objects $OBJECTS --input-size 320x240 --epochs "$EPOCHS" --batch-size 16 --lr 2e-3 \

@@ -41,6 +41,7 @@ from dvc_perception.render.mesh import Mesh
 from dvc_perception.render.objects import ObjectDescription
 from dvc_perception.render.raster import Lighting, rasterize, render
 from dvc_perception.render.raster_numba import numba_available
+from dvc_perception.synth.backgrounds import BackgroundPhotos
 from dvc_perception.synth.procedural import (
     clutter_texture,
     distractor_mesh,
@@ -116,6 +117,15 @@ class SynthConfig:
       painted on the image, not on a surface: the depth map still holds the planes, and a
       ``sequence`` would flicker, so it is refused with ``sequence`` (for detection and pose
       training only).
+    - ``background_photos`` / ``background_photo_probability`` / ``background_photo_zoom``:
+      per frame, with this probability, every background pixel (as for the clutter above) is
+      replaced, before the camera effects, by a random crop of one of these photographs
+      (image files, directories or glob patterns; `backgrounds.BackgroundPhotos`): photos of
+      the robot's workspace without the objects, so the networks see real background clutter
+      behind synthetic objects. The zoom (>= 1) sets the crop: 1 is the whole photo. It is
+      drawn before the clutter background; a frame that gets a photo gets no clutter. Paths
+      are resolved, and must name images, when the `SceneSampler` is made; refused with
+      ``sequence``, as the clutter.
     - ``object_cluster_spread``: 0 places objects independently over the image; > 0 draws one
       cluster centre per frame (uniform inside the margin) and each object's image position
       around it, Gaussian with this standard deviation as a fraction of the image width,
@@ -169,6 +179,9 @@ class SynthConfig:
     clutter_texture_probability: float = 0.0  # per plane: dead-leaves clutter texture
     clutter_saturation: tuple[float, float] = (1.0, 1.0)  # clutter colours towards grey
     background_clutter_probability: float = 0.0  # per frame: image-space clutter background
+    background_photos: tuple[str, ...] = ()  # image files, directories, glob patterns
+    background_photo_probability: float = 0.0  # per frame: a photo behind the objects
+    background_photo_zoom: tuple[float, float] = (1.0, 2.5)  # crop zoom into the photo
     object_cluster_spread: float = 0.0  # object positions around one centre [image widths]
 
     def __post_init__(self) -> None:
@@ -241,13 +254,28 @@ class SynthConfig:
                 f"synth.objects_on_plane: expected true or false, got {self.objects_on_plane!r}"
             )
         for name in ("shadow_probability", "motion_blur_probability",
-                     "clutter_texture_probability", "background_clutter_probability"):
+                     "clutter_texture_probability", "background_clutter_probability",
+                     "background_photo_probability"):
             p = getattr(self, name)
             if not (isinstance(p, (int, float)) and 0.0 <= p <= 1.0):
                 raise ConfigError(f"synth.{name}: expected a probability in [0, 1], got {p!r}")
-        if self.sequence and self.background_clutter_probability > 0:
-            raise ConfigError("synth.background_clutter_probability: expected 0 with sequence: "
-                              "the clutter is painted on each image, not on a 3D surface")
+        for name in ("background_clutter_probability", "background_photo_probability"):
+            if self.sequence and getattr(self, name) > 0:
+                raise ConfigError(f"synth.{name}: expected 0 with sequence: the background "
+                                  "is painted on each image, not on a 3D surface")
+        photos = self.background_photos
+        if not isinstance(photos, tuple) or not all(isinstance(x, str) for x in photos):
+            raise ConfigError(f"synth.background_photos: expected a list of paths or glob "
+                              f"patterns, got {photos!r}")
+        if self.background_photo_probability > 0 and not photos:
+            raise ConfigError("synth.background_photo_probability: > 0 needs "
+                              "synth.background_photos (image files, directories or globs)")
+        zoom = self.background_photo_zoom
+        if (not isinstance(zoom, tuple) or len(zoom) != 2
+                or not all(isinstance(x, (int, float)) for x in zoom)
+                or not 1.0 <= zoom[0] <= zoom[1] < float("inf")):
+            raise ConfigError(f"synth.background_photo_zoom: expected 1 <= low <= high, "
+                              f"got {zoom!r}")
         lo, hi = self.clutter_saturation
         if not 0.0 <= lo <= hi <= 1.0:
             raise ConfigError(
@@ -371,6 +399,10 @@ class SceneSampler:
             float(o.mesh.vertices.detach().cpu().double().norm(dim=1).max()) for o in self.objects
         ]
         self._sequence_scene: _Scene | None = None
+        self._photos = (
+            BackgroundPhotos(config.background_photos, config.background_photo_zoom)
+            if config.background_photo_probability > 0 else None
+        )
 
     @property
     def K(self) -> np.ndarray:
@@ -749,8 +781,13 @@ class SceneSampler:
                 color, res.depth.cpu().numpy(), [scene.meshes[s] for s in casters],
                 T_cam[casters], cfg.K, scene.lighting, backend=self.render_backend,
             )  # fmt: skip
+        photo = False
+        if self._photos is not None and rng.random() < cfg.background_photo_probability:
+            photo = True
+            backdrop = self._photos.draw(rng, *instance_ids.shape)
+            color = np.where((instance_ids == -1)[..., None], backdrop, color)
         p = cfg.background_clutter_probability
-        if p > 0 and rng.random() < p:
+        if not photo and p > 0 and rng.random() < p:
             color = self._background_clutter(color, instance_ids == -1, rng)
         rgb = _camera_effects(color, rng, cfg)
         return SynthFrame(
