@@ -1,4 +1,4 @@
-"""Background photographs behind the renders (`synth.backgrounds`, `SynthConfig.background_photos`)."""
+"""Background photographs behind the renders (`synth.backgrounds`, `SynthConfig`)."""
 
 from __future__ import annotations
 
