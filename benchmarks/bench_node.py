@@ -1,5 +1,5 @@
 # Copyright 2026 dvc_perception authors. Licensed under the Apache License, Version 2.0.
-"""perception_node end to end at 640x480: fiducial mode and network mode (pose only, pose + depth).
+"""perception_node end to end at 640x480: fiducial, network (pose, depth) and two-stage modes.
 
 1. Node overhead, in process: `PerceptionNode.process_frame` (message conversion + pipeline +
    output messages) and `publish_outputs`, timed per frame; overhead = conversion + publishing.
@@ -9,6 +9,8 @@
    PoseArray (both processes use CLOCK_MONOTONIC); the node's own "image received -> poses
    published" p50/p95 is read from its /diagnostics. Sustained frames/s = PoseArrays received per
    second while publishing faster than the node can keep up (keep-latest drops the rest).
+3. Instances per frame: poses per frame in process (and, with a detector, the boxes cropped)
+   and poses per received PoseArray, printed under the table as min-max.
 
 Fiducial modes render a board; network modes render a frame of the demo-object sample scene
 (`demo.samples`, 640x480) and run the shipped models (models/pose_demo_object.onnx,
@@ -16,13 +18,30 @@ models/depth.onnx; network input 320x240) with ONNX Runtime on the CPU. ``networ
 adds refinement and tracking of the one object (``pipeline.tracking``, detection every 5
 frames; the same still frame is sent, so the track never fails).
 
+``network_two_stage`` runs the two-stage path (`TwoStageKeypointSource`): the shipped LM-O
+detector (models/detector_lmo.onnx, 320x240, the 8 LM-O objects) on the whole frame, then the
+keypoint network (models/pose_lmo.onnx) on a zoom crop of every detected instance and PnP per
+instance, on the CPU. The frame is synthetic (`synth.scenes.SceneSampler`, the LM-O camera and
+config/synth_lmo.yaml's scene settings, exactly 4 distinct LM-O objects and no distractors,
+seed `TWO_STAGE_SEED`): on it the shipped detector finds all 4 objects above
+``min_detection_score`` (`TWO_STAGE_MIN_DETECTION_SCORE`) and nothing else (on real LM-O images
+its recall is only ~20 %, so N would not be known). The benchmark checks N itself: every
+in-process frame must crop and pose exactly `TWO_STAGE_INSTANCES` instances, and the
+instances per published PoseArray are printed. The shipped pose network is weak, so
+``min_score`` is 0: every detected instance is posed and published whatever its score. This
+measures latency with 4 objects in view, not accuracy.
+
 Usage: .venv/bin/python benchmarks/bench_node.py [--seconds 10] [--rate 60] [--mode chessboard]
-FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA and a private ROS_DOMAIN_ID are set if absent.
+       [--mode network_two_stage] [--latency-rate 10] [--frames 100]
+FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA, ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST and a private
+ROS_DOMAIN_ID (100-199) are set if absent.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import os
 import random
 import signal
@@ -64,12 +83,22 @@ BOARDS = {
 REPO = Path(__file__).resolve().parents[1]
 NETWORK_MODES = {"network_pose": "none", "network_pose_depth": "network",
                  "network_pose_tracking": "none",
-                 "network_pose_multiview": "multiview"}  # -> depth_source
+                 "network_pose_multiview": "multiview",
+                 "network_two_stage": "none"}  # -> depth_source
 #: network_pose_multiview: depth from motion on its own worker; the driver publishes a camera
 #: pose per frame moving 1 cm per frame (the image is static: the sweep's cost is the same).
 MULTIVIEW_STEP_M = 0.01
 #: network_pose_tracking: refinement on, tracking one object with detection every N frames.
 TRACKING = {"refine": {"enabled": True}, "tracking": {"enabled": True, "detect_every": 5}}
+#: network_two_stage: the LM-O objects of the shipped detector and keypoint network.
+LMO_OBJECTS = tuple(f"lmo_obj_{i:02d}" for i in (1, 5, 6, 8, 9, 10, 11, 12))
+#: network_two_stage: objects in the synthetic frame, every one of them detected and posed.
+TWO_STAGE_INSTANCES = 4
+#: network_two_stage: SceneSampler seed of the frame (LM-O objects 06, 08, 09, 11 at 0.7-1.3 m,
+#: unoccluded; shipped detector scores 0.57-0.84 on them, <= 0.21 on anything else).
+TWO_STAGE_SEED = 0
+#: network_two_stage: pipeline.network.min_detection_score (the default; between the two).
+TWO_STAGE_MIN_DETECTION_SCORE = 0.3
 MODES = (*BOARDS, *NETWORK_MODES)
 
 
@@ -77,6 +106,17 @@ def _pipeline_params(mode: str) -> dict:
     """The node's ``pipeline`` parameters of a benchmark mode (nested, as in the YAML)."""
     if mode in BOARDS:
         return {"fiducial": BOARDS[mode]}
+    if mode == "network_two_stage":
+        # min_score 0: every detected instance is posed and published (the shipped pose network
+        # scores its poses 0.3-0.5); min_objectness is not read by the two-stage source.
+        return {
+            "keypoint_source": "network",
+            "depth_source": "none",
+            "min_score": 0.0,
+            "network": {"model_path": str(REPO / "models/pose_lmo.onnx"),
+                        "detector_model_path": str(REPO / "models/detector_lmo.onnx"),
+                        "min_detection_score": TWO_STAGE_MIN_DETECTION_SCORE},
+        }
     return {
         "keypoint_source": "network",
         "depth_source": NETWORK_MODES[mode],
@@ -111,8 +151,9 @@ def _frame(mode: str) -> tuple[np.ndarray, CameraInfo]:
         R = Rotation.from_rotvec([0.2, -0.25, 0.1]).as_matrix()
         rgb = render_board_view(cfg, K, R, np.array([-0.1, -0.06, 0.6]), 640, 480)
         return rgb, _camera_info(K)
-    import dataclasses
-
+    if mode == "network_two_stage":
+        rgb, K_lmo = _two_stage_frame()
+        return rgb, _camera_info(K_lmo)
     from dvc_perception.demo.samples import DEMO_SYNTH_CONFIG
     from dvc_perception.render.objects import find_object_yaml, load_object
     from dvc_perception.synth.scenes import SceneSampler, SynthConfig
@@ -123,13 +164,39 @@ def _frame(mode: str) -> tuple[np.ndarray, CameraInfo]:
     return frame.rgb, _camera_info(frame.K)
 
 
+@functools.lru_cache(maxsize=1)
+def _two_stage_frame() -> tuple[np.ndarray, np.ndarray]:
+    """The synthetic LM-O frame of network_two_stage: (RGB 480x640, K); rendered once."""
+    from dvc_perception.render.objects import find_object_yaml, load_object
+    from dvc_perception.synth.scenes import SceneSampler, SynthConfig
+
+    values = yaml.safe_load((REPO / "config/synth_lmo.yaml").read_text())
+    values.update(objects_per_frame=[TWO_STAGE_INSTANCES] * 2, distractors_per_frame=[0, 0])
+    cfg = SynthConfig.from_mapping(values)
+    objects = [load_object(find_object_yaml(o)) for o in LMO_OBJECTS]
+    frame = SceneSampler(objects, cfg, seed=TWO_STAGE_SEED).sample(0)
+    assert len(set(frame.object_ids)) == TWO_STAGE_INSTANCES, frame.object_ids
+    assert (frame.rgb.shape[1], frame.rgb.shape[0]) == (640, 480), frame.rgb.shape
+    return frame.rgb, frame.K
+
+
 def _pct(values: list[float]) -> tuple[float, float]:
     a = np.asarray(values)
     return float(np.percentile(a, 50)), float(np.percentile(a, 95))
 
 
+def _span(values: list[int]) -> tuple[float, float]:
+    """(min, max) of per-frame counts; NaN when there are none."""
+    return (float(min(values)), float(max(values))) if values else (float("nan"),) * 2
+
+
 def bench_overhead(mode: str, frames: int) -> dict[str, tuple[float, float]]:
-    """Per-frame timings of process_frame / publish_outputs in this process [ms]."""
+    """Per-frame timings of process_frame / publish_outputs in this process [ms].
+
+    Also the instances per frame, (min, max): ``posed_n`` (poses in the result) and, with a
+    detector (network_two_stage), ``cropped_n`` (boxes the detector passed on to the keypoint
+    network); network_two_stage asserts both are `TWO_STAGE_INSTANCES` in every frame.
+    """
     from dvc_perception.ros.perception_node import PerceptionNode
 
     rgb, info = _frame(mode)
@@ -138,20 +205,39 @@ def bench_overhead(mode: str, frames: int) -> dict[str, tuple[float, float]]:
     overrides = _flatten("pipeline.", _pipeline_params(mode))
     node = PerceptionNode(context=ctx, parameter_overrides=overrides)
     timings: dict[str, list[float]] = {"convert_ms": [], "pipeline_ms": [], "publish_ms": []}
+    cropped: list[int] = []
+    posed: list[int] = []
     try:
+        source = node.pipeline.keypoint_source
+        detect_boxes = getattr(source, "detect_boxes", None)
+        if detect_boxes is not None:  # two-stage: count the boxes cropped per frame
+
+            def counted(image, detect_boxes=detect_boxes):
+                boxes = detect_boxes(image)
+                cropped.append(len(boxes))
+                return boxes
+
+            source.detect_boxes = counted
         for i in range(frames):
             msg = rgb_to_image_msg(rgb, Header(frame_id="camera_optical"))
             msg.header.stamp = Time(sec=i + 1)
             out = node.process_frame(msg, info)
             node.publish_outputs(out)
-            assert out.result.poses, f"{mode}: no pose in the benchmark frame"
+            posed.append(len(out.result.poses))
+            if mode == "network_two_stage":
+                assert cropped[-1] == posed[-1] == TWO_STAGE_INSTANCES, (
+                    f"{mode}: frame {i}: {cropped[-1]} instances cropped, {posed[-1]} posed; "
+                    f"expected {TWO_STAGE_INSTANCES}")
+            else:
+                assert out.result.poses, f"{mode}: no pose in the benchmark frame"
             for key in timings:
                 timings[key].append(out.timings[key])
     finally:
         node.destroy_node()
         rclpy.shutdown(context=ctx)
     overhead = [c + p for c, p in zip(timings["convert_ms"], timings["publish_ms"])]
-    return {**{k: _pct(v) for k, v in timings.items()}, "overhead_ms": _pct(overhead)}
+    return {**{k: _pct(v) for k, v in timings.items()}, "overhead_ms": _pct(overhead),
+            "cropped_n": _span(cropped), "posed_n": _span(posed)}
 
 
 def bench_end_to_end(mode: str, seconds: float, rate: float) -> dict[str, float]:
@@ -184,6 +270,7 @@ def _drive(rgb, info, seconds: float, rate: float, camera_pose: bool) -> dict[st
     sent: dict[int, float] = {}
     latency_ms: list[float] = []
     received: list[float] = []
+    poses_per_frame: list[int] = []
     diags: list[DiagnosticArray] = []
 
     def on_poses(msg: PoseArray) -> None:
@@ -192,6 +279,7 @@ def _drive(rgb, info, seconds: float, rate: float, camera_pose: bool) -> dict[st
         if key in sent:
             latency_ms.append(1e3 * (now - sent[key]))
             received.append(now)
+            poses_per_frame.append(len(msg.poses))
 
     reliable = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
     image_pub = node.create_publisher(type(rgb_to_image_msg(rgb[:1, :1], Header())), "image",
@@ -213,6 +301,7 @@ def _drive(rgb, info, seconds: float, rate: float, camera_pose: bool) -> dict[st
         for _phase, duration in (("warmup", 2.0), ("measure", seconds)):
             latency_ms.clear()
             received.clear()
+            poses_per_frame.clear()
             depth_frames.clear()
             t_start = time.monotonic()
             n = 0
@@ -242,6 +331,7 @@ def _drive(rgb, info, seconds: float, rate: float, camera_pose: bool) -> dict[st
         depth_in_window = [t for t in depth_frames if t_start <= t <= t_end]
         values = {kv.key: kv.value for kv in diags[-1].status[0].values} if diags else {}
         p50, p95 = _pct(latency_ms) if latency_ms else (float("nan"), float("nan"))
+        poses_min, poses_max = _span(poses_per_frame)
         return {
             "sent_hz": sent_rate,
             "sustained_fps": len(in_window) / (t_end - t_start),
@@ -252,11 +342,20 @@ def _drive(rgb, info, seconds: float, rate: float, camera_pose: bool) -> dict[st
             "dropped_worker": float(values.get("dropped.worker", "nan")),
             "depth_fps": len(depth_in_window) / (t_end - t_start),
             "frames": float(len(latency_ms)),
+            "poses_min": poses_min,
+            "poses_max": poses_max,
         }
     finally:
         executor.shutdown()
         node.destroy_node()
         rclpy.shutdown(context=ctx)
+
+
+def _fmt_span(span: tuple[float, float]) -> str:
+    lo, hi = span
+    if np.isnan(lo):
+        return "-"
+    return f"{lo:.0f}" if lo == hi else f"{lo:.0f}-{hi:.0f}"
 
 
 def main() -> int:
@@ -274,8 +373,8 @@ def main() -> int:
     for mode in args.mode or MODES:
         # in process there is no camera pose topic: multiview's overhead row is not measured
         o = (bench_overhead(mode, args.frames) if NETWORK_MODES.get(mode) != "multiview" else
-             dict.fromkeys(("convert_ms", "publish_ms", "overhead_ms", "pipeline_ms"),
-                           (float("nan"), float("nan"))))
+             dict.fromkeys(("convert_ms", "publish_ms", "overhead_ms", "pipeline_ms",
+                            "cropped_n", "posed_n"), (float("nan"), float("nan"))))
         lat = bench_end_to_end(mode, args.seconds, args.latency_rate)
         sat = bench_end_to_end(mode, args.seconds, args.rate)
         rows.append((mode, o, lat, sat))
@@ -291,6 +390,12 @@ def main() -> int:
               f"| {e['e2e_p50_ms']:.1f} / {e['e2e_p95_ms']:.1f} "
               f"| {e['node_p50_ms']:.1f} / {e['node_p95_ms']:.1f} "
               f"| {sat['sustained_fps']:.1f} ({sat['sent_hz']:.0f}) | {sat['depth_fps']:.1f} |")
+    print("\ninstances per frame, min-max: in process cropped (detector) / posed; "
+          "end to end poses per PoseArray, latency run / throughput run (frames received)")
+    for mode, o, e, sat in rows:
+        print(f"- {mode}: cropped {_fmt_span(o['cropped_n'])}, posed {_fmt_span(o['posed_n'])}"
+              f"; PoseArray {_fmt_span((e['poses_min'], e['poses_max']))} ({e['frames']:.0f})"
+              f" / {_fmt_span((sat['poses_min'], sat['poses_max']))} ({sat['frames']:.0f})")
     print(f"\nlatency run at {args.latency_rate:g} Hz, throughput run at {args.rate:g} Hz, "
           f"{args.seconds:g} s each; in-process overhead over {args.frames} frames")
     return 0
