@@ -26,6 +26,7 @@ glibc's defaults their pages went back to the system and faulted in again, zeroe
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import sys
 import time
 from dataclasses import dataclass, field
@@ -80,6 +81,13 @@ class MotionDepthSettings:
     #: A source whose matches moved less than this (median, internal px) beyond what the
     #: rotation explains shows no measurable translation (see `_sources_that_moved`).
     min_parallax_px: float = 3.0
+    #: Filter the depth's metric scale over frames (`_carry_scale`: a 1-D Kalman filter on the
+    #: log scale, the relative scale of two frames measured by their depths, each window's own
+    #: scale weighted by `window_scale_variance`). False: each frame takes its window's scale
+    #: alone. It needs `PoseRefineSettings.solve_scale` (then the windows' scales are the
+    #: odometry's, which the filter averages over frames); without it, it carries the first
+    #: windows' unconverged scales on (issue 22).
+    scale_filter: bool = True
     keyframes: KeyframeRule = field(default_factory=KeyframeRule)
     sweep: SweepSettings = field(default_factory=SweepSettings)
     pose_refine: PoseRefineSettings = field(default_factory=PoseRefineSettings)
@@ -150,6 +158,24 @@ class _FusionState:
     inv_depth: np.ndarray
     variance: np.ndarray
     age: np.ndarray
+    scale_variance: float = float("inf")
+
+
+def window_scale_variance(poses: list[np.ndarray], sigma_m: float) -> float:
+    """Variance of the log of a window's metric scale taken from noisy odometry.
+
+    `poses`: reference -> source (4, 4) [m] of the sources the scale was fitted to. The scale
+    is the least-squares factor between the odometry's baselines and the images' (all sources
+    share it); each frame's position has independent noise `sigma_m` [m] per axis, the
+    reference's common to every baseline, so a window's scale is known to about
+    ``sigma_m * sqrt(|sum b|**2 + sum |b|**2) / sum |b|**2`` (b: the baselines). inf without a
+    baseline.
+    """
+    b = np.array([-T[:3, :3].T @ T[:3, 3] for T in poses]).reshape(-1, 3)
+    ss = float(np.sum(b * b))
+    if ss <= 0.0:
+        return float("inf")
+    return sigma_m ** 2 * (float(np.sum(b.sum(axis=0) ** 2)) + ss) / ss ** 2
 
 
 def _spread(n: int, k: int) -> list[int]:
@@ -301,8 +327,17 @@ class MotionDepthEstimator:
             if state is not None:
                 to_ref = np.linalg.inv(poses[[f is state.frame for f in adjusted].index(True)])
                 prior = self._predict(state, to_ref, Ks)
+            scale_var = float("inf")
+            if self.settings.scale_filter:
+                # the adjustment fits one scale to all its sources; without it, the swept ones
+                scaled = poses if was_refined else [poses[i] for i in swept]
+                # translation_sigma_m is a relative pose's: two frames' independent noise
+                scale_var = window_scale_variance(scaled, pr.translation_sigma_m / np.sqrt(2.0))
+                if prior is not None:
+                    result, prior, baseline, scale_var = self._carry_scale(
+                        result, measured, prior, baseline, scale_var, state.scale_variance)
             inv_depth, variance, age = self._fuse(result, measured, baseline, Ks, prior)
-            self._state = _FusionState(ref, inv_depth, variance, age)
+            self._state = _FusionState(ref, inv_depth, variance, age, scale_var)
             rel_std = np.sqrt(variance) * np.where(inv_depth > 0, 1.0 / inv_depth, np.inf)
             keep = np.isfinite(inv_depth) & (rel_std <= self.settings.max_relative_std)
             depth_small = np.where(keep, 1.0 / inv_depth, np.nan).astype(np.float32)
@@ -345,6 +380,37 @@ class MotionDepthEstimator:
         keep = np.isfinite(depth) & (confidence >= self.settings.refiner_min_confidence)
         return (np.where(keep, depth, np.nan).astype(np.float32),
                 np.where(keep, confidence, 0.0).astype(np.float32))
+
+    def _carry_scale(self, result: SweepResult, measured: np.ndarray,
+                     prior: tuple[np.ndarray, np.ndarray, np.ndarray], baseline_m: float,
+                     window_var: float, prior_var: float
+                     ) -> tuple[SweepResult, tuple[np.ndarray, np.ndarray, np.ndarray], float,
+                                float]:
+        """This frame's sweep and the predicted prior brought to one filtered metric scale.
+
+        The scale is common to every pixel, so it is filtered as one number (the log of the
+        depth's scale): the prior's log scale has variance `prior_var` plus
+        ``process_noise ** 2`` (per frame), this window's `window_var`
+        (`window_scale_variance`); the two depth maps' median log ratio over the pixels both
+        know is their relative scale (the images carry it from frame to frame far more
+        precisely than the odometry gives it). Both are moved to the variance-weighted log
+        scale. Too few common pixels (under 5 %): nothing is changed and the window's scale
+        starts the filter again. Returns (sweep, prior, baseline [m] at the new scale, the
+        filtered log scale's variance).
+        """
+        p, p_var, p_age = prior
+        both = measured & np.isfinite(p) & (p > 0)
+        if both.sum() < max(16, 0.05 * both.size):
+            return result, prior, baseline_m, window_var
+        log_ratio = float(np.median(np.log(p[both] * result.depth[both])))  # log(meas / prior)
+        predicted = prior_var + self.settings.process_noise ** 2
+        gain = predicted / (predicted + window_var)
+        to_meas = np.exp((gain - 1.0) * log_ratio)  # measurement depth factor
+        to_prior = np.exp(-gain * log_ratio)  # prior inverse depth factor
+        result = dataclasses.replace(result, depth=(result.depth * to_meas).astype(np.float32))
+        prior = (p * to_prior, p_var * to_prior ** 2, p_age)
+        return (result, prior, baseline_m * to_meas,
+                predicted * window_var / (predicted + window_var))
 
     def _predict(self, state: _FusionState, to_ref: np.ndarray, K: np.ndarray
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -25,11 +25,12 @@ from dvc_perception.motion_depth.pose_refine import PoseRefineSettings
 from dvc_perception.motion_depth.sweep import SweepSettings
 
 
-def _settings(width: int, fusion: bool, max_sources: int = 3, max_relative_std: float = 0.1
-              ) -> MotionDepthSettings:
+def _settings(width: int, fusion: bool, max_sources: int = 3, max_relative_std: float = 0.1,
+              scale_filter: bool = True) -> MotionDepthSettings:
     # Exact poses: refinement off keeps the two runs compared here identical but for fusion.
     return MotionDepthSettings(
         internal_width=width, temporal_fusion=fusion, max_relative_std=max_relative_std,
+        scale_filter=scale_filter,
         keyframes=KeyframeRule(min_baseline_m=0.12, max_sources=max_sources),
         sweep=SweepSettings(min_depth_m=0.8, max_depth_m=5.0, planes=48),
         pose_refine=PoseRefineSettings(enabled=False))
@@ -75,8 +76,10 @@ def test_a_changed_scene_replaces_the_fused_depth(rendered_scene):
     def run(fusion: bool) -> list[np.ndarray]:
         # One source, 3 frames back (12.4 cm); max_relative_std 0.3: a single measurement of
         # the wall at 3.2 m (std 1 px / (f b) = 0.058 /m, 18 % of its inverse depth) is shown.
+        # The scale filter is off: it would multiply the whole measurement by one factor, and
+        # this test is about the per-pixel choice between prior and measurement.
         estimator = MotionDepthEstimator(_settings(scene.W, fusion, max_sources=1,
-                                                   max_relative_std=0.3))
+                                                   max_relative_std=0.3, scale_filter=False))
         return [estimator.estimate(images[k], scene.K, scene.pose(k), 1.0 + 0.1 * k).depth
                 for k in range(n)]
 
@@ -263,3 +266,58 @@ def test_keep_freed_memory_is_taken_by_glibc_once():
             "e.MotionDepthEstimator()\n"
             "assert e._KEPT is True and e.keep_freed_memory() is True\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_window_scale_variance_matches_a_monte_carlo_fit():
+    """The formula against the least-squares scale of simulated noisy odometry: four sources
+    3-20 cm from the reference, each frame's centre with independent noise per axis."""
+    from dvc_perception.motion_depth.estimator import window_scale_variance
+
+    rng = np.random.default_rng(5)
+    sigma = 0.006
+    centres = np.array([[0.03, 0.0, 0.01], [0.06, 0.01, 0.0], [0.11, 0.0, -0.02],
+                        [0.2, -0.03, 0.02]])  # sources' centres, the reference at the origin
+    poses = []
+    for c in centres:  # reference -> source; each source turned a little
+        world_from_src = np.eye(4)
+        world_from_src[:3, :3] = cv2.Rodrigues(rng.normal(size=3) * 0.1)[0]
+        world_from_src[:3, 3] = c
+        poses.append(np.linalg.inv(world_from_src))
+    n = 40000
+    noisy = (centres[None] + rng.normal(scale=sigma, size=(n, 4, 3))
+             - rng.normal(scale=sigma, size=(n, 1, 3)))  # the reference's noise in every one
+    scale = np.einsum("nsk,sk->n", noisy, centres) / np.sum(centres * centres)
+    expected = float(np.var(np.log(scale)))
+    assert window_scale_variance(poses, sigma) == pytest.approx(expected, rel=0.05)
+    assert window_scale_variance([np.eye(4)], sigma) == float("inf")
+
+
+def test_the_scale_filter_weights_the_history_and_the_window_by_their_variances():
+    """`_carry_scale` on a measurement 20 % farther than its prior everywhere: both end at the
+    variance-weighted log scale (a scalar Kalman update, computed here), the variance shrinks
+    as Kalman's does, and too little overlap leaves both as they were."""
+    from dvc_perception.motion_depth.sweep import SweepResult
+
+    settings = MotionDepthSettings(scale_filter=True)
+    estimator = MotionDepthEstimator(settings)
+    rng = np.random.default_rng(2)
+    depth = rng.uniform(0.5, 4.0, (24, 32)).astype(np.float32)
+    ratio, prior_var, window_var = 1.2, 0.01, 0.03
+    result = SweepResult(depth * ratio, np.ones_like(depth), np.ones(depth.shape, np.int32))
+    prior = (1.0 / depth, np.full_like(depth, 1e-3), np.zeros(depth.shape, np.int32))
+    measured = np.ones(depth.shape, bool)
+    measured[:4] = False  # no measurement there: ignored
+    out, (p, p_var, _), baseline, var = estimator._carry_scale(
+        result, measured, prior, 0.1, window_var, prior_var)
+    predicted = prior_var + settings.process_noise ** 2
+    log_scale = predicted / (predicted + window_var) * np.log(ratio)  # 0: the prior's scale
+    np.testing.assert_allclose(out.depth, depth * np.exp(log_scale), rtol=1e-5)
+    np.testing.assert_allclose(1.0 / p, depth * np.exp(log_scale), rtol=1e-5)
+    np.testing.assert_allclose(p_var, 1e-3 * np.exp(-2 * log_scale), rtol=1e-5)
+    assert baseline == pytest.approx(0.1 * np.exp(log_scale) / ratio)
+    assert var == pytest.approx(1.0 / (1.0 / predicted + 1.0 / window_var))
+    few = np.zeros(depth.shape, bool)
+    few[0, :10] = True
+    out, (p, _, _), baseline, var = estimator._carry_scale(
+        result, few, prior, 0.1, window_var, prior_var)
+    assert out is result and p is prior[0] and baseline == 0.1 and var == window_var
