@@ -5,7 +5,9 @@ Writes ``<out>.onnx`` (static input shape, metadata in the model: input size, no
 object ids, 3D keypoints, symmetries, provenance) and ``<out>.pt`` (the state dict the torch
 backend loads). Default output: ``models/pose_<objects>.onnx``, ``models/depth.onnx`` or
 ``models/detector_<objects>.onnx`` (task "detector": centre probabilities, box sizes and offsets
-per class, decoded by `pipeline.detection.decode_detections`).
+per class, decoded by `pipeline.detection.decode_detections`). Several detector checkpoints
+(``export A/best.pt B/best.pt ...``) are exported as one ensemble graph that outputs their mean
+(`models.detector_net.DetectorEnsembleForExport`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ from pathlib import Path
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `export`."""
-    parser.add_argument("checkpoint", help="best.pt / last.pt of a `dvc-perception train` run")
+    parser.add_argument("checkpoint", nargs="+",
+                        help="best.pt / last.pt of a `dvc-perception train` run; several "
+                             "detector checkpoints of one configuration: one ensemble model "
+                             "(the mean of their outputs)")
     parser.add_argument("--out", help="output .onnx path (default: models/<name>.onnx)")
     parser.add_argument("--no-torch-weights", action="store_true",
                         help="skip <out>.pt (the torch backend's weights; ONNX backends and "
@@ -29,11 +34,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Export and print what was written."""
     from dvc_perception.engines.export import read_model_metadata
-    from dvc_perception.train.checkpoints import export_checkpoint, load_checkpoint
+    from dvc_perception.train.checkpoints import (
+        export_checkpoint,
+        export_detector_ensemble,
+        load_checkpoint,
+    )
 
+    first = args.checkpoint[0]
     out = args.out
     if out is None:
-        ckpt = load_checkpoint(args.checkpoint)
+        ckpt = load_checkpoint(first)
         if ckpt["model_kind"] == "keypoint":
             ids = [str(o["object_id"]) for o in ckpt.get("objects", [])]
             name = "pose_" + "_".join(ids) if len(ids) <= 3 else f"pose_{len(ids)}_objects"
@@ -44,8 +54,13 @@ def run(args: argparse.Namespace) -> int:
         else:
             name = "depth"
         out = str(Path("models") / f"{name}.onnx")
-    path = export_checkpoint(args.checkpoint, out, command=list(sys.argv), opset=args.opset,
-                             torch_weights=not args.no_torch_weights)
+    if len(args.checkpoint) > 1:
+        path = export_detector_ensemble(args.checkpoint, out, command=list(sys.argv),
+                                        opset=args.opset,
+                                        torch_weights=not args.no_torch_weights)
+    else:
+        path = export_checkpoint(first, out, command=list(sys.argv), opset=args.opset,
+                                 torch_weights=not args.no_torch_weights)
     meta = read_model_metadata(path)
     size_mb = path.stat().st_size / 1e6
     extra = "" if args.no_torch_weights else f" and {path.with_suffix('.pt')}"

@@ -68,15 +68,19 @@ def model_factories() -> dict[str, Callable[..., Any]]:
     from dvc_perception.engines.reference_nets import REFERENCE_FACTORY, build_reference_net
     from dvc_perception.models.factory import (
         DEPTH_FACTORY,
+        DETECTOR_ENSEMBLE_FACTORY,
         DETECTOR_FACTORY,
         KEYPOINT_FACTORY,
         depth_export_module,
+        detector_ensemble_export_module,
         detector_export_module,
         keypoint_export_module,
     )
 
     return {KEYPOINT_FACTORY: keypoint_export_module, DEPTH_FACTORY: depth_export_module,
-            DETECTOR_FACTORY: detector_export_module, REFERENCE_FACTORY: build_reference_net}
+            DETECTOR_FACTORY: detector_export_module,
+            DETECTOR_ENSEMBLE_FACTORY: detector_ensemble_export_module,
+            REFERENCE_FACTORY: build_reference_net}
 
 
 def module_from_metadata(onnx_path: str | os.PathLike[str]) -> Any:

@@ -183,3 +183,29 @@ class DetectorNetForExport(nn.Module):
         """Run: image (B, 3, H, W) RGB in [0, 1] -> (centre_prob, size, offset)."""
         out = self.net(image)
         return torch.sigmoid(out.centre_logits), out.size, out.offset
+
+
+class DetectorEnsembleForExport(nn.Module):
+    """Several trained detectors as one exported graph: the mean of their outputs.
+
+    Same input and outputs as `DetectorNetForExport` (``centre_prob``, ``size``, ``offset``), so
+    everything downstream (`pipeline.detection.decode_detections`, the engines, INT8
+    calibration) is unchanged. Detectors trained on renders vary a lot from one training run to
+    the next on real images; their mean varies less (benchmarks/RESULTS.md, issue 19). Costs
+    one detector run per member.
+    """
+
+    output_names = DetectorNetForExport.output_names
+
+    def __init__(self, members: list[DetectorNetForExport]) -> None:
+        super().__init__()
+        if len(members) < 2:
+            raise ValueError(f"an ensemble needs at least 2 detectors, got {len(members)}")
+        self.members = nn.ModuleList(members)
+
+    def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Run: image (B, 3, H, W) RGB in [0, 1] -> the members' mean of each output."""
+        outs = [m(image) for m in self.members]
+        n = float(len(outs))
+        return tuple(torch.stack([o[i] for o in outs]).sum(0) / n  # type: ignore[return-value]
+                     for i in range(3))

@@ -13,6 +13,7 @@ from typing import Any
 from dvc_perception.config_utils import dataclass_from_mapping
 from dvc_perception.models.depth_net import DepthNet, DepthNetConfig
 from dvc_perception.models.detector_net import (
+    DetectorEnsembleForExport,
     DetectorNet,
     DetectorNetConfig,
     DetectorNetForExport,
@@ -22,6 +23,7 @@ from dvc_perception.models.keypoint_net import KeypointNet, KeypointNetConfig, K
 KEYPOINT_FACTORY = "dvc_perception.models.factory:keypoint_export_module"
 DEPTH_FACTORY = "dvc_perception.models.factory:depth_export_module"
 DETECTOR_FACTORY = "dvc_perception.models.factory:detector_export_module"
+DETECTOR_ENSEMBLE_FACTORY = "dvc_perception.models.factory:detector_ensemble_export_module"
 
 
 def _tuples(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -57,3 +59,10 @@ def depth_export_module(**config: Any) -> DepthNet:
 def detector_export_module(**config: Any) -> DetectorNetForExport:
     """The exported detector graph (image -> centre_prob, size, offset), untrained."""
     return DetectorNetForExport(DetectorNet(detector_config_from_mapping(config)))
+
+
+def detector_ensemble_export_module(members: int, **config: Any) -> DetectorEnsembleForExport:
+    """The exported graph of `members` detectors of one configuration (their mean), untrained."""
+    cfg = detector_config_from_mapping(config)
+    return DetectorEnsembleForExport(
+        [DetectorNetForExport(DetectorNet(cfg)) for _ in range(int(members))])

@@ -244,3 +244,61 @@ def export_checkpoint(
         with atomic_path(weights) as tmp:
             torch.save(module.state_dict(), tmp)
     return Path(path)
+
+
+def export_detector_ensemble(
+    checkpoints: Sequence[str | os.PathLike[str]],
+    onnx_path: str | os.PathLike[str],
+    *,
+    command: Sequence[str] | None = None,
+    opset: int = 17,
+    torch_weights: bool = True,
+) -> Path:
+    """Export several detector checkpoints as one ONNX graph that outputs their mean.
+
+    The members must be detectors of one configuration (objects, input size, widths). The
+    metadata is the first member's, with the ensemble's factory (``members``: how many) and
+    ``provenance.members``: each member's provenance.
+
+    Raises:
+        ModelSpecError: fewer than 2 checkpoints, a member that is not a detector, or members
+            whose configurations differ (naming the first difference).
+    """
+    from dvc_perception.engines.export import export_onnx
+    from dvc_perception.models.detector_net import DetectorEnsembleForExport
+    from dvc_perception.models.factory import DETECTOR_ENSEMBLE_FACTORY
+
+    if len(checkpoints) < 2:
+        raise ModelSpecError(f"a detector ensemble needs at least 2 checkpoints, got "
+                             f"{len(checkpoints)}")
+    ckpts = [load_checkpoint(c) for c in checkpoints]
+    first = ckpts[0]
+    for path, ckpt in zip(checkpoints, ckpts):
+        if ckpt["model_kind"] != "detector":
+            raise ModelSpecError(f"{path}: an ensemble is of detectors, this checkpoint is a "
+                                 f"{ckpt['model_kind']!r} model")
+        cfg, ref = dict(ckpt["model_config"]), dict(first["model_config"])
+        if cfg != ref:
+            key = sorted(k for k in set(cfg) | set(ref) if cfg.get(k) != ref.get(k))[0]
+            raise ModelSpecError(f"{path}: model_config {key!r} is {cfg.get(key)!r}, the first "
+                                 f"member's {ref.get(key)!r}: members must be alike")
+    module = DetectorEnsembleForExport(
+        [DetectorNetForExport(model_from_checkpoint(c)) for c in ckpts])  # type: ignore[arg-type]
+    module.eval()
+    cmd = list(command if command is not None else sys.argv)
+    meta = export_metadata(first, command=cmd)
+    meta["architecture"] = {"factory": DETECTOR_ENSEMBLE_FACTORY,
+                            "kwargs": {"members": len(ckpts), **dict(first["model_config"])}}
+    meta["provenance"]["members"] = [export_metadata(c, command=cmd)["provenance"]
+                                     for c in ckpts]
+    cfg = first["model_config"]
+    example = torch.zeros(1, 3, int(cfg["input_height"]), int(cfg["input_width"]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
+        path = export_onnx(module, (example,), onnx_path, input_names=[INPUT_NAME],
+                           output_names=list(DETECTOR_OUTPUTS), metadata=meta, opset=opset)
+    if torch_weights:
+        weights = Path(path).with_suffix(".pt")
+        with atomic_path(weights) as tmp:
+            torch.save(module.state_dict(), tmp)
+    return Path(path)

@@ -286,6 +286,62 @@ def test_export_detector_onnxruntime_torch_backend_agree(detect_run, tmp_path, m
                                    err_msg=name)
 
 
+@pytest.mark.slow
+def test_export_detector_ensemble_outputs_the_members_mean(detect_run, tmp_path, capsys):
+    ort = pytest.importorskip("onnxruntime")
+    from dvc_perception.engines.export import read_model_metadata
+    from dvc_perception.engines.load import load_engine
+    from dvc_perception.models.factory import DETECTOR_ENSEMBLE_FACTORY
+
+    other = tmp_path / "other"  # a second member: another initialisation seed
+    assert main(["train", "detect", "--out", str(other), *TOY, "--seed", "7"]) == 0
+    members = [detect_run / "best.pt", other / "best.pt"]
+    singles = []
+    for k, member in enumerate(members):
+        assert main(["export", str(member), "--out", str(tmp_path / f"m{k}.onnx")]) == 0
+        singles.append(ort.InferenceSession(str(tmp_path / f"m{k}.onnx"),
+                                            providers=["CPUExecutionProvider"]))
+    out = tmp_path / "ensemble.onnx"
+    assert main(["export", *map(str, members), "--out", str(out)]) == 0
+    assert "task detector" in capsys.readouterr().out
+    meta = read_model_metadata(out)
+    assert meta.task == "detector" and meta.object_ids == ("toy_cube",)
+    assert meta.architecture["factory"] == DETECTOR_ENSEMBLE_FACTORY
+    assert meta.architecture["kwargs"]["members"] == 2
+    assert len(meta.provenance["members"]) == 2
+    # the reference: each member exported alone, run by ONNX Runtime, averaged here
+    image = np.random.default_rng(1).random((1, 3, 48, 64), dtype=np.float32)
+    names = list(DetectorNetForExport.output_names)
+    ref = [dict(zip(names, s.run(names, {"image": image}))) for s in singles]
+    assert not np.allclose(ref[0]["centre_prob"], ref[1]["centre_prob"])  # members differ
+    by_ort = load_engine(out, backend="onnxruntime", device="cpu").run({"image": image})
+    by_torch = load_engine(out, backend="torch", device="cpu").run({"image": image})
+    for name in names:
+        mean = (ref[0][name] + ref[1][name]) / 2
+        np.testing.assert_allclose(by_ort[name], mean, atol=1e-5, rtol=1e-5, err_msg=name)
+        np.testing.assert_allclose(by_torch[name], mean, atol=1e-4, rtol=1e-4, err_msg=name)
+
+
+@pytest.mark.slow
+def test_detector_ensemble_members_must_be_alike(detect_run, tmp_path, capsys):
+    wide = tmp_path / "wide"  # another input size: not a member of the same ensemble
+    assert main(["train", "detect", "--out", str(wide), *TOY_DATA, "--input-size", "96x64",
+                 "--epochs", "1", "--max-steps-per-epoch", "1"]) == 0
+    capsys.readouterr()
+    out = str(tmp_path / "bad.onnx")
+    assert main(["export", str(detect_run / "best.pt"), str(wide / "best.pt"), "--out",
+                 out]) == 2
+    err = capsys.readouterr().err
+    assert "members must be alike" in err and "input_" in err
+    pose = tmp_path / "pose"
+    assert main(["train", "pose", "--out", str(pose), *TOY_DATA, "--epochs", "1",
+                 "--max-steps-per-epoch", "1"]) == 0
+    capsys.readouterr()
+    assert main(["export", str(detect_run / "best.pt"), str(pose / "best.pt"), "--out",
+                 out]) == 2
+    assert "an ensemble is of detectors" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(("argv", "message"), [
     (["train", "detect", "--toy", "4", "--no-pose-loss"], "--no-pose-loss only applies to "
                                                           "`train pose`"),
