@@ -219,8 +219,6 @@ def export_checkpoint(
     Returns:
         The ONNX path.
     """
-    from dvc_perception.engines.export import export_onnx
-
     ckpt = load_checkpoint(checkpoint)
     model = model_from_checkpoint(ckpt)
     cfg = ckpt["model_config"]
@@ -232,8 +230,20 @@ def export_checkpoint(
         module, outputs = DetectorNetForExport(model), DETECTOR_OUTPUTS  # type: ignore[arg-type]
     else:
         module, outputs = model, DEPTH_OUTPUTS
-    module.eval()
     meta = export_metadata(ckpt, command=list(command if command is not None else sys.argv))
+    return _write_export(module, example, onnx_path, outputs, meta, opset, torch_weights)
+
+
+def _write_export(module: nn.Module, example: torch.Tensor, onnx_path: str | os.PathLike[str],
+                  outputs: Sequence[str], meta: dict[str, Any], opset: int,
+                  torch_weights: bool) -> Path:
+    """Trace `module` (in eval mode) on `example` into `onnx_path`, with `meta`.
+
+    Also its state dict into ``<stem>.pt`` when `torch_weights`. Returns the ONNX path.
+    """
+    from dvc_perception.engines.export import export_onnx
+
+    module.eval()
     with warnings.catch_warnings():
         # shape checks turn sizes into Python ints while tracing: intended, the shape is static
         warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
@@ -264,7 +274,6 @@ def export_detector_ensemble(
         ModelSpecError: fewer than 2 checkpoints, a member that is not a detector, or members
             whose configurations differ (naming the first difference).
     """
-    from dvc_perception.engines.export import export_onnx
     from dvc_perception.models.detector_net import DetectorEnsembleForExport
     from dvc_perception.models.factory import DETECTOR_ENSEMBLE_FACTORY
 
@@ -284,7 +293,6 @@ def export_detector_ensemble(
                                  f"member's {ref.get(key)!r}: members must be alike")
     module = DetectorEnsembleForExport(
         [DetectorNetForExport(model_from_checkpoint(c)) for c in ckpts])  # type: ignore[arg-type]
-    module.eval()
     cmd = list(command if command is not None else sys.argv)
     meta = export_metadata(first, command=cmd)
     meta["architecture"] = {"factory": DETECTOR_ENSEMBLE_FACTORY,
@@ -293,12 +301,5 @@ def export_detector_ensemble(
                                      for c in ckpts]
     cfg = first["model_config"]
     example = torch.zeros(1, 3, int(cfg["input_height"]), int(cfg["input_width"]))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
-        path = export_onnx(module, (example,), onnx_path, input_names=[INPUT_NAME],
-                           output_names=list(DETECTOR_OUTPUTS), metadata=meta, opset=opset)
-    if torch_weights:
-        weights = Path(path).with_suffix(".pt")
-        with atomic_path(weights) as tmp:
-            torch.save(module.state_dict(), tmp)
-    return Path(path)
+    return _write_export(module, example, onnx_path, DETECTOR_OUTPUTS, meta, opset,
+                         torch_weights)
