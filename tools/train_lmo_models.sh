@@ -41,7 +41,8 @@ if [ "$STAGE" = all ] || [ "$STAGE" = pose ]; then
   DATA="--data data/lmo8_a data/lmo8_b --val-data data/lmo8_val --objects $OBJECTS"
   $DDP train pose --zoom-crops --input-size 128x128 $DATA --epochs "${POSE_EPOCHS:-30}" \
     --lr 3e-3 --val-every 10 $COMMON --out runs/pose_lmo $(resume runs/pose_lmo)
-  $CLI export runs/pose_lmo/best.pt --out models/pose_lmo.onnx
+  # ONNX only (no torch twin): all shipped binaries stay under 25 MB
+  $CLI export runs/pose_lmo/best.pt --out models/pose_lmo.onnx --no-torch-weights
 fi
 # the detector and the keypoint model shipped above; eval-bop pairs them by their objects
 $CLI eval-bop ../shared/data/lmo test/000002 --output out/eval_bop_lmo
