@@ -7,7 +7,7 @@
 
 On the real 7-Scenes kitchen sequence (``../shared/data/rgbd_kitchen``, 640x480, its
 KinectFusion poses; skipped with a message where the folder is absent), the node's estimator
-settings (`pipeline.multiview` defaults: 320x240 internal, 64 planes, up to 6 sources, pose
+settings (`pipeline.multiview` defaults: 320x240 internal, 64 planes, up to 4 sources, pose
 refinement and temporal fusion on). Frames are fed in order; the first `--warm-up` frames with
 depth are not timed (they load the compiled kernels and OpenCV's SIFT). The estimator's own stage
 timings per frame: ``features`` (SIFT of the new frame; stored frames keep theirs), ``poses`` (its

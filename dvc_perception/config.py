@@ -470,7 +470,7 @@ class MultiviewConfig:
         range=(3, 512), live=True,
     )
     max_sources: int = _f(
-        6, "earlier frames matched with each frame to adjust the poses (the sweep uses 3 of "
+        4, "earlier frames matched with each frame to adjust the poses (the sweep uses 3 of "
         "them, spread from the shortest to the longest baseline)", range=(1, 16), live=True,
     )
     min_baseline_m: float = _f(

@@ -40,7 +40,7 @@ class KeyframeRule:
     max_baseline_m: float = 0.5
     baseline_growth: float = 1.5
     max_rotation_deg: float = 30.0
-    max_sources: int = 6
+    max_sources: int = 4
     max_frames: int = 60
     max_age_s: float = 5.0
     jump_ratio: float = 4.0
