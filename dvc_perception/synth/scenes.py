@@ -622,18 +622,21 @@ class SceneSampler:
             T = poses[slot]
             T[:3, 3] = scale[k] * (T[:3, 3] - offset) + offset
 
-    def _background_clutter(self, color: np.ndarray, background: np.ndarray,
-                            rng: np.random.Generator) -> np.ndarray:
-        """`color` (H, W, 3) float [0, 1] with its `background` (H, W) bool pixels replaced.
+    def _backdrop(self, rng: np.random.Generator, h: int, w: int) -> np.ndarray | None:
+        """This frame's image-space background, (h, w, 3) float32 [0, 1], or None.
 
-        The replacement is a clutter image (``background_clutter_probability`` in
-        `SynthConfig`).
+        A photo with ``background_photo_probability``, else a clutter image with
+        ``background_clutter_probability`` (`SynthConfig`); no draw for a probability of 0.
         """
-        h, w = background.shape
-        texture = clutter_texture(rng, max(h, w), (1 / 250, 1 / 12),
-                                  self._clutter_saturation(rng))[:h, :w]
-        return np.where(background[..., None], texture.astype(np.float32) / np.float32(255.0),
-                        color)
+        cfg = self.config
+        if self._photos is not None and rng.random() < cfg.background_photo_probability:
+            return self._photos.draw(rng, h, w)
+        p = cfg.background_clutter_probability
+        if p > 0 and rng.random() < p:
+            texture = clutter_texture(rng, max(h, w), (1 / 250, 1 / 12),
+                                      self._clutter_saturation(rng))[:h, :w]
+            return texture.astype(np.float32) / np.float32(255.0)
+        return None
 
     def _clutter(self, rng: np.random.Generator) -> dict[str, bool | float]:
         """`plane_mesh`'s clutter arguments for the next plane.
@@ -781,14 +784,9 @@ class SceneSampler:
                 color, res.depth.cpu().numpy(), [scene.meshes[s] for s in casters],
                 T_cam[casters], cfg.K, scene.lighting, backend=self.render_backend,
             )  # fmt: skip
-        photo = False
-        if self._photos is not None and rng.random() < cfg.background_photo_probability:
-            photo = True
-            backdrop = self._photos.draw(rng, *instance_ids.shape)
+        backdrop = self._backdrop(rng, *instance_ids.shape)
+        if backdrop is not None:  # every background pixel (not objects, not distractors)
             color = np.where((instance_ids == -1)[..., None], backdrop, color)
-        p = cfg.background_clutter_probability
-        if not photo and p > 0 and rng.random() < p:
-            color = self._background_clutter(color, instance_ids == -1, rng)
         rgb = _camera_effects(color, rng, cfg)
         return SynthFrame(
             index=index,
