@@ -9,7 +9,11 @@ detection). Reported at several score thresholds, per object and macro-averaged,
 ablations (`tools/ablate_synthesis.sh`) compare one number that does not depend on keypoints.
 
     .venv/bin/python benchmarks/eval_detector_bop.py models/detector_lmo.onnx \\
-        ../shared/data/lmo test/000002 [--json OUT.json]
+        ../shared/data/lmo test/000002 [--verifier VERIFIER.onnx] [--json OUT.json]
+
+With ``--verifier`` the detector's boxes are re-scored by the box verifier
+(`pipeline.network.BoxVerifier`: score = detection score x the verifier's probability of the
+box's class, over the detector's ``--candidates`` best boxes per class), as the pipeline does.
 """
 
 from __future__ import annotations
@@ -33,14 +37,16 @@ from dvc_perception.datasets.bop import (  # noqa: E402
 from dvc_perception.geometry.bop_metrics import box_iou  # noqa: E402
 from dvc_perception.pipeline.network import NetworkDetector  # noqa: E402
 
-THRESHOLDS = (0.1, 0.2, 0.3, 0.5)
+THRESHOLDS = (0.0, 0.1, 0.2, 0.3, 0.5)
 
 
-def evaluate(detector_path: str, dataset_dir: str, scene: str) -> dict:
+def evaluate(detector_path: str, dataset_dir: str, scene: str, verifier: str = "",
+             candidates: int = 10) -> dict:
     """Per-threshold, per-object recall and precision (fractions), plus counts."""
     ids = bop_object_ids(dataset_dir)  # BOP obj_id -> shipped object id (by mesh sha256)
     detector = NetworkDetector(detector_path, min_detection_score=min(THRESHOLDS),
-                               max_per_class=1)
+                               max_per_class=1, verifier_path=verifier or None,
+                               verifier_candidates=candidates)
     gt_info = read_scene_gt_info(dataset_dir, scene)
     known = set(detector.object_ids)
     # per (image, object id): best detection (score, box) and the GT targets
@@ -62,8 +68,9 @@ def evaluate(detector_path: str, dataset_dir: str, scene: str) -> dict:
             score, box = best.get(oid, (None, None))
             iou = box_iou(box, targets[oid]) if (box is not None and oid in targets) else None
             rows.append((oid, oid in targets, iou, score))
-    out: dict = {"detector": detector_path, "scene": f"{dataset_dir}/{scene}",
-                 "targets": sum(r[1] for r in rows), "thresholds": {}}
+    out: dict = {"detector": detector_path, "verifier": verifier,
+                 "scene": f"{dataset_dir}/{scene}", "targets": sum(r[1] for r in rows),
+                 "thresholds": {}}
     for thr in THRESHOLDS:
         per = {}
         for oid in sorted(known):
@@ -89,10 +96,15 @@ def main() -> int:
     parser.add_argument("detector")
     parser.add_argument("dataset_dir")
     parser.add_argument("scene")
+    parser.add_argument("--verifier", default="", help="box verifier ONNX (task verifier)")
+    parser.add_argument("--candidates", type=int, default=10,
+                        help="boxes per class the verifier re-scores (default 10)")
     parser.add_argument("--json", default="", help="also write the result here")
     args = parser.parse_args()
-    result = evaluate(args.detector, args.dataset_dir, args.scene)
-    print(f"{result['targets']} targets (visib_fract >= 0.1), {args.detector}")
+    result = evaluate(args.detector, args.dataset_dir, args.scene, args.verifier,
+                      args.candidates)
+    print(f"{result['targets']} targets (visib_fract >= 0.1), {args.detector}"
+          + (f" + {args.verifier}" if args.verifier else ""))
     for thr, r in result["thresholds"].items():
         per = " ".join(f"{o.split('_')[-1]}:{v['correct']}/{v['targets']}"
                        for o, v in r["per_object"].items())

@@ -258,8 +258,17 @@ class NetworkConfig:
         "keypoints come from model_path on the crop; empty: model_path sees the whole image"
     )
     min_detection_score: float = _f(
-        0.3, "detections with a lower centre score are not cropped (two-stage only)",
+        0.3, "detections with a lower score are not cropped (two-stage only; the centre score, "
+        "or with a verifier the geometric mean of it and the verifier's class probability)",
         range=(0.0, 1.0), live=True,
+    )
+    verifier_model_path: str = _f(
+        "", "box verifier ONNX file (two-stage only): when set, the detector's best "
+        "verifier_candidates boxes per class are cropped from the full-resolution image and "
+        "re-scored by this crop classifier; empty: the detector's own scores"
+    )
+    verifier_candidates: int = _f(
+        10, "boxes per class the verifier re-scores (with verifier_model_path)", range=(1, 100),
     )
 
     def __post_init__(self) -> None:

@@ -12,7 +12,10 @@ asks for it. A zoom-crop keypoint model (metadata ``input_kind: zoom_crop``) is 
 of the two-stage path: its detector is ``--detector`` (or
 ``pipeline.network.detector_model_path``), by default the shipped ``models/detector_*.onnx``
 that knows most of the keypoint model's objects; a zoom-crop model without any detector is an
-error, never a whole-image run.
+error, never a whole-image run. The detector's boxes are re-scored by the box verifier
+``--verifier`` (or ``pipeline.network.verifier_model_path``), by default the shipped
+``models/verifier_*.onnx`` that knows every class of the detector, if one is shipped;
+``--no-verifier`` keeps the detector's own scores.
 
 ``--refine`` (the same as ``--param pipeline.refine.enabled:=true``) refines every network pose
 by render-and-compare against the image (`refine.refine_pose`, after PnP in the pipeline), with
@@ -55,6 +58,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="detector ONNX model of the two-stage path (default, for a zoom-crop "
                              "keypoint model: the shipped models/detector_*.onnx knowing most of "
                              "its objects)")
+    parser.add_argument("--verifier", default="",
+                        help="box verifier ONNX model re-scoring the detector's boxes (default: "
+                             "the shipped models/verifier_*.onnx knowing every detector class, "
+                             "if any)")
+    parser.add_argument("--no-verifier", action="store_true",
+                        help="no box verifier: the detector's own scores")
     add_refine_arguments(parser)
     parser.add_argument("--data-root", default=None,
                         help="root for ${DVC_SHARED_DATA} meshes in object YAMLs")
@@ -93,6 +102,10 @@ def run(args: argparse.Namespace) -> int:
         if detector:
             overrides["pipeline.network.detector_model_path"] = detector
             print(f"detector: {detector}")
+            verifier = _verifier_for(Path(detector), args.verifier or str(
+                overrides.get("pipeline.network.verifier_model_path", "")), args.no_verifier)
+            overrides["pipeline.network.verifier_model_path"] = verifier
+            print(f"verifier: {verifier or 'none'}")
         print(f"keypoints: network {model}")
     name = f"{Path(args.dataset_dir).resolve().name}_{args.scene.replace('/', '_')}"
     out = Path(args.output or f"out/eval_{name}")
@@ -192,6 +205,27 @@ def _detector_for(keypoint_model: Path, detector: str) -> str:
             "(train one with `dvc-perception train detect`)"
         )
     return str(best)
+
+
+def _verifier_for(detector: Path, verifier: str, none: bool) -> str:
+    """The box verifier to run with `detector` ("" for none).
+
+    Raises:
+        ModelSpecError: `verifier` is not a file, or given together with `none`.
+    """
+    from dvc_perception.errors import ModelSpecError
+
+    if none:
+        if verifier:
+            raise ModelSpecError(f"--no-verifier and a verifier ({verifier}) exclude each other")
+        return ""
+    if verifier:
+        if not Path(verifier).is_file():
+            raise ModelSpecError(f"--verifier {verifier}: no such file")
+        return verifier
+    wanted = _model_objects(detector)
+    best, _ = _shipped_model_knowing("verifier_*.onnx", wanted)
+    return str(best) if best is not None and wanted <= _model_objects(best) else ""
 
 
 def _best_shipped_model(dataset_objects: set[str], dataset_dir: str) -> str:

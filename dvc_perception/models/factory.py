@@ -19,11 +19,13 @@ from dvc_perception.models.detector_net import (
     DetectorNetForExport,
 )
 from dvc_perception.models.keypoint_net import KeypointNet, KeypointNetConfig, KeypointNetForExport
+from dvc_perception.models.verifier_net import VerifierNet, VerifierNetConfig, VerifierNetForExport
 
 KEYPOINT_FACTORY = "dvc_perception.models.factory:keypoint_export_module"
 DEPTH_FACTORY = "dvc_perception.models.factory:depth_export_module"
 DETECTOR_FACTORY = "dvc_perception.models.factory:detector_export_module"
 DETECTOR_ENSEMBLE_FACTORY = "dvc_perception.models.factory:detector_ensemble_export_module"
+VERIFIER_FACTORY = "dvc_perception.models.factory:verifier_export_module"
 
 
 def _tuples(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -46,6 +48,11 @@ def detector_config_from_mapping(values: Mapping[str, Any]) -> DetectorNetConfig
     return dataclass_from_mapping(DetectorNetConfig, _tuples(values), section="detector_net")
 
 
+def verifier_config_from_mapping(values: Mapping[str, Any]) -> VerifierNetConfig:
+    """`VerifierNetConfig` from its JSON form (unknown keys raise `ConfigError`)."""
+    return dataclass_from_mapping(VerifierNetConfig, _tuples(values), section="verifier_net")
+
+
 def keypoint_export_module(**config: Any) -> KeypointNetForExport:
     """The exported keypoint graph (image -> x2d, weights, objectness, mask), untrained."""
     return KeypointNetForExport(KeypointNet(keypoint_config_from_mapping(config)))
@@ -66,3 +73,8 @@ def detector_ensemble_export_module(members: int, **config: Any) -> DetectorEnse
     cfg = detector_config_from_mapping(config)
     return DetectorEnsembleForExport(
         [DetectorNetForExport(DetectorNet(cfg)) for _ in range(int(members))])
+
+
+def verifier_export_module(**config: Any) -> VerifierNetForExport:
+    """The exported box-verifier graph (crops -> class_prob), untrained."""
+    return VerifierNetForExport(VerifierNet(verifier_config_from_mapping(config)))

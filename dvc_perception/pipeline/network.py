@@ -18,6 +18,7 @@ the graph), and the outputs go back to the input image exactly:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -29,7 +30,7 @@ from dvc_perception.engines.base import Engine, ModelMetadata
 from dvc_perception.engines.export import read_model_metadata
 from dvc_perception.engines.load import load_engine
 from dvc_perception.engines.preprocess import Letterbox, ZoomCrop, check_rgb_image
-from dvc_perception.errors import InputError, ModelSpecError, ShapeError
+from dvc_perception.errors import ConfigError, InputError, ModelSpecError, ShapeError
 from dvc_perception.pipeline.detection import BoxDetection, boxes_to_source, decode_detections
 from dvc_perception.pipeline.sources import KeypointDetection
 
@@ -40,6 +41,10 @@ KEYPOINT_OUTPUTS: tuple[str, ...] = ("x2d", "weights", "objectness")
 DENSE_OUTPUTS: tuple[str, ...] = ("mask", "coordinates")
 #: Outputs the two-stage source reads from the detector (`models.detector_net`).
 DETECTOR_OUTPUTS: tuple[str, ...] = ("centre_prob", "size", "offset")
+#: Output the box verifier gives (`models.verifier_net.VerifierNetForExport`).
+VERIFIER_OUTPUT = "class_prob"
+#: Lowest centre score of a box the verifier is shown (`NetworkDetector`).
+CANDIDATE_MIN_SCORE = 0.01
 #: Output the depth source reads.
 DEPTH_OUTPUT = "depth_canonical"
 
@@ -221,17 +226,117 @@ class NetworkKeypointSource(_ModelBackedSource):
         return detections
 
 
+class BoxVerifier:
+    """A second look at detector boxes: a crop classifier on the full-resolution frame.
+
+    Each box becomes a `ZoomCrop` of the full-resolution image (side = the model's
+    ``crop_scale`` x the box's longer side, at its input size: the crops it was trained on,
+    ``train verify``) and the model (``task: verifier``, output ``class_prob`` (B, 1 + O):
+    background, then its ``object_ids``; `models.verifier_net`) gives the probability of each
+    class. Crops run in chunks of the model's static batch (metadata ``batch``), the last one
+    padded with zeros.
+
+    Args:
+        model_path: exported verifier ONNX model.
+        object_ids: the detector's classes, in its order; the verifier must know each.
+        backend, precision, device, cache_dir: see `engines.load_engine`.
+
+    Raises:
+        ModelSpecError: a missing file, a wrong task, metadata without ``crop_scale`` or with
+            a batch that does not match the input, an output of the wrong shape, or a detector
+            class the verifier does not know (both lists named).
+    """
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str],
+        object_ids: Sequence[str],
+        backend: str = "onnxruntime",
+        *,
+        precision: str = "fp32",
+        device: str | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self._model = _NetworkModel(model_path, "verifier", (VERIFIER_OUTPUT,), backend,
+                                    precision, device, cache_dir)
+        self.path = self._model.path
+        meta = self._model.metadata
+        known = tuple(meta.object_ids)
+        unknown = [o for o in object_ids if o not in known]
+        if unknown or not object_ids:
+            raise ModelSpecError(f"the detector's classes {list(object_ids)}; the verifier "
+                                 f"{self.path} knows {list(known)} (missing {unknown})")
+        #: output column of each detector class (column 0 is background)
+        self.columns = np.array([1 + known.index(o) for o in object_ids], dtype=np.int64)
+        self.num_columns = 1 + len(known)
+        extra = meta.extra
+        if extra.get("input_kind") != "zoom_crop" or "crop_scale" not in extra:
+            raise ModelSpecError(f"{self.path}: a verifier's metadata needs input_kind "
+                                 f"zoom_crop and crop_scale, got {dict(extra)!r}")
+        self.crop_scale = float(extra["crop_scale"])
+        self.batch = int(self._model.engine.inputs[0].shape[0] or 1)
+        self.description = self._model.description
+
+    def class_probabilities(self, image_rgb: np.ndarray,
+                            boxes: Sequence[Sequence[float]]) -> np.ndarray:
+        """(N, 1 + O) class probabilities of the crops around `boxes` (x, y, w, h) image px.
+
+        Raises:
+            ShapeError: `image_rgb` is not (H, W, 3) uint8.
+            ModelSpecError: ``class_prob`` of the wrong shape.
+        """
+        width, height = check_rgb_image(image_rgb)
+        size = self._model.metadata.input_size
+        crops = [ZoomCrop.from_box(b, (width, height), size, scale=self.crop_scale)
+                 .network_input(image_rgb, self._model.mean, self._model.std)[0] for b in boxes]
+        probs = np.zeros((len(crops), self.num_columns), dtype=np.float64)
+        for start in range(0, len(crops), self.batch):
+            chunk = crops[start:start + self.batch]
+            x = np.zeros((self.batch, 3, size[1], size[0]), dtype=self._model.input_dtype)
+            x[:len(chunk)] = np.stack(chunk)
+            out = np.asarray(self._model.engine.run({self._model.input_name: x})[VERIFIER_OUTPUT],
+                             dtype=np.float64)
+            if out.shape != (self.batch, self.num_columns):
+                raise ModelSpecError(f"{self.path}: {VERIFIER_OUTPUT} is {out.shape}, expected "
+                                     f"({self.batch}, {self.num_columns})")
+            probs[start:start + len(chunk)] = out[:len(chunk)]
+        return probs
+
+    def rescore(self, image_rgb: np.ndarray, boxes: Sequence[BoxDetection]) -> list[BoxDetection]:
+        """`boxes` with score = sqrt(detection score x the verifier's probability of their class).
+
+        The geometric mean keeps the detector's scale: a box that both stages give 0.3 scores
+        0.3, so a threshold set for the detector keeps its meaning.
+        """
+        if not boxes:
+            return []
+        probs = self.class_probabilities(image_rgb, [b.box_xywh for b in boxes])
+        mine = probs[np.arange(len(boxes)), self.columns[[b.class_index for b in boxes]]]
+        return [dataclasses.replace(b, score=float(np.sqrt(max(b.score * p, 0.0))))
+                for b, p in zip(boxes, mine)]
+
+
 class NetworkDetector:
     """The first stage alone: an exported detector on the letterboxed whole frame -> boxes.
+
+    With a box verifier (`BoxVerifier`), the detector's `verifier_candidates` best boxes per
+    class (centre score >= `CANDIDATE_MIN_SCORE`) are re-scored by the geometric mean of the
+    detection score and the verifier's probability of the box's class, and
+    `min_detection_score` applies to that: the verifier only re-ranks and filters what the
+    detector proposed.
 
     Args:
         detector_path: exported detector ONNX model (metadata task ``detector``).
         backend, precision, device, cache_dir: see `engines.load_engine`.
-        min_detection_score: peaks with a lower centre score are dropped.
+        min_detection_score: detections with a lower score are dropped (the centre score; with
+            a verifier the geometric mean above).
         max_per_class: detections kept per class and frame (after per-class NMS).
+        verifier_path: exported box verifier (``task: verifier``), or None.
+        verifier_candidates: boxes per class the verifier sees.
 
     Raises:
-        ModelSpecError: a missing file, a wrong task, outputs that do not fit the metadata.
+        ModelSpecError: a missing file, a wrong task, outputs that do not fit the metadata, a
+            verifier that does not know the detector's classes.
     """
 
     def __init__(
@@ -244,6 +349,8 @@ class NetworkDetector:
         precision: str = "fp32",
         device: str | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
+        verifier_path: str | os.PathLike[str] | None = None,
+        verifier_candidates: int = 10,
     ) -> None:
         self._model = _NetworkModel(detector_path, "detector", DETECTOR_OUTPUTS, backend,
                                     precision, device, cache_dir)
@@ -251,11 +358,19 @@ class NetworkDetector:
         self.object_ids: tuple[str, ...] = tuple(self._model.metadata.object_ids)
         self.min_detection_score = float(min_detection_score)
         self.max_per_class = int(max_per_class)
+        self.verifier_candidates = int(verifier_candidates)
+        if self.verifier_candidates < 1:
+            raise ConfigError(f"verifier_candidates: expected >= 1, got {verifier_candidates}")
+        self.verifier = None if not verifier_path else BoxVerifier(
+            verifier_path, self.object_ids, backend, precision=precision, device=device,
+            cache_dir=cache_dir)
 
     @property
     def description(self) -> str:
-        """``<backend>/<precision> (<file name>)``."""
-        return self._model.description
+        """``<backend>/<precision> (<file name>)`` (+ the verifier's)."""
+        if self.verifier is None:
+            return self._model.description
+        return f"{self._model.description} + verifier {self.verifier.description}"
 
     def detect_boxes(self, image_rgb: np.ndarray) -> list[BoxDetection]:
         """Every detected instance of (H, W, 3) uint8 `image_rgb`, best score first.
@@ -268,10 +383,23 @@ class NetworkDetector:
                 self.object_ids):
             raise ModelSpecError(f"{self.path}: outputs {[m.shape for m in maps]} do "
                                  f"not fit {len(self.object_ids)} classes")
+        if self.verifier is None:
+            boxes = decode_detections(maps[0][0], maps[1][0], maps[2][0],
+                                      min_score=self.min_detection_score,
+                                      max_per_class=self.max_per_class)
+            return boxes_to_source(boxes, letterbox)
         boxes = decode_detections(maps[0][0], maps[1][0], maps[2][0],
-                                  min_score=self.min_detection_score,
-                                  max_per_class=self.max_per_class)
-        return boxes_to_source(boxes, letterbox)
+                                  min_score=min(CANDIDATE_MIN_SCORE, self.min_detection_score),
+                                  max_per_class=self.verifier_candidates)
+        scored = self.verifier.rescore(image_rgb, boxes_to_source(boxes, letterbox))
+        kept: list[BoxDetection] = []
+        count: dict[int, int] = {}
+        for box in sorted(scored, key=lambda b: -b.score):
+            if box.score >= self.min_detection_score and count.get(box.class_index, 0) < (
+                    self.max_per_class):
+                kept.append(box)
+                count[box.class_index] = count.get(box.class_index, 0) + 1
+        return kept
 
 
 class TwoStageKeypointSource(_ModelBackedSource):
@@ -295,12 +423,15 @@ class TwoStageKeypointSource(_ModelBackedSource):
         keypoint_path: exported keypoint ONNX model trained on zoom crops (metadata
             ``input_kind: zoom_crop`` and ``crop_scale``) knowing every class of the detector.
         backend, precision, device, cache_dir: see `engines.load_engine`.
-        min_detection_score: detections with a lower centre score are not cropped.
+        min_detection_score: detections with a lower score are not cropped (see
+            `NetworkDetector`).
         max_per_class: detections kept per class and frame.
+        verifier_path, verifier_candidates: the optional box verifier (`NetworkDetector`).
 
     Raises:
         ModelSpecError: a missing file, a wrong task, a keypoint model not trained on zoom
-            crops, or a detector class the keypoint model does not know (both lists named).
+            crops, or a detector class the keypoint model or the verifier does not know (both
+            lists named).
     """
 
     def __init__(
@@ -314,11 +445,15 @@ class TwoStageKeypointSource(_ModelBackedSource):
         precision: str = "fp32",
         device: str | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
+        verifier_path: str | os.PathLike[str] | None = None,
+        verifier_candidates: int = 10,
     ) -> None:
         self._detector = NetworkDetector(detector_path, backend,
                                          min_detection_score=min_detection_score,
                                          max_per_class=max_per_class, precision=precision,
-                                         device=device, cache_dir=cache_dir)
+                                         device=device, cache_dir=cache_dir,
+                                         verifier_path=verifier_path,
+                                         verifier_candidates=verifier_candidates)
         self._model = _NetworkModel(keypoint_path, "keypoints", (), backend, precision, device,
                                     cache_dir)
         #: dense object coordinates (True) or keypoints (False), as the metadata says

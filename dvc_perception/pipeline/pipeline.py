@@ -260,12 +260,18 @@ def make_keypoint_source(config: PipelineConfig) -> KeypointSource:
     path = _network_model_path(config, "model_path", "keypoint_source")
     net = config.network
     engine = EngineSettings.from_config(config)
+    if net.verifier_model_path and not net.detector_model_path:
+        raise ConfigError("pipeline.network.verifier_model_path re-scores detector boxes: it "
+                          "needs pipeline.network.detector_model_path (the two-stage source)")
     try:
         if net.detector_model_path:
             detector = _network_model_path(config, "detector_model_path", "keypoint_source")
+            verifier = (_network_model_path(config, "verifier_model_path", "keypoint_source")
+                        if net.verifier_model_path else None)
             return TwoStageKeypointSource(
                 detector, path, engine.backend, min_detection_score=net.min_detection_score,
                 precision=engine.precision, device=engine.device, cache_dir=engine.cache_dir,
+                verifier_path=verifier, verifier_candidates=net.verifier_candidates,
             )
         return NetworkKeypointSource(
             path, engine.backend, min_objectness=net.min_objectness, precision=engine.precision,

@@ -1005,6 +1005,8 @@ def pipeline_engine_values(pipeline: Pipeline, config: PipelineConfig) -> dict[s
         values["model.keypoints"] = model_file_value(net.model_path)
         if net.detector_model_path:
             values["model.detector"] = model_file_value(net.detector_model_path)
+            if net.verifier_model_path:
+                values["model.verifier"] = model_file_value(net.verifier_model_path)
     depth_network = config.depth_source == "network" or (
         config.depth_source == "multiview" and config.multiview.fallback == "network")
     if depth_network and pipeline.depth_source is not None:

@@ -19,10 +19,13 @@ import torch
 
 from dvc_perception.config import PipelineConfig
 from dvc_perception.engines.export import export_onnx, read_model_metadata
+from dvc_perception.engines.preprocess import ZoomCrop
 from dvc_perception.errors import ConfigError, ModelSpecError
 from dvc_perception.geometry.camera import CameraModel
 from dvc_perception.models.depth_net import DepthNet, DepthNetConfig
+from dvc_perception.models.factory import VERIFIER_FACTORY
 from dvc_perception.models.keypoint_net import KeypointNet, KeypointNetConfig, KeypointNetForExport
+from dvc_perception.models.verifier_net import VerifierNet, VerifierNetConfig, VerifierNetForExport
 from dvc_perception.pipeline.pipeline import Pipeline
 from dvc_perception.train.checkpoints import (
     DEPTH_OUTPUTS,
@@ -35,8 +38,11 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
 from dvc_perception.pipeline.network import (  # noqa: E402
+    BoxVerifier,
     NetworkDepthSource,
+    NetworkDetector,
     NetworkKeypointSource,
+    TwoStageKeypointSource,
 )
 
 OBJECT_IDS = ("mug_a", "box_b")
@@ -410,3 +416,128 @@ def test_two_stage_detection_threshold_changes_while_running(detector_model, zoo
     source.min_detection_score = 1.01  # what a live parameter change does
     assert source.min_detection_score == pytest.approx(1.01)
     assert source.detect_boxes(image) == []
+
+
+# --- the box verifier (`pipeline.network.BoxVerifier`) and the detector re-scored by it: the
+# references are the torch module on crops cut by the documented map (`ZoomCrop.from_box`, the
+# serving crop) and the detector's own boxes re-scored by hand, sqrt(score x class probability)
+
+BATCH = 4
+
+
+def _export_verifier(path, object_ids, *, seed=5, batch=BATCH, crop_scale=1.5, task="verifier"):
+    """An untrained verifier (32x32 crops) exported as `train verify` does; (path, module)."""
+    torch.manual_seed(seed)
+    cfg = VerifierNetConfig(object_ids=tuple(object_ids), input_size=32,
+                            widths=(8, 8, 16, 16, 16))
+    module = VerifierNetForExport(VerifierNet(cfg)).eval()
+    meta = {"dvc_format": 1, "task": task, "input_size": [32, 32],
+            "object_ids": list(object_ids),
+            "normalization": {"mean": [0.0] * 3, "std": [1.0] * 3},
+            "provenance": {"git_commit": "0" * 40, "command": "pytest", "date": "2026-01-01",
+                           "data_seed": 0},
+            "architecture": {"factory": VERIFIER_FACTORY,
+                             "kwargs": {"object_ids": list(object_ids), "input_size": 32,
+                                        "widths": [8, 8, 16, 16, 16]}},
+            "input_kind": "zoom_crop", "crop_scale": crop_scale, "batch": batch}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=torch.jit.TracerWarning)  # static shapes
+        export_onnx(module, (torch.zeros(batch, 3, 32, 32),), path, input_names=["image"],
+                    output_names=["class_prob"], metadata=meta)
+    return path, module
+
+
+@pytest.fixture(scope="module")
+def verifier(tmp_path_factory):
+    # the verifier lists the classes in another order than the detector, plus one more
+    return _export_verifier(tmp_path_factory.mktemp("ver") / "verifier.onnx",
+                            ("other", *reversed(OBJECT_IDS)))
+
+
+def _reference_probs(module, image, boxes, scale=1.5):
+    h, w = image.shape[:2]
+    crops = np.concatenate([ZoomCrop.from_box(b, (w, h), (32, 32), scale=scale)
+                            .network_input(image) for b in boxes])
+    with torch.no_grad():
+        return module(torch.from_numpy(crops)).numpy()
+
+
+def test_class_probabilities_are_the_model_on_the_serving_crops_in_padded_chunks(verifier):
+    path, module = verifier
+    image = _image(640, 480, seed=7)
+    rng = np.random.default_rng(0)
+    # 9 boxes: two full chunks of 4 and one padded; some reach over the image border
+    boxes = [(float(x), float(y), float(s), float(s * a)) for x, y, s, a in zip(
+        rng.uniform(-30, 620, 9), rng.uniform(-30, 460, 9), rng.uniform(12, 200, 9),
+        rng.uniform(0.5, 2.0, 9))]
+    ver = BoxVerifier(path, OBJECT_IDS)
+    assert ver.batch == BATCH and ver.crop_scale == 1.5
+    probs = ver.class_probabilities(image, boxes)
+    expected = _reference_probs(module, image, boxes)
+    assert probs.shape == (9, 1 + 3)
+    np.testing.assert_allclose(probs, expected, atol=1e-5)
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+    # detector class o is verifier column 1 + its position in the verifier's list
+    assert ver.columns.tolist() == [3, 2]
+    assert ver.class_probabilities(image, []).shape == (0, 4)
+
+
+def test_detector_boxes_are_rescored_by_the_geometric_mean_and_filtered(verifier,
+                                                                       detector_model):
+    path, module = verifier
+    image = _image(640, 480, seed=4)
+    plain = NetworkDetector(detector_model, min_detection_score=0.01, max_per_class=10)
+    candidates = plain.detect_boxes(image)
+    assert len(candidates) > 4, "the test detector must fire"
+    probs = _reference_probs(module, image, [b.box_xywh for b in candidates])
+    column = {0: 3, 1: 2}
+    expected = sorted(((np.sqrt(b.score * probs[i, column[b.class_index]]), b.class_index,
+                        b.box_xywh) for i, b in enumerate(candidates)), key=lambda e: -e[0])
+    threshold = float(np.median([e[0] for e in expected]))
+    verified = NetworkDetector(detector_model, min_detection_score=threshold, max_per_class=2,
+                               verifier_path=path, verifier_candidates=10)
+    got = verified.detect_boxes(image)
+    want, count = [], {}
+    for score, cls, box in expected:
+        if score >= threshold and count.get(cls, 0) < 2:
+            want.append((score, cls, box))
+            count[cls] = count.get(cls, 0) + 1
+    assert [(g.class_index, g.box_xywh) for g in got] == [(c, b) for _, c, b in want]
+    np.testing.assert_allclose([g.score for g in got], [s for s, _, _ in want], atol=1e-5)
+    assert "verifier" in verified.description
+
+
+def test_verifier_models_that_do_not_fit_are_typed_errors(tmp_path, detector_model):
+    missing, _ = _export_verifier(tmp_path / "missing.onnx", OBJECT_IDS[:1])
+    with pytest.raises(ModelSpecError, match="missing .*" + OBJECT_IDS[1]):
+        BoxVerifier(missing, OBJECT_IDS)
+    wrong_task, _ = _export_verifier(tmp_path / "task.onnx", OBJECT_IDS, task="detector")
+    with pytest.raises(ModelSpecError, match="expected a 'verifier' model"):
+        BoxVerifier(wrong_task, OBJECT_IDS)
+    with pytest.raises(ModelSpecError, match="verifier"):
+        BoxVerifier(detector_model, OBJECT_IDS)
+    with pytest.raises(ConfigError, match="verifier_candidates"):
+        NetworkDetector(detector_model, verifier_path=missing.parent / "task.onnx",
+                        verifier_candidates=0)
+
+
+def test_two_stage_pipeline_reads_the_verifier_from_the_config(verifier, detector_model,
+                                                               zoom_kp_model):
+    from dvc_perception.pipeline.pipeline import make_keypoint_source
+
+    path, _ = verifier
+    network = {"model_path": str(zoom_kp_model), "detector_model_path": str(detector_model),
+               "verifier_model_path": str(path), "verifier_candidates": 3}
+    source = make_keypoint_source(PipelineConfig.from_mapping(
+        {"keypoint_source": "network", "network": network}))
+    assert isinstance(source, TwoStageKeypointSource)
+    assert "verifier" in source.backend
+    # a verifier without a detector is refused, not ignored
+    with pytest.raises(ConfigError, match="needs pipeline.network.detector_model_path"):
+        make_keypoint_source(PipelineConfig.from_mapping(
+            {"keypoint_source": "network",
+             "network": {"model_path": str(zoom_kp_model), "verifier_model_path": str(path)}}))
+    with pytest.raises(ModelSpecError, match="verifier_model_path"):
+        make_keypoint_source(PipelineConfig.from_mapping(
+            {"keypoint_source": "network", "network": {**network, "verifier_model_path":
+                                                       str(path.parent / "nothing.onnx")}}))
