@@ -7,7 +7,10 @@ backend loads). Default output: ``models/pose_<objects>.onnx``, ``models/depth.o
 ``models/detector_<objects>.onnx`` (task "detector": centre probabilities, box sizes and offsets
 per class, decoded by `pipeline.detection.decode_detections`). Several detector checkpoints
 (``export A/best.pt B/best.pt ...``) are exported as one ensemble graph that outputs their mean
-(`models.detector_net.DetectorEnsembleForExport`).
+(`models.detector_net.DetectorEnsembleForExport`). A box verifier (``train verify``) becomes
+``models/verifier_<objects>.onnx`` (task "verifier": crops (16, 3, S, S) -> ``class_prob``
+(16, 1 + O), a static batch of 16 that the pipeline pads; ``input_kind: zoom_crop`` and its
+``crop_scale``).
 """
 
 from __future__ import annotations
@@ -47,10 +50,11 @@ def run(args: argparse.Namespace) -> int:
         if ckpt["model_kind"] == "keypoint":
             ids = [str(o["object_id"]) for o in ckpt.get("objects", [])]
             name = "pose_" + "_".join(ids) if len(ids) <= 3 else f"pose_{len(ids)}_objects"
-        elif ckpt["model_kind"] == "detector":
+        elif ckpt["model_kind"] in ("detector", "verifier"):
             ids = [str(i) for i in ckpt["model_config"].get("object_ids", [])]
-            name = ("detector_" + "_".join(ids) if len(ids) <= 3
-                    else f"detector_{len(ids)}_objects")
+            kind = str(ckpt["model_kind"])
+            name = (f"{kind}_" + "_".join(ids) if len(ids) <= 3
+                    else f"{kind}_{len(ids)}_objects")
         else:
             name = "depth"
         out = str(Path("models") / f"{name}.onnx")

@@ -1,5 +1,8 @@
 # Copyright 2026 dvc_perception authors. Licensed under the Apache License, Version 2.0.
-"""`dvc-perception train pose|depth|detect`: train the keypoint, depth or detector network.
+"""`dvc-perception train pose|depth|detect|verify`: train one of the networks.
+
+``pose``: the keypoint network; ``depth``; ``detect``: the detector; ``verify``: the box
+verifier.
 
 Examples::
 
@@ -8,6 +11,9 @@ Examples::
     dvc-perception train depth --data data/demo_train --val-data data/demo_val --out runs/depth
     dvc-perception train detect --data data/demo_train --val-data data/demo_val \
         --objects demo_object --out runs/detector_demo
+    dvc-perception train verify --data data/lmo8_det_s1/a data/lmo8_det_s1/b \
+        --val-fraction 0.05 --objects lmo_obj_01 lmo_obj_05 --input-size 64x64 \
+        --hard-negatives models/detector_lmo.onnx --out runs/verifier_lmo
     dvc-perception train pose ... --resume          # continue from runs/.../last.pt
     torchrun --nproc_per_node 2 -m dvc_perception.cli train pose ...   # data-parallel
     dvc-perception train pose --data data/synth_a ../shared/data/lmo/test/000002 \
@@ -26,7 +32,11 @@ each in a frame is a box), ``--crop`` (crops mostly around objects, boxes clippe
 the three networks' checkpoints). ``pose --zoom-crops [--crop-scale 1.5] --input-size 128x128``
 trains the keypoint network of the two-stage pipeline on object-centred zoom crops
 (`train.datasets.ZoomSampling`); the export records ``input_kind: zoom_crop`` and its
-``crop_scale``.
+``crop_scale``. ``verify`` trains the box verifier (`models.verifier_net`): ``--input-size
+SxS`` (square, default 64x64) zoom crops of the full-resolution frame around true (jittered),
+random and, with ``--hard-negatives DETECTOR.onnx``, the detector's candidate boxes, labelled
+background or the class of the instance they cover (`train.verification`); ``--crops-per-frame``
+crops per sample (a step sees batch size x that many); ``--crop-scale`` as for zoom crops.
 """
 
 from __future__ import annotations
@@ -50,8 +60,9 @@ def _size(text: str) -> tuple[int, int]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `train`."""
-    parser.add_argument("mode", choices=("pose", "depth", "detect"),
-                        help="which network to train: keypoints, depth or the detector")
+    parser.add_argument("mode", choices=("pose", "depth", "detect", "verify"),
+                        help="which network to train: keypoints, depth, the detector or the "
+                             "box verifier (a crop classifier: background or which object)")
     parser.add_argument("--out", required=True, help="run directory (checkpoints, logs)")
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", nargs="+",
@@ -69,8 +80,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="object ids (config/objects/<id>.yaml) or YAML paths (pose and "
                              "detect; default demo_object; not with --toy, which has its own "
                              "object)")
-    parser.add_argument("--input-size", type=_size, default=(320, 240),
-                        help="network input WIDTHxHEIGHT, multiples of 16 (default 320x240)")
+    parser.add_argument("--input-size", type=_size, default=None,
+                        help="network input WIDTHxHEIGHT, multiples of 16 (default 320x240; "
+                             "verify: the square crop, default 64x64)")
     parser.add_argument("--crop", type=_size,
                         help="train on WIDTHxHEIGHT crops (pose, detect: mostly around "
                              "objects); faster per sample; validation uses the whole input")
@@ -82,8 +94,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "un-jittered box (a perfect detector); --input-size is the crop's "
                              "(e.g. 128x128); not with --crop")
     parser.add_argument("--crop-scale", type=float,
-                        help="with --zoom-crops: crop side in units of the box's longer side "
-                             "(default 1.5, as the two-stage source's crop_scale)")
+                        help="with --zoom-crops, and verify: crop side in units of the box's "
+                             "longer side (default 1.5, as the two-stage source's crop_scale)")
+    parser.add_argument("--crops-per-frame", type=int,
+                        help="verify: labelled crops per frame and sample, about half of them "
+                             "background (default 8)")
+    parser.add_argument("--hard-negatives", metavar="DETECTOR_ONNX",
+                        help="verify: an exported detector (e.g. models/detector_lmo.onnx); its "
+                             "candidate boxes on every frame (computed once, cached in the run "
+                             "directory) become extra crops, its wrong boxes the hard "
+                             "background examples")
     parser.add_argument("--dense-coordinates", action="store_true",
                         help="pose: add the dense object-coordinate head (2D-3D correspondences "
                              "at every mask cell, CDPN / GDR-Net style); the pipeline then "
@@ -141,7 +161,8 @@ _MODE_ONLY: dict[str, tuple[str, Any]] = {
     "--keypoint-weight": ("pose", lambda a: a.keypoint_weight is not None),
     "--pose-warmup-epochs": ("pose", lambda a: a.pose_warmup_epochs is not None),
     "--zoom-crops": ("pose", lambda a: a.zoom_crops),
-    "--crop-scale": ("pose", lambda a: a.crop_scale is not None),
+    "--crops-per-frame": ("verify", lambda a: a.crops_per_frame is not None),
+    "--hard-negatives": ("verify", lambda a: a.hard_negatives is not None),
     "--dense-coordinates": ("pose", lambda a: a.dense_coordinates),
     "--coordinate-weight": ("pose", lambda a: a.coordinate_weight is not None),
 }
@@ -159,6 +180,7 @@ def run(args: argparse.Namespace) -> int:
     from dvc_perception.train.config import DepthLossConfig, PoseLossConfig, TrainConfig
     from dvc_perception.train.datasets import AugmentConfig, ZoomSampling
     from dvc_perception.train.runner import RunSpec, run_training
+    from dvc_perception.train.verification import VerifySampling
 
     train_cfg = TrainConfig(**_given(args, {
         "epochs": "epochs", "batch_size": "batch_size", "lr": "lr",
@@ -179,8 +201,12 @@ def run(args: argparse.Namespace) -> int:
     if args.zoom_crops and args.crop is not None:
         raise ConfigError("--zoom-crops and --crop exclude each other (zoom crops already cut "
                           "the input around one object)")
-    if args.crop_scale is not None and not args.zoom_crops:
-        raise ConfigError("--crop-scale only applies with --zoom-crops")
+    if args.crop_scale is not None and not args.zoom_crops and args.mode != "verify":
+        raise ConfigError("--crop-scale only applies with --zoom-crops or to `train verify`")
+    size = args.input_size or ((64, 64) if args.mode == "verify" else (320, 240))
+    verify = VerifySampling(**_given(args, {"crop_scale": "crop_scale",
+                                            "crops_per_frame": "crops_per_frame"})
+                            if args.mode == "verify" else {})
     zoom = None
     if args.zoom_crops:
         zoom = ZoomSampling(**_given(args, {"crop_scale": "crop_scale"}))
@@ -188,13 +214,13 @@ def run(args: argparse.Namespace) -> int:
         mode=args.mode, out_dir=args.out, data_dir=args.data[0] if args.data else None,
         extra_data_dirs=tuple(args.data[1:]) if args.data else (), val_data_dir=args.val_data,
         val_fraction=args.val_fraction, split_seed=args.split_seed, toy_frames=args.toy or 0,
-        objects=tuple(args.objects or ["demo_object"]), input_width=args.input_size[0],
-        input_height=args.input_size[1], augment=None if args.no_augment else AugmentConfig(),
+        objects=tuple(args.objects or ["demo_object"]), input_width=size[0],
+        input_height=size[1], augment=None if args.no_augment else AugmentConfig(),
         crop=args.crop, zoom=zoom,
         keypoint_net={"dense_coordinates": True} if args.dense_coordinates else {},
         train=train_cfg, pose_loss=pose_cfg, depth_loss=depth_cfg, resume=args.resume,
         init_checkpoint=args.init,
-        init_encoder=args.init_encoder,
+        init_encoder=args.init_encoder, verify=verify, hard_negatives=args.hard_negatives,
     )
     result = run_training(spec, provenance={"command": list(sys.argv)})
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 reports

@@ -2,12 +2,13 @@
 """Training checkpoints -> networks -> self-describing ONNX models.
 
 A checkpoint written by `train.loop.train` through the `dvc-perception train` command holds,
-besides the weights, ``model_kind`` ("keypoint" | "depth" | "detector"), ``model_config`` (the
-network config as JSON), ``objects`` (for keypoint nets: ids, 3D keypoints, diameters,
-symmetries; a detector's classes are its config's ``object_ids``) and ``provenance`` (git
-commit, command, seeds, data). `export_checkpoint` turns it into ``<name>.onnx`` (opset 17,
-static shape, metadata in the model) plus ``<name>.pt`` (the state dict the torch backend loads
-with the metadata's ``architecture.factory``).
+besides the weights, ``model_kind`` ("keypoint" | "depth" | "detector" | "verifier"),
+``model_config`` (the network config as JSON), ``objects`` (for keypoint nets: ids, 3D
+keypoints, diameters, symmetries; a detector's or verifier's classes are its config's
+``object_ids``) and ``provenance`` (git commit, command, seeds, data). `export_checkpoint` turns
+it into ``<name>.onnx`` (opset 17, static shape, metadata in the model) plus ``<name>.pt`` (the
+state dict the torch backend loads with the metadata's ``architecture.factory``). A verifier
+is exported with a static batch of `VERIFIER_BATCH` crops (the pipeline pads the last chunk).
 """
 
 from __future__ import annotations
@@ -31,18 +32,25 @@ from dvc_perception.models.factory import (
     DEPTH_FACTORY,
     DETECTOR_FACTORY,
     KEYPOINT_FACTORY,
+    VERIFIER_FACTORY,
     depth_config_from_mapping,
     detector_config_from_mapping,
     keypoint_config_from_mapping,
+    verifier_config_from_mapping,
 )
 from dvc_perception.models.keypoint_net import HEATMAP_STRIDE, KeypointNet, KeypointNetForExport
+from dvc_perception.models.verifier_net import VerifierNet, VerifierNetForExport
 from dvc_perception.safe_load import load_torch_file
 
 KEYPOINT_OUTPUTS = KeypointNetForExport.output_names
 DEPTH_OUTPUTS = ("depth_canonical",)
 DETECTOR_OUTPUTS = DetectorNetForExport.output_names
+VERIFIER_OUTPUTS = VerifierNetForExport.output_names
+#: static batch of an exported verifier (crops per run; the pipeline pads the last chunk)
+VERIFIER_BATCH = 16
 #: checkpoint ``model_kind`` -> ``architecture.factory`` of the exported model
-FACTORIES = {"keypoint": KEYPOINT_FACTORY, "depth": DEPTH_FACTORY, "detector": DETECTOR_FACTORY}
+FACTORIES = {"keypoint": KEYPOINT_FACTORY, "depth": DEPTH_FACTORY, "detector": DETECTOR_FACTORY,
+             "verifier": VERIFIER_FACTORY}
 INPUT_NAME = "image"
 _REQUIRED = ("task", "model", "model_kind", "model_config", "provenance")
 
@@ -73,7 +81,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def model_from_checkpoint(ckpt: Mapping[str, Any]) -> nn.Module:
-    """The trained network (eval mode): a `KeypointNet`, a `DepthNet` or a `DetectorNet`.
+    """The trained network (eval mode): a Keypoint-, Depth-, Detector- or VerifierNet.
 
     Raises:
         ModelSpecError: unknown ``model_kind`` or weights that do not fit the config.
@@ -85,6 +93,8 @@ def model_from_checkpoint(ckpt: Mapping[str, Any]) -> nn.Module:
         model = DepthNet(depth_config_from_mapping(ckpt["model_config"]))
     elif kind == "detector":
         model = DetectorNet(detector_config_from_mapping(ckpt["model_config"]))
+    elif kind == "verifier":
+        model = VerifierNet(verifier_config_from_mapping(ckpt["model_config"]))
     else:
         raise ModelSpecError(f"checkpoint model_kind must be one of {sorted(FACTORIES)}, got "
                              f"{kind!r}")
@@ -124,9 +134,11 @@ def export_metadata(ckpt: Mapping[str, Any], *, command: Sequence[str]) -> dict[
         "export_date": datetime.datetime.now(datetime.timezone.utc).isoformat(
             timespec="seconds"),
     }
+    size = ([int(cfg["input_size"])] * 2 if kind == "verifier"
+            else [int(cfg["input_width"]), int(cfg["input_height"])])
     doc: dict[str, Any] = {
         "dvc_format": 1,
-        "input_size": [int(cfg["input_width"]), int(cfg["input_height"])],
+        "input_size": size,
         # normalisation is inside the graph: feed RGB in [0, 1]
         "normalization": {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]},
         "provenance": provenance,
@@ -167,6 +179,19 @@ def export_metadata(ckpt: Mapping[str, Any], *, command: Sequence[str]) -> dict[
             doc["outputs"]["coordinates"] = (
                 "(B, O, 3, H/4, W/4) m: the object-frame point of object o seen at each cell's "
                 "centre (input px 4 j + 1.5); meaningful where mask >= 0.5")
+    elif kind == "verifier":
+        doc.update({
+            "task": "verifier",
+            "object_ids": [str(i) for i in cfg["object_ids"]],
+            "batch": VERIFIER_BATCH,
+            "resize": "zoom crop of the full-resolution frame around each detector box: "
+                      "engines.preprocess.ZoomCrop.from_box(box_xywh, (W, H), input_size, "
+                      "scale=crop_scale), bilinear, zero outside the frame",
+            "outputs": {
+                "class_prob": f"({VERIFIER_BATCH}, 1 + O) softmax class probabilities of each "
+                              f"crop: column 0 background, column 1 + o object_ids[o]",
+            },
+        })
     elif kind == "detector":
         doc.update({
             "task": "detector",
@@ -222,12 +247,18 @@ def export_checkpoint(
     ckpt = load_checkpoint(checkpoint)
     model = model_from_checkpoint(ckpt)
     cfg = ckpt["model_config"]
-    example = torch.zeros(1, 3, int(cfg["input_height"]), int(cfg["input_width"]))
+    if ckpt["model_kind"] == "verifier":  # static batch: the example decides it
+        side = int(cfg["input_size"])
+        example = torch.zeros(VERIFIER_BATCH, 3, side, side)
+    else:
+        example = torch.zeros(1, 3, int(cfg["input_height"]), int(cfg["input_width"]))
     if ckpt["model_kind"] == "keypoint":
         module: nn.Module = KeypointNetForExport(model)  # type: ignore[arg-type]
         outputs: Sequence[str] = module.output_names  # type: ignore[assignment]
     elif ckpt["model_kind"] == "detector":
         module, outputs = DetectorNetForExport(model), DETECTOR_OUTPUTS  # type: ignore[arg-type]
+    elif ckpt["model_kind"] == "verifier":
+        module, outputs = VerifierNetForExport(model), VERIFIER_OUTPUTS  # type: ignore[arg-type]
     else:
         module, outputs = model, DEPTH_OUTPUTS
     meta = export_metadata(ckpt, command=list(command if command is not None else sys.argv))

@@ -108,7 +108,7 @@ def train(
     """Train `model` on `task`; see the module docstring for the files written.
 
     Args:
-        task: `PoseTask` or `DepthTask`.
+        task: `PoseTask`, `DepthTask`, `DetectionTask` or `VerifierTask`.
         model: the network (initialised by the caller, seeded).
         train_set: training dataset (with ``set_epoch``).
         val_set: validation dataset (no augmentation).
@@ -218,7 +218,7 @@ def train(
             if i >= steps_per_epoch:
                 break
             batch = batch_to_device(batch, device)
-            if mixed:
+            if mixed and "image" in batch:  # the verifier's crops: its task flattens them
                 batch = {**batch, "image": batch["image"].contiguous(
                     memory_format=torch.channels_last)}
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=mixed):

@@ -1,8 +1,8 @@
 # Copyright 2026 dvc_perception authors. Licensed under the Apache License, Version 2.0.
 """Assemble a training run (data, objects, network, task) and hand it to `loop.train`.
 
-`dvc-perception train pose|depth|detect` parses its arguments into a `RunSpec` and calls
-`run_training`; tests call it directly.
+`dvc-perception train pose|depth|detect|verify` parses its arguments into a `RunSpec` and
+calls `run_training`; tests call it directly.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from dvc_perception.errors import ConfigError, InputError, ModelSpecError
 from dvc_perception.models.depth_net import DepthNet, DepthNetConfig
 from dvc_perception.models.detector_net import DetectorNet, DetectorNetConfig
 from dvc_perception.models.keypoint_net import KeypointNet, KeypointNetConfig
+from dvc_perception.models.verifier_net import VerifierNet, VerifierNetConfig
 from dvc_perception.train.bop_frames import BopFrameSource, is_bop_scene_dir
 from dvc_perception.train.config import DepthLossConfig, PoseLossConfig, TrainConfig
 from dvc_perception.train.datasets import (
@@ -39,10 +40,11 @@ from dvc_perception.train.datasets import (
 from dvc_perception.train.detection import DetectionDataset
 from dvc_perception.train.loop import train
 from dvc_perception.train.records import TrainResult, to_jsonable
-from dvc_perception.train.tasks import DepthTask, DetectionTask, PoseTask
+from dvc_perception.train.tasks import DepthTask, DetectionTask, PoseTask, VerifierTask
+from dvc_perception.train.verification import VerifierDataset, VerifySampling
 
-#: training modes: the keypoint network, the depth network, the detector
-MODES = ("pose", "depth", "detect")
+#: training modes: the keypoint network, the depth network, the detector, the box verifier
+MODES = ("pose", "depth", "detect", "verify")
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,8 @@ class RunSpec:
     """One training run.
 
     Attributes:
-        mode: "pose" (keypoint network), "depth" or "detect" (the CenterNet-style detector).
+        mode: "pose" (keypoint network), "depth", "detect" (the CenterNet-style detector) or
+            "verify" (the box verifier: a crop classifier, `models.verifier_net`).
         out_dir: run directory (checkpoints, logs, provenance).
         data_dir: synthetic shard directory (`render/synth.py`) or BOP scene folder (real
             labelled images, `open_frame_source`), or None with `toy_frames`.
@@ -62,9 +65,10 @@ class RunSpec:
         split_seed: seed of that split.
         toy_frames: > 0 trains on that many procedural toy frames (`train.toy`) instead of shards
             (smoke runs and tests).
-        objects: object ids / YAML paths the keypoint network (pose mode) or the detector
-            (detect mode: its classes, every instance of each) learns.
-        input_width: network input width px.
+        objects: object ids / YAML paths the keypoint network (pose mode), the detector
+            (detect mode: its classes, every instance of each) or the verifier (verify mode:
+            its classes) learns.
+        input_width: network input width px (verify: the crop side; square).
         input_height: network input height px.
         augment: augmentation of the training split (None = off).
         crop: train on (width, height) crops of the input (pose and detect: mostly around
@@ -81,6 +85,13 @@ class RunSpec:
         keypoint_net: keypoint architecture overrides (input size and objects are set here).
         depth_net: depth architecture overrides (input size is set here).
         detector_net: detector architecture overrides (input size and objects are set here).
+        verifier_net: verifier architecture overrides (input size and objects are set here).
+        verify: verify mode: how the crops of a frame are picked and labelled
+            (`train.verification.VerifySampling`: crop scale, crops per frame, jitter, ...).
+        hard_negatives: verify mode: an exported detector ONNX model whose candidate boxes on
+            every training and validation frame (computed once before training, cached in
+            ``out_dir/verify_candidates.npz``) become extra labelled crops: its wrong boxes are
+            the hard background examples. None: true and random boxes only.
         resume: continue from ``out_dir/last.pt``.
         init_checkpoint: start from the network weights of this checkpoint (fine-tuning: a new
             optimiser and schedule; the architecture and objects must match), or None.
@@ -111,6 +122,9 @@ class RunSpec:
     keypoint_net: Mapping[str, Any] = field(default_factory=dict)
     depth_net: Mapping[str, Any] = field(default_factory=dict)
     detector_net: Mapping[str, Any] = field(default_factory=dict)
+    verifier_net: Mapping[str, Any] = field(default_factory=dict)
+    verify: VerifySampling = field(default_factory=VerifySampling)
+    hard_negatives: str | None = None
     resume: bool = False
     init_checkpoint: str | None = None
     init_encoder: str | None = None
@@ -124,6 +138,15 @@ class RunSpec:
             raise ConfigError(f"zoom crops apply to pose training only, not {self.mode!r}")
         if self.zoom is not None and self.crop is not None:
             raise ConfigError("zoom crops and crop exclude each other: give one")
+        if self.hard_negatives is not None and self.mode != "verify":
+            raise ConfigError(f"hard negatives apply to verify training only, not {self.mode!r}")
+        if self.mode == "verify":
+            if self.input_width != self.input_height:
+                raise ConfigError(f"train verify: the crop is square, --input-size SxS (e.g. "
+                                  f"64x64), got {self.input_width}x{self.input_height}")
+            if self.crop is not None:
+                raise ConfigError("train verify: --crop does not apply (the input is a zoom "
+                                  "crop of each candidate box)")
 
 
 def open_frame_source(path: str | os.PathLike[str], mode: str, *, with_depth: bool = False
@@ -134,8 +157,8 @@ def open_frame_source(path: str | os.PathLike[str], mode: str, *, with_depth: bo
         path: a shard directory written by ``dvc-perception synth`` (``index.json``), or a BOP
             scene folder (``scene_gt.json`` and ``rgb/``, e.g. ``lmo/test/000002``; see
             `train.bop_frames.BopFrameSource`).
-        mode: "pose" and "detect" keep RGB and instance masks (shards: in memory), "depth" RGB
-            and depth.
+        mode: "pose", "detect" and "verify" keep RGB and instance masks (shards: in memory),
+            "depth" RGB and depth.
         with_depth: "pose" also keeps depth (the dense-coordinate targets need it; shards hold
             it as float16 in memory, 0.6 MB per 640x480 frame).
 
@@ -166,10 +189,12 @@ def _frame_sources(spec: RunSpec) -> tuple[FrameSource, FrameSource, dict[str, A
         from dvc_perception.train.toy import toy_frames
 
         n_val = max(2, spec.toy_frames // 8)
-        train_src = ListFrameSource(toy_frames(spec.toy_frames, width=spec.input_width,
-                                               height=spec.input_height, seed=spec.split_seed))
-        val_src = ListFrameSource(toy_frames(n_val, width=spec.input_width,
-                                             height=spec.input_height, seed=spec.split_seed + 1))
+        # verify: the input is a crop, the frames have a camera's size
+        w, h = (160, 120) if spec.mode == "verify" else (spec.input_width, spec.input_height)
+        train_src = ListFrameSource(toy_frames(spec.toy_frames, width=w, height=h,
+                                               seed=spec.split_seed))
+        val_src = ListFrameSource(toy_frames(n_val, width=w, height=h,
+                                             seed=spec.split_seed + 1))
         return train_src, val_src, {"kind": "toy", "frames": spec.toy_frames, "val_frames": n_val,
                                     "seed": spec.split_seed}
     depth = bool(spec.keypoint_net.get("dense_coordinates", False))
@@ -266,8 +291,19 @@ def build_detector_net(spec: RunSpec, object_ids: list[str]) -> DetectorNet:
     return DetectorNet(cfg)
 
 
+def build_verifier_net(spec: RunSpec, object_ids: list[str]) -> VerifierNet:
+    """The (seeded, untrained) box verifier for the classes `object_ids`."""
+    cfg = VerifierNetConfig(**{
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in spec.verifier_net.items()},
+        "object_ids": tuple(object_ids),
+        "input_size": spec.input_width,
+    })
+    torch.manual_seed(spec.train.seed)
+    return VerifierNet(cfg)
+
+
 def detector_object_ids(spec: RunSpec, data: Mapping[str, Any]) -> list[str]:
-    """The detector's classes: the toy cube with toy frames, else the ids of `spec.objects`.
+    """The detector's (verifier's) classes: the toy cube with toy frames, else `spec.objects`.
 
     Names are resolved like pose training's (``config/objects/<id>.yaml`` or YAML paths, so a
     path gives the id written in it).
@@ -296,9 +332,12 @@ def detector_object_ids(spec: RunSpec, data: Mapping[str, Any]) -> list[str]:
 def input_kind(spec: RunSpec) -> dict[str, Any]:
     """What the network's input is, for the checkpoint and the exported metadata.
 
-    ``{"input_kind": "zoom_crop", "crop_scale": s}`` for zoom-crop training (serving must cut
-    `engines.preprocess.ZoomCrop` crops with that scale), else ``{"input_kind": "letterbox"}``.
+    ``{"input_kind": "zoom_crop", "crop_scale": s}`` for zoom-crop training and the box
+    verifier (serving must cut `engines.preprocess.ZoomCrop` crops with that scale), else
+    ``{"input_kind": "letterbox"}``.
     """
+    if spec.mode == "verify":
+        return {"input_kind": "zoom_crop", "crop_scale": float(spec.verify.crop_scale)}
     if spec.zoom is None:
         return {"input_kind": "letterbox"}
     return {"input_kind": "zoom_crop", "crop_scale": float(spec.zoom.crop_scale)}
@@ -306,6 +345,10 @@ def input_kind(spec: RunSpec) -> dict[str, Any]:
 
 def run_training(spec: RunSpec, *, provenance: Mapping[str, Any] | None = None) -> TrainResult:
     """Build data, network and task from `spec` and train (see `loop.train`)."""
+    if spec.hard_negatives is not None:  # a wrong file fails before the data is read
+        from dvc_perception.train.verification import open_candidate_detector
+
+        open_candidate_detector(spec.hard_negatives)
     train_src, val_src, data = _frame_sources(spec)
     prov = {"data": data, "run_spec": _spec_json(spec), **dict(provenance or {})}
     if spec.mode == "pose":
@@ -338,6 +381,22 @@ def run_training(spec: RunSpec, *, provenance: Mapping[str, Any] | None = None) 
         extra = {"model_kind": "detector",
                  "model_config": dataclasses.asdict(model.config),  # type: ignore[arg-type]
                  "object_ids": list(ids), **input_kind(spec)}
+    elif spec.mode == "verify":
+        ids = detector_object_ids(spec, data)
+        model = build_verifier_net(spec, ids)
+        task = VerifierTask(ids)
+        cands: dict[str, Any] = {"train": None, "val": None}
+        if spec.hard_negatives is not None:
+            cands, prov["hard_negatives"] = _verify_candidates(spec, train_src, val_src, data)
+        size = spec.input_width
+        train_set = VerifierDataset(train_src, ids, size, sampling=spec.verify,
+                                    candidates=cands["train"], augment=spec.augment,
+                                    seed=spec.train.seed)
+        val_set = VerifierDataset(val_src, ids, size, sampling=spec.verify,
+                                  candidates=cands["val"], seed=spec.train.seed)
+        extra = {"model_kind": "verifier",
+                 "model_config": dataclasses.asdict(model.config),  # type: ignore[arg-type]
+                 "object_ids": list(ids), **input_kind(spec)}
     else:
         model = build_depth_net(spec)
         task = DepthTask(model.config.focal0_px, spec.depth_loss)  # type: ignore[union-attr]
@@ -356,6 +415,30 @@ def run_training(spec: RunSpec, *, provenance: Mapping[str, Any] | None = None) 
     result = train(task, model, train_set, val_set, spec.train, spec.out_dir, resume=spec.resume,
                    provenance=prov, checkpoint_extra=extra)
     return result
+
+
+def _verify_candidates(spec: RunSpec, train_src: FrameSource, val_src: FrameSource,
+                       data: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The hard-negative detector's candidate boxes on the train and validation frames.
+
+    Computed once (`train.verification.cached_candidates`) and cached in the run directory,
+    keyed by the data directories, the split and the detector file's sha256.
+    """
+    from dvc_perception.train.device import resolve_device
+    from dvc_perception.train.verification import CACHE_NAME, cached_candidates
+
+    assert spec.hard_negatives is not None
+    key = {"data": [str(spec.data_dir), *spec.extra_data_dirs], "val_data": spec.val_data_dir,
+           "val_fraction": spec.val_fraction, "split_seed": spec.split_seed,
+           "toy_frames": spec.toy_frames, "frames": [len(train_src), len(val_src)],
+           "data_seeds": [data.get("seed"), *data.get("extra_seeds", [])]}
+    table, info = cached_candidates(
+        {"train": train_src, "val": val_src}, spec.hard_negatives,
+        Path(spec.out_dir) / CACHE_NAME, key, progress=spec.train.progress,
+        device=resolve_device(spec.train.device))
+    counts = [len(b) for b in table["train"]]
+    info["train_boxes_per_frame"] = float(np.mean(counts)) if counts else 0.0
+    return table, info
 
 
 def _load_initial_weights(model: torch.nn.Module, path: str, config: Mapping[str, Any]) -> None:

@@ -1,7 +1,8 @@
 # Copyright 2026 dvc_perception authors. Licensed under the Apache License, Version 2.0.
-"""Training tasks: what `loop.train` needs from one (`TrainTask`), and the three tasks.
+"""Training tasks: what `loop.train` needs from one (`TrainTask`), and the four tasks.
 
-`PoseTask` (keypoint network), `DepthTask` (depth network), `DetectionTask` (detector).
+`PoseTask` (keypoint network), `DepthTask` (depth network), `DetectionTask` (detector),
+`VerifierTask` (the box verifier's crop classifier).
 """
 
 from __future__ import annotations
@@ -404,4 +405,117 @@ class DetectionTask:
             "val_det_loss": float(np.mean(losses)) if losses else nan,
             "val_det_instances": float(n_gt),
             "val_det_detections": float(n_det),
+        }
+
+
+def _like_model_layout(model: nn.Module, x: Tensor) -> Tensor:
+    """`x` in channels-last memory when the model's convolutions are (bf16 training)."""
+    for p in model.parameters():
+        if p.ndim == 4:
+            if p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous():
+                return x.contiguous(memory_format=torch.channels_last)
+            break
+    return x
+
+
+class VerifierTask:
+    """Box-verifier training (`models.verifier_net.VerifierNet`): crop classification.
+
+    Items of `train.verification.VerifierDataset` hold N crops each; a batch's (B, N, ...)
+    crops are flattened to (B N, ...) and the loss is the cross-entropy (label smoothing
+    `label_smoothing`) over the valid ones. Validation (argmax class of every valid crop):
+
+    - ``val_verify_accuracy``: crops given their own label;
+    - ``val_verify_object_recall``: object crops given their own class;
+    - ``val_verify_bg_recall`` / ``val_verify_bg_precision``: background crops called
+      background / crops called background that are;
+    - ``val_verify_balanced_accuracy`` (the checkpoint selection metric): the mean of the object
+      recall and the background recall (the crops are about half each, but not exactly);
+    - ``val_verify_det_object_recall`` / ``val_verify_det_bg_recall``: the same on the detector's
+      candidates alone (the boxes serving re-scores; NaN without ``--hard-negatives``);
+    - ``val_verify_loss``, ``val_verify_crops``, ``val_verify_object_crops``.
+
+    Args:
+        object_ids: the verifier's classes, in output order (column 1 + o).
+        label_smoothing: of the cross-entropy.
+    """
+
+    name = "verify"
+    primary_metric = "val_verify_balanced_accuracy"
+    maximize = True
+
+    def __init__(self, object_ids: Sequence[str], label_smoothing: float = 0.05) -> None:
+        self.object_ids = tuple(str(i) for i in object_ids)
+        self.label_smoothing = float(label_smoothing)
+
+    @staticmethod
+    def flatten(batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """(crops (B N, 3, S, S), labels (B N,), valid (B N,)) of a batch."""
+        crops = batch["crops"]
+        return crops.flatten(0, 1), batch["labels"].flatten(), batch["valid"].flatten()
+
+    def loss(
+        self, model: nn.Module, batch: Mapping[str, Tensor], epoch: int
+    ) -> tuple[Tensor, dict[str, float]]:
+        """Cross-entropy over the valid crops; parts: ``ce``, ``accuracy``, ``bg_share``."""
+        crops, labels, valid = self.flatten(batch)
+        logits = model(_like_model_layout(model, crops)).float()
+        if not bool(valid.any()):
+            total = logits.sum() * 0.0
+            return total, {"total": 0.0, "ce": 0.0, "accuracy": float("nan"),
+                           "bg_share": float("nan")}
+        logits, labels = logits[valid], labels[valid]
+        total = nn.functional.cross_entropy(logits, labels,
+                                            label_smoothing=self.label_smoothing)
+        acc = float((logits.detach().argmax(1) == labels).double().mean())
+        return total, {"total": float(total.detach()), "ce": float(total.detach()),
+                       "accuracy": acc, "bg_share": float((labels == 0).double().mean())}
+
+    @torch.no_grad()
+    def evaluate(
+        self, model: nn.Module, loader: Iterator[Mapping[str, Tensor]]
+    ) -> dict[str, float]:
+        """The metrics of the class docstring, pooled over the validation crops."""
+        from dvc_perception.train.verification import SOURCE_DETECTOR
+
+        preds, labels, sources, losses = [], [], [], []
+        was_training = model.training
+        model.eval()
+        device = model_device(model)
+        for batch in loader:
+            crops, lab, valid = self.flatten(batch)
+            if not bool(valid.any()):
+                continue
+            logits = model(_like_model_layout(model, crops[valid].to(device))).float().cpu()
+            losses.append(float(nn.functional.cross_entropy(
+                logits, lab[valid], label_smoothing=self.label_smoothing, reduction="sum")))
+            preds.append(logits.argmax(1))
+            labels.append(lab[valid])
+            sources.append(batch["source"].flatten()[valid])
+        model.train(was_training)
+        nan = float("nan")
+        if not preds:
+            return {"val_verify_balanced_accuracy": nan, "val_verify_accuracy": nan,
+                    "val_verify_crops": 0.0}
+        p, y, s = torch.cat(preds), torch.cat(labels), torch.cat(sources)
+
+        def share(hit: Tensor, of: Tensor) -> float:
+            n = int(of.sum())
+            return float((hit & of).sum()) / n if n else nan
+
+        right = p == y
+        obj, bg = y > 0, y == 0
+        det = s == SOURCE_DETECTOR
+        obj_recall, bg_recall = share(right, obj), share(right, bg)
+        return {
+            "val_verify_balanced_accuracy": 0.5 * (obj_recall + bg_recall),
+            "val_verify_accuracy": float(right.double().mean()),
+            "val_verify_object_recall": obj_recall,
+            "val_verify_bg_recall": bg_recall,
+            "val_verify_bg_precision": share(bg, p == 0),
+            "val_verify_det_object_recall": share(right, obj & det),
+            "val_verify_det_bg_recall": share(right, bg & det),
+            "val_verify_loss": sum(losses) / int(y.numel()),
+            "val_verify_crops": float(y.numel()),
+            "val_verify_object_crops": float(obj.sum()),
         }
