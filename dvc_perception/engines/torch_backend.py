@@ -4,15 +4,23 @@
 The reference path against which the other backends are checked, and the CUDA path that can be
 measured on a GPU machine without TensorRT.
 
-How the module is found (in this order):
+How the module is found (in this order; the engine's ``source`` attribute, its ``description``
+and its load log line say which one runs, never silently):
 
 1. ``module=`` given to `TorchEngine` (an ``nn.Module``) or ``factory=`` (a zero-argument
    callable returning one); `load_engine(..., options={"module": m})` passes it through.
-2. Otherwise from the ONNX metadata convention: ``architecture`` is
+   ``source`` is ``"module option"`` / ``"factory option"``.
+2. The "torch twin", when it exists: the ONNX metadata ``architecture`` is
    ``{"factory": "package.module:function", "kwargs": {...}}`` and the weights are a state dict
    saved with ``torch.save(model.state_dict(), ...)`` next to the ONNX file, same stem, suffix
    ``.pt`` (``models/pose.onnx`` -> ``models/pose.pt``). The factory name is looked up in
    `model_factories` (the package's own networks); no module named in metadata is imported.
+   This is the training code's own network, exact w.r.t. it. ``source`` is
+   ``"factory + state dict"``; a twin that is present but refused, corrupt or does not fit is an
+   error (no fallback).
+3. Without a ``.pt`` twin: the ONNX graph itself, run in torch by the interpreter in
+   `dvc_perception.engines.onnx_torch` (the weights come from the ONNX file; an op it does not
+   implement is a `ModelSpecError` at load). ``source`` is ``"ONNX graph"``.
 
 Input/output names, shapes and dtypes come from the ONNX graph so all backends agree; the
 module's outputs (a tensor or a tuple) map to the ONNX outputs in order.
@@ -144,6 +152,9 @@ class TorchEngine(EngineSpecs):
     """
 
     backend = "torch"
+    #: which module runs (see the module docstring): "module option", "factory option",
+    #: "factory + state dict" or "ONNX graph"
+    source: str
 
     def __init__(
         self,
@@ -171,17 +182,24 @@ class TorchEngine(EngineSpecs):
         self.precision = "fp16" if half else "fp32"
         if "num_threads" in opts:
             torch.set_num_threads(int(opts["num_threads"]))
+        owned = False  # a module built here may be moved and cast in place
         if "module" in opts:
-            module = opts["module"]
+            module, self.source = opts["module"], "module option"
         elif "factory" in opts:
             factory: Callable[[], Any] = opts["factory"]
-            module = factory()
+            module, self.source = factory(), "factory option"
+        elif Path(onnx_path).with_suffix(".pt").is_file():
+            module, self.source = module_from_metadata(onnx_path), "factory + state dict"
+            owned = True
         else:
-            module = module_from_metadata(onnx_path)
+            from dvc_perception.engines.onnx_torch import module_from_onnx
+
+            module, self.source = module_from_onnx(onnx_path), "ONNX graph"
+            owned = True
         if not isinstance(module, torch.nn.Module):
             raise ConfigError(f"torch backend: module must be an nn.Module, got {type(module)}")
         first = next(iter(module.parameters()), None)
-        if half or (first is not None and first.device != self.device):
+        if not owned and (half or (first is not None and first.device != self.device)):
             module = copy.deepcopy(module)  # never move or cast the caller's module in place
         module = module.eval().to(self.device)
         if half:
@@ -189,7 +207,13 @@ class TorchEngine(EngineSpecs):
         self._module = torch.compile(module) if opts.get("compile", False) else module
         self._half = half
         self._inputs, self._outputs = onnx_io_specs(onnx_path)
-        _LOG.info("torch: %s on %s (%s)", type(module).__name__, self.device, self.precision)
+        _LOG.info("torch: %s from the %s on %s (%s)", type(module).__name__, self.source,
+                  self.device, self.precision)
+
+    @property
+    def description(self) -> str:
+        """``"torch (ONNX graph)"``, ``"torch (factory + state dict)"``, ... (see ``source``)."""
+        return f"{self.backend} ({self.source})"
 
     def run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Run one inference; outputs are float32 numpy arrays on the host."""

@@ -71,6 +71,9 @@ def test_torch_backend_matches_onnxruntime(keypoint_net, how):
     }[how]
     torch_engine = load_engine(keypoint_net.onnx_path, backend="torch", device="cpu",
                                options=options)
+    source = {"module": "module option", "factory": "factory option",
+              "metadata": "factory + state dict"}[how]
+    assert torch_engine.source == source and torch_engine.description == f"torch ({source})"
     ort_engine = load_engine(keypoint_net.onnx_path, backend="onnxruntime")
     assert torch_engine.inputs == ort_engine.inputs
     assert torch_engine.outputs == ort_engine.outputs
@@ -80,10 +83,19 @@ def test_torch_backend_matches_onnxruntime(keypoint_net, how):
         np.testing.assert_allclose(a[name], b[name], atol=1e-4, rtol=0)
 
 
-def test_torch_backend_from_metadata_needs_the_state_dict(keypoint_net, tmp_path):
+def test_torch_backend_without_the_state_dict_runs_the_onnx_graph(keypoint_net, tmp_path):
     lone = tmp_path / "lone.onnx"
     lone.write_bytes(keypoint_net.onnx_path.read_bytes())
-    with pytest.raises(ModelSpecError, match=r"lone\.pt"):
+    graph = load_engine(lone, backend="torch", device="cpu")
+    twin = load_engine(keypoint_net.onnx_path, backend="torch", device="cpu")
+    assert (graph.source, twin.source) == ("ONNX graph", "factory + state dict")
+    x = _image(4)
+    a, b = graph.run({"image": x}), twin.run({"image": x})
+    for name in ("keypoints", "confidence"):  # keypoints in pixels: a few ulp of ~50
+        np.testing.assert_allclose(a[name], b[name], atol=1e-4, rtol=0)
+    # a twin that is there but does not fit is an error, never a silent fall-back to the graph
+    torch.save({"nope": torch.zeros(1)}, lone.with_suffix(".pt"))
+    with pytest.raises(ModelSpecError, match=r"lone\.pt: the state dict does not fit"):
         load_engine(lone, backend="torch", device="cpu")
 
 
