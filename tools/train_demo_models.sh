@@ -18,6 +18,6 @@ $DDP train depth --data data/demo_a data/demo_b --val-data data/demo_val \
   --epochs "${DEPTH_EPOCHS:-3}" --batch-size 16 --threads 1 --val-every 1 \
   --precision "$PRECISION" --init-encoder runs/pose_demo/best.pt --out runs/depth_demo \
   --no-progress $(resume runs/depth_demo)
-$CLI export runs/pose_demo/best.pt --out models/pose_demo_object.onnx
-$CLI export runs/depth_demo/best.pt --out models/depth.onnx
+$CLI export runs/pose_demo/best.pt --out models/pose_demo_object.onnx --no-torch-weights
+$CLI export runs/depth_demo/best.pt --out models/depth.onnx --no-torch-weights
 $PY -m pytest test/models/test_shipped_models.py -q
