@@ -20,6 +20,8 @@ SUBCOMMANDS: tuple[tuple[str, str, str], ...] = (
     ("run", "dvc_perception.commands.run", "start perception_node (no ROS install needed)"),
     ("bop2bag", "dvc_perception.commands.bop2bag", "convert a BOP-format scene into a rosbag2"),
     ("rgbd2bag", "dvc_perception.commands.rgbd2bag", "convert an RGB-D sequence into a rosbag2"),
+    ("estimate-focal", "dvc_perception.commands.estimate_focal",
+     "the focal length an RGB-D sequence's images and poses imply"),
     ("replay", "dvc_perception.commands.replay", "replay a rosbag2 through the node's code"),
     ("eval", "dvc_perception.commands.evaluate", "score a replayed bag against ground truth"),
     ("eval-bop", "dvc_perception.commands.eval_bop", "bop2bag + replay + eval in one step"),

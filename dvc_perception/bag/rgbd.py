@@ -5,7 +5,8 @@ Per frame, all with the frame's stamp (`datasets.rgbd`: 7-Scenes frame ``n`` at
 ``1 s + n / rate``, TUM at its colour image's time stamp):
 
 - ``/camera/image_raw`` sensor_msgs/Image ``rgb8`` and ``/camera/camera_info`` (the folder's K,
-  ``plumb_bob`` with zero distortion), header.frame_id `frame_id`;
+  or with `focal_px` its K with fx = fy = `focal_px`; ``plumb_bob`` with zero distortion),
+  header.frame_id `frame_id`;
 - ``/camera/depth/ground_truth`` sensor_msgs/Image ``32FC1`` metres, NaN where the sensor has no
   measurement (REP 118), the colour image's size and frame_id: the sensor depth taken as
   registered to the colour camera, as `eval` expects its depth ground truth;
@@ -51,8 +52,11 @@ def rgbd_sequence_to_bag(
     perturb_m: float = 0.0,
     perturb_deg: float = 0.0,
     seed: int = 0,
+    focal_px: float | None = None,
 ) -> RgbdSequence:
-    """Write the bag; returns the sequence as read (its `frames` are the frames written).
+    """Write the bag; returns the sequence as read (`frames`: the frames written).
+
+    The returned sequence's `K` is the intrinsics file's, also with `focal_px`.
 
     Args:
         seq_dir: the sequence folder (7-Scenes or TUM layout, detected by its files).
@@ -74,9 +78,14 @@ def rgbd_sequence_to_bag(
             motion copes with noisy odometry; 0: exact.
         perturb_deg: likewise, rotated by exactly this much [deg] about its centre.
         seed: seed of the one generator drawing the perturbations' directions.
+        focal_px: write fx = fy = `focal_px` [px] in camera_info instead of the intrinsics
+            file's (principal point and skew unchanged): a focal length measured from the
+            images (`dvc-perception estimate-focal`) when the file's is only nominal. None: the
+            file's K, unchanged.
 
     Raises:
-        ConfigError: an empty frame id, a bad selection, rate or tolerance.
+        ConfigError: an empty frame id, a bad selection, rate or tolerance, a `focal_px` that
+            is not a finite number > 0.
         InputError: bad input files (`read_rgbd_sequence`, `iter_rgbd_images`), naming them.
         BagError: the bag exists or cannot be written.
     """
@@ -95,9 +104,15 @@ def rgbd_sequence_to_bag(
     for name, value in (("frame_id", frame_id), ("world_frame", world_frame)):
         if not value.strip():
             raise ConfigError(f"{name} must name a TF frame, got {value!r}")
+    if focal_px is not None and not (np.isfinite(focal_px) and focal_px > 0):
+        raise ConfigError(f"focal_px: expected a finite focal length > 0 px, got {focal_px}")
     sequence = read_rgbd_sequence(seq_dir, intrinsics=intrinsics, start=start, stride=stride,
                                   max_frames=max_frames, rate_hz=rate_hz,
                                   max_dt_s=max_dt_s)  # fmt: skip
+    K = sequence.K
+    if focal_px is not None:
+        K = K.copy()
+        K[0, 0] = K[1, 1] = focal_px
     with AtomicBagWriter(out, storage, overwrite=overwrite) as writer, tqdm(
         total=len(sequence.frames), desc="rgbd2bag", unit="frame", disable=not progress
     ) as bar:
@@ -112,7 +127,7 @@ def rgbd_sequence_to_bag(
             height, width = depth_m.shape
             writer.write_message(IMAGE_TOPIC, rgb_to_image_msg(rgb, header), ns)
             writer.write_message(CAMERA_INFO_TOPIC, intrinsics_to_camera_info_msg(
-                sequence.K, width, height, header), ns)  # fmt: skip
+                K, width, height, header), ns)  # fmt: skip
             writer.write_message(DEPTH_TOPIC, depth_to_image_msg(depth_m, header), ns)
             T = frame.T_world_cam
             if perturb_m > 0 or perturb_deg > 0:

@@ -16,6 +16,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--intrinsics", default=None, metavar="FILE",
                         help="text file with the 3x3 K (required for TUM; default for 7-Scenes: "
                         "the folder's camera-intrinsics.txt)")  # fmt: skip
+    parser.add_argument("--focal-px", type=float, default=None, metavar="F",
+                        help="write fx = fy = F [px] in camera_info instead of the "
+                        "intrinsics file's (principal point unchanged; e.g. from "
+                        "estimate-focal)")  # fmt: skip
     parser.add_argument("--start", type=int, default=0, help="frames to skip at the beginning")
     parser.add_argument("--stride", type=int, default=1, help="keep every N-th frame")
     parser.add_argument("--max-frames", type=int, default=None, help="at most N frames")
@@ -47,9 +51,14 @@ def run(args: argparse.Namespace) -> int:
         stride=args.stride, max_frames=args.max_frames, rate_hz=args.rate,
         max_dt_s=args.max_dt, overwrite=args.overwrite, progress=not args.no_progress,
         perturb_m=args.perturb_m, perturb_deg=args.perturb_deg, seed=args.seed,
+        focal_px=args.focal_px,
     )  # fmt: skip
     skipped = (f" ({seq.skipped} colour images without a depth image and a pose within the "
                "time tolerance left out)" if seq.skipped else "")  # fmt: skip
     print(f"wrote {len(seq.frames)} frames of {args.seq_dir} ({seq.layout} layout) to "
           f"{args.output}{skipped}")
+    if args.focal_px is not None:
+        print(f"camera_info focal length overridden (--focal-px): fx = fy = {args.focal_px:g} "
+              f"px, not the intrinsics file's fx {seq.K[0, 0]:g} fy {seq.K[1, 1]:g} (principal "
+              "point unchanged)")
     return 0
