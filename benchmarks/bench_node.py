@@ -18,6 +18,9 @@ models/depth.onnx; network input 320x240) with ONNX Runtime on the CPU. ``networ
 adds refinement and tracking of the one object (``pipeline.tracking``, detection every 5
 frames; the same still frame is sent, so the track never fails).
 
+``network_two_stage_verified`` is the same with the shipped box verifier
+(models/verifier_lmo.onnx) re-scoring the detector's 10 best boxes per class first.
+
 ``network_two_stage`` runs the two-stage path (`TwoStageKeypointSource`): the shipped LM-O
 detector (models/detector_lmo.onnx, 320x240, the 8 LM-O objects) on the whole frame, then the
 keypoint network (models/pose_lmo.onnx) on a zoom crop of every detected instance and PnP per
@@ -33,7 +36,7 @@ instances per published PoseArray are printed. The shipped pose network is weak,
 measures latency with 4 objects in view, not accuracy.
 
 Usage: .venv/bin/python benchmarks/bench_node.py [--seconds 10] [--rate 60] [--mode chessboard]
-       [--mode network_two_stage] [--latency-rate 10] [--frames 100]
+       [--mode network_two_stage[_verified]] [--latency-rate 10] [--frames 100]
 FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA, ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST and a private
 ROS_DOMAIN_ID (100-199) are set if absent.
 """
@@ -85,7 +88,10 @@ REPO = Path(__file__).resolve().parents[1]
 NETWORK_MODES = {"network_pose": "none", "network_pose_depth": "network",
                  "network_pose_tracking": "none",
                  "network_pose_multiview": "multiview",
-                 "network_two_stage": "none"}  # -> depth_source
+                 "network_two_stage": "none",
+                 "network_two_stage_verified": "none"}  # -> depth_source
+#: the two-stage modes (network_two_stage_verified: + the shipped box verifier)
+TWO_STAGE_MODES = ("network_two_stage", "network_two_stage_verified")
 #: network_pose_multiview: depth from motion on its own worker; the driver publishes a camera
 #: pose per frame moving 1 cm per frame (the image is static: the sweep's cost is the same).
 MULTIVIEW_STEP_M = 0.01
@@ -109,16 +115,18 @@ def _pipeline_params(mode: str) -> dict:
     """The node's ``pipeline`` parameters of a benchmark mode (nested, as in the YAML)."""
     if mode in BOARDS:
         return {"fiducial": BOARDS[mode]}
-    if mode == "network_two_stage":
+    if mode in TWO_STAGE_MODES:
         # min_score 0: every detected instance is posed and published (the shipped pose network
         # scores its poses 0.3-0.5); min_objectness is not read by the two-stage source.
+        verifier = ({"verifier_model_path": str(REPO / "models/verifier_lmo.onnx")}
+                    if mode == "network_two_stage_verified" else {})
         return {
             "keypoint_source": "network",
             "depth_source": "none",
             "min_score": 0.0,
             "network": {"model_path": str(REPO / "models/pose_lmo.onnx"),
                         "detector_model_path": str(REPO / "models/detector_lmo.onnx"),
-                        "min_detection_score": TWO_STAGE_MIN_DETECTION_SCORE},
+                        "min_detection_score": TWO_STAGE_MIN_DETECTION_SCORE, **verifier},
         }
     return {
         "keypoint_source": "network",
@@ -154,7 +162,7 @@ def _frame(mode: str) -> tuple[np.ndarray, CameraInfo]:
         R = Rotation.from_rotvec([0.2, -0.25, 0.1]).as_matrix()
         rgb = render_board_view(cfg, K, R, np.array([-0.1, -0.06, 0.6]), 640, 480)
         return rgb, _camera_info(K)
-    if mode == "network_two_stage":
+    if mode in TWO_STAGE_MODES:
         rgb, K_lmo = _two_stage_frame()
         return rgb, _camera_info(K_lmo)
     from dvc_perception.demo.samples import DEMO_SYNTH_CONFIG
@@ -227,7 +235,7 @@ def bench_overhead(mode: str, frames: int) -> dict[str, tuple[float, float]]:
             out = node.process_frame(msg, info)
             node.publish_outputs(out)
             posed.append(len(out.result.poses))
-            if mode == "network_two_stage":
+            if mode in TWO_STAGE_MODES:
                 assert cropped[-1] == posed[-1] == TWO_STAGE_INSTANCES, (
                     f"{mode}: frame {i}: {cropped[-1]} instances cropped, {posed[-1]} posed; "
                     f"expected {TWO_STAGE_INSTANCES}")

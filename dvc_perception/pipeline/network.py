@@ -320,7 +320,8 @@ class NetworkDetector:
     """The first stage alone: an exported detector on the letterboxed whole frame -> boxes.
 
     With a box verifier (`BoxVerifier`), the detector's `verifier_candidates` best boxes per
-    class (centre score >= `CANDIDATE_MIN_SCORE`) are re-scored by the geometric mean of the
+    class (centre score >= `CANDIDATE_MIN_SCORE` and >= ``min_detection_score ** 2``, below
+    which no box can pass) are re-scored by the geometric mean of the
     detection score and the verifier's probability of the box's class, and
     `min_detection_score` applies to that: the verifier only re-ranks and filters what the
     detector proposed.
@@ -388,8 +389,11 @@ class NetworkDetector:
                                       min_score=self.min_detection_score,
                                       max_per_class=self.max_per_class)
             return boxes_to_source(boxes, letterbox)
+        # sqrt(score x p) >= min_detection_score needs score >= min_detection_score^2 (p <= 1):
+        # boxes under it cannot pass whatever the verifier says, so they are not cropped
+        floor = max(CANDIDATE_MIN_SCORE, self.min_detection_score ** 2)
         boxes = decode_detections(maps[0][0], maps[1][0], maps[2][0],
-                                  min_score=min(CANDIDATE_MIN_SCORE, self.min_detection_score),
+                                  min_score=min(floor, self.min_detection_score),
                                   max_per_class=self.verifier_candidates)
         scored = self.verifier.rescore(image_rgb, boxes_to_source(boxes, letterbox))
         kept: list[BoxDetection] = []
