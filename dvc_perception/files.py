@@ -1,5 +1,5 @@
 # Copyright 2026 dvc_perception authors. Licensed under the Apache License, Version 2.0.
-"""Atomic file writes: a reader sees the old file or the whole new one, never a partial one.
+"""Atomic file writes (a reader sees the old or the whole new file), and a file's sha256.
 
 Every file the package writes for later reading (models, checkpoints, engine caches, training
 records) goes through `atomic_path`: write to a temporary file in the target's directory (same
@@ -9,6 +9,7 @@ temporary file is removed and the target is left as it was.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -68,3 +69,12 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     """Write `text` (UTF-8) to `path` atomically; returns the path."""
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file's bytes (read in 1 MiB blocks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -94,7 +94,8 @@ def bop_object_ids(dataset_dir: str | Path) -> dict[int, str]:
     Raises:
         InputError: the dataset has no ``models/obj_<6-digit id>.ply`` meshes.
     """
-    from dvc_perception.render.objects import file_sha256, shipped_objects_by_mesh_sha256
+    from dvc_perception.files import file_sha256
+    from dvc_perception.render.objects import shipped_objects_by_mesh_sha256
 
     root = Path(dataset_dir)
     meshes = sorted((root / "models").glob("obj_*.ply"))

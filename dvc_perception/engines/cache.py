@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from dvc_perception.errors import ConfigError
-from dvc_perception.files import atomic_path
+from dvc_perception.files import atomic_path, file_sha256
 
 _LOG = logging.getLogger(__name__)
 
@@ -78,15 +78,6 @@ class EngineCacheKey:
         return f"{self.precision}_trt{self.trt_version}_{gpu}_{sm}_{self.digest()[:16]}.engine"
 
 
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def sha256_arrays(arrays: Sequence[object]) -> str:
     """Hex sha256 over numpy arrays (shape, dtype and bytes), for calibration data."""
     import numpy as np
@@ -114,7 +105,7 @@ def make_cache_key(
     if not trt_version or not gpu_name:
         raise ConfigError("engine cache key needs a TensorRT version and a GPU name")
     return EngineCacheKey(
-        onnx_sha256=sha256_file(onnx_path),
+        onnx_sha256=file_sha256(onnx_path),
         trt_version=trt_version,
         gpu_name=gpu_name,
         compute_capability=(int(compute_capability[0]), int(compute_capability[1])),

@@ -62,10 +62,10 @@ class TensorRTEngine(EngineSpecs):
         from dvc_perception.engines.cache import (
             make_cache_key,
             read_cached_engine,
-            sha256_file,
             write_cached_engine,
         )
         from dvc_perception.engines.torch_backend import onnx_io_specs
+        from dvc_perception.files import file_sha256
 
         trt = import_tensorrt()
         import torch
@@ -82,7 +82,7 @@ class TensorRTEngine(EngineSpecs):
         props = torch.cuda.get_device_properties(self.device)
         calib_hash = ""
         if settings.use_calibrator:
-            calib_hash = _dir_hash(settings.calibration_dir, sha256_file)
+            calib_hash = _dir_hash(settings.calibration_dir, file_sha256)
         key = make_cache_key(
             onnx_path,
             trt_version=trt.__version__,
@@ -172,7 +172,7 @@ def _trt_to_torch_dtypes(trt: Any) -> dict[Any, Any]:
     return table
 
 
-def _dir_hash(directory: str, sha256_file: Any) -> str:
+def _dir_hash(directory: str, file_sha256: Any) -> str:
     """Hash of every file name and content in a calibration directory (sorted)."""
     import hashlib
 
@@ -183,5 +183,5 @@ def _dir_hash(directory: str, sha256_file: Any) -> str:
     files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
     for p in files:
         h.update(str(p.relative_to(root) if root.is_dir() else p.name).encode())
-        h.update(sha256_file(p).encode())
+        h.update(file_sha256(p).encode())
     return h.hexdigest()

@@ -21,7 +21,6 @@ YAML keys (lengths in metres)::
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ import yaml
 
 from dvc_perception.config import load_yaml_mapping
 from dvc_perception.errors import ConfigError, MeshError
+from dvc_perception.files import file_sha256
 from dvc_perception.render.mesh import UNIT_SCALE, Mesh, load_mesh
 from dvc_perception.resources import shared_data_dir
 
@@ -249,15 +249,6 @@ def write_missing_fields(path: str | Path, *, data_root: str | Path | None = Non
     header = "".join(f"{line}\n" for line in path.read_text().splitlines() if line.startswith("#"))
     path.write_text(header + yaml.safe_dump(data, sort_keys=False, default_flow_style=None))
     return True
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def shipped_objects_by_mesh_sha256() -> dict[str, str]:

@@ -76,7 +76,8 @@ class BopFrameSource:
         with_masks: bool = True, render_backend: str = "auto",
         objects_by_mesh_sha256: Mapping[str, str] | None = None,
     ) -> None:
-        from dvc_perception.render.objects import file_sha256, shipped_objects_by_mesh_sha256
+        from dvc_perception.files import file_sha256
+        from dvc_perception.render.objects import shipped_objects_by_mesh_sha256
 
         if render_backend not in ("auto", "torch", "numba"):
             raise ConfigError(f"render_backend must be auto, torch or numba, got "

@@ -30,7 +30,6 @@ Determinism: as the other datasets, item i of epoch e draws from
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -46,7 +45,7 @@ from torch import Tensor
 
 from dvc_perception.engines.preprocess import ZoomCrop, box_from_mask
 from dvc_perception.errors import ConfigError, ModelSpecError, check_shape
-from dvc_perception.files import atomic_path
+from dvc_perception.files import atomic_path, file_sha256
 from dvc_perception.train.datasets import (
     AugmentConfig,
     Frame,
@@ -403,15 +402,6 @@ def detector_candidates(frames: FrameSource, detector: Any, indices: Sequence[in
         dets = detector.detect_boxes(np.ascontiguousarray(frames[int(i)].image))
         out.append(np.asarray([d.box_xywh for d in dets], np.float32).reshape(-1, 4))
     return out
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _read_cache(path: Path, key: str, roles: Mapping[str, int]

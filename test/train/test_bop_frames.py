@@ -14,7 +14,7 @@ import pytest
 from scipy.spatial import ConvexHull
 
 from dvc_perception.errors import ConfigError, InputError
-from dvc_perception.render.objects import file_sha256
+from dvc_perception.files import file_sha256
 from dvc_perception.train.bop_frames import BopFrameSource
 from dvc_perception.train.runner import RunSpec, _frame_sources, open_frame_source
 
