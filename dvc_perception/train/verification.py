@@ -3,7 +3,8 @@
 
 The box verifier (`models.verifier_net.VerifierNet`) looks at a zoom crop of the
 **full-resolution** frame around each detector box and says which class (or background) it
-shows; the pipeline re-scores the box by detection score x the probability of its class.
+shows; the pipeline re-scores the box by the geometric mean of its detection score and the
+probability of its class (`pipeline.network.NetworkDetector`).
 `VerifierDataset` builds those crops exactly as serving does (``ZoomCrop.from_box(box, (W, H),
 (S, S), scale=crop_scale)`` and `engines.preprocess.warp_to_input`'s map), from three kinds of
 candidate box per frame (`VerifySampling`):
