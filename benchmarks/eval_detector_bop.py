@@ -41,12 +41,12 @@ THRESHOLDS = (0.0, 0.1, 0.2, 0.3, 0.5)
 
 
 def evaluate(detector_path: str, dataset_dir: str, scene: str, verifier: str = "",
-             candidates: int = 10) -> dict:
+             candidates: int = 10, precision: str = "fp32") -> dict:
     """Per-threshold, per-object recall and precision (fractions), plus counts."""
     ids = bop_object_ids(dataset_dir)  # BOP obj_id -> shipped object id (by mesh sha256)
     detector = NetworkDetector(detector_path, min_detection_score=min(THRESHOLDS),
                                max_per_class=1, verifier_path=verifier or None,
-                               verifier_candidates=candidates)
+                               verifier_candidates=candidates, precision=precision)
     gt_info = read_scene_gt_info(dataset_dir, scene)
     known = set(detector.object_ids)
     # per (image, object id): best detection (score, box) and the GT targets
@@ -99,10 +99,12 @@ def main() -> int:
     parser.add_argument("--verifier", default="", help="box verifier ONNX (task verifier)")
     parser.add_argument("--candidates", type=int, default=10,
                         help="boxes per class the verifier re-scores (default 10)")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "int8"),
+                        help="int8: QDQ models from `dvc-perception quantize` (both of them)")
     parser.add_argument("--json", default="", help="also write the result here")
     args = parser.parse_args()
     result = evaluate(args.detector, args.dataset_dir, args.scene, args.verifier,
-                      args.candidates)
+                      args.candidates, args.precision)
     print(f"{result['targets']} targets (visib_fract >= 0.1), {args.detector}"
           + (f" + {args.verifier}" if args.verifier else ""))
     for thr, r in result["thresholds"].items():

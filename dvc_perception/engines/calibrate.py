@@ -128,11 +128,13 @@ def shard_instance_crops(
     mean: Sequence[float] = (0.0, 0.0, 0.0),
     std: Sequence[float] = (1.0, 1.0, 1.0),
 ) -> list[np.ndarray]:
-    """Up to `max_frames` zoom-crop inputs (1, 3, H, W): one per object instance of the shards.
+    """Up to `max_frames` zoom-crop inputs (B, 3, H, W): one crop per object instance.
 
     The crop of each instance is the one the two-stage pipeline takes around a detected box
     (`ZoomCrop.from_box` of the instance's visible-mask box at `crop_scale`), so a zoom-crop
-    keypoint model is calibrated on what it will see.
+    model (keypoints, or the box verifier) is calibrated on what it will see. A model with a
+    static batch B > 1 (the box verifier: B = 16) gets B consecutive crops per input; an
+    incomplete last batch is left out.
 
     Raises:
         ConfigError: `source` is not a synthetic shard directory (instance masks give the
@@ -147,10 +149,12 @@ def shard_instance_crops(
             f"give synthetic shards (dvc-perception synth --out DIR) as the calibration "
             f"source, not {source if isinstance(source, (str, os.PathLike)) else 'frames'}"
         )
-    if len(input_shape) != 4 or input_shape[1] != 3 or input_shape[0] != 1:
-        raise ConfigError(f"calibration needs an input shaped (1, 3, H, W), got {input_shape}")
-    size = (int(input_shape[3]), int(input_shape[2]))
+    if len(input_shape) != 4 or input_shape[1] != 3 or not int(input_shape[0] or 0) >= 1:
+        raise ConfigError(f"calibration needs an input shaped (B, 3, H, W) with a static "
+                          f"batch B, got {input_shape}")
+    batch, size = int(input_shape[0]), (int(input_shape[3]), int(input_shape[2]))
     out: list[np.ndarray] = []
+    crops: list[np.ndarray] = []
     for frame in load_shards(source):
         height, width = frame.rgb.shape[:2]
         for k in sorted(int(v) for v in np.unique(frame.instance_ids) if v >= 0):
@@ -158,11 +162,15 @@ def shard_instance_crops(
             if box is None:
                 continue
             crop = ZoomCrop.from_box(box, (width, height), size, scale=crop_scale)
-            out.append(crop.network_input(frame.rgb, mean, std))
-            if len(out) >= max_frames:
-                return out
+            crops.append(crop.network_input(frame.rgb, mean, std))
+            if len(crops) == batch:
+                out.append(np.concatenate(crops))
+                crops = []
+                if len(out) >= max_frames:
+                    return out
     if not out:
-        raise ConfigError(f"calibration source {source} has no object instance to crop")
+        raise ConfigError(f"calibration source {source} has fewer than {batch} object "
+                          "instances to crop")
     return out
 
 

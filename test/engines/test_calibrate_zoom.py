@@ -73,6 +73,14 @@ def test_a_zoom_crop_model_calibrates_on_a_crop_of_every_instance(shards, zoom_m
         np.testing.assert_array_equal(a, b)
     assert len(shard_instance_crops(shards, input_shape=(1, 3, 64, 64), crop_scale=1.5,
                                     max_frames=3)) == 3
+    # a static batch B (the box verifier's 16): B consecutive crops per input, the last
+    # incomplete batch left out
+    batched = shard_instance_crops(shards, input_shape=(4, 3, 64, 64), crop_scale=1.5)
+    assert len(batched) == len(expected) // 4 >= 1
+    for i, b in enumerate(batched):
+        np.testing.assert_array_equal(b, np.concatenate(expected[4 * i:4 * i + 4]))
+    with pytest.raises(ConfigError, match="fewer than 64 object instances"):
+        shard_instance_crops(shards, input_shape=(64, 3, 64, 64), crop_scale=1.5)
 
 
 def test_a_zoom_crop_model_refuses_whole_frames(zoom_model, tmp_path, capsys):
