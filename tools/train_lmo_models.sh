@@ -41,11 +41,11 @@ if [ "$STAGE" = all ] || [ "$STAGE" = verify ]; then
   # The box verifier: a crop classifier (background or which object) on 64x64 zoom crops of the
   # full-resolution frames of the detector members' data, 8 crops per frame (true boxes
   # jittered, random boxes, and the shipped detector's candidates: its wrong boxes are the hard
-  # background examples), 12 epochs, one process (benchmarks/RESULTS.md, issue 19).
+  # background examples), 24 epochs (VERIFY_EPOCHS), one process (benchmarks/RESULTS.md, issue 19).
   dirs=()
   for k in $(seq 1 "${DET_MEMBERS:-3}"); do dirs+=("data/lmo8_det_s$k/a" "data/lmo8_det_s$k/b"); done
   $CLI train verify --data "${dirs[@]}" --val-fraction 0.05 --objects $OBJECTS \
-    --input-size 64x64 --epochs 12 --batch-size 16 --lr 2e-3 --threads 2 \
+    --input-size 64x64 --epochs "${VERIFY_EPOCHS:-24}" --batch-size 16 --lr 2e-3 --threads 2 \
     --precision "$PRECISION" --hard-negatives models/detector_lmo.onnx --out runs/verifier_lmo \
     --no-progress $(resume runs/verifier_lmo)
   $CLI export runs/verifier_lmo/best.pt --out models/verifier_lmo.onnx --no-torch-weights
