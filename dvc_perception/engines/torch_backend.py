@@ -74,21 +74,9 @@ def onnx_io_specs(onnx_path: str | os.PathLike[str]) -> tuple[tuple[TensorSpec, 
 def model_factories() -> dict[str, Callable[..., Any]]:
     """``architecture.factory`` names of exported models -> the callables that rebuild them."""
     from dvc_perception.engines.reference_nets import REFERENCE_FACTORY, build_reference_net
-    from dvc_perception.models.factory import (
-        DEPTH_FACTORY,
-        DETECTOR_ENSEMBLE_FACTORY,
-        DETECTOR_FACTORY,
-        KEYPOINT_FACTORY,
-        depth_export_module,
-        detector_ensemble_export_module,
-        detector_export_module,
-        keypoint_export_module,
-    )
+    from dvc_perception.models.factory import EXPORT_FACTORIES
 
-    return {KEYPOINT_FACTORY: keypoint_export_module, DEPTH_FACTORY: depth_export_module,
-            DETECTOR_FACTORY: detector_export_module,
-            DETECTOR_ENSEMBLE_FACTORY: detector_ensemble_export_module,
-            REFERENCE_FACTORY: build_reference_net}
+    return {**EXPORT_FACTORIES, REFERENCE_FACTORY: build_reference_net}
 
 
 def module_from_metadata(onnx_path: str | os.PathLike[str]) -> Any:

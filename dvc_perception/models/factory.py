@@ -78,3 +78,14 @@ def detector_ensemble_export_module(members: int, **config: Any) -> DetectorEnse
 def verifier_export_module(**config: Any) -> VerifierNetForExport:
     """The exported box-verifier graph (crops -> class_prob), untrained."""
     return VerifierNetForExport(VerifierNet(verifier_config_from_mapping(config)))
+
+
+#: every ``architecture.factory`` name the package's exports write -> the callable it names
+#: (the torch backend rebuilds a model with a ``.pt`` twin from it)
+EXPORT_FACTORIES: dict[str, Any] = {
+    KEYPOINT_FACTORY: keypoint_export_module,
+    DEPTH_FACTORY: depth_export_module,
+    DETECTOR_FACTORY: detector_export_module,
+    DETECTOR_ENSEMBLE_FACTORY: detector_ensemble_export_module,
+    VERIFIER_FACTORY: verifier_export_module,
+}

@@ -233,8 +233,8 @@ class BoxVerifier:
     ``crop_scale`` x the box's longer side, at its input size: the crops it was trained on,
     ``train verify``) and the model (``task: verifier``, output ``class_prob`` (B, 1 + O):
     background, then its ``object_ids``; `models.verifier_net`) gives the probability of each
-    class. Crops run in chunks of the model's static batch (metadata ``batch``), the last one
-    padded with zeros.
+    class. Crops run in chunks of the model input's static batch (16 as `train verify` exports
+    it), the last one padded with zeros.
 
     Args:
         model_path: exported verifier ONNX model.
@@ -242,9 +242,9 @@ class BoxVerifier:
         backend, precision, device, cache_dir: see `engines.load_engine`.
 
     Raises:
-        ModelSpecError: a missing file, a wrong task, metadata without ``crop_scale`` or with
-            a batch that does not match the input, an output of the wrong shape, or a detector
-            class the verifier does not know (both lists named).
+        ModelSpecError: a missing file, a wrong task, metadata without ``crop_scale``, an
+            output of the wrong shape, or a detector class the verifier does not know (both
+            lists named).
     """
 
     def __init__(

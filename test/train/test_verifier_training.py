@@ -288,6 +288,13 @@ def test_export_verifier_onnxruntime_equals_torch_softmax(verify_run, tmp_path, 
     np.testing.assert_allclose(onnx_prob, torch_prob, atol=1e-4)
     np.testing.assert_allclose(rebuilt_prob, torch_prob, atol=1e-6)
     np.testing.assert_allclose(onnx_prob.sum(1), 1.0, atol=1e-5)
+    # the torch backend rebuilds it from its factory and the twin, like the other networks
+    from dvc_perception.engines.load import load_engine
+
+    engine = load_engine(out, backend="torch", device="cpu")
+    assert engine.source == "factory + state dict"
+    np.testing.assert_allclose(engine.run({"image": crops.numpy()})["class_prob"], torch_prob,
+                               atol=1e-6)
 
 
 def test_bad_verify_settings_are_typed_errors(detector_onnx, verify_run, tmp_path, capsys):
