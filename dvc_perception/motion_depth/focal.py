@@ -30,7 +30,7 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 
 from dvc_perception.errors import ConfigError, InputError
-from dvc_perception.motion_depth.pose_refine import PoseRefineSettings, features, match
+from dvc_perception.motion_depth.pose_refine import PoseRefineSettings, features, match, skew
 
 #: Relative difference beyond which the estimate "disagrees" with the given focal length: a 5 %
 #: focal error is a 5 % error of every depth (AbsRel 0.05), and 5 % is above what the estimate
@@ -165,8 +165,7 @@ def sampson_px(K: np.ndarray, R: np.ndarray, t: np.ndarray, x1: np.ndarray,
     (R (3, 3), t (3,)) camera 1 -> camera 2: ``X_2 = R X_1 + t``.
     """
     Ki = np.linalg.inv(K)
-    tx = np.array([[0.0, -t[2], t[1]], [t[2], 0.0, -t[0]], [-t[1], t[0], 0.0]])
-    F = Ki.T @ tx @ R @ Ki
+    F = Ki.T @ skew(np.asarray(t, dtype=np.float64)[None])[0] @ R @ Ki
     h1 = np.c_[x1, np.ones(len(x1))]
     h2 = np.c_[x2, np.ones(len(x2))]
     Fx1 = h1 @ F.T

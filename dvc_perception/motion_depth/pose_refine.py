@@ -164,7 +164,7 @@ def _huber_weight(normalised: np.ndarray, k: float) -> np.ndarray:
     return np.where(n <= k, 1.0, k / np.maximum(n, 1e-300))
 
 
-def _skew(w: np.ndarray) -> np.ndarray:
+def skew(w: np.ndarray) -> np.ndarray:
     """(S, 3, 3) cross-product matrices of the rows of `w` (S, 3)."""
     out = np.zeros((len(w), 3, 3))
     out[:, 0, 1], out[:, 0, 2], out[:, 1, 2] = -w[:, 2], w[:, 1], -w[:, 0]
@@ -177,7 +177,7 @@ def _so3_exp(w: np.ndarray) -> np.ndarray:
     theta = np.linalg.norm(w, axis=1)
     a = np.sinc(theta / np.pi)  # sin(theta) / theta
     b = 0.5 * np.sinc(theta / (2.0 * np.pi)) ** 2  # (1 - cos(theta)) / theta**2, no cancellation
-    W = _skew(w)
+    W = skew(w)
     return np.eye(3) + a[:, None, None] * W + b[:, None, None] * (W @ W)
 
 
