@@ -361,7 +361,8 @@ class SearchConfig:
     Replaces the keypoint network's PnP in the two-stage path: each box of the detector is
     searched by refining ``num_rotations`` starts spread over all rotations, each placed to fill
     the box, and the refined pose of lowest alignment cost is reported, scored ``detection
-    score * exp(-refine.cost_weight * cost)``. Needs ``pipeline.refine.enabled`` (its settings
+    score * exp(-refine.cost_weight * cost)``, so boxes scored under ``pipeline.min_score``
+    are not searched (they could not be published). Needs ``pipeline.refine.enabled`` (its settings
     and meshes are used) and a detector (``network.detector_model_path``). About 4 ms per start
     per box on one CPU core: for acquisition with tracking, not for every frame.
     """

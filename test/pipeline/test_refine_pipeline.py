@@ -313,6 +313,32 @@ def test_search_finds_the_pose_in_a_detector_box(model_pipeline, demo_object, fr
     assert result.timings["pnp_ms"] == 0.0
 
 
+def test_search_skips_boxes_that_cannot_reach_min_score(model_pipeline, frame, camera,
+                                                        monkeypatch):
+    """A searched pose scores box score x exp(-cost) <= box score: a box under min_score is not
+    searched (the search costs ~0.8 s per box), one at or above it is."""
+    from dvc_perception.config import SearchConfig
+    from dvc_perception.pipeline.detection import BoxDetection
+    from dvc_perception.refine import search
+
+    searched = []
+
+    def fake_search(image, camera, model, box_xywh, *args, **kwargs):
+        searched.append(tuple(box_xywh))
+        return search.SearchResult(R_TRUE.copy(), T_TRUE.copy(), 0.0, np.eye(6), 1)
+
+    monkeypatch.setattr(search, "search_pose", fake_search)
+    boxes = [BoxDetection(0, 0.49, (10.0, 10.0, 40.0, 40.0)),
+             BoxDetection(0, 0.5, (100.0, 100.0, 40.0, 40.0))]
+    config = dataclasses.replace(model_pipeline.config, min_score=0.5,
+                                 search=SearchConfig(enabled=True, num_rotations=1))
+    pipe = Pipeline(config, BoxesOnly("demo_object", boxes),
+                    refine_models=model_pipeline.refine_models)
+    result = pipe.process(frame, camera, 0.0)
+    assert searched == [(100.0, 100.0, 40.0, 40.0)]
+    assert [p.score for p in result.poses] == [pytest.approx(0.5)]
+
+
 def test_search_needs_refinement_a_detector_and_meshes(model_pipeline, demo_object):
     from dvc_perception.config import SearchConfig
 
