@@ -8,8 +8,11 @@ Per frame, all with the frame's stamp (`datasets.rgbd`: 7-Scenes frame ``n`` at
   or with `focal_px` its K with fx = fy = `focal_px`; ``plumb_bob`` with zero distortion),
   header.frame_id `frame_id`;
 - ``/camera/depth/ground_truth`` sensor_msgs/Image ``32FC1`` metres, NaN where the sensor has no
-  measurement (REP 118), the colour image's size and frame_id: the sensor depth taken as
-  registered to the colour camera, as `eval` expects its depth ground truth;
+  measurement (REP 118), the colour image's size and frame_id, on the colour camera's pixel
+  grid, as `eval` expects its depth ground truth: the sensor depth as it is (taken as registered
+  to the colour camera) unless `focal_px` gives the colour camera another K than the intrinsics
+  file's; then the depth images keep the file's K and are moved onto the colour grid
+  (`depth_on_colour_grid`), unless `depth_registered` says they are on it already;
 - ``/camera/pose`` geometry_msgs/PoseStamped: the camera optical frame in the world frame
   (camera-to-world, as the pose file gives it), header.frame_id `world_frame`.
 
@@ -34,6 +37,31 @@ from dvc_perception.synth.synth_bag import (
 )
 
 
+def depth_on_colour_grid(depth_m: np.ndarray, K_depth: np.ndarray, K_colour: np.ndarray
+                         ) -> np.ndarray:
+    """A depth image (H, W) [m] of a camera with `K_depth`, seen by one with `K_colour`.
+
+    The two cameras are taken to share their centre and orientation (only the intrinsics
+    differ: a homography ``K_depth K_colour^-1`` maps a colour pixel to its depth pixel, the
+    depth value is unchanged). Each colour pixel takes the nearest depth pixel (no blending
+    across depth edges); NaN where that falls outside the depth image or has no measurement.
+    The same array when the two K are equal.
+    """
+    if np.array_equal(K_depth, K_colour):
+        return depth_m
+    h, w = depth_m.shape
+    v, u = np.mgrid[0:h, 0:w].astype(np.float64)
+    H = np.asarray(K_depth, np.float64) @ np.linalg.inv(np.asarray(K_colour, np.float64))
+    x = H[0, 0] * u + H[0, 1] * v + H[0, 2]
+    y = H[1, 0] * u + H[1, 1] * v + H[1, 2]
+    z = H[2, 0] * u + H[2, 1] * v + H[2, 2]
+    xi, yi = np.floor(x / z + 0.5), np.floor(y / z + 0.5)
+    inside = (xi >= 0) & (xi <= w - 1) & (yi >= 0) & (yi <= h - 1)
+    out = np.full((h, w), np.nan, np.float32)
+    out[inside] = depth_m[yi[inside].astype(np.int64), xi[inside].astype(np.int64)]
+    return out
+
+
 def rgbd_sequence_to_bag(
     seq_dir: str | Path,
     out: str | Path,
@@ -53,6 +81,7 @@ def rgbd_sequence_to_bag(
     perturb_deg: float = 0.0,
     seed: int = 0,
     focal_px: float | None = None,
+    depth_registered: bool = False,
 ) -> RgbdSequence:
     """Write the bag; returns the sequence as read (`frames`: the frames written).
 
@@ -81,7 +110,11 @@ def rgbd_sequence_to_bag(
         focal_px: write fx = fy = `focal_px` [px] in camera_info instead of the intrinsics
             file's (principal point and skew unchanged): a focal length measured from the
             images (`dvc-perception estimate-focal`) when the file's is only nominal. None: the
-            file's K, unchanged.
+            file's K, unchanged. The depth images keep the file's K (7-Scenes: the file's K is
+            the depth camera's, which its trajectory was computed with) and are moved onto the
+            colour grid (`depth_on_colour_grid`).
+        depth_registered: the depth images are already on the colour camera's grid (e.g. a
+            camera's aligned depth): written as they are, whatever `focal_px` says.
 
     Raises:
         ConfigError: an empty frame id, a bad selection, rate or tolerance, a `focal_px` that
@@ -128,6 +161,8 @@ def rgbd_sequence_to_bag(
             writer.write_message(IMAGE_TOPIC, rgb_to_image_msg(rgb, header), ns)
             writer.write_message(CAMERA_INFO_TOPIC, intrinsics_to_camera_info_msg(
                 K, width, height, header), ns)  # fmt: skip
+            if not depth_registered:
+                depth_m = depth_on_colour_grid(depth_m, sequence.K, K)
             writer.write_message(DEPTH_TOPIC, depth_to_image_msg(depth_m, header), ns)
             T = frame.T_world_cam
             if perturb_m > 0 or perturb_deg > 0:

@@ -19,7 +19,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--focal-px", type=float, default=None, metavar="F",
                         help="write fx = fy = F [px] in camera_info instead of the "
                         "intrinsics file's (principal point unchanged; e.g. from "
-                        "estimate-focal)")  # fmt: skip
+                        "estimate-focal); the depth images keep the file's K and are moved "
+                        "onto the colour camera's pixel grid")  # fmt: skip
+    parser.add_argument("--depth-registered", action="store_true",
+                        help="the depth images are on the colour camera's pixel grid already "
+                        "(aligned depth): written as they are, also with --focal-px")
     parser.add_argument("--start", type=int, default=0, help="frames to skip at the beginning")
     parser.add_argument("--stride", type=int, default=1, help="keep every N-th frame")
     parser.add_argument("--max-frames", type=int, default=None, help="at most N frames")
@@ -51,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         stride=args.stride, max_frames=args.max_frames, rate_hz=args.rate,
         max_dt_s=args.max_dt, overwrite=args.overwrite, progress=not args.no_progress,
         perturb_m=args.perturb_m, perturb_deg=args.perturb_deg, seed=args.seed,
-        focal_px=args.focal_px,
+        focal_px=args.focal_px, depth_registered=args.depth_registered,
     )  # fmt: skip
     skipped = (f" ({seq.skipped} colour images without a depth image and a pose within the "
                "time tolerance left out)" if seq.skipped else "")  # fmt: skip
@@ -61,4 +65,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"camera_info focal length overridden (--focal-px): fx = fy = {args.focal_px:g} "
               f"px, not the intrinsics file's fx {seq.K[0, 0]:g} fy {seq.K[1, 1]:g} (principal "
               "point unchanged)")
+        print("depth ground truth: " + ("written as it is (--depth-registered)"
+                                        if args.depth_registered else
+                                        "moved from the intrinsics file's K onto the colour "
+                                        "camera's pixel grid (same centre and orientation "
+                                        "assumed; --depth-registered keeps it as it is)"))
     return 0

@@ -184,11 +184,19 @@ def test_rgbd2bag_focal_override(room, tmp_path, capsys) -> None:
     assert "overridden" not in capsys.readouterr().out
     assert main(["rgbd2bag", str(seq), "-o", str(tmp_path / "focal"), "--no-progress",
                  "--focal-px", "515.5"]) == 0  # fmt: skip
-    assert "fx = fy = 515.5 px, not the intrinsics file's fx 585 fy 586" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "fx = fy = 515.5 px, not the intrinsics file's fx 585 fy 586" in out
+    assert "moved from the intrinsics file's K onto the colour camera's pixel grid" in out
+    assert main(["rgbd2bag", str(seq), "-o", str(tmp_path / "registered"), "--no-progress",
+                 "--focal-px", "515.5", "--depth-registered"]) == 0  # fmt: skip
+    assert "written as it is (--depth-registered)" in capsys.readouterr().out
     plain, focal = _bag_messages(tmp_path / "plain"), _bag_messages(tmp_path / "focal")
-    assert plain.keys() == focal.keys()
-    for topic in plain:  # every message but camera_info's is the same
-        assert (plain[topic] == focal[topic]) is (topic != CAMERA_INFO_TOPIC), topic
+    registered = _bag_messages(tmp_path / "registered")
+    assert plain.keys() == focal.keys() == registered.keys()
+    for topic in plain:  # images and poses are the same; the depth moves unless registered
+        assert (plain[topic] == focal[topic]) is (topic not in (CAMERA_INFO_TOPIC, DEPTH_TOPIC))
+        assert (plain[topic] == registered[topic]) is (topic != CAMERA_INFO_TOPIC), topic
+    assert focal[CAMERA_INFO_TOPIC] == registered[CAMERA_INFO_TOPIC]
     K_override = K_file.copy()
     K_override[0, 0] = K_override[1, 1] = 515.5
     for K, infos in ((K_override, focal[CAMERA_INFO_TOPIC]), (K_file, plain[CAMERA_INFO_TOPIC])):
@@ -197,3 +205,41 @@ def test_rgbd2bag_focal_override(room, tmp_path, capsys) -> None:
             np.testing.assert_array_equal(np.reshape(info.k, (3, 3)), K)
             np.testing.assert_array_equal(np.reshape(info.p, (3, 4))[:, :3], K)
     assert main(["rgbd2bag", str(seq), "-o", str(tmp_path / "bad"), "--focal-px", "nan"]) == 2
+
+
+def test_rgbd2bag_focal_override_moves_the_depth_onto_the_colour_grid(tmp_path) -> None:
+    """The depth images keep the file's K: with another colour K each colour pixel takes the
+    depth pixel its ray meets (nearest; NaN outside), checked against OpenCV's remap."""
+    from dvc_perception.bag.rgbd import depth_on_colour_grid, rgbd_sequence_to_bag
+
+    rng = np.random.default_rng(3)
+    h, w = 30, 40
+    K_d = np.array([[59.0, 0.0, 19.5], [0.0, 61.0, 14.5], [0.0, 0.0, 1.0]])  # no .5 ties
+    K_c = np.array([[50.0, 0.0, 19.5], [0.0, 50.0, 14.5], [0.0, 0.0, 1.0]])
+    depth = rng.uniform(0.5, 3.0, (h, w)).astype(np.float32)
+    depth[3, 4] = np.nan
+    got = depth_on_colour_grid(depth, K_d, K_c)
+    u, v = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    map_x = (u - 19.5) * 59.0 / 50.0 + 19.5
+    map_y = (v - 14.5) * 61.0 / 50.0 + 14.5
+    want = cv2.remap(depth, map_x, map_y, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT,
+                     borderValue=float("nan"))
+    outside = (map_x < -0.5) | (map_x > w - 0.5) | (map_y < -0.5) | (map_y > h - 0.5)
+    assert outside.any() and np.isnan(got[outside]).all()  # the colour camera sees wider
+    both = ~outside
+    np.testing.assert_array_equal(np.isnan(got[both]), np.isnan(want[both]))
+    np.testing.assert_array_equal(got[both & ~np.isnan(want)], want[both & ~np.isnan(want)])
+    assert depth_on_colour_grid(depth, K_d, K_d) is depth
+    # through the converter: the written ground truth is that image
+    seq = tmp_path / "seq"
+    seq.mkdir()
+    np.savetxt(seq / "camera-intrinsics.txt", K_d)
+    cv2.imwrite(str(seq / "frame-000000.color.png"), np.zeros((h, w, 3), np.uint8))
+    cv2.imwrite(str(seq / "frame-000000.depth.png"), np.round(depth * 1000).astype(np.uint16))
+    np.savetxt(seq / "frame-000000.pose.txt", np.eye(4))
+    rgbd_sequence_to_bag(seq, tmp_path / "bag", focal_px=50.0, progress=False)
+    (msg,) = _bag_messages(tmp_path / "bag")[DEPTH_TOPIC]
+    written = np.frombuffer(bytes(msg.data), "<f4").reshape(h, w)
+    sensor = cv2.imread(str(seq / "frame-000000.depth.png"), cv2.IMREAD_UNCHANGED) / 1000.0
+    sensor = np.where(sensor > 0, sensor, np.nan).astype(np.float32)
+    np.testing.assert_array_equal(written, depth_on_colour_grid(sensor, K_d, K_c))
