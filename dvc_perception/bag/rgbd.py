@@ -11,8 +11,9 @@ Per frame, all with the frame's stamp (`datasets.rgbd`: 7-Scenes frame ``n`` at
   measurement (REP 118), the colour image's size and frame_id, on the colour camera's pixel
   grid, as `eval` expects its depth ground truth: the sensor depth as it is (taken as registered
   to the colour camera) unless `focal_px` gives the colour camera another K than the intrinsics
-  file's; then the depth images keep the file's K and are moved onto the colour grid
-  (`depth_on_colour_grid`), unless `depth_registered` says they are on it already;
+  file's; then 7-Scenes' depth images keep the file's K and are moved onto the colour grid
+  (`depth_on_colour_grid`), while TUM's, registered to the colour camera by the dataset, are
+  written as they are (`depth_registered` decides for either layout);
 - ``/camera/pose`` geometry_msgs/PoseStamped: the camera optical frame in the world frame
   (camera-to-world, as the pose file gives it), header.frame_id `world_frame`.
 
@@ -81,7 +82,7 @@ def rgbd_sequence_to_bag(
     perturb_deg: float = 0.0,
     seed: int = 0,
     focal_px: float | None = None,
-    depth_registered: bool = False,
+    depth_registered: bool | None = None,
 ) -> RgbdSequence:
     """Write the bag; returns the sequence as read (`frames`: the frames written).
 
@@ -113,8 +114,10 @@ def rgbd_sequence_to_bag(
             file's K, unchanged. The depth images keep the file's K (7-Scenes: the file's K is
             the depth camera's, which its trajectory was computed with) and are moved onto the
             colour grid (`depth_on_colour_grid`).
-        depth_registered: the depth images are already on the colour camera's grid (e.g. a
-            camera's aligned depth): written as they are, whatever `focal_px` says.
+        depth_registered: True: the depth images are already on the colour camera's grid (e.g.
+            a camera's aligned depth) and are written as they are, whatever `focal_px` says;
+            False: they have the intrinsics file's K; None: by layout (TUM's depth is
+            registered to its colour images, 7-Scenes' is not).
 
     Raises:
         ConfigError: an empty frame id, a bad selection, rate or tolerance, a `focal_px` that
@@ -142,6 +145,7 @@ def rgbd_sequence_to_bag(
     sequence = read_rgbd_sequence(seq_dir, intrinsics=intrinsics, start=start, stride=stride,
                                   max_frames=max_frames, rate_hz=rate_hz,
                                   max_dt_s=max_dt_s)  # fmt: skip
+    registered = (sequence.layout == "tum") if depth_registered is None else depth_registered
     K = sequence.K
     if focal_px is not None:
         K = K.copy()
@@ -161,7 +165,7 @@ def rgbd_sequence_to_bag(
             writer.write_message(IMAGE_TOPIC, rgb_to_image_msg(rgb, header), ns)
             writer.write_message(CAMERA_INFO_TOPIC, intrinsics_to_camera_info_msg(
                 K, width, height, header), ns)  # fmt: skip
-            if not depth_registered:
+            if not registered:
                 depth_m = depth_on_colour_grid(depth_m, sequence.K, K)
             writer.write_message(DEPTH_TOPIC, depth_to_image_msg(depth_m, header), ns)
             T = frame.T_world_cam

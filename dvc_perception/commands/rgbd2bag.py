@@ -19,11 +19,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--focal-px", type=float, default=None, metavar="F",
                         help="write fx = fy = F [px] in camera_info instead of the "
                         "intrinsics file's (principal point unchanged; e.g. from "
-                        "estimate-focal); the depth images keep the file's K and are moved "
-                        "onto the colour camera's pixel grid")  # fmt: skip
-    parser.add_argument("--depth-registered", action="store_true",
-                        help="the depth images are on the colour camera's pixel grid already "
-                        "(aligned depth): written as they are, also with --focal-px")
+                        "estimate-focal); 7-Scenes depth images keep the file's K and are "
+                        "moved onto the colour camera's pixel grid")  # fmt: skip
+    registered = parser.add_mutually_exclusive_group()
+    registered.add_argument("--depth-registered", dest="depth_registered", action="store_true",
+                            default=None, help="the depth images are on the colour camera's "
+                            "pixel grid already (aligned depth; the default for TUM): written "
+                            "as they are, also with --focal-px")  # fmt: skip
+    registered.add_argument("--depth-unregistered", dest="depth_registered",
+                            action="store_false", help="the depth images have the intrinsics "
+                            "file's K (the default for 7-Scenes): with --focal-px they are moved "
+                            "onto the colour camera's pixel grid")  # fmt: skip
     parser.add_argument("--start", type=int, default=0, help="frames to skip at the beginning")
     parser.add_argument("--stride", type=int, default=1, help="keep every N-th frame")
     parser.add_argument("--max-frames", type=int, default=None, help="at most N frames")
@@ -65,9 +71,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"camera_info focal length overridden (--focal-px): fx = fy = {args.focal_px:g} "
               f"px, not the intrinsics file's fx {seq.K[0, 0]:g} fy {seq.K[1, 1]:g} (principal "
               "point unchanged)")
-        print("depth ground truth: " + ("written as it is (--depth-registered)"
-                                        if args.depth_registered else
-                                        "moved from the intrinsics file's K onto the colour "
+        registered = (seq.layout == "tum" if args.depth_registered is None
+                      else args.depth_registered)
+        print("depth ground truth: " + ("written as it is, taken as registered to the colour "
+                                        "image (--depth-unregistered moves it)" if registered
+                                        else "moved from the intrinsics file's K onto the colour "
                                         "camera's pixel grid (same centre and orientation "
                                         "assumed; --depth-registered keeps it as it is)"))
     return 0

@@ -209,6 +209,39 @@ def test_tum_round_trip_keeps_its_stamps_and_associates(tmp_path):
     assert _stamp_ns(msgs[IMAGE_TOPIC][0][1]) == 1305031102175304000
 
 
+def test_focal_override_keeps_tum_depth_and_moves_7scenes_depth(tmp_path):
+    """TUM's depth is registered to its colour images: a focal override leaves it as it is
+    (unless told otherwise); 7-Scenes' depth has the file's K and moves onto the colour grid."""
+    from dvc_perception.bag.rgbd import depth_on_colour_grid
+
+    _write_tum(tmp_path / "tum", n=3)
+    _write_7scenes(tmp_path / "7s", n=2)
+    K_over = K.copy()
+    K_over[0, 0] = K_over[1, 1] = 15.0
+
+    def depth_images(seq_dir, name, **kwargs):
+        intrinsics = seq_dir / "K.txt" if seq_dir.name == "tum" else None
+        rgbd_sequence_to_bag(seq_dir, tmp_path / name, intrinsics=intrinsics, progress=False,
+                             **kwargs)
+        _, msgs = _read_bag(tmp_path / name)
+        return [np.frombuffer(bytes(m.data), "<f4").reshape(m.height, m.width)
+                for _, m in msgs[DEPTH_TOPIC]]
+
+    for layout, moved_by_default in (("tum", False), ("7s", True)):
+        plain = depth_images(tmp_path / layout, f"{layout}_plain")
+        default = depth_images(tmp_path / layout, f"{layout}_f", focal_px=15.0)
+        forced = depth_images(tmp_path / layout, f"{layout}_f_moved", focal_px=15.0,
+                              depth_registered=False)
+        kept = depth_images(tmp_path / layout, f"{layout}_f_kept", focal_px=15.0,
+                            depth_registered=True)
+        for p, d, f, k in zip(plain, default, forced, kept):
+            moved = depth_on_colour_grid(p, K, K_over)
+            assert not np.array_equal(moved, p, equal_nan=True)
+            np.testing.assert_array_equal(d, moved if moved_by_default else p)
+            np.testing.assert_array_equal(f, moved)
+            np.testing.assert_array_equal(k, p)
+
+
 def test_tum_needs_intrinsics_and_refuses_a_rate(tmp_path):
     _write_tum(tmp_path / "tum", n=2)
     with pytest.raises(InputError, match=r"TUM RGB-D sequence.*--intrinsics FILE"):

@@ -189,7 +189,7 @@ def test_rgbd2bag_focal_override(room, tmp_path, capsys) -> None:
     assert "moved from the intrinsics file's K onto the colour camera's pixel grid" in out
     assert main(["rgbd2bag", str(seq), "-o", str(tmp_path / "registered"), "--no-progress",
                  "--focal-px", "515.5", "--depth-registered"]) == 0  # fmt: skip
-    assert "written as it is (--depth-registered)" in capsys.readouterr().out
+    assert "written as it is, taken as registered" in capsys.readouterr().out
     plain, focal = _bag_messages(tmp_path / "plain"), _bag_messages(tmp_path / "focal")
     registered = _bag_messages(tmp_path / "registered")
     assert plain.keys() == focal.keys() == registered.keys()
