@@ -57,6 +57,11 @@ done
 [ -f "$RUNS/data/lmo8_val/index.json" ] || $CLI synth --objects $OBJECTS --frames "$VAL" \
   --seed 140 --config config/synth_lmo.yaml --out "$RUNS/data/lmo8_val" --no-progress \
   > "$RUNS/synth_val.log" 2>&1 &
+# while the data is synthesized: the CUDA training path once on toy frames (it has never run on
+# a GPU here; a failure shows in a minute instead of after the data)
+$CLI train pose --toy 16 --epochs 1 --batch-size 8 --device "$DEV" --precision "$PREC" \
+  --no-progress --out "$RUNS/preflight" > "$OUT/preflight.log" 2>&1
+stamp "preflight (toy training on $DEV) exit $?"; tail -2 "$OUT/preflight.log"
 wait
 stamp "data ready after $(( $(date +%s) - t0 )) s"
 for f in "$RUNS"/synth_*.log; do grep -l -i error "$f" && tail -3 "$f"; done
