@@ -23,6 +23,8 @@ SUBCOMMANDS: tuple[tuple[str, str, str], ...] = (
     ("estimate-focal", "dvc_perception.commands.estimate_focal",
      "the focal length an RGB-D sequence's images and poses imply"),
     ("replay", "dvc_perception.commands.replay", "replay a rosbag2 through the node's code"),
+    ("adapt-depth-refiner", "dvc_perception.commands.adapt_depth_refiner",
+     "tune the depth refiner on a bag without labels (experimental)"),
     ("eval", "dvc_perception.commands.evaluate", "score a replayed bag against ground truth"),
     ("eval-bop", "dvc_perception.commands.eval_bop", "bop2bag + replay + eval in one step"),
     ("quantize", "dvc_perception.commands.quantize", "INT8 QDQ ONNX from calibration frames"),

@@ -254,7 +254,7 @@ def choose_pose_topic(
     return pick[0]
 
 
-class _CameraInfoIndex:
+class CameraInfoIndex:
     """Camera_info messages by header stamp and by record time, for the node's sync modes."""
 
     def __init__(self, entries: list[tuple[int, int, Any]], mode: str, tolerance_s: float) -> None:
@@ -265,6 +265,7 @@ class _CameraInfoIndex:
         self.entries = entries
 
     def find(self, stamp_ns: int, record_ns: int) -> Any | None:
+        """The camera_info of an image at `stamp_ns` recorded at `record_ns` [ns], or None."""
         if self.mode == "latest":
             k = bisect.bisect_right(self.by_record, (record_ns, len(self.entries)))
             return self.entries[self.by_record[k - 1][1]][2] if k > 0 else None
@@ -346,12 +347,12 @@ def replay_bag(
             log(f"replay: image topic {image_topic} ({why}), camera_info {camera_info_topic}")
         compressed = topics[image_topic].msgtype == COMPRESSED_IMAGE_TYPE
         with _replay_node(params_file, parameters, compressed) as node:
-            index = _read_camera_infos(reader, camera_info_topic, node.config.sync, summary, log)
+            index = read_camera_infos(reader, camera_info_topic, node.config.sync, summary, log)
             if node.tf_buffer is not None:  # output_frame, multiview from tf: all of TF first
                 node.tf_buffer = _read_transforms(reader, log)
             if node.pose_buffer is not None:  # multiview: every camera pose first
-                node.pose_buffer = _read_camera_poses(reader, node, image_topic, pose_topic,
-                                                      summary, log)  # fmt: skip
+                node.pose_buffer = read_camera_poses(reader, node.config.pipeline.multiview,
+                                                     image_topic, pose_topic, summary, log)
             copy = sorted(topics) if copy_inputs else []
             with AtomicBagWriter(output_bag, storage, overwrite=overwrite) as writer:
                 bar = _Progress(topics[image_topic].count, progress, on_frame)
@@ -390,14 +391,15 @@ def _read_transforms(reader: BagReader, log: Callable[[str], None] | None) -> An
     return buffer
 
 
-def _read_camera_poses(
-    reader: BagReader, node: Any, image_topic: str, pose_topic: str, summary: ReplaySummary,
+def read_camera_poses(
+    reader: BagReader, mv: Any, image_topic: str, pose_topic: str, summary: ReplaySummary,
     log: Callable[[str], None] | None,
 ) -> Any:  # fmt: skip
     """A `CameraPoseBuffer` with every camera pose of the bag (no age limit).
 
-    Poses that do not deserialize or are not rigid transforms (NaN, a zero quaternion) are
-    skipped and counted in the log; a frame between usable poses interpolates as live.
+    `mv`: the node's ``pipeline.multiview`` (`MultiviewConfig`). Poses that do not deserialize
+    or are not rigid transforms (NaN, a zero quaternion) are skipped and counted in the log; a
+    frame between usable poses interpolates as live. Also read by `bag.motion_frames`.
 
     Raises:
         BagError: no camera pose topic (`choose_pose_topic`), unless the node falls back to
@@ -410,7 +412,6 @@ def _read_camera_poses(
     from dvc_perception.ros.convert import pose_msg_to_matrix
 
     buffer = CameraPoseBuffer(max_age_s=None)
-    mv = node.config.pipeline.multiview
     try:
         topic = choose_pose_topic(reader.topics(), image_topic, mv.pose_topic, pose_topic)
     except BagError as err:
@@ -433,11 +434,14 @@ def _read_camera_poses(
     return buffer
 
 
-def _read_camera_infos(
+def read_camera_infos(
     reader: BagReader, topic: str, sync: Any, summary: ReplaySummary,
     log: Callable[[str], None] | None,
-) -> _CameraInfoIndex:  # fmt: skip
-    """Every readable camera_info of `topic`; the others are skipped and counted in `summary`."""
+) -> CameraInfoIndex:  # fmt: skip
+    """Every readable camera_info of `topic`; the others are skipped and counted in `summary`.
+
+    `sync`: the node's `SyncConfig` (how `CameraInfoIndex.find` pairs them with images).
+    """
     from sensor_msgs.msg import CameraInfo
 
     entries = []
@@ -450,7 +454,7 @@ def _read_camera_infos(
                 log(f"replay: skipped camera_info {err}")
             continue
         entries.append((_stamp_ns(msg.header.stamp), m.timestamp_ns, msg))
-    return _CameraInfoIndex(entries, sync.mode, sync.tolerance_s)
+    return CameraInfoIndex(entries, sync.mode, sync.tolerance_s)
 
 
 class _Progress:
@@ -477,7 +481,7 @@ class _Progress:
 
 
 def _replay_images(
-    reader: BagReader, writer: AtomicBagWriter, node: Any, index: _CameraInfoIndex,
+    reader: BagReader, writer: AtomicBagWriter, node: Any, index: CameraInfoIndex,
     summary: ReplaySummary, copy: Sequence[str], progress: _Progress,
     initial_poses: Mapping[int, Sequence[Any]] | None = None,
 ) -> None:  # fmt: skip

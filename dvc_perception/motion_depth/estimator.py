@@ -17,6 +17,10 @@ densifies the fused classical depth with it at the internal resolution before th
 its confidence then replaces the classical one (NaN below `refiner_min_confidence`). Without one
 (the default): classical only.
 
+With ``record=True`` the estimator keeps each depth frame's `WindowRecord` (`last_window`): the
+refiner's input and the swept sources with their adjusted poses, what self-supervised adaptation
+of the refiner (`train.adapt_refiner`) learns from.
+
 Constructing an estimator asks glibc's malloc to keep freed memory for reuse
 (`keep_freed_memory`, process-wide, once): every frame allocates and frees the same large
 buffers (SIFT's pyramids in OpenCV, the cost volumes, the kernels' scratch arrays), and with
@@ -141,6 +145,29 @@ class MotionDepthResult:
     note: str = ""
 
 
+@dataclass(frozen=True)
+class WindowRecord:
+    """What one depth frame's window gave, at the internal resolution (h, w) (``record=True``).
+
+    Attributes:
+        grey: (h, w) float32 reference image in [0, 1].
+        depth: (h, w) float32 the refiner's input depth [m] (NaN unknown; `Refiner.refine`).
+        confidence: (h, w) float32 its input confidence in [0, 1].
+        sources: the swept source frames (their ``grey`` (h, w), same camera).
+        poses: per source, (4, 4) reference camera -> source camera [m], as adjusted by the
+            window bundle adjustment, its translation at `depth`'s scale (the scale filter's
+            factor applied: warping `grey` with `depth` and these poses is consistent).
+        K: (3, 3) intrinsics at (w, h) [px].
+    """
+
+    grey: np.ndarray
+    depth: np.ndarray
+    confidence: np.ndarray
+    sources: tuple[Frame, ...]
+    poses: tuple[np.ndarray, ...]
+    K: np.ndarray
+
+
 def internal_size(width: int, height: int, internal_width: int) -> tuple[int, int]:
     """(w, h) of the internal images: `internal_width` wide (never upsampled), aspect kept."""
     w = min(internal_width, width)
@@ -231,14 +258,17 @@ class MotionDepthEstimator:
     """Stateful: keeps the recent frames of one camera (oldest dropped by the keyframe rule)."""
 
     def __init__(self, settings: MotionDepthSettings | None = None,
-                 refiner: Refiner | None = None) -> None:
+                 refiner: Refiner | None = None, record: bool = False) -> None:
         """`refiner`: the learned refiner run on the fused depth; None: classical only.
 
-        Calls `keep_freed_memory` (module docstring).
+        `record`: keep the last depth frame's `WindowRecord` in `last_window` (None after a
+        frame without depth). Calls `keep_freed_memory` (module docstring).
         """
         keep_freed_memory()
         self.settings = settings or MotionDepthSettings()
         self.refiner = refiner
+        self.record = record
+        self.last_window: WindowRecord | None = None
         self.window = KeyframeWindow(self.settings.keyframes)
         self._size: tuple[int, int] | None = None
         self._state: _FusionState | None = None
@@ -260,6 +290,7 @@ class MotionDepthEstimator:
         new window. Raises `InputError` / `ShapeError` for a bad image, K, pose or stamp.
         """
         t0 = time.perf_counter()
+        self.last_window = None
         check_shape(image_rgb, "H,W,3", name="image")
         K = np.asarray(K, np.float64)
         check_shape(K, "3,3", name="K")
@@ -321,6 +352,7 @@ class MotionDepthEstimator:
         result = plane_sweep_depth(ref.grey, [sources[i].grey for i in swept],
                                    [poses[i] for i in swept], Ks, self.settings.sweep)
         measured = (result.confidence >= self.settings.min_confidence) & (result.seen > 0)
+        to_depth_scale = 1.0  # the factor the scale filter applies to this sweep's depth
         if self.settings.temporal_fusion:
             baseline = max(float(np.linalg.norm(poses[i][:3, 3])) for i in moved)
             prior = None
@@ -334,8 +366,10 @@ class MotionDepthEstimator:
                 # translation_sigma_m is a relative pose's: two frames' independent noise
                 scale_var = window_scale_variance(scaled, pr.translation_sigma_m / np.sqrt(2.0))
                 if prior is not None:
+                    swept_baseline = baseline
                     result, prior, baseline, scale_var = self._carry_scale(
                         result, measured, prior, baseline, scale_var, state.scale_variance)
+                    to_depth_scale = baseline / swept_baseline
             inv_depth, variance, age = self._fuse(result, measured, baseline, Ks, prior)
             self._state = _FusionState(ref, inv_depth, variance, age, scale_var)
             rel_std = np.sqrt(variance) * np.where(inv_depth > 0, 1.0 / inv_depth, np.inf)
@@ -348,6 +382,16 @@ class MotionDepthEstimator:
         t4 = time.perf_counter()
         timings = {"features": 1e3 * (t2 - t1), "poses": 1e3 * (t3 - t2),
                    "sweep": 1e3 * (t4 - t3)}
+        if self.record:
+            depth_in, conf_in = self._refiner_inputs(depth_small, conf_small)
+            scaled_poses = []
+            for i in swept:
+                T = poses[i].copy()
+                T[:3, 3] *= to_depth_scale
+                scaled_poses.append(T)
+            self.last_window = WindowRecord(ref.grey, depth_in, conf_in,
+                                            tuple(sources[i] for i in swept),
+                                            tuple(scaled_poses), Ks.copy())
         if self.refiner is not None:
             depth_small, conf_small = self._refine(ref.grey, depth_small, conf_small)
             timings["refiner"] = 1e3 * (time.perf_counter() - t4)
@@ -366,20 +410,27 @@ class MotionDepthEstimator:
         `learned_refiner.fused_confidence`, not cut at `max_relative_std`), or without temporal
         fusion the classical output (`depth_small`, `conf_small`: this frame's measured sweep).
         """
-        from dvc_perception.motion_depth.learned_refiner import fused_confidence
-
         assert self.refiner is not None
-        if self.settings.temporal_fusion and self._state is not None:
-            inv = self._state.inv_depth
-            with np.errstate(divide="ignore", invalid="ignore"):
-                depth_in = np.where(inv > 0, 1.0 / inv, np.nan).astype(np.float32)
-            conf_in = fused_confidence(inv, self._state.variance)
-        else:
-            depth_in, conf_in = depth_small, conf_small.astype(np.float32)
+        depth_in, conf_in = self._refiner_inputs(depth_small, conf_small)
         depth, confidence = self.refiner.refine(grey, depth_in, conf_in)
         keep = np.isfinite(depth) & (confidence >= self.settings.refiner_min_confidence)
         return (np.where(keep, depth, np.nan).astype(np.float32),
                 np.where(keep, confidence, 0.0).astype(np.float32))
+
+    def _refiner_inputs(self, depth_small: np.ndarray, conf_small: np.ndarray
+                        ) -> tuple[np.ndarray, np.ndarray]:
+        """The refiner's input (depth (h, w) float32 m, NaN unknown; confidence (h, w) float32).
+
+        As `_refine` describes it: the fused state's, or without fusion the classical output.
+        """
+        from dvc_perception.motion_depth.learned_refiner import fused_confidence
+
+        if self.settings.temporal_fusion and self._state is not None:
+            inv = self._state.inv_depth
+            with np.errstate(divide="ignore", invalid="ignore"):
+                depth_in = np.where(inv > 0, 1.0 / inv, np.nan).astype(np.float32)
+            return depth_in, fused_confidence(inv, self._state.variance)
+        return depth_small, conf_small.astype(np.float32)
 
     def _carry_scale(self, result: SweepResult, measured: np.ndarray,
                      prior: tuple[np.ndarray, np.ndarray, np.ndarray], baseline_m: float,
