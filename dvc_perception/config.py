@@ -349,6 +349,11 @@ class RefineConfig:
         1.0, "score of a refined pose = PnP score * exp(-cost_weight * alignment cost); 0: the "
         "PnP score", range=(0.0, 100.0), live=True,
     )
+    threads: int = _f(
+        1, "poses refined at once, each on its own thread (the search's starts, several "
+        "instances); the result does not depend on it; more than the CPU's free cores only "
+        "adds overhead", range=(1, 64), live=True,
+    )
 
     def __post_init__(self) -> None:
         _check_range("pipeline.refine", self)

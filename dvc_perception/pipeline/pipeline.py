@@ -323,7 +323,8 @@ def refine_settings(config: RefineConfig) -> RefineSettings:
     n = config.pyramid_levels
     return RefineSettings(scales=REFINE_SCALES[-n:], min_sigma_px=REFINE_MIN_SIGMA_PX[-n:],
                           iterations=config.iterations, passes=config.passes,
-                          num_points=config.num_points, edge_weight=config.edge_weight)
+                          num_points=config.num_points, edge_weight=config.edge_weight,
+                          threads=config.threads)
 
 
 def load_refine_models(config: PipelineConfig, keypoint_source: KeypointSource

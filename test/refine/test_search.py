@@ -99,6 +99,24 @@ def test_extra_starts_are_tried(demo_object, demo_model):
     assert float(add_error(found.R, found.t, frame.R, frame.t, points)) < 0.05 * d
 
 
+def test_threads_give_the_same_search(demo_object, demo_model):
+    """Each start is refined alone: 3 threads give the serial search's result, bit for bit."""
+    from dvc_perception.refine import RefineSettings
+
+    frame = make_frame(demo_object.mesh, 2, occluder=True)
+    box = _box_of(frame.mask)
+    serial = search_pose(frame.image, frame.camera, demo_model, box,
+                         SearchSettings(num_rotations=24), RefineSettings(threads=1))
+    threaded = search_pose(frame.image, frame.camera, demo_model, box,
+                           SearchSettings(num_rotations=24), RefineSettings(threads=3))
+    np.testing.assert_array_equal(threaded.R, serial.R)
+    np.testing.assert_array_equal(threaded.t, serial.t)
+    assert threaded.cost == serial.cost and np.isfinite(serial.cost)
+    np.testing.assert_array_equal(threaded.covariance, serial.covariance)
+    with pytest.raises(ConfigError, match="threads"):
+        RefineSettings(threads=0)
+
+
 def test_settings_are_checked():
     with pytest.raises(ConfigError):
         SearchSettings(num_rotations=0)
