@@ -172,12 +172,9 @@ def _resized(data: AdaptData, size: tuple[int, int]) -> AdaptData:
     def each(a: np.ndarray, interpolation: int) -> np.ndarray:
         return np.stack([cv2.resize(x, tuple(size), interpolation=interpolation) for x in a])
 
-    sx, sy = size[0] / w, size[1] / h
-    K = data.K.copy()
-    K[:, 0, 0] *= sx
-    K[:, 1, 1] *= sy
-    K[:, 0, 2] = (K[:, 0, 2] + 0.5) * sx - 0.5
-    K[:, 1, 2] = (K[:, 1, 2] + 0.5) * sy - 0.5
+    from dvc_perception.geometry.camera import CameraModel
+
+    K = np.stack([CameraModel(k, np.zeros(0), w, h).resized(*size).K.numpy() for k in data.K])
     return AdaptData(each(data.greys, cv2.INTER_AREA), data.ref,
                      each(data.depth, cv2.INTER_NEAREST), each(data.confidence, cv2.INTER_NEAREST),
                      data.sources, data.poses, K)
