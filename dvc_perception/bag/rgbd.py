@@ -63,6 +63,15 @@ def depth_on_colour_grid(depth_m: np.ndarray, K_depth: np.ndarray, K_colour: np.
     return out
 
 
+def depth_is_registered(layout: str, depth_registered: bool | None) -> bool:
+    """Whether a sequence's depth images are on its colour camera's grid.
+
+    `depth_registered` when given, else by layout: TUM's depth is registered to its colour
+    images, 7-Scenes' is the depth camera's own.
+    """
+    return layout == "tum" if depth_registered is None else depth_registered
+
+
 def rgbd_sequence_to_bag(
     seq_dir: str | Path,
     out: str | Path,
@@ -145,7 +154,7 @@ def rgbd_sequence_to_bag(
     sequence = read_rgbd_sequence(seq_dir, intrinsics=intrinsics, start=start, stride=stride,
                                   max_frames=max_frames, rate_hz=rate_hz,
                                   max_dt_s=max_dt_s)  # fmt: skip
-    registered = (sequence.layout == "tum") if depth_registered is None else depth_registered
+    registered = depth_is_registered(sequence.layout, depth_registered)
     K = sequence.K
     if focal_px is not None:
         K = K.copy()

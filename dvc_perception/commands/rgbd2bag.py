@@ -53,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Convert and print a one-line summary."""
-    from dvc_perception.bag.rgbd import rgbd_sequence_to_bag
+    from dvc_perception.bag.rgbd import depth_is_registered, rgbd_sequence_to_bag
 
     seq = rgbd_sequence_to_bag(
         args.seq_dir, args.output, storage=args.storage, frame_id=args.frame_id,
@@ -71,8 +71,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"camera_info focal length overridden (--focal-px): fx = fy = {args.focal_px:g} "
               f"px, not the intrinsics file's fx {seq.K[0, 0]:g} fy {seq.K[1, 1]:g} (principal "
               "point unchanged)")
-        registered = (seq.layout == "tum" if args.depth_registered is None
-                      else args.depth_registered)
+        registered = depth_is_registered(seq.layout, args.depth_registered)
         print("depth ground truth: " + ("written as it is, taken as registered to the colour "
                                         "image (--depth-unregistered moves it)" if registered
                                         else "moved from the intrinsics file's K onto the colour "
