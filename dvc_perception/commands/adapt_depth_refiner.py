@@ -74,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
 
     from dvc_perception.bag.motion_frames import motion_topics, node_config
     from dvc_perception.commands.replay import parse_param_overrides
+    from dvc_perception.files import file_sha256
     from dvc_perception.pipeline.multiview import motion_depth_settings
     from dvc_perception.resources import find_share_file
     from dvc_perception.train.adapt_refiner import (
@@ -81,7 +82,6 @@ def run(args: argparse.Namespace) -> int:
         adapt,
         load_refiner_onnx,
         mean_photometric_loss,
-        sha256_short,
     )
 
     torch.set_num_threads(max(1, args.threads))
@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     log(f"adapt-depth-refiner: {len(data.ref)} frames with depth of {len(data.greys)} read "
         f"({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}); classical pass "
         f"{classical_s:.0f} s")
-    model_sha = sha256_short(model)
+    model_sha = file_sha256(model)[:16]
     run_key = hashlib.sha256(json.dumps(
         {**cache_key, "model": model_sha, "batch": settings.batch, "lr": settings.lr,
          "seed": settings.seed}, sort_keys=True).encode()).hexdigest()[:16]

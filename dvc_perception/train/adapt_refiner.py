@@ -509,10 +509,3 @@ def adapt(net: Any, start: Any, data: AdaptData, settings: AdaptSettings, checkp
         bar.close()
     save()
     return AdaptResult(step, train_s, history, resumed_from)
-
-
-def sha256_short(path: str | Path) -> str:
-    """The first 16 hex digits of a file's sha256."""
-    from dvc_perception.files import file_sha256
-
-    return file_sha256(path)[:16]
