@@ -33,6 +33,7 @@ import ctypes
 import dataclasses
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -48,7 +49,13 @@ from dvc_perception.motion_depth.keyframes import (
     check_pose,
     relative_pose,
 )
-from dvc_perception.motion_depth.pose_refine import PoseRefineSettings, features, refine_window
+from dvc_perception.motion_depth.pose_refine import (
+    PoseRefineSettings,
+    ScaleEvidence,
+    features,
+    fused_log_scale,
+    refine_window,
+)
 from dvc_perception.motion_depth.sweep import SweepResult, SweepSettings, plane_sweep_depth
 
 
@@ -63,6 +70,9 @@ class Refiner(Protocol):
         confidence (h, w).
         """
         ...
+
+#: Windows over which the two scale witnesses' variances are pooled (median; `_rescaled`).
+SCALE_POOL_WINDOWS = 10
 
 #: `MotionDepthResult.status` values.
 STATUS_OK = "ok"
@@ -272,12 +282,14 @@ class MotionDepthEstimator:
         self.window = KeyframeWindow(self.settings.keyframes)
         self._size: tuple[int, int] | None = None
         self._state: _FusionState | None = None
+        self._scale_variances: deque[tuple[float, float]] = deque(maxlen=SCALE_POOL_WINDOWS)
 
     def reset(self) -> None:
         """Forget the stored frames."""
         self.window.reset()
         self._size = None
         self._state = None
+        self._scale_variances.clear()
 
     def estimate(self, image_rgb: np.ndarray, K: np.ndarray, camera_to_world: np.ndarray,
                  stamp: float) -> MotionDepthResult:
@@ -333,6 +345,8 @@ class MotionDepthEstimator:
                                     pr)
             poses, was_refined, err = refined.poses, refined.refined, refined.median_error_px
             parallax = refined.parallax_px
+            if refined.scale_evidence is not None:
+                poses = self._rescaled(poses, refined.scale_evidence)
         else:
             poses, was_refined, err = odometry, False, float("nan")
             parallax = [float("nan")] * len(poses)
@@ -401,6 +415,23 @@ class MotionDepthEstimator:
         timings["total"] = 1e3 * (time.perf_counter() - t0)
         return MotionDepthResult(depth, confidence, STATUS_OK, len(moved), was_refined, err,
                                  timings)
+
+    def _rescaled(self, poses: list[np.ndarray], evidence: ScaleEvidence) -> list[np.ndarray]:
+        """`poses` (4, 4) with their translations times the fused scale of `evidence`.
+
+        `pose_refine.fused_log_scale` with each witness's variance the median over the last
+        `SCALE_POOL_WINDOWS` windows (this one included).
+        """
+        self._scale_variances.append((evidence.structure_variance,
+                                      evidence.translation_variance))
+        pooled = np.median(np.array(self._scale_variances), axis=0)
+        k = float(np.exp(fused_log_scale(evidence, float(pooled[0]), float(pooled[1]))))
+        out = []
+        for T in poses:
+            T = T.copy()
+            T[:3, 3] *= k
+            out.append(T)
+        return out
 
     def _refine(self, grey: np.ndarray, depth_small: np.ndarray, conf_small: np.ndarray
                 ) -> tuple[np.ndarray, np.ndarray]:

@@ -14,6 +14,15 @@ jumps by centimetres) is outvoted by the images instead of bending the window.
 The features fix the rotations and the translation directions; the prior fixes the metric
 scale, which images alone cannot. Gauss-Newton with the inverse depths eliminated (Schur
 complement: they are independent given the poses).
+
+The metric scale has a second witness (`ScaleEvidence`): the odometry's own poses triangulate
+the window's matched features. At a few centimetres of baseline the depth's scale hangs on the
+rotations (the first paragraph's 0.3 deg), and the adjustment moves them along the direction
+that images barely see (a small rotation traded for a sideways translation): with
+accurate odometry its depth came out 14 % short on a stretch of the 7-Scenes kitchen although
+its translations kept the odometry's length. The estimator weighs the two scales by how much
+each scatters over the window's sources (`fused_log_scale`): accurate odometry rotations give
+per-source scales that agree, noisy ones (1 deg per frame) scatter by tens of percent.
 """
 
 from __future__ import annotations
@@ -59,6 +68,11 @@ class PoseRefineSettings:
     #: 0.209, all of it after the given trajectory's frame-122 jump, where it overstates the
     #: motion (benchmarks/RESULTS.md, issue 22).
     solve_scale: bool = True
+    #: Report `ScaleEvidence` (the odometry poses' triangulation of the matched features
+    #: against the adjusted window's) for the estimator to weigh in (`fused_log_scale`).
+    #: On the 7-Scenes kitchen (classical, direct script): AbsRel with the given poses 0.165
+    #: -> 0.133, with 1 cm / 1 deg of noise 0.163 -> 0.157 (benchmarks/RESULTS.md, issue 22).
+    structure_scale: bool = True
 
     def __post_init__(self) -> None:
         if self.iterations <= _DEPTH_ONLY_ITERATIONS:
@@ -93,6 +107,52 @@ class PoseRefineResult:
     median_error_px: float
     refined: bool
     parallax_px: list[float]
+    scale_evidence: ScaleEvidence | None = None
+
+
+#: Observations whose rays meet at a smaller angle under the odometry's poses [deg] say nothing
+#: about the scale (their triangulated depth is noise); 0.5 deg is ~2 px at 320 px wide.
+_MIN_SCALE_PARALLAX_DEG = 0.5
+#: Fewest such observations of a source for it to give a scale.
+_MIN_SCALE_OBSERVATIONS = 15
+#: No window's log scale is taken as known better than this variance (2 % standard deviation):
+#: a few sources that agree by chance must not outweigh everything else.
+_SCALE_VARIANCE_FLOOR = 0.02**2
+
+
+@dataclass(frozen=True)
+class ScaleEvidence:
+    """Two witnesses of an adjusted window's metric scale (log factors on its translations).
+
+    Attributes:
+        structure_log_scale: mean over the sources of the log factor that brings the adjusted
+            depths of the matched features to the odometry poses' own triangulation of them
+            (weighted median per source).
+        structure_variance: its variance: the sources' scatter / their number, floored.
+        translation_variance: the variance of the adjustment's own scale (log factor 0: its
+            translations' least-squares fit to the odometry's, `solve_scale`), likewise from
+            the per-source factors' scatter.
+    """
+
+    structure_log_scale: float
+    structure_variance: float
+    translation_variance: float
+
+
+def fused_log_scale(evidence: ScaleEvidence, structure_variance: float | None = None,
+                    translation_variance: float | None = None) -> float:
+    """The inverse-variance weighted log factor for the adjusted window's translations.
+
+    The variances default to `evidence`'s; the estimator passes ones pooled over recent windows
+    (the odometry's noise is a property of the odometry, steadier than 2-4 sources show).
+    """
+    vs = evidence.structure_variance if structure_variance is None else structure_variance
+    vt = evidence.translation_variance if translation_variance is None else translation_variance
+    if not np.isfinite(vs):
+        return 0.0
+    if not np.isfinite(vt):
+        return evidence.structure_log_scale
+    return evidence.structure_log_scale * vt / (vs + vt)
 
 
 _SIFT: dict[tuple[int, int], cv2.SIFT] = {}
@@ -164,6 +224,13 @@ def _huber_weight(normalised: np.ndarray, k: float) -> np.ndarray:
     return np.where(n <= k, 1.0, k / np.maximum(n, 1e-300))
 
 
+def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
+    """The value (of `values` (N,)) at half the total of `weights` (N,) >= 0, in sorted order."""
+    order = np.argsort(values)
+    cumulative = np.cumsum(weights[order])
+    return float(values[order][np.searchsorted(cumulative, 0.5 * cumulative[-1])])
+
+
 def skew(w: np.ndarray) -> np.ndarray:
     """(S, 3, 3) cross-product matrices of the rows of `w` (S, 3)."""
     out = np.zeros((len(w), 3, 3))
@@ -220,8 +287,9 @@ def refine_window(ref_feat: tuple[np.ndarray, np.ndarray],
     bearings = np.c_[pix, np.ones(len(pix))] @ np.linalg.inv(K).T  # (P, 3), z = 1
     problem = _Problem(K, bearings, [(index[q], uv) for q, uv in obs], odometry, settings)
     problem.solve()
+    evidence = problem.scale_evidence() if settings.structure_scale else None
     return PoseRefineResult(problem.poses(), counts, problem.median_error(), True,
-                            problem.parallax())
+                            problem.parallax(), evidence)
 
 
 class _Problem:
@@ -339,6 +407,48 @@ class _Problem:
             k = num / den
             self.t = self.t * k
             self.rho = np.clip(self.rho / k, 1e-3, 1e3)
+
+    def scale_evidence(self) -> ScaleEvidence | None:
+        """`ScaleEvidence` of the solved window; None with fewer than 2 sources that give one.
+
+        Per observation, the odometry's pose (R, t) triangulates the reference ray b (z = 1)
+        with the source ray x (unit): the depth d where the reference ray passes closest to the
+        source's solves ``x x (d R b + t) = 0`` in least squares, ``d = -(a . c) / |a|**2``
+        with ``a = x x R b``, ``c = x x t``. A source's log factor is the median of
+        log(d / adjusted depth) over its observations in front whose rays meet at
+        `_MIN_SCALE_PARALLAX_DEG` or more under the adjusted rotation, weighted by the squared
+        sine of that angle (depth noise grows as one over it).
+        """
+        odo_R = np.stack([T[:3, :3] for T in self.odometry])
+        odo_t = np.stack([T[:3, 3] for T in self.odometry])
+        x = np.c_[self.uv, np.ones(len(self.uv))] @ np.linalg.inv(self.K).T
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        a = np.cross(x, np.einsum("nij,nj->ni", odo_R[self.src], self.bearings))
+        c = np.cross(x, odo_t[self.src])
+        aa = np.einsum("ni,ni->n", a, a)
+        # the rays' angle as the adjusted rotations have it (the odometry's own would favour
+        # the observations whose rotation error adds parallax: depths biased short)
+        adjusted = np.cross(x, np.einsum("nij,nj->ni", self.R[self.src], self.bearings))
+        sin2 = (np.einsum("ni,ni->n", adjusted, adjusted)
+                / np.einsum("ni,ni->n", self.bearings, self.bearings))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            d_odo = -np.einsum("ni,ni->n", a, c) / aa
+            log_ratio = np.log(d_odo * self.rho[self.pts])
+        usable = (sin2 > np.sin(np.radians(_MIN_SCALE_PARALLAX_DEG)) ** 2) & (d_odo > 0)
+        structure, translation = [], []
+        for j in range(len(self.R)):
+            sel = usable & (self.src == j)
+            fit = float(self.t[j] @ odo_t[j]) / max(float(self.t[j] @ self.t[j]), 1e-300)
+            if sel.sum() < _MIN_SCALE_OBSERVATIONS or not fit > 0:
+                continue
+            structure.append(_weighted_median(log_ratio[sel], sin2[sel]))
+            translation.append(np.log(fit))
+        if len(structure) < 2:
+            return None
+        n = len(structure)
+        return ScaleEvidence(float(np.mean(structure)),
+                             float(np.var(structure, ddof=1)) / n + _SCALE_VARIANCE_FLOOR,
+                             float(np.var(translation, ddof=1)) / n + _SCALE_VARIANCE_FLOOR)
 
     def poses(self) -> list[np.ndarray]:
         out = []
