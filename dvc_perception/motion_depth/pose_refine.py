@@ -71,7 +71,8 @@ class PoseRefineSettings:
     #: Report `ScaleEvidence` (the odometry poses' triangulation of the matched features
     #: against the adjusted window's) for the estimator to weigh in (`fused_log_scale`).
     #: On the 7-Scenes kitchen (classical, direct script): AbsRel with the given poses 0.165
-    #: -> 0.133, with 1 cm / 1 deg of noise 0.163 -> 0.157 (benchmarks/RESULTS.md, issue 22).
+    #: -> 0.136, with 1 cm / 1 deg of noise 0.163 -> 0.160; refined through replay with the
+    #: given poses 0.160 -> 0.129 (benchmarks/RESULTS.md, issue 22).
     structure_scale: bool = True
 
     def __post_init__(self) -> None:
