@@ -78,6 +78,10 @@ SCALE_POOL_WINDOWS = 10
 STATUS_OK = "ok"
 STATUS_NO_MOTION = "no_motion"
 STATUS_FIRST_FRAME = "first_frame"
+#: No source this frame, but the fused depth of the last depth frame moved into it
+#: (`MotionDepthEstimator._carried`): depth where pixels are younger than
+#: `max_unmeasured_frames`.
+STATUS_CARRIED = "carried"
 
 
 @dataclass(frozen=True)
@@ -136,7 +140,9 @@ class MotionDepthResult:
         depth: (H, W) float32 m at the input resolution, NaN where unknown.
         confidence: (H, W) float32 in [0, 1] (0 where unknown).
         status: ``ok``, ``no_motion`` (no stored frame far enough, or none whose matches show
-            `min_parallax_px` of parallax: a static or rotating camera) or ``first_frame``.
+            `min_parallax_px` of parallax: a static or rotating camera), ``carried`` (no_motion,
+            but the last depth frame's fused depth moved into this one: `STATUS_CARRIED`) or
+            ``first_frame``.
         sources: source frames used (those with parallax, `_sources_that_moved`).
         pose_refined: whether the window adjustment corrected the odometry's poses.
         median_error_px: the adjustment's median reprojection error (internal px; NaN if not run).
@@ -323,15 +329,17 @@ class MotionDepthEstimator:
         self.window.add(ref)
         sources = self.window.select_sources(ref)
         nan = np.full((H, W), np.nan, np.float32)
-        if not sources:
-            status = STATUS_FIRST_FRAME if len(self.window.frames) == 1 else STATUS_NO_MOTION
-            return MotionDepthResult(nan, np.zeros((H, W), np.float32), status, 0, False,
-                                     float("nan"), {"total": 1e3 * (time.perf_counter() - t0)})
         Ks = CameraModel(K, np.zeros(0), W, H).resized(*size).K.numpy()  # exact pixel centres
-        t1 = time.perf_counter()
-        pr = self.settings.pose_refine
         state = self._state if self._state is not None and any(
             f is self._state.frame for f in self.window.frames) else None
+        if not sources:
+            if len(self.window.frames) == 1:
+                return MotionDepthResult(nan, np.zeros((H, W), np.float32), STATUS_FIRST_FRAME,
+                                         0, False, float("nan"),
+                                         {"total": 1e3 * (time.perf_counter() - t0)})
+            return self._carried(ref, state, Ks, (W, H), t0, False, float("nan"), "")
+        t1 = time.perf_counter()
+        pr = self.settings.pose_refine
         adjusted = list(sources)
         if state is not None and all(f is not state.frame for f in sources):
             adjusted.append(state.frame)
@@ -358,9 +366,7 @@ class MotionDepthEstimator:
                     f"{np.nanmax(parallax[:len(sources)]):.1f} px of parallax "
                     f"(min_parallax_px {self.settings.min_parallax_px:g}): odometry noise or a "
                     "turning camera, not a baseline")
-            return MotionDepthResult(nan, np.zeros((H, W), np.float32), STATUS_NO_MOTION, 0,
-                                     was_refined, err, {"total": 1e3 * (time.perf_counter() - t0)},
-                                     note)
+            return self._carried(ref, state, Ks, (W, H), t0, was_refined, err, note)
         t3 = time.perf_counter()
         swept = [moved[i] for i in _spread(len(moved), self.settings.max_sweep_sources)]
         result = plane_sweep_depth(ref.grey, [sources[i].grey for i in swept],
@@ -415,6 +421,49 @@ class MotionDepthEstimator:
         timings["total"] = 1e3 * (time.perf_counter() - t0)
         return MotionDepthResult(depth, confidence, STATUS_OK, len(moved), was_refined, err,
                                  timings)
+
+    def _carried(self, ref: Frame, state: _FusionState | None, Ks: np.ndarray,
+                 size: tuple[int, int], t0: float, was_refined: bool, err: float, note: str
+                 ) -> MotionDepthResult:
+        """A frame without a source: ``carried`` depth if the fusion has some, else ``no_motion``.
+
+        With temporal fusion, the last depth frame's fused inverse depth (`state`, still in the
+        window) is moved into `ref` by the odometry (`_predict`), as the fusion does with the
+        pixels a sweep did not measure: each keeps it for `max_unmeasured_frames` frames since
+        it was measured, then it is unknown (something may have moved there). A camera that
+        slows down for a few frames keeps its depth; one that stands still loses it after
+        `max_unmeasured_frames`. `ref` becomes the fusion's frame. `size`: output (W, H).
+        """
+        W, H = size
+        nan = np.full((H, W), np.nan, np.float32)
+        none = MotionDepthResult(nan, np.zeros((H, W), np.float32), STATUS_NO_MOTION, 0,
+                                 was_refined, err, {"total": 1e3 * (time.perf_counter() - t0)},
+                                 note)
+        if not self.settings.temporal_fusion or state is None:
+            return none
+        inv_depth, variance, age = self._predict(state, relative_pose(state.frame, ref), Ks)
+        known = np.isfinite(inv_depth) & (age < self.settings.max_unmeasured_frames)
+        if not known.any():
+            return none
+        inv_depth = np.where(known, inv_depth, np.nan).astype(np.float32)
+        variance = np.where(known, variance, np.nan).astype(np.float32)
+        age = np.where(known, age + 1, -1).astype(np.int32)
+        self._state = _FusionState(ref, inv_depth, variance, age, state.scale_variance)
+        rel_std = np.sqrt(variance) * np.where(inv_depth > 0, 1.0 / inv_depth, np.inf)
+        keep = known & (rel_std <= self.settings.max_relative_std)
+        depth_small = np.where(keep, 1.0 / inv_depth, np.nan).astype(np.float32)
+        conf_small = np.where(keep, 1.0 - rel_std / self.settings.max_relative_std, 0.0)
+        timings = {}
+        if self.refiner is not None:
+            t4 = time.perf_counter()
+            depth_small, conf_small = self._refine(ref.grey, depth_small, conf_small)
+            timings["refiner"] = 1e3 * (time.perf_counter() - t4)
+        depth = cv2.resize(depth_small, (W, H), interpolation=cv2.INTER_NEAREST)
+        confidence = cv2.resize(conf_small.astype(np.float32), (W, H),
+                                interpolation=cv2.INTER_NEAREST)
+        timings["total"] = 1e3 * (time.perf_counter() - t0)
+        return MotionDepthResult(depth, confidence, STATUS_CARRIED, 0, was_refined, err,
+                                 timings, note)
 
     def _rescaled(self, poses: list[np.ndarray], evidence: ScaleEvidence) -> list[np.ndarray]:
         """`poses` (4, 4) with their translations times the fused scale of `evidence`.

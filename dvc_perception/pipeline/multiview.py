@@ -51,12 +51,16 @@ from dvc_perception.motion_depth.sweep import SweepSettings
 from dvc_perception.pipeline.sources import DepthSource
 
 DEPTH_OK = "ok"
+#: No new depth (as ``no_motion``), but the last depth moved into this frame by the odometry
+#: (`motion_depth.estimator.STATUS_CARRIED`); published as ``ok`` is.
+DEPTH_CARRIED = "carried"
 DEPTH_FIRST_FRAME = "first_frame"
 DEPTH_NO_MOTION = "no_motion"
 DEPTH_NO_POSE = "no_pose"
 DEPTH_BAD_POSE = "bad_pose"
 #: Every status of a multiview frame, in /diagnostics order.
-DEPTH_STATUSES = (DEPTH_OK, DEPTH_FIRST_FRAME, DEPTH_NO_MOTION, DEPTH_NO_POSE, DEPTH_BAD_POSE)
+DEPTH_STATUSES = (DEPTH_OK, DEPTH_CARRIED, DEPTH_FIRST_FRAME, DEPTH_NO_MOTION, DEPTH_NO_POSE,
+                  DEPTH_BAD_POSE)
 #: What a status other than ``ok`` means, for warnings and replay summaries (`DepthEstimate`
 #: details a bad pose's problem itself).
 DEPTH_STATUS_NOTES = {
@@ -274,7 +278,7 @@ class MultiviewDepth:
                     result = self._estimator.estimate(image_rgb, K, pose, stamp)
                 status = result.status
                 detail = result.note or DEPTH_STATUS_NOTES.get(status, "")
-                if status == DEPTH_OK:
+                if status in (DEPTH_OK, DEPTH_CARRIED):
                     depth = result.depth
                     confidence = _depth_confidence(result.confidence, depth)
         fallback = False

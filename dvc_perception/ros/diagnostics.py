@@ -20,7 +20,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 ERROR_KINDS = ("image", "camera_info", "size_mismatch", "pipeline", "output_frame", "publish")
 #: Depth outcomes of ``depth_source: multiview`` (`pipeline.multiview.DEPTH_STATUSES`, plus
 #: ``busy``: the frame came while the depth of an earlier one was running and got none).
-DEPTH_COUNTS = ("ok", "first_frame", "no_motion", "no_pose", "bad_pose", "busy")
+DEPTH_COUNTS = ("ok", "carried", "first_frame", "no_motion", "no_pose", "bad_pose", "busy")
 
 
 class FrameStats:

@@ -762,7 +762,7 @@ class PerceptionNode(LifecycleNode):
                 confidence_msg = convert.depth_to_image_msg(result.depth_confidence, header)
         t3 = time.perf_counter()
         timings = {"convert_ms": 1e3 * ((t1 - t0) + (t3 - t2)), "pipeline_ms": 1e3 * (t2 - t1)}
-        if result.depth_status in ("ok", "none", "deferred", "first_frame"):
+        if result.depth_status in ("ok", "carried", "none", "deferred", "first_frame"):
             depth_note = ""
         elif not depth_note:
             # MultiviewDepth already words every status (DEPTH_STATUS_NOTES when nothing finer)

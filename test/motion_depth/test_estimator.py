@@ -14,6 +14,7 @@ import pytest
 
 from dvc_perception.errors import ConfigError, InputError, ShapeError
 from dvc_perception.motion_depth.estimator import (
+    STATUS_CARRIED,
     STATUS_FIRST_FRAME,
     STATUS_NO_MOTION,
     STATUS_OK,
@@ -321,3 +322,43 @@ def test_the_scale_filter_weights_the_history_and_the_window_by_their_variances(
     out, (p, _, _), baseline, var = estimator._carry_scale(
         result, few, prior, 0.1, window_var, prior_var)
     assert out is result and p is prior[0] and baseline == 0.1 and var == window_var
+
+
+def test_a_camera_that_stops_keeps_its_fused_depth_for_max_unmeasured_frames(rendered_scene):
+    """The camera moves, then stands still: once its window holds no frame far enough (8
+    frames kept), the last depth is carried into the still frames (``carried``: the fusion's
+    prediction, as for the pixels a sweep does not measure) for `max_unmeasured_frames` frames,
+    then there is none (``no_motion``). The carried depth is the last depth frame's, checked
+    against the rendered truth; with ``max_unmeasured_frames=0`` nothing is carried."""
+    scene = rendered_scene
+    moving, still = 8, 14
+    poses = [scene.pose(k) for k in range(moving)] + [scene.pose(moving - 1)] * still
+    images = [scene.rgb8(scene.render(T)[0], noise=2.0, seed=k) for k, T in enumerate(poses)]
+    truth = scene.render(poses[-1])[1]
+
+    def run(max_unmeasured: int) -> list:
+        settings = dataclasses.replace(
+            _settings(scene.W, fusion=True), max_unmeasured_frames=max_unmeasured,
+            keyframes=KeyframeRule(min_baseline_m=0.12, max_sources=3, max_frames=8))
+        estimator = MotionDepthEstimator(settings)
+        return [estimator.estimate(image, scene.K, T, 1.0 + 0.1 * k)
+                for k, (image, T) in enumerate(zip(images, poses))]
+
+    results = run(5)
+    statuses = [r.status for r in results]
+    first_carried = statuses.index(STATUS_CARRIED)
+    assert statuses[first_carried - 1] == STATUS_OK
+    assert statuses[first_carried:] == [STATUS_CARRIED] * 5 + [STATUS_NO_MOTION] * (
+        len(statuses) - first_carried - 5)
+    last = results[first_carried - 1].depth
+    for r in results[first_carried:first_carried + 5]:
+        known = np.isfinite(r.depth)
+        assert r.sources == 0 and known.mean() > 0.5 * np.isfinite(last).mean()
+        assert np.all(np.isfinite(last[known]))  # nothing new: the last depth frame's pixels
+        np.testing.assert_allclose(r.depth[known], last[known], rtol=1e-5)
+        rel = np.abs(r.depth[known] - truth[known]) / truth[known]
+        assert np.median(rel) < 0.02
+        assert np.all(r.confidence[known] > 0) and not r.confidence[~known].any()
+    for r in results[first_carried + 5:]:
+        assert np.isnan(r.depth).all()
+    assert STATUS_CARRIED not in [r.status for r in run(0)]
