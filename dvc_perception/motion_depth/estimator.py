@@ -9,7 +9,7 @@ invented across a depth edge), NaN where the confidence is below `min_confidence
 saw the pixel (REP 118). Without a source frame (first frame, static or purely rotating camera:
 no stored frame far enough by the odometry, or none whose matched features show
 `min_parallax_px` of parallax after the adjustment) the depth is all NaN and the status says
-why.
+why, unless the last depth frame's fused depth can be carried into it (``carried``).
 
 Given a learned refiner (an object with `DepthRefiner.refine`'s signature: the pipeline passes
 `pipeline.depth_refiner.DepthRefiner`, an ONNX model through the engines layer), the estimator
@@ -453,7 +453,7 @@ class MotionDepthEstimator:
         keep = known & (rel_std <= self.settings.max_relative_std)
         depth_small = np.where(keep, 1.0 / inv_depth, np.nan).astype(np.float32)
         conf_small = np.where(keep, 1.0 - rel_std / self.settings.max_relative_std, 0.0)
-        timings = {}
+        timings: dict[str, float] = {}
         if self.refiner is not None:
             t4 = time.perf_counter()
             depth_small, conf_small = self._refine(ref.grey, depth_small, conf_small)
