@@ -67,6 +67,14 @@ def chessboard_dir(shared_data: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def kitchen_dir(shared_data: Path) -> Path:
+    path = shared_data / "rgbd_kitchen"
+    if not path.is_dir():
+        pytest.skip(f"{path} is absent (../shared/data/rgbd_kitchen: 7-Scenes RedKitchen)")
+    return path
+
+
+@pytest.fixture(scope="session")
 def lmo_dir(shared_data: Path) -> Path:
     path = shared_data / "lmo"
     if not path.is_dir():

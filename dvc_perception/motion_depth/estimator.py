@@ -392,10 +392,7 @@ class MotionDepthEstimator:
                     to_depth_scale = baseline / swept_baseline
             inv_depth, variance, age = self._fuse(result, measured, baseline, Ks, prior)
             self._state = _FusionState(ref, inv_depth, variance, age, scale_var)
-            rel_std = np.sqrt(variance) * np.where(inv_depth > 0, 1.0 / inv_depth, np.inf)
-            keep = np.isfinite(inv_depth) & (rel_std <= self.settings.max_relative_std)
-            depth_small = np.where(keep, 1.0 / inv_depth, np.nan).astype(np.float32)
-            conf_small = np.where(keep, 1.0 - rel_std / self.settings.max_relative_std, 0.0)
+            depth_small, conf_small = self._fused_output(inv_depth, variance)
         else:
             depth_small = np.where(measured, result.depth, np.nan).astype(np.float32)
             conf_small = np.where(measured, result.confidence, 0.0)
@@ -412,15 +409,39 @@ class MotionDepthEstimator:
             self.last_window = WindowRecord(ref.grey, depth_in, conf_in,
                                             tuple(sources[i] for i in swept),
                                             tuple(scaled_poses), Ks.copy())
-        if self.refiner is not None:
-            depth_small, conf_small = self._refine(ref.grey, depth_small, conf_small)
-            timings["refiner"] = 1e3 * (time.perf_counter() - t4)
-        depth = cv2.resize(depth_small, (W, H), interpolation=cv2.INTER_NEAREST)
-        confidence = cv2.resize(conf_small.astype(np.float32), (W, H),
-                                interpolation=cv2.INTER_NEAREST)
-        timings["total"] = 1e3 * (time.perf_counter() - t0)
+        depth, confidence = self._output(ref, depth_small, conf_small, (W, H), timings, t0)
         return MotionDepthResult(depth, confidence, STATUS_OK, len(moved), was_refined, err,
                                  timings)
+
+    def _fused_output(self, inv_depth: np.ndarray, variance: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        """The fused state's (depth (h, w) float32 m, confidence (h, w)).
+
+        NaN depth and 0 confidence where the depth's relative std exceeds `max_relative_std`;
+        else confidence 1 - relative std / `max_relative_std`.
+        """
+        rel_std = np.sqrt(variance) * np.where(inv_depth > 0, 1.0 / inv_depth, np.inf)
+        keep = np.isfinite(inv_depth) & (rel_std <= self.settings.max_relative_std)
+        depth_small = np.where(keep, 1.0 / inv_depth, np.nan).astype(np.float32)
+        return depth_small, np.where(keep, 1.0 - rel_std / self.settings.max_relative_std, 0.0)
+
+    def _output(self, ref: Frame, depth_small: np.ndarray, conf_small: np.ndarray,
+                size: tuple[int, int], timings: dict[str, float], t0: float
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """(depth, confidence) at the output `size` (W, H) from the internal resolution's.
+
+        The refiner first, when there is one (timed as ``refiner``), then the nearest
+        upsampling (module docstring); sets ``total`` (since `t0`) in `timings`.
+        """
+        if self.refiner is not None:
+            t = time.perf_counter()
+            depth_small, conf_small = self._refine(ref.grey, depth_small, conf_small)
+            timings["refiner"] = 1e3 * (time.perf_counter() - t)
+        depth = cv2.resize(depth_small, size, interpolation=cv2.INTER_NEAREST)
+        confidence = cv2.resize(conf_small.astype(np.float32), size,
+                                interpolation=cv2.INTER_NEAREST)
+        timings["total"] = 1e3 * (time.perf_counter() - t0)
+        return depth, confidence
 
     def _carried(self, ref: Frame, state: _FusionState | None, Ks: np.ndarray,
                  size: tuple[int, int], t0: float, was_refined: bool, err: float, note: str
@@ -449,19 +470,9 @@ class MotionDepthEstimator:
         variance = np.where(known, variance, np.nan).astype(np.float32)
         age = np.where(known, age + 1, -1).astype(np.int32)
         self._state = _FusionState(ref, inv_depth, variance, age, state.scale_variance)
-        rel_std = np.sqrt(variance) * np.where(inv_depth > 0, 1.0 / inv_depth, np.inf)
-        keep = known & (rel_std <= self.settings.max_relative_std)
-        depth_small = np.where(keep, 1.0 / inv_depth, np.nan).astype(np.float32)
-        conf_small = np.where(keep, 1.0 - rel_std / self.settings.max_relative_std, 0.0)
+        depth_small, conf_small = self._fused_output(inv_depth, variance)
         timings: dict[str, float] = {}
-        if self.refiner is not None:
-            t4 = time.perf_counter()
-            depth_small, conf_small = self._refine(ref.grey, depth_small, conf_small)
-            timings["refiner"] = 1e3 * (time.perf_counter() - t4)
-        depth = cv2.resize(depth_small, (W, H), interpolation=cv2.INTER_NEAREST)
-        confidence = cv2.resize(conf_small.astype(np.float32), (W, H),
-                                interpolation=cv2.INTER_NEAREST)
-        timings["total"] = 1e3 * (time.perf_counter() - t0)
+        depth, confidence = self._output(ref, depth_small, conf_small, size, timings, t0)
         return MotionDepthResult(depth, confidence, STATUS_CARRIED, 0, was_refined, err,
                                  timings, note)
 

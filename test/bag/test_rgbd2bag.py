@@ -433,14 +433,6 @@ def test_eval_scores_a_converted_bag_as_depth_ground_truth(tmp_path, capsys):
     assert d is not None and d["abs_rel"] == pytest.approx(0.1, rel=1e-5)
 
 
-@pytest.fixture(scope="module")
-def kitchen_dir(shared_data: Path) -> Path:
-    path = shared_data / "rgbd_kitchen"
-    if not path.is_dir():
-        pytest.skip(f"{path} is absent (../shared/data/rgbd_kitchen: 7-Scenes RedKitchen)")
-    return path
-
-
 def test_rgbd_kitchen_frames(kitchen_dir, tmp_path):
     assert main(["rgbd2bag", str(kitchen_dir), "-o", str(tmp_path / "bag"), "--start", "10",
                  "--stride", "5", "--max-frames", "3", "--no-progress"]) == 0

@@ -13,10 +13,7 @@ through replay (benchmarks/RESULTS.md). With `PoseRefineSettings.structure_scale
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
-import pytest
 
 from dvc_perception.bag.rgbd import depth_on_colour_grid
 from dvc_perception.config import MultiviewConfig
@@ -26,14 +23,6 @@ from dvc_perception.motion_depth.estimator import STATUS_OK, MotionDepthEstimato
 from dvc_perception.pipeline.multiview import motion_depth_settings
 
 COLOUR_FOCAL_PX = 517.2
-
-
-@pytest.fixture(scope="module")
-def kitchen_dir(shared_data: Path) -> Path:
-    path = shared_data / "rgbd_kitchen"
-    if not path.is_dir():
-        pytest.skip(f"{path} is absent (../shared/data/rgbd_kitchen: 7-Scenes RedKitchen)")
-    return path
 
 
 def test_classical_depth_on_the_kitchen_meets_the_issues_bar(kitchen_dir):
