@@ -121,6 +121,72 @@ def test_sweep_cost_matches_a_warp_perspective_zncc_at_each_plane():
     assert np.mean(best[seen_all] == 1) > 0.95
 
 
+def _sweep_cost_float64(ref, srcs, A, b, inv_depths, r):
+    """`sweep_cost`'s definition (its docstring) in float64 numpy, and the (pixel, plane)s
+    whose windows are textured in every source that sees them (ZNCC well conditioned)."""
+    h, w = ref.shape
+    box = dict(ddepth=cv2.CV_64F, ksize=(2 * r + 1,) * 2, normalize=False,
+               borderType=cv2.BORDER_CONSTANT)
+    n = cv2.boxFilter(np.ones((h, w)), **box)
+    ref64 = ref.astype(np.float64)
+    ref_mean = cv2.boxFilter(ref64, **box) / n
+    ref_var = cv2.boxFilter(ref64 * ref64, **box) / n - ref_mean ** 2
+    v, u = np.mgrid[0:h, 0:w].astype(np.float64)
+    cost = np.empty((h, len(inv_depths), w))
+    textured = np.empty((h, len(inv_depths), w), bool)
+    behind = 0
+    for d, inv_depth in enumerate(inv_depths.astype(np.float64)):
+        total, count, tex = np.zeros((h, w)), np.zeros((h, w)), ref_var > 1e-3
+        for src, A_s, b_s in zip(srcs.astype(np.float64), A, b):
+            q = (np.einsum("ij,jyx->iyx", A_s, np.stack([u, v, np.ones_like(u)]))
+                 + (b_s * inv_depth)[:, None, None])
+            front = q[2] > 1e-6
+            behind += np.sum(~front)
+            qu = np.where(front, q[0] / np.where(front, q[2], 1.0), 0.0)
+            qv = np.where(front, q[1] / np.where(front, q[2], 1.0), 0.0)
+            seen = front & (qu >= 0) & (qv >= 0) & (qu <= w - 1) & (qv <= h - 1)
+            qu, qv = np.clip(qu, 0, w - 1), np.clip(qv, 0, h - 1)
+            x0, y0 = np.minimum(qu.astype(int), w - 2), np.minimum(qv.astype(int), h - 2)
+            fx, fy = qu - x0, qv - y0
+            top = src[y0, x0] + fx * (src[y0, x0 + 1] - src[y0, x0])
+            bottom = src[y0 + 1, x0] + fx * (src[y0 + 1, x0 + 1] - src[y0 + 1, x0])
+            warped = np.where(front, top + fy * (bottom - top), 0.0)
+            mean = cv2.boxFilter(warped, **box) / n
+            var = cv2.boxFilter(warped * warped, **box) / n - mean ** 2
+            cov = cv2.boxFilter(warped * ref64, **box) / n - mean * ref_mean
+            ok = (var > 1e-6) & (ref_var > 1e-6)
+            zncc = cov / np.sqrt(np.where(ok, var * ref_var, 1.0))
+            total += np.where(seen, np.where(ok, np.clip(1.0 - zncc, 0.0, 2.0), 1.0), 0.0)
+            count += seen
+            tex &= ~seen | (var > 1e-3)
+        cost[:, d] = np.where(count > 0, total / np.maximum(count, 1), 1.0)
+        textured[:, d] = tex
+    assert behind > 0  # the case of a point behind a source camera is tested
+    return cost, textured
+
+
+@pytest.mark.parametrize("r", [1, 2, 3, 4])
+def test_sweep_cost_matches_its_definition_in_float64(r):
+    """Every (pixel, plane), clipped windows and image borders included, where the ZNCC is well
+    conditioned; one source sees part of the nearest plane behind it (it has moved past it)."""
+    rng = np.random.default_rng(2)
+    h, w = 48, 64
+    ref = _smooth_image(rng, h, w)
+    srcs = np.stack([_smooth_image(rng, h, w) for _ in range(2)])
+    poses = [_pose((0.5, 2.0, -0.3), (0.08, -0.02, 0.03)),
+             _pose((0.0, 40.0, 0.0), (0.0, 0.0, -0.9))]
+    A = np.stack([K @ T[:3, :3] @ np.linalg.inv(K) for T in poses])
+    b = np.stack([K @ T[:3, 3] for T in poses])
+    inv_depths = np.array([1.0 / 3.0, 1.0 / 1.5, 1.0], np.float32)
+    mean, inv_std = _compiled.reference_stats(ref, r)
+    cost = np.full((h, len(inv_depths), w), np.nan, np.float32)
+    _compiled.sweep_cost(ref, mean, inv_std, srcs, A, b, inv_depths, r, cost)
+    want, textured = _sweep_cost_float64(ref, srcs, A, b, inv_depths, r)
+    assert textured.mean() > 0.5
+    np.testing.assert_allclose(cost[textured], want[textured], atol=1e-3)
+    assert np.all((cost >= 0.0) & (cost <= 2.0))
+
+
 def _sgm_reference(cost: np.ndarray, p1: float, p2s: np.ndarray, diagonals: bool) -> np.ndarray:
     """Semi-global matching (Hirschmueller 2008) in plain Python: for each direction r,
     L_r(p, d) = C(p, d) + min(L_r(p-r, d), L_r(p-r, d+-1) + P1, min_k L_r(p-r, k) + P2(p))
