@@ -101,6 +101,8 @@ class PoseRefineResult:
         parallax_px: per source, the median distance of its matches from where the refined
             rotation alone puts them (a point at infinity), px; what the translation moved them.
             NaN where the source has no matches or the adjustment did not run.
+        scale_evidence: the window's two scale witnesses (`PoseRefineSettings.structure_scale`);
+            None when off, not run, or fewer than 2 sources give one.
     """
 
     poses: list[np.ndarray]
@@ -111,8 +113,8 @@ class PoseRefineResult:
     scale_evidence: ScaleEvidence | None = None
 
 
-#: Observations whose rays meet at a smaller angle under the odometry's poses [deg] say nothing
-#: about the scale (their triangulated depth is noise); 0.5 deg is ~2 px at 320 px wide.
+#: Observations whose rays meet at a smaller angle [deg] (under the adjusted rotation) say
+#: nothing about the scale (their triangulated depth is noise); 0.5 deg is ~2 px at 320 px wide.
 _MIN_SCALE_PARALLAX_DEG = 0.5
 #: Fewest such observations of a source for it to give a scale.
 _MIN_SCALE_OBSERVATIONS = 15
@@ -427,8 +429,8 @@ class _Problem:
         a = np.cross(x, np.einsum("nij,nj->ni", odo_R[self.src], self.bearings))
         c = np.cross(x, odo_t[self.src])
         aa = np.einsum("ni,ni->n", a, a)
-        # the rays' angle as the adjusted rotations have it (the odometry's own would favour
-        # the observations whose rotation error adds parallax: depths biased short)
+        # the rays' angle as the adjusted rotations have it: the selection and the weights do
+        # not depend on the odometry's rotation error
         adjusted = np.cross(x, np.einsum("nij,nj->ni", self.R[self.src], self.bearings))
         sin2 = (np.einsum("ni,ni->n", adjusted, adjusted)
                 / np.einsum("ni,ni->n", self.bearings, self.bearings))
