@@ -449,11 +449,14 @@ class MotionDepthEstimator:
         """A frame without a source: ``carried`` depth if the fusion has some, else ``no_motion``.
 
         With temporal fusion, the last depth frame's fused inverse depth (`state`, still in the
-        window) is moved into `ref` by the odometry (`_predict`), as the fusion does with the
-        pixels a sweep did not measure: each keeps it for `max_unmeasured_frames` frames since
-        it was measured, then it is unknown (something may have moved there). A camera that
-        slows down for a few frames keeps its depth; one that stands still loses it after
-        `max_unmeasured_frames`. `ref` becomes the fusion's frame. `size`: output (W, H).
+        window) is moved into `ref` (`_predict`) by the odometry's relative pose, corrected by
+        the window adjustment with that frame as the one source (where pose refinement is on:
+        a noisy odometry rotation would misplace the depth, and the next frames' fusion with
+        it), as the fusion does with the pixels a sweep did not measure: each keeps it for
+        `max_unmeasured_frames` frames since it was measured, then it is unknown (something
+        may have moved there). A camera that slows down for a few frames keeps its depth; one
+        that stands still loses it after `max_unmeasured_frames`. `ref` becomes the fusion's
+        frame. `size`: output (W, H).
         """
         W, H = size
         nan = np.full((H, W), np.nan, np.float32)
@@ -462,7 +465,15 @@ class MotionDepthEstimator:
                                  note)
         if not self.settings.temporal_fusion or state is None:
             return none
-        inv_depth, variance, age = self._predict(state, relative_pose(state.frame, ref), Ks)
+        to_state = relative_pose(ref, state.frame)
+        pr = self.settings.pose_refine
+        if pr.enabled:
+            for f in (ref, state.frame):
+                if f.features is None:
+                    f.features = features(f.grey, pr.max_features, pr.octave_layers)
+            to_state = refine_window(ref.features, [state.frame.features], [to_state], Ks,
+                                     pr).poses[0]
+        inv_depth, variance, age = self._predict(state, np.linalg.inv(to_state), Ks)
         known = np.isfinite(inv_depth) & (age < self.settings.max_unmeasured_frames)
         if not known.any():
             return none
