@@ -270,6 +270,32 @@ def keep_freed_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 64 <
     return _KEPT
 
 
+def _no_depth(status: str, size: tuple[int, int], t0: float, was_refined: bool = False,
+              err: float = float("nan"), note: str = "") -> MotionDepthResult:
+    """A frame's result without depth (all NaN, confidence 0) at the output `size` (W, H)."""
+    W, H = size
+    return MotionDepthResult(np.full((H, W), np.nan, np.float32), np.zeros((H, W), np.float32),
+                             status, 0, was_refined, err,
+                             {"total": 1e3 * (time.perf_counter() - t0)}, note)
+
+
+def _describe(frames: list[Frame], settings: PoseRefineSettings) -> None:
+    """Give each of `frames` that has none its `pose_refine.features` (kept on the frame)."""
+    for f in frames:
+        if f.features is None:
+            f.features = features(f.grey, settings.max_features, settings.octave_layers)
+
+
+def _translations_scaled(poses: list[np.ndarray], k: float) -> list[np.ndarray]:
+    """Copies of `poses` (4, 4) [m] with their translations times `k`."""
+    out = []
+    for T in poses:
+        T = T.copy()
+        T[:3, 3] *= k
+        out.append(T)
+    return out
+
+
 class MotionDepthEstimator:
     """Stateful: keeps the recent frames of one camera (oldest dropped by the keyframe rule)."""
 
@@ -328,24 +354,20 @@ class MotionDepthEstimator:
         ref = Frame(float(stamp), grey, pose)
         self.window.add(ref)
         sources = self.window.select_sources(ref)
-        nan = np.full((H, W), np.nan, np.float32)
         Ks = CameraModel(K, np.zeros(0), W, H).resized(*size).K.numpy()  # exact pixel centres
         state = self._state if self._state is not None and any(
             f is self._state.frame for f in self.window.frames) else None
         if not sources:
             if len(self.window.frames) == 1:
-                return MotionDepthResult(nan, np.zeros((H, W), np.float32), STATUS_FIRST_FRAME,
-                                         0, False, float("nan"),
-                                         {"total": 1e3 * (time.perf_counter() - t0)})
+                return _no_depth(STATUS_FIRST_FRAME, (W, H), t0)
             return self._carried(ref, state, Ks, (W, H), t0, False, float("nan"), "")
         t1 = time.perf_counter()
         pr = self.settings.pose_refine
         adjusted = list(sources)
         if state is not None and all(f is not state.frame for f in sources):
             adjusted.append(state.frame)
-        for f in [ref, *adjusted]:
-            if f.features is None and pr.enabled:
-                f.features = features(f.grey, pr.max_features, pr.octave_layers)
+        if pr.enabled:
+            _describe([ref, *adjusted], pr)
         t2 = time.perf_counter()
         odometry = [relative_pose(ref, f) for f in adjusted]
         if pr.enabled:
@@ -401,14 +423,10 @@ class MotionDepthEstimator:
                    "sweep": 1e3 * (t4 - t3)}
         if self.record:
             depth_in, conf_in = self._refiner_inputs(depth_small, conf_small)
-            scaled_poses = []
-            for i in swept:
-                T = poses[i].copy()
-                T[:3, 3] *= to_depth_scale
-                scaled_poses.append(T)
+            scaled = _translations_scaled([poses[i] for i in swept], to_depth_scale)
             self.last_window = WindowRecord(ref.grey, depth_in, conf_in,
-                                            tuple(sources[i] for i in swept),
-                                            tuple(scaled_poses), Ks.copy())
+                                            tuple(sources[i] for i in swept), tuple(scaled),
+                                            Ks.copy())
         depth, confidence = self._output(ref, depth_small, conf_small, (W, H), timings, t0)
         return MotionDepthResult(depth, confidence, STATUS_OK, len(moved), was_refined, err,
                                  timings)
@@ -458,25 +476,18 @@ class MotionDepthEstimator:
         that stands still loses it after `max_unmeasured_frames`. `ref` becomes the fusion's
         frame. `size`: output (W, H).
         """
-        W, H = size
-        nan = np.full((H, W), np.nan, np.float32)
-        none = MotionDepthResult(nan, np.zeros((H, W), np.float32), STATUS_NO_MOTION, 0,
-                                 was_refined, err, {"total": 1e3 * (time.perf_counter() - t0)},
-                                 note)
         if not self.settings.temporal_fusion or state is None:
-            return none
+            return _no_depth(STATUS_NO_MOTION, size, t0, was_refined, err, note)
         to_state = relative_pose(ref, state.frame)
         pr = self.settings.pose_refine
         if pr.enabled:
-            for f in (ref, state.frame):
-                if f.features is None:
-                    f.features = features(f.grey, pr.max_features, pr.octave_layers)
+            _describe([ref, state.frame], pr)
             to_state = refine_window(ref.features, [state.frame.features], [to_state], Ks,
                                      pr).poses[0]
         inv_depth, variance, age = self._predict(state, np.linalg.inv(to_state), Ks)
         known = np.isfinite(inv_depth) & (age < self.settings.max_unmeasured_frames)
         if not known.any():
-            return none
+            return _no_depth(STATUS_NO_MOTION, size, t0, was_refined, err, note)
         inv_depth = np.where(known, inv_depth, np.nan).astype(np.float32)
         variance = np.where(known, variance, np.nan).astype(np.float32)
         age = np.where(known, age + 1, -1).astype(np.int32)
@@ -497,12 +508,7 @@ class MotionDepthEstimator:
                                       evidence.translation_variance))
         pooled = np.median(np.array(self._scale_variances), axis=0)
         k = float(np.exp(fused_log_scale(evidence, float(pooled[0]), float(pooled[1]))))
-        out = []
-        for T in poses:
-            T = T.copy()
-            T[:3, 3] *= k
-            out.append(T)
-        return out
+        return _translations_scaled(poses, k)
 
     def _refine(self, grey: np.ndarray, depth_small: np.ndarray, conf_small: np.ndarray
                 ) -> tuple[np.ndarray, np.ndarray]:
