@@ -58,28 +58,28 @@ def shared_data() -> Path:
     return path
 
 
+def _shared_dir(shared_data: Path, name: str, what: str = "") -> Path:
+    """`shared_data / name`; the test skips, naming it (and `what` it is), where it is absent."""
+    path = shared_data / name
+    if not path.is_dir():
+        pytest.skip(f"{path} is absent" + (f" ({what})" if what else ""))
+    return path
+
+
 @pytest.fixture(scope="session")
 def chessboard_dir(shared_data: Path) -> Path:
-    path = shared_data / "chessboard"
-    if not path.is_dir():
-        pytest.skip(f"{path} is absent")
-    return path
+    return _shared_dir(shared_data, "chessboard")
 
 
 @pytest.fixture(scope="session")
 def kitchen_dir(shared_data: Path) -> Path:
-    path = shared_data / "rgbd_kitchen"
-    if not path.is_dir():
-        pytest.skip(f"{path} is absent (../shared/data/rgbd_kitchen: 7-Scenes RedKitchen)")
-    return path
+    return _shared_dir(shared_data, "rgbd_kitchen",
+                       "../shared/data/rgbd_kitchen: 7-Scenes RedKitchen")
 
 
 @pytest.fixture(scope="session")
 def lmo_dir(shared_data: Path) -> Path:
-    path = shared_data / "lmo"
-    if not path.is_dir():
-        pytest.skip(f"{path} is absent")
-    return path
+    return _shared_dir(shared_data, "lmo")
 
 
 @pytest.fixture(scope="session")
