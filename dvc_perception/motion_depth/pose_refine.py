@@ -192,6 +192,8 @@ def match(ref_feat: tuple[np.ndarray, np.ndarray], src_feat: tuple[np.ndarray, n
     The product is OpenCV's single-threaded one: a threaded BLAS waits for its threads when the
     CPU is shared, which costs more than the product on these sizes.
     """
+    from dvc_perception.motion_depth._pose_compiled import fundamental_inliers
+
     (p_ref, d_ref), (p_src, d_src) = ref_feat, src_feat
     empty = (np.zeros(0, np.int64), np.zeros((0, 2)))
     if len(d_ref) < 2 or len(d_src) < 2:
@@ -210,12 +212,20 @@ def match(ref_feat: tuple[np.ndarray, np.ndarray], src_feat: tuple[np.ndarray, n
     qi = np.flatnonzero(dist1 < settings.ratio * dist2)
     if len(qi) < 8:
         return empty
-    uv = p_src[best[qi]]
-    _, inliers = cv2.findFundamentalMat(p_ref[qi], uv, cv2.FM_RANSAC, settings.ransac_px, 0.999)
-    if inliers is None:
-        return empty
-    keep = inliers.ravel().astype(bool)
+    uv = np.ascontiguousarray(p_src[best[qi]])
+    keep = fundamental_inliers(np.ascontiguousarray(p_ref[qi]), uv, float(settings.ransac_px),
+                               0.999, 1000, 0)
     return qi[keep], uv[keep]
+
+
+def _transformed(M: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``x @ M.T``: the (3, 3) `M` applied to each row of `x` (N, 3).
+
+    A numpy loop, not a BLAS product: OpenBLAS wakes its threads for products of a few hundred
+    rows, and their spinning afterwards took CPU from the plane sweep's threads on 2 cores
+    (benchmarks/RESULTS.md, issue 22; `match` keeps its product in OpenCV for the same reason).
+    """
+    return np.einsum("nj,kj->nk", x, M)
 
 
 def _huber_weight(normalised: np.ndarray, k: float) -> np.ndarray:
@@ -287,7 +297,7 @@ def refine_window(ref_feat: tuple[np.ndarray, np.ndarray],
     index = np.full(len(ref_feat[0]), -1, np.int64)
     index[used] = np.arange(len(used))
     pix = ref_feat[0][used]
-    bearings = np.c_[pix, np.ones(len(pix))] @ np.linalg.inv(K).T  # (P, 3), z = 1
+    bearings = _transformed(np.linalg.inv(K), np.c_[pix, np.ones(len(pix))])  # (P, 3), z = 1
     problem = _Problem(K, bearings, [(index[q], uv) for q, uv in obs], odometry, settings)
     problem.solve()
     evidence = problem.scale_evidence() if settings.structure_scale else None
@@ -315,8 +325,6 @@ class _Problem:
         self.uv = np.concatenate([uv for _, uv in obs]).reshape(-1, 2)
         self.src = np.repeat(np.arange(S), counts)
         self.bearings = bearings[self.pts]  # (N, 3), one per observation
-        # flat index into the (6 S, P) pose-depth block of each observation's 6 pose entries
-        self.hpl_index = ((6 * self.src)[:, None] + np.arange(6)) * P + self.pts[:, None]
         self.R = np.stack([T[:3, :3] for T in odometry]).astype(np.float64)
         self.t = np.stack([T[:3, 3] for T in odometry]).astype(np.float64)
         self.rho = np.full(P, 0.5)  # 1/m; first refined alone (poses held)
@@ -333,7 +341,9 @@ class _Problem:
         return Y, X, r, inv_rho
 
     def solve(self) -> None:
-        S, P = len(self.R), len(self.rho)
+        from dvc_perception.motion_depth._pose_compiled import normal_equations
+
+        S = len(self.R)
         sig_r = np.radians(self.s.rotation_sigma_deg)
         sig_t = self.s.translation_sigma_m
         prior = np.r_[np.full(3, 1 / sig_r**2), np.full(3, 1 / sig_t**2)]
@@ -342,35 +352,14 @@ class _Problem:
         fx, fy = self.K[0, 0], self.K[1, 1]
         for it in range(self.s.iterations):
             depth_only = it < _DEPTH_ONLY_ITERATIONS  # depths alone first, odometry's poses
-            Y, X, r, inv_rho = self._project()
-            z = X[:, 2]
-            e = np.linalg.norm(r, axis=1)
-            w = np.where(e < self.s.huber_px, 1.0, self.s.huber_px / np.maximum(e, 1e-12))
-            w[z <= 1e-3] = 0.0
-            Jx = np.zeros((len(z), 2, 3))
-            Jx[:, 0, 0] = fx / z
-            Jx[:, 0, 2] = -fx * X[:, 0] / z**2
-            Jx[:, 1, 1] = fy / z
-            Jx[:, 1, 2] = -fy * X[:, 1] / z**2
-            Jl = np.einsum("nab,nb->na", Jx, -Y * (inv_rho**2)[:, None])  # d r / d rho
-            Hll = 1e-6 + np.bincount(self.pts, w * np.einsum("na,na->n", Jl, Jl), minlength=P)
-            gl = np.bincount(self.pts, w * np.einsum("na,na->n", Jl, r), minlength=P)
-            Hll *= 1.0 + 1e-2
+            Hpp, gp, Hpl, Hll, gl = normal_equations(
+                self.R, self.t, self.rho, self.bearings, self.uv, self.pts, self.src, fx, fy,
+                self.K[0, 2], self.K[1, 2], float(self.s.huber_px), depth_only)
+            Hll = (Hll + 1e-6) * (1.0 + 1e-2)
             if depth_only:
                 dp = np.zeros(6 * S)
                 dl = -gl / Hll
             else:
-                # d X / d w (left perturbation R <- exp(w) R) = -[Y / rho]x; row a: -(a x Y) / rho
-                Jw = -np.cross(Jx, Y[:, None, :]) * inv_rho[:, None, None]
-                Jp = np.concatenate([Jw, Jx], axis=2)  # (N, 2, 6): rotation, translation
-                wJp = w[:, None, None] * Jp
-                Hpp = np.zeros((6 * S, 6 * S))
-                gp = np.zeros(6 * S)
-                for j in range(S):
-                    a, b = self.bounds[j], self.bounds[j + 1]
-                    A = wJp[a:b].reshape(-1, 6)
-                    Hpp[6 * j:6 * j + 6, 6 * j:6 * j + 6] = A.T @ Jp[a:b].reshape(-1, 6)
-                    gp[6 * j:6 * j + 6] = A.T @ r[a:b].ravel()
                 dev = np.concatenate([_so3_log(self.R @ odo_R.transpose(0, 2, 1)),
                                       self.t - odo_t], axis=1)  # (S, 6)
                 weight = prior * np.repeat(
@@ -378,9 +367,6 @@ class _Problem:
                               _huber_weight(dev[:, 3:] / sig_t, self.s.prior_huber)], 1), 3, 1)
                 Hpp[np.diag_indices(6 * S)] += weight.ravel()
                 gp += (weight * dev).ravel()
-                hpl = np.einsum("nai,na->ni", wJp, Jl)
-                Hpl = np.bincount(self.hpl_index.ravel(), hpl.ravel(),
-                                  minlength=6 * S * P).reshape(6 * S, P)
                 Hpp *= 1.0 + 1e-2
                 # Hpl diag(1 / Hll) Hpl^T and the products with Hpl single-threaded (see `match`)
                 schur = Hpp - cv2.mulTransposed(Hpl / np.sqrt(Hll), False)
@@ -424,7 +410,7 @@ class _Problem:
         """
         odo_R = np.stack([T[:3, :3] for T in self.odometry])
         odo_t = np.stack([T[:3, 3] for T in self.odometry])
-        x = np.c_[self.uv, np.ones(len(self.uv))] @ np.linalg.inv(self.K).T
+        x = _transformed(np.linalg.inv(self.K), np.c_[self.uv, np.ones(len(self.uv))])
         x /= np.linalg.norm(x, axis=1, keepdims=True)
         a = np.cross(x, np.einsum("nij,nj->ni", odo_R[self.src], self.bearings))
         c = np.cross(x, odo_t[self.src])
@@ -464,7 +450,7 @@ class _Problem:
 
     def parallax(self) -> list[float]:
         """Per source, the median px distance of its matches from their rotation-only image."""
-        Y = np.einsum("njk,nk->nj", self.R[self.src], self.bearings) @ self.K.T
+        Y = _transformed(self.K, np.einsum("njk,nk->nj", self.R[self.src], self.bearings))
         at_infinity = Y[:, :2] / np.maximum(Y[:, 2:], 1e-9)
         d = np.linalg.norm(self.uv - at_infinity, axis=1)
         return [float(np.median(d[a:b])) if b > a else float("nan")
