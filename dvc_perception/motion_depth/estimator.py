@@ -388,7 +388,10 @@ class MotionDepthEstimator:
                     f"{np.nanmax(parallax[:len(sources)]):.1f} px of parallax "
                     f"(min_parallax_px {self.settings.min_parallax_px:g}): odometry noise or a "
                     "turning camera, not a baseline")
-            return self._carried(ref, state, Ks, (W, H), t0, was_refined, err, note)
+            to_state = None  # the adjustment's pose to the fusion's frame, where it ran
+            if was_refined and state is not None:
+                to_state = poses[[f is state.frame for f in adjusted].index(True)]
+            return self._carried(ref, state, Ks, (W, H), t0, was_refined, err, note, to_state)
         t3 = time.perf_counter()
         swept = [moved[i] for i in _spread(len(moved), self.settings.max_sweep_sources)]
         result = plane_sweep_depth(ref.grey, [sources[i].grey for i in swept],
@@ -462,28 +465,31 @@ class MotionDepthEstimator:
         return depth, confidence
 
     def _carried(self, ref: Frame, state: _FusionState | None, Ks: np.ndarray,
-                 size: tuple[int, int], t0: float, was_refined: bool, err: float, note: str
-                 ) -> MotionDepthResult:
+                 size: tuple[int, int], t0: float, was_refined: bool, err: float, note: str,
+                 to_state: np.ndarray | None = None) -> MotionDepthResult:
         """A frame without a source: ``carried`` depth if the fusion has some, else ``no_motion``.
 
         With temporal fusion, the last depth frame's fused inverse depth (`state`, still in the
         window) is moved into `ref` (`_predict`) by the odometry's relative pose, corrected by
-        the window adjustment with that frame as the one source (where pose refinement is on:
-        a noisy odometry rotation would misplace the depth, and the next frames' fusion with
+        the window adjustment (the caller's, `to_state`, which had that frame among its
+        sources; else one with that frame as the one source) where pose refinement is on (a
+        noisy odometry rotation would misplace the depth, and the next frames' fusion with
         it), as the fusion does with the pixels a sweep did not measure: each keeps it for
         `max_unmeasured_frames` frames since it was measured, then it is unknown (something
         may have moved there). A camera that slows down for a few frames keeps its depth; one
         that stands still loses it after `max_unmeasured_frames`. `ref` becomes the fusion's
-        frame. `size`: output (W, H).
+        frame. `size`: output (W, H). `to_state`: the pose ref -> that frame as the caller's
+        window adjustment already refined it (the frame was one of its sources), else None.
         """
         if not self.settings.temporal_fusion or state is None:
             return _no_depth(STATUS_NO_MOTION, size, t0, was_refined, err, note)
-        to_state = relative_pose(ref, state.frame)
         pr = self.settings.pose_refine
-        if pr.enabled:
-            _describe([ref, state.frame], pr)
-            to_state = refine_window(ref.features, [state.frame.features], [to_state], Ks,
-                                     pr).poses[0]
+        if to_state is None:
+            to_state = relative_pose(ref, state.frame)
+            if pr.enabled:
+                _describe([ref, state.frame], pr)
+                to_state = refine_window(ref.features, [state.frame.features], [to_state], Ks,
+                                         pr).poses[0]
         inv_depth, variance, age = self._predict(state, np.linalg.inv(to_state), Ks)
         known = np.isfinite(inv_depth) & (age < self.settings.max_unmeasured_frames)
         if not known.any():

@@ -400,3 +400,39 @@ def test_carried_depth_follows_the_images_where_the_odometry_turned_wrongly(rend
     for seed in (3, 4, 5):
         assert moved_share(True, seed) < 0.01
         assert moved_share(False, seed) > 0.05
+
+
+def test_carried_after_a_false_baseline_takes_the_windows_adjusted_pose(rendered_scene,
+                                                                         monkeypatch):
+    """The camera moves, then stands still while its odometry drifts on sideways (7 cm per
+    frame, so that the odometry rule finds sources): the window adjustment finds no parallax,
+    so the fused depth is carried, moved by that adjustment's pose to the last depth frame:
+    one adjustment per frame, not a second one for the carried frame alone."""
+    import dvc_perception.motion_depth.estimator as estimator_module
+
+    scene = rendered_scene
+    moving, still = 8, 5
+    truth = [scene.pose(k) for k in range(moving)] + [scene.pose(moving - 1)] * still
+    odometry = [T.copy() for T in truth]
+    for i in range(still):
+        odometry[moving + i][:3, 3] += odometry[moving + i][:3, 0] * 0.07 * (i + 1)
+    images = [scene.rgb8(scene.render(T)[0], noise=2.0, seed=k) for k, T in enumerate(truth)]
+    calls = []
+    adjust = estimator_module.refine_window
+    monkeypatch.setattr(estimator_module, "refine_window",
+                        lambda *a, **k: calls.append(1) or adjust(*a, **k))
+    settings = dataclasses.replace(
+        _settings(scene.W, fusion=True), pose_refine=PoseRefineSettings(),
+        keyframes=KeyframeRule(min_baseline_m=0.05, max_sources=3, max_frames=8))
+    estimator = MotionDepthEstimator(settings)
+    results, adjustments = [], []
+    for k, (image, T) in enumerate(zip(images, odometry)):
+        before = len(calls)
+        results.append(estimator.estimate(image, scene.K, T, 1.0 + 0.1 * k))
+        adjustments.append(len(calls) - before)
+    assert max(adjustments) == 1
+    # the first still frames still have real baselines to the moving ones
+    carried = [(r, n) for r, n in zip(results, adjustments) if r.status == STATUS_CARRIED]
+    assert len(carried) >= 2
+    for r, n in carried:
+        assert n == 1 and r.pose_refined and r.sources == 0 and "parallax" in r.note
