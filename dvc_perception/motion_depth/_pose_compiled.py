@@ -162,7 +162,8 @@ def _sample_model(y1, y2, idx, T1, T2, F):
 
     An 8 x 8 linear solve (Gaussian elimination, partial pivoting) instead of an SVD: a RANSAC
     hypothesis only has to score the pairs, so rank 2 is not enforced here (`_fitted_model`
-    does it for the final fit). Returns False for a singular sample.
+    does it for the final fit). A singular system (pairs that do not move fit every
+    skew-symmetric F, none with f33 = 1) takes `_fitted_model`'s least-squares solution.
     """
     A = _design_rows(y1, y2, idx)
     M = np.empty((8, 9))
@@ -175,8 +176,9 @@ def _sample_model(y1, y2, idx, T1, T2, F):
         for r in range(c + 1, 8):
             if abs(M[r, c]) > abs(M[p, c]):
                 p = r
-        if abs(M[p, c]) < 1e-12:
-            return False
+        if abs(M[p, c]) < 1e-12:  # degenerate (e.g. pairs that do not move): least squares
+            F[:, :] = _fitted_model(y1, y2, idx, T1, T2)
+            return
         if p != c:
             for k in range(c, 9):
                 M[c, k], M[p, k] = M[p, k], M[c, k]
@@ -192,7 +194,6 @@ def _sample_model(y1, y2, idx, T1, T2, F):
             acc -= M[c, k] * f[k]
         f[c] = acc / M[c, c]
     F[:, :] = _denormalised(f.reshape(3, 3), T1, T2)
-    return True
 
 
 @jit
@@ -320,8 +321,7 @@ def fundamental_inliers(x1, x2, thresh_px, confidence, max_iterations, seed):
             j = k + np.random.randint(n - k)
             order[k], order[j] = order[j], order[k]
         it += 1
-        if not _sample_model(y1, y2, order[:8], T1, T2, F):
-            continue
+        _sample_model(y1, y2, order[:8], T1, T2, F)
         count = _epipolar_inliers(F, x1, x2, thresh_px, mask)
         if count > best_count:
             best_count = count

@@ -239,6 +239,9 @@ def test_fundamental_inliers_keeps_the_true_pairs_and_drops_the_outliers():
         # deterministic for a seed
         np.testing.assert_array_equal(mask, fundamental_inliers(x1, x2, 1.0, 0.999, 1000, 0))
     assert not fundamental_inliers(x1[:7], x2[:7], 1.0, 0.999, 1000, 0).any()
+    # pairs that do not move (a camera that stands still) fit every skew-symmetric F, none with
+    # f33 = 1: all of them are inliers
+    assert fundamental_inliers(x1, x1.copy(), 1.0, 0.999, 1000, 0).all()
 
 
 def test_normal_equations_are_the_finite_difference_jacobians_sums():
