@@ -1,10 +1,12 @@
 # Copyright 2026 dvc_perception authors. Licensed under the Apache License, Version 2.0.
-"""Compiled normal equations of the window bundle adjustment (`pose_refine._Problem.solve`).
+"""Compiled kernels of the window adjustment (`pose_refine`).
 
-One pass over the observations instead of about forty numpy operations per Gauss-Newton
-iteration: on a window of 4-5 sources and ~600 observations the numpy assembly took about 1 ms
-per iteration, most of it per-call overhead (benchmarks/RESULTS.md, issue 22). Imported lazily
-(numba).
+Its normal equations and the RANSAC fundamental-matrix check of its matches.
+`normal_equations`: one pass over the observations instead of about forty numpy operations per
+Gauss-Newton iteration (on a window of 4-5 sources and ~600 observations the numpy assembly
+took about 1 ms per iteration, most of it per-call overhead). `fundamental_inliers`: replaces
+OpenCV's ``FM_RANSAC`` (2.5-3.9 ms per source; benchmarks/RESULTS.md, issue 22). No BLAS or
+LAPACK inside (see `_smallest_eigenvector`). Imported lazily (numba).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ def normal_equations(R, t, rho, bearings, uv, pts, src, fx, fy, cx, cy, huber_px
     of w J^T J and w J^T r with J the residual's Jacobian in the left-perturbed rotation (3),
     the translation (3) and the inverse depth (1); w the Huber weight of the residual norm (0
     for points within 1 mm of the source camera's plane or behind it). The residual is measured
-    at depth max(z, 1e-9), as `_Problem._project` does.
+    at depth max(z, 1e-9), as `_Problem._residuals` does.
     """
     S, P, N = R.shape[0], rho.shape[0], pts.shape[0]
     Hpp = np.zeros((6 * S, 6 * S))
@@ -95,7 +97,10 @@ def normal_equations(R, t, rho, bearings, uv, pts, src, fx, fy, cx, cy, huber_px
 
 @jit
 def _normalising(x):
-    """Hartley's similarity (3, 3) moving `x` (N, 2) to mean 0 and mean distance sqrt(2)."""
+    """Hartley's similarity T (3, 3) and the points `x` (N, 2) it moves (N, 2).
+
+    T moves them to mean 0 and mean distance sqrt(2).
+    """
     n = x.shape[0]
     mx, my = 0.0, 0.0
     for i in range(n):
@@ -111,7 +116,11 @@ def _normalising(x):
     T[0, 0], T[0, 2] = s, -s * mx
     T[1, 1], T[1, 2] = s, -s * my
     T[2, 2] = 1.0
-    return T
+    y = np.empty((n, 2))
+    for i in range(n):
+        y[i, 0] = T[0, 0] * x[i, 0] + T[0, 2]
+        y[i, 1] = T[1, 1] * x[i, 1] + T[1, 2]
+    return T, y
 
 
 @jit
@@ -294,22 +303,14 @@ def fundamental_inliers(x1, x2, thresh_px, confidence, max_iterations, seed):
     refitted (least squares over all of them, rank 2) while that finds more, up to `_REFITS`
     times (a local optimisation, as LO-RANSAC has it: a model through 8 noisy pairs misses
     true pairs far from them). Deterministic for a `seed`. Fewer than 8 pairs: no inliers.
-    Replaces OpenCV's ``findFundamentalMat(FM_RANSAC)``, which took 2.5-3.9 ms per window
-    source (benchmarks/RESULTS.md, issue 22).
     """
     n = x1.shape[0]
     best = np.zeros(n, np.bool_)
     if n < 8:
         return best
     np.random.seed(seed)
-    T1, T2 = _normalising(x1), _normalising(x2)
-    y1 = np.empty((n, 2))
-    y2 = np.empty((n, 2))
-    for i in range(n):
-        y1[i, 0] = T1[0, 0] * x1[i, 0] + T1[0, 2]
-        y1[i, 1] = T1[1, 1] * x1[i, 1] + T1[1, 2]
-        y2[i, 0] = T2[0, 0] * x2[i, 0] + T2[0, 2]
-        y2[i, 1] = T2[1, 1] * x2[i, 1] + T2[1, 2]
+    T1, y1 = _normalising(x1)
+    T2, y2 = _normalising(x2)
     order = np.arange(n)
     mask = np.zeros(n, np.bool_)
     F = np.empty((3, 3))

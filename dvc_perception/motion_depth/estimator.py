@@ -380,6 +380,9 @@ class MotionDepthEstimator:
         else:
             poses, was_refined, err = odometry, False, float("nan")
             parallax = [float("nan")] * len(poses)
+        # the (adjusted) pose to the fusion's frame, which `adjusted` holds whenever there is one
+        to_state = (None if state is None
+                    else poses[[f is state.frame for f in adjusted].index(True)])
         moved = _sources_that_moved(parallax[:len(sources)], self.settings.min_parallax_px)
         if not moved:
             nearest_cm = 100.0 * float(np.linalg.norm(odometry[0][:3, 3]))
@@ -388,10 +391,8 @@ class MotionDepthEstimator:
                     f"{np.nanmax(parallax[:len(sources)]):.1f} px of parallax "
                     f"(min_parallax_px {self.settings.min_parallax_px:g}): odometry noise or a "
                     "turning camera, not a baseline")
-            to_state = None  # the adjustment's pose to the fusion's frame, where it ran
-            if was_refined and state is not None:
-                to_state = poses[[f is state.frame for f in adjusted].index(True)]
-            return self._carried(ref, state, Ks, (W, H), t0, was_refined, err, note, to_state)
+            return self._carried(ref, state, Ks, (W, H), t0, was_refined, err, note,
+                                 to_state if was_refined else None)
         t3 = time.perf_counter()
         swept = [moved[i] for i in _spread(len(moved), self.settings.max_sweep_sources)]
         result = plane_sweep_depth(ref.grey, [sources[i].grey for i in swept],
@@ -402,7 +403,7 @@ class MotionDepthEstimator:
             baseline = max(float(np.linalg.norm(poses[i][:3, 3])) for i in moved)
             prior = None
             if state is not None:
-                to_ref = np.linalg.inv(poses[[f is state.frame for f in adjusted].index(True)])
+                to_ref = np.linalg.inv(to_state)
                 prior = self._predict(state, to_ref, Ks)
             scale_var = float("inf")
             if self.settings.scale_filter:

@@ -329,16 +329,14 @@ class _Problem:
         self.t = np.stack([T[:3, 3] for T in odometry]).astype(np.float64)
         self.rho = np.full(P, 0.5)  # 1/m; first refined alone (poses held)
 
-    def _project(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Rotated bearings Y, points X in the source cameras, residuals r (px), 1 / rho."""
+    def _residuals(self) -> np.ndarray:
+        """Reprojection residuals (N, 2) [px] of the observations, at depth max(z, 1e-9)."""
         Y = np.einsum("njk,nk->nj", self.R[self.src], self.bearings)
-        inv_rho = 1.0 / self.rho[self.pts]
-        X = Y * inv_rho[:, None] + self.t[self.src]
+        X = Y / self.rho[self.pts][:, None] + self.t[self.src]
         K = self.K
         z = np.maximum(X[:, 2], 1e-9)
-        r = np.stack([K[0, 0] * X[:, 0] / z + K[0, 2] - self.uv[:, 0],
-                      K[1, 1] * X[:, 1] / z + K[1, 2] - self.uv[:, 1]], axis=1)
-        return Y, X, r, inv_rho
+        return np.stack([K[0, 0] * X[:, 0] / z + K[0, 2] - self.uv[:, 0],
+                         K[1, 1] * X[:, 1] / z + K[1, 2] - self.uv[:, 1]], axis=1)
 
     def solve(self) -> None:
         from dvc_perception.motion_depth._pose_compiled import normal_equations
@@ -457,5 +455,5 @@ class _Problem:
                 for a, b in zip(self.bounds[:-1], self.bounds[1:])]
 
     def median_error(self) -> float:
-        flat = np.linalg.norm(self._project()[2], axis=1)
+        flat = np.linalg.norm(self._residuals(), axis=1)
         return float(np.median(flat)) if len(flat) else float("nan")
