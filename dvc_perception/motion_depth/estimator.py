@@ -101,7 +101,9 @@ class MotionDepthSettings:
     min_parallax_px: float = 3.0
     #: Filter the depth's metric scale over frames (`_carry_scale`: a 1-D Kalman filter on the
     #: log scale, the relative scale of two frames measured by their depths, each window's own
-    #: scale weighted by `window_scale_variance`). False: each frame takes its window's scale
+    #: scale weighted by its variance: `window_scale_variance` of the assumed odometry noise,
+    #: plus, where the adjustment ran, what the images measure of the odometry's error in the
+    #: window, `PoseRefineResult.scale_variance`). False: each frame takes its window's scale
     #: alone. It needs `PoseRefineSettings.solve_scale` (then the windows' scales are the
     #: odometry's, which the filter averages over frames); without it, it carries the first
     #: windows' unconverged scales on (issue 22).
@@ -411,6 +413,9 @@ class MotionDepthEstimator:
                 scaled = poses if was_refined else [poses[i] for i in swept]
                 # translation_sigma_m is a relative pose's: two frames' independent noise
                 scale_var = window_scale_variance(scaled, pr.translation_sigma_m / np.sqrt(2.0))
+                if was_refined and np.isfinite(refined.scale_variance):
+                    # and what the images measured of the odometry's error in this window
+                    scale_var += refined.scale_variance
                 if prior is not None:
                     swept_baseline = baseline
                     result, prior, baseline, scale_var = self._carry_scale(
@@ -557,7 +562,8 @@ class MotionDepthEstimator:
         The scale is common to every pixel, so it is filtered as one number (the log of the
         depth's scale): the prior's log scale has variance `prior_var` plus
         ``process_noise ** 2`` (per frame), this window's `window_var`
-        (`window_scale_variance`); the two depth maps' median log ratio over the pixels both
+        (`window_scale_variance`, plus `PoseRefineResult.scale_variance` where the adjustment
+        ran); the two depth maps' median log ratio over the pixels both
         know is their relative scale (the images carry it from frame to frame far more
         precisely than the odometry gives it). Both are moved to the variance-weighted log
         scale. Too few common pixels (under 5 %): nothing is changed and the window's scale

@@ -103,6 +103,9 @@ class PoseRefineResult:
             NaN where the source has no matches or the adjustment did not run.
         scale_evidence: the window's two scale witnesses (`PoseRefineSettings.structure_scale`);
             None when off, not run, or fewer than 2 sources give one.
+        scale_variance: variance of the log of the window's metric scale, from how far the
+            odometry's poses disagree with the images (`_Problem.scale_variance`); inf when
+            the adjustment did not run or no source has parallax.
     """
 
     poses: list[np.ndarray]
@@ -111,6 +114,7 @@ class PoseRefineResult:
     refined: bool
     parallax_px: list[float]
     scale_evidence: ScaleEvidence | None = None
+    scale_variance: float = float("inf")
 
 
 #: Observations whose rays meet at a smaller angle [deg] (under the adjusted rotation) say
@@ -301,8 +305,9 @@ def refine_window(ref_feat: tuple[np.ndarray, np.ndarray],
     problem = _Problem(K, bearings, [(index[q], uv) for q, uv in obs], odometry, settings)
     problem.solve()
     evidence = problem.scale_evidence() if settings.structure_scale else None
-    return PoseRefineResult(problem.poses(), counts, problem.median_error(), True,
-                            problem.parallax(), evidence)
+    parallax = problem.parallax()
+    return PoseRefineResult(problem.poses(), counts, problem.median_error(), True, parallax,
+                            evidence, problem.scale_variance(parallax))
 
 
 class _Problem:
@@ -436,6 +441,52 @@ class _Problem:
         return ScaleEvidence(float(np.mean(structure)),
                              float(np.var(structure, ddof=1)) / n + _SCALE_VARIANCE_FLOOR,
                              float(np.var(translation, ddof=1)) / n + _SCALE_VARIANCE_FLOOR)
+
+    def _epipolar_sq(self, R: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """(N,) squared distances [px^2] of the source pixels from their epipolar lines.
+
+        `R` (S, 3, 3), `t` (S, 3): reference -> source per source. Each observation's line is
+        where the pose puts its reference pixel's ray in the source image (fundamental matrix
+        K^-T [t]x R K^-1).
+        """
+        K_inv = np.linalg.inv(self.K)
+        F = K_inv.T[None] @ skew(t) @ R @ K_inv[None]  # (S, 3, 3)
+        lines = np.einsum("nij,nj->ni", F[self.src], _transformed(self.K, self.bearings))
+        num = (lines[:, 0] * self.uv[:, 0] + lines[:, 1] * self.uv[:, 1] + lines[:, 2]) ** 2
+        return num / np.maximum(lines[:, 0] ** 2 + lines[:, 1] ** 2, 1e-300)
+
+    def scale_variance(self, parallax_px: list[float]) -> float:
+        """Variance of the log of the window's metric scale taken from the odometry.
+
+        A source's odometry pose puts its matches off their epipolar lines by what the images
+        see of the odometry's error: per source, ``e`` the median distance of its matches from
+        their epipolar lines under the odometry's pose beyond that under the adjusted pose
+        (matching noise), in quadrature [px]. An error that moves the matches by ``e`` px
+        against a parallax of ``p`` px (`parallax_px`) changes the depths it implies, and with
+        them the scale, by about ``e / p`` (rotation and translation alike). The error along
+        the epipolar lines, which moves the scale, is taken to be as large as the one across
+        them, which the images see. The scale is fitted mostly to the long baselines (weights
+        ``p**2``) and the reference frame's own error is common to every source (half of each
+        pair's), so the variance is ``((sum p e)**2 + sum (p e)**2) / (2 (sum p**2)**2)`` (as
+        `estimator.window_scale_variance`, with px for metres). inf without a source with
+        parallax.
+        """
+        odo_R = np.stack([T[:3, :3] for T in self.odometry])
+        odo_t = np.stack([T[:3, 3] for T in self.odometry])
+        d_odo = self._epipolar_sq(odo_R, odo_t)
+        d_adj = self._epipolar_sq(self.R, self.t)
+        pe, pp = [], []
+        for j, (a, b) in enumerate(zip(self.bounds[:-1], self.bounds[1:])):
+            p = parallax_px[j]
+            if b == a or not p > 0:
+                continue
+            e2 = float(np.median(d_odo[a:b])) - float(np.median(d_adj[a:b]))
+            pe.append(p * np.sqrt(max(e2, 0.0)))
+            pp.append(p * p)
+        if not pp:
+            return float("inf")
+        pe_ = np.array(pe)
+        return float((pe_.sum() ** 2 + np.sum(pe_ ** 2)) / (2.0 * sum(pp) ** 2))
 
     def poses(self) -> list[np.ndarray]:
         out = []

@@ -20,6 +20,7 @@ from dvc_perception.motion_depth.estimator import (
     STATUS_OK,
     MotionDepthEstimator,
     MotionDepthSettings,
+    window_scale_variance,
 )
 from dvc_perception.motion_depth.keyframes import KeyframeRule
 from dvc_perception.motion_depth.pose_refine import PoseRefineSettings
@@ -436,3 +437,44 @@ def test_carried_after_a_false_baseline_takes_the_windows_adjusted_pose(rendered
     assert len(carried) >= 2
     for r, n in carried:
         assert n == 1 and r.pose_refined and r.sources == 0 and "parallax" in r.note
+
+
+def test_a_window_weighs_in_the_scale_filter_by_the_odometrys_measured_error(rendered_scene,
+                                                                             monkeypatch):
+    """The first depth frame's scale variance (the filter's start) is the assumed odometry
+    noise's (`window_scale_variance` of the adjusted poses) plus what the adjustment measured
+    (`PoseRefineResult.scale_variance`): about 0 for exact odometry, tens of percent squared
+    for odometry 1 deg and 1 cm off per frame, where the parallax is a few px."""
+    import dvc_perception.motion_depth.estimator as estimator_module
+
+    scene = rendered_scene
+    found = []
+    adjust = estimator_module.refine_window
+    monkeypatch.setattr(estimator_module, "refine_window",
+                        lambda *a, **k: found.append(adjust(*a, **k)) or found[-1])
+    settings = dataclasses.replace(_settings(scene.W, fusion=True),
+                                   pose_refine=PoseRefineSettings())
+    sigma = settings.pose_refine.translation_sigma_m / np.sqrt(2.0)
+    measured = []
+    for noisy in (False, True):
+        rng = np.random.default_rng(4)
+        estimator = MotionDepthEstimator(settings)
+        for k in range(6):
+            T = scene.pose(k)
+            if noisy:
+                axis, direction = rng.normal(size=3), rng.normal(size=3)
+                P = np.eye(4)
+                P[:3, :3] = cv2.Rodrigues(np.radians(1.0) * axis / np.linalg.norm(axis))[0]
+                P[:3, 3] = 0.01 * direction / np.linalg.norm(direction)
+                T = P @ T
+            found.clear()
+            r = estimator.estimate(scene.rgb8(scene.render(scene.pose(k))[0]), scene.K, T,
+                                   1.0 + 0.1 * k)
+            if r.status == STATUS_OK:
+                break
+        assert r.status == STATUS_OK and r.pose_refined and len(found) == 1
+        window = found[0]
+        assert estimator._state.scale_variance == pytest.approx(
+            window_scale_variance(window.poses, sigma) + window.scale_variance, rel=1e-9)
+        measured.append(window.scale_variance)
+    assert measured[0] < 1e-3 and measured[1] > 0.01
