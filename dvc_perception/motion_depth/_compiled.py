@@ -158,6 +158,59 @@ def _bilinear8(typingctx, samples, index, fx, fy, out, x, at, step):
     return sig, codegen
 
 
+@intrinsic
+def _transpose8(typingctx, src, src_at, src_stride, dst, dst_at, dst_stride):
+    """Copy an 8 x 8 block of float32 transposed, `src` to `dst`.
+
+    ``dst[dst_at + i * dst_stride + j] = src[src_at + j * src_stride + i]`` for i, j < 8,
+    offsets in elements of the C-contiguous arrays taken flat (any number of dimensions; no
+    bounds checks).
+
+    Eight 8-wide loads, a network of 24 shuffles, eight 8-wide stores, instead of 64 scalar
+    loads and stores: the SGM's horizontal paths run on transposed rows of the volume.
+    """
+    sig = types.void(src, types.intp, types.intp, dst, types.intp, types.intp)
+
+    def codegen(context, builder, signature, args):
+        a_src = context.make_array(signature.args[0])(context, builder, args[0])
+        a_dst = context.make_array(signature.args[3])(context, builder, args[3])
+        src_at, src_stride, dst_at, dst_stride = args[1], args[2], args[4], args[5]
+        i64 = ir.IntType(64)
+        v8f = ir.VectorType(ir.FloatType(), 8)
+
+        def row(arr, at, stride, i):
+            off = builder.add(at, builder.mul(stride, ir.Constant(i64, i)))
+            ptr = builder.gep(arr.data, [off])
+            return builder.bitcast(ptr, v8f.as_pointer())
+
+        def shuffle(a, b, lanes):
+            return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(ir.IntType(32), 8),
+                                                            lanes))
+
+        r = [builder.load(row(a_src, src_at, src_stride, i), align=4) for i in range(8)]
+        # rows (2k, 2k+1) interleaved: columns (0, 1, 4, 5) and (2, 3, 6, 7) of both
+        t = []
+        for k in range(4):
+            t.append(shuffle(r[2 * k], r[2 * k + 1], [0, 8, 1, 9, 4, 12, 5, 13]))
+            t.append(shuffle(r[2 * k], r[2 * k + 1], [2, 10, 3, 11, 6, 14, 7, 15]))
+        # rows 4m .. 4m+3: columns (c, c + 4) for c = 0, 1, 2, 3
+        u = []
+        for m in range(2):
+            lo, hi = t[4 * m: 4 * m + 2], t[4 * m + 2: 4 * m + 4]
+            for a, b in ((lo[0], hi[0]), (lo[1], hi[1])):
+                u.append(shuffle(a, b, [0, 1, 8, 9, 4, 5, 12, 13]))
+                u.append(shuffle(a, b, [2, 3, 10, 11, 6, 7, 14, 15]))
+        # u[c] (rows 0-3), u[4 + c] (rows 4-7), c = 0..3: columns c and c + 4
+        for c in range(4):
+            builder.store(shuffle(u[c], u[4 + c], [0, 1, 2, 3, 8, 9, 10, 11]),
+                          row(a_dst, dst_at, dst_stride, c), align=4)
+            builder.store(shuffle(u[c], u[4 + c], [4, 5, 6, 7, 12, 13, 14, 15]),
+                          row(a_dst, dst_at, dst_stride, c + 4), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 @jit
 def _warp_row(samples, H, W, A, b, s, w, y, xs, index, fx, fy, valid, slot, warped, at):
     """Warp reference row `y` from source `s` by plane `w`, bilinearly.
@@ -449,15 +502,21 @@ def _put_row(dst, x, src, add):
 def _horizontal_row(cost, P1, P2s, y, agg):
     """Both horizontal SGM paths of row `y` of `cost` (H, D, W), summed into ``agg[y]``.
 
-    Per pixel over the planes, on the row transposed to (W, D): the rightward path's costs,
-    then the leftward path's added to them (``agg = right + left``).
+    Per pixel over the planes, on the row transposed to (W, D) (8 x 8 blocks, `_transpose8`):
+    the rightward path's costs, then the leftward path's added to them (``agg = right +
+    left``), transposed back.
     """
     _, D, W = cost.shape
     # Rows of D + 16 floats: a power-of-two stride (D = 64: 256 B) would map the column
     # writes of the transposition to a few cache sets.
     ct = np.empty((W, D + 16), np.float32)
+    D8 = D - D % 8
+    W8 = W - W % 8
+    for d0 in range(0, D8, 8):  # 8 x 8 blocks, then what is left one by one
+        for x0 in range(0, W8, 8):
+            _transpose8(cost, (y * D + d0) * W + x0, W, ct, x0 * (D + 16) + d0, D + 16)
     for x in range(W):
-        for d in range(D):
+        for d in range(D8 if x < W8 else 0, D):
             ct[x, d] = cost[y, d, x]
     paths = np.empty((W, D + 2), np.float32)
     prev = np.full(D + 2, np.inf, np.float32)
@@ -474,8 +533,11 @@ def _horizontal_row(cost, P1, P2s, y, agg):
             mn = _path_step(ct, x, prev, mn, cur, P1, P2s[y, x])
             _put_row(paths, x, cur, left)
             prev, cur = cur, prev
+    for d0 in range(0, D8, 8):
+        for x0 in range(0, W8, 8):
+            _transpose8(paths, x0 * (D + 2) + 1 + d0, D + 2, agg, (y * D + d0) * W + x0, W)
     for d in range(D):
-        for x in range(W):
+        for x in range(W8 if d < D8 else 0, W):
             agg[y, d, x] = paths[x, d + 1]
 
 
@@ -560,12 +622,15 @@ def _winner_row(total, x0, x1, y, idx, ratio):
 
 
 @jit
-def _vertical_chunk(cost, P1, P2s, agg, diagonals, x0, x1, winner, idx, ratio):
+def _vertical_chunk(cost, P1, P2s, agg, diagonals, x0, x1, winner, idx, ratio, horizontal):
     """The downward, then the upward SGM paths of the columns [x0, x1) of `cost` (H, D, W).
 
     Vertical paths, with `diagonals` also diagonal ones; added to `agg` (H, D, W). With
     `winner`, the upward pass takes the winner of each row it finishes into `idx`, `ratio`
-    (H, W) instead of adding.
+    (H, W) instead of adding. With `horizontal` (the chunk spans the whole width), the
+    downward pass first writes each row's horizontal paths into ``agg[y]`` (`_horizontal_row`)
+    and adds to them while the row is in the cache (the same sums as a separate pass over the
+    volume: one write and one read of `agg` less).
     """
     H, D, W = cost.shape
     nd = 3 if diagonals else 1
@@ -580,6 +645,8 @@ def _vertical_chunk(cost, P1, P2s, agg, diagonals, x0, x1, winner, idx, ratio):
         last = winner and not down
         for i in range(H):
             y = i if down else H - 1 - i
+            if horizontal and down:
+                _horizontal_row(cost, P1, P2s, y, agg)
             for j in range(nd):
                 shift = 0 if j == 0 else (1 if j == 1 else -1)  # the path's step in x
                 _row_paths(cost, P1, P2s, y, shift, i == 0, prev[j], prev_mn[j], cur[j],
@@ -608,16 +675,19 @@ def _sgm_parallel(cost, P1, P2s, diagonals, winner, chunks, agg, idx, ratio):
     with diagonals: their paths cross the chunks). Best one chunk per thread: a chunk walks its
     part of every row of the volume, and narrow chunks touch every memory page of it once per
     chunk (page walks are slow in a virtual machine: 10 chunks of 32 columns took 1.6 times as
-    long as one of 320 on one thread).
+    long as one of 320 on one thread). With one chunk, the horizontal paths run inside the
+    vertical pass, row by row (`_vertical_chunk`); the sums are the same.
     """
     H, D, W = cost.shape
-    for y in numba.prange(H):
-        _horizontal_row(cost, P1, P2s, y, agg)
     chunk = W if diagonals else -(-W // (16 * max(chunks, 1))) * 16  # whole vectors
     n_chunks = (W + chunk - 1) // chunk
+    fused = n_chunks == 1
+    if not fused:
+        for y in numba.prange(H):
+            _horizontal_row(cost, P1, P2s, y, agg)
     for c in numba.prange(n_chunks):
         _vertical_chunk(cost, P1, P2s, agg, diagonals, c * chunk, min(W, (c + 1) * chunk),
-                        winner, idx, ratio)
+                        winner, idx, ratio, fused)
 
 
 def _sgm(cost: np.ndarray, P1: np.float32, P2s: np.ndarray, diagonals: bool, winner: bool,

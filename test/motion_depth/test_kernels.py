@@ -224,9 +224,13 @@ def _planes_mid(cost: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("diagonals", [False, True])
-@pytest.mark.parametrize(("shape", "chunks"), [((5, 7, 6), 1), ((3, 70, 5), 1), ((3, 70, 5), 3)],
-                         ids=["small", "one-chunk", "three-chunks"])
+@pytest.mark.parametrize(("shape", "chunks"), [((5, 7, 6), 1), ((3, 70, 5), 1), ((3, 70, 5), 3),
+                                               ((4, 21, 19), 1), ((4, 21, 19), 3)],
+                         ids=["small", "one-chunk", "three-chunks", "blocks-one-chunk",
+                              "blocks-three-chunks"])
 def test_sgm_matches_a_plain_python_recurrence(diagonals, shape, chunks):
+    # (4, 21, 19): 21 x 19 (width x planes) rows transposed in 8 x 8 blocks and the rest one
+    # by one; one chunk: the horizontal paths inside the vertical pass (4 paths)
     rng = np.random.default_rng(2)
     cost = rng.uniform(0.0, 2.0, shape).astype(np.float32)
     p2s = rng.uniform(0.2, 1.0, shape[:2]).astype(np.float32)
@@ -283,6 +287,9 @@ def test_sgm_winner_is_the_winner_of_the_aggregated_costs(diagonals):
         _compiled.sgm(cost, np.float32(0.1), p2s, diagonals, chunks=1))
     np.testing.assert_array_equal(idx, want_idx)
     np.testing.assert_array_equal(ratio, want_ratio)
+    # one chunk (the horizontal paths inside the vertical pass) sums exactly as several
+    np.testing.assert_array_equal(_compiled.sgm(cost, np.float32(0.1), p2s, diagonals, chunks=1),
+                                  _compiled.sgm(cost, np.float32(0.1), p2s, diagonals, chunks=3))
 
 
 def _warp_reference(inv_depth: np.ndarray, T: np.ndarray) -> np.ndarray:
