@@ -267,37 +267,52 @@ def _pair_sums(src, n, span, dst):
 
 
 @jit
-def _add_shifted(src, off, out):
-    """``out[x] += src[x + off]`` for x < len(out)."""
+def _add_shifted(src, off, out, at, n):
+    """``out[at + x] += src[x + off]`` for x < n."""
     uo = np.uint64(off)
-    for i in range(out.shape[0]):
+    ua = np.uint64(at)
+    for i in range(n):
         x = np.uint64(i)
-        out[x] += src[x + uo]
+        out[ua + x] += src[x + uo]
 
 
 @jit
-def _window_sums(row, radius, spans, other, out):
-    """``out[x] = sum(row[x:x + 2r + 1])`` for `row` (n + 2r,), `out` (n,), vectorised.
+def _sum_shifted(row, src, off, out, at, n):
+    """``out[at + x] = row[x] + src[x + off]`` for x < n."""
+    uo = np.uint64(off)
+    ua = np.uint64(at)
+    for i in range(n):
+        x = np.uint64(i)
+        out[ua + x] = row[x] + src[x + uo]
+
+
+@jit
+def _window_sums(row, radius, spans, other, out, at, n):
+    """``out[at + x] = sum(row[x:x + 2r + 1])`` for x < n, `row` (n + 2r,), vectorised.
 
     Sums of 2, then 4, 8, ... neighbours (into `spans`, `other` (n + 2r,) scratch, in turn);
     a window is the sum of the spans the binary digits of 2r + 1 give (r = 3: 1 + 2 + 4):
     about 2 log2(2r + 1) passes instead of 2r (a running sum would be one serial chain of
-    additions along the row).
+    additions along the row). The first pass that adds a span also copies `row` (the sum
+    ``row + span`` in one pass: the same additions in the same order).
     """
     k = 2 * radius + 1
-    n = out.shape[0] + 2 * radius  # `spans` holds sums of `span` elements in [0, n - span + 1)
-    for i in range(out.shape[0]):
-        out[i] = row[i]
-    _pair_sums(row, n, 1, spans)
+    m = n + 2 * radius  # `spans` holds sums of `span` elements in [0, m - span + 1)
+    _pair_sums(row, m, 1, spans)
     span = 2
     off = 1
+    first = True
     while True:
         if k & span:
-            _add_shifted(spans, off, out)
+            if first:
+                _sum_shifted(row, spans, off, out, at, n)
+                first = False
+            else:
+                _add_shifted(spans, off, out, at, n)
             off += span
         if 2 * span > k:
             break
-        _pair_sums(spans, n - span + 1, span, other)
+        _pair_sums(spans, m - span + 1, span, other)
         spans, other = other, spans
         span *= 2
 
@@ -324,9 +339,9 @@ def sweep_cost(ref, ref_mean, ref_inv_std, srcs, A, b, inv_depths, radius, cost)
     point is behind it or outside its image is skipped there; 1 (no information) where no
     source sees it or either window is flat. Runs per plane (in parallel), row by row: the
     warped rows of all sources, their squares and their products with the reference, laid end
-    to end, get their horizontal window sums in one set of vectorised passes (`_window_sums`);
-    these enter a ring of the last 2r+1 rows'; the vertical window sums are running sums over
-    the ring.
+    to end, get their horizontal window sums in one set of vectorised passes (`_window_sums`),
+    written straight into a ring of the last 2r + 2 rows' sums (the row entering the windows
+    and the row leaving them); the vertical window sums are running sums over the ring.
     """
     S, H, W = srcs.shape
     D = inv_depths.shape[0]
@@ -352,10 +367,10 @@ def sweep_cost(ref, ref_mean, ref_inv_std, srcs, A, b, inv_depths, radius, cost)
         rows = np.zeros(3 * S * P, np.float32)
         spans = np.empty(3 * S * P, np.float32)
         other = np.empty(3 * S * P, np.float32)
-        sums = np.empty(3 * S * P - 2 * radius, np.float32)
-        h1 = np.zeros((S, k, W), np.float32)
-        h2 = np.zeros((S, k, W), np.float32)
-        h12 = np.zeros((S, k, W), np.float32)
+        n = 3 * S * P - 2 * radius  # window sums per row, the three kinds laid end to end
+        # the rows' window sums, a ring of k + 1 rows: the row entering the windows and the
+        # one leaving them both in it (zeros: the rows above the image)
+        ring = np.zeros((k + 1) * n, np.float32)
         valid = np.zeros((S, k, W), np.float32)  # 1: the source sees the pixel
         s1 = np.zeros((S, W), np.float32)
         s2 = np.zeros((S, W), np.float32)
@@ -377,25 +392,25 @@ def sweep_cost(ref, ref_mean, ref_inv_std, srcs, A, b, inv_depths, radius, cost)
                         val = rows[at + x]
                         rows[sq + x] = val * val
                         rows[pr + x] = val * ref[yy, i]
-                _window_sums(rows, radius, spans, other, sums)
+                _window_sums(rows, radius, spans, other, ring, (yy % (k + 1)) * n, n)
+            new = np.uint64((yy % (k + 1)) * n)  # row yy's window sums in `ring`
+            gone = np.uint64(((yy + 1) % (k + 1)) * n)  # row yy - k's
             for s in range(S):
-                at1 = np.uint64(s * P)  # the row's window sums in `sums`
+                at1 = np.uint64(s * P)  # the source's sums in a row of `ring`
                 at2 = np.uint64(S * P) + at1
                 at12 = np.uint64(2 * S * P) + at1
                 if yy >= H:
-                    for x in range(W):
-                        s1[s, x] -= h1[s, slot, x]
-                        s2[s, x] -= h2[s, slot, x]
-                        s12[s, x] -= h12[s, slot, x]
+                    for i in range(W):
+                        x = np.uint64(i)
+                        s1[s, i] -= ring[gone + at1 + x]
+                        s2[s, i] -= ring[gone + at2 + x]
+                        s12[s, i] -= ring[gone + at12 + x]
                     continue
                 for i in range(W):  # the ring starts zeroed: nothing leaves before row k
                     x = np.uint64(i)
-                    s1[s, i] += sums[at1 + x] - h1[s, slot, i]
-                    s2[s, i] += sums[at2 + x] - h2[s, slot, i]
-                    s12[s, i] += sums[at12 + x] - h12[s, slot, i]
-                    h1[s, slot, i] = sums[at1 + x]
-                    h2[s, slot, i] = sums[at2 + x]
-                    h12[s, slot, i] = sums[at12 + x]
+                    s1[s, i] += ring[new + at1 + x] - ring[gone + at1 + x]
+                    s2[s, i] += ring[new + at2 + x] - ring[gone + at2 + x]
+                    s12[s, i] += ring[new + at12 + x] - ring[gone + at12 + x]
             y = yy - radius  # the output row: window rows y - r .. y + r are summed
             if y < 0:
                 continue
