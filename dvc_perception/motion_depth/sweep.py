@@ -101,12 +101,12 @@ def plane_sweep_depth(ref: np.ndarray, sources: list[np.ndarray], relative: list
     p2 = np.maximum(settings.p2 / (1.0 + settings.p2_edge_gain * grad), 1.5 * settings.p1)
     index, ratio = _compiled.sgm_winner(cost, np.float32(settings.p1), p2.astype(np.float32),
                                         settings.sgm_paths == 8)
-    inv_depth = np.interp(index.ravel(), np.arange(len(inv)), inv).reshape(h, w)
-    seen = _compiled.seen_at(index, A, b, inv)  # sources at the winner
-    confidence = np.where(seen > 0, 1.0 - ratio, 0.0).astype(np.float32)
+    # the depth interpolated between the planes, the sources at the winner (seen), the
+    # confidence, and the speckle filter's input, in one pass
+    depth, confidence, seen, codes = _compiled.winner_depth(index, ratio, A, b, inv)
     if settings.speckle_px > 0:
-        confidence[remove_speckles(index, seen > 0, settings.speckle_px)] = 0.0
-    return SweepResult((1.0 / inv_depth).astype(np.float32), confidence, seen)
+        confidence[_speckles(codes, settings.speckle_px)] = 0.0
+    return SweepResult(depth, confidence, seen)
 
 
 def remove_speckles(index: np.ndarray, valid: np.ndarray, max_size: int) -> np.ndarray:
@@ -115,7 +115,11 @@ def remove_speckles(index: np.ndarray, valid: np.ndarray, max_size: int) -> np.n
     An island is a connected region of fewer than `max_size` pixels whose neighbours differ by
     at most one plane (`index` (h, w) in planes); typically wrong matches in texture-poor areas.
     """
-    fixed = np.where(valid, np.rint(index * 16.0), -16).astype(np.int16)
-    filtered = fixed.copy()
+    return _speckles(np.where(valid, np.rint(index * 16.0), -16).astype(np.int16), max_size)
+
+
+def _speckles(codes: np.ndarray, max_size: int) -> np.ndarray:
+    """`remove_speckles` of ``codes`` (h, w) int16: ``rint(16 index)`` where valid, else -16."""
+    filtered = codes.copy()
     cv2.filterSpeckles(filtered, -16, max_size, 16)
-    return valid & (filtered == -16) & (fixed != -16)
+    return (filtered == -16) & (codes != -16)

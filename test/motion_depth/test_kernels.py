@@ -188,6 +188,33 @@ def test_sweep_cost_matches_its_definition_in_float64(r, w):
     assert np.all((cost >= 0.0) & (cost <= 2.0))
 
 
+def test_winner_depth_matches_interp_seen_at_and_the_speckle_codes():
+    """`winner_depth` against its numpy definition, exactly: planes hit exactly (0, the last,
+    inner ones), halves (rint rounds them to even) and a source that sees only part."""
+    rng = np.random.default_rng(7)
+    h, w = 48, 64
+    inv_depths = np.linspace(1.0 / 6.0, 1.0 / 0.3, 64, dtype=np.float32)
+    index = rng.uniform(0.0, 63.0, (h, w)).astype(np.float32)
+    index[0, :5] = [0.0, 63.0, 17.0, 2.5 / 16.0, 3.5 / 16.0]
+    index[1, :3] = [1e-7, 62.99999, 0.5]
+    ratio = rng.uniform(0.0, 1.0, (h, w)).astype(np.float32)
+    poses = [_pose((0.5, 2.0, -0.3), (0.08, -0.02, 0.03)),
+             _pose((0.0, 10.0, 0.0), (-0.4, 0.0, 0.05))]
+    A = np.stack([K @ T[:3, :3] @ np.linalg.inv(K) for T in poses])
+    b = np.stack([K @ T[:3, 3] for T in poses])
+    depth, confidence, seen, codes = _compiled.winner_depth(index, ratio, A, b, inv_depths)
+    want_seen = _compiled.seen_at(index, A, b, inv_depths)
+    assert 0 < np.mean(want_seen == 2) < 1 and np.any(want_seen == 0)
+    np.testing.assert_array_equal(seen, want_seen)
+    inv_depth = np.interp(index.ravel(), np.arange(64), inv_depths).reshape(h, w)
+    np.testing.assert_array_equal(depth, (1.0 / inv_depth).astype(np.float32))
+    np.testing.assert_array_equal(confidence,
+                                  np.where(seen > 0, 1.0 - ratio, 0.0).astype(np.float32))
+    np.testing.assert_array_equal(codes, np.where(seen > 0, np.rint(index * 16.0), -16)
+                                  .astype(np.int16))
+    assert codes[0, 3] in (2, -16) and codes[0, 4] in (4, -16)  # halves to even
+
+
 def _sgm_reference(cost: np.ndarray, p1: float, p2s: np.ndarray, diagonals: bool) -> np.ndarray:
     """Semi-global matching (Hirschmueller 2008) in plain Python: for each direction r,
     L_r(p, d) = C(p, d) + min(L_r(p-r, d), L_r(p-r, d+-1) + P1, min_k L_r(p-r, k) + P2(p))
