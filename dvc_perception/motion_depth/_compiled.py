@@ -850,3 +850,49 @@ def forward_warp(inv_depth, variance, age, A, b):
                 out_age[v, u] = age[y, x]
     return out, out_var, out_age
 
+
+@jit
+def fuse_prior(depth, measured, meas_var, p, p_var, p_age, max_age, one, nine):
+    """Inverse-variance fusion of a measurement with a prior, per pixel (`estimator._fuse`).
+
+    `depth` (H, W) float32 [m] and `measured` (H, W) bool: the measurement is ``1 / depth``
+    (float32) with variance `meas_var` (float32) where measured. `p`, `p_var` (H, W) the prior's
+    inverse depth and variance (float32, or float64 after a scale change; NaN unknown), `p_age`
+    (H, W) int32 its age; `one`, `nine`: 1 and 9 in the prior's dtype. Where both are known and
+    agree within 3 combined stds, the inverse-variance mean; where only the prior is known and
+    younger than `max_age`, the prior (age + 1); else the measurement (age 0; NaN and -1 where
+    unmeasured). Each value as numpy computes `_fuse`'s expressions (the measurement's terms in
+    float32, the prior's in its dtype, promoted where they meet). Returns inverse depth,
+    variance (float32) and age (int32), (H, W).
+    """
+    H, W = depth.shape
+    inv = np.empty((H, W), np.float32)
+    var = np.empty((H, W), np.float32)
+    age = np.empty((H, W), np.int32)
+    one32 = np.float32(1.0)
+    nan32 = np.float32(np.nan)
+    for y in range(H):
+        for x in range(W):
+            pv = p[y, x]
+            known = np.isfinite(pv)
+            if measured[y, x]:
+                m = one32 / depth[y, x]
+                mv = meas_var
+                e = m - pv
+                if known and e * e <= nine * (mv + p_var[y, x]):
+                    fv = one / (one32 / mv + one / p_var[y, x])
+                    inv[y, x] = np.float32(fv * (m / mv + pv / p_var[y, x]))
+                    var[y, x] = np.float32(fv)
+                else:
+                    inv[y, x] = m
+                    var[y, x] = mv
+                age[y, x] = 0
+            elif known and p_age[y, x] < max_age:
+                inv[y, x] = np.float32(pv)
+                var[y, x] = np.float32(p_var[y, x])
+                age[y, x] = p_age[y, x] + 1
+            else:
+                inv[y, x] = nan32
+                var[y, x] = nan32
+                age[y, x] = -1
+    return inv, var, age

@@ -616,20 +616,19 @@ class MotionDepthEstimator:
         f = 0.5 * (K[0, 0] + K[1, 1])
         step = float(np.diff(settings.sweep.inverse_depths()[:2])[0])
         sigma = max(settings.match_sigma_px / (f * max(baseline_m, 1e-6)), 0.5 * step)
-        meas = np.where(measured, 1.0 / result.depth, np.nan).astype(np.float32)
-        meas_var = np.where(measured, sigma * sigma, np.nan).astype(np.float32)
-        age = np.where(measured, 0, -1).astype(np.int32)
         if prior is None:
-            return meas, meas_var, age
+            meas = np.where(measured, 1.0 / result.depth, np.nan).astype(np.float32)
+            meas_var = np.where(measured, sigma * sigma, np.nan).astype(np.float32)
+            return meas, meas_var, np.where(measured, 0, -1).astype(np.int32)
+        from dvc_perception.motion_depth import _compiled
+
+        # agree: both known and within 3 combined stds (the inverse-variance mean); a pixel
+        # only the prior knows keeps it (age + 1) while younger than max_unmeasured_frames;
+        # one pass (`_compiled.fuse_prior`), the values numpy's expressions would give
         p, p_var, p_age = prior
-        both = measured & np.isfinite(p)
-        agree = both & ((meas - p) ** 2 <= 9.0 * (meas_var + p_var))
-        fused_var = np.where(agree, 1.0 / (1.0 / np.where(agree, meas_var, 1.0)
-                                           + 1.0 / np.where(agree, p_var, 1.0)), meas_var)
-        fused = np.where(agree, fused_var * (meas / np.where(agree, meas_var, 1.0)
-                                             + p / np.where(agree, p_var, 1.0)), meas)
-        only_prior = ~measured & np.isfinite(p) & (p_age < settings.max_unmeasured_frames)
-        fused = np.where(only_prior, p, fused).astype(np.float32)
-        fused_var = np.where(only_prior, p_var, fused_var).astype(np.float32)
-        age = np.where(only_prior, p_age + 1, age).astype(np.int32)
-        return fused, fused_var, age
+        dtype = np.result_type(p, p_var)
+        return _compiled.fuse_prior(result.depth, measured, np.float32(sigma * sigma),
+                                    p.astype(dtype, copy=False), p_var.astype(dtype, copy=False),
+                                    p_age.astype(np.int32, copy=False),
+                                    settings.max_unmeasured_frames, dtype.type(1.0),
+                                    dtype.type(9.0))

@@ -215,6 +215,41 @@ def test_winner_depth_matches_interp_seen_at_and_the_speckle_codes():
     assert codes[0, 3] in (2, -16) and codes[0, 4] in (4, -16)  # halves to even
 
 
+@pytest.mark.parametrize("prior_dtype", [np.float32, np.float64])
+def test_fuse_prior_matches_the_numpy_expressions(prior_dtype):
+    """`fuse_prior` against the estimator's former numpy expressions, exactly, with a float32
+    prior and a float64 one (the scale filter multiplies the prior by a float64 factor)."""
+    rng = np.random.default_rng(8)
+    h, w = 40, 50
+    depth = rng.uniform(0.5, 4.0, (h, w)).astype(np.float32)
+    measured = rng.uniform(size=(h, w)) < 0.7
+    sigma = 0.013
+    p = (1.0 / depth * rng.choice([1.0, 1.02, 1.5], (h, w))).astype(prior_dtype)
+    p[rng.uniform(size=(h, w)) < 0.2] = np.nan
+    p_var = rng.uniform(1e-5, 1e-3, (h, w)).astype(prior_dtype)
+    p_var[np.isnan(p)] = np.nan
+    p_age = rng.integers(-1, 8, (h, w)).astype(np.int32)
+    max_age = 5
+    meas = np.where(measured, 1.0 / depth, np.nan).astype(np.float32)
+    meas_var = np.where(measured, sigma * sigma, np.nan).astype(np.float32)
+    age = np.where(measured, 0, -1).astype(np.int32)
+    agree = measured & np.isfinite(p) & ((meas - p) ** 2 <= 9.0 * (meas_var + p_var))
+    fused_var = np.where(agree, 1.0 / (1.0 / np.where(agree, meas_var, 1.0)
+                                       + 1.0 / np.where(agree, p_var, 1.0)), meas_var)
+    fused = np.where(agree, fused_var * (meas / np.where(agree, meas_var, 1.0)
+                                         + p / np.where(agree, p_var, 1.0)), meas)
+    only_prior = ~measured & np.isfinite(p) & (p_age < max_age)
+    want = (np.where(only_prior, p, fused).astype(np.float32),
+            np.where(only_prior, p_var, fused_var).astype(np.float32),
+            np.where(only_prior, p_age + 1, age).astype(np.int32))
+    assert 0.1 < agree.mean() < 0.6 and only_prior.any()
+    got = _compiled.fuse_prior(depth, measured, np.float32(sigma * sigma), p, p_var, p_age,
+                               max_age, prior_dtype(1.0), prior_dtype(9.0))
+    for g, e in zip(got, want):
+        assert g.dtype == e.dtype
+        np.testing.assert_array_equal(g, e)
+
+
 def _sgm_reference(cost: np.ndarray, p1: float, p2s: np.ndarray, diagonals: bool) -> np.ndarray:
     """Semi-global matching (Hirschmueller 2008) in plain Python: for each direction r,
     L_r(p, d) = C(p, d) + min(L_r(p-r, d), L_r(p-r, d+-1) + P1, min_k L_r(p-r, k) + P2(p))
