@@ -613,14 +613,18 @@ def _horizontal_row(cost, P1, P2s, y, agg):
 
 
 @jit
-def _row_paths(cost, P1, P2s, y, shift, first, prev, prev_mn, cur, cur_mn, x0, x1):
+def _row_paths(cost, P1, P2s, y, shift, first, prev, prev_mn, cur, cur_mn, x0, x1, agg, total,
+               emit):
     """The SGM paths into row `y` of `cost` (H, D, W), columns [x0, x1), vectorised over x.
 
     They come from the row before (the row after, going up).
     `shift` (-1, 0, 1): the path's step in x; `prev` (D, W), `prev_mn` (W,): the previous row's
     path costs and their minima; `cur`, `cur_mn` receive this row's. A path starts (its cost
     alone) on the `first` row and where x - shift is outside the image. Unsigned column
-    indices: no negative-index wrap-around in the loops, which then vectorise.
+    indices: no negative-index wrap-around in the loops, which then vectorise. `emit` 1: the
+    path costs are also added to ``agg[y]`` ((H, D, W)), 2: ``agg[y] + cur`` goes into `total`
+    (D, W); 0: neither (the caller sums several paths). Done in the pass that takes the
+    minima, plane by plane, while the plane's costs are in the cache.
     """
     _, D, W = cost.shape
     lo = x1  # the columns [lo, hi) continue a path
@@ -649,9 +653,22 @@ def _row_paths(cost, P1, P2s, y, shift, first, prev, prev_mn, cur, cur_mn, x0, x
             m = prev_mn[xp]
             best = min(min(prev[d, xp], prev[dm, xp] + P1), min(prev[dp, xp] + P1, m + P2s[y, x]))
             cur[d, x] = cost[y, d, x] + best - m
-        for i in range(x1 - x0):
-            x = u0 + np.uint64(i)
-            cur_mn[x] = min(cur_mn[x], cur[d, x])
+        if emit == 1:
+            for i in range(x1 - x0):
+                x = u0 + np.uint64(i)
+                v = cur[d, x]
+                cur_mn[x] = min(cur_mn[x], v)
+                agg[y, d, x] = agg[y, d, x] + v
+        elif emit == 2:
+            for i in range(x1 - x0):
+                x = u0 + np.uint64(i)
+                v = cur[d, x]
+                cur_mn[x] = min(cur_mn[x], v)
+                total[d, x] = agg[y, d, x] + v
+        else:
+            for i in range(x1 - x0):
+                x = u0 + np.uint64(i)
+                cur_mn[x] = min(cur_mn[x], cur[d, x])
 
 
 @jit
@@ -718,11 +735,13 @@ def _vertical_chunk(cost, P1, P2s, agg, diagonals, x0, x1, winner, idx, ratio, h
             y = i if down else H - 1 - i
             if horizontal and down:
                 _horizontal_row(cost, P1, P2s, y, agg)
+            # one path: its costs go into agg (total) as they are made
+            emit = 0 if diagonals else (2 if last else 1)
             for j in range(nd):
                 shift = 0 if j == 0 else (1 if j == 1 else -1)  # the path's step in x
                 _row_paths(cost, P1, P2s, y, shift, i == 0, prev[j], prev_mn[j], cur[j],
-                           cur_mn[j], x0, x1)
-            for d in range(D):
+                           cur_mn[j], x0, x1, agg, total, emit)
+            for d in range(D if diagonals else 0):
                 for ii in range(x1 - x0):
                     x = u0 + np.uint64(ii)
                     t = agg[y, d, x] + cur[0, d, x]
