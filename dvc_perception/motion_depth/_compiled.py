@@ -38,16 +38,19 @@ def _box_sum(img, radius, out):
             if x - radius - 1 >= 0:
                 acc -= img[y, x - radius - 1]
             rows[y, x] = acc
-    for x in range(W):
-        acc = np.float32(0.0)
-        for y in range(min(radius, H)):
-            acc += rows[y, x]
-        for y in range(H):
-            if y + radius < H:
-                acc += rows[y + radius, x]
-            if y - radius - 1 >= 0:
-                acc -= rows[y - radius - 1, x]
-            out[y, x] = acc
+    acc = np.zeros(W, np.float32)  # the columns' running sums, row by row (vectorised)
+    for y in range(min(radius, H)):
+        for x in range(W):
+            acc[x] += rows[y, x]
+    for y in range(H):
+        if y + radius < H:
+            for x in range(W):
+                acc[x] += rows[y + radius, x]
+        if y - radius - 1 >= 0:
+            for x in range(W):
+                acc[x] -= rows[y - radius - 1, x]
+        for x in range(W):
+            out[y, x] = acc[x]
 
 
 @jit
