@@ -373,7 +373,7 @@ def sweep_cost(ref, ref_mean, ref_inv_std, srcs, A, b, inv_depths, radius, cost)
         n = 3 * S * P - 2 * radius  # window sums per row, the three kinds laid end to end
         # the rows' window sums, a ring of k + 1 rows: the row entering the windows and the
         # one leaving them both in it (zeros: the rows above the image)
-        ring = np.zeros((k + 1) * n, np.float32)
+        ring = np.zeros((k + 2) * n, np.float32)  # and a row of zeros
         valid = np.zeros((S, k, W), np.float32)  # 1: the source sees the pixel
         s1 = np.zeros((S, W), np.float32)
         s2 = np.zeros((S, W), np.float32)
@@ -396,42 +396,46 @@ def sweep_cost(ref, ref_mean, ref_inv_std, srcs, A, b, inv_depths, radius, cost)
                         rows[sq + x] = val * val
                         rows[pr + x] = val * ref[yy, i]
                 _window_sums(rows, radius, spans, other, ring, (yy % (k + 1)) * n, n)
-            new = np.uint64((yy % (k + 1)) * n)  # row yy's window sums in `ring`
+            # row yy's window sums in `ring` (below the image: the row of zeros at its end)
+            new = np.uint64((yy % (k + 1) if yy < H else k + 1) * n)
             gone = np.uint64(((yy + 1) % (k + 1)) * n)  # row yy - k's
-            for s in range(S):
-                at1 = np.uint64(s * P)  # the source's sums in a row of `ring`
-                at2 = np.uint64(S * P) + at1
-                at12 = np.uint64(2 * S * P) + at1
-                if yy >= H:
-                    for i in range(W):
-                        x = np.uint64(i)
-                        s1[s, i] -= ring[gone + at1 + x]
-                        s2[s, i] -= ring[gone + at2 + x]
-                        s12[s, i] -= ring[gone + at12 + x]
-                    continue
-                for i in range(W):  # the ring starts zeroed: nothing leaves before row k
-                    x = np.uint64(i)
-                    s1[s, i] += ring[new + at1 + x] - ring[gone + at1 + x]
-                    s2[s, i] += ring[new + at2 + x] - ring[gone + at2 + x]
-                    s12[s, i] += ring[new + at12 + x] - ring[gone + at12 + x]
             y = yy - radius  # the output row: window rows y - r .. y + r are summed
-            if y < 0:
-                continue
             vslot = y % k
             for x in range(W):
                 acc[x] = zero
                 cnt[x] = zero
-            for s in range(S):  # float32 throughout, no short-circuit: whole vectors
-                for x in range(W):
-                    m = s1[s, x] * inv_n[y, x]
-                    var = s2[s, x] * inv_n[y, x] - m * m
-                    cov = s12[s, x] * inv_n[y, x] - m * ref_mean[y, x]
-                    ris = ref_inv_std[y, x]
+            for s in range(S):
+                at1 = np.uint64(s * P)  # the source's sums in a row of `ring`
+                at2 = np.uint64(S * P) + at1
+                at12 = np.uint64(2 * S * P) + at1
+                if y < 0:
+                    for i in range(W):  # the ring starts zeroed: nothing leaves before row k
+                        x = np.uint64(i)
+                        s1[s, i] += ring[new + at1 + x] - ring[gone + at1 + x]
+                        s2[s, i] += ring[new + at2 + x] - ring[gone + at2 + x]
+                        s12[s, i] += ring[new + at12 + x] - ring[gone + at12 + x]
+                    continue
+                # the vertical sums, then the ZNCC from them in the same pass: float32
+                # throughout, no short-circuit: whole vectors
+                for i in range(W):
+                    x = np.uint64(i)
+                    a1 = s1[s, i] + (ring[new + at1 + x] - ring[gone + at1 + x])
+                    a2 = s2[s, i] + (ring[new + at2 + x] - ring[gone + at2 + x])
+                    a12 = s12[s, i] + (ring[new + at12 + x] - ring[gone + at12 + x])
+                    s1[s, i] = a1
+                    s2[s, i] = a2
+                    s12[s, i] = a12
+                    m = a1 * inv_n[y, i]
+                    var = a2 * inv_n[y, i] - m * m
+                    cov = a12 * inv_n[y, i] - m * ref_mean[y, i]
+                    ris = ref_inv_std[y, i]
                     c = one - cov * ris / np.sqrt(var)
                     c = min(max(c, zero), two) if (var > min_var) & (ris > zero) else one
-                    seen = valid[s, vslot, x]
-                    acc[x] += c * seen
-                    cnt[x] += seen
+                    seen = valid[s, vslot, i]
+                    acc[i] += c * seen
+                    cnt[i] += seen
+            if y < 0:
+                continue
             for x in range(W):
                 cost[y, d, x] = acc[x] / cnt[x] if cnt[x] > zero else one
 
