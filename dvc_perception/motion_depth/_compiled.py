@@ -546,24 +546,85 @@ def _min_of(a, lo, hi):
     return min(min(m0, m1), min(m2, m3))
 
 
-@jit
-def _path_step(cost, x, prev, prev_mn, cur, P1, P2):
-    """One SGM step into column x of `cost` (W, >= D) from `prev`; returns the min of `cur`.
+@intrinsic
+def _path_step8(typingctx, ct, ct_at, prev, cur, d, P1, jump, prev_mn, paths, paths_at, add):
+    """`_path_step` and `_put_row` for the eight planes d .. d + 7; returns their minimum.
 
-    ``cur[d] = C[d] + min(prev[d], prev[d+-1] + P1, min prev + P2) - min prev``. `prev`, `cur`
-    (D + 2,) are distinct buffers holding plane d at d + 1 and +inf at 0 and D + 1: no
-    special ends, whole vectors (unsigned indices: no wrap-around test, the loop vectorises).
+    ``cur[d + 1 + j] = ct[ct_at + j] + min(min(prev[d + 1 + j], prev[d + j] + P1),
+    min(prev[d + 2 + j] + P1, jump)) - prev_mn`` (the scalar loop's float32 operations in the
+    same order: identical), then ``paths[paths_at + j]`` gets it (`add`: ``+=``), j < 8. The
+    minimum of the eight in vector registers (exact in any order): no serial chain of scalar
+    minima. Arrays float32, C-contiguous, taken flat (no bounds checks).
+    """
+    for arr in (ct, prev, cur, paths):
+        if not (isinstance(arr, types.Array) and arr.layout == "C"
+                and arr.dtype == types.float32):
+            return None
+    if any(t != types.float32 for t in (P1, jump, prev_mn)):
+        return None
+    sig = types.float32(ct, types.intp, prev, cur, types.intp, types.float32, types.float32,
+                        types.float32, paths, types.intp, types.boolean)
+
+    def codegen(context, builder, signature, args):
+        a_ct, a_prev, a_cur, a_paths = [context.make_array(signature.args[i])(context, builder,
+                                                                             args[i])
+                                        for i in (0, 2, 3, 8)]
+        ct_at, d, paths_at, add = args[1], args[4], args[9], args[10]
+        f32, i32, i64 = ir.FloatType(), ir.IntType(32), ir.IntType(64)
+        v8f, v8i = ir.VectorType(f32, 8), ir.VectorType(i32, 8)
+
+        def splat(value):
+            v = builder.insert_element(ir.Constant(v8f, ir.Undefined), value, ir.Constant(i32, 0))
+            return builder.shuffle_vector(v, ir.Constant(v8f, ir.Undefined),
+                                          ir.Constant(v8i, [0] * 8))
+
+        def ptr8(arr, off):
+            return builder.bitcast(builder.gep(arr.data, [off]), v8f.as_pointer())
+
+        def vmin(a, b):
+            return builder.select(builder.fcmp_ordered("<", a, b), a, b)
+
+        p1, jmp, mn = splat(args[5]), splat(args[6]), splat(args[7])
+        lower = builder.load(ptr8(a_prev, d), align=4)
+        same = builder.load(ptr8(a_prev, builder.add(d, ir.Constant(i64, 1))), align=4)
+        upper = builder.load(ptr8(a_prev, builder.add(d, ir.Constant(i64, 2))), align=4)
+        best = vmin(vmin(same, builder.fadd(lower, p1)), vmin(builder.fadd(upper, p1), jmp))
+        c = builder.load(ptr8(a_ct, ct_at), align=4)
+        new = builder.fsub(builder.fadd(c, best), mn)
+        builder.store(new, ptr8(a_cur, builder.add(d, ir.Constant(i64, 1))), align=4)
+        dst = ptr8(a_paths, paths_at)
+        old = builder.load(dst, align=4)
+        builder.store(builder.select(add, builder.fadd(old, new), new), dst, align=4)
+        m = new
+        for lanes in ([4, 5, 6, 7] * 2, [2, 3] * 4, [1] * 8):
+            m = vmin(m, builder.shuffle_vector(m, m, ir.Constant(v8i, lanes)))
+        return builder.extract_element(m, ir.Constant(i32, 0))
+
+    return sig, codegen
+
+
+@jit
+def _path_step(cost, x, prev, prev_mn, cur, P1, jump, lo, paths, add):
+    """One SGM step into column x of `cost` (W, >= D) from `prev`, planes [lo, D); their min.
+
+    ``cur[d] = C[d] + min(prev[d], prev[d+-1] + P1, min prev + P2) - min prev``, `jump` =
+    ``min prev + P2``. `prev`, `cur` (D + 2,) are distinct buffers holding plane d at d + 1 and
+    +inf at 0 and D + 1: no special ends. ``paths[x, d + 1]`` (`paths` (W, D + 2)) gets
+    ``cur[d + 1]`` (`add`: ``+=``). `_path_step8` takes whole blocks of 8 planes; this the rest.
     """
     D = cur.shape[0] - 2
-    jump = prev_mn + P2
     ux = np.uint64(x)
     one = np.uint64(1)
     two = np.uint64(2)
-    for i in range(D):
+    mn = np.float32(np.inf)
+    for i in range(lo, D):
         d = np.uint64(i)
         best = min(min(prev[d + one], prev[d] + P1), min(prev[d + two] + P1, jump))
-        cur[d + one] = cost[ux, d] + best - prev_mn
-    return _min_of(cur, 1, D + 1)
+        c = cost[ux, d] + best - prev_mn
+        cur[d + one] = c
+        paths[ux, d + one] = paths[ux, d + one] + c if add else c
+        mn = min(mn, c)
+    return mn
 
 
 @jit
@@ -582,7 +643,7 @@ def _horizontal_row(cost, P1, P2s, y, agg):
 
     Per pixel over the planes, on the row transposed to (W, D) (8 x 8 blocks, `_transpose8`):
     the rightward path's costs, then the leftward path's added to them (``agg = right +
-    left``), transposed back.
+    left``), transposed back. A step takes 8 planes at a time (`_path_step8`).
     """
     _, D, W = cost.shape
     # Rows of D + 16 floats: a power-of-two stride (D = 64: 256 B) would map the column
@@ -608,8 +669,13 @@ def _horizontal_row(cost, P1, P2s, y, agg):
         _put_row(paths, x, prev, left)
         for i in range(1, W):
             x = W - 1 - i if left else i
-            mn = _path_step(ct, x, prev, mn, cur, P1, P2s[y, x])
-            _put_row(paths, x, cur, left)
+            jump = mn + P2s[y, x]
+            # eight planes at a time (`_path_step8`), then the rest
+            step_mn = _path_step(ct, x, prev, mn, cur, P1, jump, D8, paths, left)
+            for d0 in range(0, D8, 8):
+                step_mn = min(step_mn, _path_step8(ct, x * (D + 16) + d0, prev, cur, d0, P1,
+                                                   jump, mn, paths, x * (D + 2) + 1 + d0, left))
+            mn = step_mn
             prev, cur = cur, prev
     for d0 in range(0, D8, 8):
         for x0 in range(0, W8, 8):
