@@ -250,6 +250,21 @@ def test_fuse_prior_matches_the_numpy_expressions(prior_dtype):
         np.testing.assert_array_equal(g, e)
 
 
+def test_window_sums_of_radius_3_in_one_pass_add_as_the_passes_do():
+    """`_window_sums7` (r = 3) makes the passes' additions (1 + 2 + 4 neighbours, each span a
+    balanced sum) in the same order: equal to them in float32, bit for bit."""
+    rng = np.random.default_rng(9)
+    n = 53
+    row = rng.uniform(0.0, 1.0, n + 6).astype(np.float32)
+    out = np.full(n + 5, np.nan, np.float32)
+    _compiled._window_sums7(row, out, 2, n)
+    r = [row[j:j + n] for j in range(7)]
+    want = (r[0] + (r[1] + r[2])) + ((r[3] + r[4]) + (r[5] + r[6]))
+    np.testing.assert_array_equal(out[2:2 + n], want)
+    assert np.isnan(out[:2]).all() and np.isnan(out[2 + n:]).all()
+    assert not np.array_equal(want, r[0] + r[1] + r[2] + r[3] + r[4] + r[5] + r[6])  # order
+
+
 def _sgm_reference(cost: np.ndarray, p1: float, p2s: np.ndarray, diagonals: bool) -> np.ndarray:
     """Semi-global matching (Hirschmueller 2008) in plain Python: for each direction r,
     L_r(p, d) = C(p, d) + min(L_r(p-r, d), L_r(p-r, d+-1) + P1, min_k L_r(p-r, k) + P2(p))
