@@ -99,8 +99,12 @@ def _project(A, b, s, w, x, y):
 
 
 @intrinsic
-def _bilinear8(typingctx, samples, index, fx, fy, out, x, at, step):
-    """Eight bilinear samples: ``out[at + x + j]`` for j < 8, as `_warp_row`'s scalar loop.
+def _bilinear8(typingctx, samples, index, fx, fy, out, x, at, step, ref, ref_at, sq):
+    """Eight bilinear samples as `_warp_row`'s scalar loop, their squares and products.
+
+    The samples into ``out[at + x + j]`` (j < 8), their squares into ``out[at + sq + x + j]``,
+    their products with ``ref[ref_at + x + j]`` (`ref` float32, C-contiguous, taken flat) into
+    ``out[at + 2 sq + x + j]``.
 
     ``i = index[x + j]``; samples ``samples[i]``, ``[i + 1]`` (one 8-byte load) and
     ``[i + step]``, ``[i + step + 1]`` (another), weights ``fx[x + j]``, ``fy[x + j]``; the
@@ -111,13 +115,18 @@ def _bilinear8(typingctx, samples, index, fx, fy, out, x, at, step):
     instructions were no faster than the scalar loads here). Indices as `_warp_row` makes them
     (in bounds: no checks here).
     """
-    sig = types.void(samples, index, fx, fy, out, types.intp, types.intp, types.intp)
+    if not (isinstance(ref, types.Array) and ref.layout == "C" and ref.dtype == types.float32):
+        return None
+    sig = types.void(samples, index, fx, fy, out, types.intp, types.intp, types.intp, ref,
+                     types.intp, types.intp)
 
     def codegen(context, builder, signature, args):
         arrays = [context.make_array(t)(context, builder, v)
                   for t, v in zip(signature.args[:5], args[:5])]
         a_samples, a_index, a_fx, a_fy, a_out = arrays
         x, at, step = args[5], args[6], args[7]
+        a_ref = context.make_array(signature.args[8])(context, builder, args[8])
+        ref_at, sq = args[9], args[10]
         f32, f64 = ir.FloatType(), ir.DoubleType()
         i32, i64 = ir.IntType(32), ir.IntType(64)
         v8f, v8i, v4d = ir.VectorType(f32, 8), ir.VectorType(i32, 8), ir.VectorType(f64, 4)
@@ -154,8 +163,12 @@ def _bilinear8(typingctx, samples, index, fx, fy, out, x, at, step):
         top = builder.fadd(s00, builder.fmul(wx, builder.fsub(s01, s00)))
         bot = builder.fadd(s10, builder.fmul(wx, builder.fsub(s11, s10)))
         res = builder.fadd(top, builder.fmul(wy, builder.fsub(bot, top)))
-        dst = builder.gep(a_out.data, [builder.add(at, x)])
-        builder.store(res, builder.bitcast(dst, v8f.as_pointer()), align=4)
+        rv = builder.load(builder.bitcast(builder.gep(a_ref.data, [builder.add(ref_at, x)]),
+                                          v8f.as_pointer()), align=4)
+        for value, k in ((res, 0), (builder.fmul(res, res), 1), (builder.fmul(res, rv), 2)):
+            off = builder.add(builder.add(at, x), builder.mul(sq, ir.Constant(i64, k)))
+            dst = builder.gep(a_out.data, [off])
+            builder.store(value, builder.bitcast(dst, v8f.as_pointer()), align=4)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -215,11 +228,14 @@ def _transpose8(typingctx, src, src_at, src_stride, dst, dst_at, dst_stride):
 
 
 @jit
-def _warp_row(samples, H, W, A, b, s, w, y, xs, index, fx, fy, valid, slot, warped, at):
+def _warp_row(samples, H, W, A, b, s, w, y, xs, index, fx, fy, valid, slot, warped, at, ref,
+              yy, sq):
     """Warp reference row `y` from source `s` by plane `w`, bilinearly.
 
     Samples source `s` of `samples` (the (S, H, W) float32 sources, flat, then W + 2 zeros)
-    where the plane maps each pixel of the row, into ``warped[at:at + W]``: 0 where the point
+    where the plane maps each pixel of the row, into ``warped[at:at + W]``, their squares
+    into ``warped[at + sq:]`` and their products with row `yy` (`y`) of `ref` (H, W) into
+    ``warped[at + 2 sq:]``: a sample is 0 where the point
     is behind the source camera (the zeros), the clamped sample where it is outside the image;
     ``valid[s, slot]`` (W,) float32 is 1 where it is inside, else 0. `A`, `b`, `w`, `y` float32
     (`_project`); `xs` (W,) float32 column numbers; `index` (W,) int32, `fx`, `fy` (W,) float32
@@ -245,10 +261,11 @@ def _warp_row(samples, H, W, A, b, s, w, y, xs, index, fx, fy, valid, slot, warp
         index[x] = base + y0 * np.int32(W) + x0 if f else zeros
     W8 = W - W % 8
     for x in range(0, W8, 8):
-        _bilinear8(samples, index, fx, fy, warped, x, at, W)
+        _bilinear8(samples, index, fx, fy, warped, x, at, W, ref, yy * W, sq)
     step = np.uint64(W)
     one = np.uint64(1)
     uat = np.uint64(at)
+    usq = np.uint64(sq)
     for x in range(W8, W):  # the last W % 8 pixels
         i = np.uint64(index[x])
         s00 = samples[i]
@@ -257,7 +274,11 @@ def _warp_row(samples, H, W, A, b, s, w, y, xs, index, fx, fy, valid, slot, warp
         s11 = samples[i + step + one]
         top = s00 + fx[x] * (s01 - s00)
         bot = s10 + fx[x] * (s11 - s10)
-        warped[uat + np.uint64(x)] = top + fy[x] * (bot - top)
+        val = top + fy[x] * (bot - top)
+        ux = uat + np.uint64(x)
+        warped[ux] = val
+        warped[ux + usq] = val * val
+        warped[ux + usq + usq] = val * ref[yy, x]
 
 
 @jit
@@ -385,6 +406,7 @@ def sweep_cost(ref, ref_mean, ref_inv_std, srcs, A, b, inv_depths, radius, cost)
     b32 = b.astype(np.float32)
     samples = np.zeros(S * H * W + W + 2, np.float32)  # behind a camera: a sample of zeros
     samples[:S * H * W] = srcs.ravel()
+    ref_c = np.ascontiguousarray(ref)  # read flat by `_bilinear8`
     for d in numba.prange(D):
         w = inv_depths[d]
         index = np.empty(W, np.int32)
@@ -408,18 +430,9 @@ def sweep_cost(ref, ref_mean, ref_inv_std, srcs, A, b, inv_depths, radius, cost)
         for yy in range(H + radius):  # yy: the row entering the windows
             slot = yy % k  # the slot of row yy - k, which leaves the windows
             if yy < H:
-                for s in range(S):
+                for s in range(S):  # with the squares and the products with the reference
                     _warp_row(samples, H, W, A32, b32, s, w, np.float32(yy), xs, index, fx, fy,
-                              valid, slot, rows, s * P + radius)
-                for s in range(S):  # the squares and the products with the reference
-                    at = np.uint64(s * P + radius)
-                    sq = np.uint64(S * P) + at
-                    pr = np.uint64(2 * S * P) + at
-                    for i in range(W):
-                        x = np.uint64(i)
-                        val = rows[at + x]
-                        rows[sq + x] = val * val
-                        rows[pr + x] = val * ref[yy, i]
+                              valid, slot, rows, s * P + radius, ref_c, yy, S * P)
                 _window_sums(rows, radius, spans, other, ring, (yy % (k + 1)) * n, n)
             # row yy's window sums in `ring` (below the image: the row of zeros at its end)
             new = np.uint64((yy % (k + 1) if yy < H else k + 1) * n)
