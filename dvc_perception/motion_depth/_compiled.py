@@ -958,23 +958,35 @@ def forward_warp(inv_depth, variance, age, A, b):
     out = np.full((H, W), np.nan, np.float32)
     out_var = np.full((H, W), np.nan, np.float32)
     out_age = np.full((H, W), -1, np.int32)
+    # per row: the projections in a loop of their own (vectorised), then the splats in order
+    us = np.empty(W, np.int64)
+    vs = np.empty(W, np.int64)
+    ws = np.empty(W, np.float64)
+    lands = np.zeros(W, np.bool_)
     for y in range(H):
         for x in range(W):
             w = inv_depth[y, x]
-            if not (w > 0.0):
-                continue
+            known = w > 0.0
+            w = w if known else np.float32(0.0)  # NaN: no NaN in the arithmetic
             qx = A[0, 0] * x + A[0, 1] * y + A[0, 2] + b[0] * w
             qy = A[1, 0] * x + A[1, 1] * y + A[1, 2] + b[1] * w
             qz = A[2, 0] * x + A[2, 1] * y + A[2, 2] + b[2] * w
-            if qz <= 1e-6:
-                continue
+            front = known & (qz > 1e-6)
+            qz = qz if front else 1.0
             u = int(np.floor(qx / qz + 0.5))
             v = int(np.floor(qy / qz + 0.5))
-            if u < 0 or v < 0 or u >= W or v >= H:
+            us[x] = u
+            vs[x] = v
+            ws[x] = w / qz
+            lands[x] = front & (u >= 0) & (v >= 0) & (u < W) & (v < H)
+        for x in range(W):
+            if not lands[x]:
                 continue
-            w_new = w / qz
+            u = us[x]
+            v = vs[x]
+            w_new = ws[x]
             if np.isnan(out[v, u]) or w_new > out[v, u]:
-                ratio = w_new / w
+                ratio = w_new / inv_depth[y, x]
                 out[v, u] = w_new
                 out_var[v, u] = variance[y, x] * ratio * ratio * ratio * ratio
                 out_age[v, u] = age[y, x]
