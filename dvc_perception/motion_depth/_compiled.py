@@ -523,7 +523,7 @@ def winner_depth(index, ratio, A, b, inv_depths):
     - seen (H, W) float32: `seen_at`;
     - confidence (H, W) float32: ``1 - ratio`` where seen > 0, else 0;
     - codes (H, W) int16: ``rint(16 index)`` where seen > 0, else -16 (`sweep.remove_speckles`'s
-      input to OpenCV's speckle filter).
+      input).
     """
     H, W = index.shape
     D = inv_depths.shape[0]
@@ -546,8 +546,8 @@ def winner_depth(index, ratio, A, b, inv_depths):
             else:
                 j = int(t)  # xp = 0, 1, ... D - 1: xp[j] <= t < xp[j + 1]
                 w = np.float64(inv_depths[j])
-                if t != j:  # as numpy: slope / (xp[j + 1] - xp[j]), then slope * (t - xp[j])
-                    slope = (np.float64(inv_depths[j + 1]) - w) / 1.0
+                if t != j:  # as numpy: slope (xp[j + 1] - xp[j] = 1), then slope * (t - xp[j])
+                    slope = np.float64(inv_depths[j + 1]) - w
                     w = slope * (t - np.float64(j)) + w
             depth[y, x] = np.float32(1.0 / w)
             if seen[y, x] > 0:

@@ -563,12 +563,11 @@ class MotionDepthEstimator:
         depth's scale): the prior's log scale has variance `prior_var` plus
         ``process_noise ** 2`` (per frame), this window's `window_var`
         (`window_scale_variance`, plus `PoseRefineResult.scale_variance` where the adjustment
-        ran); the two depth maps' median log ratio over the pixels both
-        know is their relative scale (the images carry it from frame to frame far more
-        precisely than the odometry gives it). Both are moved to the variance-weighted log
-        scale. Too few common pixels (under 5 %): nothing is changed and the window's scale
-        starts the filter again. Returns (sweep, prior, baseline [m] at the new scale, the
-        filtered log scale's variance).
+        ran); the two depth maps' median log ratio over the pixels both know is their relative
+        scale (the images carry it from frame to frame far more precisely than the odometry
+        gives it). Both are moved to the variance-weighted log scale. Too few common pixels
+        (under 5 %): nothing is changed and the window's scale starts the filter again. Returns
+        (sweep, prior, baseline [m] at the new scale, the filtered log scale's variance).
         """
         p, p_var, p_age = prior
         both = measured & np.isfinite(p) & (p > 0)

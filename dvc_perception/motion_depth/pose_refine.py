@@ -330,8 +330,10 @@ class _Problem:
         self.uv = np.concatenate([uv for _, uv in obs]).reshape(-1, 2)
         self.src = np.repeat(np.arange(S), counts)
         self.bearings = bearings[self.pts]  # (N, 3), one per observation
-        self.R = np.stack([T[:3, :3] for T in odometry]).astype(np.float64)
-        self.t = np.stack([T[:3, 3] for T in odometry]).astype(np.float64)
+        self.odo_R = np.stack([T[:3, :3] for T in odometry]).astype(np.float64)  # (S, 3, 3)
+        self.odo_t = np.stack([T[:3, 3] for T in odometry]).astype(np.float64)  # (S, 3)
+        self.R = self.odo_R.copy()
+        self.t = self.odo_t.copy()
         self.rho = np.full(P, 0.5)  # 1/m; first refined alone (poses held)
 
     def _residuals(self) -> np.ndarray:
@@ -350,8 +352,7 @@ class _Problem:
         sig_r = np.radians(self.s.rotation_sigma_deg)
         sig_t = self.s.translation_sigma_m
         prior = np.r_[np.full(3, 1 / sig_r**2), np.full(3, 1 / sig_t**2)]
-        odo_R = np.stack([T[:3, :3] for T in self.odometry])
-        odo_t = np.stack([T[:3, 3] for T in self.odometry])
+        odo_R, odo_t = self.odo_R, self.odo_t
         fx, fy = self.K[0, 0], self.K[1, 1]
         for it in range(self.s.iterations):
             depth_only = it < _DEPTH_ONLY_ITERATIONS  # depths alone first, odometry's poses
@@ -411,8 +412,7 @@ class _Problem:
         `_MIN_SCALE_PARALLAX_DEG` or more under the adjusted rotation, weighted by the squared
         sine of that angle (depth noise grows as one over it).
         """
-        odo_R = np.stack([T[:3, :3] for T in self.odometry])
-        odo_t = np.stack([T[:3, 3] for T in self.odometry])
+        odo_R, odo_t = self.odo_R, self.odo_t
         x = _transformed(np.linalg.inv(self.K), np.c_[self.uv, np.ones(len(self.uv))])
         x /= np.linalg.norm(x, axis=1, keepdims=True)
         a = np.cross(x, np.einsum("nij,nj->ni", odo_R[self.src], self.bearings))
@@ -471,8 +471,7 @@ class _Problem:
         `estimator.window_scale_variance`, with px for metres). inf without a source with
         parallax.
         """
-        odo_R = np.stack([T[:3, :3] for T in self.odometry])
-        odo_t = np.stack([T[:3, 3] for T in self.odometry])
+        odo_R, odo_t = self.odo_R, self.odo_t
         d_odo = self._epipolar_sq(odo_R, odo_t)
         d_adj = self._epipolar_sq(self.R, self.t)
         pe, pp = [], []

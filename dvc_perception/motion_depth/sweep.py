@@ -105,21 +105,18 @@ def plane_sweep_depth(ref: np.ndarray, sources: list[np.ndarray], relative: list
     # confidence, and the speckle filter's input, in one pass
     depth, confidence, seen, codes = _compiled.winner_depth(index, ratio, A, b, inv)
     if settings.speckle_px > 0:
-        confidence[_speckles(codes, settings.speckle_px)] = 0.0
+        confidence[remove_speckles(codes, settings.speckle_px)] = 0.0
     return SweepResult(depth, confidence, seen)
 
 
-def remove_speckles(index: np.ndarray, valid: np.ndarray, max_size: int) -> np.ndarray:
+def remove_speckles(codes: np.ndarray, max_size: int) -> np.ndarray:
     """Mask (h, w) of pixels in small islands of depth that nothing around them supports.
 
-    An island is a connected region of fewer than `max_size` pixels whose neighbours differ by
-    at most one plane (`index` (h, w) in planes); typically wrong matches in texture-poor areas.
+    `codes` (h, w) int16: ``rint(16 index)`` (`index` the winning plane) where a source saw the
+    pixel, else -16 (`_compiled.winner_depth` makes them). An island is a connected region of
+    fewer than `max_size` pixels whose neighbours differ by at most one plane; typically wrong
+    matches in texture-poor areas.
     """
-    return _speckles(np.where(valid, np.rint(index * 16.0), -16).astype(np.int16), max_size)
-
-
-def _speckles(codes: np.ndarray, max_size: int) -> np.ndarray:
-    """`remove_speckles` of ``codes`` (h, w) int16: ``rint(16 index)`` where valid, else -16."""
     filtered = codes.copy()
     cv2.filterSpeckles(filtered, -16, max_size, 16)
     return (filtered == -16) & (codes != -16)
