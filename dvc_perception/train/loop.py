@@ -148,6 +148,10 @@ def train(
     mixed = config.precision == "bf16"
     if mixed:
         check_bf16_support(device)
+    # channels-last convolutions: oneDNN's fast layout for bf16, and on a CPU in float32 too
+    # (the verifier's step 25-40 % faster, the detector's 8 %; benchmarks/RESULTS.md)
+    channels_last = mixed or device.type == "cpu"
+    if channels_last:
         core.to(memory_format=torch.channels_last)
     if distributed:
         net: nn.Module = nn.parallel.DistributedDataParallel(
@@ -218,7 +222,7 @@ def train(
             if i >= steps_per_epoch:
                 break
             batch = batch_to_device(batch, device)
-            if mixed and "image" in batch:  # the verifier's crops: its task flattens them
+            if channels_last and "image" in batch:  # (the verifier's crops: `tasks._like_model_layout`)
                 batch = {**batch, "image": batch["image"].contiguous(
                     memory_format=torch.channels_last)}
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=mixed):

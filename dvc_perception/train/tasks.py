@@ -409,7 +409,7 @@ class DetectionTask:
 
 
 def _like_model_layout(model: nn.Module, x: Tensor) -> Tensor:
-    """`x` in channels-last memory when the model's convolutions are (bf16 training)."""
+    """`x` in channels-last memory when the model's convolutions are (bf16, or on a CPU)."""
     for p in model.parameters():
         if p.ndim == 4:
             if p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous():

@@ -23,6 +23,7 @@ _spec.loader.exec_module(ddp_worker)
 def _reference_parameters() -> dict[str, torch.Tensor]:
     """Single process: each step averages the gradients of the two ranks' sub-batches."""
     model, task, train_set, _ = ddp_worker.build()
+    model.to(memory_format=torch.channels_last)  # the training loop's layout on a CPU
     cfg = ddp_worker.CONFIG
     torch.manual_seed(cfg.seed)
     samplers = [DistributedSampler(train_set, num_replicas=2, rank=r, shuffle=True,
