@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import torch
 
+from dvc_perception.errors import ConfigError
 from dvc_perception.render.mesh import Mesh, mesh_from_arrays
 
 
@@ -174,6 +175,65 @@ def distractor_mesh(rng: np.random.Generator, size: float, device: torch.device)
     colour = np.tile(rng.uniform(0.05, 1.0, size=3), (len(v), 1))
     colour *= rng.uniform(0.7, 1.0, size=(len(v), 1))  # some per-vertex variation
     return mesh_from_arrays(v, f, vertex_colors=colour, name="distractor").to(device)
+
+
+def transferred_colours(shape: Mesh, source: Mesh) -> np.ndarray:
+    """(V, 3) float32 colours for `shape`'s vertices from `source`'s: nearest vertex, both boxed.
+
+    Both meshes' vertices are mapped into the unit cube by their own axis-aligned bounding
+    boxes; each vertex of `shape` takes the colour of the nearest `source` vertex there, so
+    `source`'s colour layout (its photographed texture) is laid over `shape`'s surface.
+
+    Raises:
+        ConfigError: `source` has neither vertex colours nor a texture.
+    """
+
+    def boxed(mesh: Mesh) -> np.ndarray:
+        v = mesh.vertices.detach().cpu().double().numpy()
+        lo, hi = v.min(axis=0), v.max(axis=0)
+        return (v - lo) / np.maximum(hi - lo, 1e-9)
+
+    a, b = boxed(shape), boxed(source)
+    colours = vertex_colours(source)
+    b_sq = (b * b).sum(axis=1)
+    nearest = np.empty(len(a), np.int64)
+    for start in range(0, len(a), 1024):  # (1024, Vb) distances at a time
+        chunk = a[start:start + 1024]
+        d2 = b_sq[None, :] - 2.0 * chunk @ b.T
+        nearest[start:start + 1024] = np.argmin(d2, axis=1)
+    return colours[nearest].astype(np.float32)
+
+
+def vertex_colours(mesh: Mesh) -> np.ndarray:
+    """(V, 3) float32 RGB in [0, 1] of `mesh`'s vertices: its vertex colours, or its texture
+    at each vertex's texture coordinates (nearest texel).
+
+    Raises:
+        ConfigError: the mesh has neither.
+    """
+    if mesh.vertex_colors is not None:
+        return mesh.vertex_colors.detach().cpu().float().numpy()
+    if mesh.uv is None or mesh.texture is None:
+        raise ConfigError(f"{mesh.name}: neither vertex colours nor a texture to take "
+                          f"colours from")
+    tex = mesh.texture.detach().cpu().float().numpy()
+    uv = np.clip(mesh.uv.detach().cpu().double().numpy(), 0.0, 1.0)
+    h, w = tex.shape[:2]
+    rows = np.rint((1.0 - uv[:, 1]) * (h - 1)).astype(np.int64)  # v up, row 0 at the top
+    cols = np.rint(uv[:, 0] * (w - 1)).astype(np.int64)
+    return tex[rows, cols].astype(np.float32)
+
+
+def chimera_mesh(shape: Mesh, colours: np.ndarray, stretch: np.ndarray,
+                 device: torch.device) -> Mesh:
+    """A distractor: `shape` stretched by `stretch` (3,) along its axes, with `colours` (V, 3).
+
+    With the colours of another object (`transferred_colours`) it has a real object's surface
+    statistics (photographed colours, shading, size) but the look of no object of the scene.
+    """
+    v = shape.vertices.detach().cpu().double().numpy() * np.asarray(stretch, float)[None]
+    return mesh_from_arrays(v, shape.faces.detach().cpu().numpy(), vertex_colors=colours,
+                            name=f"chimera of {shape.name}").to(device)
 
 
 def _box() -> tuple[np.ndarray, np.ndarray]:

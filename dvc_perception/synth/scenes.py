@@ -43,6 +43,7 @@ from dvc_perception.render.raster import Lighting, rasterize, render
 from dvc_perception.render.raster_numba import numba_available
 from dvc_perception.synth.backgrounds import BackgroundPhotos
 from dvc_perception.synth.procedural import (
+    chimera_mesh,
     clutter_texture,
     distractor_mesh,
     plane_mesh,
@@ -50,6 +51,8 @@ from dvc_perception.synth.procedural import (
     random_rotation,
     rotation_x,
     rotation_y,
+    transferred_colours,
+    vertex_colours,
 )
 
 #: instance_ids value of distractor shapes; background planes and empty pixels are -1.
@@ -63,6 +66,9 @@ EXTRA_LIGHT_FRACTION = (0.2, 0.6)
 
 #: Motion-blur kernel length [px], inclusive range.
 MOTION_BLUR_PX = (3, 9)
+
+#: mesh_distractor_probability: a chimera's stretch along each of its mesh axes (uniform range).
+MESH_DISTRACTOR_STRETCH = (0.6, 1.6)
 
 #: objects_on_plane: an instance whose viewing ray meets the plane at more than this angle from
 #: its normal (cosine below 0.1) keeps its drawn depth, as does one that would come nearer
@@ -126,6 +132,13 @@ class SynthConfig:
       drawn before the clutter background; a frame that gets a photo gets no clutter. Paths
       are resolved, and must name images, when the `SceneSampler` is made; refused with
       ``sequence``, as the clutter.
+    - ``mesh_distractor_probability``: each distractor is, with this probability, a *chimera*
+      of the objects' own meshes instead of a box, ellipsoid or cylinder: one object's mesh
+      stretched along its axes by ``MESH_DISTRACTOR_STRETCH`` (each axis drawn) and coloured
+      with another object's vertex colours (`procedural.transferred_colours`). Real clutter
+      (tools, other products) has photographed textures and object-like shapes, which flat
+      primitives lack; the chimera has both, and the look of none of the objects. It keeps the
+      source object's size (times the stretch). Needs 2 objects or more; drawn only when > 0.
     - ``object_cluster_spread``: 0 places objects independently over the image; > 0 draws one
       cluster centre per frame (uniform inside the margin) and each object's image position
       around it, Gaussian with this standard deviation as a fraction of the image width,
@@ -183,6 +196,7 @@ class SynthConfig:
     background_photo_probability: float = 0.0  # per frame: a photo behind the objects
     background_photo_zoom: tuple[float, float] = (1.0, 2.5)  # crop zoom into the photo
     object_cluster_spread: float = 0.0  # object positions around one centre [image widths]
+    mesh_distractor_probability: float = 0.0  # per distractor: a chimera of the object meshes
 
     def __post_init__(self) -> None:
         ipo = self.instances_per_object
@@ -255,7 +269,7 @@ class SynthConfig:
             )
         for name in ("shadow_probability", "motion_blur_probability",
                      "clutter_texture_probability", "background_clutter_probability",
-                     "background_photo_probability"):
+                     "background_photo_probability", "mesh_distractor_probability"):
             p = getattr(self, name)
             if not (isinstance(p, (int, float)) and 0.0 <= p <= 1.0):
                 raise ConfigError(f"synth.{name}: expected a probability in [0, 1], got {p!r}")
@@ -398,6 +412,13 @@ class SceneSampler:
         self._radii = [
             float(o.mesh.vertices.detach().cpu().double().norm(dim=1).max()) for o in self.objects
         ]
+        if config.mesh_distractor_probability > 0 and len(self.objects) < 2:
+            raise ConfigError("synth.mesh_distractor_probability: > 0 needs 2 objects or more "
+                              "(a chimera takes one's shape and another's colours)")
+        if config.mesh_distractor_probability > 0:
+            for mesh in self._meshes:
+                vertex_colours(mesh)  # ConfigError now when a mesh has no colours to lend
+        self._chimera_colours: dict[tuple[int, int], np.ndarray] = {}  # (shape, colours)
         self._sequence_scene: _Scene | None = None
         self._photos = (
             BackgroundPhotos(config.background_photos, config.background_photo_zoom)
@@ -437,6 +458,17 @@ class SceneSampler:
     # ---------------------------------------------------------------------------------------
     # scene sampling
 
+    def _chimera(self, rng: np.random.Generator) -> Mesh:
+        """A chimera distractor (``mesh_distractor_probability``): one object's stretched mesh
+        in another's colours."""
+        n = len(self.objects)
+        a = int(rng.integers(n))
+        b = (a + 1 + int(rng.integers(n - 1))) % n  # any other object
+        stretch = rng.uniform(*MESH_DISTRACTOR_STRETCH, size=3)
+        if (a, b) not in self._chimera_colours:
+            self._chimera_colours[(a, b)] = transferred_colours(self._meshes[a], self._meshes[b])
+        return chimera_mesh(self._meshes[a], self._chimera_colours[(a, b)], stretch, self.device)
+
     def _sample_scene(self, rng: np.random.Generator) -> _Scene:
         cfg = self.config
         K_inv = np.linalg.inv(cfg.K)
@@ -474,6 +506,10 @@ class SceneSampler:
         occluders: list[tuple[int, int, np.ndarray]] = []  # (slot, target instance, offset)
         for _ in range(n_dis):
             size = rng.uniform(*cfg.distractor_size_m)
+            chimera = (self._chimera(rng) if cfg.mesh_distractor_probability > 0
+                       and rng.random() < cfg.mesh_distractor_probability else None)
+            if chimera is not None:  # its own size: the object's, stretched
+                size = float(2.0 * chimera.vertices.norm(dim=1).max())
             T = np.eye(4)
             T[:3, :3] = random_rotation(rng)
             if rng.random() < cfg.occluder_probability:
@@ -486,7 +522,8 @@ class SceneSampler:
                 z = rng.uniform(cfg.distance_m[0], far + 0.1)
                 uv1 = np.array([rng.uniform(0, cfg.width), rng.uniform(0, cfg.height), 1.0])
                 T[:3, 3] = z * (K_inv @ uv1)
-            meshes.append(distractor_mesh(rng, size, self.device))
+            meshes.append(chimera if chimera is not None
+                          else distractor_mesh(rng, size, self.device))
             poses.append(T)
             kinds.append(-1)
         # Back plane: covers the whole view (vertices kept in front of the camera).

@@ -31,7 +31,7 @@ CLEAN = dataclasses.replace(
 OFF_EXPLICITLY = dict(
     lights_per_frame=(1, 1), specular=(0.0, 0.0), shininess=(10.0, 60.0),
     objects_on_plane=False, shadow_probability=0.0, white_balance=0.0, gamma=(1.0, 1.0),
-    motion_blur_probability=0.0, shot_noise=(0.0, 0.0),
+    motion_blur_probability=0.0, shot_noise=(0.0, 0.0), mesh_distractor_probability=0.0,
 )  # fmt: skip
 FIELDS = ("rgb", "depth", "instance_ids", "R", "t", "keypoints_2d", "keypoints_visible")
 
