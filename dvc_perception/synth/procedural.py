@@ -205,8 +205,9 @@ def transferred_colours(shape: Mesh, source: Mesh) -> np.ndarray:
 
 
 def vertex_colours(mesh: Mesh) -> np.ndarray:
-    """(V, 3) float32 RGB in [0, 1] of `mesh`'s vertices: its vertex colours, or its texture
-    at each vertex's texture coordinates (nearest texel).
+    """(V, 3) float32 RGB in [0, 1] of `mesh`'s vertices: its vertex colours, or its texels.
+
+    Without vertex colours, the texture at each vertex's texture coordinates (nearest texel).
 
     Raises:
         ConfigError: the mesh has neither.

@@ -459,8 +459,7 @@ class SceneSampler:
     # scene sampling
 
     def _chimera(self, rng: np.random.Generator) -> Mesh:
-        """A chimera distractor (``mesh_distractor_probability``): one object's stretched mesh
-        in another's colours."""
+        """A chimera distractor: one object's stretched mesh in another's colours."""
         n = len(self.objects)
         a = int(rng.integers(n))
         b = (a + 1 + int(rng.integers(n - 1))) % n  # any other object
