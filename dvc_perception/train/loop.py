@@ -222,7 +222,7 @@ def train(
             if i >= steps_per_epoch:
                 break
             batch = batch_to_device(batch, device)
-            if channels_last and "image" in batch:  # (the verifier's crops: `tasks._like_model_layout`)
+            if channels_last and "image" in batch:  # (the verifier: `tasks._like_model_layout`)
                 batch = {**batch, "image": batch["image"].contiguous(
                     memory_format=torch.channels_last)}
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=mixed):
