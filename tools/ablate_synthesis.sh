@@ -7,24 +7,18 @@
 # ABL_SEED=N (default 1) draws the frames from seeds 29+2N and 30+2N instead of 31 and 32 and
 # names the row VARIANT_sN: the same variant on other frames, for the seed-to-seed spread.
 source "$(dirname "$0")/train_env.sh"  # cd to the repo; PY, CLI, DDP, resume
+source tools/ablation_env.sh  # OBJECTS, ablation_frames
 # ABL_EPOCHS / ABL_FRAMES change the budget (default 15 epochs of 1500 frames); the run is then
 # named VARIANT_eEPOCHS / VARIANT_fFRAMES (data and runs of other budgets are not reused).
 SEED=${ABL_SEED:-1}; CFG=benchmarks/synth_ablation/$1.yaml
-OBJECTS="lmo_obj_01 lmo_obj_05 lmo_obj_06 lmo_obj_08 lmo_obj_09 lmo_obj_10 lmo_obj_11 lmo_obj_12"
 FRAMES=${ABL_FRAMES:-1500}; EPOCHS=${ABL_EPOCHS:-15}
 V=$1; [ "$SEED" = 1 ] || V=${V}_s$SEED
 [ "$FRAMES" = 1500 ] || V=${V}_f$FRAMES
 DATA_V=$V; [ "$EPOCHS" = 15 ] || V=${V}_e$EPOCHS  # other epochs: the same frames
 OUT=out/ablation/$V
 mkdir -p "$OUT"
-synth() {  # synth OUT SEED FRAMES
-  [ -f "$1/index.json" ] || $CLI synth --objects $OBJECTS --frames "$3" --seed "$2" \
-    --config "$CFG" --out "$1" --no-progress
-}
 start=$(date +%s)
-synth "data/ablation/$DATA_V/a" $((29 + 2 * SEED)) $((FRAMES / 2)) &
-synth "data/ablation/$DATA_V/b" $((30 + 2 * SEED)) $((FRAMES / 2)) & wait
-synth_s=$(( $(date +%s) - start ))
+ablation_frames "data/ablation/$DATA_V" "$CFG" "$SEED" "$FRAMES"
 $DDP train detect --data "data/ablation/$DATA_V/a" "data/ablation/$DATA_V/b" --val-fraction 0.05 \
   --objects $OBJECTS --input-size 320x240 --epochs "$EPOCHS" --batch-size 16 --lr 2e-3 \
   --threads 1 --precision "$PRECISION" --val-every "$EPOCHS" --out "runs/ablation/$V" \

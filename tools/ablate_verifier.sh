@@ -6,20 +6,14 @@
 # (benchmarks/synth_ablation/VARIANT.yaml). The frames are tools/ablate_synthesis.sh's
 # (data/ablation/VARIANT[_sN], reused when they exist); ABL_SEED=N as there. Resumable.
 source "$(dirname "$0")/train_env.sh"  # cd to the repo; PY, CLI, DDP, resume, PRECISION
+source tools/ablation_env.sh  # OBJECTS, ablation_frames
 SEED=${ABL_SEED:-1}; CFG=benchmarks/synth_ablation/$1.yaml
-OBJECTS="lmo_obj_01 lmo_obj_05 lmo_obj_06 lmo_obj_08 lmo_obj_09 lmo_obj_10 lmo_obj_11 lmo_obj_12"
 FRAMES=1500; EPOCHS=${ABL_EPOCHS:-8}
 V=$1; [ "$SEED" = 1 ] || V=${V}_s$SEED
 R=runs/ablation_verifier/$V; [ "$EPOCHS" = 8 ] || R=${R}_e$EPOCHS
 OUT=out/ablation_verifier/$(basename "$R"); mkdir -p "$OUT"
-synth() {  # synth OUT SEED FRAMES
-  [ -f "$1/index.json" ] || $CLI synth --objects $OBJECTS --frames "$3" --seed "$2" \
-    --config "$CFG" --out "$1" --no-progress
-}
 start=$(date +%s)
-synth "data/ablation/$V/a" $((29 + 2 * SEED)) $((FRAMES / 2)) &
-synth "data/ablation/$V/b" $((30 + 2 * SEED)) $((FRAMES / 2)) & wait
-synth_s=$(( $(date +%s) - start ))
+ablation_frames "data/ablation/$V" "$CFG" "$SEED" "$FRAMES"
 $CLI train verify --data "data/ablation/$V/a" "data/ablation/$V/b" --val-fraction 0.05 \
   --objects $OBJECTS --input-size 64x64 --epochs "$EPOCHS" --batch-size 16 --lr 2e-3 \
   --threads 2 --precision "$PRECISION" --hard-negatives models/detector_lmo.onnx --out "$R" \
