@@ -7,12 +7,14 @@ from its seed. Meshes are in metres, object frame; textures (H, W, 3) uint8 RGB.
 
 from __future__ import annotations
 
+import dataclasses
+
 import cv2
 import numpy as np
 import torch
 
 from dvc_perception.errors import ConfigError
-from dvc_perception.render.mesh import Mesh, mesh_from_arrays
+from dvc_perception.render.mesh import Mesh, compute_vertex_normals, mesh_from_arrays
 
 
 def random_rotation(rng: np.random.Generator) -> np.ndarray:
@@ -231,10 +233,16 @@ def chimera_mesh(shape: Mesh, colours: np.ndarray, stretch: np.ndarray,
 
     With the colours of another object (`transferred_colours`) it has a real object's surface
     statistics (photographed colours, shading, size) but the look of no object of the scene.
+    `shape` was validated when it was loaded, and a positive stretch keeps it valid, so only
+    the vertices and normals are made anew.
     """
-    v = shape.vertices.detach().cpu().double().numpy() * np.asarray(stretch, float)[None]
-    return mesh_from_arrays(v, shape.faces.detach().cpu().numpy(), vertex_colors=colours,
-                            name=f"chimera of {shape.name}").to(device)
+    v = torch.as_tensor(shape.vertices.detach().cpu().double().numpy()
+                        * np.asarray(stretch, float)[None], dtype=torch.float32)
+    faces = shape.faces.detach().cpu()
+    return dataclasses.replace(
+        shape, vertices=v, faces=faces, normals=compute_vertex_normals(v, faces),
+        vertex_colors=torch.as_tensor(np.ascontiguousarray(colours, dtype=np.float32)),
+        uv=None, texture=None, name=f"chimera of {shape.name}").to(device)
 
 
 def _box() -> tuple[np.ndarray, np.ndarray]:

@@ -412,10 +412,10 @@ class SceneSampler:
         self._radii = [
             float(o.mesh.vertices.detach().cpu().double().norm(dim=1).max()) for o in self.objects
         ]
-        if config.mesh_distractor_probability > 0 and len(self.objects) < 2:
-            raise ConfigError("synth.mesh_distractor_probability: > 0 needs 2 objects or more "
-                              "(a chimera takes one's shape and another's colours)")
         if config.mesh_distractor_probability > 0:
+            if len(self.objects) < 2:
+                raise ConfigError("synth.mesh_distractor_probability: > 0 needs 2 objects or "
+                                  "more (a chimera takes one's shape and another's colours)")
             for mesh in self._meshes:
                 vertex_colours(mesh)  # ConfigError now when a mesh has no colours to lend
         self._chimera_colours: dict[tuple[int, int], np.ndarray] = {}  # (shape, colours)
